@@ -1,0 +1,113 @@
+"""The ``sdmc`` command line.
+
+Each subcommand is a pair: ``_add_<name>(subparsers)`` declares its arguments and ``cmd_<name>(args)``
+runs it.  Errors derived from :class:`sdmc.errors.SdmcError` print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from . import __version__
+from .errors import SdmcError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def command(name: str):
+    def deco(fn):
+        COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+def _not_yet(name: str, issue: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"sdmc {name}: not implemented yet ({issue})", file=sys.stderr)
+        return 2
+    return run
+
+
+# ----------------------------------------------------------------------------------------------- info
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="describe a checkpoint: architecture (inferred), parameters, provenance")
+    p.add_argument("file", help="released .pt checkpoint or native .safetensors model")
+    p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto",
+                   help="which weights of a training checkpoint to describe (default: ema if present)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+@command("info")
+def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import describe
+    print(describe(args.file, weights=args.weights, as_json=args.json))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- inherit
+def _add_inherit_tsm(sub) -> None:
+    p = sub.add_parser("inherit-tsm", help="SDDPM -> SDM: copy conv weights into TSM convs (p = 1)")
+    p.add_argument("file", help="SDDPM checkpoint")
+    p.add_argument("-o", "--out", required=True, help="output native model (.safetensors)")
+    p.add_argument("--snn-steps", type=int, default=None, help="SNN steps T of the SDDPM model if not recorded")
+
+
+@command("inherit-tsm")
+def cmd_inherit_tsm(args: argparse.Namespace) -> int:
+    from .checkpoint import inherit_tsm_file
+    cfg = inherit_tsm_file(args.file, args.out, snn_steps=args.snn_steps)
+    print(f"wrote {args.out}: SDM TSM UNet, T={cfg.model.snn_steps}, ch={cfg.model.ch}, "
+          f"ch_mult={list(cfg.model.ch_mult)} (every p initialised to 1)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- later issues' commands
+def _add_placeholders(sub) -> None:
+    for name, help_, issue in [
+        ("train", "train a spiking diffusion model", "issue 3"),
+        ("eval", "FID / IS of a model's samples", "issue 3"),
+        ("sample", "sample images with any solver", "issue 4"),
+        ("compile", "compile a model to the spiking IR and a backend", "issue 5"),
+        ("inspect", "summarise a compiled .sdmc file", "issue 5"),
+        ("energy", "synaptic operations and energy report", "issue 7"),
+        ("export", "export to lava / onnx / nir", "issue 8"),
+        ("convert", "ANN -> SNN conversion", "issue 9"),
+    ]:
+        if name in COMMANDS:
+            continue
+        p = sub.add_parser(name, help=f"{help_} (not implemented yet: {issue})")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        COMMANDS[name] = _not_yet(name, issue)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdmc", description="Compiler and simulator for spiking diffusion models (SDDPM / SDM).")
+    parser.add_argument("--version", action="version", version=f"sdmc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, obj in list(globals().items()):
+        if name.startswith("_add_") and name != "_add_placeholders" and callable(obj):
+            obj(sub)
+    _add_placeholders(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except SdmcError as e:
+        print(f"sdmc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
