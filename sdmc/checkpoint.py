@@ -32,12 +32,18 @@ def _load_torch(path: Path, unsafe: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not unsafe)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        text = str(e)
+        if "Unsupported global" in text or "not an allowed global" in text:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
-                f"{path}: contains Python objects other than tensors; refusing to unpickle them "
+                f"{path}: contains Python objects other than tensors{what}; refusing to unpickle them "
                 "(re-save it as a plain state_dict, or pass --unsafe-load if you trust the file)") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {msg}") from None
+        if "WeightsUnpickler error:" in text:
+            detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        else:
+            detail = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {detail}") from None
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -216,23 +222,31 @@ def load_model(path: str | os.PathLike, weights: str = "auto", snn_steps: int | 
     The config comes from the file when it records one (native and training checkpoints), otherwise it
     is inferred; ``provenance`` records the source file and entry.
     """
-    sd, cfg, info = read_checkpoint(path, weights=weights, unsafe=unsafe)
-    if cfg is None:
-        cfg = SdmcConfig(model=infer_config(sd, snn_steps=snn_steps, img_size=img_size),
-                         diffusion=DiffusionConfig(),
-                         provenance={"source": str(path), "entry": info.get("entry"), "format": info["format"],
-                                     "inferred": True})
-    else:
-        if snn_steps is not None and snn_steps != cfg.model.snn_steps:
-            if cfg.model.tsm:
-                raise CheckpointError(f"{path}: TSM model trained for T={cfg.model.snn_steps}; cannot run at "
-                                      f"T={snn_steps}")
-            cfg.model.snn_steps = snn_steps
-        if img_size is not None:
-            cfg.model.img_size = img_size
-            cfg.model.validate()
+    sd, stored, info = read_checkpoint(path, weights=weights, unsafe=unsafe)
+    cfg = resolve_config(sd, stored, info, snn_steps=snn_steps, img_size=img_size)
     model = build_and_load(sd, cfg.model, source=str(path))
     return model.to(device).eval(), cfg
+
+
+def resolve_config(sd: Mapping[str, torch.Tensor], stored: SdmcConfig | None, info: Mapping[str, Any],
+                   snn_steps: int | None = None, img_size: int | None = None) -> SdmcConfig:
+    """The stored config with user overrides applied, or one inferred from ``sd``."""
+    path = info.get("file", "checkpoint")
+    if stored is None:
+        return SdmcConfig(model=infer_config(sd, snn_steps=snn_steps, img_size=img_size),
+                          diffusion=DiffusionConfig(),
+                          provenance={"source": str(path), "entry": info.get("entry"), "format": info["format"],
+                                      "inferred": True})
+    cfg = SdmcConfig.from_json(stored.to_json())  # a copy the overrides may change
+    if snn_steps is not None and snn_steps != cfg.model.snn_steps:
+        if cfg.model.tsm:
+            raise CheckpointError(f"{path}: TSM model trained for T={cfg.model.snn_steps}; cannot run at "
+                                  f"T={snn_steps}")
+        cfg.model.snn_steps = snn_steps
+    if img_size is not None:
+        cfg.model.img_size = img_size
+        cfg.model.validate()
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -297,10 +311,11 @@ def inherit_tsm_file(src: str | os.PathLike, dst: str | os.PathLike, snn_steps: 
 
 
 # -------------------------------------------------------------------------------------------- info
-def describe(path: str | os.PathLike, weights: str = "auto", as_json: bool = False) -> str:
+def describe(path: str | os.PathLike, weights: str = "auto", as_json: bool = False, unsafe: bool = False) -> str:
     """A readable summary of a checkpoint (architecture, parameter counts, provenance)."""
-    sd, stored, info = read_checkpoint(path, weights=weights)
-    model, cfg = load_model(path, weights=weights)
+    sd, stored, info = read_checkpoint(path, weights=weights, unsafe=unsafe)
+    cfg = resolve_config(sd, stored, info)
+    model = build_and_load(sd, cfg.model, source=str(path))
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_tsm = sum(1 for k in sd if k.endswith(".tsmp"))

@@ -36,12 +36,14 @@ def _add_info(sub) -> None:
     p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto",
                    help="which weights of a training checkpoint to describe (default: ema if present)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="allow unpickling arbitrary Python objects (only for files you trust)")
 
 
 @command("info")
 def cmd_info(args: argparse.Namespace) -> int:
     from .checkpoint import describe
-    print(describe(args.file, weights=args.weights, as_json=args.json))
+    print(describe(args.file, weights=args.weights, as_json=args.json, unsafe=args.unsafe_load))
     return 0
 
 
@@ -59,6 +61,22 @@ def cmd_inherit_tsm(args: argparse.Namespace) -> int:
     cfg = inherit_tsm_file(args.file, args.out, snn_steps=args.snn_steps)
     print(f"wrote {args.out}: SDM TSM UNet, T={cfg.model.snn_steps}, ch={cfg.model.ch}, "
           f"ch_mult={list(cfg.model.ch_mult)} (every p initialised to 1)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- demo
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled digits data (CPU, minutes)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (for tests)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .pipeline import run_demo
+    run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed)
     return 0
 
 

@@ -1,0 +1,32 @@
+# sdmc: set-up, the main job (demo) and the tests.  Every target creates/uses the local .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+OUT    ?= runs/demo
+
+.PHONY: setup demo test test-all clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job: the whole pipeline on the bundled digits data (CPU, minutes).
+demo: $(STAMP)
+	$(PY) -m sdmc demo --out $(OUT)
+
+## The test suite (what CI runs).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## Including the slow tests (full-size models, longer training).
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ""
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,29 @@
+import os
+
+import pytest
+import torch
+
+from sdmc.config import ModelConfig
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REF_KEYS = os.path.join(os.path.dirname(__file__), "data", "ref_state_dict_keys.txt")
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A small spiking UNet configuration that runs in milliseconds."""
+    return ModelConfig(arch="sddpm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8)
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial affine parameters and running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(1 + 0.3 * torch.randn(n, generator=g))
+                m.bias.copy_(0.3 * torch.randn(n, generator=g))
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
