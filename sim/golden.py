@@ -118,6 +118,19 @@ def _conv3d(c: _Ctx, n, xs, ts):
     return c.unfold(y, ts[0])
 
 
+def _scaled_conv2d(c: _Ctx, n, xs, ts):
+    y = c.unfold(conv2d(c.fold(xs[0], ts[0]), c.p(n.weight), None, _pair(n.stride), _pair(n.padding),
+                        _pair(n.dilation), n.groups), ts[0])
+    if not ts[0].per_step:
+        y = np.broadcast_to(y[None], (c.T,) + y.shape)
+    if n.scale is not None:
+        y = y * c.p(n.scale).reshape((c.T,) + (1,) * (y.ndim - 1))
+    if n.bias is not None:
+        b = c.p(n.bias)
+        y = y + (b.reshape(c.T, 1, -1, 1, 1) if b.ndim == 2 else b.reshape(1, 1, -1, 1, 1))
+    return np.array(y)
+
+
 def _linear(c: _Ctx, n, xs, ts):
     y = xs[0] @ c.p(n.weight).T
     return y + c.p(n.bias) if n.bias is not None else y
@@ -199,7 +212,7 @@ def _pair(v) -> tuple[int, int]:
 
 
 KERNELS: dict[str, Callable] = {
-    "conv2d": _conv2d, "conv3d": _conv3d, "linear": _linear, "tsm_scale": _tsm, "batchnorm": _bn,
+    "conv2d": _conv2d, "scaled_conv2d": _scaled_conv2d, "conv3d": _conv3d, "linear": _linear, "tsm_scale": _tsm, "batchnorm": _bn,
     "if": _neuron, "lif": _neuron, "plif": _neuron,
     "add": _binary(np.add), "mul": _binary(np.multiply),
     "swish": lambda c, n, xs, ts: xs[0] * expit(xs[0]),

@@ -5,6 +5,7 @@ has the timing of their input; their output is ``real`` whatever the input kind.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .graph import FLOAT_DTYPES, GRADED, PER_STEP, REAL, SPIKE, Node, ValueType, param, register
@@ -139,3 +140,44 @@ class TSMScale(Node):
             raise self.fail(f"shape mismatch: scale {self.scale!r} has shape {list(s)}, expected T={graph.T} "
                             f"scalars ([{graph.T}, 1, 1, 1, 1] or [{graph.T}])")
         return ValueType(x.shape, x.dtype, GRADED if x.kind == SPIKE else x.kind, PER_STEP)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ScaledConv2d(Node):
+    """A conv with per-step weights and biases (fused TSM conv + BN): ``y[t] = scale[t] * conv2d(x[t], W) + b[t]``,
+    i.e. per-step weights ``W_t = scale[t] * W``.
+
+    ``weight`` ``[O, C/groups, kh, kw]``; ``scale`` ``T`` scalars (any shape holding ``T`` entries) or none
+    (all 1); ``bias`` ``[T, O]`` (per step), ``[O]`` or none.  A static input is convolved once and
+    the output is per-step.
+    """
+
+    op = "scaled_conv2d"
+    weight: str = param()
+    scale: str | None = param(optional=True)
+    bias: str | None = param(optional=True)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def infer(self, ins, graph):
+        w = self.param_shape(graph, "weight")
+        if len(w) != 4:
+            raise self.fail(f"weight {self.weight!r} must be 4-d [O, C/groups, kh, kw], got {list(w)}")
+        if self.scale is not None:
+            s = self.param_shape(graph, "scale")
+            n = 1
+            for d in s:
+                n *= d
+            if not s or s[0] != graph.T or n != graph.T:
+                raise self.fail(f"shape mismatch: scale {self.scale!r} has shape {list(s)}, expected T={graph.T} "
+                                f"scalars ([{graph.T}] or [{graph.T}, 1, 1, 1, 1])")
+        if self.bias is not None and self.param_shape(graph, "bias") not in ((graph.T, w[0]), (w[0],)):
+            raise self.fail(f"shape mismatch: bias {self.bias!r} has shape {list(self.param_shape(graph, 'bias'))}, "
+                            f"expected [{graph.T}, {w[0]}] (per step) or [{w[0]}]")
+        probe = dataclasses.replace(self, bias=None)  # bias checked above
+        t = _conv_type(probe, ins[0], graph, w, self.groups, _pair(self.stride), _pair(self.padding),
+                       _pair(self.dilation))
+        return ValueType(t.shape, t.dtype, REAL, PER_STEP)
