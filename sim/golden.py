@@ -254,8 +254,8 @@ def run(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *
         a, t = bound[n.name], n.type
         lead = 2 if t.per_step else 1
         if a.shape[lead:] != t.shape or a.ndim != lead + len(t.shape) or (t.per_step and a.shape[0] != graph.T):
-            raise IRError(f"input {n.name!r}: expected an array of shape {list(t.full_shape(graph.T, 'B'))}, "
-                          f"got {list(a.shape)}")
+            want = ", ".join(map(str, t.full_shape(graph.T, "B")))  # type: ignore[arg-type]
+            raise IRError(f"input {n.name!r}: expected an array of shape [{want}], got {list(a.shape)}")
         b = a.shape[lead - 1]
         if B is not None and b != B:
             raise IRError(f"input {n.name!r}: batch size {b} differs from the other inputs' {B}")
@@ -282,9 +282,9 @@ def run(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *
         ts = [graph.nodes[s].type for s in n.inputs]
         vals[n.name] = KERNELS[n.op](ctx, n, xs, ts)
         if not all_values:
-            for s in n.inputs:
+            for s in set(n.inputs):
                 if last_use[s] == i and s not in outs:
-                    del vals[s]
+                    del vals[s]  # free values nobody reads any more
     if all_values:
         return vals
     return {n.name: vals[n.name] for n in graph.output_nodes}

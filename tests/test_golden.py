@@ -1,0 +1,207 @@
+"""The golden numpy interpreter: each kernel against torch / spikingjelly in float64, hand-computed neuron
+traces, and whole random graphs (batch independence, spikes binary, input validation)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from spikingjelly.activation_based import functional, neuron, surrogate
+
+from sdmc import ir
+from sdmc.errors import IRError
+from sdmc.models import MembraneOutputLayer, TSMConv2d
+from sdmc.sim import golden
+from strategies import random_inputs, spiking_graphs
+
+FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def one_op_graph(T, in_type: ir.ValueType, node: ir.Node, params=None, extra_inputs=()) -> ir.Graph:
+    g = ir.Graph(T, params=params or {})
+    g.add(ir.Input(name="x", shape=in_type.shape, dtype=in_type.dtype, kind=in_type.kind, timing=in_type.timing))
+    for n in extra_inputs:
+        g.add(n)
+    g.add(node)
+    g.add(ir.Output(name="out", inputs=(node.name,)))
+    return ir.check(g)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.sampled_from([1, 2, 3]), st.integers(1, 2), st.integers(0, 2),
+       st.integers(1, 2), st.sampled_from([1, 2]), st.integers(3, 7), st.integers(0, 10 ** 6))
+def test_conv2d_matches_torch(N, cg, k, stride, pad, dil, groups, size, seed):
+    rng = np.random.default_rng(seed)
+    C, O = cg * groups, groups * rng.integers(1, 3)
+    if (size + 2 * pad - dil * (k - 1) - 1) < 0:
+        return
+    x = rng.normal(size=(N, C, size, size + 1))
+    w = rng.normal(size=(O, cg, k, k))
+    b = rng.normal(size=O)
+    ref = F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), stride, pad, dil, groups).numpy()
+    y = golden.conv2d(x, w, b, (stride, stride), (pad, pad), (dil, dil), groups)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-12)
+
+
+def test_if_neuron_hand_computed():
+    x = np.array([0.6, 0.6, 0.6, 0.6, 2.5])[:, None]
+    hard = golden.neuron(x, ir.IF(name="n", threshold=1.0, v_reset=0.0))
+    soft = golden.neuron(x, ir.IF(name="n", threshold=1.0, v_reset=None))
+    # hard: v = .6, 1.2->0, .6, 1.2->0, 2.5->0        soft: .6, 1.2->.2, .8, 1.4->.4, 2.9->1.9
+    assert hard[:, 0].tolist() == [0, 1, 0, 1, 1]
+    assert soft[:, 0].tolist() == [0, 1, 0, 1, 1]
+    guided = golden.neuron(np.array([0.4985, 0.4985])[:, None], ir.IF(name="n", threshold=0.997))
+    assert guided[:, 0].tolist() == [0, 1]  # threshold guidance: 0.997 fires where 1.0 would not
+    lif = golden.neuron(np.array([1.0, 1.0, 1.0])[:, None], ir.LIF(name="n", tau=2.0, threshold=0.9))
+    # v = 0.5, 0.75, 0.875 -> never reaches 0.9
+    assert lif[:, 0].tolist() == [0, 0, 0]
+    lif = golden.neuron(np.array([1.0, 1.0, 1.0])[:, None], ir.LIF(name="n", tau=2.0, threshold=0.7))
+    assert lif[:, 0].tolist() == [0, 1, 0]  # 0.5, 0.75 -> fire, reset 0, 0.5
+
+
+def _sj_neuron(kind, v_reset, threshold, tau, decay_input):
+    common = dict(v_threshold=threshold, v_reset=v_reset, surrogate_function=surrogate.ATan(), step_mode="m")
+    if kind == "if":
+        return neuron.IFNode(**common)
+    if kind == "lif":
+        return neuron.LIFNode(tau=tau, decay_input=decay_input, **common)
+    return neuron.ParametricLIFNode(init_tau=tau, decay_input=decay_input, **common)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(["if", "lif", "plif"]), st.sampled_from([0.0, None, -0.2]), st.floats(0.3, 1.5),
+       st.sampled_from([1.5, 2.0, 4.0]), st.booleans(), st.integers(1, 6), st.integers(0, 10 ** 6))
+def test_neurons_match_spikingjelly(kind, v_reset, threshold, tau, decay_input, T, seed):
+    x = torch.tensor(np.random.default_rng(seed).normal(0.5, 1.0, (T, 3, 5)))
+    m = _sj_neuron(kind, v_reset, threshold, tau, decay_input).double()
+    with torch.no_grad():
+        ref = m(x).numpy()
+    functional.reset_net(m)
+    common = dict(name="n", threshold=threshold, v_reset=v_reset)
+    if kind == "if":
+        node, w = ir.IF(**common), None
+    elif kind == "lif":
+        node, w = ir.LIF(tau=tau, decay_input=decay_input, **common), None
+    else:
+        node, w = ir.PLIF(w="w", decay_input=decay_input, **common), m.w.detach().numpy()
+    out = golden.neuron(x.numpy(), node, w)
+    assert np.array_equal(out, ref)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_batchnorm_matches_torch_on_folded_time(training):
+    rng = np.random.default_rng(1)
+    T, B, C = 3, 2, 4
+    bn = torch.nn.BatchNorm2d(C).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor(rng.normal(size=C)))
+        bn.bias.copy_(torch.tensor(rng.normal(size=C)))
+        bn.running_mean.copy_(torch.tensor(rng.normal(size=C)))
+        bn.running_var.copy_(torch.tensor(rng.random(C) + 0.5))
+    params = {k: v.detach().numpy().copy() for k, v in bn.state_dict().items()}
+    x = rng.normal(1.0, 2.0, (T, B, C, 3, 3))
+    bn.train(training)
+    with torch.no_grad():
+        ref = bn(torch.tensor(x).flatten(0, 1)).unflatten(0, (T, B)).numpy()
+    node = ir.BatchNorm(name="bn", inputs=("x",), weight="weight", bias="bias", running_mean="running_mean",
+                        running_var="running_var", num_batches_tracked="num_batches_tracked")
+    g = one_op_graph(T, ir.ValueType((C, 3, 3), "float64", timing=ir.PER_STEP), node, params)
+    out = golden.run(g, [x], training=training)["out"]
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
+    if training:  # pooled over T*B*H*W: per-channel mean 0 after normalisation (before the affine)
+        z = (out - params["bias"][:, None, None]) / params["weight"][:, None, None]
+        np.testing.assert_allclose(z.mean(axis=(0, 1, 3, 4)), 0, atol=1e-12)
+
+
+def test_tsm_conv3d_readout_upsample_match_their_torch_modules():
+    rng = np.random.default_rng(2)
+    T, B = 4, 2
+    x = rng.normal(size=(T, B, 3, 4, 4))
+    tsm = TSMConv2d(T, 3, 5).double()
+    with torch.no_grad():
+        tsm.tsmp.copy_(torch.tensor(rng.uniform(0.5, 1.5, (T, 1, 1, 1, 1))))
+        tsm.tsmconv.bias.copy_(torch.tensor(rng.normal(size=5)))
+        ref = tsm(torch.tensor(x).flatten(0, 1)).unflatten(0, (T, B)).numpy()
+    params = {k: v.detach().numpy() for k, v in tsm.state_dict().items()}
+    g = ir.Graph(T, params=params)
+    g.add(ir.Input(name="x", shape=(3, 4, 4), dtype="float64", timing=ir.PER_STEP))
+    g.add(ir.Conv2d(name="c", inputs=("x",), weight="tsmconv.weight", bias="tsmconv.bias", padding=(1, 1)))
+    g.add(ir.TSMScale(name="s", inputs=("c",), scale="tsmp"))
+    g.add(ir.Output(name="out", inputs=("s",)))
+    np.testing.assert_allclose(golden.run(g, [x])["out"], ref, atol=1e-12)
+
+    c3 = torch.nn.Conv3d(3, 2, kernel_size=(3, 3, 1), padding=(1, 1, 0)).double()
+    with torch.no_grad():
+        ref = c3(torch.tensor(x).permute(1, 2, 3, 4, 0)).permute(4, 0, 1, 2, 3).numpy()
+    node = ir.Conv3d(name="c3", inputs=("x",), weight="w", bias="b", padding=(1, 1))
+    g = one_op_graph(T, ir.ValueType((3, 4, 4), "float64", timing=ir.PER_STEP), node,
+                     {"w": c3.weight.detach().numpy(), "b": c3.bias.detach().numpy()})
+    np.testing.assert_allclose(golden.run(g, [x])["out"], ref, atol=1e-12)
+
+    ref = MembraneOutputLayer(T)(torch.tensor(x)).numpy()
+    g = one_op_graph(T, ir.ValueType((3, 4, 4), "float64", timing=ir.PER_STEP),
+                     ir.MembraneReadout(name="r", inputs=("x",), decay=0.8))
+    np.testing.assert_allclose(golden.run(g, [x])["out"], ref, atol=1e-12)
+    assert golden.run(g, [x])["out"].shape == (B, 3, 4, 4)
+
+    ref = F.interpolate(torch.tensor(x).flatten(0, 1), scale_factor=2, mode="nearest").unflatten(0, (T, B)).numpy()
+    g = one_op_graph(T, ir.ValueType((3, 4, 4), "float64", timing=ir.PER_STEP),
+                     ir.Upsample(name="u", inputs=("x",), scale=2))
+    assert np.array_equal(golden.run(g, [x])["out"], ref)
+
+
+def test_static_broadcast_concat_and_embedding():
+    T, B = 3, 2
+    rng = np.random.default_rng(3)
+    g = ir.Graph(T, params={"emb": rng.normal(size=(7, 2))})
+    g.add(ir.Input(name="x", shape=(2, 3, 3), dtype="float64", timing=ir.PER_STEP))
+    g.add(ir.Input(name="t", shape=(), dtype="int64"))
+    g.add(ir.Embedding(name="e", inputs=("t",), weight="emb"))
+    g.add(ir.Reshape(name="er", inputs=("e",), shape=(2, 1, 1)))
+    g.add(ir.Add(name="a", inputs=("x", "er")))
+    g.add(ir.Input(name="s", shape=(1, 3, 3), dtype="float64"))
+    g.add(ir.Concat(name="c", inputs=("a", "s")))
+    g.add(ir.Output(name="out", inputs=("c",)))
+    x, t, s = rng.normal(size=(T, B, 2, 3, 3)), np.array([4, 6]), rng.normal(size=(B, 1, 3, 3))
+    out = golden.run(g, {"x": x, "t": t, "s": s})["out"]
+    emb = g.params["emb"][t]
+    assert out.shape == (T, B, 3, 3, 3)
+    np.testing.assert_allclose(out[:, :, :2], x + emb[None, :, :, None, None])
+    np.testing.assert_allclose(out[:, :, 2:], np.broadcast_to(s, (T, B, 1, 3, 3)))
+    with pytest.raises(IRError, match=r"node 'e' \(embedding\): index out of range \[0, 7\)"):
+        golden.run(g, {"x": x, "t": np.array([4, 9]), "s": s})
+
+
+@FAST
+@given(spiking_graphs(), st.integers(0, 1000))
+def test_random_graphs_batch_independent_and_spikes_binary(g, seed):
+    inputs = random_inputs(g, B=3, seed=seed)
+    vals = golden.run(g, inputs, all_values=True)
+    outs = golden.run(g, inputs)
+    assert list(outs) == [n.name for n in g.output_nodes]
+    for n in g.nodes.values():
+        v = vals[n.name]
+        assert v.shape == n.type.full_shape(g.T, 3), n.name
+        assert np.isfinite(v).all()
+        if n.type.kind == ir.SPIKE:
+            assert set(np.unique(v)) <= {0.0, 1.0}
+    for k in outs:
+        assert np.array_equal(outs[k], vals[k])
+    one = golden.run(g, {k: (v[1:2] if g[k].type.timing == ir.STATIC else v[:, 1:2]) for k, v in inputs.items()})
+    for k in outs:  # sample 1 alone gives what it gave inside the batch (eval mode: no cross-batch mixing)
+        got = one[k] if g[k].type.timing == ir.STATIC else one[k][:, 0:1]
+        want = outs[k][1:2] if g[k].type.timing == ir.STATIC else outs[k][:, 1:2]
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_input_validation_names_the_input():
+    g = one_op_graph(2, ir.ValueType((3,), "float64"), ir.Swish(name="s", inputs=("x",)))
+    with pytest.raises(IRError, match=r"input 'x': expected an array of shape \[B, 3\], got \[2, 4\]"):
+        golden.run(g, [np.zeros((2, 4))])
+    with pytest.raises(IRError, match="missing value"):
+        golden.run(g, {})
+    with pytest.raises(IRError, match="unknown input name"):
+        golden.run(g, {"x": np.zeros((1, 3)), "y": 1})
+    out = golden.run(g, [np.array([[0.0, 1.0, -2.0]], dtype=np.float32)])["out"]
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, [[0.0, 1 / (1 + np.exp(-1)), -2 / (1 + np.exp(2))]])
