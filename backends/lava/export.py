@@ -1,0 +1,211 @@
+"""netx HDF5 export of a purely sequential spiking chain from the IR.
+
+Accepted graphs: ``Input -> [Repeat] -> (Conv2d | [Reshape] Linear) -> [BatchNorm] -> IF -> ... -> Output``,
+one user per value.  The input is either a per-step spike value or a real value (static then repeated, or
+per-step) that Lava receives as graded 8-bit payloads.  IF neurons must use hard reset to 0.
+BatchNorm (eval statistics) is folded into the preceding synapse::
+
+    W' = W * gamma / sqrt(var + eps)        b' = (b - mu) * gamma / sqrt(var + eps) + beta
+
+The file follows what ``lava.lib.dl.netx.hdf5.Network`` reads (lava-dl 0.6.0)::
+
+    layer/0  type 'input', shape (C, H, W)                  (no neuron: only sets the input shape)
+    layer/k  type 'conv',  shape (O, H', W'), weight [O, C/g, kh, kw] (torch layout; netx flips and
+             transposes it on load), stride/padding/dilation (y, x), groups, bias [O], neuron/
+             type 'dense', shape (O,), weight [O, I], bias [O], neuron/ (a 'flatten' layer precedes a
+             dense that follows a conv: netx then feeds the (C, H, W)-flattened spikes)
+    neuron/  type 'CUBA', iDecay 4096, vDecay 0 (IF), vThMant = theta_int - 1, refDelay 1, gradedSpike 0
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ...errors import SdmcError, UnsupportedOpError
+from ...ir import PER_STEP, SPIKE, Graph, check
+from ...sim import loihi as lm
+from ...utils import atomic_path
+from .quantize import FloatChain, FloatLayer, QuantReport, quantize_chain
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+
+
+def extract_chain(graph: Graph) -> FloatChain:
+    """Read a sequential conv/dense + IF chain out of ``graph`` (BN folded); errors name the offending node."""
+    check(graph)
+    ins = graph.input_nodes
+    if len(ins) != 1:
+        raise UnsupportedOpError(f"netx export: a sequential chain has exactly one input, graph has {[n.name for n in ins]}")
+    P = graph.params
+    node = ins[0]
+    in_t = node.type
+    graded = in_t.kind != SPIKE
+    if not graded and in_t.timing != PER_STEP:
+        raise UnsupportedOpError(f"node {node.name!r} (input): a spike input must be per-step")
+    layers: list[FloatLayer] = []
+    pending: dict | None = None   # synapse waiting for its neuron
+    flatten = False
+    out_seen = False
+    while True:
+        users = graph.users(node.name)
+        if not users:
+            break
+        if len(users) != 1:
+            raise UnsupportedOpError(f"node {node.name!r} ({node.op}): read by {users}; netx holds only sequential "
+                                     "chains (fan-out needs the manifest-based UNet export)")
+        node = graph[users[0]]
+        op = node.op
+        if op == "repeat" and not layers and pending is None:
+            continue
+        if op == "reshape":
+            if pending is not None or len(node.shape) != 1:
+                raise UnsupportedOpError(f"node {node.name!r} (reshape): only a flatten between a neuron and a "
+                                         "linear layer is expressible in netx")
+            flatten = True
+            continue
+        if op in ("conv2d", "linear"):
+            if pending is not None:
+                raise UnsupportedOpError(f"node {node.name!r} ({op}): two synapses in a row without a neuron")
+            if op == "linear" and len(graph[node.inputs[0]].type.shape) != 1:
+                raise UnsupportedOpError(f"node {node.name!r} (linear): input must be flat (insert a reshape)")
+            if op == "conv2d" and flatten:
+                raise UnsupportedOpError(f"node {node.name!r} (conv2d): conv after a flatten")
+            w = np.asarray(P[node.weight], np.float64)
+            b = None if node.bias is None else np.asarray(P[node.bias], np.float64)
+            pending = dict(kind="conv" if op == "conv2d" else "dense", weight=w, bias=b, name=node.name)
+            if op == "conv2d":
+                pending.update(stride=_pair(node.stride), padding=_pair(node.padding),
+                               dilation=_pair(node.dilation), groups=int(node.groups))
+            flatten = False
+            continue
+        if op == "batchnorm":
+            if pending is None:
+                raise UnsupportedOpError(f"node {node.name!r} (batchnorm): no conv/linear before it to fold into")
+            g = np.ones(len(P[node.running_mean])) if node.weight is None else np.asarray(P[node.weight], np.float64)
+            beta = 0.0 if node.bias is None else np.asarray(P[node.bias], np.float64)
+            k = g / np.sqrt(np.asarray(P[node.running_var], np.float64) + node.eps)
+            mu = np.asarray(P[node.running_mean], np.float64)
+            w = pending["weight"]
+            pending["weight"] = w * k.reshape((-1,) + (1,) * (w.ndim - 1))
+            b0 = np.zeros_like(mu) if pending["bias"] is None else pending["bias"]
+            pending["bias"] = (b0 - mu) * k + beta
+            continue
+        if op == "if":
+            if pending is None:
+                raise UnsupportedOpError(f"node {node.name!r} (if): needs a conv/linear synapse before it")
+            if node.v_reset is None or float(node.v_reset) != 0.0:
+                raise UnsupportedOpError(f"node {node.name!r} (if): Loihi's CUBA neuron resets to 0; v_reset="
+                                         f"{node.v_reset} (soft reset / non-zero reset) is not expressible")
+            layers.append(FloatLayer(threshold=float(node.threshold), **pending))
+            pending = None
+            continue
+        if op == "output":
+            out_seen = True
+            continue
+        raise UnsupportedOpError(f"node {node.name!r} ({op}): not expressible in a sequential netx chain "
+                                 "(supported: input, repeat, conv2d, linear, batchnorm, if, reshape before linear, output)")
+    if pending is not None:
+        raise UnsupportedOpError(f"node {pending['name']!r}: the chain ends in a synapse without a spiking neuron "
+                                 "(keep non-spiking read-outs on the host)")
+    if not layers or not out_seen:
+        raise UnsupportedOpError(f"netx export: graph from input {ins[0].name!r} has no conv/linear + IF layer "
+                                 "ending in an output")
+    return FloatChain(tuple(in_t.shape), tuple(layers), graded_input=graded, meta={"T": graph.T})
+
+
+def write_netx(chain: lm.LoihiChain, path: str | os.PathLike, *, meta: dict | None = None) -> None:
+    """Write ``chain`` as one netx HDF5 file (atomically)."""
+    import h5py
+
+    lm.check_chain(chain)
+    shapes = chain.shapes()
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            def put_type(g, name: str) -> None:
+                g.create_dataset("type", (1,), "S10", [name.encode("ascii")])
+
+            g = f.create_group("layer/0")
+            put_type(g, "input")
+            g.create_dataset("shape", data=np.asarray(shapes[0], np.int64))
+            k = 1
+            for i, L in enumerate(chain.layers):
+                if L.kind == "dense" and len(shapes[i]) > 1:
+                    fl = f.create_group(f"layer/{k}")
+                    put_type(fl, "flatten")
+                    fl.create_dataset("shape", data=np.asarray([int(np.prod(shapes[i]))], np.int64))
+                    k += 1
+                g = f.create_group(f"layer/{k}")
+                k += 1
+                put_type(g, L.kind)
+                g.create_dataset("shape", data=np.asarray(shapes[i + 1], np.int64))
+                g.create_dataset("weight", data=np.asarray(L.weight, np.int64))
+                if L.bias is not None:
+                    g.create_dataset("bias", data=np.asarray(L.bias, np.int64))
+                if L.kind == "conv":
+                    g.create_dataset("inChannels", data=np.int64(shapes[i][0]))
+                    g.create_dataset("outChannels", data=np.int64(shapes[i + 1][0]))
+                    g.create_dataset("kernelSize", data=np.asarray(L.weight.shape[2:4], np.int64))
+                    g.create_dataset("stride", data=np.asarray(L.stride, np.int64))
+                    g.create_dataset("padding", data=np.asarray(L.padding, np.int64))
+                    g.create_dataset("dilation", data=np.asarray(L.dilation, np.int64))
+                    g.create_dataset("groups", data=np.int64(L.groups))
+                n = g.create_group("neuron")
+                n.create_dataset("type", (1,), "S10", [b"CUBA"])
+                n.create_dataset("iDecay", data=np.int64(L.neuron.du + 1))
+                n.create_dataset("vDecay", data=np.int64(L.neuron.dv))
+                n.create_dataset("vThMant", data=np.int64(L.neuron.vth))
+                n.create_dataset("refDelay", data=np.int64(1))
+                n.create_dataset("gradedSpike", data=np.int64(0))
+            f.attrs["sdmc"] = json.dumps({"input_bits": chain.input_bits, **chain.meta, **(meta or {})})
+
+
+def read_netx(path: str | os.PathLike) -> lm.LoihiChain:
+    """Read a netx file written by :func:`write_netx` (conv/dense CUBA chains) back into a LoihiChain."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise SdmcError(f"{path}: not a readable HDF5 file ({e})") from None
+    with f:
+        if "layer" not in f:
+            raise SdmcError(f"{path}: no 'layer' group; not a netx file")
+        info = json.loads(f.attrs.get("sdmc", "{}"))
+        grp = f["layer"]
+        layers, in_shape = [], None
+        for k in range(len(grp)):
+            g = grp[str(k)]
+            t = g["type"][0].decode("ascii") if g["type"].shape else g["type"][()].decode("ascii")
+            if t == "input":
+                in_shape = tuple(int(s) for s in g["shape"][()])
+            elif t == "flatten":
+                continue
+            elif t in ("conv", "dense"):
+                n = g["neuron"]
+                neuron = lm.Cuba(vth=int(n["vThMant"][()]), du=int(n["iDecay"][()]) - 1, dv=int(n["vDecay"][()]))
+                kw = {}
+                if t == "conv":
+                    kw = dict(stride=_pair(g["stride"][()]), padding=_pair(g["padding"][()]),
+                              dilation=_pair(g["dilation"][()]), groups=int(g["groups"][()]))
+                layers.append(lm.LoihiLayer(kind=t, weight=g["weight"][()].astype(np.int64), neuron=neuron,
+                                            bias=g["bias"][()].astype(np.int64) if "bias" in g else None,
+                                            name=f"layer{k}", **kw))
+            else:
+                raise SdmcError(f"{path}: layer {k} has type {t!r}; only input/flatten/conv/dense are read")
+        if in_shape is None:
+            raise SdmcError(f"{path}: no input layer")
+        meta = {k: v for k, v in info.items() if k != "input_bits"}
+        return lm.LoihiChain(in_shape, tuple(layers), input_bits=int(info.get("input_bits", 0)), meta=meta)
+
+
+def export_netx(graph: Graph, path: str | os.PathLike, *, pow2: bool = False, on_overflow: str = "error",
+                input_scale: float | None = None) -> tuple[lm.LoihiChain, QuantReport]:
+    """IR chain -> quantised Loihi chain -> one netx HDF5 file at ``path``; returns the chain and its report."""
+    fchain = extract_chain(graph)
+    qchain, report = quantize_chain(fchain, pow2=pow2, on_overflow=on_overflow, input_scale=input_scale)
+    write_netx(qchain, path, meta={"T": graph.T, "layers": [L.name for L in fchain.layers]})
+    return qchain, report
