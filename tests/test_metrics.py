@@ -225,3 +225,121 @@ def test_digits_classifier_training_is_deterministic_and_file_loads(tmp_path):
         load_digits_classifier(str(tmp_path / "bad.safetensors"))
     with pytest.raises(MetricError, match="no such file"):
         load_digits_classifier(str(tmp_path / "none.safetensors"))
+
+
+# ------------------------------------------------------------------------------- TF-Inception port
+@pytest.fixture(scope="module")
+def inception_random():
+    """The port with random but well-scaled weights (activations stay O(1) through the 94 layers)."""
+    from sdmc.metrics.inception import FIDInceptionV3
+
+    net = FIDInceptionV3()
+    g = torch.Generator().manual_seed(1)
+    sd = net.state_dict()
+    for k, v in sd.items():
+        if k.endswith("running_var"):
+            sd[k] = torch.rand(v.shape, generator=g) + 0.5
+        elif k.endswith("running_mean"):
+            sd[k] = torch.randn(v.shape, generator=g) * 0.1
+        elif k.endswith("weight") and v.dim() > 1:
+            sd[k] = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
+    net.load_state_dict(sd)
+    return net
+
+
+def test_inception_shapes_resize_and_input_scaling(inception_random):
+    import torch.nn.functional as F
+
+    from sdmc.metrics.inception import FEATURE_DIM, NUM_CLASSES
+
+    net = inception_random
+    assert sum(p.numel() for p in net.parameters()) == 23_850_960  # torchvision Inception3, 1008 classes
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    bias = net.fc.bias.clone()
+    net.fc.bias.fill_(100.0)
+    try:
+        with torch.no_grad():
+            f, logits = net(x)  # the only 299x299 pass: the trunk is slow on a CPU
+    finally:
+        net.fc.bias.copy_(bias)
+    assert f.shape == (2, FEATURE_DIM) and logits.shape == (2, NUM_CLASSES)
+    assert torch.isfinite(f).all() and (f >= 0).all() and f.std() > 0  # pool of ReLU outputs
+    # logits are W·f without the fc bias (the TF graph's softmax/logits/MatMul)
+    torch.testing.assert_close(logits, f @ net.fc.weight.T, atol=1e-4, rtol=1e-5)
+    # pytorch-fid's pipeline: [0, 1] images, bilinear resize to 299, then 2x - 1
+    x01 = (x + 1) / 2
+    ref = 2 * F.interpolate(x01, size=(299, 299), mode="bilinear", align_corners=False) - 1
+    prepared = net.prepare(x)
+    assert prepared.shape == (2, 3, 299, 299)
+    torch.testing.assert_close(prepared, ref, atol=1e-6, rtol=0)
+    assert net.prepare(ref) is ref  # already 299x299: no second resize
+    # gray images are repeated to RGB
+    torch.testing.assert_close(net.prepare(x[:, :1]), net.prepare(x[:, :1].repeat(1, 3, 1, 1)))
+    with pytest.raises(MetricError, match=r"\[B, 1\|3, H, W\]"):
+        net(torch.zeros(1, 2, 8, 8))
+
+
+def test_inception_blocks_have_the_tf_pooling_quirks():
+    from torchvision.models import inception as tv
+
+    from sdmc.metrics.inception import FIDInceptionA, FIDInceptionE
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 64, 7, 7)
+    for ours, theirs, pool_ch in ((FIDInceptionA(64, 32), tv.InceptionA(64, 32), 32),
+                                  (FIDInceptionE(64, "avg"), tv.InceptionE(64), 192),
+                                  (FIDInceptionE(64, "max"), tv.InceptionE(64), 192)):
+        theirs.load_state_dict(ours.state_dict())
+        ours.eval(), theirs.eval()
+        with torch.no_grad():
+            a, b = ours(x), theirs(x)
+        torch.testing.assert_close(a[:, :-pool_ch], b[:, :-pool_ch])  # conv branches identical
+        pa, pb = a[:, -pool_ch:], b[:, -pool_ch:]
+        if getattr(ours, "pool", "avg") == "avg":  # TF average ignores the padding: differs on the border only
+            torch.testing.assert_close(pa[..., 1:-1, 1:-1], pb[..., 1:-1, 1:-1])
+            assert not torch.allclose(pa[..., 0, :], pb[..., 0, :])
+        else:  # Mixed_7c: max pooling instead of average
+            assert not torch.allclose(pa[..., 1:-1, 1:-1], pb[..., 1:-1, 1:-1])
+
+
+def test_inception_matches_pytorch_fid_with_the_same_weights(inception_random, monkeypatch):
+    pi = pytest.importorskip("pytorch_fid.inception")
+    sd = {k: v for k, v in inception_random.state_dict().items() if not k.endswith("num_batches_tracked")}
+    monkeypatch.setattr(pi, "load_state_dict_from_url", lambda *a, **k: sd)  # their loader is strict
+    theirs = pi.InceptionV3([3], resize_input=True, normalize_input=True).eval()
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(inception_random(x)[0], theirs((x + 1) / 2)[0].flatten(1), atol=1e-4, rtol=1e-4)
+
+
+def test_inception_weights_are_local_only_and_errors_name_the_flag(tmp_path, monkeypatch, inception_random):
+    from sdmc.metrics.inception import ENV_VAR, load_inception, resolve_weights
+
+    for var in ("XDG_CACHE_HOME", "TORCH_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "cache"))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(MetricError, match="--inception-weights PATH.*SDMC_INCEPTION_WEIGHTS.*--download"):
+        load_inception()
+    with pytest.raises(MetricError, match="nope.pth.*--inception-weights"):
+        load_inception(tmp_path / "nope.pth")
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "env.pth"))
+    with pytest.raises(MetricError, match=r"env.pth \(from \$SDMC_INCEPTION_WEIGHTS\)"):
+        load_inception()
+    # a state dict in pytorch-fid's layout (no num_batches_tracked) loads from the path or the env variable
+    good = tmp_path / "pt_inception.pth"
+    torch.save({k: v for k, v in inception_random.state_dict().items() if "num_batches" not in k}, good)
+    monkeypatch.setenv(ENV_VAR, str(good))
+    net = load_inception()
+    assert torch.equal(net.fc.weight, inception_random.fc.weight)
+    # a cached download in torch hub's folder (where pytorch-fid puts it) is found without flags
+    monkeypatch.delenv(ENV_VAR)
+    hub = tmp_path / "cache" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "pt_inception-2015-12-05-6726825d.pth").write_bytes(good.read_bytes())
+    assert resolve_weights() == hub / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(MetricError, match="other.pth: not the pt_inception"):
+        load_inception(tmp_path / "other.pth")
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(MetricError, match="junk.pth: not a readable"):
+        load_inception(tmp_path / "junk.pth")
