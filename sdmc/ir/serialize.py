@@ -71,7 +71,8 @@ def from_dict(d: dict[str, Any], params: dict[str, np.ndarray] | None = None, wh
 
 def _weights_bytes(params: dict[str, np.ndarray]) -> bytes:
     from safetensors.numpy import save
-    return save({k: np.ascontiguousarray(v) for k, v in params.items()}) if params else save({})
+    # np.ascontiguousarray would turn 0-d arrays (BN num_batches_tracked) into 1-d ones
+    return save({k: np.array(v, order="C", copy=not v.flags.c_contiguous) for k, v in params.items()})
 
 
 def _weights_load(data: bytes, where: str) -> dict[str, np.ndarray]:
