@@ -1,0 +1,283 @@
+"""Loihi fixed-point model, quantisation and the netx writer, without Lava (Lava equality: test_lava.py)."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sdmc import ir
+from sdmc.backends.lava import compat, export, quantize
+from sdmc.errors import SdmcError, UnsupportedOpError
+from sdmc.sim import golden
+from sdmc.sim import loihi as lm
+
+
+# ------------------------------------------------------------------------------------------ neuron step
+def test_cuba_if_step_hand_computed():
+    p = lm.Cuba(vth=9)                      # IF: du = 4095, dv = 0; fires on v > 9*64, i.e. v >= 10 units
+    u = v = np.zeros(3, np.int64)
+    u, v, s = lm.cuba_step(u, v, np.array([4, 10, -3]), 0, p)
+    assert u.tolist() == [256, 640, -192] and v.tolist() == [256, 0, -192] and s.tolist() == [False, True, False]
+    u, v, s = lm.cuba_step(u, v, np.array([6, 9, 0]), np.array([0, 0, 1]), p)
+    assert v.tolist() == [0, 576, -128] and s.tolist() == [True, False, False]  # u is replaced (du = 4095)
+
+
+def test_cuba_decays_truncate_toward_zero():
+    p = lm.Cuba(vth=1000, du=1023, dv=2048)     # keep 3/4 of u, 1/2 of v per step
+    u, v, _ = lm.cuba_step(np.array([-5, 5]), np.array([-3, 3]), np.zeros(2, np.int64), 0, p)
+    # -5*3072/4096 = -3.75 -> -3 (not -4); v: -3*2048/4096 = -1.5 -> -1, plus the new u
+    assert u.tolist() == [-3, 3] and v.tolist() == [-1 - 3, 1 + 3]
+
+
+def test_cuba_current_wraps_and_voltage_saturates_like_lava():
+    p = lm.Cuba(vth=lm.MAX_VTH)
+    u, v, s = lm.cuba_step(np.zeros(2, np.int64), np.zeros(2, np.int64), np.array([150000, 50000]), 0, p)
+    assert u.tolist() == [150000 * 64 - 2 ** 24, 50000 * 64]      # the reference's -112144 units
+    assert u[0] // 64 == -112144
+    v = np.array([2 ** 23 - 100, -(2 ** 23) + 100])
+    _, v2, s2 = lm.cuba_step(np.zeros(2, np.int64), v, np.array([100, -100]), 0, p)
+    # +: clipped to 2^23 - 1, which is above the largest threshold (131071 << 6): it always fires, resets
+    assert v2.tolist() == [0, -(2 ** 23) + 1] and s2.tolist() == [True, False]
+
+
+def test_bias_mantissa_is_int16_in_the_simulator():
+    _, v, _ = lm.cuba_step(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64), 40000, lm.Cuba(vth=5))
+    assert v[0] == -25536 * 64
+
+
+def test_bad_neuron_parameters_are_rejected():
+    with pytest.raises(SdmcError, match="12-bit"):
+        lm.Cuba(vth=1, du=4096)
+    with pytest.raises(SdmcError, match="17 bit"):
+        lm.Cuba(vth=1 << 17)
+
+
+# ------------------------------------------------------------------------------------------ chains
+def _dyadic_chain(rng, C=2, H=6, W=5, bias=True):
+    g = ir.Graph(5)
+    g.add(ir.Input(name="x", shape=(C, H, W), kind="spike", timing="per-step"))
+    g.add_param("c1.w", rng.integers(-6, 10, (4, C, 3, 3)) / 16.0)
+    if bias:
+        g.add_param("c1.b", rng.integers(-3, 4, 4) / 16.0)
+    g.add(ir.Conv2d(name="c1", inputs=("x",), weight="c1.w", bias="c1.b" if bias else None, padding=(1, 1)))
+    g.add(ir.IF(name="n1", inputs=("c1",)))
+    g.add_param("c2.w", rng.integers(-6, 10, (3, 4, 3, 2)) / 16.0)
+    g.add(ir.Conv2d(name="c2", inputs=("n1",), weight="c2.w", stride=(2, 1), padding=(1, 0)))
+    g.add(ir.IF(name="n2", inputs=("c2",), threshold=0.75))
+    n_flat = 3 * 3 * 4
+    g.add(ir.Reshape(name="flat", inputs=("n2",), shape=(n_flat,)))
+    g.add_param("fc.w", rng.integers(-8, 9, (5, n_flat)) / 8.0)
+    g.add(ir.Linear(name="fc", inputs=("flat",), weight="fc.w"))
+    g.add(ir.IF(name="n3", inputs=("fc",)))
+    g.add(ir.Output(name="out", inputs=("n3",)))
+    ir.check(g)
+    return g
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), B=st.integers(1, 3), bias=st.booleans())
+def test_fixed_point_chain_equals_float_golden_for_dyadic_weights(seed, B, bias):
+    rng = np.random.default_rng(seed)
+    g = _dyadic_chain(rng, bias=bias)
+    fchain = export.extract_chain(g)
+    q, rep = quantize.quantize_chain(fchain, pow2=True)
+    assert all(r.weight_err == 0 and r.bias_err == 0 for r in rep.layers)
+    x = (rng.random((g.T, B) + fchain.input_shape) < 0.4).astype(np.float64)
+    gold = golden.run(g, [x], all_values=True)
+    L = len(q.layers)
+    res = lm.run_chain(q, x, num_steps=g.T + L, reset_interval=g.T + L)
+    got = lm.aligned_spikes(res, g.T)
+    for name, s in zip(("n1", "n2", "n3"), got):
+        assert np.array_equal(gold[name].astype(bool), s), name
+    assert gold["n1"].sum() > 0
+
+
+def test_without_reset_bias_leaks_into_the_pipeline_fill():
+    rng = np.random.default_rng(3)
+    g = _dyadic_chain(rng)
+    q, _ = quantize.quantize_chain(export.extract_chain(g), pow2=True)
+    q = lm.LoihiChain(q.input_shape, (lm.LoihiLayer(**{**q.layers[0].__dict__, "bias": np.full(4, 30)}),)
+                      + q.layers[1:])
+    x = (rng.random((g.T, 1) + q.input_shape) < 0.4).astype(np.int64)
+    with_reset = lm.run_chain(q, x, reset_interval=g.T + 3)
+    no_reset = lm.run_chain(q, x)
+    assert not np.array_equal(with_reset["v"][0], no_reset["v"][0])
+
+
+def test_batchnorm_is_folded_into_the_synapse():
+    rng = np.random.default_rng(1)
+    g = ir.Graph(4)
+    g.add(ir.Input(name="x", shape=(3, 5, 5), kind="spike", timing="per-step"))
+    g.add_param("c.w", rng.normal(0, 0.5, (4, 3, 3, 3)))
+    g.add_param("bn.weight", 1 + 0.3 * rng.normal(size=4))
+    g.add_param("bn.bias", 0.3 * rng.normal(size=4))
+    g.add_param("bn.running_mean", 0.2 * rng.normal(size=4))
+    g.add_param("bn.running_var", 0.5 + rng.random(4))
+    g.add(ir.Conv2d(name="c", inputs=("x",), weight="c.w", padding=(1, 1)))
+    g.add(ir.BatchNorm(name="bn", inputs=("c",), weight="bn.weight", bias="bn.bias",
+                       running_mean="bn.running_mean", running_var="bn.running_var"))
+    g.add(ir.IF(name="n", inputs=("bn",), threshold=0.5))
+    g.add(ir.Output(name="out", inputs=("n",)))
+    x = (rng.random((4, 2, 3, 5, 5)) < 0.5).astype(np.float64)
+    fchain = export.extract_chain(g)
+    gold = golden.run(g, [x], all_values=True)
+    # the folded float chain reproduces the BN graph's currents (spikes identical away from ties)
+    assert np.array_equal(quantize.float_reference(fchain, x)[0], gold["n"])
+
+
+def test_graded_static_input_chain():
+    rng = np.random.default_rng(2)
+    g = ir.Graph(3)
+    g.add(ir.Input(name="img", shape=(1, 4, 4)))
+    g.add(ir.Repeat(name="rep", inputs=("img",)))
+    g.add_param("c.w", rng.integers(-6, 7, (2, 1, 3, 3)) / 8.0)
+    g.add(ir.Conv2d(name="c", inputs=("rep",), weight="c.w", padding=(1, 1)))
+    g.add(ir.IF(name="n", inputs=("c",)))
+    g.add(ir.Output(name="out", inputs=("n",)))
+    fchain = export.extract_chain(g)
+    assert fchain.graded_input
+    q, rep = quantize.quantize_chain(fchain, pow2=True, input_scale=128)
+    assert q.input_bits == 16 and rep.input_scale == 128
+    img = np.clip(np.rint(rng.uniform(-1, 1, (2, 1, 4, 4)) * 128), -127, 127) / 128   # exactly representable
+    xq = quantize.quantize_input(q, np.broadcast_to(img, (3,) + img.shape))
+    res = lm.run_chain(q, xq, reset_interval=3 + 1)
+    gold = golden.run(g, [img])["out"]
+    assert np.array_equal(lm.aligned_spikes(res, 3)[0], gold.astype(bool))
+
+
+# ------------------------------------------------------------------------------------------ quantisation
+def test_quantisation_error_is_reported_and_bounded():
+    rng = np.random.default_rng(0)
+    g = ir.Graph(8)
+    g.add(ir.Input(name="x", shape=(4, 8, 8), kind="spike", timing="per-step"))
+    g.add_param("c1.w", rng.normal(0, 0.35, (8, 4, 3, 3)))
+    g.add_param("c1.b", rng.normal(0, 0.1, 8))
+    g.add(ir.Conv2d(name="c1", inputs=("x",), weight="c1.w", bias="c1.b", padding=(1, 1)))
+    g.add(ir.IF(name="n1", inputs=("c1",)))
+    g.add_param("c2.w", rng.normal(0, 0.3, (8, 8, 3, 3)))
+    g.add(ir.Conv2d(name="c2", inputs=("n1",), weight="c2.w", padding=(1, 1)))
+    g.add(ir.IF(name="n2", inputs=("c2",), threshold=0.997))       # threshold guidance value
+    g.add(ir.Output(name="out", inputs=("n2",)))
+    fchain = export.extract_chain(g)
+    q, rep = quantize.quantize_chain(fchain)
+    for r, L in zip(rep.layers, fchain.layers):
+        assert r.weight_err <= 0.5 / r.scale + 1e-12          # round-to-nearest on the shared scale
+        assert abs(r.theta_int / r.scale - r.theta) <= 0.5 / r.scale + 1e-12
+        assert np.abs(L.weight).max() * r.scale == pytest.approx(127, rel=1e-9)   # full 8-bit range used
+    x = (rng.random((8, 4, 4, 8, 8)) < 0.3).astype(np.float64)
+    quantize.evaluate(fchain, q, rep, x)
+    text = rep.format()
+    assert "c1" in text and "mismatch" in text
+    for r in rep.layers:
+        assert 0.01 < r.rate_float < 0.9
+        assert r.spike_mismatch < 0.05, rep.format()             # measured: ~0.5-2 % on this net
+        assert abs(r.rate_fixed - r.rate_float) < 0.02
+    # coarser weights (pow2 scale) lose precision: the error grows, but stays reported
+    _, rep2 = quantize.quantize_chain(fchain, pow2=True)
+    assert rep2.layers[0].scale <= rep.layers[0].scale
+
+
+def test_current_overflow_names_the_layer_or_rescales():
+    fl = quantize.FloatLayer(kind="dense", weight=np.full((2, 2000), 1.0), bias=None, threshold=1.0, name="big_fc")
+    chain = quantize.FloatChain((2000,), (fl,))
+    with pytest.raises(SdmcError, match=r"layer 1 \(big_fc\).*current"):
+        quantize.quantize_chain(chain)
+    q, rep = quantize.quantize_chain(chain, on_overflow="rescale")
+    assert rep.layers[0].worst_current <= lm.MAX_CURRENT
+    assert q.layers[0].weight.max() < 127
+
+
+def test_threshold_too_small_for_the_scale_is_an_error():
+    fl = quantize.FloatLayer(kind="dense", weight=np.array([[100.0, -50.0]]), bias=None, threshold=0.001, name="fc")
+    with pytest.raises(SdmcError, match=r"layer 1 \(fc\): threshold"):
+        quantize.quantize_chain(quantize.FloatChain((2,), (fl,)))
+
+
+# ------------------------------------------------------------------------------------------ export
+def test_netx_file_layout_and_round_trip(tmp_path):
+    rng = np.random.default_rng(5)
+    g = _dyadic_chain(rng)
+    path = tmp_path / "net.h5"
+    q, _ = export.export_netx(g, path, pow2=True)
+    with h5py.File(path) as f:
+        types = [f[f"layer/{k}/type"][0] for k in range(len(f["layer"]))]
+        assert types == [b"input", b"conv", b"conv", b"flatten", b"dense"]
+        assert f["layer/0/shape"][()].tolist() == [2, 6, 5]                  # torch (C, H, W) order
+        assert "neuron" not in f["layer/0"]
+        c2 = f["layer/2"]
+        assert c2["weight"].shape == (3, 4, 3, 2) and c2["stride"][()].tolist() == [2, 1]
+        assert c2["shape"][()].tolist() == [3, 3, 4]
+        n = f["layer/1/neuron"]
+        assert (n["type"][0], int(n["iDecay"][()]), int(n["vDecay"][()])) == (b"CUBA", 4096, 0)
+        assert int(n["vThMant"][()]) == q.layers[0].neuron.vth == 127  # theta 1.0 at scale 128, minus 1
+        assert f["layer/4/weight"].dtype.kind == "i"
+    back = export.read_netx(path)
+    assert back.input_shape == q.input_shape and len(back.layers) == 3
+    for a, b in zip(back.layers, q.layers):
+        assert np.array_equal(a.weight, b.weight) and a.neuron == b.neuron and a.stride == b.stride
+
+
+def test_export_rejects_what_netx_cannot_express(tmp_path):
+    g = ir.Graph(2)
+    g.add(ir.Input(name="x", shape=(2, 4, 4), kind="spike", timing="per-step"))
+    g.add_param("w", np.ones((2, 2, 1, 1)))
+    g.add(ir.Conv2d(name="c", inputs=("x",), weight="w"))
+    g.add(ir.IF(name="n", inputs=("c",), v_reset=None))
+    g.add(ir.Output(name="out", inputs=("n",)))
+    with pytest.raises(UnsupportedOpError, match="node 'n' \\(if\\).*soft reset"):
+        export.export_netx(g, tmp_path / "a.h5")
+    g2 = ir.Graph(2)
+    g2.add(ir.Input(name="x", shape=(2, 4, 4), kind="spike", timing="per-step"))
+    g2.add_param("w", np.ones((2, 2, 1, 1)))
+    g2.add(ir.Conv2d(name="c", inputs=("x",), weight="w"))
+    g2.add(ir.IF(name="n", inputs=("c",)))
+    g2.add(ir.Add(name="res", inputs=("n", "n")))
+    g2.add(ir.Output(name="out", inputs=("res",)))
+    with pytest.raises(UnsupportedOpError, match="node 'res' \\(add\\)"):
+        export.export_netx(g2, tmp_path / "b.h5")
+    assert not (tmp_path / "a.h5").exists() and not (tmp_path / "b.h5").exists()
+
+
+def test_read_netx_names_a_bad_file(tmp_path):
+    p = tmp_path / "junk.h5"
+    p.write_bytes(b"not hdf5")
+    with pytest.raises(SdmcError, match="junk.h5"):
+        export.read_netx(p)
+
+
+# ------------------------------------------------------------------------------------------ compat
+def test_import_fixes_rewrite_exactly_the_expected_text():
+    src = ("from dataclasses import dataclass, InitVar\n@dataclass\nclass A:\n"
+           "    x: ByteEncoder = ByteEncoder()\n    y: ByteEncoder = ByteEncoder()\n")
+    out = compat._fix_var_model(src)
+    assert out.count("field(default_factory=ByteEncoder)") == 2 and "InitVar, field\n" in out
+    sl = "import x\nfrom . import object_detection as obd\nfrom . import y\n"
+    out = compat._fix_slayer_init(sl)
+    ns = {}
+    exec(compile(out.replace("from . import object_detection as obd", "import no_such_mod_xyz as obd")
+                 .replace("import x\n", "").replace("from . import y\n", ""), "s", "exec"), ns)
+    assert ns["obd"] is None
+    with pytest.raises(compat.LavaUnavailable, match="var_model"):
+        compat._fix_var_model("class A: pass\n")
+    with pytest.raises(compat.LavaUnavailable, match="slayer"):
+        compat._fix_slayer_init("pass\n")
+
+
+def test_fast_conv_matches_torch_layout_conv_after_netx_flip():
+    """conv_numpy on netx's (Cout, kW, kH, Cin) flipped weights == torch cross-correlation on (C, H, W)."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        groups = int(rng.integers(1, 3))
+        C, O = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
+        kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        st_, pd, dl = tuple(rng.integers(1, 3, 2)), tuple(rng.integers(0, 2, 2)), tuple(rng.integers(1, 3, 2))
+        x = rng.integers(0, 2, (C, 7, 6))
+        w = rng.integers(-9, 9, (O, C // groups, kh, kw))
+        layer = lm.LoihiLayer(kind="conv", weight=w, neuron=lm.Cuba(vth=1), stride=st_, padding=pd,
+                              dilation=dl, groups=groups)
+        want = lm.conv_synapse(x[None], layer)[0]
+        lava_w = w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1).astype(np.int32)   # what netx hands to Lava
+        got = compat.conv_numpy(x.transpose(2, 1, 0), lava_w, (kw, kh), st_[::-1], pd[::-1], dl[::-1], groups)
+        assert np.array_equal(got.transpose(2, 1, 0), want)
