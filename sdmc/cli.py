@@ -64,6 +64,67 @@ def cmd_inherit_tsm(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- compile / inspect
+def _add_compile(sub) -> None:
+    p = sub.add_parser("compile", help="trace a model into the spiking IR, run passes, write a backend artefact",
+                       description="Trace a released .pt or native .safetensors model with the torch.fx frontend, "
+                                   "run IR passes (checked after each), and save the .sdmc graph (--backend ir).")
+    p.add_argument("file", help="released .pt checkpoint or native .safetensors model")
+    p.add_argument("--backend", default="ir", choices=["ir", "torch", "lava", "onnx", "nir"],
+                   help="what to produce (default: ir, the .sdmc graph)")
+    p.add_argument("-o", "--out", required=True, help="output file (.sdmc zip for --backend ir; a directory otherwise)")
+    p.add_argument("--passes", default="inference",
+                   help="pipeline (inference, neuromorphic) or comma-separated pass names; 'none' for the raw trace")
+    p.add_argument("--snn-steps", type=int, default=None, help="SNN steps T if the file does not record them")
+    p.add_argument("--img-size", type=int, default=None, help="image size to trace at (default: the model's)")
+    p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto",
+                   help="which weights of a training checkpoint (default: ema if present)")
+
+
+@command("compile")
+def cmd_compile(args: argparse.Namespace) -> int:
+    import importlib.util
+    if args.backend != "ir":
+        mod = {"torch": "torch_exec"}.get(args.backend, args.backend)
+        if importlib.util.find_spec(f"sdmc.backends.{mod}") is None:
+            raise SdmcError(f"--backend {args.backend}: not available yet (sdmc.backends.{mod} is not in this "
+                            "build); use --backend ir to write the .sdmc graph")
+        raise SdmcError(f"--backend {args.backend}: sdmc.backends.{mod} exists but is not wired into "
+                        "'sdmc compile' yet; use --backend ir")
+    from . import ir, passes
+    from .frontends import from_checkpoint
+    names = [] if args.passes.strip().lower() == "none" else passes.resolve(args.passes)
+    graph = from_checkpoint(args.file, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
+    graph = passes.run(graph, names)
+    out = ir.save(ir.check(graph), args.out)
+    print(f"wrote {out}: {len(graph.nodes)} nodes, {len(graph.params)} parameters, T={graph.T}, "
+          f"passes: {', '.join(names) or 'none'}")
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="summarise a compiled .sdmc graph: ops, parameters, spike layers, "
+                                       "static vs per-step work, host/neuromorphic partition, pass log")
+    p.add_argument("file", help=".sdmc zip (or graph directory) written by 'sdmc compile'")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--nodes", action="store_true", help="with --json: include the per-node partition")
+
+
+@command("inspect")
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+    from . import ir
+    from .passes import format_summary, summarize
+    s = summarize(ir.load(args.file))
+    if args.json:
+        if not args.nodes:
+            s["partition"].pop("nodes")
+        print(json.dumps(s, indent=1))
+    else:
+        print(format_summary(s), end="")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- demo
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the bundled digits data (CPU, minutes)")
