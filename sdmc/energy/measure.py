@@ -1,0 +1,305 @@
+"""Measuring activity on real inputs: firing rates per neuron layer and exact synaptic events per layer.
+
+``FiringRateMonitor`` is a context manager that hooks an eager model (spikingjelly neurons: output
+spikes; Conv2d / Conv3d / Linear: their inputs) and accumulates, per diffusion step ``k`` seen in the
+model's ``t`` argument::
+
+    neuron n:   spikes[k][t]  = sum over samples of sum_{c,y,x} s[t, b, c, y, x]     (t = SNN step)
+    synapse l:  nnz[k], numel[k], sops[k]  (sops exact, see :func:`sdmc.energy.count.conv_sops`)
+
+Module paths are the IR node names the frontend gives (``downblocks.0.neuron1``, ``conv.tsmconv``).
+It is cheap enough to leave on while sampling or training (a few reductions per layer per call).
+``calibration_batches`` makes the default calibration set: dataset images noised with ``q_sample``
+to diffusion steps a solver visits.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError, SdmcError
+from .count import conv_sops, linear_sops
+
+
+@dataclass
+class SynapseStats:
+    """Accumulated input activity of one synaptic layer, per diffusion step ``k``:
+    ``[samples, nnz, numel, sops]`` (sums over samples; nnz / numel over every execution)."""
+
+    by_step: dict[int, np.ndarray] = field(default_factory=lambda: defaultdict(lambda: np.zeros(4)))
+
+    def total(self) -> np.ndarray:
+        return sum(self.by_step.values(), np.zeros(4))
+
+    def rate(self, k: int | None = None) -> float:
+        """Fraction of non-zero input entries (the input firing rate for spike inputs)."""
+        s = self.total() if k is None else self.by_step[k]
+        return float(s[1] / s[2]) if s[2] else 0.0
+
+    def sops(self, k: int | None = None) -> float:
+        """Synaptic operations per sample per call."""
+        s = self.total() if k is None else self.by_step[k]
+        return float(s[3] / s[0]) if s[0] else 0.0
+
+
+@dataclass
+class NeuronStats:
+    """Accumulated spikes of one neuron layer: per diffusion step ``k``, ``samples`` and
+    ``spikes[T]`` (sums over samples); ``size`` neurons per sample."""
+
+    T: int
+    size: int = 0
+    samples: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    spikes: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def add(self, k: int, n: int, per_t: np.ndarray) -> None:
+        self.samples[k] += n
+        self.spikes[k] = self.spikes.get(k, np.zeros(self.T)) + per_t
+
+    def rate_per_step(self, k: int | None = None) -> np.ndarray:
+        """Firing rate (spikes per neuron) at each SNN step ``[T]``."""
+        ks = list(self.samples) if k is None else [k]
+        n = sum(self.samples[j] for j in ks)
+        if not n or not self.size:
+            return np.zeros(self.T)
+        return sum(self.spikes[j] for j in ks) / (n * self.size)
+
+    def rate(self, k: int | None = None) -> float:
+        """Mean firing rate over SNN steps."""
+        return float(self.rate_per_step(k).mean())
+
+
+@dataclass
+class Activity:
+    """Everything measured: ``synapses`` and ``neurons`` by IR node name, ``T``, the diffusion steps seen."""
+
+    T: int
+    synapses: dict[str, SynapseStats] = field(default_factory=dict)
+    neurons: dict[str, NeuronStats] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> list[int]:
+        ks: set[int] = set()
+        for s in self.synapses.values():
+            ks |= set(s.by_step)
+        for n in self.neurons.values():
+            ks |= set(n.samples)
+        return sorted(ks, reverse=True)
+
+    def mean_rate(self, k: int | None = None) -> float:
+        """Firing rate over all neurons (weighted by layer size)."""
+        num = den = 0.0
+        for n in self.neurons.values():
+            num += n.rate(k) * n.size
+            den += n.size
+        return num / den if den else 0.0
+
+    # ---- accumulation (shared by the eager hooks and the golden-simulator path)
+    def add_synapse(self, name: str, x: torch.Tensor, ks: torch.Tensor, info: dict[str, Any]) -> None:
+        """Record the input ``x`` ``[k, B, *shape]`` of synapse ``name`` for samples at diffusion steps ``ks`` [B]."""
+        B = x.shape[1]
+        if info["op"] == "linear":
+            sops = linear_sops(x, info["out_features"])
+        else:
+            sops = conv_sops(x, info["out_channels"], info["kernel"], info["stride"], info["padding"],
+                             info["dilation"], info["groups"])
+        nnz = (x != 0).transpose(0, 1).reshape(B, -1).sum(1, dtype=torch.float64)
+        per = x.numel() // B
+        st = self.synapses.setdefault(name, SynapseStats())
+        for k in ks.unique().tolist():
+            m = ks == k
+            st.by_step[int(k)] += np.array([int(m.sum()), float(nnz[m].sum()), per * int(m.sum()),
+                                            float(sops[m].sum())])
+
+    def add_neuron(self, name: str, s: torch.Tensor, ks: torch.Tensor) -> None:
+        """Record the output spikes ``s`` ``[T, B, *shape]`` of neuron layer ``name``."""
+        T, B = s.shape[:2]
+        st = self.neurons.setdefault(name, NeuronStats(T=T))
+        st.size = int(s[0, 0].numel())
+        per = s.reshape(T, B, -1).sum(2, dtype=torch.float64)  # [T, B]
+        for k in ks.unique().tolist():
+            m = ks == k
+            st.add(int(k), int(m.sum()), per[:, m].sum(1).cpu().numpy())
+
+
+def synapse_info(module: nn.Module) -> dict[str, Any] | None:
+    """What :meth:`Activity.add_synapse` needs to count a torch conv / linear module's events."""
+    if isinstance(module, nn.Linear):
+        return dict(op="linear", out_features=module.out_features)
+    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+        return dict(op="conv2d" if isinstance(module, nn.Conv2d) else "conv3d", out_channels=module.out_channels,
+                    kernel=tuple(module.kernel_size[:2]), stride=tuple(module.stride[:2]),
+                    padding=tuple(module.padding[:2]), dilation=tuple(module.dilation[:2]), groups=module.groups)
+    return None
+
+
+class FiringRateMonitor:
+    """Context manager recording firing rates and synaptic events of an eager spiking model.
+
+    >>> with FiringRateMonitor(model) as mon:
+    ...     model(x_t, t)
+    >>> mon.activity.neurons["downblocks.0.neuron1"].rate()
+
+    ``synapses=False`` records only the neurons (cheapest; enough for a training-time monitor).
+    ``layers``: restrict to these module paths.  The model's ``forward(x, t)`` second argument gives
+    the diffusion step of each sample (``-1`` when absent).
+    """
+
+    def __init__(self, model: nn.Module, synapses: bool = True, layers: Iterable[str] | None = None) -> None:
+        from spikingjelly.activation_based import neuron as sj_neuron
+        self.model = model
+        self._neuron_types = (sj_neuron.BaseNode,)
+        self.synapses = synapses
+        self.layers = set(layers) if layers is not None else None
+        T = getattr(model, "timestep", None) or getattr(getattr(model, "config", None), "snn_steps", 1)
+        self.activity = Activity(T=int(T))
+        self._hooks: list[Any] = []
+        self._ks: torch.Tensor | None = None
+
+    def _root_pre(self, mod, args, kwargs):
+        x = args[0] if args else kwargs.get("x")
+        t = args[1] if len(args) > 1 else kwargs.get("t")
+        B = x.shape[0]
+        if isinstance(t, torch.Tensor) and t.numel() == B:
+            self._ks = t.detach().reshape(B).long().cpu()
+        elif isinstance(t, (int, float)) or (isinstance(t, torch.Tensor) and t.numel() == 1):
+            self._ks = torch.full((B,), int(t), dtype=torch.long)
+        else:
+            self._ks = torch.full((B,), -1, dtype=torch.long)
+
+    def _lead(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, ...]`` with N = k*B (k leading, as the UNets fold T) to ``[k, B, ...]``."""
+        B = self._ks.numel()
+        N = x.shape[0]
+        if N % B:
+            raise SdmcError(f"FiringRateMonitor: a layer input has leading size {N}, not a multiple of the batch {B}")
+        return x.reshape(N // B, B, *x.shape[1:])
+
+    def _syn_hook(self, name: str, info: dict[str, Any]):
+        def fn(mod, args):
+            if self._ks is None:
+                return
+            x = args[0].detach()
+            if info["op"] == "conv3d":  # [B, C, H, W, T] -> [T, B, C, H, W]
+                x = x.permute(4, 0, 1, 2, 3)
+            else:
+                x = self._lead(x)
+            self.activity.add_synapse(name, x, self._ks, info)
+        return fn
+
+    def _neuron_hook(self, name: str):
+        def fn(mod, args, out):
+            if self._ks is None:
+                return
+            s = out.detach()
+            if s.dim() >= 2 and s.shape[1] != self._ks.numel():
+                s = self._lead(s.flatten(0, 1)) if s.shape[0] % self._ks.numel() == 0 else s
+            self.activity.add_neuron(name, s, self._ks)
+        return fn
+
+    def __enter__(self) -> "FiringRateMonitor":
+        self._hooks.append(self.model.register_forward_pre_hook(self._root_pre, with_kwargs=True))
+        for name, m in self.model.named_modules():
+            if self.layers is not None and name not in self.layers:
+                continue
+            if isinstance(m, self._neuron_types):
+                self._hooks.append(m.register_forward_hook(self._neuron_hook(name)))
+            elif self.synapses:
+                info = synapse_info(m)
+                if info is not None:
+                    self._hooks.append(m.register_forward_pre_hook(self._syn_hook(name, info)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._ks = None
+
+    def summary(self) -> dict[str, float]:
+        """``{neuron layer: mean firing rate}`` so far."""
+        return {k: v.rate() for k, v in self.activity.neurons.items()}
+
+
+# ----------------------------------------------------------------------------------- calibration
+def calibration_steps(num_train: int, solver: str = "ddim", steps: int = 50, keep: int = 8) -> list[int]:
+    """The diffusion steps a ``solver`` with ``steps`` sampling steps calls the model at, evenly
+    subsampled to at most ``keep`` of them (first and last kept)."""
+    from ..diffusion.schedule import NoiseSchedule
+    from ..config import DiffusionConfig
+    from ..diffusion.solvers import make_solver
+    s = make_solver(solver, NoiseSchedule(DiffusionConfig(num_timesteps=num_train)))
+    s.set_timesteps(steps)
+    ts = [int(v) for v in s.timesteps.tolist()]
+    if keep < 1:
+        raise ConfigError(f"calibration: keep must be >= 1, got {keep}")
+    if len(ts) <= keep:
+        return ts
+    idx = np.unique(np.round(np.linspace(0, len(ts) - 1, keep)).astype(int))
+    return [ts[i] for i in idx]
+
+
+def calibration_batches(images: torch.Tensor, steps: list[int], schedule, seed: int = 0
+                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """For each diffusion step ``k`` in ``steps``: ``(x_k, t)`` with ``x_k = q_sample(images, k, noise)``
+    (a fixed noise draw per step from ``seed``) and ``t`` filled with ``k``."""
+    g = torch.Generator().manual_seed(seed)
+    for k in steps:
+        noise = torch.randn(images.shape, generator=g, dtype=images.dtype)
+        t = torch.full((images.shape[0],), int(k), dtype=torch.long)
+        yield schedule.q_sample(images, t, noise.to(images.device)), t.to(images.device)
+
+
+def dataset_images(name: str, n: int, img_size: int, img_ch: int, root: str | None = None, seed: int = 0
+                   ) -> torch.Tensor:
+    """``n`` images ``[n, C, H, W]`` in [-1, 1] from dataset ``name`` (a fixed random subset)."""
+    from ..data import load_dataset
+    ds = load_dataset(name, root=root, img_size=img_size, train=True)
+    if len(ds) == 0:
+        raise SdmcError(f"calibration: dataset {name!r} is empty")
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    x = torch.stack([ds[int(i)][0] for i in idx])
+    if x.shape[1:] != (img_ch, img_size, img_size):
+        raise SdmcError(f"calibration: dataset {name!r} gives images {list(x.shape[1:])}, the model needs "
+                        f"{[img_ch, img_size, img_size]} (pick a matching --data)")
+    return x
+
+
+def measure_model(model: nn.Module, images: torch.Tensor, steps: list[int], schedule, batch_size: int = 32,
+                  seed: int = 0) -> Activity:
+    """Run ``model`` on ``images`` noised to every step in ``steps`` under a :class:`FiringRateMonitor`."""
+    device = next(model.parameters()).device
+    model.eval()
+    with FiringRateMonitor(model) as mon, torch.no_grad():
+        for x, t in calibration_batches(images.to(device), steps, schedule, seed):
+            for i in range(0, x.shape[0], batch_size):
+                model(x[i:i + batch_size], t[i:i + batch_size])
+    return mon.activity
+
+
+def measure_graph(graph, images: np.ndarray | torch.Tensor, steps: list[int], schedule, seed: int = 0) -> Activity:
+    """The same measurement on an IR graph with the golden simulator (slow: for small models)."""
+    from ..sim import golden
+    from .count import count_graph
+    costs = count_graph(graph)
+    act = Activity(T=graph.T)
+    images = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    for x, t in calibration_batches(images, steps, schedule, seed):
+        ins = [n for n in graph.input_nodes]
+        feed = {}
+        for n in ins:
+            feed[n.name] = x.numpy() if n.type.dtype.startswith("float") else t.numpy()
+        vals = golden.run(graph, feed, all_values=True)
+        for name, c in costs.items():
+            if c.cls == "synapse":
+                v = torch.from_numpy(vals[c.input])
+                v = v if graph.nodes[c.input].type.per_step else v.unsqueeze(0)
+                act.add_synapse(name, v, t, dict(op=c.op, **c.meta))
+            elif c.cls == "neuron":
+                act.add_neuron(name, torch.from_numpy(vals[name]), t)
+    return act
