@@ -75,14 +75,18 @@ def run_netx(path: str | os.PathLike, x: np.ndarray, *, input_message_bits: int 
     net = netx.hdf5.Network(net_config=os.fspath(path), reset_interval=R, reset_offset=1,
                             input_message_bits=input_message_bits)
     in_shape = tuple(net.inp.shape)
-    if tuple(_to_lava(x[0, 0]).shape) != in_shape:
+
+    def prep(a: np.ndarray) -> np.ndarray:  # a first dense layer reads the (C, H, W)-flattened input
+        return a.reshape(-1) if len(in_shape) == 1 else _to_lava(a)
+
+    if tuple(prep(x[0, 0]).shape) != in_shape:
         raise SdmcError(f"run_netx: {os.fspath(path)!r} expects inputs of shape {list(_from_lava(np.zeros(in_shape)).shape)} "
                         f"per step, got {list(x.shape[2:])}")
     data = np.zeros(in_shape + (steps,), np.int64)
     xi = x.astype(np.int64) if input_message_bits > 0 else (x != 0).astype(np.int64)
     for b in range(B):
         for k in range(T):
-            data[..., b * R + k] = _to_lava(xi[k, b])
+            data[..., b * R + k] = prep(xi[k, b])
     source = RingBuffer(data=data)
     source.s_out.connect(net.inp)
     extractors, wires = [], []
