@@ -332,3 +332,32 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert ir.load(tmp_path / "gdir") == g
     assert sorted(os.listdir(tmp_path)) == ["gdir", "m.sdmc"]  # no temporary leftovers
+
+
+def test_api_docstring_walkthrough(tmp_path):
+    """The recipe in sdmc.ir's docstring works as written."""
+    rng = np.random.default_rng(0)
+    g = ir.Graph(T=4)
+    g.add(ir.Input(name="x", shape=(3, 8, 8), dtype="float32"))
+    g.add(ir.Repeat(name="xs", inputs=("x",)))
+    g.add_param("conv.weight", rng.normal(size=(4, 3, 3, 3)).astype(np.float32))
+    g.add(ir.Conv2d(name="conv", inputs=("xs",), weight="conv.weight", padding=(1, 1)))
+    g.add(ir.IF(name="sn", inputs=("conv",), threshold=1.0, v_reset=0.0))
+    g.add(ir.MembraneReadout(name="ro", inputs=("sn",), decay=0.8))
+    g.add(ir.Output(name="out", inputs=("ro",)))
+    ir.check(g)
+    assert [n.op for n in g] == ["input", "repeat", "conv2d", "if", "membrane_readout", "output"]
+    assert g.users("conv") == ["sn"] and g["ro"].type.shape == (4, 8, 8)
+    g.add_param("conv.folded", 2 * g.params["conv.weight"])
+    g.replace("conv", g["conv"].replace(weight="conv.folded"))
+    g.replace("sn", ir.LIF(name="sn2", inputs=("conv",)))
+    assert g["ro"].inputs == ("sn2",)
+    g.add(ir.Swish(name="sw", inputs=("xs",)))
+    g.replace_uses("sw", "xs")
+    g.remove("sw")
+    nxg = g.to_networkx()
+    assert set(nxg.successors("conv")) == {"sn2"}
+    assert ir.check(g)["sn2"].type.kind == ir.SPIKE
+    g.add_param("zero_d", np.array(3, dtype=np.int64))  # 0-d parameters survive the safetensors round trip
+    h = ir.load(ir.save(g, tmp_path / "g.sdmc"))
+    assert h == g and h.params["zero_d"].shape == ()
