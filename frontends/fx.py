@@ -368,7 +368,9 @@ class _Translator:
         if fn is torch.flatten:
             return self.method(n, "flatten", args, kwargs)
         name = getattr(fn, "__name__", str(fn))
-        raise self.unsupported(n, f"function {getattr(fn, '__module__', '') or ''}.{name}".lstrip("."))
+        raise self.unsupported(n, f"function {getattr(fn, '__module__', '') or ''}.{name}".lstrip("."),
+                               "supported functions: add, mul, sigmoid, silu, cat, interpolate (nearest), flatten, "
+                               "getitem with None; wrap the op in a module the IR supports")
 
     def method(self, n: fx.Node, meth: str, args: tuple, kwargs: dict) -> Any:
         x = self.tensor(n, args[0], f"Tensor.{meth}")
@@ -397,7 +399,9 @@ class _Translator:
             if x.layout == "TBL" and perm == (r - 1,) + tuple(range(r - 1)):
                 return V(x.name, "TB")
             raise self.unsupported(n, f"Tensor.permute{perm}", "only moving T to the last axis and back")
-        raise self.unsupported(n, f"method Tensor.{meth}")
+        raise self.unsupported(n, f"method Tensor.{meth}",
+                               "supported methods: flatten, unflatten, view, reshape, (un)squeeze, expand/repeat over "
+                               "T, permute T last and back, add, mul, sigmoid, contiguous, size, dim")
 
     def _shape(self, x: V) -> tuple[int, ...]:
         """The torch shape of ``x`` for the trace's T and B."""
