@@ -1,5 +1,19 @@
 """Lava-DL backend: netx HDF5 export of sequential spiking chains, Loihi quantisation, Lava CPU runner.
 
-Importing this package does not import Lava.  ``compat.install_import_fixes()`` (called by ``run``) makes
-lava-nc 0.10 / lava-dl 0.6 importable on Python 3.11; install them with ``python -m sdmc.backends.lava.install``.
+    from sdmc.backends.lava import export_netx, run_netx
+    chain, report = export_netx(graph, "net.h5")          # IR chain -> quantised -> one netx file
+    print(report.format())                                 # per-layer scale, weight error, threshold
+    res = run_netx("net.h5", x_int)                        # stock lava.lib.dl.netx in Loihi2SimCfg(fixed_pt)
+
+Importing this package does not import Lava.  ``compat.install_import_fixes()`` (called by ``run_netx``)
+makes lava-nc 0.10 / lava-dl 0.6 importable on Python 3.11; install them with
+``python -m sdmc.backends.lava.install``.  The bit-exact numpy model is :mod:`sdmc.sim.loihi`.
 """
+from .compat import LavaUnavailable, install_import_fixes
+from .export import export_netx, extract_chain, read_netx, write_netx
+from .quantize import FloatChain, FloatLayer, QuantReport, evaluate, float_reference, quantize_chain, quantize_input
+from .run import LavaRun, run_netx
+
+__all__ = ["LavaUnavailable", "install_import_fixes", "export_netx", "extract_chain", "read_netx", "write_netx",
+           "FloatChain", "FloatLayer", "QuantReport", "evaluate", "float_reference", "quantize_chain",
+           "quantize_input", "LavaRun", "run_netx"]
