@@ -141,6 +141,228 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- train
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a spiking diffusion model (presets; torchrun for many GPUs)",
+        description="Train (or resume, or TSM-fine-tune) a diffusion model. Every preset field can be "
+                    "overridden; unset options keep the preset's value. Many GPUs: torchrun "
+                    "--nproc_per_node=K -m sdmc train ... (DistributedDataParallel).")
+    p.add_argument("--preset", default="digits", help="named settings (see --list-presets; default: digits)")
+    p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", help="output folder (default: runs/PRESET)")
+    g.add_argument("--steps", type=int, help="total optimiser steps")
+    g.add_argument("--batch-size", type=int,
+                   help="GLOBAL batch over all ranks; each of K ranks takes batch/K (must divide)")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps (0: none)")
+    g.add_argument("--grad-clip", type=float)
+    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--no-ema", dest="ema", action="store_const", const=False, help="no EMA (the papers' SNN runs)")
+    g.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_const", const=False,
+                   help="use the full EMA decay from step 0")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    g.add_argument("--resume", help="auto (default: newest checkpoint in --out), never, or a checkpoint path")
+    g.add_argument("--keep-last", type=int, help="training checkpoints to keep")
+    g.add_argument("--log-every", type=int)
+    g.add_argument("--save-every", type=int)
+    g.add_argument("--sample-every", type=int)
+    g.add_argument("--sample-n", type=int, help="images per sample grid (0: none)")
+    g.add_argument("--sample-steps", type=int, help="DDIM steps for the sample grids")
+    g.add_argument("--tensorboard", dest="tensorboard", action="store_const", const=True)
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="digits, cifar10, mnist, fashion-mnist, celeba64, folder:PATH")
+    g.add_argument("--data-root", help="where the dataset lies (torchvision layout)")
+    g.add_argument("--download", action="store_const", const=True, help="allow downloading the dataset")
+    g.add_argument("--num-workers", type=int)
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=["sddpm", "sdm", "ann"])
+    g.add_argument("--ch", type=int)
+    g.add_argument("--ch-mult", type=_int_list, help="e.g. 1,2,2,4")
+    g.add_argument("--num-res-blocks", type=int)
+    g.add_argument("--snn-steps", type=int, help="SNN time steps T")
+    g.add_argument("--img-size", type=int)
+    g.add_argument("--threshold", type=float)
+    g.add_argument("--neuron", choices=["if", "lif"])
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--init-from", help="start from this model's weights (its architecture wins)")
+    g.add_argument("--init-weights", choices=["auto", "net", "ema"])
+    g.add_argument("--tsm", action="store_const", const=True,
+                   help="with --init-from SDDPM: inherit into an SDM TSM model (p = 1) and fine-tune")
+    g = p.add_argument_group("diffusion")
+    g.add_argument("--schedule", choices=["linear", "cosine"])
+    g.add_argument("--mean-type", choices=["epsilon", "x0", "v"])
+    g.add_argument("--num-timesteps", type=int)
+    g.add_argument("--beta-1", type=float)
+    g.add_argument("--beta-T", dest="beta_T", type=float)
+
+
+_TRAIN_OPTS = ("out", "steps", "batch_size", "lr", "warmup", "grad_clip", "ema_decay", "ema", "ema_warmup", "seed",
+               "device", "resume", "keep_last", "log_every", "save_every", "sample_every", "sample_n",
+               "sample_steps", "tensorboard", "progress", "dataset", "data_root", "download", "num_workers",
+               "arch", "ch", "ch_mult", "num_res_blocks", "snn_steps", "img_size", "threshold", "neuron",
+               "dropout", "init_from", "init_weights", "tsm", "schedule", "mean_type", "num_timesteps", "beta_1",
+               "beta_T")
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from .diffusion.presets import describe_presets
+    if args.list_presets:
+        print(describe_presets())
+        return 0
+    from .diffusion.train import make_config, train
+    cfg = make_config(args.preset, **{k: getattr(args, k) for k in _TRAIN_OPTS})
+    print(train(cfg))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- eval
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="FID / IS / digits-FID of saved samples or of a model's samples (torchrun for many GPUs)",
+        description="Either sdmc eval --samples samples.npz --ref digits|cifar10.train.npz|DATASET, or "
+                    "sdmc eval model.pt --solver ddim --steps 50 -n 1000 --metric digits-fid. Metrics: "
+                    "digits-fid, digits-is (offline, shipped classifier), fid, is (TF-Inception weights: "
+                    "--inception-weights PATH, $SDMC_INCEPTION_WEIGHTS or --download). Many GPUs: torchrun "
+                    "--nproc_per_node=K -m sdmc eval ... (features all-gathered; rank 0 prints).")
+    p.add_argument("model", nargs="?", help="checkpoint to sample from (.pt or native .safetensors)")
+    p.add_argument("--samples", help="evaluate saved images instead (.npz/.npy; uint8 NHWC or float [-1,1] NCHW)")
+    p.add_argument("--ref", help="reference: digits, a mu/sigma .npz (cifar10.train.npz) or a dataset name")
+    p.add_argument("--metric", action="append",
+                   help="digits-fid, digits-is, fid, is (comma list or repeated; default: digits metrics for "
+                        "digits data and gray images without --ref, else fid,is)")
+    p.add_argument("-n", "--num", type=int, default=1000, help="images to sample (default 1000)")
+    p.add_argument("--solver", default="ddim", help="sampling solver (default ddim)")
+    p.add_argument("--steps", type=int, default=50, help="solver steps (default 50)")
+    p.add_argument("--batch-size", type=int, default=100, help="images per batch and rank (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto")
+    p.add_argument("--snn-steps", type=int, help="SNN time steps T when the checkpoint does not record it")
+    p.add_argument("--threshold", type=float, help="threshold guidance: every IF threshold becomes this")
+    p.add_argument("--save-samples", help="also write the sampled images here (.npz, uint8)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth")
+    p.add_argument("--download", action="store_true", help="allow downloading the Inception weights")
+    p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default 10)")
+    p.add_argument("--data-root", help="where a --ref dataset lies")
+    p.add_argument("--ref-limit", type=int, help="use at most this many dataset images for the reference")
+    p.add_argument("--save-ref", help="write the reference statistics computed from a dataset (.npz)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .metrics.evaluate import EvalOptions, eval_model_file, eval_samples_file
+    if bool(args.model) == bool(args.samples):
+        raise SdmcError("give either a model checkpoint or --samples FILE (exactly one)")
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    opts = EvalOptions(ref=args.ref, inception_weights=args.inception_weights, download=args.download,
+                       splits=args.splits, data_root=args.data_root, ref_limit=args.ref_limit,
+                       save_ref=args.save_ref, device=device, batch_size=args.batch_size,
+                       progress=not args.no_progress)
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    if args.samples:
+        report = eval_samples_file(args.samples, args.metric, opts, log=log)
+    else:
+        report = eval_model_file(args.model, args.num, args.metric, opts, solver=args.solver, steps=args.steps,
+                                 seed=args.seed, weights=args.weights, snn_steps=args.snn_steps,
+                                 threshold=args.threshold, save_samples_to=args.save_samples, log=log)
+    if report is not None:  # rank 0
+        print(report.to_json() if args.json else report.line())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- energy
+def _add_energy(sub) -> None:
+    p = sub.add_parser(
+        "energy", help="synaptic operations, firing rates and energy per call / step / image",
+        description="Measure firing rates on a calibration set (dataset images noised to the steps a solver "
+                    "visits), count MACs and exact SOPs per layer from the IR, and report energy under SDM's "
+                    "Eq. 20 ('paper') and a faithful convention, next to the ANN UNet of the same width.")
+    p.add_argument("file", help="released .pt, native .safetensors, or a compiled .sdmc graph")
+    p.add_argument("--report", action="store_true", help="print the full report (the default)")
+    p.add_argument("--data", default="digits", help="calibration dataset (default: digits)")
+    p.add_argument("--data-root", help="where the dataset lies")
+    p.add_argument("--images", type=int, default=32, help="calibration images (default: 32)")
+    p.add_argument("--calib-steps", type=int, default=8,
+                   help="diffusion steps measured, evenly picked from the solver's grid (default: 8)")
+    p.add_argument("--solver", default="ddim", help="solver whose steps and NFE are used (default: ddim)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
+    p.add_argument("--profile", default="45nm-fp32",
+                   help="45nm-fp32 (default), 45nm-fp16, 45nm-int8, loihi1, or a JSON profile file")
+    p.add_argument("--convention", choices=["paper", "faithful", "both"], default="both")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    fmt.add_argument("--markdown", action="store_true", help="print Markdown")
+    fmt.add_argument("--csv", action="store_true", help="print the per-layer CSV")
+    p.add_argument("-o", "--out", help="write the chosen format (JSON by default) to this file instead")
+    p.add_argument("--plot", help="save per-layer energy and firing rates as a PNG")
+    p.add_argument("--no-layers", action="store_true", help="terminal report without the per-layer table")
+    p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto")
+    p.add_argument("--snn-steps", type=int, help="SNN steps T when the file does not record them")
+    p.add_argument("--threshold", type=float, help="threshold guidance: every IF threshold becomes this")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+@command("energy")
+def cmd_energy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .energy import analyze
+    opts = dict(data=args.data, data_root=args.data_root, solver=args.solver, steps=args.steps,
+                n_images=args.images, calib_steps=args.calib_steps, profile=args.profile,
+                batch_size=args.batch_size, seed=args.seed)
+    path = Path(args.file)
+    if not path.exists():
+        raise SdmcError(f"{args.file}: no such file")
+    if path.suffix == ".sdmc" or path.is_dir():
+        from .ir import load
+        if args.threshold is not None:
+            raise SdmcError("--threshold applies to checkpoints; recompile the .sdmc file with the threshold")
+        report = analyze(load(path), **opts)
+    else:
+        from .checkpoint import load_model
+        from .models import set_threshold
+        model, cfg = load_model(path, weights=args.weights, snn_steps=args.snn_steps, device=args.device)
+        if args.threshold is not None:
+            set_threshold(model, args.threshold)
+        report = analyze(model, diffusion=cfg.diffusion, **opts)
+    report.conventions = ["paper", "faithful"] if args.convention == "both" else [args.convention]
+    fmt = "json" if args.json else "markdown" if args.markdown else "csv" if args.csv else None
+    if args.out:
+        report.write(args.out, fmt or "json")
+        print(f"wrote {args.out}")
+    elif fmt == "json":
+        print(report.to_json())
+    elif fmt == "markdown":
+        print(report.to_markdown())
+    elif fmt == "csv":
+        print(report.to_csv(), end="")
+    else:
+        report.print(layers=not args.no_layers)
+    if args.plot:
+        report.plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- later issues' commands
 def _add_placeholders(sub) -> None:
     for name, help_, issue in [

@@ -1,0 +1,653 @@
+"""Diffusion training: ``sdmc train`` and :func:`train`.
+
+One optimisation step (per rank, then DistributedDataParallel averages the gradients)::
+
+    x0 ~ data, t ~ U{0..N-1}, eps ~ N(0, I)
+    loss = || model(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) - target ||^2      (target: eps, x0 or v)
+    g    = clip(grad loss, max_norm=grad_clip);  Adam step with lr * min(1, (step+1) / warmup)
+    ema  = d * ema + (1 - d) * state_dict     for every float entry (BN buffers too); integers copied;
+           d = min(ema_decay, (1 + step) / (10 + step)) with ema_warmup
+    neuron state reset (the spiking UNet also resets itself after every call)
+
+``batch_size`` is the global batch: ``world_size`` ranks take ``batch_size / world_size`` images each.
+Training checkpoints (``out/checkpoints/step_XXXXXXXX.pt``) load with ``torch.load(weights_only=True)``:
+``net_model`` / ``ema_model`` state_dicts (the released-checkpoint names), ``optimizer``, ``scheduler``,
+``step``, per-rank RNG states as tensors, ``sdmc_config`` (the :class:`SdmcConfig` JSON) and
+``train_config`` (JSON).  Resuming from one continues bit-for-bit where the run left off.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import DiffusionConfig, ModelConfig, SdmcConfig
+from ..errors import CheckpointError, ConfigError, DataError, SdmcError, TrainingError
+from ..utils import atomic_path, atomic_write_text
+from .presets import DEFAULT_PRESET, get_preset
+from .schedule import NoiseSchedule
+
+CKPT_RE = re.compile(r"^step_(\d{8,})\.pt$")
+_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
+_DIFFUSION_FIELDS = {f.name for f in dataclasses.fields(DiffusionConfig)}
+
+
+# ------------------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """A full training run. ``batch_size`` is global (summed over ranks).
+
+    ``resume``: ``"auto"`` (continue from the newest checkpoint in ``out`` if any), ``"never"`` (refuse to
+    reuse a directory that holds checkpoints) or a checkpoint path.  ``init_from``: start from the weights
+    of a model file (its architecture replaces ``model``); with ``tsm`` an SDDPM file is turned into an SDM
+    TSM model first (every p = 1).  ``ema_warmup`` ramps the EMA decay as ``(1+step)/(10+step)``.
+    """
+
+    preset: str = DEFAULT_PRESET
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    dataset: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 2e-4
+    warmup: int = 0
+    grad_clip: float = 1.0
+    ema: bool = True
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    seed: int = 0
+    out: str = "runs/digits"
+    device: str = "auto"
+    num_workers: int = 0
+    log_every: int = 50
+    save_every: int = 1000
+    sample_every: int = 1000
+    sample_n: int = 64
+    sample_steps: int = 50
+    keep_last: int = 3
+    resume: str = "auto"
+    init_from: str | None = None
+    init_weights: str = "auto"
+    tsm: bool = False
+    tensorboard: bool | None = None
+    progress: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if isinstance(self.diffusion, dict):
+            self.diffusion = DiffusionConfig.from_dict(self.diffusion)
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "save_every", "sample_every", "keep_last",
+                     "sample_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup", "num_workers", "sample_n", "seed"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"train.lr must be a positive number, got {self.lr}")
+        if not self.grad_clip > 0:
+            raise ConfigError(f"train.grad_clip must be > 0, got {self.grad_clip}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.init_weights not in ("auto", "net", "ema"):
+            raise ConfigError(f"train.init_weights must be 'auto', 'net' or 'ema', got {self.init_weights!r}")
+        if self.tsm and not self.init_from:
+            raise ConfigError("train.tsm: TSM fine-tuning needs --init-from SDDPM_CHECKPOINT (paper stage 2)")
+        NoiseSchedule(self.diffusion)  # validates schedule / mean_type
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["model"] = self.model.to_dict()
+        d["diffusion"] = self.diffusion.to_dict()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"train config: unknown field(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+def make_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` of ``preset`` with ``overrides`` applied.
+
+    An override may name a training field (``steps``, ``lr``, ...), a model field (``ch``, ``snn_steps``,
+    ``arch``, ...) or a diffusion field (``schedule``, ``mean_type``, ...); ``None`` values are ignored.
+    """
+    p = get_preset(preset)
+    model, diffusion, train = dict(p["model"]), dict(p.get("diffusion", {})), dict(p["train"])
+    given = {k: v for k, v in overrides.items() if v is not None}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "diffusion", "preset"}
+    for k, v in given.items():
+        if k in train_fields:
+            train[k] = v
+        elif k in _MODEL_FIELDS:
+            model[k] = v
+        elif k in _DIFFUSION_FIELDS:
+            diffusion[k] = v
+        else:
+            raise ConfigError(f"train override {k!r} is not a training, model or diffusion setting")
+    if model.get("arch") == "ann":
+        model.setdefault("attn", ())
+    recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if k != "overrides"}
+    train.setdefault("out", f"runs/{preset}")
+    return TrainConfig(preset=preset, model=ModelConfig(**model), diffusion=DiffusionConfig(**diffusion),
+                       overrides=recorded, **train)
+
+
+# ---------------------------------------------------------------------------------- pure functions
+def warmup_factor(step: int, warmup: int) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based): ``min(1, (step+1)/warmup)``."""
+    return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
+
+
+def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
+    """EMA decay used after optimiser step ``step``: ``min(decay, (1+step)/(10+step))`` with warm-up."""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
+@torch.no_grad()
+def ema_update_(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """In place, over the whole state_dict: ``e = decay*e + (1-decay)*m`` (floats), ``e = m`` (integers)."""
+    esd, msd = ema.state_dict(), model.state_dict()
+    if esd.keys() != msd.keys():
+        raise TrainingError(f"EMA model and model have different state_dict keys: "
+                            f"{sorted(set(esd) ^ set(msd))[:5]}")
+    floats_e, floats_m = [], []
+    for k, e in esd.items():
+        m = msd[k]
+        if e.is_floating_point():
+            floats_e.append(e)
+            floats_m.append(m.detach())
+        else:
+            e.copy_(m)
+    if floats_e:
+        torch._foreach_lerp_(floats_e, floats_m, 1.0 - decay)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Torch (CPU and current CUDA device), numpy and Python RNG states as tensors and ints."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]), "numpy_has_gauss": int(np_state[3]), "numpy_gauss": float(np_state[4]),
+        "python": torch.tensor(py_internal, dtype=torch.int64), "python_version": int(py_version),
+        "python_gauss": float("nan") if py_gauss is None else float(py_gauss),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(state["numpy_pos"]),
+                         int(state["numpy_has_gauss"]), float(state["numpy_gauss"])))
+    gauss = state["python_gauss"]
+    random.setstate((int(state["python_version"]), tuple(int(v) for v in state["python"].tolist()),
+                     None if math.isnan(gauss) else gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_path(out: str | os.PathLike, step: int) -> Path:
+    return Path(out) / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(out: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the training checkpoints in ``out/checkpoints``, oldest first."""
+    d = Path(out) / "checkpoints"
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.match(p.name))]
+    return sorted(found)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically with ``torch.save`` (readers never see a half-written file)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint with ``torch.load(weights_only=True)`` (no arbitrary unpickling)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"training checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise CheckpointError(f"training checkpoint {path} cannot be read safely: {e}") from None
+    missing = [k for k in ("net_model", "optimizer", "step", "sdmc_config", "train_config") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not an sdmc training checkpoint (missing {missing}); "
+                              "use --init-from to start from model weights")
+    return state
+
+
+# ---------------------------------------------------------------------------------------- data
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """``DistributedSampler`` whose current epoch can start ``skip`` indices in (exact resume)."""
+
+    skip = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.skip:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def _load_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset:
+    try:
+        from ..data import load_dataset
+    except ImportError as e:
+        raise DataError(f"sdmc.data.load_dataset is not available ({e})") from None
+    return load_dataset(cfg.dataset, root=cfg.data_root, img_size=cfg.model.img_size, train=True,
+                        download=cfg.download)
+
+
+# ---------------------------------------------------------------------------------------- sampling
+def sample_grid(model: nn.Module, cfg: SdmcConfig, n: int, steps: int, seed: int,
+                device: torch.device) -> torch.Tensor:
+    """``n`` DDIM samples in [-1, 1] from fixed noise (``seed``); the global RNG states are left as they were."""
+    from .sampling import sample_images
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return sample_images(model, NoiseSchedule(cfg.diffusion), n, solver="ddim", steps=steps, seed=seed,
+                             device=device, progress=False)
+
+
+# -------------------------------------------------------------------------------------- distributed
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: str) -> _Dist:
+    """Join the process group torchrun (or a test) describes through RANK / WORLD_SIZE / LOCAL_RANK."""
+    import torch.distributed as dist
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if dist.is_available() and dist.is_initialized():
+        return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), False)
+    if world <= 1:
+        return _Dist()
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend, init_method="env://")
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), True)
+
+
+def _resolve_device(name: str, d: _Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={name!r} but CUDA is not available")
+        if d.world > 1 or dev.index is None:
+            dev = torch.device("cuda", d.local_rank if d.world > 1 else (dev.index or 0))
+        torch.cuda.set_device(dev)
+    return dev
+
+
+# -------------------------------------------------------------------------------------------- model
+def _build_models(cfg: TrainConfig, log: Callable[[str], None]) -> nn.Module:
+    """The model to train: built from ``cfg.model``, or loaded from ``cfg.init_from`` (then TSM-inherited)."""
+    from ..models import build_model
+    if not cfg.init_from:
+        return build_model(cfg.model)
+    from .. import checkpoint as ckpt_io
+    model, loaded = ckpt_io.load_model(cfg.init_from, weights=cfg.init_weights,
+                                       snn_steps=cfg.overrides.get("snn_steps"), device="cpu")
+    what = f"{loaded.model.arch} T={loaded.model.snn_steps} ch={loaded.model.ch}"
+    if cfg.tsm:
+        if loaded.model.arch == "sdm":
+            log(f"init: {cfg.init_from} is already an SDM TSM model; fine-tuning it as is")
+        elif loaded.model.arch != "sddpm":
+            raise ConfigError(f"--tsm needs an SDDPM checkpoint, {cfg.init_from} holds arch {loaded.model.arch!r}")
+        else:
+            model = ckpt_io.inherit_tsm(model)
+            log(f"init: {cfg.init_from} ({what}) -> SDM TSM model, every p = 1 (paper stage 2)")
+    else:
+        log(f"init: weights from {cfg.init_from} ({what})")
+    cfg.model = copy.deepcopy(model.config)
+    return model.train()
+
+
+def _count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _reset_neurons(model: nn.Module) -> None:
+    try:
+        from spikingjelly.activation_based import functional
+    except ImportError:  # pragma: no cover - spikingjelly is a dependency
+        return
+    functional.reset_net(model)
+
+
+# --------------------------------------------------------------------------------------- the trainer
+def _loss(schedule: NoiseSchedule, model: nn.Module, x0: torch.Tensor) -> torch.Tensor:
+    """The training loss of one batch (module-level so tests can inject faults)."""
+    return schedule.loss(model, x0)
+
+
+def _check_resume_compatible(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    saved = SdmcConfig.from_json(state["sdmc_config"])
+    diffs = [f"model.{k}: checkpoint {v!r} != requested {getattr(cfg.model, k)!r}"
+             for k, v in saved.model.to_dict().items() if v != cfg.model.to_dict()[k]]
+    diffs += [f"diffusion.{k}: checkpoint {v!r} != requested {getattr(cfg.diffusion, k)!r}"
+              for k, v in saved.diffusion.to_dict().items() if v != cfg.diffusion.to_dict()[k]]
+    if diffs:
+        raise ConfigError(f"cannot resume from {path}: it was trained with a different configuration ("
+                          + "; ".join(diffs) + "). Use another --out or --resume never.")
+
+
+def _tensorboard_writer(cfg: TrainConfig, out: Path):
+    if cfg.tensorboard is False:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        if cfg.tensorboard:
+            raise ConfigError("train.tensorboard=True but tensorboard is not installed") from None
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset | None = None,
+          log: Callable[[str], None] | None = None) -> Path:
+    """Run (or resume) the training ``cfg`` describes; return the exported EMA model file.
+
+    ``dataset`` replaces ``load_dataset(cfg.dataset)`` (items ``(image [C,H,W] in [-1,1], label)``).
+    Under ``torchrun`` every rank calls this; rank 0 alone writes.  Raises :class:`TrainingError` on a
+    non-finite loss or gradient (the checkpoints already written stay as they are).
+    """
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cfg = copy.deepcopy(cfg)
+    cfg.validate()
+    d = _init_distributed("cuda" if cfg.device.startswith("cuda") or
+                          (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    say = (lambda s: log(s)) if d.main else (lambda s: None)
+    try:
+        return _train(cfg, dataset, d, say, dist, DDP)
+    finally:
+        if d.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the loop reads best in one piece
+    device = _resolve_device(cfg.device, d)
+    out = Path(cfg.out)
+    if cfg.batch_size % d.world:
+        raise ConfigError(f"train.batch_size={cfg.batch_size} (global) is not divisible by the "
+                          f"{d.world} ranks")
+    per_rank = cfg.batch_size // d.world
+
+    # ---- where to start
+    resume_path: Path | None = None
+    existing = list_checkpoints(out)
+    if cfg.resume == "auto":
+        resume_path = existing[-1][1] if existing else None
+    elif cfg.resume == "never":
+        if existing:
+            raise ConfigError(f"{out} already holds training checkpoints ({existing[-1][1].name}); "
+                              "use --resume auto to continue or another --out")
+    else:
+        resume_path = Path(cfg.resume)
+    state = load_checkpoint(resume_path) if resume_path is not None else None
+
+    _seed_all(cfg.seed + d.rank)
+    if state is not None:
+        cfg.model = SdmcConfig.from_json(state["sdmc_config"]).model if cfg.init_from else cfg.model
+        _check_resume_compatible(state, cfg, resume_path)
+        from ..models import build_model
+        model = build_model(cfg.model)
+    else:
+        model = _build_models(cfg, say)
+    sdmc_cfg = SdmcConfig(model=cfg.model, diffusion=cfg.diffusion, provenance={
+        "trained_by": "sdmc train", "preset": cfg.preset, "dataset": cfg.dataset})
+    schedule = NoiseSchedule(cfg.diffusion)
+
+    model.to(device).train()
+    ema_model = copy.deepcopy(model).eval() if cfg.ema else None
+    if ema_model is not None:
+        ema_model.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    warmup = cfg.warmup
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_factor(s, warmup))
+    step = 0
+    if state is not None:
+        try:
+            model.load_state_dict(state["net_model"])
+            if ema_model is not None:
+                ema_model.load_state_dict(state.get("ema_model", state["net_model"]))
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"cannot resume from {resume_path}: {e}") from None
+        step = int(state["step"])
+        rngs = state.get("rng", [])
+        if len(rngs) == d.world:
+            _set_rng_state(rngs[d.rank])
+        else:
+            say(f"resume: checkpoint has RNG states for {len(rngs)} ranks, running {d.world}; reseeding")
+            _seed_all(cfg.seed + d.rank + 1_000_003 * step)
+        say(f"resuming from {resume_path} at step {step}")
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if d.world > 1 else model
+
+    # ---- data
+    if dataset is None:
+        dataset = _load_dataset(cfg)
+    n_data = len(dataset)
+    sampler = ResumableSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed,
+                               drop_last=True)
+    steps_per_epoch = sampler.num_samples // per_rank
+    if steps_per_epoch < 1:
+        raise DataError(f"dataset {cfg.dataset!r} has {n_data} images, fewer than the global batch "
+                        f"{cfg.batch_size}")
+    loader_gen = torch.Generator()  # keeps the DataLoader off the global RNG (exact resume)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
+                                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=cfg.num_workers > 0,
+                                         generator=loader_gen)
+    x_probe = dataset[0][0]
+    want = (cfg.model.img_ch, cfg.model.img_size, cfg.model.img_size)
+    if tuple(x_probe.shape) != want:
+        raise DataError(f"dataset {cfg.dataset!r} gives images of shape {tuple(x_probe.shape)}, "
+                        f"the model expects {want} (img_ch, img_size, img_size)")
+
+    # ---- outputs (rank 0)
+    records: list[dict[str, Any]] = []
+    writer = None
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path = out / "metrics.jsonl"
+        if state is not None and metrics_path.exists():
+            for line in metrics_path.read_text().splitlines():
+                rec = json.loads(line)
+                if rec.get("step", 0) <= step:
+                    records.append(rec)
+        atomic_write_text(out / "train_config.json", cfg.to_json())
+        writer = _tensorboard_writer(cfg, out)
+    if cfg.device.startswith("cuda") or device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    n_params = _count_params(model)
+    m = cfg.model
+    say(f"sdmc train: preset {cfg.preset}: {m.arch} ch={m.ch} ch_mult={list(m.ch_mult)} res_blocks="
+        f"{m.num_res_blocks} T={m.snn_steps} {m.img_ch}x{m.img_size}x{m.img_size}, {n_params / 1e6:.2f}M params")
+    say(f"  data {cfg.dataset}: {n_data} images; global batch {cfg.batch_size} = {per_rank} per rank x "
+        f"{d.world} rank(s); {steps_per_epoch} steps/epoch; steps {step}->{cfg.steps}")
+    say(f"  Adam lr {cfg.lr:g}, warm-up {cfg.warmup}, grad clip {cfg.grad_clip}, "
+        f"EMA {'%g' % cfg.ema_decay if cfg.ema else 'off'}; device {device}; out {out}")
+
+    def gather_rng() -> list[dict[str, Any]]:
+        mine = _rng_state()
+        if d.world == 1:
+            return [mine]
+        allr: list[Any] = [None] * d.world
+        dist.all_gather_object(allr, mine)
+        return allr
+
+    def write_checkpoint(at: int, last_loss: float) -> None:
+        rngs = gather_rng()  # collective: every rank takes part
+        if d.main:
+            ckpt = {"net_model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": at, "rng": rngs, "loss": last_loss,
+                    "world_size": d.world, "global_batch": cfg.batch_size,
+                    "sdmc_config": sdmc_cfg.to_json(), "train_config": cfg.to_json()}
+            if ema_model is not None:
+                ckpt["ema_model"] = ema_model.state_dict()
+            save_checkpoint(checkpoint_path(out, at), ckpt)
+            for _, old in list_checkpoints(out)[:-cfg.keep_last]:
+                old.unlink(missing_ok=True)
+        if d.world > 1:
+            dist.barrier()
+
+    def flush_metrics() -> None:
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+    def write_samples(at: int) -> None:
+        if not d.main or cfg.sample_n == 0:
+            return
+        from ..data.images import save_grid
+        imgs = sample_grid(ema_model if ema_model is not None else model, sdmc_cfg, cfg.sample_n,
+                           cfg.sample_steps, cfg.seed, device)
+        save_grid(imgs.cpu(), out / "samples" / f"step_{at:08d}.png")
+
+    # ---- the loop
+    bar = None
+    if d.main and cfg.progress and step < cfg.steps:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, file=sys.stderr)
+    epoch, within = divmod(step, steps_per_epoch)
+    window: list[float] = []
+    t_window = time.perf_counter()
+    t_start = t_window
+    last_loss = float("nan")
+    while step < cfg.steps:
+        sampler.set_epoch(epoch)
+        loader_gen.manual_seed(cfg.seed + 7919 * d.rank + 104_729 * epoch)  # worker seeds: fixed per epoch
+        sampler.skip = within * per_rank
+        for x0, *_ in loader:
+            x0 = x0.to(device, non_blocking=True).float()
+            loss = _loss(schedule, net, x0)
+            loss_avg = loss.detach().clone()
+            if d.world > 1:
+                dist.all_reduce(loss_avg)
+                loss_avg /= d.world
+            loss_value = float(loss_avg)
+            if not math.isfinite(loss_value):
+                good = list_checkpoints(out)
+                where = f"; last good checkpoint: {good[-1][1]}" if good else "; no checkpoint was written yet"
+                raise TrainingError(f"non-finite loss ({loss_value}) at step {step + 1}{where}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            if not math.isfinite(grad_norm):
+                good = list_checkpoints(out)
+                where = f"; last good checkpoint: {good[-1][1]}" if good else "; no checkpoint was written yet"
+                raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {step + 1}{where}")
+            optimizer.step()
+            lr_now = scheduler.get_last_lr()[0]
+            scheduler.step()
+            _reset_neurons(model)
+            decay = ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup)
+            if ema_model is not None:
+                ema_update_(ema_model, model, decay)
+            step += 1
+            within += 1
+            last_loss = loss_value
+            window.append(loss_value)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}", refresh=False)
+            if d.main and (step % cfg.log_every == 0 or step == cfg.steps):
+                now = time.perf_counter()
+                rate = len(window) / max(now - t_window, 1e-9)
+                rec = {"step": step, "epoch": epoch, "loss": sum(window) / len(window), "lr": lr_now,
+                       "grad_norm": grad_norm, "ema_decay": decay if cfg.ema else None, "it_per_s": rate,
+                       "img_per_s": rate * cfg.batch_size, "elapsed_s": now - t_start,
+                       "world_size": d.world, "global_batch": cfg.batch_size}
+                records.append(rec)
+                flush_metrics()
+                if writer is not None:
+                    for k in ("loss", "lr", "grad_norm", "it_per_s"):
+                        writer.add_scalar(f"train/{k}", rec[k], step)
+                window, t_window = [], now
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                write_checkpoint(step, last_loss)
+            if step % cfg.sample_every == 0 or step == cfg.steps:
+                write_samples(step)
+            if step >= cfg.steps:
+                break
+        else:
+            epoch, within = epoch + 1, 0
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+
+    # ---- export
+    final = out / "model.safetensors"
+    if d.main:
+        from .. import checkpoint as ckpt_io
+        export_cfg = copy.deepcopy(sdmc_cfg)
+        export_cfg.provenance.update({"steps": step, "weights": "ema" if ema_model is not None else "net",
+                                      "global_batch": cfg.batch_size, "lr": cfg.lr,
+                                      "ema_decay": cfg.ema_decay if cfg.ema else None,
+                                      "init_from": cfg.init_from, "tsm_finetune": cfg.tsm})
+        ckpt_io.save_model(final, ema_model if ema_model is not None else model, export_cfg)
+        say(f"done: step {step}, last loss {last_loss:.4f}; exported {'EMA' if ema_model is not None else 'raw'}"
+            f" weights to {final}")
+    if d.world > 1:
+        dist.barrier()
+    return final
