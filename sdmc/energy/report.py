@@ -92,6 +92,7 @@ class EnergyReport:
     by_step: list[dict[str, Any]]
     neurons: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    conventions: list[str] = field(default_factory=lambda: list(CONVENTIONS))  # shown in tables
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,7 +103,7 @@ class EnergyReport:
     # ---- tables
     def _summary_rows(self) -> list[list[str]]:
         rows = []
-        for conv in CONVENTIONS:
+        for conv in self.conventions:
             t = self.totals[conv]
             rows.append([f"SNN ({conv})", f"{t['per_call_mJ']:.4g}", f"{t['per_step_mJ']:.4g}",
                          f"{t['per_image_mJ']:.4g}",
@@ -120,11 +121,13 @@ class EnergyReport:
                 continue
             rate = r["input_rate"] if r["cls"] == "synapse" else r["rate"]
             out.append([r["name"], r["op"], r["input_kind"] or "", "" if rate is None else f"{rate:.3f}",
-                        f"{r['dense_macs']:.4g}", f"{r['macs']:.4g}", f"{r['sops']:.4g}",
-                        f"{r['paper_pJ'] / PJ_PER_MJ:.4g}", f"{r['faithful_pJ'] / PJ_PER_MJ:.4g}"])
+                        f"{r['dense_macs']:.4g}" if r["cls"] == "synapse" else "", f"{r['macs']:.4g}",
+                        f"{r['sops']:.4g}"] + [f"{r[c + '_pJ'] / PJ_PER_MJ:.4g}" for c in self.conventions])
         return out
 
-    LAYER_HEAD = ["layer", "op", "input", "rate", "dense MACs", "MACs", "SOPs", "paper mJ", "faithful mJ"]
+    @property
+    def LAYER_HEAD(self) -> list[str]:
+        return ["layer", "op", "input", "rate", "dense MACs", "MACs", "SOPs"] + [f"{c} mJ" for c in self.conventions]
     SUMMARY_HEAD = ["model", "per call (mJ)", "per sampling step (mJ)", "per image (mJ)", "vs ANN"]
 
     def _header_lines(self) -> list[str]:
@@ -176,10 +179,10 @@ class EnergyReport:
                 t.add_row(*r)
             console.print(t)
         t = Table(title="per diffusion step (per call)")
-        for h in ["t", "paper mJ", "faithful mJ", "firing rate"]:
+        for h in ["t"] + [f"{c} mJ" for c in self.conventions] + ["firing rate"]:
             t.add_column(h, justify="right")
         for s in self.by_step:
-            t.add_row(str(s["t"]), f"{s['paper_mJ']:.4g}", f"{s['faithful_mJ']:.4g}", f"{s['firing_rate']:.4f}")
+            t.add_row(str(s["t"]), *[f"{s[c + '_mJ']:.4g}" for c in self.conventions], f"{s['firing_rate']:.4f}")
         console.print(t)
         t = Table(title="energy")
         for i, h in enumerate(self.SUMMARY_HEAD):

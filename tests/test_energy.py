@@ -1,0 +1,335 @@
+"""Energy analysis: exact SOP counts, MAC counts against torch's FlopCounterMode, firing-rate measurement,
+profiles, reports and the ``sdmc energy`` command."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from spikingjelly.activation_based import functional, neuron
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from sdmc.config import ModelConfig, SdmcConfig
+from sdmc.energy import (EnergyProfile, FiringRateMonitor, analyze, ann_counterpart, builtin_profiles,
+                         calibration_steps, conv_sops, count_graph, count_module_macs, eager_dense_macs,
+                         fanout_map, linear_sops, load_profile, model_macs)
+from sdmc.errors import ConfigError
+from sdmc.models import build_model
+
+SMALL = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=16)
+
+
+def flop_macs(model, x, t) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x, t)
+    return fc.get_total_flops() // 2
+
+
+# ------------------------------------------------------------------------------------- exact SOPs
+def test_fanout_map_by_hand():
+    # 3x3, stride 1, padding 1 on 4x4: corners reach 4 outputs, edges 6, interior 9
+    f = fanout_map(4, 4, 3, 1, 1)
+    assert f.tolist() == [[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]]
+    # 3x3, stride 2, padding 1 on 4x4 (2x2 outputs): rows/cols reached 1,2,1,1 times
+    f = fanout_map(4, 4, 3, 2, 1)
+    r = torch.tensor([1.0, 2, 1, 1], dtype=torch.float64)
+    assert torch.equal(f, r[:, None] * r[None, :])
+    # 3x3, stride 2, no padding on 5x5 (2x2 outputs): 1,1,2,1,1
+    r = torch.tensor([1.0, 1, 2, 1, 1], dtype=torch.float64)
+    assert torch.equal(fanout_map(5, 5, 3, 2, 0), r[:, None] * r[None, :])
+    # 1x1 stride 2 on 3x3: only even positions are read
+    assert fanout_map(3, 3, 1, 2, 0).tolist() == [[1, 0, 1], [0, 0, 0], [1, 0, 1]]
+
+
+def test_conv_sops_known_spike_map():
+    x = torch.zeros(2, 1, 3, 4, 4)  # [T, B, C, H, W]
+    x[0, 0, 0, 0, 0] = 1  # corner: 4 positions
+    x[0, 0, 1, 1, 1] = 1  # interior: 9
+    x[1, 0, 2, 0, 2] = 1  # top edge: 6
+    assert conv_sops(x, out_channels=5, kernel=3, stride=1, padding=1).tolist() == [(4 + 9 + 6) * 5]
+    # groups: each input channel reaches out_channels / groups channels (4 channels: two corner and
+    # two interior spikes, each reaching 4 / 2 output channels)
+    assert conv_sops(x[:, :, :2].repeat(1, 1, 2, 1, 1), 4, 3, 1, 1, groups=2).item() == (4 + 9) * 2 * 2
+    # stride 2, padding 1: the corner spike reaches 1 output position, (1,1) reaches 4
+    assert conv_sops(x[:, :, :2], out_channels=1, kernel=3, stride=2, padding=1).item() == 1 + 4
+    # linear: nnz * O
+    assert linear_sops(torch.tensor([[[0.0, 1, 1], [1, 0, 0]]]), 7).tolist() == [14, 7]
+
+
+def brute_force_sops(x: np.ndarray, O: int, k: int, s: int, p: int, d: int, g: int) -> int:
+    """Explicit loops: every (spike, output channel, output position, tap) connection."""
+    Tn, B, C, H, W = x.shape
+    Ho = (H + 2 * p - d * (k - 1) - 1) // s + 1
+    Wo = (W + 2 * p - d * (k - 1) - 1) // s + 1
+    total = 0
+    for t in range(Tn):
+        for c in range(C):
+            for o in range(O):
+                if o // (O // g) != c // (C // g):
+                    continue
+                for i in range(Ho):
+                    for j in range(Wo):
+                        for u in range(k):
+                            for v in range(k):
+                                y, z = i * s - p + u * d, j * s - p + v * d
+                                if 0 <= y < H and 0 <= z < W and x[t, 0, c, y, z]:
+                                    total += 1
+    return total
+
+
+@settings(max_examples=40, deadline=None)
+@given(H=st.integers(1, 7), W=st.integers(1, 7), k=st.integers(1, 3), s=st.integers(1, 3), p=st.integers(0, 2),
+       d=st.integers(1, 2), g=st.sampled_from([1, 2]), O=st.sampled_from([2, 4]), Tn=st.integers(1, 2),
+       seed=st.integers(0, 2 ** 16), density=st.floats(0.05, 1.0))
+def test_conv_sops_matches_brute_force(H, W, k, s, p, d, g, O, Tn, seed, density):
+    if H + 2 * p < d * (k - 1) + 1 or W + 2 * p < d * (k - 1) + 1 or p >= d * (k - 1) + 1:
+        return  # kernel does not fit, or padding wider than torch allows
+    C = 2 * g
+    rng = np.random.default_rng(seed)
+    x = (rng.random((Tn, 1, C, H, W)) < density).astype(np.float32)
+    got = conv_sops(torch.from_numpy(x), O, k, s, p, d, g).item()
+    assert got == brute_force_sops(x, O, k, s, p, d, g)
+    # independent: a conv with all-one weights sums exactly the spike-to-output connections
+    ones = torch.ones(O, C // g, k, k)
+    y = F.conv2d(torch.from_numpy(x).flatten(0, 1), ones, stride=s, padding=p, dilation=d, groups=g)
+    assert got == pytest.approx(y.sum().item())
+
+
+# ------------------------------------------------------------------------------------- MAC counts
+@pytest.mark.parametrize("arch", ["ann", "sddpm", "sdm"])
+def test_module_macs_equal_flop_counter_small(arch):
+    cfg = ann_counterpart(ModelConfig(arch="sdm", **SMALL)) if arch == "ann" else \
+        ModelConfig(arch=arch, snn_steps=3, **SMALL)
+    cfg.attn = (1,) if arch == "ann" else ()
+    m = build_model(cfg).eval()
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 500])
+    want = flop_macs(m, x, t)
+    assert sum(count_module_macs(m, x, t).values()) == want
+    assert model_macs(cfg, batch=2) == want  # the meta-device count agrees
+
+
+def test_ir_dense_macs_equal_flop_counter_small():
+    from sdmc.frontends.fx import trace
+    cfg = ModelConfig(arch="sdm", snn_steps=2, **SMALL)
+    m = build_model(cfg).eval()
+    costs = count_graph(trace(m, (1, 1, 16, 16)))
+    assert eager_dense_macs(costs) == flop_macs(m, torch.randn(1, 1, 16, 16), torch.tensor([7]))
+    # with the head hoisted it runs once instead of T times
+    head = costs["conv.tsmconv"]
+    assert head.reads_image and head.executions == 1 and head.eager_executions == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["ann", "sdm"])
+def test_macs_equal_flop_counter_cifar10(arch):
+    cfg = ModelConfig(arch=arch, snn_steps=4)  # ch 128, [1, 2, 2, 4], 2 blocks, 32x32
+    m = build_model(cfg).eval()
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([10])
+    want = flop_macs(m, x, t)
+    if arch == "ann":
+        assert model_macs(cfg) == want
+    else:
+        from sdmc.frontends.fx import trace
+        assert eager_dense_macs(count_graph(trace(m, (1, 3, 32, 32)))) == want
+
+
+def test_ann_baseline_cifar10_is_the_papers_29_23_mJ():
+    macs = model_macs(ann_counterpart(ModelConfig(arch="sdm", snn_steps=4)))
+    assert macs == 6_349_783_040  # = FlopCounterMode / 2 (checked in the slow twin)
+    assert macs * load_profile("45nm-fp32").mac / 1e9 == pytest.approx(29.23, abs=0.05)
+
+
+# ------------------------------------------------------------------------------------ cost classes
+def test_count_graph_classifies_by_value_kind():
+    from sdmc.frontends.fx import trace
+    cfg = ModelConfig(arch="sddpm", snn_steps=2, **SMALL)
+    costs = count_graph(trace(build_model(cfg).eval(), (1, 1, 16, 16)))
+    assert costs["downblocks.0.conv1"].input_kind == "spike" and costs["downblocks.0.conv1"].executions == 2
+    assert costs["downblocks.2.shortcut"].input_kind == "real"  # the residual stream
+    assert costs["tail_conv"].input_kind == "real" and costs["T_output_layer"].input_kind == "real"
+    assert costs["upblocks.2.conv"].input_kind == "spike"  # through the nearest upsample
+    t1 = costs["time_embedding.timembedding.1"]
+    assert t1.cls == "synapse" and t1.executions == 1 and t1.per_exec == 16 * 64
+    assert costs["downblocks.0.bn1"].folded and not costs["tail_bn"].folded
+    assert costs["downblocks.1.neuron"].cls == "neuron" and costs["downblocks.1.neuron"].executions == 2
+    assert costs["upblocks.2.conv"].per_exec == 32 * 16 * 16 * 32 * 9
+
+
+# ----------------------------------------------------------------------------------- measurement
+class _Toy(nn.Module):
+    """``IF(repeat_T(x))``, then a 3x3 conv on the spikes; ``forward(x, t)``."""
+
+    def __init__(self, T: int) -> None:
+        super().__init__()
+        self.timestep = T
+        self.neuron = neuron.IFNode(step_mode="m")
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+
+    def forward(self, x, t):
+        s = self.neuron(x.unsqueeze(0).repeat(self.timestep, 1, 1, 1, 1))
+        y = self.conv(s.flatten(0, 1))
+        functional.reset_net(self)
+        return y
+
+
+def test_monitor_rates_per_snn_step_and_diffusion_step():
+    m = _Toy(T=4)
+    x = torch.zeros(2, 1, 2, 2)
+    x[0] = 0.5  # IF with constant 0.5: spikes at steps 1 and 3
+    x[1, 0, 0, 0] = 1.0  # one neuron fires every step
+    with FiringRateMonitor(m) as mon:
+        m(x, torch.tensor([900, 10]))
+    act = mon.activity
+    n = act.neurons["neuron"]
+    assert n.rate_per_step(900).tolist() == [0, 1, 0, 1]
+    assert n.rate_per_step(10).tolist() == [0.25] * 4
+    assert n.rate() == pytest.approx((0.5 + 0.25) / 2)
+    assert act.steps == [900, 10]
+    s = act.synapses["conv"]
+    # sample 0: 4 pixels x 2 steps, each pixel of a 2x2 map reaches all 4 outputs (3x3, pad 1) x 3 channels
+    assert s.sops(900) == 4 * 2 * 4 * 3
+    assert s.sops(10) == 4 * 4 * 3
+    assert s.rate(900) == pytest.approx(0.5) and s.rate(10) == pytest.approx(0.25)
+    # hooks are gone after the context
+    assert not m.neuron._forward_hooks and not m.conv._forward_pre_hooks
+
+
+def test_calibration_steps_subsample_the_solver_grid():
+    ks = calibration_steps(1000, "ddim", 50, keep=8)
+    assert len(ks) == 8 and ks[0] == 999 and ks[-1] == 19 and ks == sorted(ks, reverse=True)
+    assert calibration_steps(1000, "ddim", 5, keep=8) == [999, 799, 599, 399, 199]
+    with pytest.raises(ConfigError):
+        calibration_steps(1000, "ddim", 50, keep=0)
+
+
+# --------------------------------------------------------------------------------------- profiles
+def test_builtin_profiles():
+    assert {"45nm-fp32", "45nm-fp16", "45nm-int8", "loihi1"} <= set(builtin_profiles())
+    p = load_profile("45nm-fp32")
+    assert (p.mac, p.ac) == (4.6, 0.9) and "Horowitz" in p.citation
+    assert load_profile("loihi1").ac == 23.6 and "Davies" in load_profile("loihi1").citation
+    for name in builtin_profiles():
+        q = load_profile(name)
+        assert q.mac > 0 and q.ac > 0 and q.citation
+        if name.startswith("45nm"):
+            assert q.mac > q.ac  # a multiply-accumulate costs more than an add
+
+
+def test_user_profile_and_errors(tmp_path):
+    f = tmp_path / "chip.json"
+    f.write_text(json.dumps({"name": "chip", "unit": "fJ", "costs": {"mac": 2000, "ac": 100}}))
+    p = load_profile(f)
+    assert (p.mac, p.ac, p.add, p.neuron_update, p.spike) == (2.0, 0.1, 0.1, 0.1, 0.0)
+    bad = [({"name": "x", "costs": {"mac": 1}}, "costs.ac"),
+           ({"name": "x", "costs": {"mac": 1, "ac": -1}}, "costs.ac"),
+           ({"name": "x", "costs": {"mac": 1, "ac": 1, "sram": 2}}, "sram"),
+           ({"costs": {"mac": 1, "ac": 1}}, "name"),
+           ({"name": "x", "unit": "J", "costs": {"mac": 1, "ac": 1}}, "unit")]
+    for d, key in bad:
+        f.write_text(json.dumps(d))
+        with pytest.raises(ConfigError, match=key):
+            load_profile(f)
+    f.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_profile(f)
+    with pytest.raises(ConfigError, match="not a built-in profile"):
+        load_profile("no-such-profile")
+
+
+# ----------------------------------------------------------------------------------------- report
+@pytest.fixture(scope="module")
+def small_report():
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(arch="sdm", snn_steps=2, **SMALL)).eval()
+    m.apply(lambda mod: setattr(mod, "v_threshold", 0.3) if isinstance(mod, neuron.IFNode) else None)
+    return analyze(m, n_images=4, calib_steps=2, steps=10)
+
+
+def test_report_totals_follow_the_conventions(small_report):
+    r = small_report
+    rows = {x["name"]: x for x in r.layers}
+    prof = load_profile("45nm-fp32")
+    # paper (Eq. 20): Conv1 as MACs once, everything else fr * n_exec * MACs at E_AC
+    head = rows["conv.tsmconv"]
+    assert head["paper_pJ"] == pytest.approx(prof.mac * 16 * 16 * 16 * 9)
+    c1 = rows["downblocks.0.conv1.tsmconv"]
+    assert c1["input_kind"] == "spike" and 0 < c1["input_rate"] < 1
+    assert c1["paper_pJ"] == pytest.approx(prof.ac * c1["input_rate"] * c1["dense_macs"])
+    # exact SOPs never exceed rate x dense MACs (dense counts padding taps); faithful uses exact SOPs
+    assert 0 < c1["sops"] <= c1["input_rate"] * c1["dense_macs"] + 1e-6
+    assert c1["faithful_pJ"] == pytest.approx(prof.ac * c1["sops"])
+    sc = rows["downblocks.2.shortcut.tsmconv"]
+    assert sc["faithful_pJ"] == pytest.approx(prof.mac * sc["dense_macs"])  # real input: MACs
+    # per image = NFE x per call; DDIM-10 calls the model 10 times
+    for conv in ("paper", "faithful"):
+        t = r.totals[conv]
+        assert t["per_image_mJ"] == pytest.approx(10 * t["per_call_mJ"])
+        assert t["per_call_mJ"] == pytest.approx(np.mean([s[f"{conv}_mJ"] for s in r.by_step]))
+    assert r.ann["per_call_mJ"] == pytest.approx(model_macs(ann_counterpart(ModelConfig(arch="sdm", **SMALL)))
+                                                 * 4.6 / 1e9)
+    assert len(r.by_step) == 2 and all(0 < n["rate"] < 1 for n in r.neurons)
+
+
+def test_report_formats(small_report, tmp_path):
+    r = small_report
+    d = json.loads(r.to_json())
+    assert set(d["totals"]) == {"paper", "faithful"} and d["profile"]["name"] == "45nm-fp32"
+    md = r.to_markdown()
+    assert "## Totals" in md and "ANN UNet" in md and "downblocks.0.conv1.tsmconv" in md
+    lines = r.to_csv().strip().splitlines()
+    assert lines[0].startswith("name,op,cls") and len(lines) == len(r.layers) + 1
+    r.plot(tmp_path / "e.png")
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError):
+        r.write(tmp_path / "x", "yaml")
+
+
+def test_golden_and_eager_measurements_agree():
+    """An IR graph measured by the golden simulator gives the eager model's counts (same calibration)."""
+    from sdmc.frontends.fx import trace
+    torch.manual_seed(1)
+    cfg = ModelConfig(arch="sddpm", snn_steps=2, ch=8, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=8)
+    m = build_model(cfg).eval()
+    m.apply(lambda mod: setattr(mod, "v_threshold", 0.3) if isinstance(mod, neuron.IFNode) else None)
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    a = analyze(m, images=images, calib_steps=1, steps=5, ann=False)
+    b = analyze(trace(m, (1, 1, 8, 8)), images=images, calib_steps=1, steps=5, ann=False)
+    ra = {x["name"]: x for x in a.layers}
+    for x in b.layers:
+        assert x["sops"] == pytest.approx(ra[x["name"]]["sops"], rel=0.02, abs=1)
+    assert a.totals["faithful"]["per_call_mJ"] == pytest.approx(b.totals["faithful"]["per_call_mJ"], rel=0.02)
+
+
+def test_analyze_rejects_ann_and_bad_images():
+    with pytest.raises(ConfigError, match="not a spiking model"):
+        analyze(build_model(ann_counterpart(ModelConfig(arch="sdm", **SMALL))))
+    m = build_model(ModelConfig(arch="sdm", snn_steps=2, **SMALL))
+    with pytest.raises(ConfigError, match="calibration images"):
+        analyze(m, images=torch.zeros(2, 3, 16, 16))
+
+
+# -------------------------------------------------------------------------------------------- CLI
+def test_cli_energy(tmp_path, capsys):
+    from sdmc.checkpoint import save_model
+    from sdmc.cli import main
+    cfg = ModelConfig(arch="sddpm", snn_steps=2, **SMALL)
+    path = tmp_path / "m.safetensors"
+    save_model(path, build_model(cfg).eval(), SdmcConfig(model=cfg))
+    common = [str(path), "--images", "2", "--calib-steps", "1", "--steps", "10"]
+    assert main(["energy", *common, "--json", "--profile", "loihi1"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["profile"]["name"] == "loihi1" and d["calibration"]["nfe"] == 10
+    assert main(["energy", *common, "--csv", "-o", str(tmp_path / "l.csv"), "--plot", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "l.csv").read_text().startswith("name,op") and (tmp_path / "p.png").exists()
+    capsys.readouterr()
+    assert main(["energy", *common, "--report", "--convention", "paper", "--no-layers"]) == 0
+    out = capsys.readouterr().out
+    assert "SNN (paper)" in out and "SNN (faithful)" not in out and "ANN UNet" in out
+    assert main(["energy", *common, "--profile", str(tmp_path / "missing.json")]) == 2
+    assert "not a built-in profile" in capsys.readouterr().err
