@@ -240,10 +240,11 @@ def _bind_inputs(graph: Graph, inputs) -> dict[str, np.ndarray]:
 
 
 def run(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, training: bool = False,
-        all_values: bool = False) -> dict[str, np.ndarray]:
+        all_values: bool = False, keep: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Interpret ``graph`` on ``inputs`` (by input-node name, or in input-node order).
 
-    Returns ``{output name: array}``, or with ``all_values`` every node's value (float64; spikes 0/1).
+    Returns ``{output name: array}`` plus the values of the nodes named in ``keep``, or with
+    ``all_values`` every node's value (float64; spikes 0/1).
     ``training`` switches BatchNorm to batch statistics (pooled over T*B*H*W); running stats are not
     updated.  The graph is checked first; a bad input array raises :class:`IRError` naming the input.
     """
@@ -274,6 +275,10 @@ def run(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *
         for s in n.inputs:
             last_use[s] = i
     outs = {n.name for n in graph.output_nodes}
+    unknown = [k for k in keep if k not in graph.nodes]
+    if unknown:
+        raise IRError(f"golden.run: keep names unknown node(s) {unknown}")
+    kept = outs | set(keep)
     for i, n in enumerate(order):
         if n.op == "input":
             vals[n.name] = bound[n.name]
@@ -283,8 +288,10 @@ def run(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *
         vals[n.name] = KERNELS[n.op](ctx, n, xs, ts)
         if not all_values:
             for s in set(n.inputs):
-                if last_use[s] == i and s not in outs:
+                if last_use[s] == i and s not in kept:
                     del vals[s]  # free values nobody reads any more
     if all_values:
         return vals
-    return {n.name: vals[n.name] for n in graph.output_nodes}
+    res = {n.name: vals[n.name] for n in graph.output_nodes}
+    res.update({k: vals[k] for k in keep})
+    return res
