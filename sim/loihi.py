@@ -129,24 +129,36 @@ def signed_clamp(x: np.ndarray, bits: int = STATE_BITS) -> np.ndarray:
     return (x + base // 2) % base - base // 2
 
 
-def conv_synapse(s: np.ndarray, layer: LoihiLayer) -> np.ndarray:
-    """``PyConvModelFixed``: integer conv of ``s`` ``[B, C, H, W]`` (torch cross-correlation), 24-bit wrap."""
-    B, C, H, W = s.shape
-    w = np.asarray(layer.weight, np.int64)
+def conv2d_f64(x: np.ndarray, w: np.ndarray, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+               groups: int = 1) -> np.ndarray:
+    """Float64 cross-correlation ``[B, C, H, W] * [O, C/groups, kh, kw] -> [B, O, H', W']`` (BLAS tensordot)."""
+    B, C, H, W = x.shape
+    w = np.asarray(w, np.float64)
     O, Cg, kh, kw = w.shape
-    (sh, sw), (ph, pw), (dh, dw), G = layer.stride, layer.padding, layer.dilation, layer.groups
-    xp = np.pad(s.astype(np.int64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    (sh, sw), (ph, pw), (dh, dw), G = stride, padding, dilation, groups
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]
     Ho, Wo = win.shape[2:4]
     win = win.reshape(B, G, Cg, Ho, Wo, kh, kw)
-    y = np.einsum("bgchwuv,gocuv->bgohw", win, w.reshape(G, O // G, Cg, kh, kw)).reshape(B, O, Ho, Wo)
-    return signed_clamp(y)
+    wg = w.reshape(G, O // G, Cg, kh, kw)
+    y = np.stack([np.tensordot(win[:, g], wg[g], axes=([1, 4, 5], [1, 2, 3])) for g in range(G)], axis=1)
+    return y.transpose(0, 1, 4, 2, 3).reshape(B, O, Ho, Wo)  # [B, G, Ho, Wo, O/G] -> NCHW
+
+
+def conv_synapse(s: np.ndarray, layer: LoihiLayer) -> np.ndarray:
+    """``PyConvModelFixed``: integer conv of ``s`` ``[B, C, H, W]`` (torch cross-correlation), 24-bit wrap.
+
+    Computed in float64, which is exact here: every partial sum is an integer far below 2^53.
+    """
+    y = conv2d_f64(s, layer.weight, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return signed_clamp(np.rint(y).astype(np.int64))
 
 
 def dense_synapse(s: np.ndarray, layer: LoihiLayer) -> np.ndarray:
     """``PyDenseModelBitAcc`` as netx configures it: exact ``W @ s`` for 8-bit signed mantissas."""
-    return s.reshape(s.shape[0], -1).astype(np.int64) @ np.asarray(layer.weight, np.int64).T
+    y = s.reshape(s.shape[0], -1).astype(np.float64) @ np.asarray(layer.weight, np.float64).T  # exact (< 2^53)
+    return np.rint(y).astype(np.int64)
 
 
 def check_chain(chain: LoihiChain) -> None:

@@ -49,17 +49,7 @@ class FloatChain:
 
 
 def _conv_f(x: np.ndarray, L: FloatLayer) -> np.ndarray:
-    # reuse the integer model's window code in float64
-    B, C, H, W = x.shape
-    w = np.asarray(L.weight, np.float64)
-    O, Cg, kh, kw = w.shape
-    (sh, sw), (ph, pw), (dh, dw), G = L.stride, L.padding, L.dilation, L.groups
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw, ::dh, ::dw]
-    Ho, Wo = win.shape[2:4]
-    win = win.reshape(B, G, Cg, Ho, Wo, kh, kw)
-    return np.einsum("bgchwuv,gocuv->bgohw", win, w.reshape(G, O // G, Cg, kh, kw)).reshape(B, O, Ho, Wo)
+    return lm.conv2d_f64(x, L.weight, L.stride, L.padding, L.dilation, L.groups)
 
 
 def float_reference(chain: FloatChain, x: np.ndarray) -> list[np.ndarray]:
