@@ -179,3 +179,60 @@ def test_current_wrap_and_voltage_saturation_match_lava(lava, tmp_path):
     for n in range(2):
         assert np.array_equal(np.rint(res.raw_v[n][:6]).astype(np.int64), model["v"][n][:, 0]), n
         assert np.array_equal(res.raw_spikes[n][0].astype(bool), model["spikes"][n][:, 0]), n
+
+
+def test_spikingjelly_module_traced_exported_and_run_in_lava(lava, tmp_path):
+    """torch/spikingjelly conv-BN-IF chain -> sdmc.frontends.trace -> netx -> Lava: equal to the Loihi model,
+    and within the reported quantisation error of spikingjelly's own float32 spikes."""
+    torch = pytest.importorskip("torch")
+    from spikingjelly.activation_based import functional, layer, neuron
+    from sdmc.frontends import trace
+
+    class Net(torch.nn.Module):
+        def __init__(self, T=4):
+            super().__init__()
+            self.T = T
+            self.c1 = layer.Conv2d(1, 6, 3, padding=1, step_mode="m")
+            self.bn1 = layer.BatchNorm2d(6, step_mode="m")
+            self.n1 = neuron.IFNode(step_mode="m")
+            self.c2 = layer.Conv2d(6, 4, 3, stride=2, padding=1, step_mode="m")
+            self.n2 = neuron.IFNode(step_mode="m")
+            self.fc = layer.Linear(4 * 4 * 4, 10, step_mode="m")
+            self.n3 = neuron.IFNode(step_mode="m")
+
+        def forward(self, x):
+            x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+            s2 = self.n2(self.c2(self.n1(self.bn1(self.c1(x)))))
+            return self.n3(self.fc(torch.flatten(s2, 2)))
+
+    torch.manual_seed(0)
+    net = Net()
+    with torch.no_grad():
+        net.c1.weight.mul_(3.0)
+        net.c2.weight.mul_(2.5)
+        net.fc.weight.mul_(2.0)
+        net.bn1.running_mean.uniform_(-0.2, 0.2)
+        net.bn1.running_var.uniform_(0.5, 1.5)
+        net.bn1.weight.uniform_(0.8, 1.2)
+    net.eval()
+    g = trace(net, (1, 1, 8, 8), T=net.T)
+    path = tmp_path / "sj.h5"
+    q, rep = export.export_netx(g, path)
+    img = torch.rand(3, 1, 8, 8) * 2 - 1
+    spikes = {}
+    hooks = [getattr(net, n).register_forward_hook(lambda m, i, o, n=n: spikes.__setitem__(n, o.numpy()))
+             for n in ("n1", "n2", "n3")]
+    with torch.no_grad():
+        net(img)
+    functional.reset_net(net)
+    for h in hooks:
+        h.remove()
+    xq = quantize.quantize_input(q, np.broadcast_to(img.numpy(), (g.T,) + tuple(img.shape)))
+    res = lava.run_netx(path, xq, input_message_bits=16, read_v=False)
+    model = lm.aligned_spikes(lm.run_chain(q, xq, num_steps=g.T + 3, reset_interval=g.T + 3), g.T)
+    for n, name in enumerate(("n1", "n2", "n3")):
+        assert np.array_equal(res.spikes[n], model[n]), name
+        ref = spikes[name].astype(bool)
+        assert ref.shape == res.spikes[n].shape
+        assert ref.mean() > 0.02
+        assert np.mean(ref != res.spikes[n]) < 0.06, (name, rep.format())
