@@ -91,9 +91,11 @@ def _sides(g: ir.Graph) -> dict[str, tuple[str, str]]:
                 changed = True
     for k in cand:
         side[k] = (NEURO, "sums synaptic currents into neurons (static operands: neuron bias)")
+    readout: set[str] = set()
     for n in order:
         if n.op == "add" and n.name not in cand and n.type.per_step and all(
-                side[i][0] == NEURO or not g.nodes[i].type.per_step for i in n.inputs):
+                side[i][0] == NEURO or i in readout or not g.nodes[i].type.per_step for i in n.inputs):
+            readout.add(n.name)
             side[n.name] = (HOST, "sum of spike-driven currents read by host ops (the read-out boundary)")
     return side
 

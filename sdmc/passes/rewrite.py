@@ -80,7 +80,8 @@ def _bn_args(g: ir.Graph, bn: ir.BatchNorm) -> dict:
 @register_pass("fold_bn", "fold eval-mode BatchNorm into the conv / linear before it (sole reader only)")
 def fold_bn(g: ir.Graph) -> dict:
     folded, kept = [], {}
-    for bn in [n for n in g.order() if n.op == "batchnorm"]:
+    for name in [n.name for n in g.order() if n.op == "batchnorm"]:
+        bn = g[name]  # re-read: folding an earlier BN may have rewired this one
         prod = g[bn.inputs[0]]
         if prod.op not in AFFINE_OPS:
             kept[bn.name] = f"no conv/linear before it (input {prod.name!r} is {prod.op})"
@@ -123,7 +124,8 @@ def fuse_tsm_weights(w: np.ndarray, b: np.ndarray | None, p: np.ndarray, bn: dic
 @register_pass("fuse_tsm", "fuse TSM scale (+ the BN after it) into per-step conv weights and biases")
 def fuse_tsm(g: ir.Graph) -> dict:
     fused, kept = [], {}
-    for tsm in [n for n in g.order() if n.op == "tsm_scale"]:
+    for name in [n.name for n in g.order() if n.op == "tsm_scale"]:
+        tsm = g[name]
         conv = g[tsm.inputs[0]]
         if conv.op != "conv2d":
             kept[tsm.name] = f"input {conv.name!r} is {conv.op}, not a conv2d"
@@ -213,7 +215,10 @@ def split_concat(g: ir.Graph) -> dict:
     for name in [n.name for n in g.order()]:
         ir.infer_types(g)
         node = g.nodes[name]
-        if node.op in CHANNELWISE and (cat := _channel_concat(g, node.inputs[0])) is not None:
+        cat = _channel_concat(g, node.inputs[0]) if node.inputs else None
+        if node.op in ir.NEURON_OPS and cat is not None and any(g.nodes[i].type.kind == ir.SPIKE for i in cat.inputs):
+            continue  # a spike piece cannot feed a neuron on its own
+        if node.op in CHANNELWISE and cat is not None:
             parts = []
             for i, src in enumerate(cat.inputs):
                 if node.op in ir.NEURON_OPS and not g.nodes[src].type.per_step:
@@ -222,7 +227,7 @@ def split_concat(g: ir.Graph) -> dict:
             new = g.add(ir.Concat(name=g.fresh_name(f"{name}.cat"), inputs=tuple(parts), axis=0))
             _drop(g, new, name)
             pushed.append(name)
-        elif node.op in CONV_OPS and node.groups == 1 and (cat := _channel_concat(g, node.inputs[0])) is not None:
+        elif node.op in CONV_OPS and node.groups == 1 and cat is not None:
             w = g.params[node.weight]
             off, terms = 0, []
             for i, src in enumerate(cat.inputs):
@@ -351,8 +356,12 @@ class _Composer:
             inner, _ = self.expand(u.name)
             if not all(x.conv is None or x.conv.groups == 1 for x in inner):
                 return self.opaque(v, "1x1 conv over a grouped conv")
-            return [_Term(x.src, compose_1x1(conv, x.conv) if x.conv is not None
-                          else replace(conv, sources=list(conv.sources))) for x in inner], True
+            out = []
+            for i, x in enumerate(inner):
+                c = conv if i == 0 else replace(conv, bias=None)  # the outer bias is added once, not per summand
+                out.append(_Term(x.src, compose_1x1(c, x.conv) if x.conv is not None
+                                 else replace(c, sources=list(c.sources))))
+            return out, True
         return self.opaque(v, _NOT_COMPOSED.get(n.op, f"through {n.op} (not linear)"))
 
 
