@@ -281,3 +281,39 @@ def test_fast_conv_matches_torch_layout_conv_after_netx_flip():
         lava_w = w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1).astype(np.int32)   # what netx hands to Lava
         got = compat.conv_numpy(x.transpose(2, 1, 0), lava_w, (kw, kh), st_[::-1], pd[::-1], dl[::-1], groups)
         assert np.array_equal(got.transpose(2, 1, 0), want)
+
+
+def _tsm_graph(p, hoisted=False):
+    rng = np.random.default_rng(4)
+    T = len(p)
+    g = ir.Graph(T)
+    g.add(ir.Input(name="img", shape=(1, 5, 5)))
+    g.add_param("c.w", rng.integers(-6, 7, (3, 1, 3, 3)) / 8.0)
+    g.add_param("c.p", np.asarray(p, np.float64))
+    g.add_param("c.b", np.tile(rng.integers(-2, 3, 3) / 8.0, (T, 1)))
+    src = "img"
+    if not hoisted:
+        g.add(ir.Repeat(name="rep", inputs=("img",)))
+        src = "rep"
+    g.add(ir.ScaledConv2d(name="c", inputs=(src,), weight="c.w", scale="c.p", bias="c.b", padding=(1, 1)))
+    g.add(ir.IF(name="n", inputs=("c",)))
+    g.add(ir.Output(name="out", inputs=("n",)))
+    ir.check(g)
+    return g
+
+
+def test_tsm_conv_is_rejected_or_approximated_by_its_mean(tmp_path):
+    g = _tsm_graph([0.5, 0.5, 0.5, 0.5])
+    with pytest.raises(UnsupportedOpError, match="node 'c' \\(scaled_conv2d\\).*tsm='mean'"):
+        export.export_netx(g, tmp_path / "x.h5")
+    # equal per-step scales: the mean is exact, spikes equal the golden TSM graph
+    q, rep = export.export_netx(g, tmp_path / "x.h5", tsm="mean", pow2=True, input_scale=128)
+    assert rep.tsm_approx == {"c": 0.0}
+    img = np.clip(np.rint(np.random.default_rng(0).uniform(-1, 1, (2, 1, 5, 5)) * 128), -127, 127) / 128
+    xq = quantize.quantize_input(q, np.broadcast_to(img, (4,) + img.shape))
+    got = lm.aligned_spikes(lm.run_chain(q, xq, reset_interval=5), 4)[0]
+    assert np.array_equal(got, golden.run(g, [img])["out"].astype(bool))
+    # unequal scales: approximated, and the spread is reported
+    _, rep2 = export.export_netx(_tsm_graph([0.4, 0.6, 0.5, 0.5], hoisted=True), tmp_path / "y.h5", tsm="mean")
+    assert rep2.tsm_approx["c"] == pytest.approx(0.2)
+    assert "TSM approximated" in rep2.format()

@@ -1,6 +1,6 @@
 """netx HDF5 export of a purely sequential spiking chain from the IR.
 
-Accepted graphs: ``Input -> [Repeat] -> (Conv2d | [Reshape] Linear) -> [BatchNorm] -> IF -> ... -> Output``,
+Accepted graphs: ``Input -> [Repeat] -> (Conv2d | ScaledConv2d | [Reshape] Linear) -> [BatchNorm] -> IF -> ... -> Output``,
 one user per value.  The input is either a per-step spike value or a real value (static then repeated, or
 per-step) that Lava receives as graded 8-bit payloads.  IF neurons must use hard reset to 0.
 BatchNorm (eval statistics) is folded into the preceding synapse::
@@ -34,8 +34,17 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
 
 
-def extract_chain(graph: Graph) -> FloatChain:
-    """Read a sequential conv/dense + IF chain out of ``graph`` (BN folded); errors name the offending node."""
+def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
+    """Read a sequential conv/dense + IF chain out of ``graph`` (BN folded); errors name the offending node.
+
+    A ``scaled_conv2d`` (SDM's fused TSM conv, per-step weights ``p[t] W`` and biases ``b[t]``) has no static
+    Loihi synapse: ``tsm='reject'`` raises, ``tsm='mean'`` uses ``mean_t p[t] * W`` and ``mean_t b[t]`` and
+    records the relative spread ``max_t |p[t] - mean p| / |mean p|`` per node in ``chain.meta['tsm_approx']``
+    (0 when every step has the same scale: then the export is exact).
+    """
+    if tsm not in ("reject", "mean"):
+        raise SdmcError(f"extract_chain: tsm must be 'reject' or 'mean', got {tsm!r}")
+    tsm_approx: dict[str, float] = {}
     check(graph)
     ins = graph.input_nodes
     if len(ins) != 1:
@@ -59,13 +68,35 @@ def extract_chain(graph: Graph) -> FloatChain:
                                      "chains (fan-out needs the manifest-based UNet export)")
         node = graph[users[0]]
         op = node.op
-        if op == "repeat" and not layers and pending is None:
+        if op == "repeat" and not layers:  # before or after a hoisted static first synapse
             continue
         if op == "reshape":
             if pending is not None or len(node.shape) != 1:
                 raise UnsupportedOpError(f"node {node.name!r} (reshape): only a flatten between a neuron and a "
                                          "linear layer is expressible in netx")
             flatten = True
+            continue
+        if op == "scaled_conv2d":
+            if tsm == "reject":
+                raise UnsupportedOpError(f"node {node.name!r} (scaled_conv2d): per-step (TSM) weights have no static "
+                                         "Loihi synapse; export with tsm='mean' to approximate p[t] by its mean")
+            p = np.ones(graph.T) if node.scale is None else np.asarray(P[node.scale], np.float64).reshape(-1)
+            pm = float(p.mean())
+            if pm == 0:
+                raise UnsupportedOpError(f"node {node.name!r} (scaled_conv2d): mean TSM scale is 0")
+            tsm_approx[node.name] = float(np.abs(p - pm).max() / abs(pm))
+            w = np.asarray(P[node.weight], np.float64) * pm
+            b = None
+            if node.bias is not None:
+                b = np.asarray(P[node.bias], np.float64)
+                if b.ndim == 2:
+                    spread = float(np.abs(b - b.mean(0)).max())
+                    tsm_approx[node.name] = max(tsm_approx[node.name], spread / max(float(np.abs(b).max()), 1e-12))
+                    b = b.mean(0)
+            if pending is not None or flatten:
+                raise UnsupportedOpError(f"node {node.name!r} ({op}): needs a neuron (not a synapse/flatten) before it")
+            pending = dict(kind="conv", weight=w, bias=b, name=node.name, stride=_pair(node.stride),
+                           padding=_pair(node.padding), dilation=_pair(node.dilation), groups=int(node.groups))
             continue
         if op in ("conv2d", "linear"):
             if pending is not None:
@@ -114,7 +145,10 @@ def extract_chain(graph: Graph) -> FloatChain:
     if not layers or not out_seen:
         raise UnsupportedOpError(f"netx export: graph from input {ins[0].name!r} has no conv/linear + IF layer "
                                  "ending in an output")
-    return FloatChain(tuple(in_t.shape), tuple(layers), graded_input=graded, meta={"T": graph.T})
+    meta = {"T": graph.T}
+    if tsm_approx:
+        meta["tsm_approx"] = tsm_approx
+    return FloatChain(tuple(in_t.shape), tuple(layers), graded_input=graded, meta=meta)
 
 
 def write_netx(chain: lm.LoihiChain, path: str | os.PathLike, *, meta: dict | None = None) -> None:
@@ -203,9 +237,12 @@ def read_netx(path: str | os.PathLike) -> lm.LoihiChain:
 
 
 def export_netx(graph: Graph, path: str | os.PathLike, *, pow2: bool = False, on_overflow: str = "error",
-                input_scale: float | None = None) -> tuple[lm.LoihiChain, QuantReport]:
-    """IR chain -> quantised Loihi chain -> one netx HDF5 file at ``path``; returns the chain and its report."""
-    fchain = extract_chain(graph)
+                input_scale: float | None = None, tsm: str = "reject") -> tuple[lm.LoihiChain, QuantReport]:
+    """IR chain -> quantised Loihi chain -> one netx HDF5 file at ``path``; returns the chain and its report
+    (see :func:`extract_chain` for ``tsm`` and :func:`~.quantize.quantize_chain` for the rest)."""
+    fchain = extract_chain(graph, tsm=tsm)
     qchain, report = quantize_chain(fchain, pow2=pow2, on_overflow=on_overflow, input_scale=input_scale)
-    write_netx(qchain, path, meta={"T": graph.T, "layers": [L.name for L in fchain.layers]})
+    report.tsm_approx = dict(fchain.meta.get("tsm_approx", {}))
+    write_netx(qchain, path, meta={"T": graph.T, "layers": [L.name for L in fchain.layers],
+                                   **({"tsm_approx": report.tsm_approx} if report.tsm_approx else {})})
     return qchain, report
