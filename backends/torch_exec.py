@@ -1,0 +1,444 @@
+"""The torch backend: compile a spiking IR graph (or a model) into an ``nn.Module`` that trains and samples.
+
+    >>> ex = compile_torch(model, mode="train")          # traced with sdmc.frontends.trace
+    >>> ex = compile_torch(graph, mode="inference", dtype=torch.float32, channels_last=True)
+    >>> eps = ex(x, t)                                    # same call signature as the source model
+    >>> print(ex.code)                                    # the generated forward (torch.fx codegen)
+
+Code generation: every IR node becomes one call in a torch.fx ``Graph`` (kernels in
+:mod:`sdmc.backends.torch_kernels`); ``python_code`` turns it into the executor's forward.  Per-step
+values stay folded ``[T*B, ...]`` from end to end (convolutions see T in the batch, no per-step
+re-layout), neurons run fused over T (:class:`~sdmc.backends.torch_kernels.MultiStepNeuron`), static
+values (the noisy image, the time embedding) stay ``[B, ...]``.
+
+Modes:
+  ``train``      the traced graph as is (BN with batch statistics pooled over T*B in ``.train()``, running
+                 statistics updated like ``nn.BatchNorm2d``; ATan surrogate gradients through the reset) plus
+                 :func:`hoist_affine` (the head conv runs on the un-repeated image).  Parameters and buffers
+                 are registered under the source model's ``state_dict`` names, so ``ex.state_dict()`` loads
+                 strictly into the eager model and vice versa.
+  ``inference``  the ``inference`` pass pipeline (BN folded, TSM fused into per-step weights, static work
+                 hoisted, dead code removed); eval only; folded parameters get the passes' names.
+
+Neuron thresholds live on small neuron modules as ``v_threshold`` (threshold guidance sets them).
+GPU paths (``autocast`` bf16, ``compile=True`` -> ``torch.compile``, CUDA graphs via
+``compile="reduce-overhead"``) exist and are guarded, but are untested here (no GPU on the build machine).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from sdmc import ir
+from sdmc.errors import ConfigError, SdmcError
+
+from . import torch_kernels as K
+
+__all__ = ["TorchExecutor", "compile_torch", "prepare", "hoist_affine", "load_compiled", "save_compiled",
+           "NeuronModule", "MODES"]
+
+MODES = ("train", "inference")
+_BUFFER_FIELDS = ("running_mean", "running_var", "num_batches_tracked")
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+           "float64": torch.float64}
+
+
+# ------------------------------------------------------------------------------------------ passes
+def hoist_affine(g: ir.Graph) -> ir.Graph:
+    """Training-safe hoisting: a conv / Conv3d / linear / TSM scale reading ``repeat(x)`` reads ``x`` instead
+    (``f(repeat(x)) == repeat(f(x))``); BatchNorm stays per-step so its batch statistics and running-variance
+    correction (``n = T*B*H*W``) stay those of the source model.  Returns a new checked graph."""
+    g = g.copy()
+    ir.infer_types(g)
+    for name in [n.name for n in g.order()]:
+        node = g.nodes[name]
+        if node.op not in ("conv2d", "conv3d", "linear", "tsm_scale", "scaled_conv2d") or len(node.inputs) != 1:
+            continue
+        src = g.nodes[node.inputs[0]]
+        if src.op != "repeat":
+            continue
+        g.nodes[name] = node.replace(inputs=(src.inputs[0],))
+        if node.op in ("conv2d", "conv3d", "linear"):  # static out: repeat it for the readers
+            rep = g.fresh_name(f"{name}.repeat")
+            g.add(ir.Repeat(name=rep, inputs=(name,)))
+            g.replace_uses(name, rep)
+            g.nodes[rep] = g.nodes[rep].replace(inputs=(name,))
+        ir.infer_types(g)
+    unused = [k for k, n in g.nodes.items() if n.op == "repeat" and not g.users(k)]
+    for k in unused:
+        g.remove(k)
+    return ir.check(g)
+
+
+# ------------------------------------------------------------------------------------------ modules
+class NeuronModule(nn.Module):
+    """One multi-step IF/LIF/PLIF node; stateless between calls.  ``v_threshold`` is read at every call."""
+
+    is_spiking_neuron = True
+
+    def __init__(self, node: ir.NeuronNode, T: int) -> None:
+        super().__init__()
+        self.kind, self.T = node.op, T
+        self.v_threshold = float(node.threshold)
+        self.v_reset = None if node.v_reset is None else float(node.v_reset)
+        self.tau = float(getattr(node, "tau", 2.0))
+        self.decay_input = bool(getattr(node, "decay_input", True))
+        self.alpha = float(node.alpha)
+        if node.surrogate != "atan":
+            raise SdmcError(f"torch backend: node {node.name!r}: surrogate {node.surrogate!r} is not supported "
+                            "(only 'atan')")
+        if node.detach_reset:
+            raise SdmcError(f"torch backend: node {node.name!r}: detach_reset=True is not supported")
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        if self.kind == "plif":
+            return K.neuron_reference(x, self.T, "plif", self.v_threshold, self.v_reset, self.tau,
+                                      self.decay_input, self.alpha, w)
+        return K.multistep_neuron(x, self.T, self.kind, self.v_threshold, self.v_reset, self.tau,
+                                  self.decay_input, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, T={self.T}, v_threshold={self.v_threshold}, v_reset={self.v_reset}"
+
+
+def _ident(name: str) -> str:
+    s = re.sub(r"\W", "_", name)
+    return s if s and not s[0].isdigit() else "_" + s
+
+
+class TorchExecutor(nn.Module):
+    """The generated module.  Call it like the source model: ``ex(*inputs)`` in graph-input order; returns
+    the output tensor (a tuple when the graph has several outputs).  Per-step inputs/outputs are
+    ``[T, B, ...]``, static ones ``[B, ...]``.  Float inputs are cast to the executor's dtype."""
+
+    def __init__(self, graph: ir.Graph, mode: str, dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 source_state: dict[str, torch.Tensor] | None = None, frozen: Iterable[str] = (),
+                 autocast: torch.dtype | None = None) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ConfigError(f"compile_torch: mode must be one of {MODES}, got {mode!r}")
+        ir.check(graph)
+        self._ir = graph
+        self._mode = mode
+        self._dtype = dtype
+        self._channels_last = bool(channels_last)
+        self._autocast = autocast
+        self._T = graph.T
+        self._in_types = [n.type for n in graph.input_nodes]
+        self._in_names = [n.name for n in graph.input_nodes]
+        self._param_attr: dict[str, str] = {}
+        self._build_params(graph, dtype, source_state or {}, set(frozen))
+        self._fx = self._build_fx(graph)
+        code = self._fx.python_code(root_module="self")
+        self._src = code.src
+        ns: dict[str, Any] = dict(code.globals)
+        exec(compile(code.src, f"<sdmc torch_exec {graph.meta.get('source', 'graph')}>", "exec"), ns)
+        self._run = ns["forward"]
+        self._compiled = None
+        if mode == "inference":
+            self.eval()
+
+    # -------------------------------------------------------------------------------- construction
+    def _place(self, path: str, make) -> str:
+        """Put a parameter / buffer / module at dotted ``path`` (creating empty parent modules); on a name
+        clash use a flat sanitised name.  Returns the attribute path used."""
+        parts = path.split(".")
+        mod: nn.Module = self
+        ok = all(p.isidentifier() or p.isdigit() for p in parts)
+        if ok:
+            for p in parts[:-1]:
+                sub = mod._modules.get(p)
+                if sub is None:
+                    if hasattr(mod, p):
+                        ok = False
+                        break
+                    sub = nn.Module()
+                    mod.add_module(p, sub)
+                mod = sub
+        leaf = parts[-1]
+        if not ok or hasattr(mod, leaf) or leaf in mod._modules:
+            mod, leaf, path = self, "_p_" + _ident(path), "_p_" + _ident(path)
+            if hasattr(self, leaf):
+                raise SdmcError(f"torch backend: cannot place {path!r}: name taken")
+        make(mod, leaf)
+        return path
+
+    def _build_params(self, g: ir.Graph, dtype: torch.dtype, src: dict[str, torch.Tensor], frozen: set[str]) -> None:
+        buffers = set()
+        for n in g:
+            refs = n.param_refs()
+            for fld in _BUFFER_FIELDS:
+                if fld in refs:
+                    buffers.add(refs[fld])
+        for name in g.param_names():
+            if name in src:
+                t = src[name].detach().clone()
+            else:
+                t = torch.from_numpy(np.array(g.params[name], copy=True))
+            if t.is_floating_point():
+                t = t.to(dtype)
+                if self._channels_last and t.dim() == 4:
+                    t = t.contiguous(memory_format=torch.channels_last)
+            if name in buffers or not t.is_floating_point():
+                self._param_attr[name] = self._place(name, lambda m, k, t=t: m.register_buffer(k, t))
+            else:
+                p = nn.Parameter(t, requires_grad=name not in frozen)
+                self._param_attr[name] = self._place(name, lambda m, k, p=p: m.register_parameter(k, p))
+
+    def _build_fx(self, g: ir.Graph) -> fx.Graph:
+        fg = fx.Graph()
+        T = g.T
+        env: dict[str, fx.Node] = {}
+        attrs: dict[str, fx.Node] = {}
+
+        def P(name: str | None):
+            if name is None:
+                return None
+            if name not in attrs:
+                attrs[name] = fg.get_attr(self._param_attr[name])
+            return attrs[name]
+
+        training = None
+        outs: dict[str, fx.Node] = {}
+        for n in g.order():
+            ts = [g.nodes[i].type for i in n.inputs]
+            xs = [env[i] for i in n.inputs]
+            pss = [t.per_step for t in ts]
+            op = n.op
+            cf = fg.call_function
+            if op == "input":
+                v = fg.placeholder(_ident(n.name))
+                if n.type.per_step:
+                    v = cf(K.fold, (v, T))
+            elif op == "output":
+                v = xs[0]
+                outs[n.name] = cf(K.unfold, (v, T)) if pss[0] else v
+            elif op == "conv2d":
+                v = cf(K.conv2d, (xs[0], P(n.weight), P(n.bias), K._pair(n.stride), K._pair(n.padding),
+                                  K._pair(n.dilation), n.groups))
+            elif op == "conv3d":
+                v = cf(K.conv3d_t1, (xs[0], P(n.weight), P(n.bias), K._pair(n.stride), K._pair(n.padding)))
+            elif op == "scaled_conv2d":
+                v = cf(K.scaled_conv2d, (xs[0], P(n.weight), P(n.scale), P(n.bias), T, not pss[0],
+                                         K._pair(n.stride), K._pair(n.padding), K._pair(n.dilation), n.groups))
+            elif op == "linear":
+                v = cf(K.linear, (xs[0], P(n.weight), P(n.bias)))
+            elif op == "tsm_scale":
+                v = cf(K.tsm_scale, (xs[0], P(n.scale), T, not pss[0]))
+            elif op == "batchnorm":
+                if training is None:
+                    training = fg.get_attr("training")
+                v = cf(K.batchnorm, (xs[0], P(n.weight), P(n.bias), P(n.running_mean), P(n.running_var),
+                                     P(n.num_batches_tracked), training, n.momentum, float(n.eps)))
+            elif op in ir.NEURON_OPS:
+                target = self._place(n.name, lambda m, k, n=n: m.add_module(k, NeuronModule(n, T)))
+                args = (xs[0], P(n.w)) if op == "plif" else (xs[0],)
+                v = fg.call_module(target, args)
+            elif op in ("add", "mul"):
+                v = cf(K.binary, (op, xs[0], xs[1], T, pss[0], pss[1], len(ts[0].shape), len(ts[1].shape)))
+            elif op == "swish":
+                v = cf(K.swish, (xs[0],))
+            elif op == "sigmoid":
+                v = cf(K.sigmoid, (xs[0],))
+            elif op == "scale":
+                v = cf(K.scale, (xs[0], float(n.factor)))
+            elif op == "concat":
+                v = cf(K.concat, (xs, pss, T, n.axis % len(ts[0].shape)))
+            elif op == "upsample":
+                v = cf(K.upsample, (xs[0], int(n.scale)))
+            elif op == "reshape":
+                v = cf(K.reshape, (xs[0], tuple(n.shape)))
+            elif op == "repeat":
+                v = cf(K.repeat, (xs[0], T))
+            elif op == "embedding":
+                v = cf(K.embedding, (xs[0], P(n.weight)))
+            elif op == "membrane_readout":
+                v = cf(K.membrane_readout, (xs[0], T, float(n.decay)))
+            else:
+                raise SdmcError(f"torch backend: node {n.name!r}: op {op!r} is not supported")
+            env[n.name] = v
+        res = [outs[n.name] for n in g.output_nodes]
+        fg.output(res[0] if len(res) == 1 else tuple(res))
+        fg.lint()
+        return fg
+
+    # -------------------------------------------------------------------------------- running
+    @property
+    def code(self) -> str:
+        """The generated forward's Python source."""
+        return self._src
+
+    @property
+    def graph(self) -> ir.Graph:
+        """The IR graph this executor runs (after the mode's passes)."""
+        return self._ir
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def T(self) -> int:
+        return self._T
+
+    def _prep_inputs(self, args: tuple) -> list[torch.Tensor]:
+        if len(args) != len(self._in_names):
+            raise SdmcError(f"torch executor: expected {len(self._in_names)} input(s) {self._in_names}, got {len(args)}")
+        out = []
+        for name, t, a in zip(self._in_names, self._in_types, args):
+            a = torch.as_tensor(a)
+            lead = 2 if t.per_step else 1
+            if a.dim() != lead + len(t.shape) or tuple(a.shape[lead:]) != t.shape or \
+                    (t.per_step and a.shape[0] != self._T):
+                raise SdmcError(f"torch executor: input {name!r}: expected shape "
+                                f"[{', '.join(map(str, t.full_shape(self._T, 'B')))}], got {list(a.shape)}")
+            if t.dtype in _DTYPES:
+                a = a.to(self._dtype)
+                if self._channels_last and a.dim() == 4:
+                    a = a.contiguous(memory_format=torch.channels_last)
+            out.append(a)
+        return out
+
+    def forward(self, *args: Any) -> Any:
+        if self._mode == "inference" and self.training:
+            raise SdmcError("torch executor: an 'inference' executor (BN folded) cannot run in training mode; "
+                            "compile with mode='train' to train")
+        xs = self._prep_inputs(args)
+        run = self._compiled or self._run
+        if self._autocast is not None:
+            dev = xs[0].device.type
+            with torch.autocast(dev, dtype=self._autocast):
+                out = run(self, *xs)
+            return out.to(self._dtype) if isinstance(out, torch.Tensor) else tuple(o.to(self._dtype) for o in out)
+        return run(self, *xs)
+
+    def extra_repr(self) -> str:
+        return f"mode={self._mode}, T={self._T}, dtype={self._dtype}, channels_last={self._channels_last}"
+
+
+# ------------------------------------------------------------------------------------------ entry points
+def _trace_model(model: nn.Module) -> ir.Graph:
+    from sdmc.frontends import trace
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "img_size"):
+        raise ConfigError(f"compile_torch: {type(model).__name__} has no .config with img_ch/img_size; "
+                          "trace it yourself (sdmc.frontends.trace) and pass the graph")
+    return trace(model, (1, cfg.img_ch, cfg.img_size, cfg.img_size))
+
+
+def compile_torch(graph_or_model: ir.Graph | nn.Module, mode: str = "train", dtype: torch.dtype | None = None,
+                  channels_last: bool = False, compile: bool | str = False, autocast: torch.dtype | None = None,
+                  device: str | torch.device | None = None) -> TorchExecutor:
+    """Compile an IR graph or a model (traced with :func:`sdmc.frontends.trace`) into a :class:`TorchExecutor`.
+
+    ``mode``: ``train`` or ``inference`` (see the module docstring).  ``dtype``: parameter / compute dtype
+    (default: the model's, else float32).  ``compile``: ``True`` or a ``torch.compile`` mode name
+    (``"reduce-overhead"`` uses CUDA graphs on GPU).  ``autocast``: e.g. ``torch.bfloat16``.
+    From a model, parameters are copied from its ``state_dict`` (keeping ``requires_grad=False`` ones frozen)
+    and the executor takes its ``config``; the executor starts in the model's train/eval state
+    (``inference``: always eval).
+    """
+    if mode not in MODES:
+        raise ConfigError(f"compile_torch: mode must be one of {MODES}, got {mode!r}")
+    src_state, frozen, cfg, training = None, set(), None, mode == "train"
+    if isinstance(graph_or_model, nn.Module):
+        model = graph_or_model
+        if isinstance(model, TorchExecutor):
+            raise ConfigError("compile_torch: already a compiled TorchExecutor")
+        g = _trace_model(model)
+        src_state = dict(model.state_dict(keep_vars=False))
+        frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+        cfg = getattr(model, "config", None)
+        training = model.training
+        if dtype is None:
+            dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        if device is None:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    elif isinstance(graph_or_model, ir.Graph):
+        g = graph_or_model
+        if dtype is None:
+            dtype = _DTYPES.get(next((n.dtype for n in g.input_nodes if n.dtype in _DTYPES), "float32"), torch.float32)
+    else:
+        raise ConfigError(f"compile_torch: expected an sdmc.ir.Graph or an nn.Module, got {type(graph_or_model).__name__}")
+    if mode == "inference":
+        from sdmc import passes
+        g = passes.run(g, "inference")
+    else:
+        g = hoist_affine(g)
+    ex = TorchExecutor(g, mode, dtype=dtype, channels_last=channels_last, source_state=src_state, frozen=frozen,
+                       autocast=autocast)
+    if cfg is not None:
+        ex.config = cfg
+    elif "model_config" in g.meta:
+        from sdmc.config import ModelConfig
+        try:
+            ex.config = ModelConfig(**g.meta["model_config"])
+        except Exception:  # noqa: BLE001 - a foreign graph: no config, callers pass shapes
+            pass
+    if device is not None:
+        ex.to(device)
+    ex.train(training and mode == "train")
+    if compile:
+        ex._compiled = torch.compile(ex._run, mode=compile if isinstance(compile, str) else None)
+    return ex
+
+
+def prepare(model: nn.Module, mode: str = "train", **kwargs: Any) -> nn.Module:
+    """The one call site helper for ``sdmc train`` / ``sdmc sample``: the compiled executor of ``model``
+    (``mode`` train or inference), or ``model`` itself when it has no spiking neurons (ANN UNet) or is
+    already compiled."""
+    if isinstance(model, TorchExecutor):
+        return model
+    if not any(hasattr(m, "v_threshold") for m in model.modules()):
+        return model
+    return compile_torch(model, mode=mode, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ files
+def save_compiled(path, graph_or_model: ir.Graph | nn.Module, cfg=None, mode: str = "inference") -> Any:
+    """Write the graph the torch backend runs in ``mode`` (passes applied) as a ``.sdmc`` zip (atomic), with
+    ``meta['backend'] = {'name': 'torch', 'mode': mode}`` and the sdmc config when known."""
+    import json
+    if isinstance(graph_or_model, nn.Module):
+        g = _trace_model(graph_or_model)
+    else:
+        g = graph_or_model
+    if mode == "inference":
+        from sdmc import passes
+        g = passes.run(g, "inference")
+    elif mode == "train":
+        g = hoist_affine(g)
+    else:
+        raise ConfigError(f"save_compiled: mode must be one of {MODES}, got {mode!r}")
+    g.meta["backend"] = {"name": "torch", "mode": mode}
+    if cfg is not None:
+        g.meta["sdmc_config"] = json.loads(cfg.to_json())
+    return ir.save(g, path)
+
+
+def load_compiled(path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                  channels_last: bool = False) -> tuple[TorchExecutor, Any]:
+    """Load a ``.sdmc`` file into an executor (its recorded mode, default inference); returns
+    ``(executor, SdmcConfig or None)``; the executor has ``.config`` (the model config) when recorded."""
+    g = ir.load(path)
+    mode = g.meta.get("backend", {}).get("mode", "inference") if isinstance(g.meta.get("backend"), dict) else "inference"
+    cfg = None
+    if "sdmc_config" in g.meta:
+        import json
+        from sdmc.config import SdmcConfig
+        cfg = SdmcConfig.from_json(json.dumps(g.meta["sdmc_config"]))
+    if dtype is None:
+        dtype = _DTYPES.get(next((n.dtype for n in g.input_nodes if n.dtype in _DTYPES), "float32"), torch.float32)
+    ex = TorchExecutor(g, mode, dtype=dtype, channels_last=channels_last)
+    if cfg is not None:
+        ex.config = cfg.model
+    elif "model_config" in g.meta:
+        from sdmc.config import ModelConfig
+        ex.config = ModelConfig(**g.meta["model_config"])
+    ex.to(device).eval()
+    return ex, cfg

@@ -1,0 +1,338 @@
+"""Tensor kernels of the torch backend: the fused multi-step neuron and the per-op functions the generated
+forward calls.
+
+Layout: a per-step value is held *folded*, ``[T*B, *shape]`` with T outermost (what convolutions want);
+a static value is ``[B, *shape]``.  ``steps(x, T)`` views a folded value as ``[T, B, *shape]``.
+
+The neuron (spikingjelly multi-step semantics, ``h[t]`` the charged potential, ``r = v_reset or 0``)::
+
+    IF                 h[t] = v[t-1] + x[t]
+    LIF, decay_input   h[t] = v[t-1] + (x[t] - (v[t-1] - r)) / tau
+    LIF, otherwise     h[t] = v[t-1] - (v[t-1] - r) / tau + x[t]
+    s[t] = (h[t] >= theta);   v[t] = r where s[t] else h[t]   (hard)  |  v[t] = h[t] - theta s[t]  (soft)
+
+Surrogate gradient ATan: ``ds/dh = alpha/2 / (1 + (pi/2 alpha (h - theta))^2)``; the gradient flows through
+the reset (``detach_reset=False``): hard ``dv/dh = (1 - s) + (r - h) ds/dh``, soft ``dv/dh = 1 - theta ds/dh``.
+:class:`MultiStepNeuron` runs one loop over T with in-place ops into preallocated buffers and saves only
+``h`` (one tensor the size of the input) for a backward pass that runs the recursion in reverse.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["steps", "neuron_forward", "MultiStepNeuron", "multistep_neuron", "neuron_reference", "atan_surrogate"]
+
+
+def steps(x: torch.Tensor, T: int) -> torch.Tensor:
+    """View a folded per-step value ``[T*B, ...]`` as ``[T, B, ...]``."""
+    return x.unflatten(0, (T, -1))
+
+
+def atan_surrogate(d: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``alpha/2 / (1 + (pi/2 alpha d)^2)`` (spikingjelly ``surrogate.ATan``'s derivative)."""
+    return alpha / 2 / (1 + (math.pi / 2 * alpha * d).pow(2))
+
+
+def _charge(kind: str, v: torch.Tensor, xt: torch.Tensor, r: float, tau: float, decay_input: bool,
+            tmp: torch.Tensor | None) -> None:
+    """``v <- h`` in place (the charge equations above)."""
+    if kind == "if":
+        v.add_(xt)
+    elif decay_input:  # v + (x - (v - r)) / tau
+        torch.sub(v, r, out=tmp)
+        torch.sub(xt, tmp, out=tmp)
+        tmp.div_(tau)
+        v.add_(tmp)
+    else:  # v - (v - r) / tau + x
+        torch.sub(v, r, out=tmp)
+        tmp.div_(tau)
+        v.sub_(tmp)
+        v.add_(xt)
+
+
+@torch.no_grad()
+def neuron_forward(x: torch.Tensor, T: int, kind: str, threshold: float, v_reset: float | None, tau: float = 2.0,
+                   decay_input: bool = True, save_h: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Spikes ``[T*B, ...]`` (dtype and memory format of ``x``) and, with ``save_h``, the charged potentials."""
+    if x.shape[0] % T:
+        raise ValueError(f"neuron: leading dim {x.shape[0]} is not a multiple of T={T}")
+    N = x.shape[0] // T
+    r = 0.0 if v_reset is None else float(v_reset)
+    out = torch.empty_like(x)
+    H = torch.empty_like(x) if save_h else None
+    v = torch.full_like(x[:N], r)
+    mask = torch.empty_like(v, dtype=torch.bool)
+    tmp = torch.empty_like(v) if kind != "if" else None
+    for t in range(T):
+        sl = slice(t * N, (t + 1) * N)
+        _charge(kind, v, x[sl], r, tau, decay_input, tmp)
+        if H is not None:
+            H[sl].copy_(v)
+        torch.ge(v, threshold, out=mask)
+        st = out[sl]
+        st.copy_(mask)
+        if v_reset is None:
+            v.sub_(st, alpha=threshold)
+        else:
+            v.masked_fill_(mask, r)
+    return out, H
+
+
+@torch.no_grad()
+def _neuron_backward(gs: torch.Tensor, H: torch.Tensor, T: int, kind: str, threshold: float, v_reset: float | None,
+                     tau: float, decay_input: bool, alpha: float) -> torch.Tensor:
+    N = H.shape[0] // T
+    gs = gs.contiguous(memory_format=_format_of(H))
+    gx = torch.empty_like(H)
+    sg = torch.empty_like(H[:N])
+    tmp = torch.empty_like(sg)
+    gv = torch.zeros_like(sg)
+    mask = torch.empty_like(sg, dtype=torch.bool)
+    c = math.pi / 2 * alpha
+    dhdx = 1.0 if kind == "if" or not decay_input else 1.0 / tau
+    dhdv = 1.0 if kind == "if" else 1.0 - 1.0 / tau
+    for t in reversed(range(T)):
+        sl = slice(t * N, (t + 1) * N)
+        ht = H[sl]
+        torch.sub(ht, threshold, out=sg)
+        sg.mul_(c).square_().add_(1).reciprocal_().mul_(alpha / 2)  # ds/dh
+        gh = gx[sl]
+        torch.mul(gs[sl], sg, out=gh)
+        if t < T - 1:  # + dL/dv[t] * dv[t]/dh[t]
+            if v_reset is None:
+                torch.mul(sg, -threshold, out=tmp)
+                tmp.add_(1)
+            else:
+                torch.sub(ht, float(v_reset), out=tmp)
+                tmp.neg_().mul_(sg)
+                torch.lt(ht, threshold, out=mask)
+                tmp.add_(mask)
+            gh.addcmul_(gv, tmp)
+        if t > 0:
+            torch.mul(gh, dhdv, out=gv)
+        if dhdx != 1.0:
+            gh.mul_(dhdx)
+    return gx
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class MultiStepNeuron(torch.autograd.Function):
+    """Autograd wrapper of :func:`neuron_forward`; saves the charged potentials ``h`` only."""
+
+    @staticmethod
+    def forward(ctx, x, T, kind, threshold, v_reset, tau, decay_input, alpha):
+        s, H = neuron_forward(x, T, kind, threshold, v_reset, tau, decay_input, save_h=True)
+        ctx.save_for_backward(H)
+        ctx.cfg = (T, kind, threshold, v_reset, tau, decay_input, alpha)
+        return s
+
+    @staticmethod
+    def backward(ctx, gs):
+        (H,) = ctx.saved_tensors
+        return (_neuron_backward(gs, H, *ctx.cfg),) + (None,) * 7
+
+
+def multistep_neuron(x: torch.Tensor, T: int, kind: str, threshold: float, v_reset: float | None, tau: float = 2.0,
+                     decay_input: bool = True, alpha: float = 2.0) -> torch.Tensor:
+    """Spikes of a multi-step IF/LIF on folded ``x``; differentiable (ATan surrogate) when grad is needed."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return MultiStepNeuron.apply(x, T, kind, float(threshold), v_reset, float(tau), bool(decay_input),
+                                     float(alpha))
+    return neuron_forward(x, T, kind, float(threshold), v_reset, float(tau), bool(decay_input))[0]
+
+
+class _Heaviside(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, d, alpha):
+        ctx.save_for_backward(d)
+        ctx.alpha = alpha
+        return (d >= 0).to(d.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (d,) = ctx.saved_tensors
+        return g * atan_surrogate(d, ctx.alpha), None
+
+
+def neuron_reference(x: torch.Tensor, T: int, kind: str, threshold: float, v_reset: float | None, tau: float = 2.0,
+                     decay_input: bool = True, alpha: float = 2.0, w: torch.Tensor | None = None) -> torch.Tensor:
+    """The same neuron in plain differentiable torch ops, step by step (PLIF: ``1/tau = sigmoid(w)``, learnable).
+
+    Slow; the executor uses it for PLIF and the tests use it as an oracle for :class:`MultiStepNeuron`.
+    """
+    r = 0.0 if v_reset is None else float(v_reset)
+    xs = steps(x, T)
+    v = torch.full_like(xs[0], r)
+    q = torch.sigmoid(w.reshape(())) if kind == "plif" else None
+    out = []
+    for t in range(T):
+        if kind == "if":
+            h = v + xs[t]
+        elif kind == "lif":
+            h = v + (xs[t] - (v - r)) / tau if decay_input else v - (v - r) / tau + xs[t]
+        else:
+            h = v + (xs[t] - (v - r)) * q if decay_input else v - (v - r) * q + xs[t]
+        s = _Heaviside.apply(h - threshold, float(alpha))
+        v = h - s * threshold if v_reset is None else h * (1 - s) + r * s
+        out.append(s)
+    return torch.stack(out).flatten(0, 1)
+
+
+# ------------------------------------------------------------------------------------------ op kernels
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv2d(x, w, b, stride, padding, dilation, groups):
+    """``F.conv2d`` on a folded or static value."""
+    return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+
+def conv3d_t1(x, w, b, stride, padding):
+    """The kernel-(kh, kw, 1) Conv3d as a 2-d conv per step (weight ``[O, C, kh, kw, 1]``)."""
+    return F.conv2d(x, w.squeeze(-1), b, stride, padding)
+
+
+def scaled_conv2d(x, w, scale, bias, T, static_in, stride, padding, dilation, groups):
+    """``y[t] = scale[t] conv(x[t], W) + b[t]`` -> folded ``[T*B, O, H, W]``; a static ``x`` is convolved once."""
+    y = F.conv2d(x, w, None, stride, padding, dilation, groups)
+    O = y.shape[1]
+    if static_in:
+        y = y.unsqueeze(0)
+    else:
+        y = steps(y, T)
+    s = scale.reshape(T, 1, 1, 1, 1) if scale is not None else None
+    b = None if bias is None else (bias.reshape(T, 1, O, 1, 1) if bias.dim() == 2 else bias.reshape(1, 1, O, 1, 1))
+    if static_in:
+        if s is not None:
+            y = y * s
+        if b is not None:
+            y = y + b
+        out = torch.empty((T * y.shape[1],) + tuple(y.shape[2:]), dtype=y.dtype, device=y.device,
+                          memory_format=_format_of(x))
+        steps(out, T).copy_(y.expand(T, *y.shape[1:]))
+        return out
+    if torch.is_grad_enabled():
+        if s is not None:
+            y = y * s
+        if b is not None:
+            y = y + b
+        return y.flatten(0, 1)
+    if s is not None and b is not None:
+        torch.addcmul(b, y, s, out=y)
+    elif s is not None:
+        y.mul_(s)
+    elif b is not None:
+        y.add_(b)
+    return y.flatten(0, 1)
+
+
+def linear(x, w, b):
+    return F.linear(x, w, b)
+
+
+def tsm_scale(x, p, T, static_in):
+    """``y[t] = p[t] x[t]`` -> folded."""
+    xs = x.unsqueeze(0) if static_in else steps(x, T)
+    return (xs * p.reshape((T,) + (1,) * (xs.dim() - 1))).flatten(0, 1)
+
+
+def batchnorm(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps):
+    """``nn.BatchNorm`` semantics on ``[N, C, ...]`` (training: batch statistics over every axis but C, running
+    statistics updated in place with ``momentum`` or the cumulative average when ``momentum`` is None)."""
+    factor = 0.0
+    if training:
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        factor = (1.0 / float(num_batches_tracked)) if momentum is None else momentum
+    return F.batch_norm(x, running_mean, running_var, weight, bias, training, factor, eps)
+
+
+def _lead(x, per_step: bool, T: int, ps_out: bool, rank: int, x_rank: int):
+    v = steps(x, T) if per_step else (x.unsqueeze(0) if ps_out else x)
+    if x_rank < rank:
+        lead = v.shape[:v.dim() - x_rank]
+        v = v.reshape(lead + (1,) * (rank - x_rank) + v.shape[v.dim() - x_rank:])
+    return v
+
+
+def binary(op, a, b, T, a_ps, b_ps, ra, rb):
+    """Numpy-style broadcasting of per-sample shapes; a static operand broadcasts over T."""
+    op = torch.add if op == "add" else torch.mul
+    ps = a_ps or b_ps
+    rank = max(ra, rb)
+    if a_ps == b_ps and ra == rb:
+        return op(a, b)
+    y = op(_lead(a, a_ps, T, ps, rank, ra), _lead(b, b_ps, T, ps, rank, rb))
+    return y.flatten(0, 1) if ps else y
+
+
+def concat(xs, pss, T, axis):
+    """Channel (per-sample ``axis``) concatenation; static operands are repeated over T when needed."""
+    ps = any(pss)
+    parts = []
+    for x, p in zip(xs, pss):
+        if ps and not p:
+            x = x.unsqueeze(0).expand(T, *x.shape).flatten(0, 1)
+        parts.append(x)
+    return torch.cat(parts, dim=1 + axis)
+
+
+def upsample(x, scale):
+    return F.interpolate(x, scale_factor=scale, mode="nearest")
+
+
+def reshape(x, shape):
+    return x.reshape((x.shape[0],) + tuple(shape))
+
+
+def repeat(x, T):
+    """Static ``[B, ...]`` -> folded per-step ``[T*B, ...]`` (one copy, memory format kept)."""
+    return x.unsqueeze(0).expand(T, *x.shape).flatten(0, 1).contiguous(memory_format=_format_of(x))
+
+
+def embedding(i, w):
+    if i.numel() and (int(i.min()) < 0 or int(i.max()) >= w.shape[0]):
+        raise IndexError(f"embedding index out of range [0, {w.shape[0]}): got values in "
+                         f"[{int(i.min())}, {int(i.max())}]")
+    return F.embedding(i, w)
+
+
+def membrane_readout(x, T, decay):
+    """``y = sum_t decay^(T-1-t) x[t]`` on folded ``x`` -> static."""
+    xs = steps(x, T)
+    y = xs[0] * (float(decay) ** (T - 1))
+    for t in range(1, T):
+        y = y + xs[t] * (float(decay) ** (T - 1 - t))
+    return y
+
+
+def swish(x):
+    return F.silu(x)
+
+
+def sigmoid(x):
+    return torch.sigmoid(x)
+
+
+def scale(x, factor):
+    return x * factor
+
+
+def fold(x, T):
+    """Graph input ``[T, B, ...]`` -> folded."""
+    if x.shape[0] != T:
+        raise ValueError(f"per-step input has {x.shape[0]} steps, expected T={T}")
+    return x.flatten(0, 1)
+
+
+def unfold(x, T):
+    return steps(x, T)
