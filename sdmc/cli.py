@@ -363,6 +363,74 @@ def cmd_energy(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- lava
+def _add_lava(sub) -> None:
+    p = sub.add_parser("lava", help="Lava-DL: install Lava, export a sequential spiking chain to netx, run it",
+                       description="Loihi backend for sequential conv/linear + IF chains (the UNet needs the "
+                                   "manifest export, not yet available).")
+    lsub = p.add_subparsers(dest="lava_command", metavar="ACTION", required=True)
+    q = lsub.add_parser("install", help="pip-install lava-nc 0.10.0 / lava-dl 0.6.0 without their pinned deps")
+    q.add_argument("--check", action="store_true", help="only verify that Lava imports")
+    q = lsub.add_parser("export", help="quantise a chain graph (.sdmc) for Loihi and write one netx HDF5 file")
+    q.add_argument("graph", help=".sdmc zip or graph directory (e.g. from 'sdmc compile')")
+    q.add_argument("-o", "--out", required=True, help="netx HDF5 file to write")
+    q.add_argument("--pow2", action="store_true", help="power-of-two weight scales (dyadic weights stay exact)")
+    q.add_argument("--on-overflow", choices=["error", "rescale"], default="error",
+                   help="when a layer's worst per-step current overflows 24-bit state: fail (default) or rescale")
+    q.add_argument("--tsm", choices=["reject", "mean"], default="reject",
+                   help="SDM per-step (TSM) conv scales: reject (default) or approximate by the mean")
+    q.add_argument("--input-scale", type=float, default=None, help="graded input: x_int = round(scale * x) (default 127)")
+    q.add_argument("--check-samples", type=int, default=4,
+                   help="random inputs on which to report spike mismatch vs float (0: skip)")
+    q = lsub.add_parser("run", help="run a netx file in Lava's CPU simulation on random inputs; compare with "
+                                    "the numpy Loihi model")
+    q.add_argument("file", help="netx HDF5 file written by 'sdmc lava export'")
+    q.add_argument("--samples", type=int, default=2)
+    q.add_argument("--steps", type=int, default=None, help="time steps T per sample (default: recorded T, else 4)")
+    q.add_argument("--density", type=float, default=0.3, help="spike probability of random spike inputs")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--stock-conv", action="store_true", help="use Lava's own (slow) scipy convolution")
+
+
+@command("lava")
+def cmd_lava(args: argparse.Namespace) -> int:
+    import numpy as np
+    if args.lava_command == "install":
+        from .backends.lava import install
+        return install.main(["--check"] if args.check else [])
+    rng = np.random.default_rng(getattr(args, "seed", 0))
+    if args.lava_command == "export":
+        from . import ir
+        from .backends.lava import export, quantize
+        graph = ir.load(args.graph)
+        chain, report = export.export_netx(graph, args.out, pow2=args.pow2, on_overflow=args.on_overflow,
+                                           input_scale=args.input_scale, tsm=args.tsm)
+        if args.check_samples > 0:
+            fchain = export.extract_chain(graph, tsm=args.tsm)
+            shape = (graph.T, args.check_samples) + tuple(chain.input_shape)
+            x = rng.uniform(-1, 1, shape) if fchain.graded_input else (rng.random(shape) < 0.3).astype(float)
+            quantize.evaluate(fchain, chain, report, x)
+        print(report.format())
+        print(f"wrote {args.out}: {len(chain.layers)} layers, input {list(chain.input_shape)} "
+              f"({'graded, 16-bit messages' if chain.input_bits else 'spikes'}), T={graph.T}")
+        return 0
+    from .backends.lava import export, run
+    from .sim import loihi as lm
+    chain = export.read_netx(args.file)
+    T = args.steps or int(chain.meta.get("T", 4))
+    shape = (T, args.samples) + tuple(chain.input_shape)
+    x = rng.integers(-127, 128, shape) if chain.input_bits else (rng.random(shape) < args.density).astype(np.int64)
+    res = run.run_netx(args.file, x, input_message_bits=chain.input_bits, read_v=False, fast_conv=not args.stock_conv)
+    L = len(chain.layers)
+    model = lm.aligned_spikes(lm.run_chain(chain, x, num_steps=T + L, reset_interval=T + L), T)
+    same = all(np.array_equal(a, b) for a, b in zip(res.spikes, model))
+    t = res.times
+    print(f"Lava: {args.samples} sample(s) x {T + L} steps; build {t['build']:.2f} s, run {t['run']:.2f} s "
+          f"({t['run'] / args.samples:.3f} s/sample), read {t['read']:.2f} s")
+    print(f"output firing rate {res.spikes[-1].mean():.4f}; spikes identical to the numpy Loihi model: {same}")
+    return 0 if same else 1
+
+
 # ----------------------------------------------------------------------------- later issues' commands
 def _add_placeholders(sub) -> None:
     for name, help_, issue in [

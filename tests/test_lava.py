@@ -236,3 +236,13 @@ def test_spikingjelly_module_traced_exported_and_run_in_lava(lava, tmp_path):
         assert ref.shape == res.spikes[n].shape
         assert ref.mean() > 0.02
         assert np.mean(ref != res.spikes[n]) < 0.06, (name, rep.format())
+
+
+def test_cli_lava_run_compares_lava_with_the_model(lava, tmp_path, capsys):
+    from sdmc import cli
+    g = _chain_graph(np.random.default_rng(11))
+    path = tmp_path / "c.h5"
+    export.export_netx(g, path)
+    assert cli.main(["lava", "run", str(path), "--samples", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "spikes identical to the numpy Loihi model: True" in out and "s/sample" in out

@@ -317,3 +317,19 @@ def test_tsm_conv_is_rejected_or_approximated_by_its_mean(tmp_path):
     _, rep2 = export.export_netx(_tsm_graph([0.4, 0.6, 0.5, 0.5], hoisted=True), tmp_path / "y.h5", tsm="mean")
     assert rep2.tsm_approx["c"] == pytest.approx(0.2)
     assert "TSM approximated" in rep2.format()
+
+
+def test_cli_lava_export_writes_netx_and_prints_the_report(tmp_path, capsys):
+    from sdmc import cli
+    g = _dyadic_chain(np.random.default_rng(8))
+    gpath = ir.save(g, tmp_path / "chain.sdmc")
+    out = tmp_path / "chain.h5"
+    assert cli.main(["lava", "export", str(gpath), "-o", str(out), "--pow2", "--check-samples", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "mismatch" in text and "0.0000" in text and f"wrote {out}" in text
+    assert len(export.read_netx(out).layers) == 3
+    bad = ir.Graph(2)
+    bad.add(ir.Input(name="x", shape=(4,), kind="spike", timing="per-step"))
+    bad.add(ir.Output(name="out", inputs=("x",)))
+    assert cli.main(["lava", "export", str(ir.save(bad, tmp_path / "bad.sdmc")), "-o", str(tmp_path / "b.h5")]) == 2
+    assert "no conv/linear + IF layer" in capsys.readouterr().err
