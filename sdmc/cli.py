@@ -296,7 +296,10 @@ def _add_energy(sub) -> None:
                     "Eq. 20 ('paper') and a faithful convention, next to the ANN UNet of the same width.")
     p.add_argument("file", help="released .pt, native .safetensors, or a compiled .sdmc graph")
     p.add_argument("--report", action="store_true", help="print the full report (the default)")
-    p.add_argument("--data", default="digits", help="calibration dataset (default: digits)")
+    p.add_argument("--data", default="digits",
+                   help="calibration dataset (default: digits; 'noise': random images, no dataset needed)")
+    p.add_argument("--assume-rate", type=float,
+                   help="skip measuring: every input fires with this probability (what-if, e.g. 0.47)")
     p.add_argument("--data-root", help="where the dataset lies")
     p.add_argument("--images", type=int, default=32, help="calibration images (default: 32)")
     p.add_argument("--calib-steps", type=int, default=8,
@@ -328,7 +331,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
     from .energy import analyze
     opts = dict(data=args.data, data_root=args.data_root, solver=args.solver, steps=args.steps,
                 n_images=args.images, calib_steps=args.calib_steps, profile=args.profile,
-                batch_size=args.batch_size, seed=args.seed)
+                batch_size=args.batch_size, seed=args.seed, assume_rate=args.assume_rate)
     path = Path(args.file)
     if not path.exists():
         raise SdmcError(f"{args.file}: no such file")
@@ -360,6 +363,155 @@ def cmd_energy(args: argparse.Namespace) -> int:
     if args.plot:
         report.plot(args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- sample
+SOLVER_CHOICES = ("ddpm", "ddim", "analytic-ddpm", "analytic-ddim", "dpm-solver-1", "dpm-solver-2", "dpm-solver-3",
+                  "dpm-solver++")  # = sdmc.diffusion.solvers.SOLVER_NAMES (kept here: no torch import for --help)
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser(
+        "sample", help="sample images with any solver: a PNG grid and an .npz of uint8 images (NHWC)",
+        description="Solvers: ddpm, ddim, analytic-ddpm, analytic-ddim (need `sdmc analytic-stats` first or "
+                    "--gamma), dpm-solver-1/2/3 (--method singlestep|multistep), dpm-solver++ (2M; --order 3 "
+                    "for 3M).  Image i of a run depends only on --seed and i, not on --batch-size.")
+    p.add_argument("file", help="released .pt checkpoint or native .safetensors model")
+    p.add_argument("--solver", choices=SOLVER_CHOICES, default="ddim", help="(default ddim)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("-n", "--num", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--out", default="samples", help="output directory (default samples/)")
+    p.add_argument("--name", help="file stem of the outputs (default SOLVER_STEPS)")
+    p.add_argument("--threshold", type=float, help="threshold guidance: every IF threshold becomes this (e.g. 0.997)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto")
+    p.add_argument("--snn-steps", type=int, help="SNN time steps T when the checkpoint does not record it")
+    p.add_argument("--eta", type=float, help="DDIM η (default 0)")
+    p.add_argument("--variance", choices=["fixedlarge", "fixedsmall"], help="DDPM variance (default fixedlarge)")
+    p.add_argument("--spacing", choices=["seed", "linspace", "leading", "trailing"],
+                   help="DDPM/DDIM time grid (default seed: int(999 - i*1000/S), then 0)")
+    p.add_argument("--order", type=int, choices=[1, 2, 3], help="DPM-Solver order")
+    p.add_argument("--method", choices=["singlestep", "multistep", "singlestep_fixed"], help="DPM-Solver method")
+    p.add_argument("--skip-type", choices=["logSNR", "time_uniform", "time_quadratic"],
+                   help="DPM-Solver time grid (default logSNR)")
+    p.add_argument("--denoise-to-zero", action="store_true", default=None,
+                   help="DPM-Solver: one more call at step 0 returning x̂0")
+    p.add_argument("--gamma", help="Analytic-DPM Γ file (default: the cache beside the checkpoint)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _device(name: str):
+    import torch
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+@command("sample")
+def cmd_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from .checkpoint import load_model
+    from .data.images import save_grid, to_uint8
+    from .diffusion.analytic import find_cached_gamma, load_gamma
+    from .diffusion.sampling import sample_images, threshold_guidance
+    from .diffusion.schedule import NoiseSchedule
+    from .utils import atomic_path
+
+    if args.num < 1 or args.steps < 1 or args.batch_size < 1:
+        raise SdmcError("-n, --steps and --batch-size must be >= 1")
+    device = _device(args.device)
+    model, cfg = load_model(args.file, weights=args.weights, snn_steps=args.snn_steps, device=device)
+    schedule = NoiseSchedule(cfg.diffusion)
+    kw = dict(eta=args.eta, variance=args.variance, spacing=args.spacing, order=args.order, method=args.method,
+              skip_type=args.skip_type, denoise_to_zero=args.denoise_to_zero)
+    if args.solver.startswith("analytic-"):
+        if args.gamma:
+            gamma, _ = load_gamma(args.gamma)
+        else:
+            with threshold_guidance(model, args.threshold):
+                found = find_cached_gamma(args.file, model, schedule.num_timesteps)
+            if found is None and args.threshold is not None:
+                found = find_cached_gamma(args.file, model, schedule.num_timesteps)
+                if found is not None:
+                    print(f"note: using the Γ statistics of the unguided model (θ = {cfg.model.threshold})",
+                          file=sys.stderr)
+            if found is None:
+                raise SdmcError(f"{args.file}: no Analytic-DPM statistics for these weights; run "
+                                f"`sdmc analytic-stats {args.file} --data DATASET` first (or pass --gamma FILE)")
+            gamma = found[0]
+        kw["gamma"] = gamma
+    images = sample_images(model, schedule, args.num, solver=args.solver, steps=args.steps,
+                           batch_size=args.batch_size, seed=args.seed, device=device,
+                           progress=not args.no_progress, threshold=args.threshold, **kw)
+    out = Path(args.out)
+    stem = args.name or f"{args.solver}_{args.steps}"
+    grid_path, npz_path = out / f"{stem}.png", out / f"{stem}.npz"
+    save_grid(images[:100], grid_path)
+    with atomic_path(npz_path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, images=to_uint8(images), seed=np.int64(args.seed), steps=np.int64(args.steps),
+                     solver=np.str_(args.solver),
+                     threshold=np.float64(args.threshold if args.threshold is not None else np.nan))
+    print(f"wrote {len(images)} samples ({args.solver}, {args.steps} steps, seed {args.seed}"
+          + (f", threshold {args.threshold}" if args.threshold is not None else "")
+          + f"): {grid_path} and {npz_path} (key 'images', uint8 NHWC)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- analytic-stats
+def _add_analytic_stats(sub) -> None:
+    p = sub.add_parser("analytic-stats",
+                       help="estimate the Analytic-DPM statistics Γ_k = E‖ε_θ(x_k, k)‖²/d and cache them "
+                            "beside the checkpoint")
+    p.add_argument("file", help="released .pt checkpoint or native .safetensors model")
+    p.add_argument("--data", default="digits", help="training dataset (default digits)")
+    p.add_argument("--data-root", help="where the dataset lies")
+    p.add_argument("--budget", type=int, default=64, help="draws of (x0, ε) per diffusion step (default 64)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto")
+    p.add_argument("--snn-steps", type=int)
+    p.add_argument("--threshold", type=float, help="estimate for the threshold-guided model")
+    p.add_argument("--force", action="store_true", help="recompute even when a cache with this budget exists")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("analytic-stats")
+def cmd_analytic_stats(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .data import load_dataset
+    from .diffusion.analytic import (estimate_gamma, find_cached_gamma, gamma_cache_path, save_gamma,
+                                     weights_key)
+    from .diffusion.sampling import threshold_guidance
+    from .diffusion.schedule import NoiseSchedule
+
+    device = _device(args.device)
+    model, cfg = load_model(args.file, weights=args.weights, snn_steps=args.snn_steps, device=device)
+    schedule = NoiseSchedule(cfg.diffusion)
+    with threshold_guidance(model, args.threshold):
+        key = weights_key(model)
+        path = gamma_cache_path(args.file, key)
+        found = find_cached_gamma(args.file, model, schedule.num_timesteps)
+        if found is not None and not args.force and found[1].get("data") == args.data \
+                and int(found[1].get("budget", 0)) >= args.budget:
+            print(f"{path}: cached (budget {found[1]['budget']}); --force recomputes")
+            return 0
+        data = load_dataset(args.data, root=args.data_root, img_size=cfg.model.img_size, train=True)
+        x0, _ = data[0]
+        if x0.shape[0] != cfg.model.img_ch:
+            raise SdmcError(f"dataset {args.data!r} has {x0.shape[0]} channel(s), the model {cfg.model.img_ch}")
+        gamma = estimate_gamma(model, schedule, data, budget=args.budget, batch_size=args.batch_size,
+                               seed=args.seed, device=device, progress=not args.no_progress)
+    save_gamma(path, gamma, {"weights_sha256": key, "data": args.data, "budget": args.budget, "seed": args.seed,
+                             "threshold": args.threshold, "num_timesteps": schedule.num_timesteps,
+                             "checkpoint": str(args.file)})
+    print(f"wrote {path}: Γ over {schedule.num_timesteps} steps, {args.budget} draws each "
+          f"(Γ_0 = {gamma[0]:.4f}, Γ_{schedule.num_timesteps - 1} = {gamma[-1]:.4f})")
     return 0
 
 

@@ -29,7 +29,7 @@ def weights_key(model: nn.Module) -> str:
     for name, v in sorted(model.state_dict().items()):
         t = v.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     thr = [(n, float(m.v_threshold)) for n, m in model.named_modules() if hasattr(m, "v_threshold")]
     h.update(json.dumps(thr).encode())
     return h.hexdigest()
