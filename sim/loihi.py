@@ -55,7 +55,7 @@ class Cuba:
             raise SdmcError(f"Cuba: vth mantissa {self.vth} outside 0..{MAX_VTH} (17 bit)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoihiLayer:
     """One synapse + neuron block with integer parameters in torch layout.
 
@@ -83,7 +83,7 @@ class LoihiLayer:
         return (int(O), (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoihiChain:
     """A sequential chain ``input -> layer_1 -> ... -> layer_L``; ``input_bits`` 0 = unary spikes,
     > 0 = graded integer payloads into the first synapse (netx ``input_message_bits``)."""

@@ -156,6 +156,10 @@ def write_netx(chain: lm.LoihiChain, path: str | os.PathLike, *, meta: dict | No
     import h5py
 
     lm.check_chain(chain)
+    for i, L in enumerate(chain.layers):
+        if L.neuron.bias_exp != 6:
+            raise SdmcError(f"write_netx: layer {i + 1} ({L.name or L.kind}) has bias_exp {L.neuron.bias_exp}; "
+                            "netx always uses 6 (scale the bias mantissa instead)")
     shapes = chain.shapes()
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:

@@ -23,7 +23,7 @@ from ...errors import SdmcError
 from ...sim import loihi as lm
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FloatLayer:
     """A float conv/dense layer (BN already folded) followed by an IF neuron (``v >= threshold``, hard reset 0)."""
 
@@ -38,7 +38,7 @@ class FloatLayer:
     name: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FloatChain:
     """``input [*input_shape] -> layers``; ``graded_input``: real-valued input (else binary spikes)."""
 
