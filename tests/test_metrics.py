@@ -343,3 +343,199 @@ def test_inception_weights_are_local_only_and_errors_name_the_flag(tmp_path, mon
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(MetricError, match="junk.pth: not a readable"):
         load_inception(tmp_path / "junk.pth")
+
+
+# --------------------------------------------------------------------------------- sdmc eval plumbing
+class _TinyFeatures(torch.nn.Module):
+    """A cheap stand-in for Inception: 8 features (channel means/stds/quantiles), 1008 logits."""
+
+    def forward(self, x):
+        from sdmc.metrics.inception import FIDInceptionV3
+        x = torch.nn.functional.interpolate(FIDInceptionV3.prepare(x), size=(8, 8), mode="area")
+        f = torch.cat([x.mean((2, 3)), x.std((2, 3)), x[:, :, ::4, ::4].flatten(1)], 1)[:, :8]
+        g = torch.Generator().manual_seed(0)
+        return f, f @ torch.randn(8, 1008, generator=g)
+
+
+@pytest.fixture()
+def fake_inception(monkeypatch):
+    import sdmc.metrics.inception as inc
+    monkeypatch.setattr(inc, "load_inception", lambda *a, **k: _TinyFeatures())
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    from sdmc.data import digits_arrays
+    return digits_arrays(16, train=False)[0], digits_arrays(16, train=True)[0]
+
+
+def test_load_samples_layouts_and_errors(tmp_path, digits16):
+    from sdmc.data.images import to_uint8
+    from sdmc.metrics.evaluate import load_samples, save_samples
+
+    x = digits16[0][:10]
+    u8 = to_uint8(x)  # [N, H, W, 1]
+    q = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1
+    layouts = {"nhwc.npz": dict(images=u8), "nchw.npz": dict(samples=u8.transpose(0, 3, 1, 2)),
+               "nhw.npz": dict(arr_0=u8[..., 0]), "float.npz": dict(x=x.numpy()),
+               "floatnhwc.npz": dict(whatever=x.permute(0, 2, 3, 1).numpy())}
+    for name, arrays in layouts.items():
+        np.savez(tmp_path / name, **arrays)
+        got = load_samples(tmp_path / name)
+        assert got.shape == (10, 1, 16, 16) and got.dtype == torch.float32, name
+        torch.testing.assert_close(got, x if name.startswith("float") else q, atol=1e-6, rtol=0)
+    np.save(tmp_path / "plain.npy", u8)
+    torch.testing.assert_close(load_samples(tmp_path / "plain.npy"), q)
+    save_samples(tmp_path / "saved.npz", x)
+    torch.testing.assert_close(load_samples(tmp_path / "saved.npz"), q)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+    np.savez(tmp_path / "two.npz", a=u8, b=u8)
+    with pytest.raises(MetricError, match=r"two.npz: which array.*\['a', 'b'\]"):
+        load_samples(tmp_path / "two.npz")
+    np.savez(tmp_path / "range.npz", images=(x * 127.5 + 127.5).numpy())
+    with pytest.raises(MetricError, match=r"range.npz: float images must lie in \[-1, 1\]"):
+        load_samples(tmp_path / "range.npz")
+    np.savez(tmp_path / "ch.npz", images=np.zeros((2, 5, 8, 8), np.uint8))
+    with pytest.raises(MetricError, match="1 or 3 channels"):
+        load_samples(tmp_path / "ch.npz")
+    np.savez(tmp_path / "int.npz", images=np.zeros((2, 1, 8, 8), np.int64))
+    with pytest.raises(MetricError, match="uint8"):
+        load_samples(tmp_path / "int.npz")
+    with pytest.raises(MetricError, match="no such file"):
+        load_samples(tmp_path / "missing.npz")
+
+
+def test_parse_metrics_and_defaults():
+    from sdmc.metrics.evaluate import default_metrics, parse_metrics, plan_batch
+
+    assert parse_metrics(["digits-fid,IS", "is"]) == ("digits-fid", "is")
+    with pytest.raises(MetricError, match=r"unknown metric\(s\) \['kid'\]"):
+        parse_metrics("fid,kid")
+    assert default_metrics("digits", None) == ("digits-fid", "digits-is")
+    assert default_metrics(None, None, img_ch=1) == ("digits-fid", "digits-is")
+    assert default_metrics("cifar10", None) == ("fid", "is")
+    assert default_metrics(None, "cifar10.train.npz", img_ch=1) == ("fid", "is")
+    assert default_metrics(None, None, img_ch=3) == ("is",)
+    assert plan_batch(10, 100, 2) == 5 and plan_batch(1000, 100, 4) == 100
+    with pytest.raises(MetricError, match="2 ranks"):
+        plan_batch(1, 100, 2)
+
+
+def test_evaluate_digits_matches_direct_scores_and_report(digits16):
+    from sdmc.metrics.digits import digits_scores
+    from sdmc.metrics.evaluate import EvalOptions, Ranks, evaluate, tensor_chunks
+
+    test, _ = digits16
+    rep = evaluate(tensor_chunks(test, 64, Ranks()), ["digits-fid", "digits-is"], EvalOptions(progress=False))
+    direct = digits_scores(test)
+    assert rep.n == len(test)
+    for k in ("digits_fid", "digits_is", "digits_confidence", "digits_coverage"):
+        assert rep.values[k] == pytest.approx(direct[k], rel=1e-6)
+    assert rep.line().startswith(f"digits-FID {direct['digits_fid']:.3f}  digits-IS")
+    assert json.loads(rep.to_json())["metrics"]["digits_fid"] == pytest.approx(direct["digits_fid"])
+    only_fid = evaluate(tensor_chunks(test, 64, Ranks()), ["digits-fid"], EvalOptions(progress=False))
+    assert set(only_fid.values) == {"digits_fid"}
+    with pytest.raises(MetricError, match="--ref 'cifar10.train.npz' is for fid"):
+        evaluate(tensor_chunks(test, 64, Ranks()), ["digits-fid"], EvalOptions(ref="cifar10.train.npz"))
+
+
+def test_evaluate_fid_with_dataset_reference_and_saved_stats(tmp_path, digits16, fake_inception):
+    from sdmc.metrics.evaluate import EvalOptions, Ranks, evaluate, tensor_chunks
+
+    test, train = digits16
+    ref_file = tmp_path / "digits16.npz"
+    opts = EvalOptions(ref="digits", save_ref=str(ref_file), progress=False, splits=4)
+    on_train = evaluate(tensor_chunks(train, 100, Ranks()), ["fid", "is"], opts, log=lambda s: None)
+    assert abs(on_train.values["fid"]) < 1e-6  # the training split against its own statistics
+    assert 1.0 <= on_train.values["is"] and on_train.values["is_std"] >= 0
+    assert on_train.reference == {"FID": "digits train 16x16", "IS": "4 splits"}
+    assert ref_file.is_file()
+    opts2 = EvalOptions(ref=str(ref_file), progress=False)
+    on_test = evaluate(tensor_chunks(test, 100, Ranks()), ["fid"], opts2)
+    noise = evaluate(tensor_chunks(torch.rand_like(test) * 2 - 1, 100, Ranks()), ["fid"], opts2)
+    assert 0 < on_test.values["fid"] < noise.values["fid"] / 10
+    with pytest.raises(MetricError, match="needs a reference"):
+        evaluate(tensor_chunks(test, 100, Ranks()), ["fid"], EvalOptions(progress=False))
+    with pytest.raises(MetricError, match="--ref 'nope'"):
+        evaluate(tensor_chunks(test, 100, Ranks()), ["fid"], EvalOptions(ref="nope", progress=False))
+
+
+def test_cli_eval_samples(tmp_path, capsys, digits16):
+    from sdmc.cli import main
+    from sdmc.metrics.digits import digits_scores
+    from sdmc.metrics.evaluate import save_samples
+
+    path = tmp_path / "s.npz"
+    save_samples(path, digits16[0])
+    assert main(["eval", "--samples", str(path), "--ref", "digits", "--json", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    want = digits_scores(torch.from_numpy(np.load(path)["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    assert out["n"] == 360 and out["metrics"]["digits_fid"] == pytest.approx(want["digits_fid"], rel=1e-6)
+    assert main(["eval", "--samples", str(path), "--no-progress"]) == 0  # gray: digits metrics by default
+    assert capsys.readouterr().out.startswith("digits-FID ")
+    assert main(["eval", "--no-progress"]) == 2
+    assert "exactly one" in capsys.readouterr().err
+    assert main(["eval", "--samples", str(path), "--metric", "fid", "--inception-weights",
+                 str(tmp_path / "none.pth"), "--ref", "x.npz"]) == 2
+    assert "none.pth" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from sdmc.checkpoint import save_model
+    from sdmc.config import ModelConfig, SdmcConfig
+    from sdmc.models import build_model
+
+    cfg = SdmcConfig(model=ModelConfig(arch="sdm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1,
+                                       img_size=16), provenance={"dataset": "digits"})
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(path, build_model(cfg.model), cfg)
+    return path
+
+
+def test_eval_model_file_samples_in_chunks(tmp_path, tiny_model):
+    from sdmc.metrics.evaluate import EvalOptions, chunk_seed, eval_model_file, load_samples
+
+    calls = []
+
+    def sampler(model, schedule, n, **kw):  # records the calls; real images come from sample_images
+        from sdmc.diffusion.sampling import sample_images
+        calls.append((n, kw["seed"], kw["batch_size"], kw["solver"], kw["steps"]))
+        return sample_images(model, schedule, n, **kw)
+
+    opts = EvalOptions(batch_size=4, progress=False)
+    out = tmp_path / "gen.npz"
+    rep = eval_model_file(tiny_model, 10, None, opts, solver="ddim", steps=2, seed=5, save_samples_to=str(out),
+                          sampler=sampler, log=lambda s: None)
+    assert calls == [(4, chunk_seed(5, 0), 4, "ddim", 2), (4, chunk_seed(5, 1), 4, "ddim", 2),
+                     (2, chunk_seed(5, 2), 2, "ddim", 2)]
+    assert rep.n == 10 and set(rep.values) == {"digits_fid", "digits_is", "digits_confidence", "digits_coverage"}
+    assert rep.source["model"] == str(tiny_model) and rep.source["solver"] == "ddim"
+    saved = load_samples(out)
+    assert saved.shape == (10, 1, 16, 16)
+    rep2 = eval_model_file(tiny_model, 10, ["digits-fid"], EvalOptions(batch_size=4, progress=False), steps=2,
+                           seed=5, log=lambda s: None)
+    assert rep2.values["digits_fid"] == pytest.approx(rep.values["digits_fid"], rel=1e-9)  # reproducible
+
+
+def test_eval_under_torchrun_equals_one_rank(tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    base = [str(tiny_model), "-n", "10", "--steps", "2", "--batch-size", "4", "--seed", "1", "--device", "cpu",
+            "--json", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    from sdmc.metrics.evaluate import EvalOptions, eval_model_file
+    one = eval_model_file(tiny_model, 10, None, EvalOptions(batch_size=4, progress=False), steps=2, seed=1,
+                          save_samples_to=str(tmp_path / "a.npz"), log=lambda s: None)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "sdmc", "eval", *base, "--save-samples", str(tmp_path / "b.npz")],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert two.returncode == 0, two.stderr
+    r1, r2 = json.loads(one.to_json()), json.loads(two.stdout)  # only rank 0 prints
+    assert r1["n"] == r2["n"] == 10
+    for k, v in r1["metrics"].items():
+        assert r2["metrics"][k] == pytest.approx(v, rel=1e-5), k
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"])
