@@ -314,6 +314,29 @@ def test_analyze_rejects_ann_and_bad_images():
         analyze(m, images=torch.zeros(2, 3, 16, 16))
 
 
+def test_assumed_uniform_rate_is_eq20_by_hand():
+    cfg = ModelConfig(arch="sdm", snn_steps=3, **SMALL)
+    r = analyze(build_model(cfg).eval(), assume_rate=0.25, steps=10)
+    syn = [x for x in r.layers if x["cls"] == "synapse"]
+    head = [x for x in syn if x["name"] == "conv.tsmconv"][0]
+    rest = sum(x["dense_macs"] for x in syn if x is not head)
+    want = (4.6 * 16 * 16 * 16 * 9 + 0.9 * 0.25 * rest) / 1e9
+    assert r.totals["paper"]["per_call_mJ"] == pytest.approx(want)
+    # exact SOPs at rate 1 = all real connections = dense MACs minus the taps that hit padding
+    c1 = [x for x in syn if x["name"] == "downblocks.0.conv1.tsmconv"][0]
+    assert c1["sops"] == pytest.approx(0.25 * 3 * 16 * 16 * (14 * 14 * 9 + 4 * 14 * 6 + 4 * 4))
+    assert r.totals["faithful"]["per_image_mJ"] == pytest.approx(10 * r.totals["faithful"]["per_call_mJ"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("T,fr,paper_mJ", [(4, 0.47, 10.97), (8, 0.49, 22.96)])
+def test_paper_convention_reproduces_table4_at_the_implied_rates(T, fr, paper_mJ):
+    """SDM Table 4 (CIFAR-10, per call): 10.97 mJ (4T) and 22.96 mJ (8T) at the firing rates Eq. 20 implies."""
+    r = analyze(build_model(ModelConfig(arch="sdm", snn_steps=T)).eval(), assume_rate=fr)
+    assert r.totals["paper"]["per_call_mJ"] == pytest.approx(paper_mJ, rel=0.01)
+    assert r.ann["per_call_mJ"] == pytest.approx(29.23, abs=0.05)
+
+
 # -------------------------------------------------------------------------------------------- CLI
 def test_cli_energy(tmp_path, capsys):
     from sdmc.checkpoint import save_model
@@ -328,8 +351,10 @@ def test_cli_energy(tmp_path, capsys):
     assert main(["energy", *common, "--csv", "-o", str(tmp_path / "l.csv"), "--plot", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "l.csv").read_text().startswith("name,op") and (tmp_path / "p.png").exists()
     capsys.readouterr()
-    assert main(["energy", *common, "--report", "--convention", "paper", "--no-layers"]) == 0
+    assert main(["energy", *common, "--report", "--convention", "paper", "--no-layers", "--data", "noise"]) == 0
     out = capsys.readouterr().out
     assert "SNN (paper)" in out and "SNN (faithful)" not in out and "ANN UNet" in out
+    assert main(["energy", str(path), "--assume-rate", "0.5", "--markdown"]) == 0
+    assert "assumed uniform firing rate 0.5" in capsys.readouterr().out
     assert main(["energy", *common, "--profile", str(tmp_path / "missing.json")]) == 2
     assert "not a built-in profile" in capsys.readouterr().err

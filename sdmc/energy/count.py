@@ -163,7 +163,7 @@ def count_graph(graph) -> dict[str, NodeCost]:
                       fanout=int(w[0]) // groups)
             src = _source(graph, node.inputs[0])
             kw["reads_image"] = src.op == "input" and src.type.timing == "static"
-            kw["meta"] = dict(kernel=(int(w[2]), int(w[3])), stride=_pair(node.stride),
+            kw["meta"] = dict(in_shape=tuple(x.shape), kernel=(int(w[2]), int(w[3])), stride=_pair(node.stride),
                               padding=_pair(node.padding), dilation=_pair(getattr(node, "dilation", 1)),
                               groups=groups, out_channels=int(w[0]))
         elif node.op == "linear":
@@ -172,7 +172,7 @@ def count_graph(graph) -> dict[str, NodeCost]:
             kw.update(cls="synapse", per_exec=int(rows * w[0] * w[1]), fanout=int(w[0]))
             src = _source(graph, node.inputs[0])
             kw["reads_image"] = src.op == "input" and src.type.timing == "static" and src.type.dtype.startswith("float")
-            kw["meta"] = dict(out_features=int(w[0]))
+            kw["meta"] = dict(in_shape=tuple(x.shape), out_features=int(w[0]))
         elif node.op in NEURON_OPS:
             kw.update(cls="neuron", per_exec=numel, executions=T, eager_executions=T)
         elif node.op in ("batchnorm", "tsm_scale"):
@@ -194,6 +194,17 @@ def count_graph(graph) -> dict[str, NodeCost]:
         node.meta["cost"] = cost
         out[node.name] = cost
     return out
+
+
+def uniform_sops(c: NodeCost, rate: float) -> float:
+    """Expected SOPs per call of synapse ``c`` when every input fires independently with probability ``rate``:
+    ``rate * n_exec * sum_{c,y,x} (O / groups) * F[y, x]`` (conv) or ``rate * n_exec * I_rows * O`` (linear)."""
+    shape = c.meta["in_shape"]
+    if c.op == "linear":
+        return rate * c.executions * math.prod(shape) * c.fanout
+    C, H, W = shape
+    f = fanout_map(H, W, c.meta["kernel"], c.meta["stride"], c.meta["padding"], c.meta["dilation"])
+    return rate * c.executions * C * c.fanout * float(f.sum())
 
 
 def eager_dense_macs(costs: dict[str, NodeCost]) -> int:

@@ -14,6 +14,7 @@ to diffusion steps a solver visits.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -90,6 +91,24 @@ class Activity:
         for n in self.neurons.values():
             ks |= set(n.samples)
         return sorted(ks, reverse=True)
+
+    @classmethod
+    def uniform(cls, costs: dict, rate: float, T: int, step: int = -1) -> "Activity":
+        """A what-if activity: every synapse input non-zero with probability ``rate`` (real inputs too, as
+        Eq. 20 assumes) and every neuron firing at ``rate``; recorded under diffusion step ``step``."""
+        from .count import uniform_sops
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"uniform activity: rate must be in [0, 1], got {rate}")
+        act = cls(T=T)
+        for name, c in costs.items():
+            if c.cls == "synapse":
+                numel = math.prod(c.meta["in_shape"]) * c.executions
+                st = act.synapses.setdefault(name, SynapseStats())
+                st.by_step[step] += np.array([1.0, rate * numel, numel, uniform_sops(c, rate)])
+            elif c.cls == "neuron":
+                st = act.neurons.setdefault(name, NeuronStats(T=T, size=c.per_exec))
+                st.add(step, 1, np.full(T, rate * c.per_exec))
+        return act
 
     def mean_rate(self, k: int | None = None) -> float:
         """Firing rate over all neurons (weighted by layer size)."""
@@ -257,7 +276,11 @@ def calibration_batches(images: torch.Tensor, steps: list[int], schedule, seed: 
 
 def dataset_images(name: str, n: int, img_size: int, img_ch: int, root: str | None = None, seed: int = 0
                    ) -> torch.Tensor:
-    """``n`` images ``[n, C, H, W]`` in [-1, 1] from dataset ``name`` (a fixed random subset)."""
+    """``n`` images ``[n, C, H, W]`` in [-1, 1] from dataset ``name`` (a fixed random subset); ``noise``:
+    uniform random images (for models whose dataset is not at hand)."""
+    if name == "noise":  # dataset-free fallback: uniform random images in [-1, 1]
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(n, img_ch, img_size, img_size, generator=g) * 2 - 1
     from ..data import load_dataset
     ds = load_dataset(name, root=root, img_size=img_size, train=True)
     if len(ds) == 0:

@@ -275,13 +275,14 @@ def build_report(costs: dict[str, NodeCost], act: Activity, prof: EnergyProfile,
 def analyze(model_or_graph, *, data: str = "digits", images=None, data_root: str | None = None,
             solver: str = "ddim", steps: int = 50, n_images: int = 32, calib_steps: int = 8,
             profile="45nm-fp32", batch_size: int = 32, seed: int = 0, diffusion=None,
-            ann: bool = True) -> EnergyReport:
+            ann: bool = True, assume_rate: float | None = None) -> EnergyReport:
     """Measure and report the energy of a spiking UNet (``nn.Module``) or an IR graph.
 
     The calibration set is ``n_images`` images (``images`` ``[N, C, H, W]`` in [-1, 1], or drawn from
     dataset ``data``) noised with ``q_sample`` to ``calib_steps`` of the diffusion steps that ``solver``
     with ``steps`` sampling steps visits.  A module is measured eagerly with a
-    :class:`FiringRateMonitor`; a graph with the golden simulator.
+    :class:`FiringRateMonitor`; a graph with the golden simulator.  ``assume_rate`` skips the
+    measurement: every input fires with that probability (a what-if, e.g. the paper's implied 0.47).
     """
     import torch
     from ..config import DiffusionConfig, ModelConfig
@@ -312,6 +313,15 @@ def analyze(model_or_graph, *, data: str = "digits", images=None, data_root: str
         from ..frontends.fx import trace
         graph = trace(module, (1, *img))
     costs = count_graph(graph)
+    s = make_solver(solver, schedule)
+    s.set_timesteps(steps)
+    ann_macs = model_macs(ann_counterpart(cfg)) if (ann and cfg is not None) else None
+    model_cfg = cfg.to_dict() if cfg is not None else {"snn_steps": graph.T}
+    if assume_rate is not None:
+        act = Activity.uniform(costs, float(assume_rate), graph.T)
+        calib = dict(data=f"none (assumed uniform firing rate {assume_rate})", n_images=0, steps=[], solver=solver,
+                     seed=seed)
+        return build_report(costs, act, prof, model_cfg, calib, nfe=s.nfe, sampling_steps=steps, ann_macs=ann_macs)
     if images is None:
         images = dataset_images(data, n_images, img[1], img[0], root=data_root, seed=seed)
         src = data
@@ -326,9 +336,5 @@ def analyze(model_or_graph, *, data: str = "digits", images=None, data_root: str
         act = measure_model(module, images, ks, schedule, batch_size=batch_size, seed=seed)
     else:
         act = measure_graph(graph, images, ks, schedule, seed=seed)
-    s = make_solver(solver, schedule)
-    s.set_timesteps(steps)
-    ann_macs = model_macs(ann_counterpart(cfg)) if (ann and cfg is not None) else None
-    model_cfg = cfg.to_dict() if cfg is not None else {"snn_steps": graph.T}
     calib = dict(data=src, n_images=int(images.shape[0]), steps=ks, solver=solver, seed=seed)
     return build_report(costs, act, prof, model_cfg, calib, nfe=s.nfe, sampling_steps=steps, ann_macs=ann_macs)
