@@ -155,6 +155,45 @@ def test_dpm_integer_grid_keeps_step_count():
     assert all(a > b for a, b in zip(ks, ks[1:]))
 
 
+def test_dpm_grids():
+    s = DPMSolver(SCHED, skip_type="time_uniform")
+    assert s.outer_grid(10) == [round(k) for k in np.linspace(999, 0, 11)]
+    q = DPMSolver(SCHED, skip_type="time_quadratic", integer_timesteps=False).outer_grid(4)
+    ts = np.linspace(1.0, math.sqrt(1e-3), 5) ** 2
+    np.testing.assert_allclose(q[1:-1], (ts * 1000 - 1)[1:-1])
+    lg = DPMSolver(SCHED, skip_type="logSNR", integer_timesteps=False).outer_grid(8)
+    lams = [VP.lam(k) for k in lg]
+    np.testing.assert_allclose(np.diff(lams), np.full(8, (VP.lam(0) - VP.lam(999)) / 8), rtol=1e-9)
+
+
+def test_singlestep_orders_and_lower_order_final():
+    from sdmc.diffusion.dpm_solver import _orders
+    assert _orders(6, 3) == [3, 2, 1] and _orders(7, 3) == [3, 3, 1] and _orders(8, 3) == [3, 3, 2]
+    assert _orders(5, 2) == [2, 2, 1] and _orders(6, 2) == [2, 2, 2] and _orders(3, 1) == [1, 1, 1]
+    x = torch.randn(4, 3, dtype=F64)
+    for steps, lof, want in [(6, True, [1, 2, 3, 3, 2, 1]), (6, False, [1, 2, 3, 3, 3, 3]),
+                             (12, True, [1, 2] + [3] * 10)]:
+        s = DPMSolver(SCHED, order=3, method="multistep", lower_order_final=lof)
+        s.set_timesteps(steps)
+        s.sample(GAUSS.eps, x)
+        assert s.orders_used == want, (steps, lof)
+    s = DPMSolver(SCHED, order=3, method="singlestep")
+    s.set_timesteps(8)
+    s.sample(GAUSS.eps, x)
+    assert s.orders_used == [3, 3, 2]
+
+
+def test_denoise_to_zero_returns_x0_prediction():
+    s = DPMSolver(SCHED, order=2, denoise_to_zero=True)
+    s.set_timesteps(10)
+    x = torch.randn(16, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    for t in s.timesteps[:-1]:
+        x = s.step(GAUSS.eps(x, t.repeat(16)), t, x).prev_sample
+    out = s.step(GAUSS.eps(x, torch.zeros(16, dtype=torch.long)), 0, x)
+    a0 = SCHED.alphas_cumprod[0].item()
+    torch.testing.assert_close(out.prev_sample, (x - math.sqrt(1 - a0) * GAUSS.eps(x, torch.zeros(1))) / math.sqrt(a0))
+
+
 # ------------------------------------------------------------------------------- moments (Gaussian)
 GAMMA_GAUSS = GAUSS.gamma_single()
 

@@ -101,7 +101,8 @@ def estimate_gamma(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     """Monte-Carlo Γ_k = mean over ``budget`` draws of ‖ε_θ(sqrt(ᾱ_k) x0 + sqrt(1-ᾱ_k) ε, k)‖² / d.
 
     ``data`` is an image tensor ``[M, C, H, W]`` or a Dataset of ``(image, label)`` in [-1, 1]; x0 are
-    drawn uniformly with replacement, independently per step.  Returns float64 ``[N]``.
+    drawn uniformly with replacement, independently per step; an ``nn.Module`` runs in eval mode (and is
+    put back afterwards).  Returns float64 ``[N]``.
     """
     n_steps = schedule.num_timesteps
     m = len(data)
@@ -114,6 +115,11 @@ def estimate_gamma(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     idx = torch.randint(m, (n_steps * budget,), generator=gen)
     get = _images(data)
     total = torch.zeros(n_steps, dtype=torch.float64)
+    from .sampling import _reset
+    reset = _reset(model)
+    was_training = isinstance(model, nn.Module) and model.training
+    if was_training:
+        model.eval()
     from tqdm import tqdm
     bar = tqdm(total=len(steps), disable=not progress, unit="img", desc="Γ statistics")
     for lo in range(0, len(steps), batch_size):
@@ -124,8 +130,11 @@ def estimate_gamma(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
         td = t.to(device)
         x_t = schedule.q_sample(x0, td, noise)
         eps = schedule.eps_from_output(model(x_t, td), x_t, td)
+        reset()
         sq = eps.double().flatten(1).pow(2).mean(1).cpu()
         total.index_add_(0, t, sq)
         bar.update(len(t))
     bar.close()
+    if was_training:
+        model.train()
     return total / budget

@@ -215,6 +215,7 @@ class DPMSolver(Solver):
         self._i = 0
         self._hist: list[tuple[float, torch.Tensor]] = []   # (λ, model output) of earlier calls
         self._x_s: torch.Tensor | None = None
+        self.orders_used: list[int] = []                    # order of each update, in order (for inspection)
 
     # ----------------------------------------------------------------------------------- stepping
     def _model_value(self, eps: torch.Tensor, x: torch.Tensor, k: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,9 +252,11 @@ class DPMSolver(Solver):
             use = min(order, len(self._hist))
             if self.config.lower_order_final and n_steps < 10:
                 use = min(use, n_steps - call.group)
+            self.orders_used.append(use)
             return SolverOutput(self._multistep(sample, ks, kt, use), x0)
         if call.j == 0:
             self._x_s, self._hist = sample, []
+            self.orders_used.append(order)
         self._hist.append((self.vp.lam(call.k), m))
         return SolverOutput(self._singlestep(ks, kt, order, mids, call.j), x0)
 
