@@ -333,3 +333,27 @@ def test_cli_lava_export_writes_netx_and_prints_the_report(tmp_path, capsys):
     bad.add(ir.Output(name="out", inputs=("x",)))
     assert cli.main(["lava", "export", str(ir.save(bad, tmp_path / "bad.sdmc")), "-o", str(tmp_path / "b.h5")]) == 2
     assert "no conv/linear + IF layer" in capsys.readouterr().err
+
+
+def test_lava_start_method_fix_tolerates_an_existing_fork_context():
+    src = "import platform\nif platform.system() != 'Windows':\n    mp.set_start_method('fork')\n"
+    code = compile(compat._fix_lava_multiprocessing(src), "m", "exec")
+
+    class FakeMP:
+        def __init__(self, method):
+            self.method, self.calls = method, []
+
+        def get_start_method(self, allow_none=False):
+            return self.method
+
+        def set_start_method(self, m):
+            self.calls.append(m)
+
+    for method, calls in ((None, ["fork"]), ("fork", [])):
+        mp = FakeMP(method)
+        exec(code, {"mp": mp})
+        assert mp.calls == calls
+    with pytest.raises(RuntimeError, match="'spawn'"):
+        exec(code, {"mp": FakeMP("spawn")})
+    with pytest.raises(compat.LavaUnavailable):
+        compat._fix_lava_multiprocessing("pass\n")

@@ -1,12 +1,16 @@
 """Make lava-nc 0.10 / lava-dl 0.6 importable on Python 3.11 without editing installed files.
 
-Two source-level fixes are applied by an import hook (a ``sys.meta_path`` finder that rewrites the module's
+Three source-level fixes are applied by an import hook (a ``sys.meta_path`` finder that rewrites the module's
 source text before it is compiled), so they also hold in Lava's forked worker processes:
 
 (a) ``lava.magma.compiler.var_model``: Python 3.11 rejects dataclass defaults whose class is unhashable
     (``x: ByteEncoder = ByteEncoder()``); rewritten to ``field(default_factory=ByteEncoder)``.
 (b) ``lava.lib.dl.slayer``: ``from . import object_detection as obd`` needs torchvision + cv2; made
     optional (``obd = None`` when that import fails).
+(c) ``lava.magma.runtime.message_infrastructure.multiprocessing`` calls ``mp.set_start_method('fork')``,
+    which raises "context has already been set" once anything in the process has used multiprocessing
+    (e.g. a DataLoader earlier in a test session); it now sets 'fork' only when no method is set yet and
+    fails with a clear message if another method was chosen.
 
 Each rewrite checks that it found the text it expects, so a different Lava version fails loudly
 (:class:`LavaUnavailable`) instead of being patched wrongly.  Also here: :func:`use_fast_conv`, a numpy
@@ -47,7 +51,24 @@ def _fix_slayer_init(src: str) -> str:
     return pat.sub("try:\n    from . import object_detection as obd\nexcept ImportError:\n    obd = None", src, count=1)
 
 
-FIXES = {"lava.magma.compiler.var_model": _fix_var_model, "lava.lib.dl.slayer": _fix_slayer_init}
+_FORK_CALL = "    mp.set_start_method('fork')\n"
+_FORK_FIX = """    if mp.get_start_method(allow_none=True) is None:
+        mp.set_start_method('fork')
+    elif mp.get_start_method() != 'fork':
+        raise RuntimeError("Lava needs the 'fork' multiprocessing start method, but it is already set to "
+                           f"{mp.get_start_method()!r}; import Lava first or set it to 'fork' (force=True)")
+"""
+
+
+def _fix_lava_multiprocessing(src: str) -> str:
+    if src.count(_FORK_CALL) != 1:
+        raise LavaUnavailable("lava.magma.runtime.message_infrastructure.multiprocessing: unexpected source "
+                              "(not lava-nc 0.10.0?); cannot make its start-method call re-entrant")
+    return src.replace(_FORK_CALL, _FORK_FIX)
+
+
+FIXES = {"lava.magma.compiler.var_model": _fix_var_model, "lava.lib.dl.slayer": _fix_slayer_init,
+         "lava.magma.runtime.message_infrastructure.multiprocessing": _fix_lava_multiprocessing}
 
 
 class _RewritingLoader(importlib.machinery.SourceFileLoader):
