@@ -1,7 +1,7 @@
 """The golden interpreter: float64 numpy semantics of the spiking IR, the definition of correct.
 
-Written for clarity, not speed: explicit loops over T for the neurons, convolutions over padded
-windows with ``np.einsum``.  Values are held as ``[B, *shape]`` (static) or ``[T, B, *shape]``
+Written for clarity, not speed: explicit loops over T for the neurons, convolutions as im2col over
+padded windows and a matmul.  Values are held as ``[B, *shape]`` (static) or ``[T, B, *shape]``
 (per-step); every float computation is float64, spikes are 0.0 / 1.0.
 
     >>> out = run(graph, {"x": x, "t": t})["out"]            # outputs by output-node name
@@ -34,9 +34,10 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride=(1, 1), pa
     win = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # [N, C, Ho, Wo, kh, kw]
     Ho, Wo = win.shape[2:4]
-    win = win.reshape(N, G, Cg, Ho, Wo, kh, kw)
-    y = np.einsum("ngchwuv,gocuv->ngohw", win, w.reshape(G, O // G, Cg, kh, kw), optimize=True)
-    y = y.reshape(N, O, Ho, Wo)
+    # im2col: rows are output pixels, columns (c, u, v) of one group; then one matmul per group
+    cols = win.reshape(N, G, Cg, Ho, Wo, kh, kw).transpose(0, 1, 3, 4, 2, 5, 6).reshape(N, G, Ho * Wo, Cg * kh * kw)
+    y = np.matmul(cols, w.reshape(G, O // G, Cg * kh * kw).transpose(0, 2, 1))  # [N, G, Ho*Wo, O/G]
+    y = y.transpose(0, 1, 3, 2).reshape(N, O, Ho, Wo)
     if b is not None:
         y = y + b[None, :, None, None]
     return y
