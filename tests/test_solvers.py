@@ -485,3 +485,40 @@ def test_integer_dpm_solver_calls_model_with_integer_steps():
         s.sample(model, torch.randn(4, 3, dtype=F64))
         assert len(seen) == 20 and len(set(seen)) == 20
         assert seen == sorted(seen, reverse=True) and all(0 <= k <= 999 for k in seen)
+
+
+# ------------------------------------------------------------------------------------- properties
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 1000), frac=st.floats(0.0, 1.0), spacing=st.sampled_from(["seed", "linspace", "leading",
+                                                                                     "trailing"]))
+def test_time_grid_properties(n, frac, spacing):
+    steps = max(1, int(round(frac * n)))
+    grid = time_grid(n, steps, spacing)
+    assert all(a > b for a, b in zip(grid, grid[1:]))
+    assert 0 <= grid[-1] and grid[0] <= n - 1
+    if spacing == "seed":
+        assert grid[:steps] == [max(int(n - 1 - i * n / steps), 0) for i in range(steps)]
+        assert len(grid) in (steps, steps + 1)
+    else:
+        assert len(grid) == steps
+    if spacing in ("seed", "linspace", "leading"):
+        assert grid[-1] == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(steps=st.integers(1, 60), order=st.integers(1, 3),
+       method=st.sampled_from(["singlestep", "multistep", "singlestep_fixed"]),
+       skip=st.sampled_from(["logSNR", "time_uniform", "time_quadratic"]), integer=st.booleans())
+def test_dpm_solver_plans_are_valid(steps, order, method, skip, integer):
+    s = DPMSolver(SCHED, order=order, method=method, skip_type=skip, integer_timesteps=integer)
+    s.set_timesteps(steps)
+    ts = s.timesteps.tolist()
+    assert all(a > b for a, b in zip(ts, ts[1:])) and ts[0] == 999 and ts[-1] > 0 and s.outer[-1] == 0
+    if method != "singlestep_fixed":
+        assert s.nfe == steps
+    x = torch.randn(3, 3, dtype=F64, generator=torch.Generator().manual_seed(steps))
+    y = s.sample(GAUSS.eps, x)
+    assert torch.isfinite(y).all() and len(s.orders_used) == len(s.outer) - 1
