@@ -416,8 +416,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .checkpoint import load_model
     from .data.images import save_grid, to_uint8
-    from .diffusion.analytic import find_cached_gamma, load_gamma
-    from .diffusion.sampling import sample_images, threshold_guidance
+    from .diffusion.analytic import gamma_for_checkpoint, load_gamma
+    from .diffusion.sampling import sample_images
     from .diffusion.schedule import NoiseSchedule
     from .utils import atomic_path
 
@@ -432,17 +432,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if args.gamma:
             gamma, _ = load_gamma(args.gamma)
         else:
-            with threshold_guidance(model, args.threshold):
-                found = find_cached_gamma(args.file, model, schedule.num_timesteps)
-            if found is None and args.threshold is not None:
-                found = find_cached_gamma(args.file, model, schedule.num_timesteps)
-                if found is not None:
-                    print(f"note: using the Γ statistics of the unguided model (θ = {cfg.model.threshold})",
-                          file=sys.stderr)
-            if found is None:
-                raise SdmcError(f"{args.file}: no Analytic-DPM statistics for these weights; run "
-                                f"`sdmc analytic-stats {args.file} --data DATASET` first (or pass --gamma FILE)")
-            gamma = found[0]
+            gamma = gamma_for_checkpoint(args.file, model, schedule.num_timesteps, args.threshold,
+                                         log=lambda m: print(m, file=sys.stderr))
         kw["gamma"] = gamma
     images = sample_images(model, schedule, args.num, solver=args.solver, steps=args.steps,
                            batch_size=args.batch_size, seed=args.seed, device=device,

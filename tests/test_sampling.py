@@ -281,6 +281,10 @@ def test_cli_analytic(tiny_ckpt, tmp_path, capsys):
         rc = main(["sample", str(tiny_ckpt), "--solver", solver, "--steps", "4", "-n", "2", "--out", str(out),
                    "--no-progress"])
         assert rc == 0 and (out / f"{solver}_4.npz").exists()
+    capsys.readouterr()
+    rc = main(["sample", str(tiny_ckpt), "--solver", "analytic-ddim", "--steps", "4", "-n", "2", "--out", str(out),
+               "--threshold", "0.99", "--no-progress"])
+    assert rc == 0 and "unguided" in capsys.readouterr().err   # falls back to the θ = 1 statistics, says so
 
 
 def test_cli_bad_input(tiny_ckpt, tmp_path, capsys):

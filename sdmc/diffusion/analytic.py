@@ -83,6 +83,27 @@ def find_cached_gamma(checkpoint: str | os.PathLike, model: nn.Module, num_times
     return gamma, meta
 
 
+def gamma_for_checkpoint(checkpoint: str | os.PathLike, model: nn.Module, num_timesteps: int,
+                         threshold: float | None = None, log: Callable[[str], None] | None = None
+                         ) -> torch.Tensor:
+    """The cached Γ for sampling ``model`` (from ``checkpoint``) with threshold guidance ``threshold``.
+
+    Prefers statistics estimated for the guided model and falls back (with a note to ``log``) to those
+    of the unguided one; raises :class:`SdmcError` naming the command that computes them.
+    """
+    from .sampling import threshold_guidance
+    with threshold_guidance(model, threshold):
+        found = find_cached_gamma(checkpoint, model, num_timesteps)
+    if found is None and threshold is not None:
+        found = find_cached_gamma(checkpoint, model, num_timesteps)
+        if found is not None and log is not None:
+            log(f"note: using the Γ statistics of the unguided model for threshold {threshold}")
+    if found is None:
+        raise SdmcError(f"{checkpoint}: no Analytic-DPM statistics for these weights; run "
+                        f"`sdmc analytic-stats {checkpoint} --data DATASET` first (or pass --gamma FILE)")
+    return found[0]
+
+
 def _images(data: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function from an index tensor to stacked images for a Tensor or an (image, label) Dataset."""
     if isinstance(data, torch.Tensor):
