@@ -213,7 +213,6 @@ def _channel_concat(g: ir.Graph, name: str) -> ir.Concat | None:
 def split_concat(g: ir.Graph) -> dict:
     pushed, split = [], []
     for name in [n.name for n in g.order()]:
-        ir.infer_types(g)
         node = g.nodes[name]
         cat = _channel_concat(g, node.inputs[0]) if node.inputs else None
         if node.op in ir.NEURON_OPS and cat is not None and any(g.nodes[i].type.kind == ir.SPIKE for i in cat.inputs):
@@ -226,6 +225,7 @@ def split_concat(g: ir.Graph) -> dict:
                 parts.append(g.add(node.replace(name=g.fresh_name(f"{name}.{i}"), inputs=(src,))))
             new = g.add(ir.Concat(name=g.fresh_name(f"{name}.cat"), inputs=tuple(parts), axis=0))
             _drop(g, new, name)
+            ir.infer_types(g)
             pushed.append(name)
         elif node.op in CONV_OPS and node.groups == 1 and cat is not None:
             w = g.params[node.weight]
@@ -240,6 +240,7 @@ def split_concat(g: ir.Graph) -> dict:
             for i, t in enumerate(terms[1:], 1):
                 acc = g.add(ir.Add(name=g.fresh_name(f"{name}.sum{i}"), inputs=(acc, t)))
             _drop(g, acc, name)
+            ir.infer_types(g)
             split.append(name)
     return {"pushed_through": pushed, "split": split}
 
@@ -278,7 +279,7 @@ def compose_1x1(outer: _Conv, inner: _Conv) -> _Conv:
     exact, since a 1x1 conv acts on each pixel alone.
     """
     S = outer.weight[:, :, 0, 0]
-    w = np.einsum("om,mckl->ockl", S, inner.weight)
+    w = (S @ inner.weight.reshape(inner.weight.shape[0], -1)).reshape((S.shape[0],) + inner.weight.shape[1:])
     b = None if inner.bias is None else inner.bias @ S.T
     if b is not None and outer.scale is not None:
         b = outer.scale[:, None] * (b if b.ndim == 2 else b[None, :])
@@ -461,7 +462,9 @@ def compose_residual(g: ir.Graph) -> dict:
 
     rewritten = []
     for node in list(g.order()):
-        if node.op == "add" or (node.op in CONV_OPS and _Conv.of(g, node).is_1x1):
+        if node.op == "add" or (node.op in CONV_OPS and g.params[node.weight].shape[2:] == (1, 1)
+                                and node.groups == 1 and tuple(node.stride) == (1, 1)
+                                and tuple(node.padding) == (0, 0)):
             continue  # the stream itself
         new_inputs = tuple(build(i) if g.nodes[i].type.kind == REAL and g.nodes[i].type.per_step
                            and comp.expand(i)[1] else i for i in node.inputs)
