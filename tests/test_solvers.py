@@ -12,6 +12,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sdmc.config import DiffusionConfig
 from sdmc.diffusion import NoiseSchedule
@@ -488,9 +490,6 @@ def test_integer_dpm_solver_calls_model_with_integer_steps():
 
 
 # ------------------------------------------------------------------------------------- properties
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(2, 1000), frac=st.floats(0.0, 1.0), spacing=st.sampled_from(["seed", "linspace", "leading",
                                                                                      "trailing"]))

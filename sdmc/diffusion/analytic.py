@@ -159,3 +159,7 @@ def estimate_gamma(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     if was_training:
         model.train()
     return total / budget
+
+
+__all__ = ["estimate_gamma", "find_cached_gamma", "gamma_cache_path", "gamma_for_checkpoint", "load_gamma",
+           "save_gamma", "weights_key"]

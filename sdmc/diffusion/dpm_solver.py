@@ -340,3 +340,6 @@ def _orders(steps: int, order: int) -> list[int]:
     if order == 2:
         return [2] * (steps // 2) if steps % 2 == 0 else [2] * (steps // 2) + [1]
     return [1] * steps
+
+
+__all__ = ["ALGORITHMS", "DPMSolver", "DPMSolverConfig", "DiscreteVP", "METHODS", "SKIP_TYPES"]

@@ -123,3 +123,6 @@ def sample_images(model: Any, schedule: NoiseSchedule, n: int, solver: str | Sol
         if was_training:
             model.train()
     return torch.cat(chunks)
+
+
+__all__ = ["image_generators", "sample_images", "threshold_guidance"]

@@ -421,3 +421,7 @@ def make_solver(name: str, schedule: NoiseSchedule | None = None, **kwargs: Any)
         kw.setdefault("method", "multistep")
         return DPMSolver(schedule, algorithm="dpmsolver++", **kw)
     raise ConfigError(f"unknown solver {name!r}; choose one of {', '.join(SOLVER_NAMES)}")
+
+
+__all__ = ["DDIMConfig", "DDIMSolver", "DDPMConfig", "DDPMSolver", "SOLVER_NAMES", "SPACINGS", "Solver",
+           "SolverOutput", "analytic_sigma2", "check_trajectory", "make_solver", "time_grid"]
