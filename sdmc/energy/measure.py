@@ -127,7 +127,9 @@ class Activity:
         else:
             sops = conv_sops(x, info["out_channels"], info["kernel"], info["stride"], info["padding"],
                              info["dilation"], info["groups"])
-        nnz = (x != 0).transpose(0, 1).reshape(B, -1).sum(1, dtype=torch.float64)
+        nnz = (x != 0).transpose(0, 1).reshape(B, -1).sum(1, dtype=torch.float64).cpu()
+        sops = sops.cpu()
+        ks = ks.cpu()
         per = x.numel() // B
         st = self.synapses.setdefault(name, SynapseStats())
         for k in ks.unique().tolist():
@@ -140,7 +142,8 @@ class Activity:
         T, B = s.shape[:2]
         st = self.neurons.setdefault(name, NeuronStats(T=T))
         st.size = int(s[0, 0].numel())
-        per = s.reshape(T, B, -1).sum(2, dtype=torch.float64)  # [T, B]
+        per = s.reshape(T, B, -1).sum(2, dtype=torch.float64).cpu()  # [T, B]
+        ks = ks.cpu()
         for k in ks.unique().tolist():
             m = ks == k
             st.add(int(k), int(m.sum()), per[:, m].sum(1).cpu().numpy())

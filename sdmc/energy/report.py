@@ -311,7 +311,12 @@ def analyze(model_or_graph, *, data: str = "digits", images=None, data_root: str
                               "to a spiking model's energy")
         img = (cfg.img_ch, cfg.img_size, cfg.img_size)
         from ..frontends.fx import trace
-        graph = trace(module, (1, *img))
+        dev = next(module.parameters()).device
+        if dev.type != "cpu":  # the frontend traces on CPU examples
+            import copy
+            graph = trace(copy.deepcopy(module).cpu(), (1, *img))
+        else:
+            graph = trace(module, (1, *img))
     costs = count_graph(graph)
     s = make_solver(solver, schedule)
     s.set_timesteps(steps)
