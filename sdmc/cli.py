@@ -72,9 +72,12 @@ def _add_compile(sub) -> None:
     p.add_argument("file", help="released .pt checkpoint or native .safetensors model")
     p.add_argument("--backend", default="ir", choices=["ir", "torch", "lava", "onnx", "nir"],
                    help="what to produce (default: ir, the .sdmc graph)")
-    p.add_argument("-o", "--out", required=True, help="output file (.sdmc zip for --backend ir; a directory otherwise)")
+    p.add_argument("-o", "--out", required=True,
+                   help="output .sdmc zip (a directory if the name does not end in .sdmc); --backend torch writes "
+                        "the graph the torch executor runs (sdmc.backends.torch_exec.load_compiled reads it)")
     p.add_argument("--passes", default="inference",
-                   help="pipeline (inference, neuromorphic) or comma-separated pass names; 'none' for the raw trace")
+                   help="pipeline (inference, neuromorphic) or comma-separated pass names; 'none' for the raw "
+                        "trace; with --backend torch the executor mode: inference (default) or train")
     p.add_argument("--snn-steps", type=int, default=None, help="SNN steps T if the file does not record them")
     p.add_argument("--img-size", type=int, default=None, help="image size to trace at (default: the model's)")
     p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto",
@@ -84,21 +87,31 @@ def _add_compile(sub) -> None:
 @command("compile")
 def cmd_compile(args: argparse.Namespace) -> int:
     import importlib.util
-    if args.backend != "ir":
-        mod = {"torch": "torch_exec"}.get(args.backend, args.backend)
-        if importlib.util.find_spec(f"sdmc.backends.{mod}") is None:
-            raise SdmcError(f"--backend {args.backend}: not available yet (sdmc.backends.{mod} is not in this "
-                            "build); use --backend ir to write the .sdmc graph")
-        raise SdmcError(f"--backend {args.backend}: sdmc.backends.{mod} exists but is not wired into "
-                        "'sdmc compile' yet; use --backend ir")
+    if args.backend == "torch" and importlib.util.find_spec("sdmc.backends.torch_exec") is None:
+        raise SdmcError("--backend torch: not available yet (sdmc.backends.torch_exec is not in this build); "
+                        "use --backend ir to write the .sdmc graph")
+    if args.backend not in ("ir", "torch"):
+        raise SdmcError(f"--backend {args.backend}: not available in 'sdmc compile' yet; use --backend ir "
+                        "(or torch)")
     from . import ir, passes
     from .frontends import from_checkpoint
-    names = [] if args.passes.strip().lower() == "none" else passes.resolve(args.passes)
+    if args.backend == "torch":
+        if args.passes not in ("inference", "train"):
+            raise SdmcError(f"--backend torch: --passes must be 'inference' or 'train' (the executor's mode), "
+                            f"got {args.passes!r}")
+        names = [args.passes]
+    else:
+        names = [] if args.passes.strip().lower() == "none" else passes.resolve(args.passes)
     graph = from_checkpoint(args.file, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
-    graph = passes.run(graph, names)
-    out = ir.save(ir.check(graph), args.out)
+    if args.backend == "torch":
+        from .backends.torch_exec import save_compiled
+        out = save_compiled(args.out, graph, mode=args.passes)
+        graph = ir.load(out)
+    else:
+        graph = passes.run(graph, names)
+        out = ir.save(ir.check(graph), args.out)
     print(f"wrote {out}: {len(graph.nodes)} nodes, {len(graph.params)} parameters, T={graph.T}, "
-          f"passes: {', '.join(names) or 'none'}")
+          f"backend {args.backend}, passes: {', '.join(e['pass'] for e in graph.meta.get('passes', [])) or 'none'}")
     return 0
 
 
