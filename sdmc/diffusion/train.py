@@ -190,6 +190,12 @@ def ema_update_(ema: nn.Module, model: nn.Module, decay: float) -> None:
         torch._foreach_lerp_(floats_e, floats_m, 1.0 - decay)
 
 
+@torch.no_grad()
+def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
+    """float64 ``[n]``: the sum of every entry (a cheap check that ranks hold equal weights)."""
+    return torch.stack([v.detach().double().sum().cpu() for v in state_dict.values()])
+
+
 def _rng_state() -> dict[str, Any]:
     """Torch (CPU and current CUDA device), numpy and Python RNG states as tensors and ints."""
     np_state = np.random.get_state()
@@ -537,12 +543,27 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
         dist.all_gather_object(allr, mine)
         return allr
 
+    def gather_fingerprints() -> torch.Tensor:
+        # parameters only: BN running statistics are per rank until DDP broadcasts rank 0's at the next forward
+        mine = state_fingerprint(dict(model.named_parameters()))
+        if d.world == 1:
+            return mine[None]
+        mine = mine.to(device)
+        allf = [torch.empty_like(mine) for _ in range(d.world)]
+        dist.all_gather(allf, mine)
+        return torch.stack([f.cpu() for f in allf])
+
     def write_checkpoint(at: int, last_loss: float) -> None:
-        rngs = gather_rng()  # collective: every rank takes part
+        rngs = gather_rng()  # collectives: every rank takes part
+        prints = gather_fingerprints()
+        if not (prints == prints[0]).all():
+            bad = [r for r in range(d.world) if not torch.equal(prints[r], prints[0])]
+            raise TrainingError(f"ranks {bad} hold weights different from rank 0 at step {at}; "
+                                "distributed training lost sync")
         if d.main:
             ckpt = {"net_model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "step": at, "rng": rngs, "loss": last_loss,
-                    "world_size": d.world, "global_batch": cfg.batch_size,
+                    "world_size": d.world, "global_batch": cfg.batch_size, "rank_fingerprints": prints,
                     "sdmc_config": sdmc_cfg.to_json(), "train_config": cfg.to_json()}
             if ema_model is not None:
                 ckpt["ema_model"] = ema_model.state_dict()
