@@ -306,6 +306,21 @@ def test_golden_and_eager_measurements_agree():
     assert a.totals["faithful"]["per_call_mJ"] == pytest.approx(b.totals["faithful"]["per_call_mJ"], rel=0.02)
 
 
+def test_cli_energy_on_a_compiled_sdmc_file(tmp_path, capsys):
+    """A .sdmc graph is measured with the golden simulator (noise calibration: no dataset needed)."""
+    from sdmc import ir
+    from sdmc.cli import main
+    from sdmc.frontends.fx import trace
+    cfg = ModelConfig(arch="sdm", snn_steps=2, ch=8, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=8)
+    g = trace(build_model(cfg).eval(), (1, 1, 8, 8))
+    ir.save(g, tmp_path / "m.sdmc")
+    assert main(["energy", str(tmp_path / "m.sdmc"), "--images", "2", "--calib-steps", "1", "--steps", "5",
+                 "--data", "noise", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["model"]["ch"] == 8 and d["ann"] is not None and d["calibration"]["n_images"] == 2
+    assert any(x["name"] == "downblocks.0.conv1.tsmconv" and x["input_kind"] == "spike" for x in d["layers"])
+
+
 def test_analyze_rejects_ann_and_bad_images():
     with pytest.raises(ConfigError, match="not a spiking model"):
         analyze(build_model(ann_counterpart(ModelConfig(arch="sdm", **SMALL))))

@@ -295,7 +295,8 @@ def analyze(model_or_graph, *, data: str = "digits", images=None, data_root: str
     dcfg = diffusion or DiffusionConfig()
     schedule = NoiseSchedule(dcfg)
     if isinstance(model_or_graph, Graph):
-        graph = model_or_graph
+        from ..ir import check
+        graph = check(model_or_graph)
         mc = (graph.meta.get("sdmc_config") or {}).get("model") or graph.meta.get("model_config")
         cfg = ModelConfig.from_dict(mc) if mc else None
         img = next(n for n in graph.input_nodes if n.type.dtype.startswith("float")).type.shape
