@@ -15,6 +15,7 @@ functions).  Anything else raises :class:`UnsupportedOpError` naming the module 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import operator
@@ -29,6 +30,7 @@ from spikingjelly.activation_based import functional as sj_functional
 from spikingjelly.activation_based import layer as sj_layer
 from spikingjelly.activation_based import neuron as sj_neuron
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from sdmc import ir
 from sdmc.errors import SdmcError, UnsupportedOpError
@@ -64,9 +66,12 @@ class _ValProxy(fx.Proxy):
 class SpikingTracer(fx.Tracer):
     """An fx tracer with spiking leaves that records an example value in ``node.meta['val']``."""
 
-    def __init__(self, examples: dict[str, Any]) -> None:
+    def __init__(self, examples: dict[str, Any], fake: bool = True) -> None:
         super().__init__()
-        self.examples = examples
+        # with ``fake`` the examples are FakeTensors: shapes propagate without computing anything
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+        self.examples = {k: self.fake_mode.from_tensor(v) if fake and isinstance(v, torch.Tensor) else v
+                         for k, v in examples.items()}
         self._evaluating = False  # True while computing an example value: run modules for real
 
     def call_module(self, m, forward, args, kwargs):
@@ -97,7 +102,7 @@ class SpikingTracer(fx.Tracer):
 
     def _evaluate(self, kind, target, node: fx.Node) -> None:
         val = lambda a: fx.node.map_arg(a, lambda n: n.meta.get("val"))  # noqa: E731
-        with torch.no_grad():
+        with torch.no_grad(), (self.fake_mode or contextlib.nullcontext()):
             if kind == "placeholder":
                 node.meta["val"] = self.examples.get(target)
             elif kind == "get_attr":
@@ -537,19 +542,23 @@ def trace(model: nn.Module, example_shape: tuple[int, ...] | None = None, *, T: 
     if len(example_inputs) != len(params):
         raise SdmcError(f"trace: {type(model).__name__}.{fn_name} takes {len(params)} inputs {params}, "
                         f"got {len(example_inputs)} example(s)")
-    tracer = SpikingTracer(dict(zip(params, example_inputs)))
-    tracer.traced_func_name = fn_name
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        sj_functional.reset_net(model)
-        try:
-            fxg = tracer.trace(model)
-        except SdmcError:
-            raise
-        except Exception as e:  # fx.proxy.TraceError and errors from evaluating the example
-            raise UnsupportedOpError(f"{type(model).__name__}.{fn_name}: torch.fx cannot trace it: {e} "
-                                     "(data-dependent control flow? make it a leaf module or simplify)") from e
+        for fake in (True, False):  # FakeTensors first (fast); real example values if an op has no fake kernel
+            tracer = SpikingTracer(dict(zip(params, example_inputs)), fake=fake)
+            tracer.traced_func_name = fn_name
+            sj_functional.reset_net(model)
+            try:
+                fxg = tracer.trace(model)
+                break
+            except SdmcError:
+                raise
+            except Exception as e:  # fx.proxy.TraceError and errors from evaluating the example
+                if fake:
+                    continue
+                raise UnsupportedOpError(f"{type(model).__name__}.{fn_name}: torch.fx cannot trace it: {e} "
+                                         "(data-dependent control flow? make it a leaf module or simplify)") from e
         graph = _Translator(model, tracer, T, B).run(fxg)
     finally:
         sj_functional.reset_net(model)
