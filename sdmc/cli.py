@@ -412,6 +412,8 @@ def _add_sample(sub) -> None:
                    help="DPM-Solver time grid (default logSNR)")
     p.add_argument("--denoise-to-zero", action="store_true", default=None,
                    help="DPM-Solver: one more call at step 0 returning x̂0")
+    p.add_argument("--clip-x0", action="store_true", default=None,
+                   help="DPM-Solver++: clamp the data prediction x̂0 to [-1, 1] (DDPM/DDIM always clamp)")
     p.add_argument("--gamma", help="Analytic-DPM Γ file (default: the cache beside the checkpoint)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -440,7 +442,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model, cfg = load_model(args.file, weights=args.weights, snn_steps=args.snn_steps, device=device)
     schedule = NoiseSchedule(cfg.diffusion)
     kw = dict(eta=args.eta, variance=args.variance, spacing=args.spacing, order=args.order, method=args.method,
-              skip_type=args.skip_type, denoise_to_zero=args.denoise_to_zero)
+              skip_type=args.skip_type, denoise_to_zero=args.denoise_to_zero, clip_sample=args.clip_x0)
     if args.solver.startswith("analytic-"):
         if args.gamma:
             gamma, _ = load_gamma(args.gamma)
