@@ -229,8 +229,8 @@ class _Translator:
         step_m = getattr(m, "step_mode", "s") == "m"
         if isinstance(m, sj_neuron.BaseNode):
             return self.neuron(n, m, path, x)
-        if isinstance(m, nn.Identity):
-            return x
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            return x  # the IR describes inference: dropout is the identity
         if isinstance(m, TSMConv2d):
             self.need_T(n, m.T, "TSMConv2d")
             x = self._layout(n, x, ("F",), "TSMConv2d")
@@ -529,14 +529,15 @@ def trace(model: nn.Module, example_shape: tuple[int, ...] | None = None, *, T: 
     fn_name = "_forward" if hasattr(type(model), "_forward") else "forward"
     params = list(inspect.signature(getattr(type(model), fn_name)).parameters)[1:]
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     B = _example_batch(T)
     if example_inputs is None:
         if example_shape is None:
             raise SdmcError("trace: give example_shape (e.g. (1, 3, 32, 32)) or example_inputs")
         g = torch.Generator().manual_seed(0)
-        example_inputs = (torch.randn((B,) + tuple(example_shape[1:]), generator=g, dtype=dtype),)
+        example_inputs = (torch.randn((B,) + tuple(example_shape[1:]), generator=g, dtype=dtype).to(device),)
         if len(params) >= 2:
-            example_inputs += (torch.zeros(B, dtype=torch.long),)
+            example_inputs += (torch.zeros(B, dtype=torch.long, device=device),)
     else:
         B = int(example_inputs[0].shape[0])
     if len(example_inputs) != len(params):

@@ -151,6 +151,17 @@ def test_from_checkpoint_native_file(tmp_path):
     np.testing.assert_allclose(out, y, atol=1e-4)  # float32 eager vs float64 golden
 
 
+def test_from_checkpoint_released_pt_with_ema(tmp_path):
+    kw = CASES[0]
+    net, ema = make_unet(seed=0, **kw).float(), make_unet(seed=5, **kw).float()
+    torch.save({"net_model": net.state_dict(), "ema_model": ema.state_dict(), "step": 10}, tmp_path / "ckpt.pt")
+    g = from_checkpoint(tmp_path / "ckpt.pt", snn_steps=2, img_size=8)
+    assert g.T == 2 and g["x"].type.shape == (1, 8, 8)
+    assert np.array_equal(g.params["conv.weight"], ema.state_dict()["conv.weight"].numpy())  # EMA by default
+    g = from_checkpoint(tmp_path / "ckpt.pt", weights="net", snn_steps=2, img_size=8)
+    assert np.array_equal(g.params["conv.weight"], net.state_dict()["conv.weight"].numpy())
+
+
 # ------------------------------------------------------------------------------------ other modules
 class SeqNet(nn.Module):
     """spikingjelly multi-step layers, a ParametricLIF and a LIF on [T, B, ...] input built inside."""
