@@ -203,6 +203,10 @@ class Solver:
         x0 = (x - math.sqrt(1.0 - a) * eps) / math.sqrt(a)
         return x0.clamp(-1.0, 1.0) if clip else x0
 
+    def scale_model_input(self, sample: torch.Tensor, t: Any = None) -> torch.Tensor:
+        """The identity (VP solvers feed x_t unscaled); kept for diffusers-style loops."""
+        return sample
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Forward process q(x_t | x_0) (for training loops that use a solver object)."""
         return self.schedule.q_sample(x0, t, noise)
