@@ -212,14 +212,13 @@ def test_digits_classifier_training_is_deterministic_and_file_loads(tmp_path):
     from sdmc.metrics.digits import build_digits_metric_file, load_digits_classifier, train_digits_classifier
 
     a = train_digits_classifier(epochs=1, seed=3)
-    b = train_digits_classifier(epochs=1, seed=3)
-    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert torch.equal(v, w), k
     path = tmp_path / "clf.safetensors"
-    meta = build_digits_metric_file(path, epochs=1, seed=3)
+    meta = build_digits_metric_file(path, epochs=1, seed=3)  # trains again with the same seed
     assert set(meta["test_accuracy"]) == {"16", "32"}
     net, refs = load_digits_classifier(str(path))
-    assert torch.equal(net.head.weight, a.head.weight) and sorted(refs) == [16, 32]
+    for (k, v), (_, w) in zip(a.state_dict().items(), net.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert sorted(refs) == [16, 32]
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(MetricError, match="bad.safetensors"):
         load_digits_classifier(str(tmp_path / "bad.safetensors"))
@@ -350,8 +349,7 @@ class _TinyFeatures(torch.nn.Module):
     """A cheap stand-in for Inception: 8 features (channel means/stds/quantiles), 1008 logits."""
 
     def forward(self, x):
-        from sdmc.metrics.inception import FIDInceptionV3
-        x = torch.nn.functional.interpolate(FIDInceptionV3.prepare(x), size=(8, 8), mode="area")
+        x = torch.nn.functional.interpolate(x.expand(-1, 3, -1, -1), size=(8, 8), mode="area")
         f = torch.cat([x.mean((2, 3)), x.std((2, 3)), x[:, :, ::4, ::4].flatten(1)], 1)[:, :8]
         g = torch.Generator().manual_seed(0)
         return f, f @ torch.randn(8, 1008, generator=g)

@@ -81,8 +81,18 @@ def train_digits_classifier(epochs: int = 40, seed: int = 0, batch_size: int = 6
     """Train :class:`DigitsClassifier` on the digits training split (deterministic for a given seed).
 
     Each epoch sees the 16x16 split and the 32x32 split (resized back by :meth:`DigitsClassifier.prepare`),
-    with random 1-pixel shifts; Adam with cosine learning-rate decay.
+    with random 1-pixel shifts; Adam with cosine learning-rate decay.  Runs on one CPU thread (the model is
+    tiny; this keeps the result reproducible and avoids thread contention on busy machines).
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(epochs, seed, batch_size, lr, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(epochs: int, seed: int, batch_size: int, lr: float, log) -> DigitsClassifier:
     from ..data import digits_arrays
 
     torch.manual_seed(seed)
@@ -225,3 +235,10 @@ def digits_scores(images: torch.Tensor, img_size: int | None = None, batch_size:
 __all__ = ["DigitsClassifier", "WEIGHTS_PATH", "build_digits_metric_file", "classifier_accuracy",
            "digits_reference_stats", "digits_scores", "digits_scores_from", "load_digits_classifier",
            "train_digits_classifier"]
+
+
+if __name__ == "__main__":  # python -m sdmc.metrics.digits [OUT]: rebuild the shipped file
+    import sys
+
+    out = sys.argv[1] if len(sys.argv) > 1 else WEIGHTS_PATH
+    print(json.dumps(build_digits_metric_file(out, log=print)))

@@ -14,6 +14,8 @@ per-image features are all-gathered in chunk order and rank 0 computes and print
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -250,7 +252,8 @@ def evaluate(chunks: Iterable[tuple[int, torch.Tensor]], metrics: Sequence[str],
             raise MetricError(f"digits-fid/digits-is compare with the bundled digits data; --ref {opts.ref!r} "
                               "is for fid (use --ref digits or leave it out)")
         from .digits import load_digits_classifier
-        nets["digits"] = load_digits_classifier()[0].to(opts.device)
+        net = load_digits_classifier()[0]  # cached and shared: move a copy
+        nets["digits"] = net if torch.device(opts.device).type == "cpu" else copy.deepcopy(net).to(opts.device)
     if any(m in ("fid", "is") for m in metrics):
         from .inception import load_inception
         nets["inception"] = load_inception(opts.inception_weights, opts.download, opts.device)
@@ -373,6 +376,7 @@ def eval_model_file(path: str | os.PathLike, n: int, metrics: Sequence[str] | No
 
     if sampler is None:
         from ..diffusion.sampling import sample_images as sampler
+    opts = dataclasses.replace(opts)  # the device is resolved per rank below
     ranks = Ranks.join(opts.device)
     try:
         dev = torch.device(opts.device)
