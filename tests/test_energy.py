@@ -198,6 +198,12 @@ def test_monitor_rates_per_snn_step_and_diffusion_step():
     assert s.rate(900) == pytest.approx(0.5) and s.rate(10) == pytest.approx(0.25)
     # hooks are gone after the context
     assert not m.neuron._forward_hooks and not m.conv._forward_pre_hooks
+    # the cheap on-line form (neurons only), e.g. around a sampling loop
+    with FiringRateMonitor(m, synapses=False) as mon:
+        m(x, torch.tensor([5, 5]))
+        m(x, torch.tensor([4, 4]))
+    assert not mon.activity.synapses and mon.summary() == {"neuron": pytest.approx(0.375)}
+    assert mon.activity.steps == [5, 4]
 
 
 def test_calibration_steps_subsample_the_solver_grid():
