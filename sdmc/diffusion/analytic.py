@@ -72,11 +72,12 @@ def load_gamma(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
 def find_cached_gamma(checkpoint: str | os.PathLike, model: nn.Module, num_timesteps: int | None = None
                       ) -> tuple[torch.Tensor, dict[str, Any]] | None:
     """The cached Γ of ``checkpoint`` for exactly these weights and thresholds, or None."""
-    path = gamma_cache_path(checkpoint, weights_key(model))
+    key = weights_key(model)
+    path = gamma_cache_path(checkpoint, key)
     if not path.is_file():
         return None
     gamma, meta = load_gamma(path)
-    if meta.get("weights_sha256") != weights_key(model):
+    if meta.get("weights_sha256") != key:
         return None
     if num_timesteps is not None and gamma.numel() != num_timesteps:
         raise SdmcError(f"{path}: Γ has {gamma.numel()} steps, the schedule {num_timesteps}")
