@@ -37,46 +37,65 @@ def atan_surrogate(d: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def _charge(kind: str, v: torch.Tensor, xt: torch.Tensor, r: float, tau: float, decay_input: bool,
-            tmp: torch.Tensor | None) -> None:
-    """``v <- h`` in place (the charge equations above)."""
+            tmp: torch.Tensor | None, h: torch.Tensor, first: bool) -> None:
+    """``h <- charge(v, x[t])`` (``h`` may be ``v`` itself); at the first step ``v`` is the constant ``r``."""
     if kind == "if":
-        v.add_(xt)
-    elif decay_input:  # v + (x - (v - r)) / tau
+        if first:
+            torch.add(xt, r, out=h) if r else h.copy_(xt)
+        else:
+            torch.add(v, xt, out=h)
+    elif decay_input:  # v + (x - (v - r)) / tau;   first step: r + x / tau
+        if first:
+            torch.div(xt, tau, out=h)
+            if r:
+                h.add_(r)
+            return
         torch.sub(v, r, out=tmp)
         torch.sub(xt, tmp, out=tmp)
         tmp.div_(tau)
-        v.add_(tmp)
-    else:  # v - (v - r) / tau + x
+        torch.add(v, tmp, out=h)
+    else:  # v - (v - r) / tau + x;   first step: r + x
+        if first:
+            torch.add(xt, r, out=h) if r else h.copy_(xt)
+            return
         torch.sub(v, r, out=tmp)
         tmp.div_(tau)
-        v.sub_(tmp)
-        v.add_(xt)
+        torch.sub(v, tmp, out=h)
+        h.add_(xt)
 
 
 @torch.no_grad()
 def neuron_forward(x: torch.Tensor, T: int, kind: str, threshold: float, v_reset: float | None, tau: float = 2.0,
                    decay_input: bool = True, save_h: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Spikes ``[T*B, ...]`` (dtype and memory format of ``x``) and, with ``save_h``, the charged potentials."""
+    """Spikes ``[T*B, ...]`` (dtype and memory format of ``x``) and, with ``save_h``, the charged potentials.
+
+    Three passes over the state per step (charge, fire, reset; no reset after the last step), all into
+    preallocated buffers; spikes are written straight into the float output."""
     if x.shape[0] % T:
         raise ValueError(f"neuron: leading dim {x.shape[0]} is not a multiple of T={T}")
     N = x.shape[0] // T
     r = 0.0 if v_reset is None else float(v_reset)
     out = torch.empty_like(x)
     H = torch.empty_like(x) if save_h else None
-    v = torch.full_like(x[:N], r)
-    mask = torch.empty_like(v, dtype=torch.bool)
+    v = torch.empty_like(x[:N])
+    mask = torch.empty_like(v, dtype=torch.bool) if v_reset is not None and r != 0.0 else None
     tmp = torch.empty_like(v) if kind != "if" else None
     for t in range(T):
         sl = slice(t * N, (t + 1) * N)
-        _charge(kind, v, x[sl], r, tau, decay_input, tmp)
-        if H is not None:
-            H[sl].copy_(v)
-        torch.ge(v, threshold, out=mask)
+        h = H[sl] if H is not None else v
+        _charge(kind, v, x[sl], r, tau, decay_input, tmp, h, t == 0)
         st = out[sl]
-        st.copy_(mask)
-        if v_reset is None:
-            v.sub_(st, alpha=threshold)
+        torch.ge(h, threshold, out=st)
+        if t == T - 1:
+            break
+        if v_reset is None:  # v = h - theta s
+            torch.sub(h, st, alpha=threshold, out=v)
+        elif mask is None:  # v = h - h s  (exactly h or 0)
+            torch.addcmul(h, h, st, value=-1, out=v)
         else:
+            torch.ge(h, threshold, out=mask)
+            if h is not v:
+                v.copy_(h)
             v.masked_fill_(mask, r)
     return out, H
 

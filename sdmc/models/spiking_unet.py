@@ -288,7 +288,7 @@ def set_threshold(model: nn.Module, threshold: float) -> int:
     """
     n = 0
     for m in model.modules():
-        if isinstance(m, neuron.BaseNode):
+        if isinstance(m, neuron.BaseNode) or getattr(m, "is_spiking_neuron", False):  # + torch-executor neurons
             m.v_threshold = float(threshold)
             n += 1
     return n

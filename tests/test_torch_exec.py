@@ -1,0 +1,332 @@
+"""Torch backend: the compiled executor against the golden simulator (random graphs, spikes and outputs),
+against the eager spikingjelly UNets (outputs, surrogate gradients, one Adam step, BN running statistics),
+state_dict round trips, threshold guidance, the fused neuron kernel, files and errors."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from conftest import randomize_bn
+from sdmc import ir
+from sdmc.backends import torch_kernels as K
+from sdmc.backends.torch_exec import NeuronModule, compile_torch, hoist_affine, load_compiled, prepare, save_compiled
+from sdmc.config import ModelConfig, SdmcConfig
+from sdmc.errors import SdmcError
+from sdmc.models import build_model
+from sdmc.sim import golden
+from strategies import random_inputs, spiking_graphs
+
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _run_with_spikes(ex, graph, ins):
+    """Executor outputs (tuple, in output order) and every neuron's spikes ``[T, B, ...]`` by node name."""
+    spikes, hooks = {}, []
+    for name, m in ex.named_modules():
+        if isinstance(m, NeuronModule):
+            hooks.append(m.register_forward_hook(
+                lambda mod, a, out, name=name: spikes.__setitem__(name, K.steps(out, mod.T).detach().clone())))
+    try:
+        with torch.no_grad():
+            out = ex(*[torch.from_numpy(np.asarray(ins[n.name])) for n in graph.input_nodes])
+    finally:
+        for h in hooks:
+            h.remove()
+    return (out if isinstance(out, tuple) else (out,)), spikes
+
+
+def _membranes(graph, vals):
+    """Charged potentials h[t] of every neuron, recomputed in float64 from the golden inputs and spikes."""
+    hs = {}
+    for n in graph:
+        if n.op not in ir.NEURON_OPS:
+            continue
+        x, s = vals[n.inputs[0]], vals[n.name]
+        r = 0.0 if n.v_reset is None else float(n.v_reset)
+        v, out = np.full(x.shape[1:], r), []
+        for t in range(x.shape[0]):
+            if n.op == "if":
+                h = v + x[t]
+            elif n.decay_input:
+                h = v + (x[t] - (v - r)) / n.tau
+            else:
+                h = v - (v - r) / n.tau + x[t]
+            out.append(h)
+            v = h - s[t] * n.threshold if n.v_reset is None else np.where(s[t] > 0, r, h)
+        hs[n.name] = (np.stack(out), n.threshold)
+    return hs
+
+
+def _neuron_names(ex):
+    return {name for name, m in ex.named_modules() if isinstance(m, NeuronModule)}
+
+
+# ------------------------------------------------------------------------------------- executor == golden
+@FAST
+@given(spiking_graphs(), st.integers(1, 3), st.sampled_from(["train", "inference"]), st.integers(0, 1000))
+def test_random_graphs_match_golden_float64(g, B, mode, seed):
+    ins = random_inputs(g, B, seed)
+    vals = golden.run(g, ins, all_values=True)
+    ex = compile_torch(g, mode=mode, dtype=torch.float64)
+    ex.eval()
+    outs, spikes = _run_with_spikes(ex, ex.graph, ins)
+    for o, n in zip(outs, g.output_nodes):
+        assert o.dtype == torch.float64
+        np.testing.assert_allclose(o.numpy(), vals[n.name], rtol=1e-9, atol=1e-9, err_msg=n.name)
+    assert set(spikes) == {n.name for n in ex.graph if n.op in ir.NEURON_OPS}  # (dead_code may drop some)
+    for name, s in spikes.items():
+        np.testing.assert_array_equal(s.numpy(), vals[name], err_msg=f"spikes of {name}")
+
+
+@FAST
+@given(spiking_graphs(dtype="float32"), st.integers(1, 3), st.sampled_from(["train", "inference"]),
+       st.integers(0, 1000))
+def test_random_graphs_match_golden_float32_away_from_threshold(g, B, mode, seed):
+    ins = {k: v.astype(np.float32) for k, v in random_inputs(g, B, seed).items()}
+    vals = golden.run(g, ins, all_values=True)
+    for h, th in _membranes(g, vals).values():
+        assume(np.abs(h - th).min() > 1e-4)
+    ex = compile_torch(g, mode=mode, dtype=torch.float32).eval()
+    outs, spikes = _run_with_spikes(ex, ex.graph, ins)
+    for name, s in spikes.items():
+        np.testing.assert_array_equal(s.numpy(), vals[name], err_msg=f"spikes of {name}")
+    for o, n in zip(outs, g.output_nodes):
+        assert o.dtype == torch.float32
+        np.testing.assert_allclose(o.numpy(), vals[n.name], rtol=1e-4, atol=1e-4, err_msg=n.name)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(spiking_graphs(), st.integers(1, 3), st.integers(0, 1000))
+def test_training_mode_bn_matches_golden(g, B, seed):
+    ins = random_inputs(g, B, seed)
+    ref = golden.run(g, ins, training=True)
+    ex = compile_torch(g, mode="train", dtype=torch.float64).train()
+    outs, _ = _run_with_spikes(ex, ex.graph, ins)
+    for o, n in zip(outs, g.output_nodes):
+        np.testing.assert_allclose(o.numpy(), ref[n.name], rtol=1e-9, atol=1e-9, err_msg=n.name)
+
+
+def test_hoist_affine_moves_the_head_conv_out_of_the_time_loop():
+    g = ir.Graph(T=3)
+    g.add(ir.Input(name="x", shape=(2, 4, 4), dtype="float64"))
+    g.add(ir.Repeat(name="rep", inputs=("x",)))
+    g.add_param("c.weight", np.random.default_rng(0).normal(size=(3, 2, 3, 3)))
+    g.add(ir.Conv2d(name="c", inputs=("rep",), weight="c.weight", padding=(1, 1)))
+    g.add(ir.IF(name="sn", inputs=("c",)))
+    g.add(ir.MembraneReadout(name="ro", inputs=("sn",)))
+    g.add(ir.Output(name="out", inputs=("ro",)))
+    h = hoist_affine(ir.check(g))
+    assert h["c"].inputs == ("x",) and h["c"].type.timing == ir.STATIC
+    assert "rep" not in h and g["c"].inputs == ("rep",)  # pure: the input graph is untouched
+    x = np.random.default_rng(1).normal(size=(2, 2, 4, 4))
+    np.testing.assert_allclose(golden.run(h, [x])["out"], golden.run(g, [x])["out"], rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------- the fused neuron
+@pytest.mark.parametrize("kind,decay_input", [("if", True), ("lif", True), ("lif", False)])
+@pytest.mark.parametrize("v_reset", [0.0, None, -0.3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_neuron_matches_reference_forward_and_backward(kind, decay_input, v_reset, channels_last):
+    T, B = 4, 3
+    g = torch.Generator().manual_seed(hash((kind, decay_input, v_reset)) % 1000)
+    x = (torch.randn(T * B, 5, 3, 4, generator=g, dtype=torch.float64) * 0.8 + 0.4)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    gs = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    args = (T, kind, 0.9, v_reset, 1.7, decay_input, 2.0)
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    sa = K.multistep_neuron(xa, *args)
+    sb = K.neuron_reference(xb, *args)
+    assert 0 < sa.mean() < 1
+    assert torch.equal(sa, sb)
+    (sa * gs).sum().backward()
+    (sb * gs).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-12, atol=1e-12)
+    if channels_last:
+        assert sa.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():  # the grad-free path gives the same spikes
+        assert torch.equal(K.multistep_neuron(x, *args), sa.detach())
+
+
+def test_fused_neuron_saves_one_tensor_not_per_step_graphs():
+    x = torch.randn(4 * 2, 8, requires_grad=True)
+    s = K.multistep_neuron(x, 4, "if", 1.0, 0.0)
+    assert s.grad_fn.__class__.__name__ == "MultiStepNeuronBackward"
+    saved = s.grad_fn.saved_tensors
+    assert len(saved) == 1 and saved[0].shape == x.shape
+
+
+# ------------------------------------------------------------------------------------- the UNets
+def _unet(arch, neuron="if", soft=False, T=3, seed=0):
+    cfg = ModelConfig(arch=arch, ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=T, img_ch=1, img_size=8,
+                      neuron=neuron, soft_reset=soft)
+    torch.manual_seed(seed)
+    m = build_model(cfg).double()
+    randomize_bn(m, seed)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith("tsmp"):
+                p.copy_(torch.rand(p.shape, dtype=p.dtype) + 0.5)
+            if n == "tail_conv.weight" or n == "tail_conv.tsmconv.weight":
+                p.copy_(torch.randn(p.shape, dtype=p.dtype) * 0.1)
+    return m, cfg
+
+
+UNETS = [("sddpm", "if", False), ("sdm", "if", False), ("sdm", "lif", True)]
+
+
+@pytest.mark.parametrize("arch,neuron,soft", UNETS)
+def test_unet_outputs_and_gradients_equal_eager(arch, neuron, soft):
+    m, cfg = _unet(arch, neuron, soft)
+    ex = compile_torch(m, mode="train")
+    assert set(ex.state_dict()) == set(m.state_dict())
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0, 500, 999])
+    with torch.no_grad():
+        m.eval(), ex.eval()
+        torch.testing.assert_close(ex(x, t), m(x, t), rtol=1e-10, atol=1e-10)
+        inf = compile_torch(m, mode="inference")
+        torch.testing.assert_close(inf(x, t), m(x, t), rtol=1e-10, atol=1e-10)
+    m.train(), ex.train()
+    ya, yb = m(x, t), ex(x, t)
+    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-10)
+    w = torch.randn_like(ya)
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    pa, pb = dict(m.named_parameters()), dict(ex.named_parameters())
+    nonzero = 0
+    for k, p in pa.items():
+        assert p.requires_grad == pb[k].requires_grad, k
+        if p.grad is None:
+            assert pb[k].grad is None, k
+            continue
+        torch.testing.assert_close(pb[k].grad, p.grad, rtol=1e-8, atol=1e-10, msg=k)
+        nonzero += bool(p.grad.abs().sum() > 0)
+    assert nonzero > len(pa) // 2  # the surrogate gradient reaches most layers
+    for k, v in m.state_dict().items():  # BN running statistics updated the same way
+        torch.testing.assert_close(ex.state_dict()[k], v, rtol=1e-12, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize("arch", ["sddpm", "sdm"])
+def test_one_adam_training_step_equals_eager(arch):
+    from sdmc.checkpoint import build_and_load
+    from sdmc.diffusion.schedule import NoiseSchedule
+    from sdmc.config import DiffusionConfig
+    m, cfg = _unet(arch)
+    ex = compile_torch(copy.deepcopy(m), mode="train")
+    sched = NoiseSchedule(DiffusionConfig())
+    x0 = torch.rand(4, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    for model in (m, ex):
+        model.train()
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        g = torch.Generator().manual_seed(7)
+        loss = sched.loss(model, x0, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        model.loss = float(loss.detach())
+    assert m.loss == pytest.approx(ex.loss, rel=1e-12)
+    sa, sb, s0 = m.state_dict(), ex.state_dict(), _unet(arch)[0].state_dict()
+    moved = 0
+    for k in sa:
+        # Adam steps lr * g / (|g| + eps): a conv bias before a training-mode BN has a gradient that is zero up
+        # to rounding (~1e-16), which Adam turns into a step of ~1e-11 either way; real steps are ~1e-3
+        torch.testing.assert_close(sb[k], sa[k], rtol=1e-9, atol=1e-9, msg=k)
+        moved += bool((sa[k].double() - s0[k].double()).abs().max() > 1e-4)
+    assert moved > len(sa) // 2
+    # a model trained through the executor loads back into the eager model (strict) and agrees with it
+    build_and_load(ex.state_dict(), cfg)  # the released-format loader accepts it (builds float32)
+    eager = build_model(cfg).double()
+    eager.load_state_dict(ex.state_dict(), strict=True)
+    eager.eval()
+    ex.eval()
+    x, t = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(eager(x, t), ex(x, t), rtol=1e-10, atol=1e-10)
+    # ... and the eager model's weights load into the executor
+    m2, _ = _unet(arch, seed=1)
+    ex.load_state_dict(m2.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(ex(x, t), m2.eval()(x, t), rtol=1e-10, atol=1e-10)
+
+
+def test_threshold_guidance_reaches_executor_neurons():
+    from sdmc.diffusion.sampling import threshold_guidance
+    m, cfg = _unet("sdm")
+    m.eval()
+    ex = compile_torch(m, mode="inference")
+    x, t = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([3, 700])
+    with torch.no_grad():
+        base = ex(x, t)
+        with threshold_guidance(ex, 0.7) as n, threshold_guidance(m, 0.7):
+            assert n == len(_neuron_names(ex)) > 0
+            torch.testing.assert_close(ex(x, t), m(x, t), rtol=1e-10, atol=1e-10)
+            assert not torch.allclose(ex(x, t), base)
+        torch.testing.assert_close(ex(x, t), base, rtol=0, atol=0)
+
+
+def test_channels_last_float32_and_deepcopy_agree():
+    m, cfg = _unet("sdm")
+    m = m.float().eval()
+    ex = compile_torch(m, mode="inference", channels_last=True)
+    assert ex.graph.meta["passes"][0]["pass"] == "fold_bn"
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(ex(x, t), m(x, t), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(copy.deepcopy(ex)(x, t), ex(x, t), rtol=0, atol=0)
+    assert "def forward(self, x, t)" in ex.code and "multistep" not in ex.code  # neurons are modules
+
+
+def test_prepare_passes_ann_and_compiled_models_through():
+    ann = build_model(ModelConfig(arch="ann", ch=32, ch_mult=(1,), num_res_blocks=1, img_ch=1, img_size=8,
+                                  attn=()))
+    assert prepare(ann) is ann
+    m, _ = _unet("sddpm")
+    ex = prepare(m, "train")
+    assert prepare(ex) is ex and ex.config == m.config and ex.training == m.training
+
+
+# ------------------------------------------------------------------------------------- files and errors
+def test_save_and_load_compiled_file(tmp_path):
+    m, cfg = _unet("sdm")
+    m.eval()
+    path = save_compiled(tmp_path / "m.sdmc", m, SdmcConfig(model=cfg))
+    ex, scfg = load_compiled(path, dtype=torch.float64)
+    assert scfg.model == cfg and ex.config == cfg and ex.mode == "inference"
+    x, t = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(ex(x, t), m(x, t), rtol=1e-10, atol=1e-10)
+
+
+def test_cli_compile_torch_backend(tmp_path, capsys):
+    from sdmc.checkpoint import save_model
+    from sdmc.cli import main
+    m, cfg = _unet("sddpm")
+    src = save_model(tmp_path / "m.safetensors", m.float(), SdmcConfig(model=cfg))
+    out = tmp_path / "m.sdmc"
+    assert main(["compile", str(src), "--backend", "torch", "-o", str(out)]) == 0
+    ex, scfg = load_compiled(out)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(ex(x, t), m.float().eval()(x, t), rtol=1e-4, atol=1e-4)
+
+
+def test_errors_name_what_and_where():
+    m, _ = _unet("sddpm")
+    ex = compile_torch(m, mode="inference")
+    with pytest.raises(SdmcError, match="input 'x'.*expected shape \\[B, 1, 8, 8\\]"):
+        ex(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]))
+    with pytest.raises(SdmcError, match="expected 2 input"):
+        ex(torch.randn(2, 1, 8, 8))
+    ex.train()
+    with pytest.raises(SdmcError, match="'inference' executor.*training mode"):
+        ex(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]))
+    with pytest.raises(SdmcError, match="mode must be one of"):
+        compile_torch(m, mode="fast")
+    with pytest.raises(SdmcError, match="expected an sdmc.ir.Graph or an nn.Module"):
+        compile_torch("model.pt")
