@@ -303,7 +303,7 @@ class _Term:
     node: str | None = None
 
 
-_NOT_COMPOSED = {"batchnorm": "through batchnorm (affine but not folded into a conv; fold_bn first)",
+_NOT_COMPOSED = {"batchnorm": "through batchnorm (not folded: no conv / linear right before it); composing past it is not done",
                  "tsm_scale": "TSM scale not fused (run fuse_tsm first)",
                  "concat": "concat not split (run split_concat first)",
                  "conv3d": "conv3d is not composed by this pass", "linear": "linear is not composed by this pass",
