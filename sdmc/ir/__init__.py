@@ -46,6 +46,7 @@ Simulate (the golden float64 semantics every backend is tested against)::
     from sdmc.sim import golden
     out = golden.run(g, {"x": x, "t": t})["out"]              # or golden.run(g, [x, t])
     vals = golden.run(g, {"x": x, "t": t}, all_values=True)   # every node's value, spikes included
+    vals = golden.run(g, [x, t], keep=["sn"])                 # outputs plus chosen values (less memory)
     golden.run(g, inputs, training=True)                      # BN with batch statistics over T*B*H*W
 
 Store: ``ir.save(g, "m.sdmc")`` (zip) or ``ir.save(g, "m_dir")`` (directory), both with ``graph.json``
