@@ -160,7 +160,8 @@ def build_digits_metric_file(path: str | os.PathLike = WEIGHTS_PATH, epochs: int
 
 # --------------------------------------------------------------------------------------- loading
 @functools.lru_cache(maxsize=4)
-def load_digits_classifier(path: str | None = None) -> tuple[DigitsClassifier, dict[int, tuple[np.ndarray, np.ndarray]]]:
+def load_digits_classifier(path: str | None = None
+                           ) -> tuple[DigitsClassifier, dict[int, tuple[np.ndarray, np.ndarray]]]:
     """The shipped (or given) classifier in eval mode and its reference statistics ``{img_size: (mu, sigma)}``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

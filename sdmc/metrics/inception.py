@@ -188,7 +188,6 @@ def load_inception(path: str | os.PathLike | None = None, download: bool = False
     if not isinstance(sd, dict):
         raise MetricError(f"Inception weights {p}: expected a state dict, found {type(sd).__name__}")
     net = FIDInceptionV3()
-    missing, unexpected = [], []
     own = net.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
@@ -203,5 +202,5 @@ def load_inception(path: str | os.PathLike | None = None, download: bool = False
     return net.to(device).eval()
 
 
-__all__ = ["ENV_VAR", "FEATURE_DIM", "FIDInceptionA", "FIDInceptionC", "FIDInceptionE", "FIDInceptionV3", "NUM_CLASSES", "WEIGHTS_URL", "load_inception",
-           "resolve_weights"]
+__all__ = ["ENV_VAR", "FEATURE_DIM", "FIDInceptionA", "FIDInceptionC", "FIDInceptionE", "FIDInceptionV3", "NUM_CLASSES",
+           "WEIGHTS_URL", "load_inception", "resolve_weights"]
