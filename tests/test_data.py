@@ -61,3 +61,19 @@ def test_grid_png(tmp_path):
     assert grid.shape == (2 * 5 + 1, 3 * 5 + 1, 3)
     save_grid(imgs, tmp_path / "g.png", nrow=3, scale=1)
     assert Image.open(tmp_path / "g.png").size == (3 * 6 + 2, 2 * 6 + 2)  # pad 2
+
+
+def test_atomic_writes_get_normal_permissions_and_leave_nothing_on_error(tmp_path):
+    import os
+
+    from sdmc.utils import atomic_path, atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "hello")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert (tmp_path / "a.txt").read_text() == "hello" and len(list(tmp_path.iterdir())) == 1
