@@ -3,7 +3,6 @@ profiles, reports and the ``sdmc energy`` command."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sdmc.config import ModelConfig, SdmcConfig
-from sdmc.energy import (EnergyProfile, FiringRateMonitor, analyze, ann_counterpart, builtin_profiles,
+from sdmc.energy import (FiringRateMonitor, analyze, ann_counterpart, builtin_profiles,
                          calibration_steps, conv_sops, count_graph, count_module_macs, eager_dense_macs,
                          fanout_map, linear_sops, load_profile, model_macs)
 from sdmc.errors import ConfigError
