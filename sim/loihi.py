@@ -229,6 +229,26 @@ def run_chain(chain: LoihiChain, x: np.ndarray, *, num_steps: int | None = None,
     return out
 
 
+def resources(chain: LoihiChain) -> list[dict]:
+    """Per layer: ``neurons``, ``weights`` (stored 8-bit mantissas), ``synapses`` (connections: every
+    non-padding input/output pair a weight joins), ``max_fan_in`` and the input ``axons`` it reads."""
+    shapes = chain.shapes()
+    out = []
+    for i, L in enumerate(chain.layers):
+        n_out, n_in = int(np.prod(shapes[i + 1])), int(np.prod(shapes[i]))
+        w = np.asarray(L.weight)
+        if L.kind == "conv":
+            # connections = sum over output pixels of the in-bounds kernel taps (padding taps cost nothing)
+            ones = np.ones((1, shapes[i][0]) + tuple(shapes[i][1:]))
+            taps = conv2d_f64(ones, np.ones_like(w, dtype=np.float64), L.stride, L.padding, L.dilation, L.groups)
+            synapses, fan_in = int(np.rint(taps.sum())), int(np.rint(taps.max()))
+        else:
+            synapses, fan_in = int(w.size), int(w.shape[1])
+        out.append({"layer": L.name or f"layer{i + 1}", "kind": L.kind, "neurons": n_out, "axons": n_in,
+                    "weights": int(w.size), "synapses": synapses, "max_fan_in": fan_in})
+    return out
+
+
 def aligned_spikes(result: dict[str, list[np.ndarray]], T: int) -> list[np.ndarray]:
     """Undo the pipeline delay: layer ``n``'s response to samples ``0..T-1`` (steps ``n+1..n+T``)."""
     return [s[n:n + T] for n, s in enumerate(result["spikes"], start=1)]

@@ -326,7 +326,7 @@ def test_cli_lava_export_writes_netx_and_prints_the_report(tmp_path, capsys):
     out = tmp_path / "chain.h5"
     assert cli.main(["lava", "export", str(gpath), "-o", str(out), "--pow2", "--check-samples", "2"]) == 0
     text = capsys.readouterr().out
-    assert "mismatch" in text and "0.0000" in text and f"wrote {out}" in text
+    assert "mismatch" in text and "0.0000" in text and f"wrote {out}" in text and "synapses" in text
     assert len(export.read_netx(out).layers) == 3
     bad = ir.Graph(2)
     bad.add(ir.Input(name="x", shape=(4,), kind="spike", timing="per-step"))
@@ -357,3 +357,14 @@ def test_lava_start_method_fix_tolerates_an_existing_fork_context():
         exec(code, {"mp": FakeMP("spawn")})
     with pytest.raises(compat.LavaUnavailable):
         compat._fix_lava_multiprocessing("pass\n")
+
+
+def test_resources_count_conv_connections_without_padding_taps():
+    w = np.ones((2, 1, 3, 3), np.int64)
+    conv = lm.LoihiLayer(kind="conv", weight=w, neuron=lm.Cuba(vth=1), padding=(1, 1), name="c")
+    fc = lm.LoihiLayer(kind="dense", weight=np.ones((3, 2 * 4 * 4), np.int64), neuron=lm.Cuba(vth=1), name="fc")
+    r = lm.resources(lm.LoihiChain((1, 4, 4), (conv, fc)))
+    # 4x4 image, 3x3 kernel, pad 1: interior 4 pixels x 9 taps, 8 edge x 6, 4 corner x 4 = 100 per out channel
+    assert r[0] == {"layer": "c", "kind": "conv", "neurons": 32, "axons": 16, "weights": 18, "synapses": 200,
+                    "max_fan_in": 9}
+    assert r[1]["synapses"] == 96 and r[1]["max_fan_in"] == 32 and r[1]["neurons"] == 3

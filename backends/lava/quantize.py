@@ -96,6 +96,7 @@ class QuantReport:
     layers: list[LayerQuant]
     input_scale: float = 1.0
     tsm_approx: dict = field(default_factory=dict)   # node -> relative spread of the averaged TSM scales
+    resources: list = field(default_factory=list)    # sdmc.sim.loihi.resources of the quantised chain
 
     def format(self) -> str:
         head = f"{'layer':<18}{'scale':>10}{'w err':>10}{'theta':>9}{'th_int':>8}{'|I|max':>9}{'mismatch':>10}{'rate f/q':>14}"
@@ -105,6 +106,9 @@ class QuantReport:
             rt = "-" if q.rate_float is None else f"{q.rate_float:.3f}/{q.rate_fixed:.3f}"
             rows.append(f"{q.name[:17]:<18}{q.scale:>10.3f}{q.weight_err:>10.2e}{q.theta:>9.4f}{q.theta_int:>8d}"
                         f"{q.worst_current:>9d}{mm:>10}{rt:>14}")
+        for r in self.resources:
+            rows.append(f"  {r['layer'][:17]:<18}{r['kind']:<6}{r['neurons']:>9d} neurons {r['synapses']:>11d} synapses "
+                        f"{r['weights']:>8d} weights  fan-in <= {r['max_fan_in']}")
         for k, v in self.tsm_approx.items():
             rows.append(f"TSM approximated by its mean at {k}: per-step scales deviate up to {100 * v:.1f}%")
         return "\n".join(rows)
@@ -174,7 +178,7 @@ def quantize_chain(chain: FloatChain, *, pow2: bool = False, input_scale: float 
     qc = lm.LoihiChain(tuple(chain.input_shape), tuple(layers), input_bits=16 if chain.graded_input else 0,
                        meta={"input_scale": s_in, "input_quant_bits": input_bits if chain.graded_input else 0})
     lm.check_chain(qc)
-    return qc, QuantReport(rep, input_scale=s_in)
+    return qc, QuantReport(rep, input_scale=s_in, resources=lm.resources(qc))
 
 
 def quantize_input(chain: lm.LoihiChain, x: np.ndarray) -> np.ndarray:
