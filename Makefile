@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -e ".[dev]"
+	# Lava (optional part): its wheels declare Python <3.11, so they go in with --no-deps and sdmc
+	# applies the needed fixes at import time (see backends/lava/install.py).
+	$(PY) -m sdmc.backends.lava.install
 	touch $(STAMP)
 
 setup: $(STAMP)
