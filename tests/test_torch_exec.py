@@ -66,11 +66,12 @@ def _neuron_names(ex):
 
 # ------------------------------------------------------------------------------------- executor == golden
 @FAST
-@given(spiking_graphs(), st.integers(1, 3), st.sampled_from(["train", "inference"]), st.integers(0, 1000))
-def test_random_graphs_match_golden_float64(g, B, mode, seed):
+@given(spiking_graphs(), st.integers(1, 3), st.sampled_from(["train", "inference"]), st.integers(0, 1000),
+       st.booleans())
+def test_random_graphs_match_golden_float64(g, B, mode, seed, channels_last):
     ins = random_inputs(g, B, seed)
     vals = golden.run(g, ins, all_values=True)
-    ex = compile_torch(g, mode=mode, dtype=torch.float64)
+    ex = compile_torch(g, mode=mode, dtype=torch.float64, channels_last=channels_last)
     ex.eval()
     outs, spikes = _run_with_spikes(ex, ex.graph, ins)
     for o, n in zip(outs, g.output_nodes):
@@ -179,10 +180,10 @@ def _unet(arch, neuron="if", soft=False, T=3, seed=0):
 UNETS = [("sddpm", "if", False), ("sdm", "if", False), ("sdm", "lif", True)]
 
 
-@pytest.mark.parametrize("arch,neuron,soft", UNETS)
-def test_unet_outputs_and_gradients_equal_eager(arch, neuron, soft):
+@pytest.mark.parametrize("arch,neuron,soft,channels_last", [u + (i == 0,) for i, u in enumerate(UNETS)])
+def test_unet_outputs_and_gradients_equal_eager(arch, neuron, soft, channels_last):
     m, cfg = _unet(arch, neuron, soft)
-    ex = compile_torch(m, mode="train")
+    ex = compile_torch(m, mode="train", channels_last=channels_last)
     assert set(ex.state_dict()) == set(m.state_dict())
     x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     t = torch.tensor([0, 500, 999])
@@ -273,8 +274,10 @@ def test_threshold_guidance_reaches_executor_neurons():
 def test_channels_last_float32_and_deepcopy_agree():
     m, cfg = _unet("sdm")
     m = m.float().eval()
-    ex = compile_torch(m, mode="inference", channels_last=True)
+    ex = compile_torch(m, mode="inference")  # channels-last by default on CPU
     assert ex.graph.meta["passes"][0]["pass"] == "fold_bn"
+    assert any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+               for p in ex.parameters())
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
     with torch.no_grad():
         torch.testing.assert_close(ex(x, t), m(x, t), rtol=1e-4, atol=1e-4)
