@@ -196,6 +196,15 @@ def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([v.detach().double().sum().cpu() for v in state_dict.values()])
 
 
+_PER_RANK_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def synced_entries(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state_dict entries all DDP ranks share after a step: everything but BN running statistics
+    (per rank until DDP broadcasts rank 0's at the next forward)."""
+    return {k: v for k, v in state_dict.items() if not k.endswith(_PER_RANK_BUFFERS)}
+
+
 def _rng_state() -> dict[str, Any]:
     """Torch (CPU and current CUDA device), numpy and Python RNG states as tensors and ints."""
     np_state = np.random.get_state()
@@ -544,8 +553,7 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
         return allr
 
     def gather_fingerprints() -> torch.Tensor:
-        # parameters only: BN running statistics are per rank until DDP broadcasts rank 0's at the next forward
-        mine = state_fingerprint(dict(model.named_parameters()))
+        mine = state_fingerprint(synced_entries(model.state_dict()))
         if d.world == 1:
             return mine[None]
         mine = mine.to(device)
