@@ -142,7 +142,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the bundled digits data (CPU, minutes)")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--quick", action="store_true", help="a much shorter run (for tests)")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (for tests): 30 training steps")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the digits preset's)")
+    p.add_argument("-n", "--n-samples", type=int, default=None, help="samples per solver (default 256)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
 
@@ -150,7 +152,8 @@ def _add_demo(sub) -> None:
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
-    run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed)
+    run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed, steps=args.steps,
+             n_samples=args.n_samples)
     return 0
 
 
