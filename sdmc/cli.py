@@ -197,6 +197,8 @@ def _add_train(sub) -> None:
     g.add_argument("--tensorboard", dest="tensorboard", action="store_const", const=True)
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    g.add_argument("--eager", action="store_const", const=True,
+                   help="train the plain spikingjelly model instead of the compiled torch executor (default)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="digits, cifar10, mnist, fashion-mnist, celeba64, folder:PATH")
     g.add_argument("--data-root", help="where the dataset lies (torchvision layout)")
@@ -229,7 +231,7 @@ _TRAIN_OPTS = ("out", "steps", "batch_size", "lr", "warmup", "grad_clip", "ema_d
                "sample_steps", "tensorboard", "progress", "dataset", "data_root", "download", "num_workers",
                "arch", "ch", "ch_mult", "num_res_blocks", "snn_steps", "img_size", "threshold", "neuron",
                "dropout", "init_from", "init_weights", "tsm", "schedule", "mean_type", "num_timesteps", "beta_1",
-               "beta_T")
+               "beta_T", "eager")
 
 
 @command("train")
@@ -419,6 +421,9 @@ def _add_sample(sub) -> None:
                    help="DPM-Solver++: clamp the data prediction x̂0 to [-1, 1] (DDPM/DDIM always clamp)")
     p.add_argument("--gamma", help="Analytic-DPM Γ file (default: the cache beside the checkpoint)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--eager", action="store_true",
+                   help="run the plain spikingjelly model instead of the compiled torch executor (the default; "
+                        "a .sdmc file from 'sdmc compile --backend torch' always runs compiled)")
 
 
 def _device(name: str):
@@ -442,7 +447,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.num < 1 or args.steps < 1 or args.batch_size < 1:
         raise SdmcError("-n, --steps and --batch-size must be >= 1")
     device = _device(args.device)
-    model, cfg = load_model(args.file, weights=args.weights, snn_steps=args.snn_steps, device=device)
+    if str(args.file).endswith(".sdmc"):
+        from .backends.torch_exec import load_compiled
+        model, cfg = load_compiled(args.file, device=device)
+        if cfg is None:
+            raise SdmcError(f"{args.file}: the graph records no sdmc config (compile it from a checkpoint with "
+                            "'sdmc compile FILE --backend torch')")
+    else:
+        model, cfg = load_model(args.file, weights=args.weights, snn_steps=args.snn_steps, device=device)
     schedule = NoiseSchedule(cfg.diffusion)
     kw = dict(eta=args.eta, variance=args.variance, spacing=args.spacing, order=args.order, method=args.method,
               skip_type=args.skip_type, denoise_to_zero=args.denoise_to_zero, clip_sample=args.clip_x0)
@@ -453,6 +465,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
             gamma = gamma_for_checkpoint(args.file, model, schedule.num_timesteps, args.threshold,
                                          log=lambda m: print(m, file=sys.stderr))
         kw["gamma"] = gamma
+    if not args.eager:  # after the Γ lookup: its cache key hashes the eager model's weights
+        from .backends.torch_exec import prepare
+        model = prepare(model, "inference")
     images = sample_images(model, schedule, args.num, solver=args.solver, steps=args.steps,
                            batch_size=args.batch_size, seed=args.seed, device=device,
                            progress=not args.no_progress, threshold=args.threshold, **kw)

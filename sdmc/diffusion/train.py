@@ -86,6 +86,7 @@ class TrainConfig:
     tsm: bool = False
     tensorboard: bool | None = None
     progress: bool = True
+    eager: bool = False  # True: train the plain spikingjelly model, not the compiled torch executor
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -471,6 +472,9 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
         "trained_by": "sdmc train", "preset": cfg.preset, "dataset": cfg.dataset})
     schedule = NoiseSchedule(cfg.diffusion)
 
+    if not cfg.eager:  # the compiled torch executor: same state_dict names and numbers, faster (ANN: unchanged)
+        from ..backends.torch_exec import prepare
+        model = prepare(model, "train")
     model.to(device).train()
     ema_model = copy.deepcopy(model).eval() if cfg.ema else None
     if ema_model is not None:
