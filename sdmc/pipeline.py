@@ -136,7 +136,7 @@ class Pipeline:
             print(f"  {tag:>18}: {secs:6.1f}s  digits-FID {rows[tag]['digits_fid']:8.1f}  "
                   f"digits-IS {rows[tag]['digits_is']:.2f}", flush=True)
         # threshold guidance (SDM §4.3) on the DDIM row, and the untrained reference for scale
-        name, steps, _ = solvers[1] if len(solvers) > 1 else solvers[0]
+        name, steps, _ = next(row for row in solvers if row[0] == "ddim")
         imgs = sample_images(self.model, schedule, self.n_samples, solver=name, steps=steps, batch_size=128,
                              seed=self.seed, device=self.device, progress=False, threshold=0.997)
         s = digits_scores(imgs)
