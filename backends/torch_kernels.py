@@ -319,7 +319,7 @@ def repeat(x, T):
 
 
 def embedding(i, w):
-    if i.numel() and (int(i.min()) < 0 or int(i.max()) >= w.shape[0]):
+    if not torch.compiler.is_compiling() and i.numel() and (int(i.min()) < 0 or int(i.max()) >= w.shape[0]):
         raise IndexError(f"embedding index out of range [0, {w.shape[0]}): got values in "
                          f"[{int(i.min())}, {int(i.max())}]")
     return F.embedding(i, w)

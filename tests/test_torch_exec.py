@@ -333,3 +333,31 @@ def test_errors_name_what_and_where():
         compile_torch(m, mode="fast")
     with pytest.raises(SdmcError, match="expected an sdmc.ir.Graph or an nn.Module"):
         compile_torch("model.pt")
+
+
+def test_cli_sample_runs_compiled_by_default_and_matches_eager(tmp_path):
+    from sdmc.checkpoint import save_model
+    from sdmc.cli import main
+    m, cfg = _unet("sdm", T=2)
+    src = save_model(tmp_path / "m.safetensors", m.float(), SdmcConfig(model=cfg))
+    assert main(["compile", str(src), "--backend", "torch", "-o", str(tmp_path / "m.sdmc")]) == 0
+    common = ["-n", "3", "--steps", "3", "--batch-size", "2", "--no-progress", "--threshold", "0.9"]
+    runs = {"exec": [str(src)], "eager": [str(src), "--eager"], "file": [str(tmp_path / "m.sdmc")]}
+    imgs = {}
+    for name, args in runs.items():
+        assert main(["sample", *args, *common, "--out", str(tmp_path / name)]) == 0
+        imgs[name] = np.load(tmp_path / name / "ddim_3.npz")["images"].astype(int)
+    assert np.abs(imgs["exec"] - imgs["eager"]).max() <= 1  # uint8 images; float32 rounding at most 1 level
+    assert np.array_equal(imgs["exec"], imgs["file"])
+
+
+def test_bf16_autocast_path_runs_forward_and_backward():
+    m, cfg = _unet("sdm", T=2)
+    m = m.float()
+    ex = compile_torch(m, mode="train", autocast=torch.bfloat16).train()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    y = ex(x, t)
+    assert y.dtype == torch.float32 and y.shape == x.shape and torch.isfinite(y).all()
+    y.square().mean().backward()
+    grads = [p.grad for p in ex.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
