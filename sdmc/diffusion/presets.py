@@ -27,7 +27,9 @@ _PDDPM_TRAIN = dict(lr=2e-4, warmup=5000, batch_size=128, grad_clip=1.0, ema_dec
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(
         description="bundled scikit-learn 8x8 digits at 16x16: learns visible digits on a 2-core CPU in minutes",
-        source="sdmc default (measured on a 2-core CPU, see tests/test_train.py)",
+        source="sdmc default, measured on a shared 2-core CPU: 600 steps take loss 0.69 -> 0.05 and digits-FID "
+               "5638 (untrained) -> 1331 (EMA; 256 samples, DDIM 20); lr 5e-3 is ahead at step 300 "
+               "(1776 vs 2068) but ends behind (1529)",
         model=dict(arch="sddpm", ch=32, ch_mult=(1, 2), num_res_blocks=1, snn_steps=4, img_ch=1, img_size=16,
                    dropout=0.0),
         train=dict(dataset="digits", steps=600, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995,
