@@ -103,37 +103,26 @@ def neuron_forward(x: torch.Tensor, T: int, kind: str, threshold: float, v_reset
 @torch.no_grad()
 def _neuron_backward(gs: torch.Tensor, H: torch.Tensor, T: int, kind: str, threshold: float, v_reset: float | None,
                      tau: float, decay_input: bool, alpha: float) -> torch.Tensor:
+    """``dL/dx`` from ``dL/ds`` and the saved ``h``.  The pointwise parts run once over all steps; the reverse
+    recursion ``g[t] = gs[t] sg[t] + (dh/dv) g[t+1] (dv/dh)[t]`` is one fused ``addcmul_`` per step."""
     N = H.shape[0] // T
+    M = (T - 1) * N
     gs = gs.contiguous(memory_format=_format_of(H))
-    gx = torch.empty_like(H)
-    sg = torch.empty_like(H[:N])
-    tmp = torch.empty_like(sg)
-    gv = torch.zeros_like(sg)
-    mask = torch.empty_like(sg, dtype=torch.bool)
-    c = math.pi / 2 * alpha
-    dhdx = 1.0 if kind == "if" or not decay_input else 1.0 / tau
-    dhdv = 1.0 if kind == "if" else 1.0 - 1.0 / tau
-    for t in reversed(range(T)):
-        sl = slice(t * N, (t + 1) * N)
-        ht = H[sl]
-        torch.sub(ht, threshold, out=sg)
-        sg.mul_(c).square_().add_(1).reciprocal_().mul_(alpha / 2)  # ds/dh
-        gh = gx[sl]
-        torch.mul(gs[sl], sg, out=gh)
-        if t < T - 1:  # + dL/dv[t] * dv[t]/dh[t]
-            if v_reset is None:
-                torch.mul(sg, -threshold, out=tmp)
-                tmp.add_(1)
-            else:
-                torch.sub(ht, float(v_reset), out=tmp)
-                tmp.neg_().mul_(sg)
-                torch.lt(ht, threshold, out=mask)
-                tmp.add_(mask)
-            gh.addcmul_(gv, tmp)
-        if t > 0:
-            torch.mul(gh, dhdv, out=gv)
-        if dhdx != 1.0:
-            gh.mul_(dhdx)
+    sg = torch.sub(H, threshold)
+    sg.mul_(math.pi / 2 * alpha).square_().add_(1).reciprocal_().mul_(alpha / 2)  # ds/dh
+    gx = torch.mul(gs, sg)
+    if T > 1:
+        dv = sg[:M]  # dv[t]/dh[t] for t < T-1, in place over ds/dh (no longer needed)
+        if v_reset is None:
+            dv.mul_(-threshold).add_(1)
+        else:
+            dv.mul_(torch.sub(H[:M], float(v_reset)).neg_())
+            dv.add_(torch.lt(H[:M], threshold))
+        dhdv = 1.0 if kind == "if" else 1.0 - 1.0 / tau
+        for t in reversed(range(T - 1)):
+            gx[t * N:(t + 1) * N].addcmul_(gx[(t + 1) * N:(t + 2) * N], dv[t * N:(t + 1) * N], value=dhdv)
+    if kind != "if" and decay_input:
+        gx.mul_(1.0 / tau)
     return gx
 
 
