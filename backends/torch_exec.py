@@ -21,8 +21,10 @@ Modes:
                  hoisted, dead code removed); eval only; folded parameters get the passes' names.
 
 Neuron thresholds live on small neuron modules as ``v_threshold`` (threshold guidance sets them).
-GPU paths (``autocast`` bf16, ``compile=True`` -> ``torch.compile``, CUDA graphs via
-``compile="reduce-overhead"``) exist and are guarded, but are untested here (no GPU on the build machine).
+Optional paths: ``autocast=torch.bfloat16`` (tested on CPU: forward and backward run; spikes near the
+threshold flip, so outputs are not exact), ``compile=True`` -> ``torch.compile`` of the generated forward and
+``compile="reduce-overhead"`` (CUDA graphs on GPU).  The compile paths are guarded but not tuned: on CPU dynamo
+breaks the graph at the neuron loops and recompiles per call site; no GPU was available to test them.
 """
 from __future__ import annotations
 
