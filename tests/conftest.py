@@ -2,10 +2,18 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
+
 
 from sdmc.config import ModelConfig
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# CI (CI=true) replays the same hypothesis examples every run, so a red build is reproducible; local runs
+# keep exploring new examples (and print the seed of any failure).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REF_KEYS = os.path.join(os.path.dirname(__file__), "data", "ref_state_dict_keys.txt")
 

@@ -521,3 +521,9 @@ def test_dpm_solver_plans_are_valid(steps, order, method, skip, integer):
     x = torch.randn(3, 3, dtype=F64, generator=torch.Generator().manual_seed(steps))
     y = s.sample(GAUSS.eps, x)
     assert torch.isfinite(y).all() and len(s.orders_used) == len(s.outer) - 1
+
+
+def test_trailing_grid_has_exactly_the_requested_steps():
+    # np.arange(n, 0, -n/s) produced s+1 values (the last one -1) for n=104, s=45
+    grid = time_grid(104, 45, "trailing")
+    assert len(grid) == 45 and grid[0] == 103 and grid[-1] >= 0

@@ -65,7 +65,8 @@ def time_grid(num_train: int, steps: int, spacing: str = "seed") -> list[int]:
     elif spacing == "leading":
         grid = (np.arange(s) * (n // s))[::-1].tolist()
     elif spacing == "trailing":
-        grid = (np.round(np.arange(n, 0, -n / s)).astype(np.int64) - 1).tolist()
+        # n - i*n/s for i < s exactly (np.arange with a float step can yield s+1 values)
+        grid = (np.round(n - np.arange(s) * (n / s)).astype(np.int64) - 1).tolist()
     else:
         raise ConfigError(f"time spacing {spacing!r} is unknown; choose one of {SPACINGS}")
     return [int(g) for g in grid]
