@@ -607,6 +607,70 @@ def cmd_lava(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+# -------------------------------------------------------------------------------------------- convert
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="ANN -> SNN conversion of a quantised-activation ANN UNet (SDM §6)",
+                       description="Every QuantReLU becomes an IF neuron (threshold = clip alpha, membrane "
+                                   "alpha/2, reset by subtraction), run for T = 2**bits - 1 steps.")
+    p.add_argument("file", help="quantised ANN (.safetensors from sdmc) or a plain ANN checkpoint (.pt/.safetensors)")
+    p.add_argument("-o", "--out", required=True, help="converted SNN to write (.safetensors)")
+    p.add_argument("--bits", type=int, default=None,
+                   help="activation bits (required for a plain ANN; must match a quantised ANN's)")
+    p.add_argument("--signed", action="store_true",
+                   help="Fast-SNN inhibitory -1 spikes (released SDM code: on; paper: off; default off)")
+    p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto")
+    p.add_argument("--alpha-init", type=float, default=6.0, help="clip alpha for a plain ANN (default 6.0)")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="set each clip to the 99.9%% quantile of its inputs on N noised digits images "
+                        "(plain ANNs; 0: keep alpha)")
+    p.add_argument("--check", type=int, default=4, metavar="N",
+                   help="report the SNN-vs-quantised-ANN relative error on N noised inputs (0: skip)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("convert")
+def cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+    from . import convert as cv
+    from .diffusion.schedule import NoiseSchedule
+    from .models.qann import calibrate_alpha, quant_layers
+
+    qann, cfg, fresh = cv.load_qann(args.file, bits=args.bits, alpha_init=args.alpha_init, weights=args.weights)
+    m = cfg.model
+    g = torch.Generator().manual_seed(args.seed)
+    schedule = NoiseSchedule(cfg.diffusion)
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = torch.rand(n, m.img_ch, m.img_size, m.img_size, generator=g) * 2 - 1
+        if args.calibrate:
+            from .data import load_dataset
+            ds = load_dataset("digits", img_size=m.img_size)
+            idx = torch.randint(len(ds), (n,), generator=g)
+            x0 = torch.stack([ds[int(i)][0] for i in idx])
+            if x0.shape[1] != m.img_ch:
+                x0 = x0[:, :1].expand(-1, m.img_ch, -1, -1)
+        t = torch.randint(min(schedule.num_timesteps, m.diffusion_steps), (n,), generator=g)
+        return schedule.q_sample(x0, t, torch.randn(x0.shape, generator=g)), t
+
+    if args.calibrate:
+        calibrate_alpha(qann, *batch(args.calibrate))
+        cfg.provenance["qann"]["calibrated_on"] = f"{args.calibrate} noised digits images"
+    elif fresh:
+        print(f"note: {args.file} is a plain ANN; its clips are alpha={args.alpha_init} untrained "
+              "(train a quantised ANN or pass --calibrate N)", file=sys.stderr)
+    snn = cv.convert(qann, signed=args.signed)
+    cfg.provenance["converted_from"] = str(args.file)
+    cv.save_converted(args.out, snn, cfg)
+    bits = cfg.provenance["qann"]["bits"]
+    print(f"wrote {args.out}: {len(quant_layers(qann))} IF layers, {bits}-bit -> T={snn.steps}, "
+          f"{'signed' if args.signed else 'unsigned'} spikes")
+    if args.check:
+        x, t = batch(args.check)
+        print(f"relative error SNN vs quantised ANN on {args.check} noised inputs: "
+              f"{cv.conversion_error(qann, snn, x, t):.4f}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- later issues' commands
 def _add_placeholders(sub) -> None:
     for name, help_, issue in [
