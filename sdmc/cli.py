@@ -618,6 +618,9 @@ def _add_convert(sub) -> None:
                    help="activation bits (required for a plain ANN; must match a quantised ANN's)")
     p.add_argument("--signed", action="store_true",
                    help="Fast-SNN inhibitory -1 spikes (released SDM code: on; paper: off; default off)")
+    p.add_argument("--norm", choices=["step", "running"], default="step",
+                   help="GroupNorm in the SNN: on each step's input (step, literal) or with running-mean "
+                        "statistics (running: sdmc option, error falls with T)")
     p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto")
     p.add_argument("--alpha-init", type=float, default=6.0, help="clip alpha for a plain ANN (default 6.0)")
     p.add_argument("--calibrate", type=int, default=0, metavar="N",
@@ -658,12 +661,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     elif fresh:
         print(f"note: {args.file} is a plain ANN; its clips are alpha={args.alpha_init} untrained "
               "(train a quantised ANN or pass --calibrate N)", file=sys.stderr)
-    snn = cv.convert(qann, signed=args.signed)
+    snn = cv.convert(qann, signed=args.signed, norm=args.norm)
     cfg.provenance["converted_from"] = str(args.file)
     cv.save_converted(args.out, snn, cfg)
     bits = cfg.provenance["qann"]["bits"]
     print(f"wrote {args.out}: {len(quant_layers(qann))} IF layers, {bits}-bit -> T={snn.steps}, "
-          f"{'signed' if args.signed else 'unsigned'} spikes")
+          f"{'signed' if args.signed else 'unsigned'} spikes, {args.norm} GroupNorm")
     if args.check:
         x, t = batch(args.check)
         print(f"relative error SNN vs quantised ANN on {args.check} noised inputs: "

@@ -13,6 +13,12 @@ exactly. Deeper layers see varying inputs and accumulate conversion error.
 ``signed=True`` adds Fast-SNN's inhibitory spike (on in the released SDM code, off in the paper): when
 ``v < 0`` and the neuron has fired more positive than negative spikes so far, it emits ``s = -1`` and
 ``v += theta``. With constant inputs it never fires, so first-layer exactness holds in both modes.
+
+GroupNorm between spiking layers is not linear, so applying it to each step's spikes (``norm="step"``,
+the literal conversion) does not give the GroupNorm of the rate, and the UNet's conversion error then
+does not fall with T. ``norm="running"`` (an sdmc option, not in the paper) normalises step ``t`` with
+the statistics of the running mean input ``x̄_t = mean_{s<=t} x_s`` (:class:`RunningGroupNorm`); it equals
+GroupNorm for constant inputs and makes the error fall with T (measured in ``tests/test_convert.py``).
 """
 from __future__ import annotations
 
@@ -71,6 +77,36 @@ class IFNeuron(nn.Module):
         return f"theta={float(self.alpha):.4g}, signed={self.signed}"
 
 
+class RunningGroupNorm(nn.Module):
+    """``y_t = weight * (x_t - mu(x̄_t)) / sqrt(var(x̄_t) + eps) + bias`` per (sample, group), ``x̄_t`` the
+    running mean of the inputs since :meth:`reset`; parameter names as :class:`nn.GroupNorm`."""
+
+    def __init__(self, gn: nn.GroupNorm) -> None:
+        super().__init__()
+        self.num_groups, self.eps = gn.num_groups, gn.eps
+        self.weight = nn.Parameter(gn.weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(gn.bias.detach().clone(), requires_grad=False)
+        self.total: torch.Tensor | None = None
+        self.n = 0
+
+    def reset(self) -> None:
+        self.total, self.n = None, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.total = x if self.total is None else self.total + x
+        self.n += 1
+        B, C = x.shape[:2]
+        mean = (self.total / self.n).reshape(B, self.num_groups, -1)
+        mu = mean.mean(-1, keepdim=True)
+        var = mean.var(-1, unbiased=False, keepdim=True)
+        y = ((x.reshape(B, self.num_groups, -1) - mu) / torch.sqrt(var + self.eps)).reshape(x.shape)
+        shape = (1, C) + (1,) * (x.dim() - 2)
+        return y * self.weight.reshape(shape) + self.bias.reshape(shape)
+
+
+NORMS = ("step", "running")
+
+
 class ConvertedSNN(nn.Module):
     """``forward(x, t) = mean over T steps of net(x, t)`` with stateful IF neurons in ``net``."""
 
@@ -85,8 +121,10 @@ class ConvertedSNN(nn.Module):
         return [m for m in self.net.modules() if isinstance(m, IFNeuron)]
 
     def reset(self) -> None:
-        for m in self.neurons():
-            m.reset()
+        """Clear every IF neuron's membrane and every running norm's statistics."""
+        for m in self.net.modules():
+            if isinstance(m, (IFNeuron, RunningGroupNorm)):
+                m.reset()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.reset()
@@ -98,14 +136,21 @@ class ConvertedSNN(nn.Module):
         return out / self.steps
 
 
-def convert(qann: nn.Module, signed: bool = False, steps: int | None = None) -> ConvertedSNN:
-    """A converted copy of ``qann``: every QuantReLU -> IFNeuron(theta=alpha), ``T = 2**bits - 1`` by default."""
+def convert(qann: nn.Module, signed: bool = False, steps: int | None = None, norm: str = "step") -> ConvertedSNN:
+    """A converted copy of ``qann``: every QuantReLU -> IFNeuron(theta=alpha), ``T = 2**bits - 1`` by default.
+
+    ``norm="running"`` also replaces every GroupNorm by a :class:`RunningGroupNorm`.
+    """
+    if norm not in NORMS:
+        raise ConfigError(f"convert: norm must be one of {NORMS}, got {norm!r}")
     bits = qann_bits(qann)
     net = copy.deepcopy(qann)
     for _, mod in list(net.named_modules()):
         for cname, child in list(mod.named_children()):
             if isinstance(child, QuantReLU):
                 setattr(mod, cname, IFNeuron(child.alpha.detach(), child.bits, signed))
+            elif norm == "running" and isinstance(child, nn.GroupNorm):
+                setattr(mod, cname, RunningGroupNorm(child))
     return ConvertedSNN(net, 2 ** bits - 1 if steps is None else steps).eval()
 
 
@@ -164,7 +209,9 @@ def save_converted(path: str | os.PathLike, snn: ConvertedSNN, cfg: SdmcConfig) 
     neurons = snn.neurons()
     out = SdmcConfig.from_json(cfg.to_json())
     out.provenance["converted"] = {"steps": snn.steps, "signed": bool(neurons and neurons[0].signed),
-                                   "bits": neurons[0].bits if neurons else None}
+                                   "bits": neurons[0].bits if neurons else None,
+                                   "norm": "running" if any(isinstance(m, RunningGroupNorm) for m in snn.net.modules())
+                                   else "step"}
     return save_model(path, snn.net, out)
 
 
@@ -177,7 +224,7 @@ def load_converted(path: str | os.PathLike) -> tuple[ConvertedSNN, SdmcConfig]:
         raise CheckpointError(f"{path}: not a converted SNN (no provenance 'converted' in its config)")
     conv: dict[str, Any] = stored.provenance["converted"]
     qann, cfg, _ = load_qann(path)
-    return convert(qann, signed=bool(conv["signed"]), steps=int(conv["steps"])), cfg
+    return convert(qann, signed=bool(conv["signed"]), steps=int(conv["steps"]), norm=conv.get("norm", "step")), cfg
 
 
 @torch.no_grad()
@@ -187,5 +234,5 @@ def conversion_error(qann: nn.Module, snn: ConvertedSNN, x: torch.Tensor, t: tor
     return float((snn(x, t) - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-__all__ = ["ConvertedSNN", "IFNeuron", "conversion_error", "convert", "if_step", "load_converted", "load_qann",
+__all__ = ["NORMS", "ConvertedSNN", "IFNeuron", "RunningGroupNorm", "conversion_error", "convert", "if_step", "load_converted", "load_qann",
            "qann_config", "quant_layers", "save_converted"]

@@ -7,7 +7,7 @@ from torch import nn
 
 from sdmc.checkpoint import save_model
 from sdmc.config import DiffusionConfig, ModelConfig, SdmcConfig
-from sdmc.convert import (IFNeuron, conversion_error, convert, if_step, load_converted, load_qann, qann_config,
+from sdmc.convert import (IFNeuron, RunningGroupNorm, conversion_error, convert, if_step, load_converted, load_qann, qann_config,
                           save_converted)
 from sdmc.errors import CheckpointError, ConfigError
 from sdmc.models import ANNUNet
@@ -159,6 +159,35 @@ def test_conversion_error_falls_as_T_grows_without_normalisation():
     assert all(b < a for a, b in zip(errs[False][1:], errs[True][1:])), errs
 
 
+def test_running_group_norm_is_group_norm_for_constant_input_and_causal():
+    torch.manual_seed(0)
+    gn = nn.GroupNorm(2, 4).double()
+    nn.init.normal_(gn.weight)
+    nn.init.normal_(gn.bias)
+    r = RunningGroupNorm(gn)
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    for _ in range(3):
+        torch.testing.assert_close(r(x), gn(x))
+    r.reset()
+    xs = [torch.randn_like(x) for _ in range(3)]
+    y = [r(v) for v in xs]
+    torch.testing.assert_close(y[0], gn(xs[0]))  # step 1 sees only its own input
+    mean2 = (xs[0] + xs[1]) / 2
+    g = mean2.reshape(3, 2, -1)  # step 2: x_2 normalised with the statistics of mean(x_1, x_2)
+    mu, sd = g.mean(-1, keepdim=True), torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + gn.eps)
+    want = ((xs[1].reshape(3, 2, -1) - mu) / sd).reshape(x.shape) * gn.weight[:, None, None] + gn.bias[:, None, None]
+    torch.testing.assert_close(y[1], want)
+    assert not torch.allclose(y[1], gn(xs[1]))
+
+
+def test_unet_error_falls_with_T_under_running_norm():
+    x, t = _inputs()
+    errs = [conversion_error(q, convert(q, norm="running"), x, t) for q in map(_unet, (1, 2, 3, 4))]
+    assert errs[0] < 1e-10 and errs[1] > errs[2] > errs[3], errs
+    with pytest.raises(ConfigError, match="norm"):
+        convert(_unet(1), norm="batch")
+
+
 def test_unet_converts_and_signed_changes_the_output():
     q = _unet(2)
     x, t = _inputs()
@@ -182,10 +211,11 @@ def test_qann_and_converted_files_round_trip(tmp_path):
     assert not fresh and cfg2.provenance["qann"]["bits"] == 2
     with pytest.raises(CheckpointError, match="3"):
         load_qann(tmp_path / "q.safetensors", bits=3)
-    snn = convert(q2, signed=True)
+    snn = convert(q2, signed=True, norm="running")
     save_converted(tmp_path / "s.safetensors", snn, cfg2)
     snn2, _ = load_converted(tmp_path / "s.safetensors")
     assert snn2.steps == 3 and all(n.signed for n in snn2.neurons())
+    assert any(isinstance(m, RunningGroupNorm) for m in snn2.modules())
     x, t = _inputs()
     torch.testing.assert_close(snn2(x.float(), t), snn(x.float(), t))
     with pytest.raises(CheckpointError, match="not a converted SNN"):
