@@ -628,6 +628,10 @@ def _add_convert(sub) -> None:
                         "(plain ANNs; 0: keep alpha)")
     p.add_argument("--check", type=int, default=4, metavar="N",
                    help="report the SNN-vs-quantised-ANN relative error on N noised inputs (0: skip)")
+    p.add_argument("--finetune", type=int, default=0, metavar="N",
+                   help="block-wise fine-tuning: N Adam steps per UNet block on noised digits (0: none)")
+    p.add_argument("--lr", type=float, default=1e-6, help="fine-tuning learning rate (paper: 1e-6)")
+    p.add_argument("--batch-size", type=int, default=16, help="fine-tuning batch size")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -645,7 +649,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x0 = torch.rand(n, m.img_ch, m.img_size, m.img_size, generator=g) * 2 - 1
-        if args.calibrate:
+        if args.calibrate or args.finetune:
             from .data import load_dataset
             ds = load_dataset("digits", img_size=m.img_size)
             idx = torch.randint(len(ds), (n,), generator=g)
@@ -662,6 +666,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"note: {args.file} is a plain ANN; its clips are alpha={args.alpha_init} untrained "
               "(train a quantised ANN or pass --calibrate N)", file=sys.stderr)
     snn = cv.convert(qann, signed=args.signed, norm=args.norm)
+    if args.finetune:
+        rep = cv.finetune(snn, qann, lambda: batch(args.batch_size), args.finetune, lr=args.lr, progress=True)
+        cfg.provenance["finetune"] = {"steps_per_block": args.finetune, "lr": args.lr, "batch_size": args.batch_size}
+        print(f"fine-tuned {len(rep)} blocks x {args.finetune} steps; block MSE first -> last: "
+              + ", ".join(f"{k} {a:.3g}->{b:.3g}" for k, (a, b) in rep.items()))
     cfg.provenance["converted_from"] = str(args.file)
     cv.save_converted(args.out, snn, cfg)
     bits = cfg.provenance["qann"]["bits"]

@@ -227,6 +227,95 @@ def load_converted(path: str | os.PathLike) -> tuple[ConvertedSNN, SdmcConfig]:
     return convert(qann, signed=bool(conv["signed"]), steps=int(conv["steps"]), norm=conv.get("norm", "step")), cfg
 
 
+# ------------------------------------------------------------------------------------- fine-tuning
+def unet_blocks(net: nn.Module) -> list[str]:
+    """Names of the UNet's blocks in execution order (``head``, ``downblocks.0``, ..., ``tail``)."""
+    names = []
+    for name, child in net.named_children():
+        if isinstance(child, nn.ModuleList):
+            names += [f"{name}.{i}" for i in range(len(child))]
+        elif any(p.requires_grad for p in child.parameters()):
+            names.append(name)
+    return names
+
+
+def _tie_parameters(dst: nn.Module, src: nn.Module) -> None:
+    """Make ``dst``'s trainable parameters the very tensors of ``src`` (same names; IF/QuantReLU clips excluded)."""
+    smods = dict(src.named_modules())
+    for name, mod in dst.named_modules():
+        if isinstance(mod, IFNeuron):
+            continue
+        for pname, _ in list(mod.named_parameters(recurse=False)):
+            setattr(mod, pname, getattr(smods[name], pname))
+
+
+def finetune(snn: ConvertedSNN, qann: nn.Module, batches, steps: int, lr: float = 1e-6,
+             progress: bool = False) -> dict[str, tuple[float, float]]:
+    """Block-wise fine-tuning (SDM §7.3), in place: each block in turn, ``steps`` Adam steps on
+
+        loss = MSE(rate-averaged SNN block output, quantised-ANN block output)
+
+    with gradients through a differentiable ANN copy of the block run on the rate-averaged SNN block
+    inputs, whose value is replaced by the SNN's (straight-through). Clips ``alpha`` stay frozen.
+    ``batches()`` returns one ``(x, t)``. Returns ``{block: (first loss, last loss)}``.
+    """
+    from tqdm import tqdm
+
+    if steps < 1:
+        raise ConfigError(f"finetune: steps must be >= 1, got {steps}")
+    ann = copy.deepcopy(qann).train(False)
+    for _, m in quant_layers(ann):
+        m.alpha.requires_grad_(False)
+    ref = copy.deepcopy(qann).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    _tie_parameters(snn.net, ann)
+    smods, amods, rmods = dict(snn.net.named_modules()), dict(ann.named_modules()), dict(ref.named_modules())
+    report: dict[str, tuple[float, float]] = {}
+    blocks = unet_blocks(snn.net)
+    bar = tqdm(total=len(blocks) * steps, disable=not progress, desc="finetune", unit="step")
+    for name in blocks:
+        params = [p for p in amods[name].parameters() if p.requires_grad]
+        if not params:
+            continue
+        opt = torch.optim.Adam(params, lr=lr)
+        ins: list[tuple] = []
+        outs: list[torch.Tensor] = []
+        target: list[torch.Tensor] = []
+        hooks = [smods[name].register_forward_pre_hook(lambda m, a: ins.append(tuple(v.detach() for v in a))),
+                 smods[name].register_forward_hook(lambda m, a, o: outs.append(o.detach())),
+                 rmods[name].register_forward_hook(lambda m, a, o: target.append(o.detach()))]
+        first = last = float("nan")
+        try:
+            for i in range(steps):
+                ins.clear(), outs.clear(), target.clear()
+                x, t = batches()
+                with torch.no_grad():
+                    ref(x, t)
+                    snn(x, t)
+                rate_in = [torch.stack(v).mean(0) if v[0].is_floating_point() else v[0] for v in zip(*ins)]
+                rate_out = torch.stack(outs).mean(0)
+                y = amods[name](*rate_in)
+                y = y + (rate_out - y).detach()
+                loss = torch.nn.functional.mse_loss(y, target[0])
+                last = float(loss.detach())
+                first = last if i == 0 else first
+                if i == 0 and last <= 1e-12 * float(target[0].pow(2).mean()):
+                    bar.update(steps)  # exactly converted (constant inputs): Adam would only add noise
+                    break
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                bar.update(1)
+                bar.set_postfix(block=name, loss=f"{last:.3g}")
+        finally:
+            for h in hooks:
+                h.remove()
+        report[name] = (first, last)
+    bar.close()
+    return report
+
+
 @torch.no_grad()
 def conversion_error(qann: nn.Module, snn: ConvertedSNN, x: torch.Tensor, t: torch.Tensor) -> float:
     """Relative L2 error ``|snn(x,t) - qann(x,t)| / |qann(x,t)|``."""
@@ -235,4 +324,4 @@ def conversion_error(qann: nn.Module, snn: ConvertedSNN, x: torch.Tensor, t: tor
 
 
 __all__ = ["NORMS", "ConvertedSNN", "IFNeuron", "RunningGroupNorm", "conversion_error", "convert", "if_step", "load_converted", "load_qann",
-           "qann_config", "quant_layers", "save_converted"]
+           "finetune", "qann_config", "quant_layers", "save_converted", "unet_blocks"]

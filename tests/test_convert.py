@@ -7,7 +7,7 @@ from torch import nn
 
 from sdmc.checkpoint import save_model
 from sdmc.config import DiffusionConfig, ModelConfig, SdmcConfig
-from sdmc.convert import (IFNeuron, RunningGroupNorm, conversion_error, convert, if_step, load_converted, load_qann, qann_config,
+from sdmc.convert import (IFNeuron, RunningGroupNorm, conversion_error, convert, finetune, if_step, load_converted, load_qann, qann_config,
                           save_converted)
 from sdmc.errors import CheckpointError, ConfigError
 from sdmc.models import ANNUNet
@@ -202,6 +202,23 @@ def test_unet_converts_and_signed_changes_the_output():
     assert not torch.allclose(outs[False], outs[True])
 
 
+def test_blockwise_finetune_lowers_block_losses_and_the_error():
+    q = _unet(2)
+    before = [p.detach().clone() for p in q.parameters()]
+    snn = convert(q)
+    x, t = _inputs(4, seed=5)
+    e0 = conversion_error(q, snn, x, t)
+    rep = finetune(snn, q, lambda: (x, t), steps=6, lr=1e-2)
+    assert rep["time_embedding"][0] < 1e-20 and rep["head"][0] < 1e-20  # exact blocks: left alone
+    tuned = {k: v for k, v in rep.items() if v[0] > 1e-20}
+    assert len(tuned) == 11, rep
+    assert sum(last < first for first, last in tuned.values()) >= 9, rep  # upstream changes can shift a block
+    assert sum(last for _, last in tuned.values()) < 0.8 * sum(first for first, _ in tuned.values()), rep
+    assert conversion_error(q, snn, x, t) < 0.9 * e0
+    assert all(torch.equal(a, b) for a, b in zip(before, q.parameters()))  # the quantised ANN is untouched
+    assert all(not n.alpha.requires_grad for n in snn.neurons())
+
+
 # ------------------------------------------------------------------------------------ files and CLI
 def test_qann_and_converted_files_round_trip(tmp_path):
     q = _unet(2).float()
@@ -237,10 +254,10 @@ def test_cli_convert(tmp_path, capsys):
     save_model(tmp_path / "a.safetensors", ANNUNet(CFG),
                SdmcConfig(model=CFG, diffusion=DiffusionConfig(num_timesteps=100)))
     rc = main(["convert", str(tmp_path / "a.safetensors"), "--bits", "2", "--signed", "--calibrate", "8",
-               "--check", "2", "-o", str(tmp_path / "s.safetensors")])
+               "--check", "2", "--finetune", "1", "--batch-size", "2", "-o", str(tmp_path / "s.safetensors")])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "T=3" in out and "signed" in out and "relative error" in out
+    assert "T=3" in out and "signed" in out and "relative error" in out and "fine-tuned" in out
     snn, cfg = load_converted(tmp_path / "s.safetensors")
     assert snn.steps == 3 and cfg.provenance["converted"]["signed"] is True
     assert all(float(n.alpha) != 6.0 for n in snn.neurons())  # calibrated
