@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_torch_exec.py --cases ddim10,train --repeats 5 --json out.json
 
 Cases (CPU defaults):
-  fwd-T4 / fwd-T8   eval forward of the full CIFAR-10 SDM UNet (ch 128, ch_mult 1,2,2,2, 2 blocks), batch 2
+  fwd-T4 / fwd-T8   eval forward of the full CIFAR-10 SDM UNet (ch 128, ch_mult 1,2,2,4, 2 blocks), batch 2
   ddim10            DDIM, 10 steps, small SDM UNet (ch 32, ch_mult 1,2,2, 1 block, T=4, 32x32), batch 8
   train             one training step (loss, backward, clip, Adam) of that small UNet, batch 8
 
@@ -67,7 +67,7 @@ def _setup(case: str, channels_last: bool):
     torch.manual_seed(0)
     if case.startswith("fwd"):
         T = int(case.split("T")[1])
-        cfg = ModelConfig(arch="sdm", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, snn_steps=T, img_ch=3,
+        cfg = ModelConfig(arch="sdm", ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, snn_steps=T, img_ch=3,
                           img_size=32)
         eager = build_model(cfg).eval()
         ex = compile_torch(eager, mode="inference", channels_last=channels_last)
