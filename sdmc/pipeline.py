@@ -4,7 +4,7 @@ Stages, each writing into ``--out`` and printing one summary line:
 
 1. ``data``     a grid of the bundled digits (scikit-learn 8x8, resized to 16x16, in [-1, 1])
 2. ``train``    a small SDDPM spiking UNet (preset ``digits``), EMA exported as ``model.safetensors``
-3. ``sample``   several solvers (PNG grids + uint8 ``.npz``), each scored with the offline digits-FID
+3. ``sample``   several solvers through the torch executor (PNG grids + uint8 ``.npz``), scored with digits-FID
 4. ``compile``  trace to the spiking IR, run the inference and neuromorphic pass pipelines, save ``.sdmc``
                 files, check the torch executor against the golden simulator
 5. ``energy``   per-layer SOP/MAC energy report (table, JSON, Markdown, plot) next to the ANN UNet
@@ -108,7 +108,10 @@ class Pipeline:
         from .metrics.digits import digits_scores
         from .utils import atomic_path
 
+        from .backends.torch_exec import prepare
+
         schedule = NoiseSchedule(self.cfg.diffusion)
+        fast = prepare(self.model, "inference")  # the compiled executor, as `sdmc sample` uses by default
         rows = {}
         gamma = None
         solvers = QUICK_SOLVERS if self.quick else DEMO_SOLVERS
@@ -122,7 +125,7 @@ class Pipeline:
                                            batch_size=64, seed=self.seed, progress=False)
                 kw["gamma"] = gamma
             t0 = time.perf_counter()
-            imgs = sample_images(self.model, schedule, self.n_samples, solver=name, steps=steps, batch_size=128,
+            imgs = sample_images(fast, schedule, self.n_samples, solver=name, steps=steps, batch_size=128,
                                  seed=self.seed, device=self.device, progress=False, **kw)
             secs = time.perf_counter() - t0
             tag = f"{name}_{steps}"
@@ -137,7 +140,7 @@ class Pipeline:
                   f"digits-IS {rows[tag]['digits_is']:.2f}", flush=True)
         # threshold guidance (SDM §4.3) on the DDIM row, and the untrained reference for scale
         name, steps, _ = next(row for row in solvers if row[0] == "ddim")
-        imgs = sample_images(self.model, schedule, self.n_samples, solver=name, steps=steps, batch_size=128,
+        imgs = sample_images(fast, schedule, self.n_samples, solver=name, steps=steps, batch_size=128,
                              seed=self.seed, device=self.device, progress=False, threshold=0.997)
         s = digits_scores(imgs)
         rows[f"{name}_{steps}_threshold0.997"] = {"digits_fid": round(float(s["digits_fid"]), 1),
