@@ -181,13 +181,7 @@ def hoist_static(g: ir.Graph) -> dict:
 # ------------------------------------------------------------------------------------------ dead_code
 @register_pass("dead_code", "remove nodes that reach no output, and unused parameters")
 def dead_code(g: ir.Graph) -> dict:
-    live: set[str] = set()
-    stack = [n.name for n in g.output_nodes]
-    while stack:
-        k = stack.pop()
-        if k not in live:
-            live.add(k)
-            stack.extend(g.nodes[k].inputs)
+    live = _live(g)
     dead = [k for k, n in g.nodes.items() if k not in live and n.op != "input"]
     for k in dead:
         del g.nodes[k]
