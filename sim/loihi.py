@@ -252,3 +252,88 @@ def resources(chain: LoihiChain) -> list[dict]:
 def aligned_spikes(result: dict[str, list[np.ndarray]], T: int) -> list[np.ndarray]:
     """Undo the pipeline delay: layer ``n``'s response to samples ``0..T-1`` (steps ``n+1..n+T``)."""
     return [s[n:n + T] for n, s in enumerate(result["spikes"], start=1)]
+
+
+# ================================================================================ networks (DAGs)
+# A LoihiNet generalises LoihiChain to what a UNet needs: several synapses summed into one population,
+# split-concat convs, upsample + conv, delay lines that align paths of unequal depth, and integer host
+# currents.  The IR -> LoihiNet compiler is sdmc.backends.lava.unet; the Lava runner is
+# sdmc.backends.lava.net; run_net below is the bit-exact numpy model of both.
+PROJECTION_KINDS = ("conv", "dense", "identity")
+
+
+@dataclass(frozen=True, eq=False)
+class Source:
+    """A host-driven input port: ``bits`` 0 = unary spikes, > 0 = graded integer payloads of that many bits
+    (a RingBuffer with ``num_message_bits``).  Depth 0: sample step ``k`` is sent at Lava step ``k + 1``."""
+
+    name: str
+    shape: tuple[int, ...]
+    bits: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class Population:
+    """CUBA neurons of ``shape`` (``(C, H, W)`` or ``(N,)``) with integer ``bias`` (``[C]`` per channel or the
+    full shape; the ``bias_mant``) and ``depth``: the population integrates its response to sample step
+    ``k`` at Lava step ``k + 1 + depth`` and is reset (u = v = 0) before integrating at step ``depth + 1``."""
+
+    name: str
+    shape: tuple[int, ...]
+    neuron: Cuba
+    bias: np.ndarray | None = None
+    depth: int = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Projection:
+    """Synapse ``src`` (a Source or Population name) -> ``dst`` population's ``a_in`` (inputs of all
+    projections into one population are summed).
+
+    ``kind`` ``conv``: ``weight`` ``[O, C/groups, kh, kw]`` (torch cross-correlation) applied to the source
+    after nearest-neighbour ``upsample`` (1 = none; 2 = SDDPM's x2); ``dense``: ``[O, I]`` on the flattened
+    (C, H, W) source; ``identity``: one-to-one, weight 1 (``weight`` None; source and dst shapes equal),
+    used for graded host currents.  ``delay``: extra steps the source's output waits before the synapse,
+    which itself adds one step, so ``dst.depth == depth(src) + 1 + delay`` (Source depth = 0).
+    """
+
+    src: str
+    dst: str
+    kind: str
+    weight: np.ndarray | None = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    upsample: int = 1
+    delay: int = 0
+    name: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class LoihiNet:
+    """Sources, populations (topological order), projections, and the populations whose spikes the host
+    reads (``outputs``).  ``meta``: free JSON-able information (scales, names of the IR nodes)."""
+
+    sources: tuple[Source, ...]
+    populations: tuple[Population, ...]
+    projections: tuple[Projection, ...]
+    outputs: tuple[str, ...]
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def node(self, name: str) -> Source | Population:
+        for n in self.sources + self.populations:
+            if n.name == name:
+                return n
+        raise SdmcError(f"LoihiNet: no source or population named {name!r}")
+
+    def depth(self, name: str) -> int:
+        n = self.node(name)
+        return 0 if isinstance(n, Source) else n.depth
+
+    @property
+    def max_depth(self) -> int:
+        return max((p.depth for p in self.populations), default=0)
+
+    def incoming(self, dst: str) -> list[Projection]:
+        return [p for p in self.projections if p.dst == dst]
