@@ -206,7 +206,11 @@ def _channel_concat(g: ir.Graph, name: str) -> ir.Concat | None:
 @register_pass("split_concat", "IF(cat(a,b)) -> cat(IF(a),IF(b)); conv(cat(a,b)) -> conv_a(a) + conv_b(b)")
 def split_concat(g: ir.Graph) -> dict:
     pushed, split = [], []
-    for name in [n.name for n in g.order()]:
+    work = [n.name for n in g.order()]
+    while work:  # a worklist: pieces pushed through a concat may read a nested concat in turn
+        name = work.pop(0)
+        if name not in g.nodes:
+            continue
         node = g.nodes[name]
         cat = _channel_concat(g, node.inputs[0]) if node.inputs else None
         if node.op in ir.NEURON_OPS and cat is not None and any(g.nodes[i].type.kind == ir.SPIKE for i in cat.inputs):
@@ -221,6 +225,7 @@ def split_concat(g: ir.Graph) -> dict:
             _drop(g, new, name)
             ir.infer_types(g)
             pushed.append(name)
+            work[:0] = parts
         elif node.op in CONV_OPS and node.groups == 1 and cat is not None:
             w = g.params[node.weight]
             off, terms = 0, []
@@ -236,6 +241,7 @@ def split_concat(g: ir.Graph) -> dict:
             _drop(g, acc, name)
             ir.infer_types(g)
             split.append(name)
+            work[:0] = terms
     return {"pushed_through": pushed, "split": split}
 
 
