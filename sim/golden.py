@@ -240,14 +240,45 @@ def _bind_inputs(graph: Graph, inputs) -> dict[str, np.ndarray]:
     return {n.name: np.asarray(v) for n, v in zip(ins, inputs)}
 
 
+def _bind_overrides(graph: Graph, overrides: Mapping[str, np.ndarray], B: int) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in overrides.items():
+        if k not in graph.nodes:
+            raise IRError(f"golden.run: overrides names unknown node {k!r}")
+        t = graph.nodes[k].type
+        a = np.asarray(v, np.float64)
+        if a.shape != t.full_shape(graph.T, B):
+            raise IRError(f"golden.run: override for node {k!r} has shape {list(a.shape)}, expected "
+                          f"{list(t.full_shape(graph.T, B))}")
+        out[k] = a
+    return out
+
+
+def _needed(graph: Graph, targets: set[str], over: Mapping[str, np.ndarray]) -> set[str]:
+    """Nodes whose values ``targets`` depend on, not looking past overridden nodes."""
+    seen: set[str] = set()
+    stack = list(targets)
+    while stack:
+        k = stack.pop()
+        if k in seen:
+            continue
+        seen.add(k)
+        if k not in over:
+            stack.extend(graph.nodes[k].inputs)
+    return seen
+
+
 def run(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, training: bool = False,
-        all_values: bool = False, keep: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        all_values: bool = False, keep: Sequence[str] = (),
+        overrides: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Interpret ``graph`` on ``inputs`` (by input-node name, or in input-node order).
 
     Returns ``{output name: array}`` plus the values of the nodes named in ``keep``, or with
     ``all_values`` every node's value (float64; spikes 0/1).
     ``training`` switches BatchNorm to batch statistics (pooled over T*B*H*W); running stats are not
-    updated.  The graph is checked first; a bad input array raises :class:`IRError` naming the input.
+    updated.  ``overrides`` ``{node: value}`` substitutes values for those nodes (e.g. spikes from a
+    Loihi run); nodes only they read are not computed.  The graph is checked first; a bad input array
+    raises :class:`IRError` naming the input.
     """
     check(graph)
     bound = _bind_inputs(graph, inputs)
@@ -273,6 +304,8 @@ def run(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *
     order = graph.order()
     last_use = {}
     for i, n in enumerate(order):
+        if n.name in (overrides or {}):
+            continue
         for s in n.inputs:
             last_use[s] = i
     outs = {n.name for n in graph.output_nodes}
@@ -280,7 +313,14 @@ def run(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *
     if unknown:
         raise IRError(f"golden.run: keep names unknown node(s) {unknown}")
     kept = outs | set(keep)
+    over = _bind_overrides(graph, overrides or {}, B)
+    needed = _needed(graph, kept, over) if over and not all_values else None
     for i, n in enumerate(order):
+        if n.name in over:
+            vals[n.name] = over[n.name]
+            continue
+        if needed is not None and n.name not in needed:
+            continue
         if n.op == "input":
             vals[n.name] = bound[n.name]
             continue
