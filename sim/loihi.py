@@ -337,3 +337,349 @@ class LoihiNet:
 
     def incoming(self, dst: str) -> list[Projection]:
         return [p for p in self.projections if p.dst == dst]
+
+
+# ------------------------------------------------------------------------------ LoihiNet: check and simulate
+def _is_int_array(a) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype.kind in "iu"
+
+
+def _check_weight(w, where: str, ndim: int) -> np.ndarray:
+    if not _is_int_array(w):
+        raise SdmcError(f"{where}: weight must be an integer numpy array, got "
+                        f"{type(w).__name__ if not isinstance(w, np.ndarray) else w.dtype}")
+    if w.ndim != ndim:
+        raise SdmcError(f"{where}: weight must have {ndim} dimensions, got shape {list(w.shape)}")
+    if w.size and (w.min() < WEIGHT_MIN or w.max() > WEIGHT_MAX):
+        raise SdmcError(f"{where}: weights span [{w.min()}, {w.max()}], outside the 8-bit range "
+                        f"[{WEIGHT_MIN}, {WEIGHT_MAX}]")
+    return w
+
+
+def _pair(x, where: str, what: str, lo: int) -> tuple[int, int]:
+    if (not isinstance(x, (tuple, list)) or len(x) != 2
+            or not all(isinstance(i, (int, np.integer)) and i >= lo for i in x)):
+        raise SdmcError(f"{where}: {what} must be a pair of integers >= {lo}, got {x!r}")
+    return int(x[0]), int(x[1])
+
+
+def projection_out_shape(proj: Projection, src_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape the synapse delivers: conv ``(O, H', W')`` of the ``upsample``-times larger source, dense
+    ``(O,)``, identity the source shape."""
+    if proj.kind == "identity":
+        return tuple(src_shape)
+    if proj.kind == "dense":
+        return (int(proj.weight.shape[0]),)
+    _, H, W = src_shape
+    H, W = H * proj.upsample, W * proj.upsample
+    O, _, kh, kw = proj.weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = proj.stride, proj.padding, proj.dilation
+    return (int(O), (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+
+
+def check_net(net: LoihiNet) -> LoihiNet:
+    """Validate ``net`` against the LoihiNet contract; returns it, or raises one :class:`SdmcError` naming
+    the node or projection.
+
+    Checks: unique names; shapes ``(C, H, W)`` / ``(N,)`` for populations; source ``bits`` 0..24; bias an
+    integer ``[C]`` or full-shape array within +-4095 (13 bit); ``depth >= 1``; projections name existing
+    nodes, end at a population and start at a source or an *earlier* population (topological order);
+    8-bit integer weights whose shapes fit (conv output after ``upsample`` == dst shape, dense
+    ``[prod(dst), prod(src)]``, identity equal shapes); ``dst.depth == depth(src) + 1 + delay``; outputs
+    are populations.
+    """
+    if not isinstance(net, LoihiNet):
+        raise SdmcError(f"check_net: expected a LoihiNet, got {type(net).__name__}")
+    order: dict[str, int] = {}
+    for i, n in enumerate(tuple(net.sources) + tuple(net.populations)):
+        kind = "source" if isinstance(n, Source) else "population"
+        if not isinstance(n, (Source, Population)):
+            raise SdmcError(f"LoihiNet: entry {i} is a {type(n).__name__}, not a Source or Population")
+        where = f"LoihiNet {kind} {n.name!r}"
+        if not isinstance(n.name, str) or not n.name:
+            raise SdmcError(f"LoihiNet: {kind} number {i} has no name")
+        if n.name in order:
+            raise SdmcError(f"{where}: the name is used twice (source and population names must be unique)")
+        shape = tuple(n.shape)
+        if len(shape) not in (1, 3) or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+            raise SdmcError(f"{where}: shape must be (C, H, W) or (N,) of positive integers, got {n.shape!r}")
+        if isinstance(n, Source):
+            if not isinstance(n.bits, (int, np.integer)) or not 0 <= n.bits <= 24:
+                raise SdmcError(f"{where}: bits must be 0 (unary spikes) or a graded width 1..24, got {n.bits!r}")
+            order[n.name] = -1
+            continue
+        if not isinstance(n.neuron, Cuba):
+            raise SdmcError(f"{where}: neuron must be a Cuba, got {type(n.neuron).__name__}")
+        if not isinstance(n.depth, (int, np.integer)) or n.depth < 1:
+            raise SdmcError(f"{where}: depth must be an integer >= 1, got {n.depth!r}")
+        if n.bias is not None:
+            b = n.bias
+            if not _is_int_array(b):
+                raise SdmcError(f"{where}: bias must be an integer numpy array")
+            if b.shape != shape and b.shape != shape[:1]:
+                raise SdmcError(f"{where}: bias shape {list(b.shape)} is neither [C] = {list(shape[:1])} "
+                                f"nor the population shape {list(shape)}")
+            if b.size and np.abs(b.astype(np.int64)).max() > MAX_BIAS:
+                raise SdmcError(f"{where}: bias reaches {np.abs(b.astype(np.int64)).max()}, outside the "
+                                f"13-bit mantissa range +-{MAX_BIAS}")
+        order[n.name] = len([v for v in order.values() if v >= 0])
+    for i, p in enumerate(net.projections):
+        if not isinstance(p, Projection):
+            raise SdmcError(f"LoihiNet: projection number {i} is a {type(p).__name__}, not a Projection")
+        where = f"LoihiNet projection {p.name or i} ({p.src} -> {p.dst})"
+        if p.src not in order:
+            raise SdmcError(f"{where}: no source or population named {p.src!r}")
+        if p.dst not in order:
+            raise SdmcError(f"{where}: no population named {p.dst!r}")
+        if order[p.dst] < 0:
+            raise SdmcError(f"{where}: the destination {p.dst!r} is a source; projections end at populations")
+        if order[p.src] >= order[p.dst]:
+            raise SdmcError(f"{where}: population {p.src!r} does not come before {p.dst!r}; populations must "
+                            "be listed in topological order")
+        src, dst = net.node(p.src), net.node(p.dst)
+        if p.kind not in PROJECTION_KINDS:
+            raise SdmcError(f"{where}: unknown kind {p.kind!r} (expected one of {', '.join(PROJECTION_KINDS)})")
+        if not isinstance(p.delay, (int, np.integer)) or p.delay < 0:
+            raise SdmcError(f"{where}: delay must be an integer >= 0, got {p.delay!r}")
+        if not isinstance(p.upsample, (int, np.integer)) or p.upsample < 1:
+            raise SdmcError(f"{where}: upsample must be an integer >= 1, got {p.upsample!r}")
+        if p.kind != "conv" and p.upsample != 1:
+            raise SdmcError(f"{where}: upsample={p.upsample} is only supported on conv projections")
+        if p.kind == "conv":
+            w = _check_weight(p.weight, where, 4)
+            if len(src.shape) != 3:
+                raise SdmcError(f"{where}: a conv needs a (C, H, W) source, {p.src!r} has shape {list(src.shape)}")
+            _pair(p.stride, where, "stride", 1), _pair(p.padding, where, "padding", 0)
+            _pair(p.dilation, where, "dilation", 1)
+            g = p.groups
+            if not isinstance(g, (int, np.integer)) or g < 1 or w.shape[0] % g or w.shape[1] * g != src.shape[0]:
+                raise SdmcError(f"{where}: conv weight {list(w.shape)} with groups={g} does not fit the "
+                                f"{src.shape[0]} channels of {p.src!r}")
+        elif p.kind == "dense":
+            w = _check_weight(p.weight, where, 2)
+            if w.shape[1] != int(np.prod(src.shape)):
+                raise SdmcError(f"{where}: dense weight {list(w.shape)} needs {w.shape[1]} inputs, {p.src!r} "
+                                f"has shape {list(src.shape)} ({int(np.prod(src.shape))})")
+            if w.shape[0] != int(np.prod(dst.shape)):
+                raise SdmcError(f"{where}: dense weight {list(w.shape)} has {w.shape[0]} outputs, {p.dst!r} "
+                                f"has shape {list(dst.shape)}")
+        elif p.weight is not None:
+            raise SdmcError(f"{where}: an identity projection has weight 1 and takes no weight array")
+        out = projection_out_shape(p, tuple(src.shape)) if p.kind != "dense" else tuple(dst.shape)
+        if tuple(out) != tuple(dst.shape):
+            raise SdmcError(f"{where}: delivers shape {list(out)}"
+                            f"{f' (after x{p.upsample} upsampling)' if p.upsample > 1 else ''}, but {p.dst!r} "
+                            f"has shape {list(dst.shape)}")
+        want = net.depth(p.src) + 1 + p.delay
+        if dst.depth != want:
+            raise SdmcError(f"{where}: depth({p.dst}) = {dst.depth}, but depth({p.src}) + 1 + delay = "
+                            f"{net.depth(p.src)} + 1 + {p.delay} = {want}")
+    for name in net.outputs:
+        if order.get(name, -1) < 0:
+            raise SdmcError(f"LoihiNet output {name!r}: no population of that name")
+    return net
+
+
+def _upsample(s: np.ndarray, k: int) -> np.ndarray:
+    """Nearest-neighbour ``x k`` on the last two axes."""
+    return s if k == 1 else s.repeat(k, axis=-2).repeat(k, axis=-1)
+
+
+_CONV_CHUNK = 1 << 24          # float64 elements of one im2col window block (128 MB)
+
+
+def projection_current(proj: Projection, s: np.ndarray, dst_shape: tuple[int, ...]) -> np.ndarray:
+    """Integer synaptic output of ``proj`` for source outputs ``s`` ``[M, *src_shape]`` -> ``[M, *dst_shape]``.
+
+    conv: ``conv(upsample(s))`` in float64 (exact: integer partial sums far below 2^53), wrapped to 24 bit
+    like Lava's ``Conv`` when ``upsample == 1`` (the upsampling path is a ``Sparse`` synapse, which does not
+    wrap; the two differ only for ``|a_in| >= 2^23``, far past the 2^17 at which ``u`` wraps anyway);
+    dense: ``s_flat @ W.T``; identity: ``s``.  Rows of ``s`` that are all zero are skipped.
+    """
+    M = s.shape[0]
+    out = np.zeros((M,) + tuple(dst_shape), np.int64)
+    nz = np.flatnonzero(s.reshape(M, -1).any(axis=1)) if M else np.zeros(0, int)
+    if nz.size == 0:
+        return out
+    x = s[nz]
+    if proj.kind == "identity":
+        out[nz] = x
+    elif proj.kind == "dense":
+        y = x.reshape(len(nz), -1).astype(np.float64) @ np.asarray(proj.weight, np.float64).T
+        out[nz] = np.rint(y).astype(np.int64).reshape((len(nz),) + tuple(dst_shape))
+    else:
+        C, H, W = x.shape[1:]
+        kh, kw = proj.weight.shape[2:]
+        per_row = C * kh * kw * int(np.prod(dst_shape[1:]))
+        step = max(1, _CONV_CHUNK // max(per_row, 1))
+        for i in range(0, len(nz), step):
+            xi = _upsample(x[i:i + step], proj.upsample)
+            y = np.rint(conv2d_f64(xi, proj.weight, proj.stride, proj.padding, proj.dilation,
+                                   proj.groups)).astype(np.int64)
+            out[nz[i:i + step]] = signed_clamp(y) if proj.upsample == 1 else y
+    return out
+
+
+def _source_values(src: Source, x, where: str) -> np.ndarray:
+    x = np.asarray(x)
+    if src.bits == 0:
+        return (x != 0).astype(np.int8)
+    if x.dtype.kind not in "iub":
+        if x.dtype.kind != "f" or not np.array_equal(x, np.rint(x)):
+            raise SdmcError(f"{where}: graded payloads must be integers, got {x.dtype}")
+    x = x.astype(np.int64)
+    lim = (1 << src.bits) - 1
+    if x.size and np.abs(x).max() > lim:
+        raise SdmcError(f"{where}: payload {np.abs(x).max()} does not fit {src.bits} bits (|x| <= {lim})")
+    return x
+
+
+def _bias_array(b, shape: tuple[int, ...], B: int | None = None) -> np.ndarray:
+    """A ``[C]`` / full-shape bias (``B`` given: ``[B, C]`` / ``[B, *shape]``) broadcast to ``[(B,) *shape]``."""
+    b = np.asarray(b, np.int64)
+    lead = () if B is None else (B,)
+    if b.shape == lead + tuple(shape):
+        return b
+    return np.broadcast_to(b.reshape(lead + (shape[0],) + (1,) * (len(shape) - 1)), lead + tuple(shape))
+
+
+def net_bias(net: LoihiNet, host_bias: dict | None, B: int) -> dict[str, np.ndarray]:
+    """Per population the ``bias_mant`` ``[B, *shape]`` (int64, before Lava's int16 storage): static
+    ``bias`` plus the per-sample ``host_bias`` (``[B, C]`` per channel or ``[B, *shape]``)."""
+    host_bias = dict(host_bias or {})
+    pops = {p.name: p for p in net.populations}
+    for name in host_bias:
+        if name not in pops:
+            raise SdmcError(f"host_bias: no population named {name!r}")
+    out = {}
+    for p in net.populations:
+        shape = tuple(p.shape)
+        b = np.zeros((B,) + shape, np.int64)
+        if p.bias is not None:
+            b += _bias_array(p.bias, shape)
+        if p.name in host_bias:
+            hb = np.asarray(host_bias[p.name])
+            if hb.dtype.kind not in "iu":
+                raise SdmcError(f"host_bias[{p.name!r}]: must be integers, got {hb.dtype}")
+            if hb.shape not in ((B,) + shape, (B, shape[0])):
+                raise SdmcError(f"host_bias[{p.name!r}]: shape {list(hb.shape)}, expected [B, C] = "
+                                f"{[B, shape[0]]} or [B, *shape] = {[B, *shape]}")
+            b += _bias_array(hb, shape, B)
+        out[p.name] = b
+    return out
+
+
+def _check_inputs(net: LoihiNet, inputs: dict, fn: str) -> tuple[int, int, dict[str, np.ndarray]]:
+    if not isinstance(inputs, dict):
+        raise SdmcError(f"{fn}: inputs must be a dict source name -> array [N, B, *shape]")
+    names = {s.name for s in net.sources}
+    extra = set(inputs) - names
+    if extra:
+        raise SdmcError(f"{fn}: inputs for unknown sources {sorted(extra)} (sources: {sorted(names)})")
+    N = B = None
+    vals = {}
+    for s in net.sources:
+        if s.name not in inputs:
+            raise SdmcError(f"{fn}: no input for source {s.name!r}")
+        x = np.asarray(inputs[s.name])
+        where = f"{fn}: input {s.name!r}"
+        if x.ndim != 2 + len(s.shape) or tuple(x.shape[2:]) != tuple(s.shape):
+            raise SdmcError(f"{where} must be [N, B, {', '.join(map(str, s.shape))}], got {list(x.shape)}")
+        if N is None:
+            N, B = x.shape[:2]
+        elif tuple(x.shape[:2]) != (N, B):
+            raise SdmcError(f"{where} has [N, B] = {list(x.shape[:2])}, other sources have {[N, B]}")
+        vals[s.name] = _source_values(s, x, where)
+    if N is None:
+        raise SdmcError(f"{fn}: the net has no sources")
+    return int(N), int(B), vals
+
+
+def run_net(net: LoihiNet, inputs: dict[str, np.ndarray], *, num_steps: int | None = None,
+            host_bias: dict[str, np.ndarray] | None = None, record_v: bool = True) -> dict[str, dict]:
+    """Simulate ``net`` bit-exactly over Lava steps ``1..num_steps`` (default ``N + max_depth``).
+
+    ``inputs[source]`` ``[N, B, *shape]``: sample step ``k`` is sent at Lava step ``k + 1`` (zeros after
+    ``N``); unary sources binarise (non-zero = spike), graded ones send the integers.  Population ``P``
+    receives at step ``t`` the sum over its projections of ``syn(out_src[t - 1 - delay])``
+    (:func:`projection_current`), is reset (``u = v = 0``) before integrating at step ``depth + 1`` and then
+    runs :func:`cuba_step` with ``bias_mant = bias + host_bias[P][b]`` (stored as int16, as Lava does).
+
+    Being feed-forward, the net is evaluated population by population with every step and sample in one
+    batched synapse call, then the neuron recurrence over steps.  Returns ``{'spikes': {pop: bool
+    [steps, B, *shape]}, 'v': {pop: int64 ...} (after the spike reset, as Lava probes it; empty unless
+    record_v), 'max_current': {pop: max |a_in| over all steps}}``; the arrays are indexed by ``step - 1``.
+    Bit-exact to Lava while ``|a_in| < 2^25``; ``u`` wraps (as on Loihi) once ``|a_in| > 2^17``
+    (:data:`MAX_CURRENT`), which ``max_current`` exposes.
+    """
+    check_net(net)
+    N, B, vals = _check_inputs(net, inputs, "run_net")
+    steps = N + net.max_depth if num_steps is None else int(num_steps)
+    if steps < 1:
+        raise SdmcError(f"run_net: num_steps must be >= 1, got {num_steps}")
+    bias = net_bias(net, host_bias, B)
+    hist: dict[str, np.ndarray] = {}
+    for s in net.sources:
+        h = np.zeros((steps, B) + tuple(s.shape), vals[s.name].dtype)
+        h[:min(N, steps)] = vals[s.name][:steps]
+        hist[s.name] = h
+    res = {"spikes": {}, "v": {}, "max_current": {}}
+    for pop in net.populations:
+        shape = tuple(pop.shape)
+        a_in = np.zeros((steps, B) + shape, np.int64)
+        for proj in net.incoming(pop.name):
+            lag = 1 + proj.delay
+            if steps <= lag:
+                continue
+            s = hist[proj.src][:steps - lag]
+            cur = projection_current(proj, s.reshape((-1,) + s.shape[2:]), shape)
+            a_in[lag:] += cur.reshape((steps - lag, B) + shape)
+        spikes = np.zeros((steps, B) + shape, bool)
+        volts = np.zeros((steps, B) + shape, np.int64) if record_v else None
+        u = np.zeros((B,) + shape, np.int64)
+        v = np.zeros_like(u)
+        for t in range(1, steps + 1):
+            if t == pop.depth + 1:
+                u[...] = 0
+                v[...] = 0
+            u, v, spikes[t - 1] = cuba_step(u, v, a_in[t - 1], bias[pop.name], pop.neuron)
+            if record_v:
+                volts[t - 1] = v
+        hist[pop.name] = spikes
+        res["spikes"][pop.name] = spikes
+        if record_v:
+            res["v"][pop.name] = volts
+        res["max_current"][pop.name] = int(np.abs(a_in).max()) if a_in.size else 0
+    return res
+
+
+def aligned_net_spikes(result: dict, net: LoihiNet, N: int) -> dict[str, np.ndarray]:
+    """Delays removed: population ``P``'s response to sample steps ``0..N-1`` (Lava steps ``depth+1 ..
+    depth+N``) as ``[N, B, *shape]``, for every population in ``result``."""
+    out = {}
+    for name, s in result["spikes"].items():
+        d = net.depth(name)
+        if s.shape[0] < d + N:
+            raise SdmcError(f"aligned_net_spikes: {name!r} (depth {d}) needs {d + N} steps for N = {N}, "
+                            f"the result has {s.shape[0]}")
+        out[name] = s[d:d + N]
+    return out
+
+
+def net_from_chain(chain: LoihiChain) -> LoihiNet:
+    """``chain`` as a LoihiNet: source ``'input'``, populations ``layer1..layerL`` (depth ``n``), one
+    projection each from the previous node; output the last layer.  ``run_net`` on it equals
+    ``run_chain(..., reset_interval=N + L, reset_offset=1)``."""
+    check_chain(chain)
+    src = Source("input", tuple(chain.input_shape), bits=chain.input_bits)
+    pops, projs, prev = [], [], "input"
+    for n, L in enumerate(chain.layers, start=1):
+        name = f"layer{n}"
+        shape = L.out_shape(tuple(chain.input_shape) if n == 1 else pops[-1].shape)
+        pops.append(Population(name, tuple(shape), L.neuron, None if L.bias is None else np.asarray(L.bias),
+                               depth=n))
+        projs.append(Projection(prev, name, L.kind, np.asarray(L.weight), stride=tuple(L.stride),
+                                padding=tuple(L.padding), dilation=tuple(L.dilation), groups=L.groups,
+                                name=L.name or name))
+        prev = name
+    return LoihiNet((src,), tuple(pops), tuple(projs), (prev,), meta={"from_chain": True})

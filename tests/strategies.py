@@ -122,3 +122,110 @@ def random_inputs(graph: ir.Graph, B: int = 2, seed: int = 0) -> dict[str, np.nd
         shape = n.type.full_shape(graph.T, B)
         out[n.name] = rng.integers(0, 10, shape) if n.dtype.startswith("int") else rng.normal(size=shape)
     return out
+
+
+# ------------------------------------------------------------------------------------------ LoihiNets
+@st.composite
+def loihi_nets(draw, max_pops: int = 5):
+    """A valid random :class:`sdmc.sim.loihi.LoihiNet`: 1-2 sources (unary or 6-bit graded, ``(C, H, H)``),
+    2..``max_pops`` populations in a random DAG, each fed by 1-2 projections (conv 1x1/3x3 with stride 2 or
+    x2 upsampling where the shapes call for it, dense, identity) whose delays align the paths.  Weights are
+    int8 scaled against the thresholds so that neurons fire sometimes; some populations leak (``du``,
+    ``dv``), some carry per-channel or per-neuron bias."""
+    from sdmc.sim import loihi as lm
+
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    rng = np.random.default_rng(seed)
+    sources = []
+    for i in range(draw(st.integers(1, 2))):
+        sources.append(lm.Source(f"in{i}", (draw(st.integers(1, 3)),) + (draw(st.sampled_from([2, 4])),) * 2,
+                                 bits=draw(st.sampled_from([0, 0, 6]))))
+    nodes = {s.name: (s.shape, 0, s.bits) for s in sources}   # name -> (shape, depth, bits)
+    pops, projs = [], []
+
+    def weight(shape, fan_in, graded):   # current std ~ threshold (~60) for half the inputs active
+        a = int(min(127, max(3, 150 / np.sqrt(fan_in) / (16 if graded else 1))))
+        return rng.integers(-(3 * a) // 4, a + 1, shape).astype(np.int8)
+
+    def make(src, dst_shape):
+        """A projection kind from ``src`` that yields ``dst_shape`` (None if there is none)."""
+        sshape, _, bits = nodes[src]
+        opts = []
+        if sshape == dst_shape:
+            opts.append(("identity", {}))
+        if len(sshape) == 3 and len(dst_shape) == 3:
+            H, Hd = sshape[1], dst_shape[1]
+            k = int(rng.choice([1, 3]))
+            if H == Hd:
+                opts.append(("conv", dict(k=k, stride=1, up=1)))
+            elif H == 2 * Hd:
+                opts.append(("conv", dict(k=k, stride=2, up=1)))
+            elif 2 * H == Hd:
+                opts.append(("conv", dict(k=3, stride=1, up=2)))
+        if int(np.prod(sshape)) <= 64:
+            opts.append(("dense", {}))
+        if not opts:
+            return None
+        kind, o = opts[int(draw(st.integers(0, len(opts) - 1)))]
+        n_in = int(np.prod(sshape))
+        if kind == "identity":
+            return dict(kind=kind)
+        if kind == "dense":
+            return dict(kind=kind, weight=weight((int(np.prod(dst_shape)), n_in), n_in, bits > 0))
+        C = sshape[0]
+        k = o["k"]
+        return dict(kind="conv", weight=weight((dst_shape[0], C, k, k), C * k * k, bits > 0),
+                    stride=(o["stride"],) * 2, padding=(k // 2,) * 2, upsample=o["up"])
+
+    for j in range(draw(st.integers(2, max_pops))):
+        name = f"p{j}"
+        names = list(nodes)
+        first = names[int(draw(st.integers(0, len(names) - 1)))]
+        fshape = nodes[first][0]
+        shape_opts = [fshape, (int(draw(st.integers(2, 6))),)]
+        if len(fshape) == 3:   # conv-shaped destinations twice as likely as a dense one
+            C = int(draw(st.integers(1, 4)))
+            shape_opts += [(C,) + fshape[1:]] * 3
+            if fshape[1] >= 4:
+                shape_opts += [(C, fshape[1] // 2, fshape[2] // 2)] * 2
+            if fshape[1] <= 2:
+                shape_opts += [(C, fshape[1] * 2, fshape[2] * 2)] * 2
+        shape = shape_opts[int(draw(st.integers(0, len(shape_opts) - 1)))]
+        srcs = [first]
+        if len(names) > 1 and draw(st.booleans()):
+            second = names[int(draw(st.integers(0, len(names) - 1)))]
+            if second != first:
+                srcs.append(second)
+        specs = [(s, make(s, shape)) for s in srcs]
+        specs = [(s, p) for s, p in specs if p is not None]
+        if not specs:
+            continue
+        depth = max(nodes[s][1] for s, _ in specs) + 1 + int(draw(st.integers(0, 1)))
+        for s, p in specs:
+            projs.append(lm.Projection(s, name, delay=depth - nodes[s][1] - 1, name=f"{s}->{name}", **p))
+        unary_identity = any(p["kind"] == "identity" and nodes[s][2] == 0 for s, p in specs)
+        theta = int(draw(st.integers(1, 3) if unary_identity else st.integers(24, 96)))
+        leak = draw(st.booleans())
+        neuron = lm.Cuba(vth=theta - 1, du=int(rng.integers(1024, 4096)) if leak else 4095,
+                         dv=int(rng.integers(0, 1024)) if leak else 0)
+        b = draw(st.sampled_from(["none", "chan", "full"]))
+        bias = None if b == "none" else rng.integers(-8, 9, shape[:1] if b == "chan" else shape).astype(np.int16)
+        pops.append(lm.Population(name, shape, neuron, bias=bias, depth=depth))
+        nodes[name] = (shape, depth, 0)
+    if not pops:   # every drawn population was unreachable: one identity-fed population keeps it valid
+        s = sources[0]
+        pops.append(lm.Population("p0", s.shape, lm.Cuba(vth=0), depth=1))
+        projs.append(lm.Projection(s.name, "p0", "identity"))
+    net = lm.LoihiNet(tuple(sources), tuple(pops), tuple(projs), (pops[-1].name,), meta={"seed": seed})
+    return lm.check_net(net)
+
+
+def loihi_net_inputs(net, N: int = 4, B: int = 2, seed: int = 0, p: float = 0.5) -> dict[str, np.ndarray]:
+    """Inputs for every source of ``net``: Bernoulli(``p``) spikes or uniform graded payloads."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in net.sources:
+        shape = (N, B) + tuple(s.shape)
+        out[s.name] = (rng.random(shape) < p).astype(np.int64) if s.bits == 0 else \
+            rng.integers(0, 1 << s.bits, shape)
+    return out
