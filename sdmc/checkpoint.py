@@ -130,8 +130,11 @@ def infer_config(sd: Mapping[str, torch.Tensor], snn_steps: int | None = None, i
     Quantities that a state_dict cannot record take defaults that ``snn_steps``/``img_size`` override: the
     SNN steps of a non-TSM SDDPM model (4), the image size (32), the threshold (1.0), the neuron (IF).
     """
-    if "head.weight" in sd:
-        arch = "ann"
+    if "head.weight" in sd or "net.head.weight" in sd:
+        if "net.head.weight" in sd:
+            raise CheckpointError("a converted SNN state_dict (keys 'net.*') records no conversion settings; "
+                                  "load the native .safetensors file that 'sdmc convert' wrote")
+        arch = "qann" if any(k.endswith(".alpha") for k in sd) else "ann"
         head = "head.weight"
         res_mark, down_mark = "block1.2.weight", "main.weight"
     elif "conv.tsmp" in sd:
@@ -181,7 +184,8 @@ def infer_config(sd: Mapping[str, torch.Tensor], snn_steps: int | None = None, i
         kw["img_size"] = img_size
     elif 32 % 2 ** (len(ch_mult) - 1):
         kw["img_size"] = 2 ** (len(ch_mult) - 1)
-    if arch == "ann":
+    if arch in ("ann", "qann"):  # a bare QANN state_dict does not record its bit width: the default (2) is assumed
+        kw["mid_attn"] = "middleblocks.0.attn.proj.weight" in sd
         attn = sorted({i for i, lv in enumerate(levels) for j in range(nres)
                        if f"downblocks.{i * (nres + 1) + j}.attn.proj.weight" in sd})
         kw["attn"] = tuple(attn)
@@ -326,12 +330,17 @@ def describe(path: str | os.PathLike, weights: str = "auto", as_json: bool = Fal
     if as_json:
         return json.dumps(data, indent=1)
     m = cfg.model
-    kind = {"sddpm": "SDDPM spiking UNet", "sdm": "SDM spiking UNet with TSM", "ann": "ANN UNet (pytorch-ddpm)"}[m.arch]
+    kind = {"sddpm": "SDDPM spiking UNet", "sdm": "SDM spiking UNet with TSM", "ann": "ANN UNet (pytorch-ddpm)",
+            "qann": f"quantised ANN UNet ({m.bits}-bit QuantReLU)",
+            "qsnn": f"converted SNN of a {m.bits}-bit quantised ANN (IF, soft reset, "
+                    f"{'signed' if m.signed_spikes else 'unsigned'} spikes, {m.snn_norm} GroupNorm)"}[m.arch]
     lines = [f"{path}",
              f"  format       {info['format']} (weights from {info.get('entry')})",
              f"  model        {kind}",
              f"  channels     ch={m.ch} ch_mult={list(m.ch_mult)} res_blocks={m.num_res_blocks} img_ch={m.img_ch}"]
-    if m.spiking:
+    if m.arch == "qsnn":
+        lines.append(f"  SNN          T={m.snn_steps}")
+    elif m.spiking:
         t_note = "" if (m.tsm or stored is not None) else f" (not recorded in the file; assumed, override with --snn-steps)"
         lines.append(f"  SNN          T={m.snn_steps}{t_note} neuron={m.neuron.upper()} threshold={m.threshold}"
                      f" reset={'soft' if m.soft_reset else 'hard'}")

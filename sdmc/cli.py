@@ -205,7 +205,7 @@ def _add_train(sub) -> None:
     g.add_argument("--download", action="store_const", const=True, help="allow downloading the dataset")
     g.add_argument("--num-workers", type=int)
     g = p.add_argument_group("model")
-    g.add_argument("--arch", choices=["sddpm", "sdm", "ann"])
+    g.add_argument("--arch", choices=["sddpm", "sdm", "ann", "qann"])
     g.add_argument("--ch", type=int)
     g.add_argument("--ch-mult", type=_int_list, help="e.g. 1,2,2,4")
     g.add_argument("--num-res-blocks", type=int)
@@ -661,7 +661,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     if args.calibrate:
         calibrate_alpha(qann, *batch(args.calibrate))
-        cfg.provenance["qann"]["calibrated_on"] = f"{args.calibrate} noised digits images"
+        cfg.provenance["calibrated_on"] = f"{args.calibrate} noised digits images"
     elif fresh:
         print(f"note: {args.file} is a plain ANN; its clips are alpha={args.alpha_init} untrained "
               "(train a quantised ANN or pass --calibrate N)", file=sys.stderr)
@@ -673,7 +673,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
               + ", ".join(f"{k} {a:.3g}->{b:.3g}" for k, (a, b) in rep.items()))
     cfg.provenance["converted_from"] = str(args.file)
     cv.save_converted(args.out, snn, cfg)
-    bits = cfg.provenance["qann"]["bits"]
+    bits = cfg.model.bits
     print(f"wrote {args.out}: {len(quant_layers(qann))} IF layers, {bits}-bit -> T={snn.steps}, "
           f"{'signed' if args.signed else 'unsigned'} spikes, {args.norm} GroupNorm")
     if args.check:

@@ -12,7 +12,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-ARCHS = ("sddpm", "sdm", "ann")
+ARCHS = ("sddpm", "sdm", "ann", "qann", "qsnn")
+SNN_NORMS = ("step", "running")
 NEURONS = ("if", "lif")
 CONFIG_VERSION = 1
 
@@ -21,9 +22,12 @@ CONFIG_VERSION = 1
 class ModelConfig:
     """Architecture of a spiking (SDDPM / SDM) or ANN (pytorch-ddpm) UNet denoiser.
 
-    ``arch``: ``sddpm`` (spiking UNet), ``sdm`` (spiking UNet with TSM convolutions) or ``ann``.
-    ``snn_steps`` is the number of SNN time steps T (ignored for ``ann``); ``diffusion_steps`` sizes the
-    sinusoidal time-embedding table (1000 in every released model).
+    ``arch``: ``sddpm`` (spiking UNet), ``sdm`` (spiking UNet with TSM convolutions), ``ann``, ``qann``
+    (the ANN with ``bits``-bit clip-floor QuantReLUs, clips initialised to ``alpha_init``) or ``qsnn`` (a
+    ``qann`` converted to IF neurons, :mod:`sdmc.convert`; ``signed_spikes``, ``snn_norm`` step|running).
+    ``snn_steps`` is the number of SNN time steps T (ignored for ``ann``/``qann``; ``2**bits - 1`` for a
+    conversion); ``diffusion_steps`` sizes the sinusoidal time-embedding table (1000 in every released
+    model).  ``mid_attn``: the ANN UNets' self-attention in the first middle block (pytorch-ddpm: on).
     """
 
     arch: str = "sddpm"
@@ -41,6 +45,11 @@ class ModelConfig:
     dropout: float = 0.1
     attn: tuple[int, ...] = ()
     norm_groups: int = 32
+    mid_attn: bool = True
+    bits: int = 2
+    alpha_init: float = 6.0
+    signed_spikes: bool = False
+    snn_norm: str = "step"
 
     def __post_init__(self) -> None:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -49,7 +58,7 @@ class ModelConfig:
 
     @property
     def spiking(self) -> bool:
-        return self.arch in ("sddpm", "sdm")
+        return self.arch in ("sddpm", "sdm", "qsnn")
 
     @property
     def tsm(self) -> bool:
@@ -74,7 +83,14 @@ class ModelConfig:
                 "the UNet downsamples that many times")
         if self.threshold <= 0:
             raise ConfigError(f"model.threshold must be > 0, got {self.threshold}")
-        if self.arch == "ann":
+        if self.arch in ("qann", "qsnn"):
+            if int(self.bits) < 1:
+                raise ConfigError(f"model.bits must be >= 1, got {self.bits}")
+            if not self.alpha_init > 0:
+                raise ConfigError(f"model.alpha_init must be > 0, got {self.alpha_init}")
+            if self.snn_norm not in SNN_NORMS:
+                raise ConfigError(f"model.snn_norm: unknown {self.snn_norm!r}; choose one of {SNN_NORMS}")
+        if self.arch in ("ann", "qann", "qsnn"):
             for m in self.ch_mult:
                 if (self.ch * m) % self.norm_groups:
                     raise ConfigError(

@@ -19,20 +19,26 @@ the literal conversion) does not give the GroupNorm of the rate, and the UNet's 
 does not fall with T. ``norm="running"`` (an sdmc option, not in the paper) normalises step ``t`` with
 the statistics of the running mean input ``x̄_t = mean_{s<=t} x_s`` (:class:`RunningGroupNorm`); it equals
 GroupNorm for constant inputs and makes the error fall with T (measured in ``tests/test_convert.py``).
+
+Layout: :class:`ConvertedSNN` repeats ``(x, t)`` T times along the batch axis and runs the network once
+on ``[T*B, ...]`` (T folded into the batch, step-major); neurons and running norms view their input as
+``[T, B, ...]``. This is the stateful step-by-step loop computed layer by layer, it keeps the QANN's
+forward code unchanged, and it traces to the IR (:func:`sdmc.frontends.trace`): IF neurons become
+``if`` nodes (``v_reset=None``, ``v_init=theta/2``, ``signed``) followed by ``scale(theta)``; the time
+mean a ``membrane_readout(decay=1)`` and ``scale(1/T)``.
 """
 from __future__ import annotations
 
 import copy
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from .config import SdmcConfig
+from .config import ModelConfig, SdmcConfig
 from .errors import CheckpointError, ConfigError
-from .models.qann import QuantReLU, qann_bits, quant_layers
+from .models.qann import QuantReLU, qann_bits, qann_model_config, quant_layers
 
 
 def if_step(v: torch.Tensor, count: torch.Tensor, inp: torch.Tensor, theta: torch.Tensor, signed: bool
@@ -46,185 +52,189 @@ def if_step(v: torch.Tensor, count: torch.Tensor, inp: torch.Tensor, theta: torc
     return s, v, count + s
 
 
+def _steps_view(x: torch.Tensor, T: int) -> torch.Tensor:
+    if x.shape[0] % T:
+        raise ConfigError(f"converted SNN layer: batch axis {x.shape[0]} is not a multiple of T={T} "
+                          "(inputs must be [T*B, ...], step-major)")
+    return x.reshape(T, x.shape[0] // T, *x.shape[1:])
+
+
 class IFNeuron(nn.Module):
-    """Stateful IF neuron replacing one QuantReLU; outputs ``s * alpha`` (``alpha`` is the threshold).
+    """IF neuron replacing one QuantReLU: input ``[T*B, ...]`` (step-major), output ``s * alpha`` with
+    ``alpha`` the threshold, ``v[-1] = alpha/2``, reset by subtraction (multi-step, stateless between calls)."""
 
-    Call :meth:`reset` before each new input sequence (:class:`ConvertedSNN` does it).
-    """
-
-    def __init__(self, alpha: float | torch.Tensor, bits: int, signed: bool = False) -> None:
+    def __init__(self, alpha: float | torch.Tensor, bits: int, signed: bool = False, steps: int = 1) -> None:
         super().__init__()
         a = alpha.detach().clone() if isinstance(alpha, torch.Tensor) else torch.tensor(float(alpha))
         self.alpha = nn.Parameter(a, requires_grad=False)
         self.bits = int(bits)
         self.signed = bool(signed)
-        self.v: torch.Tensor | None = None
-        self.count: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        self.v = None
-        self.count = None
+        self.steps = int(steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs = _steps_view(x, self.steps)
         theta = self.alpha.to(x.dtype)
-        if self.v is None:
-            self.v = torch.full_like(x, 0.5) * theta
-            self.count = torch.zeros_like(x)
-        s, self.v, self.count = if_step(self.v, self.count, x, theta, self.signed)
-        return s * theta
+        v = torch.full_like(xs[0], 0.5) * theta
+        count = torch.zeros_like(xs[0])
+        out = []
+        for t in range(self.steps):
+            s, v, count = if_step(v, count, xs[t], theta, self.signed)
+            out.append(s)
+        return torch.stack(out).reshape(x.shape) * theta
 
     def extra_repr(self) -> str:
-        return f"theta={float(self.alpha):.4g}, signed={self.signed}"
+        return f"theta={float(self.alpha):.4g}, signed={self.signed}, T={self.steps}"
+
+
+def running_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                       eps: float) -> torch.Tensor:
+    """``y_t = weight * (x_t - mu(x̄_t)) / sqrt(var(x̄_t) + eps) + bias`` for ``x`` ``[T, B, C, ...]``,
+    ``x̄_t = mean_{s<=t} x_s``, statistics per (step, sample, group)."""
+    T, B, C = x.shape[:3]
+    n = torch.arange(1, T + 1, dtype=x.dtype, device=x.device).reshape((T,) + (1,) * (x.dim() - 1))
+    mean = (x.cumsum(0) / n).reshape(T, B, groups, -1)
+    mu = mean.mean(-1, keepdim=True)
+    var = mean.var(-1, unbiased=False, keepdim=True)
+    y = ((x.reshape(T, B, groups, -1) - mu) / torch.sqrt(var + eps)).reshape(x.shape)
+    shape = (1, 1, C) + (1,) * (x.dim() - 3)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    return y + bias.reshape(shape) if bias is not None else y
 
 
 class RunningGroupNorm(nn.Module):
-    """``y_t = weight * (x_t - mu(x̄_t)) / sqrt(var(x̄_t) + eps) + bias`` per (sample, group), ``x̄_t`` the
-    running mean of the inputs since :meth:`reset`; parameter names as :class:`nn.GroupNorm`."""
+    """GroupNorm with running-mean statistics over the steps (:func:`running_group_norm`) on ``[T*B, C, ...]``;
+    parameter names as :class:`nn.GroupNorm`."""
 
-    def __init__(self, gn: nn.GroupNorm) -> None:
+    def __init__(self, gn: nn.GroupNorm, steps: int = 1) -> None:
         super().__init__()
-        self.num_groups, self.eps = gn.num_groups, gn.eps
+        self.num_groups, self.eps, self.steps = gn.num_groups, gn.eps, int(steps)
         self.weight = nn.Parameter(gn.weight.detach().clone(), requires_grad=False)
         self.bias = nn.Parameter(gn.bias.detach().clone(), requires_grad=False)
-        self.total: torch.Tensor | None = None
-        self.n = 0
-
-    def reset(self) -> None:
-        self.total, self.n = None, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.total = x if self.total is None else self.total + x
-        self.n += 1
-        B, C = x.shape[:2]
-        mean = (self.total / self.n).reshape(B, self.num_groups, -1)
-        mu = mean.mean(-1, keepdim=True)
-        var = mean.var(-1, unbiased=False, keepdim=True)
-        y = ((x.reshape(B, self.num_groups, -1) - mu) / torch.sqrt(var + self.eps)).reshape(x.shape)
-        shape = (1, C) + (1,) * (x.dim() - 2)
-        return y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        y = running_group_norm(_steps_view(x, self.steps), self.num_groups, self.weight, self.bias, self.eps)
+        return y.reshape(x.shape)
 
 
 NORMS = ("step", "running")
 
 
 class ConvertedSNN(nn.Module):
-    """``forward(x, t) = mean over T steps of net(x, t)`` with stateful IF neurons in ``net``."""
+    """``forward(x, t) = mean over T steps of net(x, t)``: ``net`` runs once on ``(x, t)`` repeated T times
+    along the batch axis; ``config`` (arch ``qsnn``) when converted from an sdmc UNet."""
 
-    def __init__(self, net: nn.Module, steps: int) -> None:
+    def __init__(self, net: nn.Module, steps: int, config: ModelConfig | None = None) -> None:
         super().__init__()
         if int(steps) < 1:
             raise ConfigError(f"ConvertedSNN: steps must be >= 1, got {steps}")
         self.net = net
         self.steps = int(steps)
+        if config is not None:
+            self.config = config
+
+    @property
+    def timestep(self) -> int:
+        """T, the number of SNN steps (what :func:`sdmc.frontends.trace` reads)."""
+        return self.steps
 
     def neurons(self) -> list[IFNeuron]:
         return [m for m in self.net.modules() if isinstance(m, IFNeuron)]
 
-    def reset(self) -> None:
-        """Clear every IF neuron's membrane and every running norm's statistics."""
-        for m in self.net.modules():
-            if isinstance(m, (IFNeuron, RunningGroupNorm)):
-                m.reset()
-
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.reset()
-        out = None
-        for _ in range(self.steps):
-            y = self.net(x, t)
-            out = y if out is None else out + y
-        self.reset()
-        return out / self.steps
+        T = self.steps
+        xs = x.unsqueeze(0).expand(T, *x.shape).flatten(0, 1)
+        ts = t.unsqueeze(0).expand(T, *t.shape).flatten(0, 1)
+        y = self.net(xs, ts)
+        return y.reshape(T, -1, *y.shape[1:]).mean(0)
 
 
 def convert(qann: nn.Module, signed: bool = False, steps: int | None = None, norm: str = "step") -> ConvertedSNN:
     """A converted copy of ``qann``: every QuantReLU -> IFNeuron(theta=alpha), ``T = 2**bits - 1`` by default.
 
-    ``norm="running"`` also replaces every GroupNorm by a :class:`RunningGroupNorm`.
+    ``norm="running"`` also replaces every GroupNorm by a :class:`RunningGroupNorm`.  A QANN UNet with an
+    sdmc ``config`` gives a model with ``config.arch == "qsnn"``.
     """
     if norm not in NORMS:
         raise ConfigError(f"convert: norm must be one of {NORMS}, got {norm!r}")
     bits = qann_bits(qann)
+    T = 2 ** bits - 1 if steps is None else int(steps)
+    if T < 1:
+        raise ConfigError(f"convert: steps must be >= 1, got {steps}")
     net = copy.deepcopy(qann)
     for _, mod in list(net.named_modules()):
         for cname, child in list(mod.named_children()):
             if isinstance(child, QuantReLU):
-                setattr(mod, cname, IFNeuron(child.alpha.detach(), child.bits, signed))
+                setattr(mod, cname, IFNeuron(child.alpha.detach(), child.bits, signed, T))
             elif norm == "running" and isinstance(child, nn.GroupNorm):
-                setattr(mod, cname, RunningGroupNorm(child))
-    return ConvertedSNN(net, 2 ** bits - 1 if steps is None else steps).eval()
+                setattr(mod, cname, RunningGroupNorm(child, T))
+    cfg = getattr(qann, "config", None)
+    if isinstance(cfg, ModelConfig):
+        cfg = ModelConfig(**{**qann_model_config(cfg, bits).to_dict(), "arch": "qsnn", "snn_steps": T,
+                             "signed_spikes": bool(signed), "snn_norm": norm})
+    else:
+        cfg = None
+    return ConvertedSNN(net, T, cfg).eval()
+
+
+def build_converted(cfg: ModelConfig) -> ConvertedSNN:
+    """The ``qsnn`` model of ``cfg`` (clips ``alpha_init`` until weights are loaded)."""
+    from .models.qann import build_qann
+
+    if cfg.arch != "qsnn":
+        raise ConfigError(f"build_converted needs arch 'qsnn', got {cfg.arch!r}")
+    return convert(build_qann(cfg), signed=cfg.signed_spikes, steps=cfg.snn_steps, norm=cfg.snn_norm)
 
 
 # ----------------------------------------------------------------------------------------- files
-def qann_config(cfg: SdmcConfig, bits: int, alpha_init: float = 6.0) -> SdmcConfig:
-    """A copy of ``cfg`` whose provenance marks a ``bits``-bit quantised ANN (``arch`` stays ``ann``)."""
-    out = SdmcConfig.from_json(cfg.to_json())
-    out.provenance["qann"] = {"bits": int(bits), "alpha_init": float(alpha_init)}
-    return out
-
-
 def load_qann(path: str | os.PathLike, bits: int | None = None, alpha_init: float = 6.0, weights: str = "auto"
               ) -> tuple[nn.Module, SdmcConfig, bool]:
     """Load a quantised ANN; returns ``(model, config, was_quantised)``.
 
-    A file with ``act``-clip parameters (``*.alpha``) loads as saved (``bits`` must match the recorded
-    width when given). A plain ANN file is quantised with fresh clips ``alpha_init`` (``bits`` required).
+    An arch ``qann`` file loads as saved (``bits`` must match when given). A plain ANN (arch ``ann``) is
+    quantised with fresh clips ``alpha_init`` (``bits`` required).
     """
-    from .checkpoint import read_checkpoint, resolve_config
-    from .models.qann import build_qann
+    from .checkpoint import build_and_load, read_checkpoint, resolve_config
+    from .models.qann import quantize_ann
 
     sd, stored, info = read_checkpoint(path, weights=weights)
     cfg = resolve_config(sd, stored, info)
-    if cfg.model.arch != "ann":
-        raise CheckpointError(f"{path}: conversion needs an ANN UNet (arch 'ann'), got arch {cfg.model.arch!r}")
-    rec = cfg.provenance.get("qann")
-    has_alpha = any(k.endswith(".alpha") for k in sd)
-    if has_alpha:
-        if rec is None:
-            raise CheckpointError(f"{path}: has QuantReLU clips but no recorded bit width (provenance 'qann')")
-        if bits is not None and int(bits) != int(rec["bits"]):
-            raise CheckpointError(f"{path}: trained with {rec['bits']}-bit activations, --bits {bits} requested")
-        bits = int(rec["bits"])
-    elif bits is None:
+    arch = cfg.model.arch
+    if arch == "qann":
+        if bits is not None and int(bits) != cfg.model.bits:
+            raise CheckpointError(f"{path}: trained with {cfg.model.bits}-bit activations, --bits {bits} requested")
+        return build_and_load(sd, cfg.model, source=str(path)).eval(), cfg, False
+    if arch != "ann":
+        raise CheckpointError(f"{path}: conversion needs a quantised ANN UNet (arch 'qann') or a plain ANN "
+                              f"(arch 'ann'), got arch {arch!r}")
+    if bits is None:
         raise CheckpointError(f"{path}: a plain ANN; give the activation bit width (bits) to quantise it")
-    model = build_qann(cfg.model, bits, alpha_init)
-    expected = model.state_dict()
-    if has_alpha:
-        full = sd
-    else:
-        full = dict(sd)
-        full.update({k: v for k, v in expected.items() if k.endswith(".alpha")})
-    missing = [k for k in expected if k not in full]
-    unexpected = [k for k in full if k not in expected]
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: does not match a quantised ANN UNet: "
-                              f"missing {missing[:1]} ({len(missing)}), unexpected {unexpected[:1]} ({len(unexpected)})")
-    model.load_state_dict(full, strict=True)
-    return model.eval(), qann_config(cfg, bits, alpha_init), not has_alpha
+    model = quantize_ann(build_and_load(sd, cfg.model, source=str(path)), int(bits), alpha_init)
+    cfg.model = qann_model_config(cfg.model, int(bits), alpha_init)
+    model.config = cfg.model
+    cfg.provenance["quantised_from_ann"] = {"bits": int(bits), "alpha_init": float(alpha_init)}
+    return model.eval(), cfg, True
 
 
 def save_converted(path: str | os.PathLike, snn: ConvertedSNN, cfg: SdmcConfig) -> Path:
-    """Write a converted SNN as native safetensors (keys of the QANN; thresholds under ``*.alpha``)."""
+    """Write a converted SNN as a native model (arch ``qsnn``; thresholds under ``net.*.alpha``)."""
     from .checkpoint import save_model
 
-    neurons = snn.neurons()
+    if getattr(snn, "config", None) is None:
+        raise ConfigError("save_converted: the SNN has no sdmc config (convert an sdmc QANN UNet)")
     out = SdmcConfig.from_json(cfg.to_json())
-    out.provenance["converted"] = {"steps": snn.steps, "signed": bool(neurons and neurons[0].signed),
-                                   "bits": neurons[0].bits if neurons else None,
-                                   "norm": "running" if any(isinstance(m, RunningGroupNorm) for m in snn.net.modules())
-                                   else "step"}
-    return save_model(path, snn.net, out)
+    out.model = snn.config
+    return save_model(path, snn, out)
 
 
-def load_converted(path: str | os.PathLike) -> tuple[ConvertedSNN, SdmcConfig]:
-    """Inverse of :func:`save_converted`."""
-    from .checkpoint import read_checkpoint
+def load_converted(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ConvertedSNN, SdmcConfig]:
+    """Inverse of :func:`save_converted` (``sdmc.checkpoint.load_model`` reads these files too)."""
+    from .checkpoint import load_model
 
-    _, stored, _ = read_checkpoint(path)
-    if stored is None or "converted" not in stored.provenance:
-        raise CheckpointError(f"{path}: not a converted SNN (no provenance 'converted' in its config)")
-    conv: dict[str, Any] = stored.provenance["converted"]
-    qann, cfg, _ = load_qann(path)
-    return convert(qann, signed=bool(conv["signed"]), steps=int(conv["steps"]), norm=conv.get("norm", "step")), cfg
+    model, cfg = load_model(path, device=device)
+    if cfg.model.arch != "qsnn":
+        raise CheckpointError(f"{path}: not a converted SNN (arch {cfg.model.arch!r}, expected 'qsnn')")
+    return model, cfg
 
 
 # ------------------------------------------------------------------------------------- fine-tuning
@@ -247,6 +257,14 @@ def _tie_parameters(dst: nn.Module, src: nn.Module) -> None:
             continue
         for pname, _ in list(mod.named_parameters(recurse=False)):
             setattr(mod, pname, getattr(smods[name], pname))
+
+
+def _rate(v: torch.Tensor, T: int, B: int) -> torch.Tensor:
+    """A ``[T*B, ...]`` SNN value as seen by the QANN: the mean over steps (integer inputs: step 0)."""
+    if v.shape[0] != T * B:
+        return v
+    v = v.reshape(T, B, *v.shape[1:])
+    return v.mean(0) if v.is_floating_point() else v[0]
 
 
 def finetune(snn: ConvertedSNN, qann: nn.Module, batches, steps: int, lr: float = 1e-6,
@@ -293,8 +311,9 @@ def finetune(snn: ConvertedSNN, qann: nn.Module, batches, steps: int, lr: float 
                 with torch.no_grad():
                     ref(x, t)
                     snn(x, t)
-                rate_in = [torch.stack(v).mean(0) if v[0].is_floating_point() else v[0] for v in zip(*ins)]
-                rate_out = torch.stack(outs).mean(0)
+                B, T = x.shape[0], snn.steps
+                rate_in = [_rate(v, T, B) for v in ins[0]]
+                rate_out = _rate(outs[0], T, B)
                 y = amods[name](*rate_in)
                 y = y + (rate_out - y).detach()
                 loss = torch.nn.functional.mse_loss(y, target[0])
@@ -323,5 +342,6 @@ def conversion_error(qann: nn.Module, snn: ConvertedSNN, x: torch.Tensor, t: tor
     return float((snn(x, t) - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-__all__ = ["NORMS", "ConvertedSNN", "IFNeuron", "RunningGroupNorm", "conversion_error", "convert", "if_step", "load_converted", "load_qann",
-           "finetune", "qann_config", "quant_layers", "save_converted", "unet_blocks"]
+__all__ = ["NORMS", "ConvertedSNN", "IFNeuron", "RunningGroupNorm", "build_converted", "conversion_error", "convert",
+           "finetune", "if_step", "load_converted", "load_qann", "quant_layers", "running_group_norm", "save_converted",
+           "unet_blocks"]

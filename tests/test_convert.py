@@ -5,10 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sdmc.checkpoint import save_model
+from sdmc.checkpoint import load_model, save_model
 from sdmc.config import DiffusionConfig, ModelConfig, SdmcConfig
-from sdmc.convert import (IFNeuron, RunningGroupNorm, conversion_error, convert, finetune, if_step, load_converted, load_qann, qann_config,
-                          save_converted)
+from sdmc.convert import (IFNeuron, RunningGroupNorm, conversion_error, convert, finetune, if_step, load_converted,
+                          load_qann, save_converted)
 from sdmc.errors import CheckpointError, ConfigError
 from sdmc.models import ANNUNet
 from sdmc.models.qann import QuantReLU, build_qann, calibrate_alpha, quant_layers, quant_relu, quantize_ann
@@ -109,8 +109,8 @@ def test_signed_spike_cancels_an_overshoot():
     theta = torch.tensor(1.0)
     seq = [1.0, -1.0, 0.0]
     for signed, expect in ((False, [1.0, 0.0, 0.0]), (True, [1.0, -1.0, 0.0])):
-        n = IFNeuron(theta, 2, signed=signed)
-        out = [float(n(torch.tensor([x]))) for x in seq]
+        n = IFNeuron(theta, 2, signed=signed, steps=3)
+        out = n(torch.tensor(seq).reshape(3, 1)).flatten().tolist()  # [T*B] with B = 1
         assert out == expect  # the mean input is 0: only the signed neuron's rate gets it right
 
 
@@ -128,14 +128,15 @@ def test_first_spiking_layers_of_unet_match_qann_exactly(bits, signed):
     hs = [qmods[k].register_forward_hook(lambda m, i, o, k=k: ref.__setitem__(k, o)) for k in first]
     hs += [smods[k].register_forward_hook(lambda m, i, o, k=k: got[k].append(o)) for k in first]
     x, t = _inputs()
+    B = x.shape[0]
     with torch.no_grad():
         q(x, t)
         snn(x, t)
     for h in hs:
         h.remove()
     for k in first:
-        assert isinstance(smods[k], IFNeuron) and len(got[k]) == T
-        rate = torch.stack(got[k]).mean(0)
+        assert isinstance(smods[k], IFNeuron) and len(got[k]) == 1  # one multi-step call on [T*B, ...]
+        rate = got[k][0].reshape(T, B, *got[k][0].shape[1:]).mean(0)
         assert ref[k].abs().sum() > 0 and (ref[k] == 0).any()  # the test exercises both regimes
         torch.testing.assert_close(rate, ref[k], rtol=0, atol=1e-12)
 
@@ -164,13 +165,11 @@ def test_running_group_norm_is_group_norm_for_constant_input_and_causal():
     gn = nn.GroupNorm(2, 4).double()
     nn.init.normal_(gn.weight)
     nn.init.normal_(gn.bias)
-    r = RunningGroupNorm(gn)
+    r = RunningGroupNorm(gn, steps=3)
     x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
-    for _ in range(3):
-        torch.testing.assert_close(r(x), gn(x))
-    r.reset()
+    torch.testing.assert_close(r(x.repeat(3, 1, 1, 1)), gn(x).repeat(3, 1, 1, 1))
     xs = [torch.randn_like(x) for _ in range(3)]
-    y = [r(v) for v in xs]
+    y = r(torch.cat(xs)).reshape(3, *x.shape)
     torch.testing.assert_close(y[0], gn(xs[0]))  # step 1 sees only its own input
     mean2 = (xs[0] + xs[1]) / 2
     g = mean2.reshape(3, 2, -1)  # step 2: x_2 normalised with the statistics of mean(x_1, x_2)
@@ -196,8 +195,7 @@ def test_unet_converts_and_signed_changes_the_output():
         snn = convert(q, signed=s)
         outs[s] = snn(x, t)
         assert outs[s].shape == x.shape and torch.isfinite(outs[s]).all()
-        assert all(n.v is None for n in snn.neurons())  # state cleared after each call
-        torch.testing.assert_close(snn(x, t), outs[s])  # and therefore deterministic
+        torch.testing.assert_close(snn(x, t), outs[s])  # no state carried between calls
         assert conversion_error(q, snn, x, t) < 2.0
     assert not torch.allclose(outs[False], outs[True])
 
@@ -222,19 +220,22 @@ def test_blockwise_finetune_lowers_block_losses_and_the_error():
 # ------------------------------------------------------------------------------------ files and CLI
 def test_qann_and_converted_files_round_trip(tmp_path):
     q = _unet(2).float()
-    cfg = qann_config(SdmcConfig(model=CFG), 2)
-    save_model(tmp_path / "q.safetensors", q, cfg)
+    assert q.config.arch == "qann" and q.config.bits == 2
+    save_model(tmp_path / "q.safetensors", q, SdmcConfig(model=q.config))
     q2, cfg2, fresh = load_qann(tmp_path / "q.safetensors")
-    assert not fresh and cfg2.provenance["qann"]["bits"] == 2
+    assert not fresh and cfg2.model.bits == 2
     with pytest.raises(CheckpointError, match="3"):
         load_qann(tmp_path / "q.safetensors", bits=3)
     snn = convert(q2, signed=True, norm="running")
     save_converted(tmp_path / "s.safetensors", snn, cfg2)
-    snn2, _ = load_converted(tmp_path / "s.safetensors")
+    snn2, cfg3 = load_converted(tmp_path / "s.safetensors")
+    assert cfg3.model.arch == "qsnn" and cfg3.model.signed_spikes and cfg3.model.snn_norm == "running"
     assert snn2.steps == 3 and all(n.signed for n in snn2.neurons())
     assert any(isinstance(m, RunningGroupNorm) for m in snn2.modules())
     x, t = _inputs()
     torch.testing.assert_close(snn2(x.float(), t), snn(x.float(), t))
+    m, _ = load_model(tmp_path / "s.safetensors")  # an ordinary sdmc model file
+    torch.testing.assert_close(m(x.float(), t), snn(x.float(), t))
     with pytest.raises(CheckpointError, match="not a converted SNN"):
         load_converted(tmp_path / "q.safetensors")
 
@@ -259,5 +260,5 @@ def test_cli_convert(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "T=3" in out and "signed" in out and "relative error" in out and "fine-tuned" in out
     snn, cfg = load_converted(tmp_path / "s.safetensors")
-    assert snn.steps == 3 and cfg.provenance["converted"]["signed"] is True
+    assert snn.steps == 3 and cfg.model.signed_spikes is True and "finetune" in cfg.provenance
     assert all(float(n.alpha) != 6.0 for n in snn.neurons())  # calibrated

@@ -35,6 +35,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         train=dict(dataset="digits", steps=600, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995,
                    log_every=20, sample_every=200, save_every=200, sample_steps=20, sample_n=64),
     ),
+    "digits-ann": dict(
+        description="float ANN UNet (pytorch-ddpm, GroupNorm, no attention) on digits, sized like 'digits': the "
+                    "conversion table's ANN row",
+        source="sdmc; the architecture of 'digits-qann-2bit' with Swish activations",
+        model=dict(arch="ann", ch=32, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=16, dropout=0.0,
+                   norm_groups=8, mid_attn=False),
+        train=dict(dataset="digits", steps=600, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995,
+                   log_every=20, sample_every=200, save_every=200, sample_steps=20, sample_n=64),
+    ),
+    "digits-qann-2bit": dict(
+        description="2-bit quantised ANN UNet on digits (source of 'sdmc convert', T=3), sized like 'digits'",
+        source="SDM §6 / ANN2SNN code: QuantReLU on every activation, learnable clip, no attention; alpha_init "
+               "2.0 instead of the code's 6.0 (digits activations are O(1))",
+        model=dict(arch="qann", bits=2, alpha_init=2.0, ch=32, ch_mult=(1, 2), num_res_blocks=1, img_ch=1,
+                   img_size=16, dropout=0.0, norm_groups=8, mid_attn=False),
+        train=dict(dataset="digits", steps=600, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995,
+                   log_every=20, sample_every=200, save_every=200, sample_steps=20, sample_n=64),
+    ),
     "cifar10-sddpm-t4": dict(
         description="SDDPM on CIFAR-10, T=4 (paper FID 19.73 with DDPM sampling)",
         source="paper Table 7; SDDPM main_SDDPM.py; pytorch-ddpm recipe",

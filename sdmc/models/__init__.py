@@ -10,8 +10,16 @@ from .spiking_unet import (MembraneOutputLayer, SpikingUNet, SpkDownSample, SpkR
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """Instantiate the network that ``cfg`` describes."""
-    return ANNUNet(cfg) if cfg.arch == "ann" else SpikingUNet(cfg)
+    """Instantiate the network that ``cfg`` describes (``qsnn``: a converted QANN with untrained clips)."""
+    if cfg.arch == "ann":
+        return ANNUNet(cfg)
+    if cfg.arch == "qann":
+        from .qann import build_qann
+        return build_qann(cfg)
+    if cfg.arch == "qsnn":
+        from ..convert import build_converted
+        return build_converted(cfg)
+    return SpikingUNet(cfg)
 
 
 __all__ = ["ANNUNet", "MembraneOutputLayer", "ModelConfig", "SpikingUNet", "SpkDownSample", "SpkResBlock",

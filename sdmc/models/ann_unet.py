@@ -1,8 +1,8 @@
 """The ANN UNet of pytorch-ddpm (the papers' baseline), parameter names as in its checkpoints.
 
 ``ResBlock: h = block2(block1(x) + temb_proj(temb)) + shortcut(x)`` with GroupNorm/Swish/conv blocks;
-self-attention where ``attn`` names a level and in the first middle block (as pytorch-ddpm, whose
-parameter count the SDM paper's ANN baseline matches).
+self-attention where ``attn`` names a level and in the first middle block when ``mid_attn`` (as
+pytorch-ddpm, whose parameter count the SDM paper's ANN baseline matches; SDM's quantised ANN has none).
 """
 from __future__ import annotations
 
@@ -91,8 +91,8 @@ class ANNUNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.arch != "ann":
-            raise ConfigError(f"ANNUNet needs arch 'ann', got {cfg.arch!r}")
+        if cfg.arch not in ("ann", "qann"):
+            raise ConfigError(f"ANNUNet needs arch 'ann' or 'qann', got {cfg.arch!r}")
         self.config = cfg
         ch, g = cfg.ch, cfg.norm_groups
         tdim = ch * 4
@@ -111,7 +111,7 @@ class ANNUNet(nn.Module):
             if i != len(cfg.ch_mult) - 1:
                 self.downblocks.append(DownSample(now_ch))
                 chs.append(now_ch)
-        self.middleblocks = nn.ModuleList([ResBlock(now_ch, now_ch, tdim, cfg.dropout, True, g),
+        self.middleblocks = nn.ModuleList([ResBlock(now_ch, now_ch, tdim, cfg.dropout, cfg.mid_attn, g),
                                            ResBlock(now_ch, now_ch, tdim, cfg.dropout, False, g)])
         self.upblocks = nn.ModuleList()
         for i, mult in reversed(list(enumerate(cfg.ch_mult))):

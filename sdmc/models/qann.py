@@ -68,9 +68,16 @@ def quantize_ann(model: nn.Module, bits: int, alpha_init: float = 6.0) -> nn.Mod
     return model
 
 
-def build_qann(cfg: ModelConfig, bits: int = 2, alpha_init: float = 6.0) -> ANNUNet:
-    """The pytorch-ddpm UNet of ``cfg`` (arch ``ann``) with ``bits``-bit QuantReLU activations."""
-    return quantize_ann(ANNUNet(cfg), bits, alpha_init)
+def qann_model_config(cfg: ModelConfig, bits: int | None = None, alpha_init: float | None = None) -> ModelConfig:
+    """``cfg`` as arch ``qann`` (``bits`` / ``alpha_init`` default to ``cfg``'s)."""
+    return ModelConfig(**{**cfg.to_dict(), "arch": "qann", "bits": int(cfg.bits if bits is None else bits),
+                          "alpha_init": float(cfg.alpha_init if alpha_init is None else alpha_init)})
+
+
+def build_qann(cfg: ModelConfig, bits: int | None = None, alpha_init: float | None = None) -> ANNUNet:
+    """The pytorch-ddpm UNet of ``cfg`` with ``bits``-bit QuantReLUs (``.config``: arch ``qann``)."""
+    qcfg = qann_model_config(cfg, bits, alpha_init)
+    return quantize_ann(ANNUNet(qcfg), qcfg.bits, qcfg.alpha_init)
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, QuantReLU]]:
@@ -117,4 +124,4 @@ def calibrate_alpha(model: nn.Module, x: torch.Tensor, t: torch.Tensor, quantile
     return out
 
 
-__all__ = ["QuantReLU", "build_qann", "calibrate_alpha", "qann_bits", "quant_layers", "quant_relu", "quantize_ann"]
+__all__ = ["QuantReLU", "build_qann", "qann_model_config", "calibrate_alpha", "qann_bits", "quant_layers", "quant_relu", "quantize_ann"]
