@@ -56,8 +56,8 @@ def _small_cfg(T=4):
     return ModelConfig(arch="sdm", ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, snn_steps=T, img_ch=3, img_size=32)
 
 
-def _setup(case: str, channels_last: bool):
-    """(eager_fn, exec_fn, agreement check) for a case; both callables run one unit of work."""
+def _setup(case: str, channels_last: bool, device: str = "cpu", batch: int | None = None):
+    """(eager_fn, exec_fn, agreement check) for a case; both callables run one unit of work on ``device``."""
     import torch
     from sdmc.backends.torch_exec import compile_torch
     from sdmc.config import DiffusionConfig, ModelConfig
@@ -69,9 +69,11 @@ def _setup(case: str, channels_last: bool):
         T = int(case.split("T")[1])
         cfg = ModelConfig(arch="sdm", ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, snn_steps=T, img_ch=3,
                           img_size=32)
-        eager = build_model(cfg).eval()
-        ex = compile_torch(eager, mode="inference", channels_last=channels_last)
-        x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 600])
+        eager = build_model(cfg).eval().to(device)
+        ex = compile_torch(eager, mode="inference", channels_last=channels_last, device=device)
+        B = batch or 2
+        x = torch.randn(B, 3, 32, 32, device=device)
+        t = torch.linspace(10, 990, B, device=device).long()
 
         def run(m):
             with torch.no_grad():
@@ -80,27 +82,29 @@ def _setup(case: str, channels_last: bool):
         check = {"max_abs_diff": float((a - b).abs().max()), "out_abs_max": float(a.abs().max())}
         return (lambda: run(eager)), (lambda: run(ex)), check
     cfg = _small_cfg()
-    eager = build_model(cfg)
+    eager = build_model(cfg).to(device)
     sched = NoiseSchedule(DiffusionConfig())
+    B = batch or 8
     if case == "ddim10":
         from sdmc.diffusion.sampling import sample_images
         eager.eval()
-        ex = compile_torch(eager, mode="inference", channels_last=channels_last)
+        ex = compile_torch(eager, mode="inference", channels_last=channels_last, device=device)
 
         def run(m):
-            return sample_images(m, sched, 8, solver="ddim", steps=10, batch_size=8, seed=0, progress=False)
+            return sample_images(m, sched, B, solver="ddim", steps=10, batch_size=B, seed=0, progress=False,
+                                 device=device)
         a, b = run(eager), run(ex)
         check = {"max_abs_diff": float((a - b).abs().max()), "mean_abs_diff": float((a - b).abs().mean())}
         return (lambda: run(eager)), (lambda: run(ex)), check
     if case == "train":
         eager.train()
-        ex = compile_torch(copy.deepcopy(eager), mode="train", channels_last=channels_last)
-        x0 = torch.rand(8, 3, 32, 32) * 2 - 1
+        ex = compile_torch(copy.deepcopy(eager), mode="train", channels_last=channels_last, device=device)
+        x0 = torch.rand(B, 3, 32, 32, device=device) * 2 - 1
         opts = {id(m): torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-4) for m in (eager, ex)}
 
         def step(m, seed=0):
             opt = opts[id(m)]
-            g = torch.Generator().manual_seed(seed)
+            g = torch.Generator(device=device).manual_seed(seed)
             loss = sched.loss(m, x0, generator=g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -112,10 +116,10 @@ def _setup(case: str, channels_last: bool):
         # downstream of it changes)
         ga, gb = {}, {}
         e64 = copy.deepcopy(eager).double()
-        x64 = compile_torch(copy.deepcopy(e64), mode="train", channels_last=channels_last)
+        x64 = compile_torch(copy.deepcopy(e64), mode="train", channels_last=channels_last, device=device)
         x0d = x0.double()
         for m, grads in ((e64, ga), (x64, gb)):
-            g = torch.Generator().manual_seed(1)
+            g = torch.Generator(device=device).manual_seed(1)
             m.zero_grad(set_to_none=True)
             sched.loss(m, x0d, generator=g).backward()
             grads.update({k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
@@ -129,27 +133,45 @@ def _setup(case: str, channels_last: bool):
     raise SystemExit(f"unknown case {case!r}; choose from {CASES}")
 
 
-def worker(case: str, repeats: int, threads: int, channels_last: bool) -> dict:
+def _cuda_peak(fn, device) -> int:
+    """Bytes of CUDA memory allocated at peak above what was allocated before ``fn()``."""
+    import torch
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return max(0, torch.cuda.max_memory_allocated(device) - base)
+
+
+def worker(case: str, repeats: int, threads: int, channels_last: bool, device: str = "cpu",
+           batch: int | None = None) -> dict:
     import torch
     torch.set_num_threads(threads)
+    cuda = device.startswith("cuda")
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     t0 = time.perf_counter()
-    f_eager, f_exec, check = _setup(case, channels_last)
+    f_eager, f_exec, check = _setup(case, channels_last, device, batch)
     setup_s = time.perf_counter() - t0
     f_eager(), f_exec()  # warm-up
     te, tx = [], []
     for _ in range(repeats):
         for fn, acc in ((f_eager, te), (f_exec, tx)):
+            sync()
             a = time.perf_counter()
             fn()
+            sync()
             acc.append(time.perf_counter() - a)
-    mem_e = _peak_delta(f_eager)
-    mem_x = _peak_delta(f_exec)
+    peak = (lambda f: _cuda_peak(f, device)) if cuda else _peak_delta
+    mem_e = peak(f_eager)
+    mem_x = peak(f_exec)
     return {"case": case, "threads": threads, "repeats": repeats, "setup_s": setup_s,
             "eager_s": statistics.median(te), "exec_s": statistics.median(tx), "eager_all": te, "exec_all": tx,
             "speedup": statistics.median(te) / statistics.median(tx),
             "eager_peak_mb": mem_e / 2 ** 20, "exec_peak_mb": mem_x / 2 ** 20,
             "mem_ratio": (mem_x / mem_e) if mem_e else float("nan"), "check": check,
-            "channels_last": channels_last}
+            "channels_last": channels_last, "device": device, "batch": batch,
+            "gpu": torch.cuda.get_device_name(device) if cuda else None}
 
 
 def main(argv=None) -> int:
@@ -157,13 +179,19 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--nchw", dest="channels_last", action="store_false",
+    ap.add_argument("--nchw", dest="channels_last", action="store_false", default=None,
                     help="compile the executor without channels-last (the CPU default is channels-last)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; on CUDA, peak memory is "
+                    "torch.cuda.max_memory_allocated and channels-last is off unless --channels-last")
+    ap.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    ap.add_argument("--batch", type=int, help="batch size (default: 2 for fwd, 8 for ddim10/train)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.channels_last is None:
+        a.channels_last = not a.device.startswith("cuda")
     if a.worker:
-        print(json.dumps(worker(a.worker, a.repeats, a.threads, a.channels_last)))
+        print(json.dumps(worker(a.worker, a.repeats, a.threads, a.channels_last, a.device, a.batch)))
         return 0
     # a fixed mmap threshold makes glibc return big freed blocks to the OS, so RSS follows live memory
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
@@ -171,9 +199,11 @@ def main(argv=None) -> int:
     rows = []
     print(f"{'case':8} {'eager s':>9} {'exec s':>9} {'speedup':>8} {'eager MB':>9} {'exec MB':>9} {'mem':>6}  check")
     for case in a.cases.split(","):
-        cmd = [sys.executable, __file__, "--worker", case, "--repeats", str(a.repeats), "--threads", str(a.threads)]
-        if not a.channels_last:
-            cmd.append("--nchw")
+        cmd = [sys.executable, __file__, "--worker", case, "--repeats", str(a.repeats), "--threads", str(a.threads),
+               "--device", a.device]
+        cmd.append("--channels-last" if a.channels_last else "--nchw")
+        if a.batch:
+            cmd += ["--batch", str(a.batch)]
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode:
             print(f"{case}: worker failed:\n{p.stderr[-3000:]}")
@@ -187,7 +217,7 @@ def main(argv=None) -> int:
         sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
         from sdmc.utils import atomic_write_text
         atomic_write_text(a.json, json.dumps({"machine": _machine(a.threads), "rows": rows}, indent=1))
-    print(f"machine: {_machine(a.threads)}")
+    print(f"machine: {_machine(a.threads)}" + (f", {rows[0]['gpu']}" if rows and rows[0].get("gpu") else ""))
     return 0
 
 
