@@ -87,6 +87,8 @@ class LayerQuant:
     rate_float: float | None = None
     rate_fixed: float | None = None
     max_abs_v: int | None = None          # largest |v| seen (weight units; saturates at lm.MAX_VOLTAGE)
+    projections: int = 1                  # synapses summed into this layer / population
+    bias_on_host: bool = False            # bias too large for the 13-bit mantissa: sent as host current
 
 
 @dataclass
