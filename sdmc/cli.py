@@ -558,6 +558,11 @@ def _add_lava(sub) -> None:
     q.add_argument("--input-scale", type=float, default=None, help="graded input: x_int = round(scale * x) (default 127)")
     q.add_argument("--check-samples", type=int, default=4,
                    help="random inputs on which to report spike mismatch vs float (0: skip)")
+    q = lsub.add_parser("resources", help="Loihi 2 resource report of a model's spiking core (neurons, synapses, "
+                                          "fan-in/out, cores, chips)")
+    _loihi_model_args(q)
+    q.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    q.add_argument("--top", type=int, default=8, help="populations listed (largest first)")
     q = lsub.add_parser("run", help="run a netx file in Lava's CPU simulation on random inputs; compare with "
                                     "the numpy Loihi model")
     q.add_argument("file", help="netx HDF5 file written by 'sdmc lava export'")
@@ -575,6 +580,14 @@ def cmd_lava(args: argparse.Namespace) -> int:
         from .backends.lava import install
         return install.main(["--check"] if args.check else [])
     rng = np.random.default_rng(getattr(args, "seed", 0))
+    if args.lava_command == "resources":
+        import json
+        from .backends.lava import unet
+        graph = _load_graph(args)
+        net, plan, _ = unet.compile_net(graph, tsm="mean", on_overflow="rescale", host_bits=args.host_bits)
+        res = unet.resources(net, plan.graph)
+        print(json.dumps(res, indent=1) if args.json else unet.format_resources(res, top=args.top))
+        return 0
     if args.lava_command == "export":
         from . import ir
         from .backends.lava import export, quantize
@@ -605,6 +618,131 @@ def cmd_lava(args: argparse.Namespace) -> int:
           f"({t['run'] / args.samples:.3f} s/sample), read {t['read']:.2f} s")
     print(f"output firing rate {res.spikes[-1].mean():.4f}; spikes identical to the numpy Loihi model: {same}")
     return 0 if same else 1
+
+
+# ------------------------------------------------------------------------------------- export / sim
+def _loihi_model_args(p) -> None:
+    p.add_argument("model", help="released .pt / native .safetensors model, or a .sdmc graph")
+    p.add_argument("--snn-steps", type=int, default=None, help="SNN steps T if the file does not record them")
+    p.add_argument("--img-size", type=int, default=None, help="image size to trace at (default: the model's)")
+    p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto")
+    p.add_argument("--tsm", choices=["reject", "mean"], default="reject",
+                   help="SDM per-step (TSM) conv scales on the chip: reject (default) or approximate by the mean")
+    p.add_argument("--on-overflow", choices=["error", "rescale"], default="error",
+                   help="a population whose worst per-step current overflows Loihi's 24-bit state: fail or rescale")
+    p.add_argument("--pow2", action="store_true", help="power-of-two population scales")
+    p.add_argument("--host-bits", type=int, default=16, help="bits of the graded host currents (default 16)")
+    p.add_argument("--t", type=int, default=500, dest="step", help="diffusion step of the check inputs (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _load_graph(args: argparse.Namespace):
+    from pathlib import Path
+    from . import ir
+    path = Path(args.model)
+    if path.suffix == ".sdmc" or (path / "graph.json").is_file():
+        return ir.load(path)
+    from .frontends import from_checkpoint
+    return from_checkpoint(path, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
+
+
+def _check_inputs(graph, n: int, step: int, seed: int) -> dict:
+    """``n`` noised images ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (linear betas 1e-4..0.02, 1000
+    steps; x0 from the bundled digits set when it loads, else uniform in [-1, 1]) and their step ``t``."""
+    import numpy as np
+    x_node = graph.input_nodes[0]
+    C, H, W = x_node.type.shape
+    rng = np.random.default_rng(seed)
+    x0 = rng.uniform(-1, 1, (n, C, H, W))
+    try:
+        from .data import load_dataset
+        ds = load_dataset("digits", img_size=H)
+        x0 = np.stack([ds[int(i)][0].numpy() for i in rng.integers(0, len(ds), n)])
+        x0 = np.broadcast_to(x0[:, :1], (n, C, H, W)) if x0.shape[1] != C else x0
+    except Exception:  # noqa: BLE001 - the uniform images are the documented fallback
+        pass
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[min(max(step, 0), 999)]
+    x = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * rng.standard_normal(x0.shape)
+    inputs = {x_node.name: x}
+    for node in graph.input_nodes[1:]:
+        inputs[node.name] = np.full(n, step, np.int64)
+    return inputs
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export the spiking core for Loihi (Lava): netx segments + manifest",
+                       description="Compile the model's spiking UNet into a LoihiNet (populations, projections, "
+                                   "delays, graded host currents), quantise it per population and write an export "
+                                   "directory: manifest.json, netx HDF5 segments, projections.h5, graph.sdmc.")
+    _loihi_model_args(p)
+    p.add_argument("--backend", default="lava", choices=["lava", "onnx", "nir"], help="target (only lava for now)")
+    p.add_argument("-o", "--out", required=True, help="export directory to write (replaced atomically)")
+    p.add_argument("--calib", type=int, default=0, metavar="N",
+                   help="report the accuracy cost on N noised inputs (spike mismatch, output error; 0: skip)")
+    p.add_argument("--resources", action="store_true", help="also print the Loihi 2 resource report")
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.backend != "lava":
+        raise SdmcError(f"--backend {args.backend}: not implemented yet (only --backend lava exports)")
+    from .backends.lava import unet
+    graph = _load_graph(args)
+    calib = _check_inputs(graph, args.calib, args.step, args.seed) if args.calib > 0 else None
+    net, plan, report = unet.compile_net(graph, tsm=args.tsm, calib=calib, pow2=args.pow2,
+                                         on_overflow=args.on_overflow, host_bits=args.host_bits)
+    res = unet.resources(net, plan.graph)
+    out = unet.export_dir(net, plan, report, args.out, resources_summary=res["totals"])
+    print(report.format())
+    if args.resources:
+        print(unet.format_resources(res))
+    t = res["totals"]
+    print(f"wrote {out}: {t['populations']} populations, {t['projections']} projections, {t['sources']} sources, "
+          f"depth {t['depth']}, {len(unet.segments(net))} netx segment(s), T={graph.T}")
+    return 0
+
+
+def _add_sim(sub) -> None:
+    p = sub.add_parser("sim", help="simulate the model with its spiking core as Loihi runs it (hybrid host/chip)",
+                       description="Host parts in numpy (golden), the spiking core in the bit-exact Loihi model "
+                                   "(default) or Lava's CPU simulation (--lava); reports the mismatch against "
+                                   "the float golden simulator.")
+    _loihi_model_args(p)
+    p.add_argument("--target", default="loihi", choices=["loihi"], help="what to simulate (loihi)")
+    p.add_argument("--lava", action="store_true", help="run the spiking core in Lava (needs lava-nc / lava-dl)")
+    p.add_argument("--samples", type=int, default=1, help="number of noised input images (default 1)")
+
+
+@command("sim")
+def cmd_sim(args: argparse.Namespace) -> int:
+    import time
+    import numpy as np
+    from .backends.lava import unet
+    from .sim import golden
+    if args.samples < 1:
+        raise SdmcError(f"--samples must be >= 1, got {args.samples}")
+    graph = _load_graph(args)
+    net, plan, report = unet.compile_net(graph, tsm=args.tsm, pow2=args.pow2, on_overflow=args.on_overflow,
+                                         host_bits=args.host_bits)
+    inputs = _check_inputs(plan.graph, args.samples, args.step, args.seed)
+    pops = [p.name for p in net.populations]
+    t0 = time.perf_counter()
+    hy = unet.run_hybrid(net, plan, inputs, lava=args.lava, probe=pops)
+    wall = time.perf_counter() - t0
+    ref = golden.run(plan.graph, inputs, keep=pops)
+    mism = {p: float(np.mean(hy["spikes"][p] != ref[p].astype(bool))) for p in pops}
+    where = "Lava (Loihi2SimCfg fixed_pt)" if args.lava else "numpy Loihi model"
+    print(f"{len(pops)} populations, {len(net.projections)} projections, depth {net.max_depth}; "
+          f"{args.samples} sample(s) at t={args.step}, T={graph.T}, in {where}: {wall:.2f} s "
+          f"({wall / args.samples:.2f} s/sample)")
+    for o in (n.name for n in plan.graph.output_nodes):
+        print(f"output {o}: relative error vs float golden {unet.rel_error(hy['outputs'][o], ref[o]):.4g}")
+    worst = sorted(mism.items(), key=lambda kv: -kv[1])[:5]
+    print(f"spike mismatch vs float golden: mean {np.mean(list(mism.values())):.4f}; worst "
+          + ", ".join(f"{k} {v:.4f}" for k, v in worst))
+    clip = max(hy["host_clip"].values(), default=0.0)
+    print(f"host currents clipped: {100 * clip:.3f}% at most")
+    return 0
 
 
 # -------------------------------------------------------------------------------------------- convert

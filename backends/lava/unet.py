@@ -693,7 +693,7 @@ def format_resources(res: dict, *, top: int = 8) -> str:
     c = res.get("composition")
     if c:
         b, a = c["spike_driven_synapses_before"], c["spike_driven_synapses_after"]
-        rows.append(f"  residual-stream composition: spike-driven synapses {_si(b)} -> {_si(a)} "
+        rows.append(f"  residual-stream composition (pass log, dense counts incl. padding taps): spike-driven synapses {_si(b)} -> {_si(a)} "
                     f"(x{a / max(b, 1):.2f}), up to {c['max_projections_per_neuron']} projections into one neuron")
     rows.append(f"  {'population':<34}{'neurons':>9}{'synapses':>10}{'proj':>5}{'fan-in':>8}{'fan-out':>8}{'cores':>6}")
     for p in sorted(res["populations"], key=lambda p: -p["cores"])[:top]:

@@ -1,0 +1,357 @@
+"""The UNet -> LoihiNet compiler (sdmc.backends.lava.unet): structure, exactness of the hybrid host/chip run on
+dyadic weights, quantisation error on random weights, TSM handling, export round trip, resources, CLI."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from sdmc import ir, passes
+from sdmc.backends.lava import unet
+from sdmc.config import ModelConfig, SdmcConfig
+from sdmc.errors import SdmcError, UnsupportedOpError
+from sdmc.frontends import trace
+from sdmc.models import build_model
+from sdmc.sim import golden
+from sdmc.sim import loihi as lm
+
+from conftest import randomize_bn
+
+
+def _cfg(arch="sddpm", **kw) -> ModelConfig:
+    base = dict(arch=arch, ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=3, img_ch=1, img_size=8, threshold=0.5)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def _model(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = build_model(cfg)
+    randomize_bn(m, seed)
+    with torch.no_grad():  # SDDPM starts its tail conv near 0; give the output a real dependence on the spikes
+        tail = m.tail_conv.tsmconv if cfg.tsm else m.tail_conv
+        torch.nn.init.normal_(tail.weight, std=0.3)
+        for mod in m.modules():
+            if hasattr(mod, "tsmp"):  # TSM per-step scales: not all 1
+                mod.tsmp.copy_(1 + 0.2 * torch.randn_like(mod.tsmp))
+    return m
+
+
+def _inputs(cfg: ModelConfig, B: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((B, cfg.img_ch, cfg.img_size, cfg.img_size)),
+            "t": rng.integers(0, 1000, B)}
+
+
+@pytest.fixture(scope="module")
+def sddpm():
+    cfg = _cfg()
+    g = passes.run(trace(_model(cfg), (1, 1, 8, 8)), "neuromorphic")
+    return cfg, g
+
+
+def test_golden_overrides_substitute_values_and_skip_their_inputs():
+    g = ir.Graph(2)
+    g.add(ir.Input(name="x", shape=(3,), timing="per-step"))
+    g.add(ir.IF(name="s", inputs=("x",)))
+    g.add(ir.Scale(name="y", inputs=("s",), factor=2.0))
+    g.add(ir.Output(name="out", inputs=("y",)))
+    ir.check(g)
+    x = np.full((2, 1, 3), 5.0)
+    sub = np.array([[[1, 0, 1]], [[0, 0, 1]]], np.float64)
+    assert np.array_equal(golden.run(g, [x], overrides={"s": sub})["out"], 2 * sub)
+    with pytest.raises(SdmcError, match="override for node 's'"):
+        golden.run(g, [x], overrides={"s": sub[0]})
+
+
+def test_tiny_sddpm_compiles_to_a_consistent_net(sddpm):
+    cfg, g = sddpm
+    net, plan, rep = unet.compile_net(g, on_overflow="rescale")
+    lm.check_net(net)
+    side = g.meta["partition"]
+    neurons = [n.name for n in g.order() if n.op == "if" and side[n.name][0] == "neuromorphic"]
+    assert [p.name for p in net.populations] == neurons
+    depth = {p.name: p.depth for p in net.populations}
+    assert depth["neuron"] == 1 and depth["downblocks.0.neuron1"] == 2 and depth["downblocks.0.neuron2"] == 3
+    for pr in net.projections:  # longest path: at least one incoming projection of every population is undelayed
+        assert depth[pr.dst] == net.depth(pr.src) + 1 + pr.delay
+    for p in net.populations:
+        assert min(pr.delay for pr in net.incoming(p.name)) == 0 or all(
+            pr.kind == "identity" for pr in net.incoming(p.name))
+    ups = [pr for pr in net.projections if pr.upsample == 2]
+    assert ups and all(pr.src == "upblocks.2.neuron" for pr in ups)
+    # head conv and every ResBlock's time embedding arrive as graded host currents; the head is the only input
+    cur = {c.population: c for c in plan.currents}
+    assert cur["neuron"].terms == ("conv.repeat",) and not net.incoming("neuron")[0].weight
+    assert sum(1 for c in plan.currents if c.terms[0].startswith("getitem")) == 2 + 2 + 4  # 8 ResBlocks
+    assert all(net.node(c.source).bits == unet.HOST_BITS for c in plan.currents)
+    assert set(net.outputs) == {"neuron", "downblocks.0.neuron2", "upblocks.2.neuron", "upblocks.3.neuron2",
+                                "upblocks.4.neuron2"}
+    for q in rep.layers:  # integer threshold, vth = theta_int - 1, 8-bit weights
+        p = net.node(q.name)
+        assert p.neuron.vth == q.theta_int - 1 and abs(q.theta_int / q.scale - 0.5) <= 0.5 / q.scale
+    assert max(int(np.abs(pr.weight).max()) for pr in net.projections if pr.weight is not None) <= 127
+
+
+def _dyadic(g: ir.Graph, seed: int = 1) -> ir.Graph:
+    """``g`` with every on-chip weight / bias a multiple of 1/16 and host values exact in 1/16 units."""
+    h = g.copy()
+    rng = np.random.default_rng(seed)
+    side = h.meta["partition"]
+    for n in h.order():
+        if n.op == "conv2d":
+            w = h.params[n.weight]
+            host = side[n.name][0] == "host"
+            if n.name == "conv" or not host:
+                q = 4 if n.name == "conv" else 16
+                h.add_param(n.weight, (rng.integers(-2, 3, w.shape) / q).astype(w.dtype))
+                if n.bias is not None:
+                    h.add_param(n.bias, (rng.integers(-3, 4, h.params[n.bias].shape) / 16).astype(w.dtype))
+        if n.op == "linear" and n.name.endswith("temb_proj.1"):
+            h.add_param(n.weight, np.zeros_like(h.params[n.weight]))
+            h.add_param(n.bias, (rng.integers(-4, 5, h.params[n.bias].shape) / 16).astype(h.params[n.bias].dtype))
+    return ir.check(h)
+
+
+def test_dyadic_unet_hybrid_run_equals_float_golden_exactly(sddpm):
+    cfg, g = sddpm
+    h = _dyadic(g)
+    net, plan, rep = unet.compile_net(h, pow2=True, on_overflow="rescale")
+    assert all(q.weight_err == 0 and q.bias_err == 0 for q in rep.layers)
+    rng = np.random.default_rng(3)
+    inp = {"x": rng.integers(-4, 5, (2, 1, 8, 8)) / 4.0, "t": np.array([3, 700])}
+    hy = unet.run_hybrid(net, plan, inp)
+    ref = golden.run(h, inp, keep=[p.name for p in net.populations])
+    rates = []
+    for p in net.populations:
+        assert np.array_equal(hy["spikes"][p.name], ref[p.name].astype(bool)), p.name
+        rates.append(ref[p.name].mean())
+    assert 0.05 < np.mean(rates) < 0.95                        # spikes really flow through every block
+    assert np.array_equal(hy["outputs"]["out"], ref["out"])
+    assert all(v == 0 for v in hy["host_clip"].values())
+
+
+def test_random_unet_output_within_reported_quantisation_error(sddpm):
+    cfg, g = sddpm
+    calib = _inputs(cfg, 2, 0)
+    net, plan, rep = unet.compile_net(g, calib=calib, on_overflow="rescale")
+    ref = golden.run(g, calib)["out"]
+    hy = unet.run_hybrid(net, plan, calib)["outputs"]["out"]
+    assert rep.output_error == pytest.approx(unet.rel_error(hy, ref))
+    assert 0 < rep.output_error < 0.5
+    assert all(q.spike_mismatch is not None and q.spike_mismatch < 0.3 for q in rep.layers)
+    other = _inputs(cfg, 2, 1)   # unseen inputs: the same order of error
+    err = unet.rel_error(unet.run_hybrid(net, plan, other)["outputs"]["out"], golden.run(g, other)["out"])
+    assert err < 3 * rep.output_error
+    text = rep.format()
+    assert "hybrid fixed-point output vs float golden" in text and "threshold resolution" in text
+
+
+def test_tsm_unet_rejected_or_approximated_by_the_mean():
+    cfg = _cfg("sdm")
+    g = trace(_model(cfg), (1, 1, 8, 8))
+    with pytest.raises(UnsupportedOpError, match=r"node '[^']+' \(scaled_conv2d\).*tsm='mean'"):
+        unet.compile_net(g)
+    net, plan, rep = unet.compile_net(g, tsm="mean", calib=_inputs(cfg, 2, 0), on_overflow="rescale")
+    assert rep.tsm_approx and all(0 < v < 2 for v in rep.tsm_approx.values())
+    assert rep.tsm_error is not None and 0 < rep.tsm_error < 1
+    assert "TSM approximated by its mean" in rep.format()
+    # the head's TSM conv is per-step on the host: exact, so no approximation is recorded for it
+    assert "conv" not in rep.tsm_approx and plan.currents[0].terms == ("conv",)
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(soft_reset=True), "soft reset"),
+                                    (dict(neuron="lif", tau=3.0), "4096/tau")])
+def test_inexpressible_neurons_are_rejected_naming_the_node(kw, msg):
+    cfg = _cfg(**kw)
+    g = trace(_model(cfg), (1, 1, 8, 8))
+    with pytest.raises(UnsupportedOpError, match=rf"node '\w+[\w.]*' .*{msg}"):
+        unet.compile_net(g)
+
+
+def test_lif_with_representable_leak_compiles():
+    cfg = _cfg(neuron="lif", tau=2.0)
+    g = trace(_model(cfg), (1, 1, 8, 8))
+    net, plan, rep = unet.compile_net(g, on_overflow="rescale", calib=_inputs(cfg, 1, 0))
+    assert all(p.neuron.dv == 2048 for p in net.populations)
+    assert rep.output_error < 1.0
+
+
+def test_overflow_is_an_error_or_a_rescale():
+    g = ir.Graph(2)   # 1100 inputs, all weights 1: 1100 * 127 weight units overflow the 2^17 current register
+    g.add(ir.Input(name="x", shape=(1100, 1, 1), kind="spike", timing="per-step"))
+    g.add_param("c.w", np.ones((2, 1100, 1, 1)))
+    g.add(ir.Conv2d(name="c", inputs=("x",), weight="c.w"))
+    g.add(ir.IF(name="n", inputs=("c",), threshold=3.0))
+    g.add(ir.Output(name="out", inputs=("n",)))
+    with pytest.raises(SdmcError, match="population 'n'.*24-bit current register"):
+        unet.compile_net(ir.check(g))
+    net, _, rep = unet.compile_net(g, on_overflow="rescale")
+    assert rep.layers[0].worst_current <= lm.MAX_CURRENT < 1100 * 127
+    assert 100 < int(net.projections[0].weight.max()) < 127
+
+
+def test_export_round_trip_and_checker(sddpm, tmp_path):
+    cfg, g = sddpm
+    inp = _inputs(cfg, 2, 5)
+    net, plan, rep = unet.compile_net(g, calib=inp, on_overflow="rescale")
+    out = unet.export_dir(net, plan, rep, tmp_path / "exp", resources_summary=unet.resources(net)["totals"])
+    assert sorted(os.listdir(out)) == ["graph.sdmc", "manifest.json", "projections.h5"]
+    assert [p.name for p in tmp_path.iterdir()] == ["exp"]          # no temporary left behind
+    net2, plan2, man = unet.load_export(out)
+    assert man["format"] == unet.EXPORT_FORMAT and man["T"] == cfg.snn_steps
+    assert {p["name"]: p["depth"] for p in man["populations"]} == {p.name: p.depth for p in net.populations}
+    a, b = unet.run_hybrid(net, plan, inp), unet.run_hybrid(net2, plan2, inp)
+    for k in a["spikes"]:
+        assert np.array_equal(a["spikes"][k], b["spikes"][k])
+    assert np.array_equal(a["outputs"]["out"], b["outputs"]["out"])
+    assert man["quantisation"]["output_error"] == pytest.approx(rep.output_error)
+    assert any("upsample" in n for n in man["notes"]) and any("delayed" in n for n in man["notes"])
+    # refuses unknown versions and missing files, naming them
+    m = json.loads((out / "manifest.json").read_text())
+    m["version"] = 99
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(SdmcError, match="version 99 is not supported"):
+        unet.load_export(out)
+    m["version"] = unet.EXPORT_VERSION
+    (out / "manifest.json").write_text(json.dumps(m))
+    (out / "projections.h5").unlink()
+    with pytest.raises(SdmcError, match="missing file 'projections.h5'"):
+        unet.check_export(out)
+    with pytest.raises(SdmcError, match="no manifest.json"):
+        unet.load_export(tmp_path)
+
+
+def test_failed_export_leaves_previous_directory_untouched(sddpm, tmp_path, monkeypatch):
+    cfg, g = sddpm
+    net, plan, rep = unet.compile_net(g, on_overflow="rescale")
+    out = unet.export_dir(net, plan, rep, tmp_path / "exp")
+    before = (out / "manifest.json").read_text()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(unet.ir, "save", boom)
+    with pytest.raises(RuntimeError):
+        unet.export_dir(net, plan, rep, tmp_path / "exp")
+    assert (out / "manifest.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["exp"]
+
+
+def _chain_graph(T=4):
+    rng = np.random.default_rng(2)
+    g = ir.Graph(T)
+    g.add(ir.Input(name="x", shape=(2, 6, 6), kind="spike", timing="per-step"))
+    g.add_param("c1.w", rng.integers(-6, 10, (4, 2, 3, 3)) / 16.0)
+    g.add_param("c1.b", rng.integers(-3, 4, 4) / 16.0)
+    g.add(ir.Conv2d(name="c1", inputs=("x",), weight="c1.w", bias="c1.b", padding=(1, 1)))
+    g.add(ir.IF(name="n1", inputs=("c1",)))
+    g.add_param("c2.w", rng.integers(-6, 10, (3, 4, 3, 3)) / 16.0)
+    g.add(ir.Conv2d(name="c2", inputs=("n1",), weight="c2.w", stride=(2, 2), padding=(1, 1)))
+    g.add(ir.IF(name="n2", inputs=("c2",), threshold=0.75))
+    g.add(ir.Output(name="out", inputs=("n2",)))
+    return ir.check(g)
+
+
+def test_sequential_chain_exports_one_netx_segment(tmp_path):
+    from sdmc.backends.lava import export
+    g = _chain_graph()
+    net, plan, rep = unet.compile_net(g, pow2=True)
+    assert [s.name for s in net.sources] == ["x"] and net.sources[0].bits == 0
+    assert unet.segments(net) == [["n1", "n2"]]
+    out = unet.export_dir(net, plan, rep, tmp_path / "exp")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["segments"][0]["file"] == "segment_00.h5" and man["segments"][0]["input"] == "x"
+    assert all(p["weight"]["file"] == "segment_00.h5" for p in man["projections"])
+    chain = export.read_netx(out / "segment_00.h5")   # plain netx layout, readable on its own
+    assert [L.weight.shape for L in chain.layers] == [(4, 2, 3, 3), (3, 4, 3, 3)]
+    x = (np.random.default_rng(0).random((g.T, 2, 2, 6, 6)) < 0.4).astype(np.float64)
+    hy = unet.run_hybrid(net, plan, {"x": x})
+    ref = golden.run(g, [x], keep=["n1", "n2"])
+    assert np.array_equal(hy["spikes"]["n2"], ref["n2"].astype(bool))       # dyadic: exact
+    net2, _, _ = unet.load_export(out)
+    assert all(np.array_equal(a.weight, b.weight) for a, b in zip(net.projections, net2.projections))
+
+
+def test_resources_hand_checked_on_a_tiny_net():
+    w1 = np.ones((2, 1, 3, 3), np.int64)
+    w2 = np.ones((2, 2, 3, 3), np.int64)
+    net = lm.LoihiNet(
+        (lm.Source("in", (1, 4, 4), bits=8),),
+        (lm.Population("a", (2, 4, 4), lm.Cuba(vth=10), depth=1), lm.Population("b", (2, 8, 8), lm.Cuba(vth=10), depth=2)),
+        (lm.Projection("in", "a", "conv", w1, padding=(1, 1), name="pa"),
+         lm.Projection("a", "b", "conv", w2, padding=(1, 1), upsample=2, name="pb")),
+        ("b",))
+    r = unet.resources(net)
+    pa, pb = r["projections"]
+    # 3x3 pad 1 on 4x4: per axis 2+3+3+2 = 10 taps in bounds -> 2 out ch x 1 in ch x 10 x 10
+    assert (pa["synapses"], pa["max_fan_in"], pa["weights"]) == (200, 9, 18)
+    # x2 upsample then 3x3 pad 1: distinct source rows per output row 1,2,2,2,2,2,2,1 (sum 14)
+    assert (pb["synapses"], pb["max_fan_in"], pb["max_fan_out"]) == (2 * 2 * 14 * 14, 2 * 2 * 2, 2 * 4 * 4)
+    t = r["totals"]
+    assert (t["neurons"], t["synapses"], t["cores"], t["chips"], t["upsample_projections"]) == (160, 984, 2, 1, 1)
+    assert "cores 2, chips 1" in unet.format_resources(r)
+
+
+@pytest.mark.slow   # ~20 s (trace + passes of the 128-channel UNet); the hand-checked tiny net covers the counting
+def test_resources_of_the_full_cifar10_sdm_model_without_dense_matrices():
+    cfg = ModelConfig(arch="sdm", ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, snn_steps=8)
+    g = trace(build_model(cfg), (1, 3, 32, 32))
+    net, plan, rep = unet.compile_net(g, tsm="mean", on_overflow="rescale")
+    r = unet.resources(net, plan.graph)
+    t = r["totals"]
+    assert t["neurons"] == sum(int(np.prod(p.shape)) for p in net.populations) > 1_000_000
+    assert t["chips"] >= 2 and t["synapses"] > 1e9
+    assert r["composition"]["spike_driven_synapses_after"] > r["composition"]["spike_driven_synapses_before"]
+
+
+# -------------------------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    from sdmc.checkpoint import save_model
+    cfg = _cfg()
+    path = tmp_path_factory.mktemp("m") / "m.safetensors"
+    save_model(path, _model(cfg), SdmcConfig(model=cfg))
+    return path
+
+
+def test_cli_export_sim_and_resources(model_file, tmp_path, capsys):
+    from sdmc.cli import main
+    out = tmp_path / "exp"
+    assert main(["export", str(model_file), "--backend", "lava", "-o", str(out), "--calib", "2",
+                 "--on-overflow", "rescale", "--resources"]) == 0
+    text = capsys.readouterr().out
+    assert "populations" in text and "hybrid fixed-point output vs float golden" in text and "chips" in text
+    unet.check_export(out)
+    assert main(["sim", str(model_file), "--target", "loihi", "--samples", "1", "--on-overflow", "rescale"]) == 0
+    text = capsys.readouterr().out
+    assert "relative error" in text and "spike mismatch" in text
+    assert main(["lava", "resources", str(model_file)]) == 0
+    assert "Loihi 2 resources" in capsys.readouterr().out
+    assert main(["export", str(model_file), "--backend", "onnx", "-o", str(tmp_path / "o")]) == 2
+    assert "not implemented" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- Lava
+@pytest.mark.xfail(reason="run_lava_net (backends/lava/net.py, in progress) applied conv kernels flipped when this "
+                          "was written: a conv between populations matched run_net only with w[:, :, ::-1, ::-1]",
+                   strict=False)
+def test_small_sddpm_in_lava_spikes_identical_to_numpy_model(sddpm):
+    from sdmc.backends.lava import compat
+    compat.install_import_fixes()
+    pytest.importorskip("lava.lib.dl.netx")
+    net_mod = pytest.importorskip("sdmc.backends.lava.net")
+    if not hasattr(net_mod, "run_lava_net"):
+        pytest.skip("run_lava_net not available")
+    cfg, g = sddpm
+    net, plan, _ = unet.compile_net(g, on_overflow="rescale")
+    inp = _inputs(cfg, 1, 7)
+    ints, _ = plan.quantize_currents(plan.float_currents(inp, 1))
+    pops = [p.name for p in net.populations]
+    a, _ = unet.run_loihi(net, ints, g.T)
+    b, times = unet.run_loihi(net, ints, g.T, lava=True, probe=pops)
+    assert sorted(b) == sorted(pops)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
