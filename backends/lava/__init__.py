@@ -4,6 +4,7 @@
     chain, report = export_netx(graph, "net.h5")          # IR chain -> quantised -> one netx file
     print(report.format())                                 # per-layer scale, weight error, threshold
     res = run_netx("net.h5", x_int)                        # stock lava.lib.dl.netx in Loihi2SimCfg(fixed_pt)
+    res = run_lava_net(loihi_net, {"x": x_int})            # a LoihiNet DAG as raw Lava processes
 
 Importing this package does not import Lava.  ``compat.install_import_fixes()`` (called by ``run_netx``)
 makes lava-nc 0.10 / lava-dl 0.6 importable on Python 3.11; install them with
@@ -12,8 +13,9 @@ makes lava-nc 0.10 / lava-dl 0.6 importable on Python 3.11; install them with
 from .compat import LavaUnavailable, install_import_fixes
 from .export import export_netx, extract_chain, read_netx, write_netx
 from .quantize import FloatChain, FloatLayer, QuantReport, evaluate, float_reference, quantize_chain, quantize_input
+from .net import LavaNetRun, run_lava_net
 from .run import LavaRun, run_netx
 
 __all__ = ["LavaUnavailable", "install_import_fixes", "export_netx", "extract_chain", "read_netx", "write_netx",
            "FloatChain", "FloatLayer", "QuantReport", "evaluate", "float_reference", "quantize_chain",
-           "quantize_input", "LavaRun", "run_netx"]
+           "quantize_input", "LavaRun", "run_netx", "LavaNetRun", "run_lava_net"]
