@@ -158,6 +158,7 @@ def test_tsm_unet_rejected_or_approximated_by_the_mean():
     net, plan, rep = unet.compile_net(g, tsm="mean", calib=_inputs(cfg, 2, 0), on_overflow="rescale")
     assert rep.tsm_approx and all(0 < v < 2 for v in rep.tsm_approx.values())
     assert rep.tsm_error is not None and 0 < rep.tsm_error < 1
+    assert set(rep.tsm_node_error) == set(rep.tsm_approx) and all(e >= 0 for e in rep.tsm_node_error.values())
     assert "TSM approximated by its mean" in rep.format()
     # the head's TSM conv is per-step on the host: exact, so no approximation is recorded for it
     assert "conv" not in rep.tsm_approx and plan.currents[0].terms == ("conv",)

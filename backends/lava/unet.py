@@ -48,6 +48,7 @@ from ...sim import loihi as lm
 from .quantize import LayerQuant, QuantReport
 
 HOST_BITS = 16
+TSM_PER_NODE_MAX = 64   # evaluate() measures each TSM node's own output error up to this many nodes
 HOST_RANGE = 16      # a population fed only by the host: its current spans +-16 thresholds before clipping
 
 # Loihi 2 per-core and per-chip limits used by :func:`resources` (assumptions stated with their source).
@@ -382,12 +383,14 @@ def _quantize_pop(fp: _FPop, *, pow2: bool, on_overflow: str, host_bits: int):
 @dataclass
 class CompileReport(QuantReport):
     """The quantisation report plus what the compiler decided: ``host`` (descriptions of the host parts),
-    ``tsm_error`` (float output error of the mean-TSM approximation alone, with calibration inputs),
+    ``tsm_error`` (float output error of the mean-TSM approximation alone, with calibration inputs;
+    ``tsm_node_error`` the same per node, each approximated alone, for up to ``TSM_PER_NODE_MAX`` nodes),
     ``output_error`` (relative output error of the hybrid fixed-point run vs float golden), ``host_clip``
     (clipped fraction per host source), ``passes`` (the pass log of the compiled graph)."""
 
     host: list = field(default_factory=list)
     tsm_error: float | None = None
+    tsm_node_error: dict = field(default_factory=dict)
     output_error: float | None = None
     host_clip: dict = field(default_factory=dict)
     passes: list = field(default_factory=list)
@@ -396,6 +399,7 @@ class CompileReport(QuantReport):
         layers = [{k: (v if not isinstance(v, np.generic) else v.item()) for k, v in vars(q).items()}
                   for q in self.layers]
         return {"populations": layers, "tsm_spread": dict(self.tsm_approx), "tsm_error": self.tsm_error,
+                "tsm_node_error": dict(self.tsm_node_error),
                 "output_error": self.output_error, "host_clip": dict(self.host_clip), "host": list(self.host)}
 
     def format(self) -> str:
@@ -413,7 +417,9 @@ class CompileReport(QuantReport):
             rows.append(f"threshold resolution: coarsest 1/S = {1 / res:.4g} (threshold guidance steps finer "
                         "than this are lost)")
         for k, v in self.tsm_approx.items():
-            rows.append(f"TSM approximated by its mean at {k}: per-step scales deviate up to {100 * v:.1f}%")
+            e = self.tsm_node_error.get(k)
+            rows.append(f"TSM approximated by its mean at {k}: per-step scales deviate up to {100 * v:.1f}%"
+                        + (f"; output error of this node alone {e:.3g}" if e is not None else ""))
         if self.tsm_error is not None:
             rows.append(f"TSM mean approximation alone: float output relative error {self.tsm_error:.4g}")
         if self.host_clip:
@@ -602,6 +608,10 @@ def evaluate(net: lm.LoihiNet, plan: HostPlan, report: CompileReport, inputs: Ma
     if tsm_graph is not None:
         approx = golden.run(tsm_graph, dict(inputs))
         report.tsm_error = max(rel_error(approx[o], ref[o]) for o in outs)
+        if len(report.tsm_approx) <= TSM_PER_NODE_MAX:
+            for k in report.tsm_approx:
+                one = golden.run(_mean_tsm_graph(g, {k: 0.0}), dict(inputs))
+                report.tsm_node_error[k] = max(rel_error(one[o], ref[o]) for o in outs)
     return report
 
 
