@@ -153,3 +153,18 @@ def test_property_loihi_model_equals_lava_spikes_bit_identical(lava, net, seed):
     x = loihi_net_inputs(net, N=3, B=2, seed=seed)
     res = lava.run_lava_net(net, x, probe=tuple(p.name for p in net.populations))
     assert_lava_equals_model(net, x, res)
+
+
+def test_disconnected_parts_and_a_bias_only_population_all_run(lava):
+    a, b = lm.Source("a", (2,)), lm.Source("b", (1, 2, 2), bits=4)
+    pa = lm.Population("pa", (2,), lm.Cuba(vth=0), depth=1)
+    pb = lm.Population("pb", (1, 2, 2), lm.Cuba(vth=20), depth=1)
+    pc = lm.Population("pc", (2, 1, 1), lm.Cuba(vth=9), bias=np.array([3, 4], np.int16), depth=2)
+    net = lm.LoihiNet((a, b), (pa, pb, pc), (lm.Projection("a", "pa", "identity"),
+                                            lm.Projection("b", "pb", "identity")), ("pa", "pb", "pc"))
+    x = {"a": np.array([[[1, 0]], [[1, 1]], [[0, 1]]]), "b": np.full((3, 1, 1, 2, 2), 9)}
+    res = lava.run_lava_net(net, x, probe=("pa", "pb", "pc"))
+    m = assert_lava_equals_model(net, x, res)
+    # bias only, reset at step 3: v = 3, 6, 9 and 4, 8, 12; fires on v > 9
+    assert res.spikes["pc"][:, 0, :, 0, 0].astype(int).tolist() == [[0, 0], [0, 0], [0, 1]]
+    assert m["spikes"]["pa"][1:4, 0].astype(int).tolist() == [[1, 0], [1, 1], [0, 1]]

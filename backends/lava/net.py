@@ -159,15 +159,17 @@ def lava_conv_weight(w: np.ndarray) -> np.ndarray:
 @dataclass
 class LavaProcs:
     """The built process graph: ``lif``/``ring`` by node name, ``synapses`` per projection index, delay lines
-    by ``(src, delay)``."""
+    by ``(src, delay)``, zero-weight ``links`` that join disconnected parts into one runnable graph."""
 
     lif: dict
     ring: dict
     synapses: dict
     delays: dict
+    links: list = field(default_factory=list)
 
     def count(self) -> int:
-        return len(self.lif) + len(self.ring) + sum(len(s) for s in self.synapses.values()) + len(self.delays)
+        return (len(self.lif) + len(self.ring) + sum(len(s) for s in self.synapses.values()) + len(self.delays)
+                + len(self.links))
 
 
 def build_lava_net(net: lm.LoihiNet, data: dict[str, np.ndarray], bias: dict[str, np.ndarray],
@@ -226,7 +228,40 @@ def build_lava_net(net: lm.LoihiNet, data: dict[str, np.ndarray], bias: dict[str
             flat_in.connect(proc.s_in)
             (proc.a_out.reshape(lava_shape(dst_shape)) if len(dst_shape) > 1 else proc.a_out).connect(a_in)
             syn[i].append(proc)
-    return LavaProcs(lif=lif, ring=ring, synapses=syn, delays=delays)
+    links = _link_components(net, lif, Sparse)
+    return LavaProcs(lif=lif, ring=ring, synapses=syn, delays=delays, links=links)
+
+
+def _link_components(net: lm.LoihiNet, lif: dict, Sparse) -> list:
+    """Lava runs only the processes connected to the one ``run`` is called on: join every other weakly
+    connected component that holds a population to the first population through an all-zero ``Sparse``."""
+    parent = {n.name: n.name for n in tuple(net.sources) + tuple(net.populations)}
+
+    def root(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for pr in net.projections:
+        parent[root(pr.src)] = root(pr.dst)
+    first = net.populations[0]
+    seen, links = {root(first.name)}, []
+    for p in net.populations:
+        r = root(p.name)
+        if r in seen:
+            continue
+        seen.add(r)
+        zero = Sparse(weights=sparse_zero(int(np.prod(p.shape)), int(np.prod(first.shape))))
+        (lif[first.name].s_out.flatten() if len(first.shape) > 1 else lif[first.name].s_out).connect(zero.s_in)
+        (zero.a_out.reshape(lava_shape(p.shape)) if len(p.shape) > 1 else zero.a_out).connect(lif[p.name].a_in)
+        links.append(zero)
+    return links
+
+
+def sparse_zero(n_out: int, n_in: int):
+    from scipy import sparse
+    return sparse.csr_matrix((n_out, n_in), dtype=np.int32)
 
 
 def run_lava_net(net: lm.LoihiNet, inputs: dict[str, np.ndarray], *, host_bias: dict | None = None,
