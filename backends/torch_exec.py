@@ -91,6 +91,8 @@ class NeuronModule(nn.Module):
         self.tau = float(getattr(node, "tau", 2.0))
         self.decay_input = bool(getattr(node, "decay_input", True))
         self.alpha = float(node.alpha)
+        self.v_init = None if node.v_init is None else float(node.v_init)
+        self.signed = bool(getattr(node, "signed", False))
         if node.surrogate != "atan":
             raise SdmcError(f"torch backend: node {node.name!r}: surrogate {node.surrogate!r} is not supported "
                             "(only 'atan')")
@@ -98,9 +100,9 @@ class NeuronModule(nn.Module):
             raise SdmcError(f"torch backend: node {node.name!r}: detach_reset=True is not supported")
 
     def forward(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-        if self.kind == "plif":
-            return K.neuron_reference(x, self.T, "plif", self.v_threshold, self.v_reset, self.tau,
-                                      self.decay_input, self.alpha, w)
+        if self.kind == "plif" or self.v_init is not None or self.signed:
+            return K.neuron_reference(x, self.T, self.kind, self.v_threshold, self.v_reset, self.tau,
+                                      self.decay_input, self.alpha, w, self.v_init, self.signed)
         return K.multistep_neuron(x, self.T, self.kind, self.v_threshold, self.v_reset, self.tau,
                                   self.decay_input, self.alpha)
 
@@ -237,6 +239,10 @@ class TorchExecutor(nn.Module):
                     training = fg.get_attr("training")
                 v = cf(K.batchnorm, (xs[0], P(n.weight), P(n.bias), P(n.running_mean), P(n.running_var),
                                      P(n.num_batches_tracked), training, n.momentum, float(n.eps)))
+            elif op == "groupnorm":
+                if n.running and not pss[0]:
+                    raise SdmcError(f"torch backend: node {n.name!r}: running GroupNorm on a static value")
+                v = cf(K.groupnorm, (xs[0], P(n.weight), P(n.bias), int(n.num_groups), float(n.eps), bool(n.running), T))
             elif op in ir.NEURON_OPS:
                 target = self._place(n.name, lambda m, k, n=n: m.add_module(k, NeuronModule(n, T)))
                 args = (xs[0], P(n.w)) if op == "plif" else (xs[0],)

@@ -171,14 +171,17 @@ class _Heaviside(torch.autograd.Function):
 
 
 def neuron_reference(x: torch.Tensor, T: int, kind: str, threshold: float, v_reset: float | None, tau: float = 2.0,
-                     decay_input: bool = True, alpha: float = 2.0, w: torch.Tensor | None = None) -> torch.Tensor:
+                     decay_input: bool = True, alpha: float = 2.0, w: torch.Tensor | None = None,
+                     v_init: float | None = None, signed: bool = False) -> torch.Tensor:
     """The same neuron in plain differentiable torch ops, step by step (PLIF: ``1/tau = sigmoid(w)``, learnable).
 
-    Slow; the executor uses it for PLIF and the tests use it as an oracle for :class:`MultiStepNeuron`.
+    Slow; the executor uses it for PLIF, an initial membrane ``v_init`` and signed IF spikes (the inhibitory
+    spike has no surrogate gradient), and the tests use it as an oracle for :class:`MultiStepNeuron`.
     """
     r = 0.0 if v_reset is None else float(v_reset)
     xs = steps(x, T)
-    v = torch.full_like(xs[0], r)
+    v = torch.full_like(xs[0], r if v_init is None else float(v_init))
+    count = torch.zeros_like(xs[0]) if signed else None
     q = torch.sigmoid(w.reshape(())) if kind == "plif" else None
     out = []
     for t in range(T):
@@ -189,6 +192,9 @@ def neuron_reference(x: torch.Tensor, T: int, kind: str, threshold: float, v_res
         else:
             h = v + (xs[t] - (v - r)) * q if decay_input else v - (v - r) * q + xs[t]
         s = _Heaviside.apply(h - threshold, float(alpha))
+        if signed:
+            s = s - ((h < 0) & (count > 0)).to(h.dtype)
+            count = count + s
         v = h - s * threshold if v_reset is None else h * (1 - s) + r * s
         out.append(s)
     return torch.stack(out).flatten(0, 1)
@@ -262,6 +268,22 @@ def batchnorm(x, weight, bias, running_mean, running_var, num_batches_tracked, t
             num_batches_tracked.add_(1)
         factor = (1.0 / float(num_batches_tracked)) if momentum is None else momentum
     return F.batch_norm(x, running_mean, running_var, weight, bias, training, factor, eps)
+
+
+def groupnorm(x, weight, bias, groups, eps, running, T):
+    """``nn.GroupNorm`` per (step, sample) of a folded or static value; ``running``: statistics of the running
+    mean over the steps so far (folded per-step input)."""
+    if not running:
+        return F.group_norm(x, groups, weight, bias, eps)
+    xs = steps(x, T)
+    n = torch.arange(1, T + 1, dtype=x.dtype, device=x.device).reshape((T,) + (1,) * (xs.dim() - 1))
+    m = (xs.cumsum(0) / n).reshape(T, xs.shape[1], groups, -1)
+    mu, var = m.mean(-1, keepdim=True), m.var(-1, unbiased=False, keepdim=True)
+    y = ((xs.reshape(m.shape) - mu) / torch.sqrt(var + eps)).reshape(x.shape)
+    shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    return y + bias.reshape(shape) if bias is not None else y
 
 
 def _lead(x, per_step: bool, T: int, ps_out: bool, rank: int, x_rank: int):

@@ -34,9 +34,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from sdmc import ir
 from sdmc.errors import SdmcError, UnsupportedOpError
+from sdmc.convert import IFNeuron, RunningGroupNorm
 from sdmc.models.spiking_unet import MembraneOutputLayer, Swish, TSMConv2d
 
-LEAF_TYPES: tuple[type, ...] = (sj_neuron.BaseNode, TSMConv2d, MembraneOutputLayer, Swish)
+LEAF_TYPES: tuple[type, ...] = (sj_neuron.BaseNode, TSMConv2d, MembraneOutputLayer, Swish, IFNeuron, RunningGroupNorm)
 
 
 def _is_sj_layer(m: nn.Module) -> bool:
@@ -229,6 +230,19 @@ class _Translator:
         step_m = getattr(m, "step_mode", "s") == "m"
         if isinstance(m, sj_neuron.BaseNode):
             return self.neuron(n, m, path, x)
+        if isinstance(m, IFNeuron):  # converted QANN: IF, soft reset, v[-1] = theta/2, output spikes * theta
+            self.need_T(n, m.steps, "IFNeuron")
+            x = self._layout(n, x, ("F", "TB"), "IFNeuron")
+            th = float(m.alpha)
+            s_ = self.add(ir.IF(name=path, inputs=(x.name,), threshold=th, v_reset=None, v_init=0.5 * th,
+                                signed=m.signed))
+            return V(self.add(ir.Scale(name=f"{path}.out", inputs=(s_,), factor=th)), x.layout)
+        if isinstance(m, RunningGroupNorm):
+            self.need_T(n, m.steps, "RunningGroupNorm")
+            x = self._layout(n, x, ("F", "TB"), "RunningGroupNorm")
+            return V(self.add(ir.GroupNorm(name=path, inputs=(x.name,), weight=self.key(path, "weight", True),
+                                           bias=self.key(path, "bias", True), num_groups=int(m.num_groups),
+                                           eps=float(m.eps), running=True)), x.layout)
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x  # the IR describes inference: dropout is the identity
         if isinstance(m, TSMConv2d):
@@ -263,6 +277,11 @@ class _Translator:
             return self.conv3d(n, m, path, x)
         if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             return self.batchnorm(n, m, path, x)
+        if isinstance(m, nn.GroupNorm):
+            x = self._layout(n, x, ("F", "S"), "GroupNorm")
+            return V(self.add(ir.GroupNorm(name=path, inputs=(x.name,), weight=self.key(path, "weight", True),
+                                           bias=self.key(path, "bias", True), num_groups=int(m.num_groups),
+                                           eps=float(m.eps))), x.layout)
         if isinstance(m, nn.Linear):
             if x.layout not in ("S", "F", "TB", "S1"):
                 raise self.unsupported(n, "Linear", f"input layout {x.layout}")
@@ -272,13 +291,14 @@ class _Translator:
         if isinstance(m, nn.Embedding):
             if m.max_norm is not None:
                 raise self.unsupported(n, "Embedding(max_norm=...)", "renormalising lookups are not supported")
-            x = self._layout(n, x, ("S",), "Embedding")
-            return V(self.add(ir.Embedding(name=path, inputs=(x.name,), weight=self.key(path, "weight"))), "S")
+            x = self._layout(n, x, ("S", "F"), "Embedding")
+            return V(self.add(ir.Embedding(name=path, inputs=(x.name,), weight=self.key(path, "weight"))), x.layout)
         if isinstance(m, nn.Upsample):
             return self.upsample(n, x, m.scale_factor, m.mode, m.size, path)
         raise self.unsupported(n, f"module {type(m).__module__}.{type(m).__name__}",
                                "supported: spikingjelly IF/LIF/ParametricLIF nodes, Conv2d, Conv3d (kernel (kh,kw,1)), "
-                               "BatchNorm, Linear, Embedding, Upsample, TSMConv2d, MembraneOutputLayer, Swish")
+                               "BatchNorm, GroupNorm, Linear, Embedding, Upsample, TSMConv2d, MembraneOutputLayer, Swish, "
+                               "sdmc.convert IFNeuron / RunningGroupNorm")
 
     def neuron(self, n: fx.Node, m: nn.Module, path: str, x: V) -> V:
         kind = type(m)
@@ -389,6 +409,12 @@ class _Translator:
             return self.binary(n, meth, args, kwargs)
         if meth == "sigmoid":
             return V(self.add(ir.Sigmoid(name=n.name, inputs=(x.name,))), x.layout)
+        if meth == "mean":
+            dim = rest[0] if rest else kwargs.get("dim")
+            if x.layout == "TB" and dim in (0, (0,), [0]) and not kwargs.get("keepdim") and len(rest) <= 1:
+                total = self.add(ir.MembraneReadout(name=f"{n.name}_sum", inputs=(x.name,), decay=1.0))
+                return V(self.add(ir.Scale(name=n.name, inputs=(total,), factor=1.0 / self.T)), "S")
+            raise self.unsupported(n, f"Tensor.mean{tuple(rest)}", "only the mean over T of a [T, B, ...] tensor")
         if meth in ("flatten", "unflatten", "view", "reshape", "unsqueeze", "squeeze"):
             return self.reshape_like(n, meth, x, val)
         if meth in ("expand", "repeat"):
@@ -443,10 +469,10 @@ class _Translator:
         idx = idx if isinstance(idx, tuple) else (idx,)
         full = slice(None)
         ok = all(i is None or (isinstance(i, slice) and i == full) for i in idx)
-        if x.layout == "S" and ok:
+        if x.layout in ("S", "F") and ok:
             val = n.meta["val"]
             items = list(idx) + [full] * (len(self._shape(x)) - sum(i is not None for i in idx))
-            layout = "S1" if items[0] is None else "S"
+            layout = "S1" if items[0] is None and x.layout == "S" else x.layout
             if layout == "S1":
                 items = items[1:]
             if items and items[0] == full:  # the batch axis stays in place

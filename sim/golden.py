@@ -44,10 +44,13 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride=(1, 1), pa
 
 
 def neuron(x: np.ndarray, node: Node, w: np.ndarray | None = None) -> np.ndarray:
-    """Run an IF / LIF / PLIF node over ``x`` ``[T, ...]``, one explicit step at a time; returns spikes."""
+    """Run an IF / LIF / PLIF node over ``x`` ``[T, ...]``, one explicit step at a time; returns spikes
+    (-1 / 0 / 1 for a signed IF)."""
     th, vr = float(node.threshold), node.v_reset
     r = 0.0 if vr is None else float(vr)
-    v = np.full(x.shape[1:], r)
+    v = np.full(x.shape[1:], r if node.v_init is None else float(node.v_init))
+    signed = bool(getattr(node, "signed", False))
+    count = np.zeros(x.shape[1:])
     out = np.empty_like(x)
     if node.op == "plif":
         q = float(expit(np.float64(w).reshape(())))
@@ -61,6 +64,9 @@ def neuron(x: np.ndarray, node: Node, w: np.ndarray | None = None) -> np.ndarray
         else:  # pragma: no cover - guarded by the dispatch table
             raise node.fail("not a neuron")
         s = (h >= th).astype(np.float64)
+        if signed:
+            s = s - ((h < 0) & (count > 0)).astype(np.float64)
+            count = count + s
         v = h - s * th if vr is None else s * r + (1.0 - s) * h
         out[t] = s
     return out
@@ -77,6 +83,20 @@ def batchnorm(x: np.ndarray, caxis: int, mean: np.ndarray, var: np.ndarray, gamm
     if beta is not None:
         y = y + beta.reshape(shp)
     return y
+
+
+def groupnorm(x: np.ndarray, groups: int, gamma: np.ndarray | None, beta: np.ndarray | None, eps: float,
+              stats: np.ndarray | None = None) -> np.ndarray:
+    """GroupNorm of ``x`` ``[N, C, ...]`` with the biased mean / variance of each (sample, group) of
+    ``stats`` (default ``x``): ``(x - mu) / sqrt(var + eps) * gamma[c] + beta[c]``."""
+    N, C = x.shape[:2]
+    s = (x if stats is None else stats).reshape(N, groups, -1)
+    mu, var = s.mean(-1, keepdims=True), s.var(-1, keepdims=True)
+    y = ((x.reshape(N, groups, -1) - mu) / np.sqrt(var + eps)).reshape(x.shape)
+    shp = (1, C) + (1,) * (x.ndim - 2)
+    if gamma is not None:
+        y = y * gamma.reshape(shp)
+    return y + beta.reshape(shp) if beta is not None else y
 
 
 # ------------------------------------------------------------------------------------ interpreter
@@ -154,6 +174,19 @@ def _bn(c: _Ctx, n, xs, ts):
     return batchnorm(x, ca, mean, var, c.p(n.weight), c.p(n.bias), n.eps)
 
 
+def _gn(c: _Ctx, n, xs, ts):
+    x, t = xs[0], ts[0]
+    g, b, G = c.p(n.weight), c.p(n.bias), int(n.num_groups)
+    if not n.running:
+        return c.unfold(groupnorm(c.fold(x, t), G, g, b, n.eps), t)
+    out = np.empty_like(x)
+    total = np.zeros(x.shape[1:])
+    for k in range(x.shape[0]):  # step k: statistics of the mean input over steps 0..k
+        total = total + x[k]
+        out[k] = groupnorm(x[k], G, g, b, n.eps, stats=total / (k + 1))
+    return out
+
+
 def _neuron(c: _Ctx, n, xs, ts):
     return neuron(xs[0], n, c.p(n.w) if n.op == "plif" else None)
 
@@ -214,6 +247,7 @@ def _pair(v) -> tuple[int, int]:
 
 KERNELS: dict[str, Callable] = {
     "conv2d": _conv2d, "scaled_conv2d": _scaled_conv2d, "conv3d": _conv3d, "linear": _linear, "tsm_scale": _tsm, "batchnorm": _bn,
+    "groupnorm": _gn,
     "if": _neuron, "lif": _neuron, "plif": _neuron,
     "add": _binary(np.add), "mul": _binary(np.multiply),
     "swish": lambda c, n, xs, ts: xs[0] * expit(xs[0]),

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sdmc import ir
 
-OPS = ("conv", "conv", "tsm", "bn", "if", "lif", "add", "concat", "upsample", "static_add")
+OPS = ("conv", "conv", "tsm", "bn", "if", "lif", "add", "concat", "upsample", "static_add", "gn", "qif")
 
 
 class _Builder:
@@ -85,6 +85,21 @@ def spiking_graphs(draw, max_ops: int = 8, dtype: str = "float64") -> ir.Graph:
                           v_reset=draw(st.sampled_from([0.0, None])))
             new = b.add(ir.IF(**common) if op == "if" else
                         ir.LIF(tau=draw(st.sampled_from([1.5, 2.0, 3.0])), decay_input=draw(st.booleans()), **common))
+        elif op == "gn":  # GroupNorm, per step or with running statistics (converted QANNs)
+            n = b.name("gn")
+            C_ = t.shape[0]
+            new = b.add(ir.GroupNorm(name=n, inputs=(src,), weight=b.p(f"{n}.weight", b.rng.uniform(0.5, 1.5, C_)),
+                                     bias=b.p(f"{n}.bias", b.rng.normal(0, 0.5, C_)),
+                                     num_groups=draw(st.sampled_from([g for g in (1, 2, 3) if C_ % g == 0])),
+                                     running=t.per_step and draw(st.booleans())))
+        elif op == "qif":  # converted-QANN neuron: soft reset, v[-1] = theta/2, optional signed spikes, * theta
+            cands = [p for p in pool if b.g.nodes[p].type.kind != ir.SPIKE and b.g.nodes[p].type.per_step]
+            if not cands:
+                continue
+            th = draw(st.sampled_from([0.5, 1.0, 2.5]))
+            sp = b.add(ir.IF(name=b.name("qif"), inputs=(draw(st.sampled_from(cands)),), threshold=th, v_reset=None,
+                             v_init=th / 2, signed=draw(st.booleans())))
+            new = b.add(ir.Scale(name=b.name("qscale"), inputs=(sp,), factor=th))
         elif op == "add":
             same = [p for p in pool if b.g.nodes[p].type.shape == t.shape]
             new = b.add(ir.Add(name=b.name("add"), inputs=(src, draw(st.sampled_from(same)))))

@@ -1,6 +1,6 @@
 """Spiking neurons (spikingjelly multi-step semantics).  Input: a per-step ``real`` or ``graded`` current;
-output: per-step ``spike`` of the same shape.  The state starts at ``v[-1] = v_reset`` (0 for soft
-reset) at every network call.  With ``h[t]`` the charged potential::
+output: per-step ``spike`` of the same shape.  The state starts at ``v[-1] = v_init``, by default
+``v_reset`` (0 for soft reset), at every network call.  With ``h[t]`` the charged potential::
 
     s[t] = (h[t] >= threshold)
     v[t] = s[t] * v_reset + (1 - s[t]) * h[t]      hard reset (v_reset is a number)
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .graph import FLOAT_DTYPES, PER_STEP, SPIKE, Node, ValueType, param, register
+from .graph import FLOAT_DTYPES, GRADED, PER_STEP, SPIKE, Node, ValueType, param, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +25,7 @@ class NeuronNode(Node):
     surrogate: str = "atan"
     alpha: float = 2.0
     detach_reset: bool = False
+    v_init: float | None = None
 
     def infer(self, ins, graph):
         x = ins[0]
@@ -43,9 +44,26 @@ class NeuronNode(Node):
 @register
 @dataclass(frozen=True, kw_only=True)
 class IF(NeuronNode):
-    """Integrate-and-fire: ``h[t] = v[t-1] + x[t]`` (spikingjelly ``IFNode``)."""
+    """Integrate-and-fire: ``h[t] = v[t-1] + x[t]`` (spikingjelly ``IFNode``).
+
+    ``signed`` (Fast-SNN's inhibitory spike; soft reset only): with ``c[t]`` the net spike count so far::
+
+        s[t] = [h[t] >= threshold] - [h[t] < 0 and c[t-1] > 0];  c[t] = c[t-1] + s[t]
+        v[t] = h[t] - s[t] * threshold
+
+    Its output is ``graded`` (values -1, 0, 1), not ``spike``.
+    """
 
     op = "if"
+    signed: bool = False
+
+    def infer(self, ins, graph):
+        t = super().infer(ins, graph)
+        if not self.signed:
+            return t
+        if self.v_reset is not None:
+            raise self.fail("signed spikes need reset by subtraction (v_reset=None)")
+        return ValueType(t.shape, t.dtype, GRADED, t.timing)
 
 
 @register

@@ -1,9 +1,9 @@
-"""Normalisation: batch normalisation over the channel axis (axis 0 of the per-sample shape)."""
+"""Normalisation over the channel axis (axis 0 of the per-sample shape): batch and group normalisation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .graph import FLOAT_DTYPES, REAL, Node, ValueType, param, register
+from .graph import FLOAT_DTYPES, PER_STEP, REAL, Node, ValueType, param, register
 
 
 @register
@@ -41,4 +41,42 @@ class BatchNorm(Node):
             self.param_shape(graph, "num_batches_tracked")
         if not self.eps > 0:
             raise self.fail(f"eps must be > 0, got {self.eps}")
+        return ValueType(x.shape, x.dtype, REAL, x.timing)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class GroupNorm(Node):
+    """``y = (x - mu) / sqrt(var + eps) * weight[c] + bias[c]`` (``nn.GroupNorm``): ``mu, var`` are the biased
+    mean and variance of each group of ``C / num_groups`` channels over its channels and positions, per
+    sample and, for a per-step value, per step.
+
+    ``running`` (per-step input only; sdmc's conversion option): the statistics of step ``t`` are those of
+    the running mean ``x̄[t] = mean_{s<=t} x[s]``, applied to ``x[t]``.
+    """
+
+    op = "groupnorm"
+    weight: str | None = param(optional=True)
+    bias: str | None = param(optional=True)
+    num_groups: int = 32
+    eps: float = 1e-5
+    running: bool = False
+
+    def infer(self, ins, graph):
+        x = ins[0]
+        if x.dtype not in FLOAT_DTYPES:
+            raise self.fail(f"input {self.inputs[0]!r} has dtype {x.dtype}; a floating-point value is required")
+        if not x.shape:
+            raise self.fail(f"input {self.inputs[0]!r} has no channel axis (shape [])")
+        C = x.shape[0]
+        if int(self.num_groups) < 1 or C % int(self.num_groups):
+            raise self.fail(f"num_groups={self.num_groups} does not divide the {C} channels of {self.inputs[0]!r}")
+        for fld in ("weight", "bias"):
+            if getattr(self, fld) is not None and self.param_shape(graph, fld) != (C,):
+                raise self.fail(f"shape mismatch: {fld} {getattr(self, fld)!r} has shape "
+                                f"{list(self.param_shape(graph, fld))}, input {self.inputs[0]!r} has {C} channels")
+        if not self.eps > 0:
+            raise self.fail(f"eps must be > 0, got {self.eps}")
+        if self.running and x.timing != PER_STEP:
+            raise self.fail(f"running statistics need a per-step input; {self.inputs[0]!r} is static")
         return ValueType(x.shape, x.dtype, REAL, x.timing)
