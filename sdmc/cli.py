@@ -632,6 +632,8 @@ def _loihi_model_args(p) -> None:
                    help="a population whose worst per-step current overflows Loihi's 24-bit state: fail or rescale")
     p.add_argument("--pow2", action="store_true", help="power-of-two population scales")
     p.add_argument("--host-bits", type=int, default=16, help="bits of the graded host currents (default 16)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="threshold guidance: every IF threshold becomes this value (e.g. 0.997)")
     p.add_argument("--t", type=int, default=500, dest="step", help="diffusion step of the check inputs (default 500)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -690,7 +692,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     graph = _load_graph(args)
     calib = _check_inputs(graph, args.calib, args.step, args.seed) if args.calib > 0 else None
     net, plan, report = unet.compile_net(graph, tsm=args.tsm, calib=calib, pow2=args.pow2,
-                                         on_overflow=args.on_overflow, host_bits=args.host_bits)
+                                         on_overflow=args.on_overflow, host_bits=args.host_bits,
+                                         threshold=args.threshold)
     res = unet.resources(net, plan.graph)
     out = unet.export_dir(net, plan, report, args.out, resources_summary=res["totals"])
     print(report.format())
@@ -723,7 +726,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         raise SdmcError(f"--samples must be >= 1, got {args.samples}")
     graph = _load_graph(args)
     net, plan, report = unet.compile_net(graph, tsm=args.tsm, pow2=args.pow2, on_overflow=args.on_overflow,
-                                         host_bits=args.host_bits)
+                                         host_bits=args.host_bits, threshold=args.threshold)
     inputs = _check_inputs(plan.graph, args.samples, args.step, args.seed)
     pops = [p.name for p in net.populations]
     t0 = time.perf_counter()

@@ -414,8 +414,9 @@ class CompileReport(QuantReport):
                         f"{q.worst_current:>8d}{q.projections:>5d}{mm:>10}{rt:>13}{flag}")
         res = min((q.scale for q in self.layers), default=0.0)
         if res:
-            rows.append(f"threshold resolution: coarsest 1/S = {1 / res:.4g} (threshold guidance steps finer "
-                        "than this are lost)")
+            err = max(abs(q.theta_int / q.scale - q.theta) for q in self.layers)
+            rows.append(f"threshold resolution: coarsest 1/S = {1 / res:.4g}; realised thresholds theta_int/S "
+                        f"differ from theta by at most {err:.3g} (threshold-guidance steps finer than 1/S are lost)")
         for k, v in self.tsm_approx.items():
             e = self.tsm_node_error.get(k)
             rows.append(f"TSM approximated by its mean at {k}: per-step scales deviate up to {100 * v:.1f}%"
@@ -454,13 +455,14 @@ def _host_description(g: ir.Graph, side: Mapping[str, str], currents: Sequence[H
 
 
 def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.ndarray] | None = None,
-                pow2: bool = False, on_overflow: str = "error", host_bits: int = HOST_BITS
-                ) -> tuple[lm.LoihiNet, HostPlan, CompileReport]:
+                pow2: bool = False, on_overflow: str = "error", host_bits: int = HOST_BITS,
+                threshold: float | None = None) -> tuple[lm.LoihiNet, HostPlan, CompileReport]:
     """Compile ``graph`` (traced, or already through the ``neuromorphic`` pipeline) for Loihi.
 
     Returns the integer :class:`~sdmc.sim.loihi.LoihiNet`, the :class:`HostPlan` around it and the
     :class:`CompileReport`.  ``calib`` (graph inputs by name, e.g. ``{"x": x, "t": t}``) fills the report's
-    accuracy figures via :func:`evaluate`.
+    accuracy figures via :func:`evaluate`.  ``threshold``: threshold guidance, every neuron's threshold set
+    to this value (in the host graph too, so the float reference uses it as well).
     """
     if tsm not in ("reject", "mean"):
         raise SdmcError(f"compile_net: tsm must be 'reject' or 'mean', got {tsm!r}")
@@ -469,6 +471,14 @@ def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.
     if not 2 <= int(host_bits) <= 24:
         raise SdmcError(f"compile_net: host_bits must lie in 2..24 (graded message bits), got {host_bits}")
     g = _pipeline(graph)
+    if threshold is not None:
+        if not float(threshold) > 0:
+            raise SdmcError(f"compile_net: threshold must be > 0, got {threshold}")
+        g = g.copy()
+        for n in list(g.nodes.values()):
+            if n.op in ir.NEURON_OPS:
+                g.nodes[n.name] = n.replace(threshold=float(threshold))
+        ir.check(g)
     ex = _Extractor(g, tsm)
     fpops = ex.populations()
     if not fpops:
