@@ -638,7 +638,12 @@ def run_net(net: LoihiNet, inputs: dict[str, np.ndarray], *, num_steps: int | No
         volts = np.zeros((steps, B) + shape, np.int64) if record_v else None
         u = np.zeros((B,) + shape, np.int64)
         v = np.zeros_like(u)
-        for t in range(1, steps + 1):
+        # with zero bias, u = v = 0 and no spikes until the first non-zero input (or the reset): skip those steps
+        first = 1
+        if not bias[pop.name].any():
+            active = np.flatnonzero(a_in.reshape(steps, -1).any(axis=1))
+            first = min(pop.depth + 1, int(active[0]) + 1 if active.size else steps + 1)
+        for t in range(first, steps + 1):
             if t == pop.depth + 1:
                 u[...] = 0
                 v[...] = 0
