@@ -184,6 +184,13 @@ def test_inexpressible_neurons_are_rejected_naming_the_node(kw, msg):
         unet.compile_net(g)
 
 
+def test_neuron_with_initial_potential_is_rejected():
+    g = _chain_graph()
+    g.nodes["n1"] = g.nodes["n1"].replace(v_init=0.5)
+    with pytest.raises(UnsupportedOpError, match=r"node 'n1' \(if\): initial potential"):
+        unet.compile_net(ir.check(g))
+
+
 def test_lif_with_representable_leak_compiles():
     cfg = _cfg(neuron="lif", tau=2.0)
     g = trace(_model(cfg), (1, 1, 8, 8))

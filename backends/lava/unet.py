@@ -199,6 +199,11 @@ def _neuron_params(n: ir.Node) -> tuple[float, int]:
                                  "Loihi's CUBA neuron, which resets v to 0")
     if float(n.v_reset) != 0.0:
         raise UnsupportedOpError(f"node {n.name!r} ({n.op}): reset to v_reset={n.v_reset}; Loihi resets to 0")
+    if getattr(n, "v_init", None) not in (None, 0, 0.0):
+        raise UnsupportedOpError(f"node {n.name!r} ({n.op}): initial potential v_init={n.v_init}; Loihi's reset "
+                                 "starts every population at v = 0")
+    if getattr(n, "signed", False):
+        raise UnsupportedOpError(f"node {n.name!r} ({n.op}): signed (inhibitory) spikes have no CUBA equivalent")
     if not float(n.threshold) > 0:
         raise UnsupportedOpError(f"node {n.name!r} ({n.op}): threshold {n.threshold} must be > 0")
     if n.op == "if":
