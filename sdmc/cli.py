@@ -738,6 +738,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
     print(f"{len(pops)} populations, {len(net.projections)} projections, depth {net.max_depth}; "
           f"{args.samples} sample(s) at t={args.step}, T={graph.T}, in {where}: {wall:.2f} s "
           f"({wall / args.samples:.2f} s/sample)")
+    if args.lava:
+        print("Lava wall times (s): " + ", ".join(f"{k} {v:.2f}" for k, v in hy["times"].items())
+              + " (first_run: compile + first sample; run: the other samples)")
     for o in (n.name for n in plan.graph.output_nodes):
         print(f"output {o}: relative error vs float golden {unet.rel_error(hy['outputs'][o], ref[o]):.4g}")
     worst = sorted(mism.items(), key=lambda kv: -kv[1])[:5]
@@ -745,6 +748,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:.4f}" for k, v in worst))
     clip = max(hy["host_clip"].values(), default=0.0)
     print(f"host currents clipped: {100 * clip:.3f}% at most")
+    if args.lava:
+        ints, _ = plan.quantize_currents(plan.float_currents(inputs, args.samples))
+        ints.update({k: (np.asarray(inputs[k]) != 0).astype(np.int64) for k in plan.spike_inputs})
+        model, _ = unet.run_loihi(net, ints, graph.T, probe=pops)
+        same = all(np.array_equal(model[p], hy["spikes"][p]) for p in pops)
+        print(f"Lava spikes identical to the numpy Loihi model in all {len(pops)} populations: {same}")
+        return 0 if same else 1
     return 0
 
 

@@ -372,3 +372,18 @@ def test_small_sddpm_in_lava_spikes_identical_to_numpy_model(sddpm):
     assert sorted(b) == sorted(pops)
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+def test_segment_file_runs_in_stock_netx_like_the_net(tmp_path):
+    from sdmc.backends.lava import compat
+    compat.install_import_fixes()
+    pytest.importorskip("lava.lib.dl.netx")
+    from sdmc.backends.lava import run
+    g = _chain_graph()
+    net, plan, rep = unet.compile_net(g, pow2=True)
+    out = unet.export_dir(net, plan, rep, tmp_path / "exp")
+    x = (np.random.default_rng(1).random((g.T, 2, 2, 6, 6)) < 0.4).astype(np.float64)
+    res = run.run_netx(out / "segment_00.h5", x, read_v=False)       # stock lava.lib.dl.netx.hdf5.Network
+    hy = unet.run_hybrid(net, plan, {"x": x})
+    assert np.array_equal(res.spikes[0], hy["spikes"]["n1"]) and np.array_equal(res.spikes[1], hy["spikes"]["n2"])
+    assert hy["spikes"]["n2"].any()

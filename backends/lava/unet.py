@@ -824,12 +824,12 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
             for i, pr in enumerate(net.projections):
                 if pr.weight is not None and ("projection", pr.name) not in where:
                     ds = f"projection/{i}/weight"
-                    f.create_dataset(ds, data=np.asarray(pr.weight, np.int64))
+                    f.create_dataset(ds, data=np.asarray(pr.weight).astype(np.int8))  # 8-bit (check_net)
                     where[("projection", pr.name)] = {"file": PROJ_FILE, "dataset": ds}
             for i, p in enumerate(net.populations):
                 if p.bias is not None and ("population", p.name) not in where:
                     ds = f"population/{i}/bias"
-                    f.create_dataset(ds, data=np.asarray(p.bias, np.int64))
+                    f.create_dataset(ds, data=np.asarray(p.bias).astype(np.int32))
                     where[("population", p.name)] = {"file": PROJ_FILE, "dataset": ds}
         ir.save(plan.graph, tmp / GRAPH_FILE)
         manifest = _manifest(net, plan, report, where, segs, resources_summary)
