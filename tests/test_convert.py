@@ -1,4 +1,7 @@
 """ANN->SNN conversion (issue 9): QuantReLU, IF exactness, whole-network error, files and CLI."""
+import json
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -262,3 +265,112 @@ def test_cli_convert(tmp_path, capsys):
     snn, cfg = load_converted(tmp_path / "s.safetensors")
     assert snn.steps == 3 and cfg.model.signed_spikes is True and "finetune" in cfg.provenance
     assert all(float(n.alpha) != 6.0 for n in snn.neurons())  # calibrated
+
+
+# ------------------------------------------------------------------------ the converted SNN as an sdmc model
+CFG_Q = ModelConfig(arch="qann", ch=8, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=8, norm_groups=4,
+                    dropout=0.0, diffusion_steps=100, mid_attn=False, bits=2)
+
+
+def _qunet(seed: int = 0) -> nn.Module:
+    """A float64 2-bit QANN without attention (the IR route), O(1) outputs, calibrated clips."""
+    torch.manual_seed(seed)
+    q = build_qann(CFG_Q).double().eval()
+    for m in q.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+    calibrate_alpha(q, *_inputs())
+    return q
+
+
+@pytest.mark.parametrize("signed,norm", [(False, "step"), (True, "running")])
+def test_converted_unet_traces_and_golden_equals_torch_backend(signed, norm):
+    from sdmc import ir
+    from sdmc.backends.torch_exec import compile_torch
+    from sdmc.frontends import trace
+    from sdmc.sim import golden
+
+    q = _qunet()
+    snn = convert(q, signed=signed, norm=norm)
+    assert snn.config.arch == "qsnn" and snn.config.snn_steps == 3
+    g = trace(snn, (1, 1, 8, 8))
+    assert g.T == 3
+    ifs = [n for n in g if n.op == "if"]
+    assert len(ifs) == len(snn.neurons()) and all(n.v_reset is None and n.signed == signed for n in ifs)
+    assert all(n.v_init == 0.5 * n.threshold for n in ifs)
+    gns = [n for n in g if n.op == "groupnorm"]
+    assert gns and all(n.running == (norm == "running") for n in gns)
+    assert all(g.nodes[g.users(n.name)[0]].op == "scale" for n in ifs)  # spikes * theta
+    x, t = _inputs()
+    want = snn(x, t).detach().numpy()
+    vals = golden.run(g, {"x": x.numpy(), "t": t.numpy()}, keep=[ifs[3].name])
+    assert np.abs(vals["out"] - want).max() < 1e-12 and np.abs(want).mean() > 0.05
+    spikes = vals[ifs[3].name]
+    assert set(np.unique(spikes)) <= ({-1.0, 0.0, 1.0} if signed else {0.0, 1.0}) and spikes.any()
+    for mode, ex in (("train", compile_torch(g, mode="train", dtype=torch.float64)),
+                     ("inference", compile_torch(snn, mode="inference"))):
+        got = ex(x, t).detach().numpy()
+        assert np.abs(got - vals["out"]).max() < 1e-12, mode
+    h = ir.parse(ir.format_graph(g), g.params)  # text round trip of the new attributes and node
+    assert h == g
+
+
+def test_converted_graph_file_round_trip_and_attention_is_refused(tmp_path):
+    from sdmc import ir
+    from sdmc.errors import UnsupportedOpError
+    from sdmc.frontends import trace
+    from sdmc.sim import golden
+
+    g = trace(convert(_qunet(), signed=True, norm="running"), (1, 1, 8, 8))
+    h = ir.load(ir.save(g, tmp_path / "c.sdmc"))
+    assert h == g
+    x, t = _inputs()
+    assert (golden.run(h, [x.numpy(), t.numpy()])["out"] == golden.run(g, [x.numpy(), t.numpy()])["out"]).all()
+    with pytest.raises(UnsupportedOpError, match="middleblocks.0.attn"):
+        trace(convert(_unet(2)), (1, 1, 8, 8))  # pytorch-ddpm's middle attention has no IR op
+
+
+def test_converted_model_samples_with_every_solver():
+    from sdmc.diffusion.analytic import estimate_gamma
+    from sdmc.diffusion.sampling import sample_images
+    from sdmc.diffusion.schedule import NoiseSchedule
+    from sdmc.diffusion.solvers import SOLVER_NAMES
+
+    snn = convert(_qunet().float(), norm="running")
+    sched = NoiseSchedule(DiffusionConfig(num_timesteps=20))
+    gamma = estimate_gamma(snn, sched, torch.rand(4, 1, 8, 8) * 2 - 1, budget=1)
+    outs = {}
+    for name in SOLVER_NAMES:
+        kw = {"gamma": gamma} if name.startswith("analytic") else {}
+        outs[name] = sample_images(snn, sched, 2, solver=name, steps=2, seed=3, progress=False, **kw)
+        assert outs[name].shape == (2, 1, 8, 8) and torch.isfinite(outs[name]).all(), name
+    torch.testing.assert_close(sample_images(snn, sched, 2, solver="ddim", steps=2, seed=3, progress=False),
+                               outs["ddim"])  # deterministic per seed
+    assert not torch.equal(outs["ddim"], outs["ddpm"])
+
+
+def test_cli_train_qann_preset_convert_sample_compile_energy(tmp_path, capsys):
+    from sdmc import ir
+    from sdmc.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "digits-qann-2bit", "--steps", "2", "--batch-size", "4", "--ch", "8",
+                 "--out", str(run), "--sample-every", "2", "--sample-n", "0", "--save-every", "2",
+                 "--no-progress", "--no-tensorboard"]) == 0
+    q, cfg, fresh = load_qann(run / "model.safetensors")
+    assert not fresh and cfg.model.arch == "qann" and cfg.model.bits == 2 and not cfg.model.mid_attn
+    snn_path, sdmc_path = tmp_path / "snn.safetensors", tmp_path / "snn.sdmc"
+    assert main(["convert", str(run / "model.safetensors"), "-o", str(snn_path), "--check", "1"]) == 0
+    assert main(["sample", str(snn_path), "--steps", "2", "-n", "2", "--out", str(tmp_path / "s"),
+                 "--no-progress"]) == 0
+    assert (tmp_path / "s" / "ddim_2.npz").exists()
+    assert main(["compile", str(snn_path), "-o", str(sdmc_path)]) == 0
+    g = ir.load(sdmc_path)
+    assert any(n.op == "if" and n.v_reset is None for n in g) and g.T == 3
+    capsys.readouterr()
+    assert main(["energy", str(snn_path), "--images", "2", "--calib-steps", "1", "--steps", "2", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["layers"]}
+    assert rows["net.head"]["macs"] > 0 and rows["net.head"]["sops"] == 0  # real-valued image input: MACs
+    conv = rows["net.downblocks.0.block1.2"]  # reads theta * spikes: counted as spike-driven (scale folds)
+    assert conv["input_kind"] == "spike" and conv["macs"] == 0 and conv["sops"] > 0
+    assert all(0 < r["rate"] < 1 for r in rows.values() if r["op"] == "if")

@@ -156,6 +156,9 @@ def count_graph(graph) -> dict[str, NodeCost]:
         kw: dict[str, Any] = dict(name=node.name, op=node.op, input=node.inputs[0] if node.inputs else None,
                                   input_kind=x.kind if x is not None else None, timing=ty.timing,
                                   executions=execs, eager_executions=eager)
+        prod = graph.nodes[node.inputs[0]] if node.inputs else None
+        if node.op in SYNAPTIC_OPS and prod.op == "scale" and graph.nodes[prod.inputs[0]].type.kind == "spike":
+            kw["input_kind"] = "spike"  # scaled spikes (converted QANN: s * theta): the scale folds into the weights
         if node.op in CONV_OPS:
             w = graph.params[node.weight].shape
             groups = int(getattr(node, "groups", 1))

@@ -224,13 +224,22 @@ class FiringRateMonitor:
             self.activity.add_neuron(name, s, self._ks)
         return fn
 
+    def _if_hook(self, name: str):
+        def fn(mod, args, out):
+            if self._ks is not None:
+                self.activity.add_neuron(name, self._lead((out.detach() != 0).to(out.dtype)), self._ks)
+        return fn
+
     def __enter__(self) -> "FiringRateMonitor":
+        from ..convert import IFNeuron
         self._hooks.append(self.model.register_forward_pre_hook(self._root_pre, with_kwargs=True))
         for name, m in self.model.named_modules():
             if self.layers is not None and name not in self.layers:
                 continue
             if isinstance(m, self._neuron_types):
                 self._hooks.append(m.register_forward_hook(self._neuron_hook(name)))
+            elif isinstance(m, IFNeuron):  # converted QANN: output s * theta on [T*B, ...]; events are s != 0
+                self._hooks.append(m.register_forward_hook(self._if_hook(name)))
             elif self.synapses:
                 info = synapse_info(m)
                 if info is not None:
@@ -327,5 +336,5 @@ def measure_graph(graph, images: np.ndarray | torch.Tensor, steps: list[int], sc
                 v = v if graph.nodes[c.input].type.per_step else v.unsqueeze(0)
                 act.add_synapse(name, v, t, dict(op=c.op, **c.meta))
             elif c.cls == "neuron":
-                act.add_neuron(name, torch.from_numpy(vals[name]), t)
+                act.add_neuron(name, torch.from_numpy(np.abs(vals[name])), t)  # signed IF: -1 spikes count
     return act
