@@ -512,12 +512,28 @@ def projection_current(proj: Projection, s: np.ndarray, dst_shape: tuple[int, ..
         kh, kw = proj.weight.shape[2:]
         per_row = C * kh * kw * int(np.prod(dst_shape[1:]))
         step = max(1, _CONV_CHUNK // max(per_row, 1))
+        bound = int(np.abs(x).max()) * int(np.abs(proj.weight.astype(np.int64)).reshape(len(proj.weight), -1)
+                                           .sum(axis=1).max())
         for i in range(0, len(nz), step):
             xi = _upsample(x[i:i + step], proj.upsample)
-            y = np.rint(conv2d_f64(xi, proj.weight, proj.stride, proj.padding, proj.dilation,
-                                   proj.groups)).astype(np.int64)
+            y = exact_conv(xi, proj.weight, proj.stride, proj.padding, proj.dilation, proj.groups, bound)
             out[nz[i:i + step]] = signed_clamp(y) if proj.upsample == 1 else y
     return out
+
+
+def exact_conv(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: int, bound: int) -> np.ndarray:
+    """Integer cross-correlation ``[B, C, H, W] * [O, C/g, kh, kw]`` -> int64.  ``bound`` >= every
+    ``sum |w| |x|`` of one output: below 2^24 every partial sum is an integer float32 holds exactly, in any
+    summation order, so torch's float32 conv (direct algorithm, ~2.5x faster than float64 BLAS here) is
+    exact; otherwise :func:`conv2d_f64`."""
+    if bound < (1 << 24):
+        import torch
+        with torch.no_grad():
+            y = torch.nn.functional.conv2d(torch.from_numpy(np.ascontiguousarray(x, np.float32)),
+                                           torch.from_numpy(np.ascontiguousarray(w, np.float32)), None,
+                                           tuple(stride), tuple(padding), tuple(dilation), int(groups))
+        return y.numpy().astype(np.int64)
+    return np.rint(conv2d_f64(x, w, stride, padding, dilation, groups)).astype(np.int64)
 
 
 def _source_values(src: Source, x, where: str) -> np.ndarray:

@@ -109,7 +109,7 @@ def test_two_paths_with_a_delay_line_hand_computed(lava):
     assert (res.raw_v["C"][2:6, :, 0, 0, 0] // 64).T.tolist() == [[5, 5, 10, 15], [0, 5, 10, 10]]
     assert res.spikes["A"][:, :, 0, 0, 0].T.astype(int).tolist() == [[1, 0, 1, 1], [0, 1, 1, 0]]
     assert res.n_processes == 1 + 2 + 3 + 1 + 2 * 2       # ring, 2 LIF, 3 conv, 1 delay line, extractors + wires
-    assert set(res.times) == {"build", "first_run", "run", "read"}
+    assert set(res.times) == {"build", "first_run", "run", "read", "stop"}
     assert_lava_equals_model(net, {"x": xs}, res)
 
 

@@ -291,3 +291,18 @@ def test_check_net_accepts_the_base_and_run_net_checks_inputs():
         lm.run_net(net, {"x": np.zeros((3, 1, 2, 4, 4)), "y": np.zeros(1)})
     with pytest.raises(SdmcError, match="needs 6 steps for N = 5"):
         lm.aligned_net_spikes(lm.run_net(net, {"x": np.zeros((3, 1, 2, 4, 4))}), net, 5)
+
+
+@pytest.mark.parametrize("graded", [False, True])
+def test_exact_conv_float32_path_equals_float64_up_to_its_bound(graded):
+    rng = np.random.default_rng(6)
+    w = rng.choice([-128, 127], (6, 64, 3, 3)).astype(np.int8)          # sum |w| per output ~ 73k
+    x = rng.integers(0, 256 if graded else 2, (3, 64, 9, 9))
+    bound = int(np.abs(x).max()) * int(np.abs(w.astype(np.int64)).reshape(6, -1).sum(1).max())
+    assert (bound < 2 ** 24) != graded                                  # graded: past float32, the f64 path
+    ref = np.rint(lm.conv2d_f64(x, w, (1, 1), (1, 1))).astype(np.int64)
+    assert np.array_equal(lm.exact_conv(x, w, (1, 1), (1, 1), (1, 1), 1, bound), ref)
+    for g, s in ((2, (2, 1)), (64, (1, 2))):                             # groups, strides
+        wg = w[:, :64 // g] if g < 64 else np.repeat(w[:1, :1], 64, axis=0)
+        ref = np.rint(lm.conv2d_f64(x, wg, s, (1, 0), (1, 2), g)).astype(np.int64)
+        assert np.array_equal(lm.exact_conv(x, wg, s, (1, 0), (1, 2), g, bound), ref)

@@ -312,7 +312,7 @@ def run_lava_net(net: lm.LoihiNet, inputs: dict[str, np.ndarray], *, host_bias: 
     times["build"] = time.perf_counter() - t0
     raw = {name: [] for name in probe}
     volts = {name: [] for name in wires}
-    times["first_run"] = times["run"] = times["read"] = 0.0
+    times["first_run"] = times["run"] = times["read"] = 0.0   # first_run: compile + the first sample
     try:
         for b in range(B):
             if b:
@@ -328,7 +328,9 @@ def run_lava_net(net: lm.LoihiNet, inputs: dict[str, np.ndarray], *, host_bias: 
                 volts[name].append(np.stack([from_lava(np.asarray(wv.receive())) for _ in range(R)]))
             times["read"] += time.perf_counter() - t1
     finally:
+        t0 = time.perf_counter()
         anchor.stop()
+        times["stop"] = time.perf_counter() - t0
     raw_spikes = {k: np.stack(v, axis=1).astype(bool) for k, v in raw.items()}          # [R, B, *shape]
     raw_v = {k: np.rint(np.stack(v, axis=1)).astype(np.int64) for k, v in volts.items()} if read_v else None
     spikes = {k: s[pops[k].depth:pops[k].depth + N] for k, s in raw_spikes.items()}
