@@ -585,7 +585,9 @@ def net_bias(net: LoihiNet, host_bias: dict | None, B: int) -> dict[str, np.ndar
     return out
 
 
-def _check_inputs(net: LoihiNet, inputs: dict, fn: str) -> tuple[int, int, dict[str, np.ndarray]]:
+def check_net_inputs(net: LoihiNet, inputs: dict, fn: str = "run_net") -> tuple[int, int, dict[str, np.ndarray]]:
+    """``(N, B, values)``: every source has an ``[N, B, *shape]`` input (same ``N, B``); unary ones binarised
+    (int8), graded ones int64 within ``+-(2^bits - 1)``.  Errors name ``fn`` and the source."""
     if not isinstance(inputs, dict):
         raise SdmcError(f"{fn}: inputs must be a dict source name -> array [N, B, *shape]")
     names = {s.name for s in net.sources}
@@ -629,7 +631,7 @@ def run_net(net: LoihiNet, inputs: dict[str, np.ndarray], *, num_steps: int | No
     (:data:`MAX_CURRENT`), which ``max_current`` exposes.
     """
     check_net(net)
-    N, B, vals = _check_inputs(net, inputs, "run_net")
+    N, B, vals = check_net_inputs(net, inputs, "run_net")
     steps = N + net.max_depth if num_steps is None else int(num_steps)
     if steps < 1:
         raise SdmcError(f"run_net: num_steps must be >= 1, got {num_steps}")

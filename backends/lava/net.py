@@ -274,7 +274,7 @@ def run_lava_net(net: lm.LoihiNet, inputs: dict[str, np.ndarray], *, host_bias: 
     ``run_net`` (tested); see the module docstring for the mapping and the back-to-back sample schedule.
     """
     lm.check_net(net)
-    N, B, vals = lm._check_inputs(net, inputs, "run_lava_net")
+    N, B, vals = lm.check_net_inputs(net, inputs, "run_lava_net")
     probe = tuple(net.outputs if probe is None else probe)
     pops = {p.name: p for p in net.populations}
     for name in probe:
