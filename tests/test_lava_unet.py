@@ -355,16 +355,17 @@ def test_cli_export_sim_and_resources(model_file, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------- Lava
-def test_small_sddpm_in_lava_spikes_identical_to_numpy_model(sddpm):
+def _lava_net_module():
     from sdmc.backends.lava import compat
     compat.install_import_fixes()
     pytest.importorskip("lava.lib.dl.netx")
-    net_mod = pytest.importorskip("sdmc.backends.lava.net")
-    if not hasattr(net_mod, "run_lava_net"):
-        pytest.skip("run_lava_net not available")
-    cfg, g = sddpm
-    net, plan, _ = unet.compile_net(g, on_overflow="rescale")
-    inp = _inputs(cfg, 1, 7)
+    return pytest.importorskip("sdmc.backends.lava.net")
+
+
+def _exported_net_in_lava_equals_numpy_model(g, tmp_path, **kw):
+    net, plan, rep = unet.compile_net(g, on_overflow="rescale", **kw)
+    net, plan, _ = unet.load_export(unet.export_dir(net, plan, rep, tmp_path / "exp"))   # what Lava runs: the export
+    inp = {k: v[:1] for k, v in _inputs(_cfg(), 1, 7).items()}
     ints, _ = plan.quantize_currents(plan.float_currents(inp, 1))
     pops = [p.name for p in net.populations]
     a, _ = unet.run_loihi(net, ints, g.T)
@@ -372,6 +373,19 @@ def test_small_sddpm_in_lava_spikes_identical_to_numpy_model(sddpm):
     assert sorted(b) == sorted(pops)
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+    assert np.mean([a[k].mean() for k in a]) > 0.05
+
+
+def test_small_sddpm_exported_and_run_in_lava_spikes_identical_to_numpy_model(sddpm, tmp_path):
+    _lava_net_module()
+    _exported_net_in_lava_equals_numpy_model(sddpm[1], tmp_path)
+
+
+@pytest.mark.slow   # ~25 s more Lava; the SDDPM test covers the same projections, delays and host currents
+def test_small_sdm_mean_tsm_exported_and_run_in_lava_spikes_identical_to_numpy_model(tmp_path):
+    _lava_net_module()
+    g = trace(_model(_cfg("sdm")), (1, 1, 8, 8))
+    _exported_net_in_lava_equals_numpy_model(g, tmp_path, tsm="mean")
 
 
 def test_segment_file_runs_in_stock_netx_like_the_net(tmp_path):
