@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/conversion_table.py --steps 300 --finetune 50 --device cpu --out conv.json
     python benchmarks/conversion_table.py --steps 20000 --finetune 2000 --device cuda --out conv.json
 
-Trains three models on the bundled digits data with the same number of steps (presets ``digits-ann``,
+Trains three models (one after the other, each scored as soon as it is trained) on the bundled digits
+data with the same number of steps (presets ``digits-ann``,
 ``digits-qann-2bit``, ``digits``: the float ANN, the 2-bit quantised ANN and the SDDPM spiking UNet, all
 ch 32, ch_mult 1,2, one block, about 0.67M parameters), converts the quantised ANN (``sdmc.convert``: IF,
 threshold = clip, membrane clip/2, reset by subtraction, T = 3), block-wise fine-tunes a copy, then samples
@@ -22,8 +23,8 @@ short still leaves the rows done).  Re-running with the same ``--workdir`` and `
 trained models (training resumes from the newest checkpoint, which is already at the last step).
 
 Needs nothing beyond sdmc's dependencies and no network.  ``--device cuda`` puts training, conversion,
-fine-tuning, sampling and the FID features on the GPU.  Progress goes to stdout (flushed) and tqdm bars to
-stderr; the markdown table is printed at the end and the JSON written to ``--out`` (atomically).
+fine-tuning, sampling and the FID features on the GPU.  Progress goes to stdout (flushed) and tqdm bars (training,
+sampling, fine-tuning) to stderr; the markdown table is printed at the end and the JSON written to ``--out`` (atomically).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def train_preset(preset: str, args: argparse.Namespace, workdir: Path) -> tuple[
 
     cfg = make_config(preset, steps=args.steps, out=str(workdir / preset), device=args.device, seed=args.seed,
                       sample_every=args.steps, save_every=args.steps, sample_n=0, log_every=max(1, args.steps // 10),
-                      tensorboard=False, progress=False, resume="auto")
+                      tensorboard=False, progress=True, resume="auto")
     t0 = time.perf_counter()
     path = train(cfg, log=lambda s: print(f"    {s}", flush=True))
     return Path(path), time.perf_counter() - t0
@@ -143,17 +144,19 @@ def main(argv: list[str] | None = None) -> int:
             Path(tmp).write_text(json.dumps(result, indent=1))
 
     paths, train_s = {}, {}
-    for preset in ("digits-ann", "digits-qann-2bit", "digits"):
+
+    def trained(preset: str) -> Path:
         say(f"training {preset} for {args.steps} steps ...")
         paths[preset], train_s[preset] = train_preset(preset, args, workdir)
         say(f"  {preset}: {train_s[preset]:.1f} s -> {paths[preset]}")
+        return paths[preset]
 
-    ann, acfg = load_model(paths["digits-ann"], device=device)
+    ann, acfg = load_model(trained("digits-ann"), device=device)
     schedule = NoiseSchedule(acfg.diffusion)
     add_row("ANN (float, Swish)", ann, schedule, params=n_params(ann), train_s=train_s["digits-ann"], T=None)
     del ann
 
-    qann, qcfg, _ = cv.load_qann(paths["digits-qann-2bit"])
+    qann, qcfg, _ = cv.load_qann(trained("digits-qann-2bit"))
     qann = qann.to(device).eval()
     add_row("QANN (2-bit QuantReLU)", qann, schedule, params=n_params(qann), train_s=train_s["digits-qann-2bit"],
             T=None)
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 signed=False, norm="step", finetune_report={k: list(v) for k, v in rep.items()})
     del snn0, qann
 
-    snn, scfg = load_model(paths["digits"], device=device)
+    snn, scfg = load_model(trained("digits"), device=device)
     add_row("directly trained SNN (SDDPM, IF)", prepare(snn, "inference"), schedule, params=n_params(snn),
             train_s=train_s["digits"], T=scfg.model.snn_steps)
 
