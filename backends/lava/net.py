@@ -91,6 +91,7 @@ def projection_matrix(proj: lm.Projection, src_shape: tuple[int, ...], dst_shape
     (sh, sw), (ph, pw), (dh, dw) = proj.stride, proj.padding, proj.dilation
     kh, kw = proj.weight.shape[2:]
     og = O // proj.groups
+    wt = np.asarray(proj.weight, np.int64)
     o, y, x = np.meshgrid(np.arange(O), np.arange(Ho), np.arange(Wo), indexing="ij")
     rows_l, cols_l, vals_l = [], [], []
     for ci in range(Cg):
@@ -100,7 +101,7 @@ def projection_matrix(proj: lm.Projection, src_shape: tuple[int, ...], dst_shape
             for j in range(kw):
                 xx = x * sw - pw + j * dw
                 ok = (yy >= 0) & (yy < H * u) & (xx >= 0) & (xx < W * u)
-                wv = np.asarray(proj.weight, np.int64)[o, ci, i, j]
+                wv = wt[o, ci, i, j]
                 ok &= wv != 0
                 rows_l.append(((o * Ho + y) * Wo + x)[ok])
                 cols_l.append(((c * H + yy // u) * W + xx // u)[ok])
