@@ -174,6 +174,7 @@ class _FProj:
     dilation: tuple = (1, 1)
     groups: int = 1
     upsample: int = 1
+    factor: float = 1.0   # the float weight is factor * weight (mean TSM scale); weight is the graph's array
 
 
 @dataclass
@@ -273,8 +274,9 @@ class _Extractor:
         elif src.op not in ir.NEURON_OPS:
             raise UnsupportedOpError(f"node {n.name!r} ({n.op}): reads {src.name!r} ({src.op}); a Loihi synapse "
                                      "must read a neuron's spikes (optionally upsampled)")
-        w = np.asarray(P[n.weight], np.float64)
+        w = np.asarray(P[n.weight])      # no copy: converted per population while quantising
         b = None if n.bias is None else np.asarray(P[n.bias], np.float64)
+        pm = 1.0
         if n.op == "scaled_conv2d":
             if self.tsm == "reject":
                 raise UnsupportedOpError(f"node {n.name!r} (scaled_conv2d): per-step (TSM) weights p[t] W have no "
@@ -284,17 +286,16 @@ class _Extractor:
             if pm == 0:
                 raise UnsupportedOpError(f"node {n.name!r} (scaled_conv2d): mean TSM scale is 0")
             spread = float(np.abs(p - pm).max() / abs(pm))
-            w = w * pm
             if b is not None and b.ndim == 2:
                 bm = b.mean(0)
                 spread = max(spread, float(np.abs(b - bm).max()) / max(float(np.abs(b).max()), 1e-12))
                 b = bm
             self.tsm_spread[n.name] = spread
         if n.op == "linear":
-            pr = _FProj(n.name, src.name, "dense", w)
+            pr = _FProj(n.name, src.name, "dense", w, factor=pm)
         else:
             pr = _FProj(n.name, src.name, "conv", w, _pair(n.stride), _pair(n.padding), _pair(n.dilation),
-                        int(n.groups), up)
+                        int(n.groups), up, factor=pm)
         return ("proj", pr, b)
 
     def populations(self) -> list[_FPop]:
@@ -347,14 +348,15 @@ def _worst(w_int: np.ndarray) -> np.ndarray:
 
 def _quantize_pop(fp: _FPop, *, pow2: bool, on_overflow: str, host_bits: int):
     where = f"population {fp.name!r}"
-    wmax = max((float(np.abs(p.weight).max()) * fp.gain for p in fp.projs if p.weight.size), default=0.0)
+    wf = [np.asarray(p.weight, np.float64) * p.factor for p in fp.projs]
+    wmax = max((float(np.abs(w).max()) * fp.gain for w in wf if w.size), default=0.0)
     S = lm.WEIGHT_MAX / wmax if wmax > 0 else ((1 << (host_bits - 1)) - 1) / (HOST_RANGE * fp.theta)
     S = min(S, (lm.MAX_VTH + 1) / fp.theta)
     if pow2:
         S = float(2.0 ** np.floor(np.log2(S)))
     host_max = (1 << (host_bits - 1)) - 1 if fp.host else 0
     while True:
-        ws = [np.rint(p.weight * S * fp.gain).astype(np.int64) for p in fp.projs]
+        ws = [np.rint(w * S * fp.gain).astype(np.int64) for w in wf]
         b_int = None if fp.bias is None else np.rint(fp.bias * S * fp.gain).astype(np.int64)
         bias_on_host = b_int is not None and int(np.abs(b_int).max()) > lm.MAX_BIAS
         hm = host_max if not bias_on_host else (1 << (host_bits - 1)) - 1
@@ -375,7 +377,7 @@ def _quantize_pop(fp: _FPop, *, pow2: bool, on_overflow: str, host_bits: int):
     for p, w in zip(fp.projs, ws):
         if w.size and not w.any():
             raise SdmcError(f"{where}: every weight of projection {p.node!r} quantises to 0 at scale {S:.4g}")
-    werr = max((float(np.abs(w / (S * fp.gain) - p.weight).max()) for p, w in zip(fp.projs, ws) if w.size),
+    werr = max((float(np.abs(w / (S * fp.gain) - f).max()) for f, w in zip(wf, ws) if w.size),
                default=0.0)
     berr = 0.0 if b_int is None or bias_on_host else float(np.abs(b_int / (S * fp.gain) - fp.bias).max())
     q = LayerQuant(name=fp.name, scale=S * fp.gain, weight_err=werr, theta=fp.theta, theta_int=th_int,
@@ -502,9 +504,11 @@ def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.
                                                               host_bits=host_bits)
         qrep.append(q)
         pops.append(lm.Population(fp.name, fp.shape, lm.Cuba(vth=th_int - 1, dv=fp.dv), bias=b_int, depth=d))
-        for pr, w in zip(fp.projs, ws):
-            projs.append(lm.Projection(pr.src, fp.name, pr.kind, w, pr.stride, pr.padding, pr.dilation, pr.groups,
-                                       pr.upsample, delay=d - depth[pr.src] - 1, name=pr.node))
+        for pr, w in zip(fp.projs, ws):  # 8-bit mantissas stored as int8 (the full CIFAR-10 UNet: 158 M of them)
+            projs.append(lm.Projection(pr.src, fp.name, pr.kind, w.astype(np.int8), pr.stride, pr.padding,
+                                       pr.dilation, pr.groups, pr.upsample, delay=d - depth[pr.src] - 1, name=pr.node))
+            pr.weight = None   # the float copy is no longer needed
+        del ws
         if fp.host or bias_on_host:
             src = f"{fp.name}.host"
             sources.append(lm.Source(src, fp.shape, bits=host_bits))
