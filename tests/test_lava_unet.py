@@ -8,6 +8,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sdmc import ir, passes
 from sdmc.backends.lava import unet
@@ -19,6 +21,7 @@ from sdmc.sim import golden
 from sdmc.sim import loihi as lm
 
 from conftest import randomize_bn
+from strategies import random_inputs, spiking_graphs
 
 
 def _cfg(arch="sddpm", **kw) -> ModelConfig:
@@ -401,3 +404,20 @@ def test_segment_file_runs_in_stock_netx_like_the_net(tmp_path):
     hy = unet.run_hybrid(net, plan, {"x": x})
     assert np.array_equal(res.spikes[0], hy["spikes"]["n1"]) and np.array_equal(res.spikes[1], hy["spikes"]["n2"])
     assert hy["spikes"]["n2"].any()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(g=spiking_graphs(max_ops=8), seed=st.integers(0, 3))
+def test_generated_graphs_compile_cleanly_or_fail_with_a_named_error(g, seed):
+    """Either a clear SdmcError, or a checked net whose hybrid run gives the golden output's shapes."""
+    try:
+        net, plan, rep = unet.compile_net(g, tsm="mean", on_overflow="rescale")
+    except SdmcError as e:
+        assert "node '" in str(e) or "population '" in str(e) or "no neuromorphic neurons" in str(e), str(e)
+        return
+    lm.check_net(net)
+    inp = random_inputs(plan.graph, B=2, seed=seed)
+    hy = unet.run_hybrid(net, plan, inp)
+    ref = golden.run(plan.graph, inp)
+    for k, v in ref.items():
+        assert hy["outputs"][k].shape == v.shape and np.all(np.isfinite(hy["outputs"][k]))
