@@ -28,6 +28,13 @@ SDM's TSM convs (``y[t] = p[t] conv(x[t])``) have no static synapse.  ``tsm='rej
 node; ``tsm='mean'`` uses ``mean_t p[t] W`` and records per node the relative spread
 ``max_t |p[t] - mean p| / |mean p|``; with calibration inputs the report also gives the float output error
 this approximation alone causes.  Host-side TSM convs (the head) stay exact: host currents are per step.
+A population fed only by the host gets ``S = (2^(bits-1) - 1) / (HOST_RANGE theta)``.
+
+Running (:func:`run_hybrid`): the host computes the current terms with the golden interpreter, quantises
+them, the LoihiNet runs (``sim.loihi.run_net`` or Lava's ``run_lava_net``), and the host tail reads the
+output populations' spikes (``golden.run(..., overrides=spikes)``).  Per-step spike graph inputs become
+unary Sources of the same name.  Export (:func:`export_dir` / :func:`load_export` / :func:`check_export`):
+see :func:`export_dir`.  Resources (:func:`resources`): counted from shapes, nothing dense is built.
 """
 from __future__ import annotations
 
