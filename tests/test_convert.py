@@ -374,3 +374,6 @@ def test_cli_train_qann_preset_convert_sample_compile_energy(tmp_path, capsys):
     conv = rows["net.downblocks.0.block1.2"]  # reads theta * spikes: counted as spike-driven (scale folds)
     assert conv["input_kind"] == "spike" and conv["macs"] == 0 and conv["sops"] > 0
     assert all(0 < r["rate"] < 1 for r in rows.values() if r["op"] == "if")
+    assert main(["lava", "resources", str(snn_path)]) == 2  # Loihi's CUBA neuron cannot reset by subtraction
+    err = capsys.readouterr().err
+    assert "soft reset" in err and "net.time_embedding.timembedding.2" in err
