@@ -605,6 +605,8 @@ def check_net_inputs(net: LoihiNet, inputs: dict, fn: str = "run_net") -> tuple[
             raise SdmcError(f"{where} must be [N, B, {', '.join(map(str, s.shape))}], got {list(x.shape)}")
         if N is None:
             N, B = x.shape[:2]
+            if N < 1 or B < 1:
+                raise SdmcError(f"{where}: needs at least one step and one sample, got [N, B] = {[N, B]}")
         elif tuple(x.shape[:2]) != (N, B):
             raise SdmcError(f"{where} has [N, B] = {list(x.shape[:2])}, other sources have {[N, B]}")
         vals[s.name] = _source_values(s, x, where)

@@ -287,6 +287,8 @@ def test_check_net_accepts_the_base_and_run_net_checks_inputs():
         lm.run_net(net, {})
     with pytest.raises(SdmcError, match=r"input 'x' must be \[N, B, 2, 4, 4\], got \[3, 1, 2, 4\]"):
         lm.run_net(net, {"x": np.zeros((3, 1, 2, 4))})
+    with pytest.raises(SdmcError, match=r"at least one step and one sample, got \[N, B\] = \[0, 1\]"):
+        lm.run_net(net, {"x": np.zeros((0, 1, 2, 4, 4))})
     with pytest.raises(SdmcError, match=r"unknown sources \['y'\]"):
         lm.run_net(net, {"x": np.zeros((3, 1, 2, 4, 4)), "y": np.zeros(1)})
     with pytest.raises(SdmcError, match="needs 6 steps for N = 5"):
