@@ -643,18 +643,30 @@ def _load_graph(args: argparse.Namespace):
     from . import ir
     path = Path(args.model)
     if path.suffix == ".sdmc" or (path / "graph.json").is_file():
-        return ir.load(path)
+        return ir.check(ir.load(path))
     from .frontends import from_checkpoint
     return from_checkpoint(path, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
 
 
 def _check_inputs(graph, n: int, step: int, seed: int) -> dict:
     """``n`` noised images ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (linear betas 1e-4..0.02, 1000
-    steps; x0 from the bundled digits set when it loads, else uniform in [-1, 1]) and their step ``t``."""
+    steps; x0 from the bundled digits set when it loads, else uniform in [-1, 1]) and their step ``t``.
+    Graphs whose first input is not a static image get random spikes (p = 0.3) / standard normal values."""
     import numpy as np
     x_node = graph.input_nodes[0]
-    C, H, W = x_node.type.shape
     rng = np.random.default_rng(seed)
+    if x_node.type.per_step or len(x_node.type.shape) != 3:
+        out = {}
+        for node in graph.input_nodes:
+            shape = node.type.full_shape(graph.T, n)
+            if node.type.dtype.startswith("int"):
+                out[node.name] = np.full(shape, step, np.int64)
+            elif node.type.kind == "spike":
+                out[node.name] = (rng.random(shape) < 0.3).astype(np.float64)
+            else:
+                out[node.name] = rng.standard_normal(shape)
+        return out
+    C, H, W = x_node.type.shape
     x0 = rng.uniform(-1, 1, (n, C, H, W))
     try:
         from .data import load_dataset
@@ -762,7 +774,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="ANN -> SNN conversion of a quantised-activation ANN UNet (SDM §6)",
                        description="Every QuantReLU becomes an IF neuron (threshold = clip alpha, membrane "
-                                   "alpha/2, reset by subtraction), run for T = 2**bits - 1 steps.")
+                                   "alpha/2, reset by subtraction), run for T = 2**bits - 1 steps. Input: a "
+                                   "quantised ANN (e.g. from 'sdmc train --preset digits-qann-2bit') or a plain ANN "
+                                   "with --bits. The output is an ordinary model file (arch qsnn) that sdmc "
+                                   "sample / eval / compile / energy / info read.")
     p.add_argument("file", help="quantised ANN (.safetensors from sdmc) or a plain ANN checkpoint (.pt/.safetensors)")
     p.add_argument("-o", "--out", required=True, help="converted SNN to write (.safetensors)")
     p.add_argument("--bits", type=int, default=None,

@@ -229,6 +229,9 @@ def test_qann_and_converted_files_round_trip(tmp_path):
     assert not fresh and cfg2.model.bits == 2
     with pytest.raises(CheckpointError, match="3"):
         load_qann(tmp_path / "q.safetensors", bits=3)
+    torch.save(_qunet().float().state_dict(), tmp_path / "bare.pt")  # no config: arch and mid_attn inferred
+    q3, cfg3, _ = load_qann(tmp_path / "bare.pt")
+    assert cfg3.model.arch == "qann" and not cfg3.model.mid_attn and cfg3.model.bits == 2
     snn = convert(q2, signed=True, norm="running")
     save_converted(tmp_path / "s.safetensors", snn, cfg2)
     snn2, cfg3 = load_converted(tmp_path / "s.safetensors")
