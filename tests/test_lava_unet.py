@@ -355,6 +355,10 @@ def test_cli_export_sim_and_resources(model_file, tmp_path, capsys):
     assert "Loihi 2 resources" in capsys.readouterr().out
     assert main(["export", str(model_file), "--backend", "onnx", "-o", str(tmp_path / "o")]) == 2
     assert "not implemented" in capsys.readouterr().err
+    chain = ir.save(_chain_graph(), tmp_path / "chain.sdmc")     # a .sdmc graph with a per-step spike input
+    assert main(["export", str(chain), "-o", str(tmp_path / "c"), "--pow2", "--calib", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "1 netx segment(s)" in text and "relative error 0\n" in text     # dyadic chain: exact
 
 
 # ------------------------------------------------------------------------------------------- Lava

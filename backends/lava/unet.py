@@ -463,9 +463,22 @@ def _host_description(g: ir.Graph, side: Mapping[str, str], currents: Sequence[H
     for c in currents:
         out.append(f"{c.source}: graded current into {c.population} = ({' + '.join(c.terms) or '0'}"
                    f"{' + bias' if c.bias is not None else ''}) x {c.scale:.4g}, {c.bits}-bit")
-    out.append(f"read-out from the spikes of {len(outputs)} population(s): {', '.join(outputs)} (host tail, "
-               "membrane read-out)")
+    tail = sorted({g.nodes[k].op for k, s in side.items() if s == "host" and k in _downstream(g, outputs)}
+                  - {"output"})
+    out.append(f"read-out: the host reads the spikes of {len(outputs)} population(s) ({', '.join(outputs)}) and runs "
+               f"the tail ops {tail}")
     return out
+
+
+def _downstream(g: ir.Graph, names: Sequence[str]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(names)
+    while stack:
+        k = stack.pop()
+        if k not in seen:
+            seen.add(k)
+            stack.extend(g.users(k))
+    return seen
 
 
 def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.ndarray] | None = None,
