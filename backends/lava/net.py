@@ -12,7 +12,9 @@ Mapping (Lava tensors are (W, H, C); torch (C, H, W) arrays are transposed at th
   it zeroes ``u, v`` before integrating at steps ``b*R + depth + 1`` -- the contract's reset, once per sample.
 - conv projection -> ``proc.conv.Conv`` (torch weight flipped and transposed to Lava's ``(O, kW, kH, C/g)``,
   stride/padding/dilation as (x, y)).
-- conv with ``upsample > 1``, dense, identity -> the exact integer matrix ``M`` (rows/columns in Lava's
+- conv with ``upsample > 1`` and ``upsample='subpixel'`` -> one ``Conv`` with ``u*u*O`` channels whose
+  output ports are reshaped/transposed into the upsampled image (:func:`subpixel_weight`).
+- conv with ``upsample > 1`` (default), dense, identity -> the exact integer matrix ``M`` (rows/columns in Lava's
   (W, H, C)-flattened order), split by :func:`synapse_pieces` into ``Sparse``/``Dense`` synapses whose
   weights survive Lava's clip to [-256, 255] and mixed-sign LSB drop unchanged, each with a ``weight_exp``
   so that the pieces sum to ``M @ s`` exactly.
@@ -26,7 +28,7 @@ written with ``bias_mant.set`` between runs (the first sample's is the initial v
 population integrates before its reset -- bias during pipeline fill, the previous sample's tail -- is
 discarded by the reset, so each sample's response equals a fresh run; the raw steps ``1..depth`` of samples
 ``b >= 1`` do carry that tail.  Upsampling ``Sparse`` matrices have ``~ n_out * C_in * ceil(k/u)^2``
-entries: fine for test-sized nets, too large for a CIFAR UNet's decoder in Lava's simulator.
+entries: fine for test-sized nets, too large for a CIFAR UNet's decoder (use ``upsample='subpixel'``).
 """
 from __future__ import annotations
 
@@ -157,6 +159,36 @@ def lava_conv_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(w)[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)).astype(np.int32)
 
 
+def subpixel_weight(proj: lm.Projection, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]):
+    """``conv(upsample_u(s), w)`` as a stride-1 conv of ``s`` with ``u*u*O`` channels followed by a pixel
+    shuffle: returns ``(w_eff [u*u*O, C, K, K] int64, (P_h, P_w))`` with output channel ``(iy*u + jx)*O + o``
+    giving pixel ``(y*u + iy, x*u + jx)`` of channel ``o``, or None when that form does not apply (stride or
+    groups != 1, asymmetric effective padding, or an output that is not ``u`` times the input).
+
+    Tap ``i`` of output phase ``iy`` reads source row ``y + floor((iy - p + i*d) / u)``; taps that land on
+    the same source pixel add up, so ``|w_eff|`` reaches ``ceil(k/u)^2 * 128`` (Lava's simulated ``Conv`` does
+    not clip; a chip mapping would split it like :func:`synapse_pieces`)."""
+    u = proj.upsample
+    O, Cg, kh, kw = proj.weight.shape
+    if tuple(proj.stride) != (1, 1) or proj.groups != 1 or tuple(dst_shape[1:]) != (src_shape[1] * u, src_shape[2] * u):
+        return None
+    offs = []
+    for k, p, d in ((kh, proj.padding[0], proj.dilation[0]), (kw, proj.padding[1], proj.dilation[1])):
+        r = np.floor_divide(np.arange(u)[:, None] - p + np.arange(k)[None, :] * d, u)   # [phase, tap]
+        if -r.min() != r.max():
+            return None
+        offs.append(r + r.max())
+    (ry, rx), (P_h, P_w) = offs, (int(offs[0].max()) // 2, int(offs[1].max()) // 2)
+    w = np.asarray(proj.weight, np.int64)
+    w_eff = np.zeros((u, u, O, Cg, 2 * P_h + 1, 2 * P_w + 1), np.int64)
+    for iy in range(u):
+        for jx in range(u):
+            for i in range(kh):
+                for j in range(kw):
+                    w_eff[iy, jx, :, :, ry[iy, i], rx[jx, j]] += w[:, :, i, j]
+    return w_eff.reshape(u * u * O, Cg, 2 * P_h + 1, 2 * P_w + 1), (P_h, P_w)
+
+
 @dataclass
 class LavaProcs:
     """The built process graph: ``lif``/``ring`` by node name, ``synapses`` per projection index, delay lines
@@ -174,9 +206,13 @@ class LavaProcs:
 
 
 def build_lava_net(net: lm.LoihiNet, data: dict[str, np.ndarray], bias: dict[str, np.ndarray],
-                   reset_interval: int) -> LavaProcs:
+                   reset_interval: int, upsample: str = "sparse") -> LavaProcs:
     """Lava processes for ``net``: ``data[source]`` the RingBuffer contents (Lava layout, time last),
-    ``bias[pop]`` the initial ``bias_mant`` (torch layout, full shape).  Lava must be importable."""
+    ``bias[pop]`` the initial ``bias_mant`` (torch layout, full shape).  ``upsample``: ``'sparse'`` (8-bit
+    Sparse pieces) or ``'subpixel'`` (one ``Conv`` + pixel-shuffle ports, see :func:`subpixel_weight`; falls
+    back to Sparse where that form does not apply).  Lava must be importable."""
+    if upsample not in ("sparse", "subpixel"):
+        raise SdmcError(f"build_lava_net: upsample must be 'sparse' or 'subpixel', got {upsample!r}")
     from lava.proc.conv.process import Conv
     from lava.proc.dense.process import Dense
     from lava.proc.io.source import RingBuffer
@@ -216,6 +252,16 @@ def build_lava_net(net: lm.LoihiNet, data: dict[str, np.ndarray], bias: dict[str
                                 f"{list(c.output_shape)}, {pr.dst!r} is {list(lava_shape(dst_shape))} (W, H, C)")
             port.connect(c.s_in)
             c.a_out.connect(a_in)
+            syn[i] = [c]
+            continue
+        sub = subpixel_weight(pr, src_shape, dst_shape) if pr.kind == "conv" and upsample == "subpixel" else None
+        if sub is not None:
+            (w_eff, pad), u, (O, Ho, Wo) = sub, pr.upsample, dst_shape
+            c = Conv(weight=lava_conv_weight(w_eff), input_shape=lava_shape(src_shape), padding=pad[::-1],
+                     num_message_bits=nb, name=pr.name or None)
+            port.connect(c.s_in)
+            W, H = Wo // u, Ho // u       # (x, y, iy, jx, o) -> (x, jx, y, iy, o) -> (W*u, H*u, O)
+            c.a_out.reshape((W, H, u, u, O)).transpose((0, 3, 1, 2, 4)).reshape((Wo, Ho, O)).connect(a_in)
             syn[i] = [c]
             continue
         m = projection_matrix(pr, src_shape, dst_shape)
@@ -267,11 +313,13 @@ def sparse_zero(n_out: int, n_in: int):
 
 def run_lava_net(net: lm.LoihiNet, inputs: dict[str, np.ndarray], *, host_bias: dict | None = None,
                  fast_conv: bool = True, probe: tuple[str, ...] | None = None,
-                 read_v: bool = False) -> LavaNetRun:
+                 read_v: bool = False, upsample: str = "sparse") -> LavaNetRun:
     """Run ``net`` on ``inputs[source]`` ``[N, B, *shape]`` in Lava's fixed-point CPU simulation.
 
     ``probe``: populations whose spikes (and with ``read_v`` voltages) are read; default ``net.outputs``.
-    ``host_bias``: per-sample ``bias_mant`` additions as for :func:`sdmc.sim.loihi.run_net`.  Bit-exact to
+    ``host_bias``: per-sample ``bias_mant`` additions as for :func:`sdmc.sim.loihi.run_net`.  ``upsample``:
+    how upsampling convs are built (:func:`build_lava_net`; ``'subpixel'`` scales to UNet decoders, whose
+    Sparse matrices would hold ~10^8 entries).  Bit-exact to
     ``run_net`` (tested); see the module docstring for the mapping and the back-to-back sample schedule.
     """
     lm.check_net(net)
@@ -298,7 +346,7 @@ def run_lava_net(net: lm.LoihiNet, inputs: dict[str, np.ndarray], *, host_bias: 
         for b in range(B):
             d[..., b * R:b * R + N] = np.moveaxis(to_lava(vals[s.name][:, b], lead=1), 0, -1)
         data[s.name] = d
-    procs = build_lava_net(net, data, {k: v[0] for k, v in bias.items()}, R)
+    procs = build_lava_net(net, data, {k: v[0] for k, v in bias.items()}, R, upsample=upsample)
     ex, wires = {}, {}
     for name in probe:
         ex[name] = Extractor(shape=lava_shape(pops[name].shape), buffer_size=R)
