@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--lava", action="store_true", help="also run the net in Lava (run_lava_net) and compare")
+    ap.add_argument("--upsample", default="subpixel", choices=("sparse", "subpixel"), help="Lava upsample synapses")
     a = ap.parse_args()
     net = unet_net(a.ch, tuple(int(c) for c in a.ch_mult.split(",")), a.blocks, a.size)
     n_neurons = sum(int(np.prod(p.shape)) for p in net.populations)
@@ -127,7 +128,7 @@ def main() -> None:
         if a.lava:
             from sdmc.backends.lava.net import run_lava_net
             t0 = time.perf_counter()
-            res = run_lava_net(net, x, probe=tuple(p.name for p in net.populations))
+            res = run_lava_net(net, x, probe=tuple(p.name for p in net.populations), upsample=a.upsample)
             dl = time.perf_counter() - t0
             same = all(np.array_equal(res.spikes[p], al[p]) for p in al)
             tm = ", ".join(f"{k} {v:.1f} s" for k, v in res.times.items())
