@@ -194,8 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     del snn0, qann
 
     snn, scfg = load_model(trained("digits"), device=device)
-    add_row("directly trained SNN (SDDPM, IF)", prepare(snn, "inference"), schedule, params=n_params(snn),
-            train_s=train_s["digits"], T=scfg.model.snn_steps)
+    try:  # sample through the compiled executor, as sdmc sample does
+        runner, how = prepare(snn, "inference"), "compiled torch executor"
+    except Exception as e:  # noqa: BLE001 - one GPU run must not die here: fall back to the eager model, say so
+        runner, how = snn, f"eager model (executor failed: {type(e).__name__}: {e})"
+    say(f"directly trained SNN samples through the {how}")
+    add_row("directly trained SNN (SDDPM, IF)", runner, schedule, params=n_params(snn),
+            train_s=train_s["digits"], T=scfg.model.snn_steps, sampled_with=how)
 
     write(partial=False)
     print()
