@@ -151,6 +151,9 @@ def test_random_unet_output_within_reported_quantisation_error(sddpm):
     assert err < 3 * rep.output_error
     text = rep.format()
     assert "hybrid fixed-point output vs float golden" in text and "threshold resolution" in text
+    for q in rep.layers:   # the static worst case bounds the measured current; v stays in the 24-bit range
+        assert 0 < rep.max_current[q.name] <= q.worst_current and 0 <= q.max_abs_v < lm.MAX_VOLTAGE
+    assert "0 population(s) saturated" in text
 
 
 def test_threshold_guidance_resolution(sddpm):

@@ -405,6 +405,7 @@ class CompileReport(QuantReport):
     host: list = field(default_factory=list)
     tsm_error: float | None = None
     tsm_node_error: dict = field(default_factory=dict)
+    max_current: dict = field(default_factory=dict)
     output_error: float | None = None
     host_clip: dict = field(default_factory=dict)
     passes: list = field(default_factory=list)
@@ -413,6 +414,7 @@ class CompileReport(QuantReport):
         layers = [{k: (v if not isinstance(v, np.generic) else v.item()) for k, v in vars(q).items()}
                   for q in self.layers]
         return {"populations": layers, "tsm_spread": dict(self.tsm_approx), "tsm_error": self.tsm_error,
+                "max_current": dict(self.max_current),
                 "tsm_node_error": dict(self.tsm_node_error),
                 "output_error": self.output_error, "host_clip": dict(self.host_clip), "host": list(self.host)}
 
@@ -440,6 +442,15 @@ class CompileReport(QuantReport):
         if self.host_clip:
             worst = max(self.host_clip.items(), key=lambda kv: kv[1])
             rows.append(f"host currents clipped: at most {100 * worst[1]:.3f}% of values ({worst[0]})")
+        vs = [(q.max_abs_v, q.name) for q in self.layers if q.max_abs_v is not None]
+        if vs:
+            v, who = max(vs)
+            sat = sum(1 for x, _ in vs if x >= lm.MAX_VOLTAGE)
+            rows.append(f"state range on the inputs: max |v| {v} of {lm.MAX_VOLTAGE} weight units ({who}); "
+                        f"{sat} population(s) saturated")
+        if self.max_current:
+            who, c = max(self.max_current.items(), key=lambda kv: kv[1])
+            rows.append(f"per-step current on the inputs: max |a_in| {c} of {lm.MAX_CURRENT} ({who})")
         if self.output_error is not None:
             rows.append(f"hybrid fixed-point output vs float golden: relative error {self.output_error:.4g}")
         for h in self.host:
@@ -588,25 +599,31 @@ def _batch(inputs: Mapping[str, np.ndarray], g: ir.Graph) -> int:
 
 
 def run_loihi(net: lm.LoihiNet, currents: Mapping[str, np.ndarray], T: int, *, lava: bool = False,
-              probe: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+              probe: Sequence[str] | None = None, ranges: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Run ``net`` on integer source inputs ``{source: [T, B, *shape]}``.  Returns the spikes ``[T, B, *shape]``
     (bool, aligned to sample steps) of the ``probe`` populations (default: all with the numpy model, the
-    outputs in Lava) and wall times.  ``lava``: Lava's CPU simulation (:func:`.net.run_lava_net`), else the
-    bit-exact numpy model (:func:`sdmc.sim.loihi.run_net`)."""
+    outputs in Lava) and an info dict (wall times; with ``ranges``, numpy model only, ``max_abs_v`` and
+    ``max_current`` per population in weight units, from the reset on).  ``lava``: Lava's CPU simulation
+    (:func:`.net.run_lava_net`), else the bit-exact numpy model (:func:`sdmc.sim.loihi.run_net`)."""
     import time
     if lava:
         from .net import run_lava_net
         res = run_lava_net(net, dict(currents), probe=None if probe is None else tuple(probe))
         return {k: np.asarray(v).astype(bool) for k, v in res.spikes.items()}, dict(res.times)
     t0 = time.perf_counter()
-    res = lm.run_net(net, dict(currents), record_v=False)
+    res = lm.run_net(net, dict(currents), record_v=ranges)
     spikes = lm.aligned_net_spikes(res, net, T)
     keep = spikes.keys() if probe is None else probe
-    return {k: np.asarray(spikes[k]).astype(bool) for k in keep}, {"run": time.perf_counter() - t0}
+    info: dict = {"run": time.perf_counter() - t0}
+    if ranges:
+        info["max_abs_v"] = {p.name: int(np.abs(res["v"][p.name][p.depth:]).max()) >> lm.ACT_SHIFT
+                             for p in net.populations}
+        info["max_current"] = dict(res["max_current"])
+    return {k: np.asarray(spikes[k]).astype(bool) for k in keep}, info
 
 
 def run_hybrid(net: lm.LoihiNet, plan: HostPlan, inputs: Mapping[str, np.ndarray], *, lava: bool = False,
-               probe: Sequence[str] | None = None) -> dict:
+               probe: Sequence[str] | None = None, ranges: bool = False) -> dict:
     """Host currents -> LoihiNet -> host tail.  Returns ``{"outputs": {name: array}, "spikes": {pop: [T, B,
     ...]}, "host_clip": {source: fraction}, "times": {...}}``; ``probe`` as for :func:`run_loihi` (the
     outputs are always read)."""
@@ -616,7 +633,7 @@ def run_hybrid(net: lm.LoihiNet, plan: HostPlan, inputs: Mapping[str, np.ndarray
     ints.update({k: (np.asarray(inputs[k]) != 0).astype(np.int64) for k in plan.spike_inputs})
     if probe is not None:
         probe = tuple(dict.fromkeys(tuple(probe) + tuple(plan.outputs)))
-    spikes, times = run_loihi(net, ints, g.T, lava=lava, probe=probe)
+    spikes, times = run_loihi(net, ints, g.T, lava=lava, probe=probe, ranges=ranges)
     return {"outputs": plan.readout(inputs, spikes), "spikes": spikes, "host_clip": clip, "times": times}
 
 
@@ -635,8 +652,11 @@ def evaluate(net: lm.LoihiNet, plan: HostPlan, report: CompileReport, inputs: Ma
     g = plan.graph
     pops = [p.name for p in net.populations]
     ref = golden.run(g, dict(inputs), keep=pops)
-    hy = run_hybrid(net, plan, inputs, lava=lava, probe=pops)
+    hy = run_hybrid(net, plan, inputs, lava=lava, probe=pops, ranges=not lava)
     by = {q.name: q for q in report.layers}
+    report.max_current = dict(hy["times"].get("max_current", {}))
+    for p, v in hy["times"].get("max_abs_v", {}).items():
+        by[p].max_abs_v = v
     for p in pops:
         f, q = ref[p].astype(bool), hy["spikes"][p]
         by[p].spike_mismatch = float(np.mean(f != q))
