@@ -628,7 +628,7 @@ def run_net(net: LoihiNet, inputs: dict[str, np.ndarray], *, num_steps: int | No
     Being feed-forward, the net is evaluated population by population with every step and sample in one
     batched synapse call, then the neuron recurrence over steps.  Returns ``{'spikes': {pop: bool
     [steps, B, *shape]}, 'v': {pop: int64 ...} (after the spike reset, as Lava probes it; empty unless
-    record_v), 'max_current': {pop: max |a_in| over all steps}}``; the arrays are indexed by ``step - 1``.
+    record_v), 'max_current': {pop: max |a_in| from the reset on}}``; the arrays are indexed by ``step - 1``.
     Bit-exact to Lava while ``|a_in| < 2^25``; ``u`` wraps (as on Loihi) once ``|a_in| > 2^17``
     (:data:`MAX_CURRENT`), which ``max_current`` exposes.
     """
@@ -674,7 +674,8 @@ def run_net(net: LoihiNet, inputs: dict[str, np.ndarray], *, num_steps: int | No
         res["spikes"][pop.name] = spikes
         if record_v:
             res["v"][pop.name] = volts
-        res["max_current"][pop.name] = int(np.abs(a_in).max()) if a_in.size else 0
+        live = a_in[pop.depth:]                     # from the reset on: earlier input is discarded
+        res["max_current"][pop.name] = int(np.abs(live).max()) if live.size else 0
     return res
 
 

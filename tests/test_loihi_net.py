@@ -17,10 +17,6 @@ NOFIRE = lm.Cuba(vth=lm.MAX_VTH)      # integrate only: v is the running sum of 
 U = 1 << lm.ACT_SHIFT                 # one weight unit in the 24-bit state
 
 
-def w(*a):
-    return np.array(a, np.int8)
-
-
 def one(value, shape=(1, 1, 1, 1)):
     return np.full(shape, value, np.int8)
 
@@ -44,6 +40,21 @@ def test_two_paths_of_unequal_depth_meet_aligned_by_a_delay():
     al = lm.aligned_net_spikes(r, net, 4)
     assert al["A"].ravel().tolist() == [1, 0, 1, 1] and al["C"].shape == (4, 1, 1, 1, 1)
     assert r["max_current"]["C"] == 5
+
+
+def test_max_current_ignores_what_arrives_before_the_reset():
+    # A fires on its bias from step 1 on; B (depth 3) gets A's step-1 spike at step 3, before its reset at step 4
+    x = lm.Source("x", (1,))
+    A = lm.Population("A", (1,), lm.Cuba(vth=0), bias=np.array([1], np.int16), depth=1)
+    B = lm.Population("B", (1,), NOFIRE, depth=3)
+    net = lm.LoihiNet((x,), (A, B), (lm.Projection("x", "A", "dense", np.zeros((1, 1), np.int8)),
+                                     lm.Projection("A", "B", "dense", np.full((1, 1), 9, np.int8), delay=1)), ("B",))
+    r = lm.run_net(net, {"x": np.zeros((1, 1, 1))}, num_steps=4)
+    assert r["spikes"]["A"].ravel().tolist() == [True, True, True, True]     # v = 1 > 0 every step
+    assert (r["v"]["B"].ravel() // U).tolist() == [0, 0, 9, 9]                # junk at step 3, reset at 4
+    assert r["max_current"]["B"] == 9
+    r = lm.run_net(net, {"x": np.zeros((1, 1, 1))}, num_steps=3)             # only junk: nothing live
+    assert r["max_current"]["B"] == 0
 
 
 def test_split_concat_equals_one_conv_over_the_concatenated_channels():
