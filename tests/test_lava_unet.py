@@ -250,6 +250,27 @@ def test_export_round_trip_and_checker(sddpm, tmp_path):
         unet.load_export(tmp_path)
 
 
+def test_one_conv_feeding_two_populations_round_trips_with_each_scale(tmp_path):
+    g = ir.Graph(3)   # c feeds a (with the large d: small scale) and b (alone: large scale)
+    g.add(ir.Input(name="x", shape=(2, 4, 4), kind="spike", timing="per-step"))
+    rng = np.random.default_rng(0)
+    g.add_param("c.w", rng.uniform(-1, 1, (3, 2, 3, 3)))
+    g.add_param("d.w", rng.uniform(-8, 8, (3, 2, 3, 3)))
+    g.add(ir.Conv2d(name="c", inputs=("x",), weight="c.w", padding=(1, 1)))
+    g.add(ir.Conv2d(name="d", inputs=("x",), weight="d.w", padding=(1, 1)))
+    g.add(ir.Add(name="cd", inputs=("c", "d")))
+    g.add(ir.IF(name="a", inputs=("cd",)))
+    g.add(ir.IF(name="b", inputs=("c",)))
+    g.add(ir.Add(name="ab", inputs=("a", "b")))
+    g.add(ir.Output(name="out", inputs=("ab",)))
+    net, plan, rep = unet.compile_net(ir.check(g))
+    ws = {(p.name, p.dst): p.weight for p in net.projections}
+    assert not np.array_equal(ws[("c", "a")], ws[("c", "b")])
+    net2, _, _ = unet.load_export(unet.export_dir(net, plan, rep, tmp_path / "e"))
+    for p in net2.projections:
+        assert np.array_equal(p.weight, ws[(p.name, p.dst)]), (p.name, p.dst)
+
+
 def test_failed_export_leaves_previous_directory_untouched(sddpm, tmp_path, monkeypatch):
     cfg, g = sddpm
     net, plan, rep = unet.compile_net(g, on_overflow="rescale")

@@ -851,7 +851,8 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = None
     try:
-        where: dict[tuple[str, str], dict] = {}   # (kind, name) -> {"file", "dataset"}
+        where: dict[tuple, dict] = {}   # ("population", name) / ("projection", index) -> {"file", "dataset"}
+        pidx = {id(p): i for i, p in enumerate(net.projections)}   # names may repeat: one conv, two targets
         segs = []
         for i, chain in enumerate(segments(net)):
             lc, idx = _segment_chain(net, chain)
@@ -859,17 +860,17 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
             write_netx(lc, tmp / fname, meta={"T": net.meta.get("T"), "populations": chain})
             for name, k in zip(chain, idx):
                 pr = net.incoming(name)[0]
-                where[("projection", pr.name)] = {"file": fname, "dataset": f"layer/{k}/weight"}
+                where[("projection", pidx[id(pr)])] = {"file": fname, "dataset": f"layer/{k}/weight"}
                 if net.node(name).bias is not None:
                     where[("population", name)] = {"file": fname, "dataset": f"layer/{k}/bias"}
             segs.append({"file": fname, "input": net.incoming(chain[0])[0].src, "populations": chain,
                          "input_message_bits": lc.input_bits})
         with h5py.File(tmp / PROJ_FILE, "w") as f:
             for i, pr in enumerate(net.projections):
-                if pr.weight is not None and ("projection", pr.name) not in where:
+                if pr.weight is not None and ("projection", i) not in where:
                     ds = f"projection/{i}/weight"
                     f.create_dataset(ds, data=np.asarray(pr.weight).astype(np.int8))  # 8-bit (check_net)
-                    where[("projection", pr.name)] = {"file": PROJ_FILE, "dataset": ds}
+                    where[("projection", i)] = {"file": PROJ_FILE, "dataset": ds}
             for i, p in enumerate(net.populations):
                 if p.bias is not None and ("population", p.name) not in where:
                     ds = f"population/{i}/bias"
@@ -925,8 +926,8 @@ def _manifest(net, plan, report, where, segs, resources_summary) -> dict:
                          "theta": net.meta.get("thresholds", {}).get(p.name)} for p in net.populations],
         "projections": [{"name": p.name, "src": p.src, "dst": p.dst, "kind": p.kind, "stride": list(p.stride),
                          "padding": list(p.padding), "dilation": list(p.dilation), "groups": p.groups,
-                         "upsample": p.upsample, "delay": p.delay, "weight": where.get(("projection", p.name))}
-                        for p in net.projections],
+                         "upsample": p.upsample, "delay": p.delay, "weight": where.get(("projection", i))}
+                        for i, p in enumerate(net.projections)],
         "outputs": list(net.outputs),
         "segments": segs,
         "host": {"graph": GRAPH_FILE, "currents": [c.to_json() for c in plan.currents],
