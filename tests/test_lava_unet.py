@@ -219,35 +219,115 @@ def test_overflow_is_an_error_or_a_rescale():
     assert 100 < int(net.projections[0].weight.max()) < 127
 
 
+def _same_net(a: lm.LoihiNet, b: lm.LoihiNet) -> None:
+    assert [(s.name, s.shape, s.bits) for s in a.sources] == [(s.name, tuple(s.shape), s.bits) for s in b.sources]
+    assert a.outputs == b.outputs
+    for p, q in zip(a.populations, b.populations, strict=True):
+        assert (p.name, tuple(p.shape), p.neuron, p.depth) == (q.name, tuple(q.shape), q.neuron, q.depth)
+        assert (p.bias is None) == (q.bias is None) and (p.bias is None or np.array_equal(p.bias, q.bias)), p.name
+    for p, q in zip(a.projections, b.projections, strict=True):
+        assert ((p.name, p.src, p.dst, p.kind, tuple(p.stride), tuple(p.padding), tuple(p.dilation), p.groups,
+                 p.upsample, p.delay) == (q.name, q.src, q.dst, q.kind, tuple(q.stride), tuple(q.padding),
+                                          tuple(q.dilation), q.groups, q.upsample, q.delay)), p.name
+        assert (p.weight is None) == (q.weight is None) and (p.weight is None or np.array_equal(p.weight, q.weight))
+
+
+def test_every_population_lies_in_exactly_one_segment(sddpm):
+    cfg, g = sddpm
+    net, plan, rep = unet.compile_net(g, on_overflow="rescale")
+    segs, mains = unet.segments(net), unet.main_projections(net)
+    flat = [p for s in segs for p in s]
+    assert sorted(flat) == sorted(p.name for p in net.populations) and len(flat) == len(set(flat))
+    assert max(len(s) for s in segs) >= 10          # the encoder is one long chain, not one file per population
+    for s in segs:
+        for a, b in zip(s, s[1:]):                   # inside a file: b's main synapse reads a, undelayed
+            assert mains[b].src == a and mains[b].delay == 0 and mains[b].kind in ("conv", "dense")
+    for name, pr in mains.items():
+        assert pr is None or (pr.dst == name and pr.upsample == 1)
+        if pr is None:                               # only upsampled synapses (and no host current) feed it
+            assert all(q.upsample > 1 for q in net.incoming(name))
+    assert mains["neuron"].kind == "identity"        # the head population: its host current
+    assert any(pr is None for pr in mains.values())  # the decoder's upsample-only halves of a split concat
+
+
 def test_export_round_trip_and_checker(sddpm, tmp_path):
     cfg, g = sddpm
     inp = _inputs(cfg, 2, 5)
     net, plan, rep = unet.compile_net(g, calib=inp, on_overflow="rescale")
     out = unet.export_dir(net, plan, rep, tmp_path / "exp", resources_summary=unet.resources(net)["totals"])
-    assert sorted(os.listdir(out)) == ["graph.sdmc", "manifest.json", "projections.h5"]
+    segs = unet.segments(net)
+    assert sorted(os.listdir(out)) == sorted(["graph.sdmc", "manifest.json", "projections.h5"]
+                                             + [f"segment_{i:02d}.h5" for i in range(len(segs))])
     assert [p.name for p in tmp_path.iterdir()] == ["exp"]          # no temporary left behind
     net2, plan2, man = unet.load_export(out)
-    assert man["format"] == unet.EXPORT_FORMAT and man["T"] == cfg.snn_steps
-    assert {p["name"]: p["depth"] for p in man["populations"]} == {p.name: p.depth for p in net.populations}
+    assert man["format"] == unet.EXPORT_FORMAT and man["version"] == unet.EXPORT_VERSION == 2
+    assert man["T"] == cfg.snn_steps
+    _same_net(net, net2)
+    assert [s["populations"] for s in man["segments"]] == segs
+    roles = {(p["name"], p["dst"]): p for p in man["projections"]}
+    for pr in net.projections:
+        r = roles[(pr.name, pr.dst)]
+        if pr.upsample > 1:
+            assert r["role"] == "wiring" and r["weight"]["file"] == "projections.h5"
+        if r["role"] == "segment" and pr.kind != "identity":
+            assert r["weight"]["file"] == r["segment"]["file"] != "projections.h5"
+    assert sorted(man["wiring"]) == [i for i, p in enumerate(man["projections"]) if p["role"] == "wiring"]
     a, b = unet.run_hybrid(net, plan, inp), unet.run_hybrid(net2, plan2, inp)
     for k in a["spikes"]:
         assert np.array_equal(a["spikes"][k], b["spikes"][k])
     assert np.array_equal(a["outputs"]["out"], b["outputs"]["out"])
     assert man["quantisation"]["output_error"] == pytest.approx(rep.output_error)
     assert any("upsample" in n for n in man["notes"]) and any("delayed" in n for n in man["notes"])
-    # refuses unknown versions and missing files, naming them
-    m = json.loads((out / "manifest.json").read_text())
-    m["version"] = 99
-    (out / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(SdmcError, match="version 99 is not supported"):
-        unet.load_export(out)
+    assert any("netx segment file(s) hold every population once" in n for n in man["notes"])
+    # refuses unknown and old versions, missing or inconsistent files, naming them
+    text = (out / "manifest.json").read_text()
+    m = json.loads(text)
+    for v, msg in ((99, "version 99 is not supported"), (1, "version 1 is not supported.*export the model again")):
+        m["version"] = v
+        (out / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(SdmcError, match=msg):
+            unet.load_export(out)
     m["version"] = unet.EXPORT_VERSION
+    m["segments"][1]["populations"] = m["segments"][0]["populations"][:1] * len(m["segments"][1]["populations"])
     (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(SdmcError, match="segment_01.h5.*does not match|lies in two segments"):
+        unet.check_export(out)
+    (out / "manifest.json").write_text(text)
+    import h5py
+    with h5py.File(out / "segment_00.h5", "r+") as f:   # a segment whose neuron disagrees with the manifest
+        vth = int(f["layer/1/neuron/vThMant"][()])
+        f["layer/1/neuron/vThMant"][()] = 12345
+    with pytest.raises(SdmcError, match="segment_00.h5: layer of population 'neuron'.*vth 12345"):
+        unet.check_export(out)
+    with h5py.File(out / "segment_00.h5", "r+") as f:
+        f["layer/1/neuron/vThMant"][()] = vth
+    unet.check_export(out)
+    (out / "segment_00.h5").rename(tmp_path / "keep.h5")
+    with pytest.raises(SdmcError, match="missing file 'segment_00.h5'|missing segment file 'segment_00.h5'"):
+        unet.check_export(out)
+    (tmp_path / "keep.h5").rename(out / "segment_00.h5")
     (out / "projections.h5").unlink()
     with pytest.raises(SdmcError, match="missing file 'projections.h5'"):
         unet.check_export(out)
     with pytest.raises(SdmcError, match="no manifest.json"):
         unet.load_export(tmp_path)
+
+
+def test_segment_files_load_in_stock_netx(sddpm, tmp_path):
+    from sdmc.backends.lava import compat
+    compat.install_import_fixes()
+    netx = pytest.importorskip("lava.lib.dl.netx")
+    cfg, g = sddpm
+    net, plan, rep = unet.compile_net(g, on_overflow="rescale")
+    out = unet.export_dir(net, plan, rep, tmp_path / "exp")
+    man = unet.check_export(out)
+    for sg in man["segments"]:
+        n = netx.hdf5.Network(net_config=str(out / sg["file"]), input_message_bits=sg["input_message_bits"])
+        assert len(n.layers) == len(sg["populations"]) + sum(1 for a, b in zip(sg["layers"], sg["layers"][1:])
+                                                             if b - a == 2)
+        shape = {p["name"]: p["shape"] for p in man["populations"]}[sg["populations"][-1]]
+        assert tuple(n.out.shape) == tuple(shape[::-1])     # Lava (W, H, C) order
+        assert tuple(n.inp.shape) == tuple(sg["input_shape"][::-1])
 
 
 def test_one_conv_feeding_two_populations_round_trips_with_each_scale(tmp_path):

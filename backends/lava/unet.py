@@ -775,70 +775,125 @@ def format_resources(res: dict, *, top: int = 8) -> str:
 
 # ============================================================================================ export
 EXPORT_FORMAT = "sdmc-loihi-net"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2      # 2: every population in one netx segment, projection roles; 1 (no longer read): chains >= 2 only
 MANIFEST = "manifest.json"
 PROJ_FILE = "projections.h5"
 GRAPH_FILE = "graph.sdmc"
 
 
-def segments(net: lm.LoihiNet) -> list[list[str]]:
-    """Maximal sequential chains (>= 2 populations) stock netx can hold: each population has exactly one
-    incoming conv / dense projection without upsample or delay, from the previous one (the first one's
-    from any source or population), and a per-channel (or no) bias."""
-    def sole_in(p: lm.Population) -> lm.Projection | None:
-        inc = net.incoming(p.name)
-        if len(inc) != 1:
-            return None
-        pr = inc[0]
-        ok = pr.kind in ("conv", "dense") and pr.upsample == 1 and pr.delay == 0
-        ok = ok and (p.bias is None or np.ndim(p.bias) == 1) and p.neuron.bias_exp == 6
-        return pr if ok else None
+def main_projections(net: lm.LoihiNet) -> dict[str, lm.Projection | None]:
+    """Per population the incoming projection its netx segment layer holds (its "main" one).
 
-    ok = {p.name: sole_in(p) for p in net.populations}
+    Preferred, in this order: a conv / dense without upsample from a population on the longest path
+    (``delay == 0``), then any conv / dense without upsample (from a source or delayed), then an identity
+    host current (exact in netx as a depthwise 1x1 conv of unit weights on graded input).  netx has no
+    upsample, so an upsampled projection is never a main one; a population fed only by upsampled
+    projections gets ``None`` (its segment layer reads the summed current through a unit conv)."""
+    out: dict[str, lm.Projection | None] = {}
+    for p in net.populations:
+        inc = net.incoming(p.name)
+        syn = [pr for pr in inc if pr.kind in ("conv", "dense") and pr.upsample == 1]
+        syn.sort(key=lambda pr: (pr.delay != 0, isinstance(net.node(pr.src), lm.Source)))
+        ident = [pr for pr in inc if pr.kind == "identity"]
+        out[p.name] = syn[0] if syn else (ident[0] if ident else None)
+    return out
+
+
+def _continues(net: lm.LoihiNet, pr: lm.Projection | None) -> bool:
+    """A main projection that continues its source population's chain inside one netx file."""
+    return (pr is not None and pr.kind in ("conv", "dense") and pr.delay == 0
+            and isinstance(net.node(pr.src), lm.Population))
+
+
+def segments(net: lm.LoihiNet) -> list[list[str]]:
+    """Partition of the populations into maximal netx chains along main projections
+    (:func:`main_projections`): every population lies in exactly one segment.  Where several populations
+    continue one population's chain, the one with the longest chain below it does (the rest start their
+    own segments, whose input layer is that population's spikes)."""
+    mains = main_projections(net)
+    kids: dict[str, list[str]] = {}
+    for p in net.populations:
+        if _continues(net, mains[p.name]):
+            kids.setdefault(mains[p.name].src, []).append(p.name)
+    length: dict[str, int] = {}
     nxt: dict[str, str] = {}
-    for p in net.populations:  # the first chainable reader of a chainable population continues its chain
-        pr = ok[p.name]
-        if pr is not None and ok.get(pr.src) is not None and pr.src not in nxt:
-            nxt[pr.src] = p.name
+    for p in reversed(net.populations):   # topological order reversed: children first
+        best = max(kids.get(p.name, []), key=lambda c: length[c], default=None)
+        length[p.name] = 1 + (length[best] if best is not None else 0)
+        if best is not None:
+            nxt[p.name] = best
     inner = set(nxt.values())
     out = []
     for p in net.populations:
-        if ok[p.name] is None or p.name in inner:
+        if p.name in inner:
             continue
         chain = [p.name]
         while chain[-1] in nxt:
             chain.append(nxt[chain[-1]])
-        if len(chain) >= 2:
-            out.append(chain)
+        out.append(chain)
     return out
 
 
-def _segment_chain(net: lm.LoihiNet, chain: list[str]) -> tuple[lm.LoihiChain, list[int]]:
-    """The LoihiChain of a segment and, per population, its layer index in the netx file."""
-    first = net.incoming(chain[0])[0]
-    src = net.node(first.src)
-    bits = src.bits if isinstance(src, lm.Source) else 0
-    layers, idx, shape, k = [], [], tuple(src.shape), 1
+def _netx_bias(p: lm.Population) -> np.ndarray | None:
+    """The bias a netx layer can hold (per channel); a full-shape bias stays in projections.h5."""
+    return p.bias if p.bias is not None and np.ndim(p.bias) == 1 else None
+
+
+def _unit_layer(p: lm.Population) -> tuple[str, np.ndarray, int]:
+    """``(kind, weight, groups)`` of the one-to-one unit-weight synapse that stands for an identity projection."""
+    if len(p.shape) == 3:
+        return "conv", np.ones((p.shape[0], 1, 1, 1), np.int8), int(p.shape[0])
+    return "dense", np.eye(p.shape[0], dtype=np.int8), 1
+
+
+def _segment_chain(net: lm.LoihiNet, chain: list[str],
+                   mains: Mapping[str, lm.Projection | None]) -> tuple[lm.LoihiChain, list[int], dict]:
+    """The LoihiChain of a segment, per population its layer index in the netx file, and the segment's
+    input description (``input``: the main source, or None for a summed current; ``input_kind``)."""
+    head = net.node(chain[0])
+    first = mains[chain[0]]
+    if first is None or first.kind == "identity":
+        shape = tuple(head.shape)
+        bits = net.node(first.src).bits if first is not None else lm.STATE_BITS
+        info = {"input": None if first is None else first.src,
+                "input_kind": "current" if first is None else "graded"}
+    else:
+        src = net.node(first.src)
+        shape, bits = tuple(src.shape), (src.bits if isinstance(src, lm.Source) else 0)
+        info = {"input": first.src, "input_kind": "graded" if bits else "spikes"}
+    in_shape = shape
+    layers, idx, k = [], [], 1
     for name in chain:
-        pr, p = net.incoming(name)[0], net.node(name)
-        if pr.kind == "dense" and len(shape) > 1:
+        pr, p = mains[name], net.node(name)
+        if pr is None or pr.kind == "identity":
+            kind, w, groups = _unit_layer(p)
+            kw = dict(groups=groups)
+        else:
+            kind, w = pr.kind, pr.weight
+            kw = dict(stride=pr.stride, padding=pr.padding, dilation=pr.dilation, groups=pr.groups)
+        if kind == "dense" and len(shape) > 1:
             k += 1  # write_netx puts a flatten layer first
         idx.append(k)
         k += 1
-        layers.append(lm.LoihiLayer(kind=pr.kind, weight=pr.weight, neuron=p.neuron, bias=p.bias, stride=pr.stride,
-                                    padding=pr.padding, dilation=pr.dilation, groups=pr.groups, name=name))
+        layers.append(lm.LoihiLayer(kind=kind, weight=w, neuron=p.neuron, bias=_netx_bias(p), name=name, **kw))
         shape = tuple(p.shape)
-    return lm.LoihiChain(tuple(src.shape), tuple(layers), input_bits=16 if bits else 0), idx
+    info["input_shape"] = list(in_shape)
+    return lm.LoihiChain(in_shape, tuple(layers), input_bits=bits), idx, info
 
 
 def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, path: str | os.PathLike, *,
                resources_summary: dict | None = None) -> Path:
     """Write the export directory atomically (a temporary directory renamed into place):
 
-    ``manifest.json`` (format, version, T, sources, populations, projections with the file / dataset holding
-    their weights, delays, outputs, host plan, quantisation report, notes on what netx cannot express),
-    ``segment_NN.h5`` (maximal sequential chains, each a netx file stock ``netx.hdf5.Network`` loads),
-    ``projections.h5`` (every other weight and bias) and ``graph.sdmc`` (the compiled IR graph the host runs).
+    ``segment_NN.h5``: plain netx files (``input`` + ``conv`` / ``dense`` CUBA layers, what stock
+    ``netx.hdf5.Network`` loads).  :func:`segments` puts every population in exactly one of them, each layer
+    holding the population's main incoming projection (:func:`main_projections`; an identity host current
+    as a unit-weight depthwise 1x1 conv on graded input); the segment's input layer has the main source's
+    shape.  ``projections.h5``: the weights of every other projection (the wiring netx cannot express:
+    extra synapses into one neuron, split concat, upsampled sources) and full-shape biases.
+    ``manifest.json`` (format, :data:`EXPORT_VERSION`, T, sources, populations, projections with their
+    ``role`` (``segment`` / ``wiring``), delay and weight reference, segments, outputs, host plan,
+    quantisation report, notes).  ``graph.sdmc``: the compiled IR graph the host runs.
     """
     import h5py
     from .export import write_netx
@@ -853,17 +908,23 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
     try:
         where: dict[tuple, dict] = {}   # ("population", name) / ("projection", index) -> {"file", "dataset"}
         pidx = {id(p): i for i, p in enumerate(net.projections)}   # names may repeat: one conv, two targets
-        segs = []
+        segs, role = [], {}                # role: projection index -> {"file", "layer"} of its segment layer
+        mains = main_projections(net)
         for i, chain in enumerate(segments(net)):
-            lc, idx = _segment_chain(net, chain)
+            lc, idx, info = _segment_chain(net, chain, mains)
             fname = f"segment_{i:02d}.h5"
             write_netx(lc, tmp / fname, meta={"T": net.meta.get("T"), "populations": chain})
+            main_idx = []
             for name, k in zip(chain, idx):
-                pr = net.incoming(name)[0]
-                where[("projection", pidx[id(pr)])] = {"file": fname, "dataset": f"layer/{k}/weight"}
-                if net.node(name).bias is not None:
+                pr = mains[name]
+                main_idx.append(None if pr is None else pidx[id(pr)])
+                if pr is not None:
+                    role[pidx[id(pr)]] = {"file": fname, "layer": k}
+                    if pr.kind != "identity":
+                        where[("projection", pidx[id(pr)])] = {"file": fname, "dataset": f"layer/{k}/weight"}
+                if _netx_bias(net.node(name)) is not None:
                     where[("population", name)] = {"file": fname, "dataset": f"layer/{k}/bias"}
-            segs.append({"file": fname, "input": net.incoming(chain[0])[0].src, "populations": chain,
+            segs.append({"file": fname, **info, "populations": chain, "layers": idx, "main": main_idx,
                          "input_message_bits": lc.input_bits})
         with h5py.File(tmp / PROJ_FILE, "w") as f:
             for i, pr in enumerate(net.projections):
@@ -877,7 +938,7 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
                     f.create_dataset(ds, data=np.asarray(p.bias).astype(np.int32))
                     where[("population", p.name)] = {"file": PROJ_FILE, "dataset": ds}
         ir.save(plan.graph, tmp / GRAPH_FILE)
-        manifest = _manifest(net, plan, report, where, segs, resources_summary)
+        manifest = _manifest(net, plan, report, where, segs, role, resources_summary)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -894,11 +955,17 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
     return path
 
 
-def _notes(net: lm.LoihiNet, report: CompileReport | None) -> list[str]:
+def _notes(net: lm.LoihiNet, report: CompileReport | None, segs: list[dict]) -> list[str]:
     multi = [p.name for p in net.populations if len(net.incoming(p.name)) > 1]
+    wired = len(net.projections) - sum(1 for sg in segs for i in sg["main"] if i is not None)
     ups = [p.name for p in net.projections if p.upsample > 1]
     dl = [p for p in net.projections if p.delay > 0]
-    notes = [f"{len(multi)} population(s) sum several projections (residual adds, split concat, host currents): "
+    notes = [f"{len(segs)} netx segment file(s) hold every population once, each layer with its main incoming "
+             f"projection (segments[].main; identity host currents as unit-weight depthwise 1x1 convs on graded "
+             f"input); the other {wired} projection(s) (projections[].role == 'wiring') are extra synapses into a "
+             "layer's a_in, with their weights in projections.h5; a segment's input is its main source's output "
+             "(input_kind 'current': the layer's a_in is only the wiring's summed current)",
+             f"{len(multi)} population(s) sum several projections (residual adds, split concat, host currents): "
              "several synapses into one CUBA a_in; netx chains cannot express this",
              f"{len(ups)} projection(s) read a nearest-upsampled source (upsample + conv; netx has no unpool / "
              "convT: a Sparse synapse in Lava)",
@@ -913,7 +980,7 @@ def _notes(net: lm.LoihiNet, report: CompileReport | None) -> list[str]:
     return notes
 
 
-def _manifest(net, plan, report, where, segs, resources_summary) -> dict:
+def _manifest(net, plan, report, where, segs, role, resources_summary) -> dict:
     def neuron(c: lm.Cuba) -> dict:
         return {"type": "CUBA", "vth": c.vth, "du": c.du, "dv": c.dv, "bias_exp": c.bias_exp}
 
@@ -926,8 +993,10 @@ def _manifest(net, plan, report, where, segs, resources_summary) -> dict:
                          "theta": net.meta.get("thresholds", {}).get(p.name)} for p in net.populations],
         "projections": [{"name": p.name, "src": p.src, "dst": p.dst, "kind": p.kind, "stride": list(p.stride),
                          "padding": list(p.padding), "dilation": list(p.dilation), "groups": p.groups,
-                         "upsample": p.upsample, "delay": p.delay, "weight": where.get(("projection", i))}
+                         "upsample": p.upsample, "delay": p.delay, "weight": where.get(("projection", i)),
+                         "role": "segment" if i in role else "wiring", "segment": role.get(i)}
                         for i, p in enumerate(net.projections)],
+        "wiring": [i for i in range(len(net.projections)) if i not in role],
         "outputs": list(net.outputs),
         "segments": segs,
         "host": {"graph": GRAPH_FILE, "currents": [c.to_json() for c in plan.currents],
@@ -935,15 +1004,19 @@ def _manifest(net, plan, report, where, segs, resources_summary) -> dict:
                  "description": list(report.host) if report is not None else []},
         "quantisation": report.to_json() if report is not None else None,
         "resources": resources_summary,
-        "notes": _notes(net, report),
+        "notes": _notes(net, report, segs),
         "meta": {k: v for k, v in net.meta.items() if k not in ("scales", "thresholds")},
     }
 
 
 def check_export(path: str | os.PathLike) -> dict:
-    """Read and validate ``manifest.json`` of an export directory; returns it.  Unknown format or version,
-    missing files or datasets raise one :class:`SdmcError` naming them."""
+    """Read and validate an export directory; returns its manifest.  Checks the format and version (only
+    :data:`EXPORT_VERSION` is read: a version-1 export predates per-population segments; export again),
+    that every referenced file and dataset exists, that every population lies in exactly one segment and
+    that each segment file is a netx chain (:func:`.export.read_netx`) whose input shape, layer shapes and
+    neuron parameters match the manifest.  Problems raise one :class:`SdmcError` naming them."""
     import h5py
+    from .export import read_netx
 
     path = Path(path)
     mf = path / MANIFEST
@@ -956,9 +1029,10 @@ def check_export(path: str | os.PathLike) -> dict:
     if not isinstance(m, dict) or m.get("format") != EXPORT_FORMAT:
         raise SdmcError(f"{mf}: format {m.get('format') if isinstance(m, dict) else None!r} is not {EXPORT_FORMAT!r}")
     if m.get("version") != EXPORT_VERSION:
+        hint = "; it predates per-population netx segments: export the model again" if m.get("version") == 1 else ""
         raise SdmcError(f"{mf}: version {m.get('version')!r} is not supported (this sdmc reads version "
-                        f"{EXPORT_VERSION})")
-    for key in ("sources", "populations", "projections", "outputs", "host"):
+                        f"{EXPORT_VERSION}){hint}")
+    for key in ("sources", "populations", "projections", "outputs", "host", "segments"):
         if key not in m:
             raise SdmcError(f"{mf}: missing key {key!r}")
     refs = [(f"population {p['name']!r} bias", p["bias"]) for p in m["populations"] if p.get("bias")]
@@ -976,9 +1050,56 @@ def check_export(path: str | os.PathLike) -> dict:
             for what, ds in items:
                 if ds not in f:
                     raise SdmcError(f"{fp}: missing dataset {ds!r} ({what})")
+    _check_segments(path, m, read_netx)
     if not (path / m["host"]["graph"]).exists():
         raise SdmcError(f"{path}: missing host graph {m['host']['graph']!r}")
     return m
+
+
+def _check_segments(path: Path, m: dict, read_netx) -> None:
+    pops = {p["name"]: p for p in m["populations"]}
+    shapes = {s["name"]: tuple(s["shape"]) for s in m["sources"]}
+    shapes.update({k: tuple(p["shape"]) for k, p in pops.items()})
+    seen: dict[str, str] = {}
+    for sg in m["segments"]:
+        fname = sg.get("file")
+        fp = path / str(fname)
+        if not fp.is_file():
+            raise SdmcError(f"{path}: missing segment file {fname!r}")
+        names, main = list(sg.get("populations", ())), list(sg.get("main", ()))
+        if not names or len(main) != len(names):
+            raise SdmcError(f"{fp}: manifest segment lists {len(names)} population(s) and {len(main)} main projection(s)")
+        try:
+            chain = read_netx(fp)
+            lm.check_chain(chain)
+        except SdmcError as e:
+            raise SdmcError(f"segment {fname!r}: {e}") from None
+        if len(chain.layers) != len(names):
+            raise SdmcError(f"{fp}: {len(chain.layers)} netx layer(s) for the {len(names)} population(s) the "
+                            "manifest lists")
+        head = sg.get("input")
+        want_in = shapes.get(head) if sg.get("input_kind") != "current" else shapes.get(names[0])
+        if want_in is None or tuple(chain.input_shape) != tuple(want_in):
+            raise SdmcError(f"{fp}: input layer shape {list(chain.input_shape)} does not match its input "
+                            f"{head!r} ({None if want_in is None else list(want_in)})")
+        for name, got, L, i in zip(names, chain.shapes()[1:], chain.layers, main):
+            if name not in pops:
+                raise SdmcError(f"{fp}: segment names unknown population {name!r}")
+            if name in seen:
+                raise SdmcError(f"{path}: population {name!r} lies in two segments ({seen[name]!r}, {fname!r})")
+            seen[name] = fname
+            p = pops[name]
+            n = p["neuron"]
+            if tuple(got) != tuple(p["shape"]) or (L.neuron.vth, L.neuron.du, L.neuron.dv) != (n["vth"], n["du"], n["dv"]):
+                raise SdmcError(f"{fp}: layer of population {name!r} (shape {list(got)}, vth {L.neuron.vth}, du "
+                                f"{L.neuron.du}, dv {L.neuron.dv}) does not match the manifest (shape {p['shape']}, "
+                                f"vth {n['vth']}, du {n['du']}, dv {n['dv']})")
+            if i is not None and (not isinstance(i, int) or not 0 <= i < len(m["projections"])
+                                  or m["projections"][i]["dst"] != name):
+                raise SdmcError(f"{fp}: main projection {i!r} of population {name!r} is not one of its projections")
+    missing = [k for k in pops if k not in seen]
+    if missing:
+        raise SdmcError(f"{path}: population(s) {missing[:5]} lie in no netx segment")
 
 
 def load_export(path: str | os.PathLike) -> tuple[lm.LoihiNet, HostPlan, dict]:
