@@ -145,6 +145,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a much shorter run (for tests): 30 training steps")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the digits preset's)")
     p.add_argument("-n", "--n-samples", type=int, default=None, help="samples per solver (default 256)")
+    p.add_argument("--convert-steps", type=int, default=None,
+                   help="training steps of the convert stage's quantised ANN (default: --steps if given, else 150; "
+                        "20 with --quick)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
 
@@ -152,8 +155,12 @@ def _add_demo(sub) -> None:
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
+    for flag in ("steps", "n_samples", "convert_steps"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise SdmcError(f"demo: --{flag.replace('_', '-')} must be at least 1, got {v}")
     run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed, steps=args.steps,
-             n_samples=args.n_samples)
+             n_samples=args.n_samples, convert_steps=args.convert_steps)
     return 0
 
 
