@@ -313,6 +313,37 @@ def test_export_round_trip_and_checker(sddpm, tmp_path):
         unet.load_export(tmp_path)
 
 
+def test_export_keeps_only_the_host_part_of_the_graph(sddpm, tmp_path):
+    cfg, g = sddpm
+    inp = _inputs(cfg, 2, 6)
+    net, plan, rep = unet.compile_net(g, on_overflow="rescale")
+    out = unet.export_dir(net, plan, rep, tmp_path / "exp")
+    hg = ir.check(ir.load(out / "graph.sdmc"))
+    assert hg.meta[unet.HOST_GRAPH_META]["population_inputs"] == list(net.outputs)
+    # graph inputs first (the batch is read from the first), then the output populations as spike inputs
+    assert [n.name for n in hg.input_nodes] == [n.name for n in plan.graph.input_nodes] + list(net.outputs)
+    assert all(hg.nodes[k].type.kind == "spike" and hg.nodes[k].type.per_step for k in net.outputs)
+    on_chip = {p.name for p in net.populations} - set(net.outputs)
+    assert not on_chip & set(hg.nodes)
+    syn = {pr.name for pr in net.projections}                     # no synapse of the chip is on the host
+    assert not syn & set(hg.nodes)
+    assert set(hg.params) < set(plan.graph.params)
+    full = ir.save(plan.graph, tmp_path / "full.sdmc")
+    assert (out / "graph.sdmc").stat().st_size < 0.5 * full.stat().st_size
+    assert {"conv", "temb"} & {n.name.split(".")[0] for n in hg.nodes.values()}   # head + time embedding stay
+    net2, plan2, _ = unet.load_export(out)
+    assert plan2.host_only and not plan.host_only
+    a, b = unet.run_hybrid(net, plan, inp), unet.run_hybrid(net2, plan2, inp)
+    assert np.array_equal(a["outputs"]["out"], b["outputs"]["out"])
+    assert all(np.array_equal(a["spikes"][k], b["spikes"][k]) for k in b["spikes"])
+    with pytest.raises(SdmcError, match="only the host part"):
+        unet.evaluate(net2, plan2, rep, inp)
+    # a loaded export exports again (host_graph is idempotent) and still runs the same
+    net3, plan3, _ = unet.load_export(unet.export_dir(net2, plan2, None, tmp_path / "again"))
+    assert [n.name for n in plan3.graph.nodes.values()] == [n.name for n in plan2.graph.nodes.values()]
+    assert np.array_equal(unet.run_hybrid(net3, plan3, inp)["outputs"]["out"], a["outputs"]["out"])
+
+
 def test_segment_files_load_in_stock_netx(sddpm, tmp_path):
     from sdmc.backends.lava import compat
     compat.install_import_fixes()

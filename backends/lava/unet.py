@@ -79,22 +79,26 @@ class HostCurrent:
     scale: float
     bits: int = HOST_BITS
     bias: tuple[float, ...] | None = None
+    shape: tuple[int, ...] | None = None    # the population's shape (the host graph need not hold it)
 
     def to_json(self) -> dict:
         return {"source": self.source, "population": self.population, "terms": list(self.terms),
-                "scale": self.scale, "bits": self.bits, "bias": None if self.bias is None else list(self.bias)}
+                "scale": self.scale, "bits": self.bits, "bias": None if self.bias is None else list(self.bias),
+                "shape": None if self.shape is None else list(self.shape)}
 
     @classmethod
     def from_json(cls, d: dict) -> "HostCurrent":
         return cls(d["source"], d["population"], tuple(d["terms"]), float(d["scale"]), int(d["bits"]),
-                   None if d.get("bias") is None else tuple(float(b) for b in d["bias"]))
+                   None if d.get("bias") is None else tuple(float(b) for b in d["bias"]),
+                   None if d.get("shape") is None else tuple(int(x) for x in d["shape"]))
 
 
 @dataclass(eq=False)
 class HostPlan:
-    """What runs on the host around the LoihiNet: ``graph`` (the compiled IR graph), the ``currents`` it
-    sends, ``outputs`` (population name = IR neuron node whose spikes the host tail reads) and
-    ``spike_inputs`` (per-step spike graph inputs sent unchanged as unary sources of the same name)."""
+    """What runs on the host around the LoihiNet: ``graph`` (the compiled IR graph, or after
+    :func:`load_export` only its host part, :func:`host_graph`), the ``currents`` it sends, ``outputs``
+    (population name = IR neuron node whose spikes the host tail reads) and ``spike_inputs`` (per-step spike
+    graph inputs sent unchanged as unary sources of the same name)."""
 
     graph: ir.Graph
     currents: tuple[HostCurrent, ...]
@@ -134,7 +138,7 @@ class HostPlan:
         vals = self.host_values(inputs)
         T, out = self.graph.T, {}
         for c in self.currents:
-            shape = self.graph.nodes[c.population].type.shape
+            shape = c.shape if c.shape is not None else self.graph.nodes[c.population].type.shape
             acc = np.zeros((T, B) + tuple(shape))
             for t in c.terms:
                 a = vals[t]
@@ -160,7 +164,52 @@ class HostPlan:
         """The graph outputs with the output populations' spikes ``[T, B, *shape]`` taken from the chip."""
         from ...sim import golden
         over = {k: np.asarray(spikes[k], np.float64) for k in self.outputs}
-        return golden.run(self.graph, dict(inputs), overrides=over)
+        fed = {k: v for k, v in over.items() if self.graph.nodes[k].op == "input"}   # host graph: inputs
+        over = {k: v for k, v in over.items() if k not in fed}
+        return golden.run(self.graph, {**dict(inputs), **fed}, overrides=over)
+
+    @property
+    def host_only(self) -> bool:
+        """True when ``graph`` is only the host part (a loaded export): no float reference of the chip part."""
+        return bool(self.graph.meta.get(HOST_GRAPH_META))
+
+
+HOST_GRAPH_META = "loihi_host_graph"
+
+
+def host_graph(g: ir.Graph, currents: Sequence[HostCurrent], outputs: Sequence[str]) -> ir.Graph:
+    """The part of the compiled graph ``g`` the host evaluates: every graph input, the ancestors of the host
+    current terms (static head, time-embedding MLP, ...), and the ancestors of the graph outputs up to the
+    output populations (the tail), which become per-step spike graph inputs of the same name and type.
+    Nothing of the neuromorphic part is kept (its weights live in the export's h5 files); parameters are
+    limited to the kept nodes.  Idempotent."""
+    outs = set(outputs)
+    need: set[str] = set()
+    stack = [t for c in currents for t in c.terms] + [n.name for n in g.output_nodes]
+    while stack:
+        k = stack.pop()
+        if k in need:
+            continue
+        need.add(k)
+        if k not in outs:
+            stack.extend(g.nodes[k].inputs)
+    nodes = [n.replace() for n in g.input_nodes]       # graph inputs first: the batch is read from the first
+    for k in outputs:
+        n = g.nodes[k]
+        if k in need and n.op != "input":
+            t = n.type
+            nodes.append(ir.Input(name=k, shape=tuple(t.shape), dtype=t.dtype, kind=t.kind, timing=t.timing))
+    nodes += [n.replace() for n in g.order() if n.name in need and n.name not in outs and n.op != "input"]
+    kept = {n.name for n in nodes}
+    params = {}
+    for n in nodes:
+        for ref in n.param_refs().values():
+            params[ref] = g.params[ref]
+    meta = dict(g.meta)
+    if isinstance(meta.get("partition"), dict):
+        meta["partition"] = {k: v for k, v in meta["partition"].items() if k in kept}
+    meta[HOST_GRAPH_META] = {"population_inputs": [k for k in outputs if k in kept]}
+    return ir.check(ir.Graph(g.T, nodes, params=params, meta=meta))
 
 
 def _bcast_sample(a: np.ndarray, rank: int) -> np.ndarray:
@@ -547,7 +596,7 @@ def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.
             bias = tuple(float(b) for b in np.asarray(fp.bias).reshape(-1)) if bias_on_host else None
             if bias is not None and len(bias) not in (1, fp.shape[0]):
                 raise SdmcError(f"population {fp.name!r}: bias of {len(bias)} values does not match {fp.shape}")
-            currents.append(HostCurrent(src, fp.name, tuple(fp.host), S * fp.gain, host_bits, bias))
+            currents.append(HostCurrent(src, fp.name, tuple(fp.host), S * fp.gain, host_bits, bias, tuple(fp.shape)))
     side = {k: v[0] for k, v in g.meta["partition"].items()}
     outputs = _outputs(g, names, side)
     order = {fp.name: i for i, fp in enumerate(fpops)}
@@ -649,6 +698,9 @@ def evaluate(net: lm.LoihiNet, plan: HostPlan, report: CompileReport, inputs: Ma
     (fixed point vs float golden), host-current clipping, output relative error, and (``tsm_graph``: the
     mean-TSM float graph) the error of the TSM approximation alone."""
     from ...sim import golden
+    if plan.host_only:
+        raise SdmcError("evaluate: the plan holds only the host part of the graph (a loaded export); the float "
+                        "reference needs the compiled plan (compile_net)")
     g = plan.graph
     pops = [p.name for p in net.populations]
     ref = golden.run(g, dict(inputs), keep=pops)
@@ -893,7 +945,9 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
     extra synapses into one neuron, split concat, upsampled sources) and full-shape biases.
     ``manifest.json`` (format, :data:`EXPORT_VERSION`, T, sources, populations, projections with their
     ``role`` (``segment`` / ``wiring``), delay and weight reference, segments, outputs, host plan,
-    quantisation report, notes).  ``graph.sdmc``: the compiled IR graph the host runs.
+    quantisation report, notes).  ``graph.sdmc``: only the host part of the compiled graph
+    (:func:`host_graph`: inputs, host-current terms and their ancestors, the tail with the output populations
+    as spike inputs); the chip's weights are in the h5 files alone.
     """
     import h5py
     from .export import write_netx
@@ -937,7 +991,7 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
                     ds = f"population/{i}/bias"
                     f.create_dataset(ds, data=np.asarray(p.bias).astype(np.int32))
                     where[("population", p.name)] = {"file": PROJ_FILE, "dataset": ds}
-        ir.save(plan.graph, tmp / GRAPH_FILE)
+        ir.save(host_graph(plan.graph, plan.currents, plan.outputs), tmp / GRAPH_FILE)
         manifest = _manifest(net, plan, report, where, segs, role, resources_summary)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if path.exists():
@@ -1145,4 +1199,8 @@ def load_export(path: str | os.PathLike) -> tuple[lm.LoihiNet, HostPlan, dict]:
     for name in plan.outputs + tuple(t for c in plan.currents for t in c.terms):
         if name not in g.nodes:
             raise SdmcError(f"{path}: host plan names node {name!r}, which the host graph lacks")
+    for name in plan.outputs:
+        if tuple(g.nodes[name].type.shape) != tuple(net.node(name).shape):
+            raise SdmcError(f"{path}: host graph node {name!r} has shape {list(g.nodes[name].type.shape)}, the "
+                            f"population {list(net.node(name).shape)}")
     return net, plan, m
