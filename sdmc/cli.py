@@ -728,7 +728,7 @@ def _add_sim(sub) -> None:
     p = sub.add_parser("sim", help="simulate the model with its spiking core as Loihi runs it (hybrid host/chip)",
                        description="Host parts in numpy (golden), the spiking core in the bit-exact Loihi model "
                                    "(default) or Lava's CPU simulation (--lava); reports the mismatch against "
-                                   "the float golden simulator.")
+                                   "the float golden simulator and the torch backend (compiled executor, float64).")
     _loihi_model_args(p)
     p.add_argument("--target", default="loihi", choices=["loihi"], help="what to simulate (loihi)")
     p.add_argument("--lava", action="store_true", help="run the spiking core in Lava (needs lava-nc / lava-dl)")
@@ -760,8 +760,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if args.lava:
         print("Lava wall times (s): " + ", ".join(f"{k} {v:.2f}" for k, v in hy["times"].items())
               + " (first_run: compile + first sample; run: the other samples)")
+    tref = unet.torch_reference(graph, inputs, threshold=args.threshold)
     for o in (n.name for n in plan.graph.output_nodes):
-        print(f"output {o}: relative error vs float golden {unet.rel_error(hy['outputs'][o], ref[o]):.4g}")
+        print(f"output {o}: relative error vs float golden {unet.rel_error(hy['outputs'][o], ref[o]):.4g}, vs "
+              f"torch executor (float64) {unet.rel_error(hy['outputs'][o], tref[o]):.4g}; torch executor vs float "
+              f"golden {unet.rel_error(tref[o], ref[o]):.3g}")
     worst = sorted(mism.items(), key=lambda kv: -kv[1])[:5]
     print(f"spike mismatch vs float golden: mean {np.mean(list(mism.values())):.4f}; worst "
           + ", ".join(f"{k} {v:.4f}" for k, v in worst))

@@ -177,6 +177,10 @@ def test_tsm_unet_rejected_or_approximated_by_the_mean():
     assert rep.tsm_error is not None and 0 < rep.tsm_error < 1
     assert set(rep.tsm_node_error) == set(rep.tsm_approx) and all(e >= 0 for e in rep.tsm_node_error.values())
     assert "TSM approximated by its mean" in rep.format()
+    # the torch backend on the same inputs: the exact (per-step TSM) float answer the golden gives
+    inp = _inputs(cfg, 2, 0)
+    ref = golden.run(plan.graph, inp)["out"]
+    assert unet.rel_error(unet.torch_reference(g, inp)["out"], ref) < 1e-6
     # the head's TSM conv is per-step on the host: exact, so no approximation is recorded for it
     assert "conv" not in rep.tsm_approx and plan.currents[0].terms == ("conv",)
 
@@ -486,6 +490,9 @@ def test_cli_export_sim_and_resources(model_file, tmp_path, capsys):
                  "--threshold", "0.49"]) == 0
     text = capsys.readouterr().out
     assert "relative error" in text and "spike mismatch" in text
+    import re   # the torch backend (compiled executor, float64) answers what the float golden does
+    agree = re.search(r"vs torch executor \(float64\) ([0-9.e+-]+); torch executor vs float golden ([0-9.e+-]+)", text)
+    assert agree and float(agree.group(2)) < 1e-6 and float(agree.group(1)) > 0, text
     assert main(["lava", "resources", str(model_file)]) == 0
     assert "Loihi 2 resources" in capsys.readouterr().out
     assert main(["export", str(model_file), "--backend", "onnx", "-o", str(tmp_path / "o")]) == 2

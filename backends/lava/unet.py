@@ -692,6 +692,32 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return d / n if n > 0 else d
 
 
+def torch_reference(graph: ir.Graph, inputs: Mapping[str, np.ndarray], *,
+                    threshold: float | None = None) -> dict[str, np.ndarray]:
+    """The graph outputs from the compiled torch executor (``compile_torch(..., 'inference')``, float64) on
+    ``inputs`` (graph inputs by name), with threshold guidance applied as :func:`compile_net` does: the
+    torch backend's answer the Loihi run is compared with.  ``graph``: the traced graph (the executor runs
+    its own ``inference`` pipeline)."""
+    import torch
+    from ..torch_exec import compile_torch
+    if threshold is not None:
+        graph = graph.copy()
+        for n in list(graph.nodes.values()):
+            if n.op in ir.NEURON_OPS:
+                graph.nodes[n.name] = n.replace(threshold=float(threshold))
+        ir.check(graph)
+    ex = compile_torch(graph, "inference", dtype=torch.float64, channels_last=False)
+    args = []
+    for n in graph.input_nodes:
+        if n.name not in inputs:
+            raise SdmcError(f"torch_reference: no value for graph input {n.name!r}")
+        args.append(torch.from_numpy(np.asarray(inputs[n.name])))
+    with torch.no_grad():
+        y = ex(*args)
+    ys = (y,) if isinstance(y, torch.Tensor) else tuple(y)
+    return {n.name: v.numpy() for n, v in zip(graph.output_nodes, ys)}
+
+
 def evaluate(net: lm.LoihiNet, plan: HostPlan, report: CompileReport, inputs: Mapping[str, np.ndarray], *,
              lava: bool = False, tsm_graph: ir.Graph | None = None) -> CompileReport:
     """Fill ``report`` with the accuracy cost on ``inputs``: per-population spike mismatch and firing rates
