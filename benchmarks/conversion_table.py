@@ -47,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=600, help="training steps of each model (default 600)")
     p.add_argument("--finetune", type=int, default=200, help="fine-tuning steps per UNet block (default 200)")
     p.add_argument("--ft-lr", type=float, default=1e-4,
-                   help="fine-tuning learning rate (default 1e-4; the paper's 1e-6 goes with 20k steps per block)")
+                   help="fine-tuning learning rate (default 1e-4; the paper's 1e-6 goes with 20k steps per block; "
+                        "measured on a 200-step digits QANN, 20 steps/block, batch 16: relative error 0.146 -> "
+                        "0.135 (1e-5), 0.127 (1e-4), 0.126 (1e-3))")
     p.add_argument("--ft-batch", type=int, default=32, help="fine-tuning batch size (default 32)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("-n", "--num", type=int, default=256, help="samples per model (default 256)")
