@@ -256,11 +256,13 @@ class Pipeline:
                    calib_output_rel_error=round(float(rep.output_error), 5))
         export = unet.export_dir(net, plan, rep, self.out / "lava",
                                  resources_summary={"totals": tot, "limits": res["limits"]})
-        # from here on everything runs the exported net as read back (what a user of the export gets)
+        # from here on everything runs the exported net as read back (what a user of the export gets); the
+        # float reference needs the compiled graph: the export's graph.sdmc holds only the host part
+        full = plan.graph
         net, plan, manifest = unet.load_export(export)
         out.update(export="lava/", netx_segments=len(manifest["segments"]))
         pops = [p.name for p in net.populations]
-        ref = golden.run(plan.graph, inputs, keep=pops)
+        ref = golden.run(full, inputs, keep=pops)
         hy = unet.run_hybrid(net, plan, inputs, probe=pops)
         (o,) = [n.name for n in plan.graph.output_nodes]
         with torch.no_grad():
