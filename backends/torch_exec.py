@@ -28,6 +28,7 @@ breaks the graph at the neuron loops and recompiles per call site; no GPU was av
 """
 from __future__ import annotations
 
+import keyword
 import re
 from typing import Any, Iterable
 
@@ -153,7 +154,7 @@ class TorchExecutor(nn.Module):
         clash use a flat sanitised name.  Returns the attribute path used."""
         parts = path.split(".")
         mod: nn.Module = self
-        ok = all(p.isidentifier() or p.isdigit() for p in parts)
+        ok = all((p.isidentifier() and not keyword.iskeyword(p)) or p.isdigit() for p in parts)  # fx: no self.x.from
         if ok:
             for p in parts[:-1]:
                 sub = mod._modules.get(p)

@@ -185,6 +185,17 @@ def test_tsm_unet_rejected_or_approximated_by_the_mean():
     assert "conv" not in rep.tsm_approx and plan.currents[0].terms == ("conv",)
 
 
+def test_torch_reference_agrees_with_golden_on_the_compiled_graph(sddpm):
+    """``sdmc sim`` on a .sdmc graph already through the neuromorphic pipeline: its composed residual weights
+    are named ``<add>.from.<neuron>.weight`` (``from`` is a Python keyword the fx codegen cannot use as an
+    attribute) and the torch executor must still build and agree with the golden interpreter."""
+    cfg, g = sddpm
+    assert any(".from." in k for k in g.params)
+    inp = _inputs(cfg, 2, 4)
+    assert unet.rel_error(unet.torch_reference(g, inp, threshold=0.45)["out"],
+                          golden.run(unet.compile_net(g, on_overflow="rescale", threshold=0.45)[1].graph, inp)["out"]) < 1e-9
+
+
 @pytest.mark.parametrize("kw,msg", [(dict(soft_reset=True), "soft reset"),
                                     (dict(neuron="lif", tau=3.0), "4096/tau")])
 def test_inexpressible_neurons_are_rejected_naming_the_node(kw, msg):
