@@ -359,21 +359,68 @@ def test_export_keeps_only_the_host_part_of_the_graph(sddpm, tmp_path):
     assert np.array_equal(unet.run_hybrid(net3, plan3, inp)["outputs"]["out"], a["outputs"]["out"])
 
 
+def _dense_and_upsample_graph():
+    """x -> conv -> n1 -> flatten -> linear -> n2 (dense population); n1 -> up x2 -> conv -> n3 (fed only by
+    an upsampled synapse)."""
+    rng = np.random.default_rng(4)
+    g = ir.Graph(3)
+    g.add(ir.Input(name="x", shape=(2, 4, 4), kind="spike", timing="per-step"))
+    g.add_param("c1.w", rng.integers(-4, 9, (3, 2, 3, 3)) / 8.0)
+    g.add(ir.Conv2d(name="c1", inputs=("x",), weight="c1.w", padding=(1, 1)))
+    g.add(ir.IF(name="n1", inputs=("c1",)))
+    g.add(ir.Reshape(name="flat", inputs=("n1",), shape=(48,)))
+    g.add_param("l.w", rng.integers(-4, 9, (5, 48)) / 8.0)
+    g.add_param("l.b", rng.integers(-2, 3, 5) / 8.0)
+    g.add(ir.Linear(name="l", inputs=("flat",), weight="l.w", bias="l.b"))
+    g.add(ir.IF(name="n2", inputs=("l",)))
+    g.add(ir.Upsample(name="up", inputs=("n1",), scale=2))
+    g.add_param("c3.w", rng.integers(-4, 9, (2, 3, 3, 3)) / 8.0)
+    g.add(ir.Conv2d(name="c3", inputs=("up",), weight="c3.w", padding=(1, 1)))
+    g.add(ir.IF(name="n3", inputs=("c3",)))
+    g.add(ir.Output(name="o2", inputs=("n2",)))
+    g.add(ir.Output(name="o3", inputs=("n3",)))
+    return ir.check(g)
+
+
+def test_dense_and_upsample_only_populations_export_and_load(tmp_path):
+    g = _dense_and_upsample_graph()
+    net, plan, rep = unet.compile_net(g, pow2=True)
+    mains = unet.main_projections(net)
+    assert mains["n2"].kind == "dense" and mains["n3"] is None
+    assert unet.segments(net) == [["n1", "n2"], ["n3"]]
+    out = unet.export_dir(net, plan, rep, tmp_path / "e")
+    net2, plan2, man = unet.load_export(out)
+    _same_net(net, net2)
+    s0, s1 = man["segments"]
+    assert (s0["input"], s0["input_kind"], s0["layers"]) == ("x", "spikes", [1, 3])   # layer 2: netx flatten
+    assert (s1["input"], s1["input_kind"], s1["input_shape"], s1["main"]) == (None, "current", [2, 8, 8], [None])
+    up = [p for p in man["projections"] if p["upsample"] == 2]
+    assert len(up) == 1 and up[0]["role"] == "wiring" and up[0]["weight"]["file"] == "projections.h5"
+    x = (np.random.default_rng(0).random((3, 2, 2, 4, 4)) < 0.5).astype(np.float64)
+    a, b = unet.run_hybrid(net, plan, {"x": x}), unet.run_hybrid(net2, plan2, {"x": x})
+    ref = golden.run(g, {"x": x})
+    for o in ("o2", "o3"):   # dyadic weights, pow2 scales: exact; and the loaded export gives the same
+        assert np.array_equal(a["outputs"][o], ref[o]) and np.array_equal(b["outputs"][o], ref[o]) and ref[o].any()
+
+
 def test_segment_files_load_in_stock_netx(sddpm, tmp_path):
+    """Every segment file of the tiny UNet (and of a net with a dense population behind a flatten and one fed
+    only by an upsampled synapse) builds as a stock ``lava.lib.dl.netx.hdf5.Network`` with the manifest's
+    input and output shapes."""
     from sdmc.backends.lava import compat
     compat.install_import_fixes()
     netx = pytest.importorskip("lava.lib.dl.netx")
     cfg, g = sddpm
-    net, plan, rep = unet.compile_net(g, on_overflow="rescale")
-    out = unet.export_dir(net, plan, rep, tmp_path / "exp")
-    man = unet.check_export(out)
-    for sg in man["segments"]:
-        n = netx.hdf5.Network(net_config=str(out / sg["file"]), input_message_bits=sg["input_message_bits"])
-        assert len(n.layers) == len(sg["populations"]) + sum(1 for a, b in zip(sg["layers"], sg["layers"][1:])
-                                                             if b - a == 2)
-        shape = {p["name"]: p["shape"] for p in man["populations"]}[sg["populations"][-1]]
-        assert tuple(n.out.shape) == tuple(shape[::-1])     # Lava (W, H, C) order
-        assert tuple(n.inp.shape) == tuple(sg["input_shape"][::-1])
+    for i, graph in enumerate((g, _dense_and_upsample_graph())):
+        net, plan, rep = unet.compile_net(graph, on_overflow="rescale")
+        out = unet.export_dir(net, plan, rep, tmp_path / f"exp{i}")
+        man = unet.check_export(out)
+        shapes = {p["name"]: p["shape"] for p in man["populations"]}
+        for sg in man["segments"]:
+            n = netx.hdf5.Network(net_config=str(out / sg["file"]), input_message_bits=sg["input_message_bits"])
+            assert len(n.layers) == len(sg["populations"])      # a netx flatten builds no block
+            assert tuple(n.out.shape) == tuple(shapes[sg["populations"][-1]][::-1])   # Lava (W, H, C) order
+            assert tuple(n.inp.shape) == tuple(sg["input_shape"][::-1])
 
 
 def test_one_conv_feeding_two_populations_round_trips_with_each_scale(tmp_path):
@@ -586,3 +633,11 @@ def test_generated_graphs_compile_cleanly_or_fail_with_a_named_error(g, seed):
     ref = golden.run(plan.graph, inp)
     for k, v in ref.items():
         assert hy["outputs"][k].shape == v.shape and np.all(np.isfinite(hy["outputs"][k]))
+    import tempfile   # the export (segments + wiring + host-only graph) reads back to the same net and outputs
+    with tempfile.TemporaryDirectory() as d:
+        net2, plan2, man = unet.load_export(unet.export_dir(net, plan, rep, os.path.join(d, "e")))
+    _same_net(net, net2)
+    assert sorted(p for s in man["segments"] for p in s["populations"]) == sorted(p.name for p in net.populations)
+    hy2 = unet.run_hybrid(net2, plan2, inp)
+    for k in ref:
+        assert np.array_equal(hy2["outputs"][k], hy["outputs"][k]), k
