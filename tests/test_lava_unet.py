@@ -279,6 +279,11 @@ def test_export_round_trip_and_checker(sddpm, tmp_path):
     assert man["T"] == cfg.snn_steps
     _same_net(net, net2)
     assert [s["populations"] for s in man["segments"]] == segs
+    for sg in man["segments"]:   # the head's main projection: its source, shape and delay describe the input
+        i = sg["main"][0]
+        if i is not None:
+            pr = man["projections"][i]
+            assert (pr["src"], pr["dst"], pr["delay"]) == (sg["input"], sg["populations"][0], sg["input_delay"])
     roles = {(p["name"], p["dst"]): p for p in man["projections"]}
     for pr in net.projections:
         r = roles[(pr.name, pr.dst)]

@@ -956,6 +956,7 @@ def _segment_chain(net: lm.LoihiNet, chain: list[str],
         layers.append(lm.LoihiLayer(kind=kind, weight=w, neuron=p.neuron, bias=_netx_bias(p), name=name, **kw))
         shape = tuple(p.shape)
     info["input_shape"] = list(in_shape)
+    info["input_delay"] = 0 if first is None else int(first.delay)   # steps the input waits (delay alignment)
     return lm.LoihiChain(in_shape, tuple(layers), input_bits=bits), idx, info
 
 
