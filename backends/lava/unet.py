@@ -41,8 +41,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -52,6 +50,7 @@ import numpy as np
 from ... import ir
 from ...errors import SdmcError, UnsupportedOpError
 from ...sim import loihi as lm
+from ...utils import atomic_dir
 from .quantize import LayerQuant, QuantReport
 
 HOST_BITS = 16
@@ -983,10 +982,7 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SdmcError(f"export: {path} exists and is not a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = None
-    try:
+    with atomic_dir(path) as tmp:
         where: dict[tuple, dict] = {}   # ("population", name) / ("projection", index) -> {"file", "dataset"}
         pidx = {id(p): i for i, p in enumerate(net.projections)}   # names may repeat: one conv, two targets
         segs, role = [], {}                # role: projection index -> {"file", "layer"} of its segment layer
@@ -1021,18 +1017,6 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
         ir.save(host_graph(plan.graph, plan.currents, plan.outputs), tmp / GRAPH_FILE)
         manifest = _manifest(net, plan, report, where, segs, role, resources_summary)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            old.rmdir()
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except BaseException:
-        if old is not None and not path.exists():
-            os.replace(old, path)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return path
 
 

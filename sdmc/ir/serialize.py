@@ -10,15 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..utils import atomic_path
+from ..utils import atomic_dir, atomic_path
 from .graph import IR_VERSION, OPS, Graph, IRError, Node
 
 GRAPH_FILE, WEIGHTS_FILE = "graph.json", "weights.safetensors"
@@ -96,24 +94,9 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
         return path
     if path.exists() and not path.is_dir():
         raise IRError(f"save: {path} exists and is not a directory (use a '.sdmc' name for the zip form)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = None
-    try:
+    with atomic_dir(path) as tmp:
         (tmp / GRAPH_FILE).write_bytes(gjson)
         (tmp / WEIGHTS_FILE).write_bytes(weights)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            old.rmdir()
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except BaseException:
-        if old is not None and not path.exists():
-            os.replace(old, path)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
