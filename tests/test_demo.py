@@ -75,3 +75,24 @@ def test_demo_quick_runs_every_stage(tmp_path):
 def test_demo_rejects_a_nonpositive_step_count(capsys):
     assert main(["demo", "--out", "unused", "--convert-steps", "0"]) == 2
     assert "--convert-steps must be at least 1" in capsys.readouterr().err
+
+
+def test_a_failing_optional_stage_keeps_the_numbers_it_recorded(tmp_path):
+    from sdmc.pipeline import Pipeline
+
+    p = Pipeline(tmp_path / "demo", quick=True)
+
+    def half_done():
+        p.partial["compile_seconds"] = 1.5
+        raise RuntimeError("Lava broke")
+
+    p.stage("lava", half_done, required=False)
+    assert p.summary["lava"]["status"] == "failed: RuntimeError: Lava broke"
+    assert p.summary["lava"]["compile_seconds"] == 1.5
+
+    def next_stage():
+        p.partial["ok"] = 1
+        return p.partial
+
+    p.stage("convert", next_stage, required=False)   # the next stage starts with nothing recorded
+    assert sorted(p.summary["convert"]) == ["ok", "seconds"]
