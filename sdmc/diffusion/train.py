@@ -542,7 +542,9 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
     n_params = _count_params(model)
     m = cfg.model
     say(f"sdmc train: preset {cfg.preset}: {m.arch} ch={m.ch} ch_mult={list(m.ch_mult)} res_blocks="
-        f"{m.num_res_blocks} T={m.snn_steps} {m.img_ch}x{m.img_size}x{m.img_size}, {n_params / 1e6:.2f}M params")
+        f"{m.num_res_blocks} {f'T={m.snn_steps} ' if m.spiking else ''}"
+        f"{f'{m.bits}-bit ' if m.arch == 'qann' else ''}{m.img_ch}x{m.img_size}x{m.img_size}, "
+        f"{n_params / 1e6:.2f}M params")
     say(f"  data {cfg.dataset}: {n_data} images; global batch {cfg.batch_size} = {per_rank} per rank x "
         f"{d.world} rank(s); {steps_per_epoch} steps/epoch; steps {step}->{cfg.steps}")
     say(f"  Adam lr {cfg.lr:g}, warm-up {cfg.warmup}, grad clip {cfg.grad_clip}, "
