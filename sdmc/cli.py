@@ -146,7 +146,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the digits preset's)")
     p.add_argument("-n", "--n-samples", type=int, default=None, help="samples per solver (default 256)")
     p.add_argument("--convert-steps", type=int, default=None,
-                   help="training steps of the convert stage's quantised ANN (default: --steps if given, else 100; "
+                   help="training steps of the convert stage's quantised ANN (default: --steps if given, else 300; "
                         "20 with --quick)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
