@@ -27,7 +27,7 @@ from ...errors import SdmcError, UnsupportedOpError
 from ...ir import PER_STEP, SPIKE, Graph, check
 from ...sim import loihi as lm
 from ...utils import atomic_path
-from .quantize import FloatChain, FloatLayer, QuantReport, quantize_chain
+from .quantize import FloatChain, FloatLayer, QuantReport, mean_tsm, quantize_chain
 
 
 def _pair(v) -> tuple[int, int]:
@@ -77,22 +77,8 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
             flatten = True
             continue
         if op == "scaled_conv2d":
-            if tsm == "reject":
-                raise UnsupportedOpError(f"node {node.name!r} (scaled_conv2d): per-step (TSM) weights have no static "
-                                         "Loihi synapse; export with tsm='mean' to approximate p[t] by its mean")
-            p = np.ones(graph.T) if node.scale is None else np.asarray(P[node.scale], np.float64).reshape(-1)
-            pm = float(p.mean())
-            if pm == 0:
-                raise UnsupportedOpError(f"node {node.name!r} (scaled_conv2d): mean TSM scale is 0")
-            tsm_approx[node.name] = float(np.abs(p - pm).max() / abs(pm))
+            pm, b, tsm_approx[node.name] = mean_tsm(graph, node, tsm)
             w = np.asarray(P[node.weight], np.float64) * pm
-            b = None
-            if node.bias is not None:
-                b = np.asarray(P[node.bias], np.float64)
-                if b.ndim == 2:
-                    spread = float(np.abs(b - b.mean(0)).max())
-                    tsm_approx[node.name] = max(tsm_approx[node.name], spread / max(float(np.abs(b).max()), 1e-12))
-                    b = b.mean(0)
             if pending is not None or flatten:
                 raise UnsupportedOpError(f"node {node.name!r} ({op}): needs a neuron (not a synapse/flatten) before it")
             pending = dict(kind="conv", weight=w, bias=b, name=node.name, stride=_pair(node.stride),

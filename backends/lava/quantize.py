@@ -209,3 +209,29 @@ def evaluate(fchain: FloatChain, qchain: lm.LoihiChain, report: QuantReport, x: 
         q.rate_float, q.rate_fixed = float(r.mean()), float(f.mean())
         q.max_abs_v = int(np.abs(v).max() >> lm.ACT_SHIFT)
     return report
+
+
+def mean_tsm(graph, node, tsm: str) -> tuple[float, np.ndarray | None, float]:
+    """The mean-TSM approximation of a ``scaled_conv2d`` (``y[t] = p[t] conv(x[t], W) + b[t]``), the only
+    static synapse Loihi has for it: ``mean_t p[t] W`` and ``mean_t b[t]``.
+
+    Returns ``(mean p, bias (per step averaged, float64) or None, spread)`` with the relative spread
+    ``max(max_t |p[t] - mean p| / |mean p|, max |b[t] - mean b| / max |b|)`` (0: the export is exact).
+    ``tsm='reject'`` raises :class:`UnsupportedOpError` naming the node instead.
+    """
+    from ...errors import UnsupportedOpError
+    if tsm == "reject":
+        raise UnsupportedOpError(f"node {node.name!r} (scaled_conv2d): per-step (TSM) weights p[t] W have no static "
+                                 "Loihi synapse; use tsm='mean' (--tsm mean) to approximate them by mean_t p[t] W")
+    P = graph.params
+    p = np.ones(graph.T) if node.scale is None else np.asarray(P[node.scale], np.float64).reshape(-1)
+    pm = float(p.mean())
+    if pm == 0:
+        raise UnsupportedOpError(f"node {node.name!r} (scaled_conv2d): mean TSM scale is 0")
+    spread = float(np.abs(p - pm).max() / abs(pm))
+    b = None if node.bias is None else np.asarray(P[node.bias], np.float64)
+    if b is not None and b.ndim == 2:
+        bm = b.mean(0)
+        spread = max(spread, float(np.abs(b - bm).max()) / max(float(np.abs(b).max()), 1e-12))
+        b = bm
+    return pm, b, spread

@@ -51,7 +51,7 @@ from ... import ir
 from ...errors import SdmcError, UnsupportedOpError
 from ...sim import loihi as lm
 from ...utils import atomic_dir
-from .quantize import LayerQuant, QuantReport
+from .quantize import LayerQuant, QuantReport, mean_tsm
 
 HOST_BITS = 16
 TSM_PER_NODE_MAX = 64   # evaluate() measures each TSM node's own output error up to this many nodes
@@ -333,18 +333,7 @@ class _Extractor:
         b = None if n.bias is None else np.asarray(P[n.bias], np.float64)
         pm = 1.0
         if n.op == "scaled_conv2d":
-            if self.tsm == "reject":
-                raise UnsupportedOpError(f"node {n.name!r} (scaled_conv2d): per-step (TSM) weights p[t] W have no "
-                                         "static Loihi synapse; compile with tsm='mean' to use mean_t p[t] W")
-            p = np.ones(g.T) if n.scale is None else np.asarray(P[n.scale], np.float64).reshape(-1)
-            pm = float(p.mean())
-            if pm == 0:
-                raise UnsupportedOpError(f"node {n.name!r} (scaled_conv2d): mean TSM scale is 0")
-            spread = float(np.abs(p - pm).max() / abs(pm))
-            if b is not None and b.ndim == 2:
-                bm = b.mean(0)
-                spread = max(spread, float(np.abs(b - bm).max()) / max(float(np.abs(b).max()), 1e-12))
-                b = bm
+            pm, b, spread = mean_tsm(g, n, self.tsm)
             self.tsm_spread[n.name] = spread
         if n.op == "linear":
             pr = _FProj(n.name, src.name, "dense", w, factor=pm)
