@@ -116,12 +116,19 @@ def lava_versions() -> dict[str, str]:
 
 def import_lava():
     """Import and return ``lava.lib.dl.netx`` with the fixes; :class:`LavaUnavailable` if that fails."""
+    import logging
     install_import_fixes()
+    # slayer imports torch.utils.cpp_extension, which logs "No CUDA runtime is found" on CPU-only machines
+    ext_log = logging.getLogger("torch.utils.cpp_extension")
+    level = ext_log.level
+    ext_log.setLevel(logging.ERROR)
     try:
         import lava.lib.dl.netx as netx  # noqa: F401
     except ImportError as e:
         raise LavaUnavailable(f"Lava is not importable ({e}); install it with "
                               "`python -m sdmc.backends.lava.install`") from e
+    finally:
+        ext_log.setLevel(level)
     return netx
 
 
