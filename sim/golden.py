@@ -288,20 +288,6 @@ def _bind_overrides(graph: Graph, overrides: Mapping[str, np.ndarray], B: int) -
     return out
 
 
-def _needed(graph: Graph, targets: set[str], over: Mapping[str, np.ndarray]) -> set[str]:
-    """Nodes whose values ``targets`` depend on, not looking past overridden nodes."""
-    seen: set[str] = set()
-    stack = list(targets)
-    while stack:
-        k = stack.pop()
-        if k in seen:
-            continue
-        seen.add(k)
-        if k not in over:
-            stack.extend(graph.nodes[k].inputs)
-    return seen
-
-
 def run(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, training: bool = False,
         all_values: bool = False, keep: Sequence[str] = (),
         overrides: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -348,7 +334,7 @@ def run(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *
         raise IRError(f"golden.run: keep names unknown node(s) {unknown}")
     kept = outs | set(keep)
     over = _bind_overrides(graph, overrides or {}, B)
-    needed = _needed(graph, kept, over) if over and not all_values else None
+    needed = graph.ancestors(kept, stop=over) if over and not all_values else None
     for i, n in enumerate(order):
         if n.name in over:
             vals[n.name] = over[n.name]

@@ -183,15 +183,7 @@ def host_graph(g: ir.Graph, currents: Sequence[HostCurrent], outputs: Sequence[s
     Nothing of the neuromorphic part is kept (its weights live in the export's h5 files); parameters are
     limited to the kept nodes.  Idempotent."""
     outs = set(outputs)
-    need: set[str] = set()
-    stack = [t for c in currents for t in c.terms] + [n.name for n in g.output_nodes]
-    while stack:
-        k = stack.pop()
-        if k in need:
-            continue
-        need.add(k)
-        if k not in outs:
-            stack.extend(g.nodes[k].inputs)
+    need = g.ancestors([t for c in currents for t in c.terms] + [n.name for n in g.output_nodes], stop=outs)
     nodes = [n.replace() for n in g.input_nodes]       # graph inputs first: the batch is read from the first
     for k in outputs:
         n = g.nodes[k]

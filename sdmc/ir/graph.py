@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Collection, Iterable, Iterator, Mapping
 
 import networkx as nx
 import numpy as np
@@ -234,6 +234,20 @@ class Graph:
     def users(self, name: str) -> list[str]:
         """Names of the nodes that read ``name``, in insertion order."""
         return [k for k, v in self.nodes.items() if name in v.inputs]
+
+    def ancestors(self, targets: Iterable[str], stop: Collection[str] = ()) -> set[str]:
+        """``targets`` and every node they read, directly or not, without looking past the nodes in ``stop``
+        (which are included when reached, but not their inputs)."""
+        seen: set[str] = set()
+        stack = list(targets)
+        while stack:
+            k = stack.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            if k not in stop:
+                stack.extend(self.nodes[k].inputs)
+        return seen
 
     def fresh_name(self, base: str) -> str:
         """``base`` if unused, else ``base_1``, ``base_2``, ..."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .. import ir
-from ..ir.graph import PER_STEP, REAL, STATIC
+from ..ir.graph import REAL, STATIC
 from . import register_pass
 
 CONV_OPS = ("conv2d", "scaled_conv2d")
@@ -397,14 +397,7 @@ def _merge(terms: list[_Term]) -> list[_Term]:
 
 
 def _live(g: ir.Graph) -> set[str]:
-    live: set[str] = set()
-    stack = [n.name for n in g.output_nodes]
-    while stack:
-        k = stack.pop()
-        if k not in live:
-            live.add(k)
-            stack.extend(g.nodes[k].inputs)
-    return live
+    return g.ancestors(n.name for n in g.output_nodes)
 
 
 def _synapses(g: ir.Graph, spike_only: bool) -> int:
