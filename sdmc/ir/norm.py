@@ -6,6 +6,24 @@ from dataclasses import dataclass
 from .graph import FLOAT_DTYPES, PER_STEP, REAL, Node, ValueType, param, register
 
 
+def _channel_input(node: Node, ins, graph, fields: tuple[str, ...]) -> tuple[ValueType, int]:
+    """The float input of a normalisation node and its channel count ``C`` (axis 0); every parameter named in
+    ``fields`` that is set must have shape ``[C]`` and ``eps`` must be positive."""
+    x = ins[0]
+    if x.dtype not in FLOAT_DTYPES:
+        raise node.fail(f"input {node.inputs[0]!r} has dtype {x.dtype}; a floating-point value is required")
+    if not x.shape:
+        raise node.fail(f"input {node.inputs[0]!r} has no channel axis (shape [])")
+    C = x.shape[0]
+    for fld in fields:
+        if getattr(node, fld) is not None and node.param_shape(graph, fld) != (C,):
+            raise node.fail(f"shape mismatch: {fld} {getattr(node, fld)!r} has shape "
+                            f"{list(node.param_shape(graph, fld))}, input {node.inputs[0]!r} has {C} channels")
+    if not node.eps > 0:
+        raise node.fail(f"eps must be > 0, got {node.eps}")
+    return x, C
+
+
 @register
 @dataclass(frozen=True, kw_only=True)
 class BatchNorm(Node):
@@ -27,20 +45,9 @@ class BatchNorm(Node):
     momentum: float | None = 0.1
 
     def infer(self, ins, graph):
-        x = ins[0]
-        if x.dtype not in FLOAT_DTYPES:
-            raise self.fail(f"input {self.inputs[0]!r} has dtype {x.dtype}; a floating-point value is required")
-        if not x.shape:
-            raise self.fail(f"input {self.inputs[0]!r} has no channel axis (shape [])")
-        C = x.shape[0]
-        for fld in ("weight", "bias", "running_mean", "running_var"):
-            if getattr(self, fld) is not None and self.param_shape(graph, fld) != (C,):
-                raise self.fail(f"shape mismatch: {fld} {getattr(self, fld)!r} has shape "
-                                f"{list(self.param_shape(graph, fld))}, input {self.inputs[0]!r} has {C} channels")
+        x, _ = _channel_input(self, ins, graph, ("weight", "bias", "running_mean", "running_var"))
         if self.num_batches_tracked is not None:
             self.param_shape(graph, "num_batches_tracked")
-        if not self.eps > 0:
-            raise self.fail(f"eps must be > 0, got {self.eps}")
         return ValueType(x.shape, x.dtype, REAL, x.timing)
 
 
@@ -63,20 +70,9 @@ class GroupNorm(Node):
     running: bool = False
 
     def infer(self, ins, graph):
-        x = ins[0]
-        if x.dtype not in FLOAT_DTYPES:
-            raise self.fail(f"input {self.inputs[0]!r} has dtype {x.dtype}; a floating-point value is required")
-        if not x.shape:
-            raise self.fail(f"input {self.inputs[0]!r} has no channel axis (shape [])")
-        C = x.shape[0]
+        x, C = _channel_input(self, ins, graph, ("weight", "bias"))
         if int(self.num_groups) < 1 or C % int(self.num_groups):
             raise self.fail(f"num_groups={self.num_groups} does not divide the {C} channels of {self.inputs[0]!r}")
-        for fld in ("weight", "bias"):
-            if getattr(self, fld) is not None and self.param_shape(graph, fld) != (C,):
-                raise self.fail(f"shape mismatch: {fld} {getattr(self, fld)!r} has shape "
-                                f"{list(self.param_shape(graph, fld))}, input {self.inputs[0]!r} has {C} channels")
-        if not self.eps > 0:
-            raise self.fail(f"eps must be > 0, got {self.eps}")
         if self.running and x.timing != PER_STEP:
             raise self.fail(f"running statistics need a per-step input; {self.inputs[0]!r} is static")
         return ValueType(x.shape, x.dtype, REAL, x.timing)
