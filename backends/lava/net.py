@@ -382,6 +382,6 @@ def run_lava_net(net: lm.LoihiNet, inputs: dict[str, np.ndarray], *, host_bias: 
         times["stop"] = time.perf_counter() - t0
     raw_spikes = {k: np.stack(v, axis=1).astype(bool) for k, v in raw.items()}          # [R, B, *shape]
     raw_v = {k: np.rint(np.stack(v, axis=1)).astype(np.int64) for k, v in volts.items()} if read_v else None
-    spikes = {k: s[pops[k].depth:pops[k].depth + N] for k, s in raw_spikes.items()}
+    spikes = lm.aligned_net_spikes({"spikes": raw_spikes}, net, N)
     return LavaNetRun(spikes=spikes, raw_spikes=raw_spikes, raw_v=raw_v, times=times,
                       n_processes=procs.count() + len(ex) + len(wires))

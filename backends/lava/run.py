@@ -22,6 +22,7 @@ import numpy as np
 
 from ...errors import SdmcError
 from . import compat
+from .net import from_lava, to_lava
 
 
 @dataclass
@@ -34,15 +35,6 @@ class LavaRun:
     raw_spikes: list[np.ndarray]
     raw_v: list[np.ndarray] | None = None
     times: dict = field(default_factory=dict)
-
-
-def _to_lava(a: np.ndarray) -> np.ndarray:
-    """torch (C, H, W) -> Lava (W, H, C); 1-d unchanged."""
-    return a.transpose(tuple(range(a.ndim))[::-1]) if a.ndim == 3 else a
-
-
-def _from_lava(a: np.ndarray) -> np.ndarray:
-    return a.transpose((2, 1, 0)) if a.ndim == 3 else a
 
 
 def run_netx(path: str | os.PathLike, x: np.ndarray, *, input_message_bits: int = 0, read_v: bool = True,
@@ -78,10 +70,10 @@ def run_netx(path: str | os.PathLike, x: np.ndarray, *, input_message_bits: int 
     in_shape = tuple(net.inp.shape)
 
     def prep(a: np.ndarray) -> np.ndarray:  # a first dense layer reads the (C, H, W)-flattened input
-        return a.reshape(-1) if len(in_shape) == 1 else _to_lava(a)
+        return a.reshape(-1) if len(in_shape) == 1 else to_lava(a)
 
     if tuple(prep(x[0, 0]).shape) != in_shape:
-        raise SdmcError(f"run_netx: {os.fspath(path)!r} expects inputs of shape {list(_from_lava(np.zeros(in_shape)).shape)} "
+        raise SdmcError(f"run_netx: {os.fspath(path)!r} expects inputs of shape {list(from_lava(np.zeros(in_shape)).shape)} "
                         f"per step, got {list(x.shape[2:])}")
     data = np.zeros(in_shape + (steps,), np.int64)
     xi = x.astype(np.int64) if input_message_bits > 0 else (x != 0).astype(np.int64)
@@ -112,9 +104,9 @@ def run_netx(path: str | os.PathLike, x: np.ndarray, *, input_message_bits: int 
             net.run(condition=RunSteps(num_steps=R), run_cfg=cfg)
             t1 = time.perf_counter()
             for ex, acc in zip(extractors, raw_chunks):
-                acc.extend(_from_lava(np.asarray(ex.receive())) for _ in range(R))
+                acc.extend(from_lava(np.asarray(ex.receive())) for _ in range(R))
             for w, acc in zip(wires, v_chunks):
-                acc.extend(_from_lava(np.asarray(w.receive())) for _ in range(R))
+                acc.extend(from_lava(np.asarray(w.receive())) for _ in range(R))
             times["run"] += t1 - t0
             times["read"] += time.perf_counter() - t1
     finally:

@@ -51,6 +51,7 @@ from ... import ir
 from ...errors import SdmcError, UnsupportedOpError
 from ...sim import loihi as lm
 from ...utils import atomic_dir
+from .export import _pair
 from .quantize import LayerQuant, QuantReport, mean_tsm
 
 HOST_BITS = 16
@@ -110,12 +111,7 @@ class HostPlan:
         if self._sub is None:
             g = self.graph
             terms = sorted({t for c in self.currents for t in c.terms})
-            need, stack = set(), list(terms)
-            while stack:
-                k = stack.pop()
-                if k not in need:
-                    need.add(k)
-                    stack.extend(g.nodes[k].inputs)
+            need = g.ancestors(terms)
             sub = ir.Graph(g.T, [g.nodes[k].replace() for k in g.nodes if k in need], params=g.params)
             for i, t in enumerate(terms):
                 sub.add(ir.Output(name=f"hostcur_{i}", inputs=(t,)))
@@ -234,10 +230,6 @@ class _FPop:
     projs: list = field(default_factory=list)
     host: list = field(default_factory=list)
     bias: np.ndarray | None = None
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
 
 
 def _neuron_params(n: ir.Node) -> tuple[float, int]:
@@ -503,8 +495,8 @@ def _host_description(g: ir.Graph, side: Mapping[str, str], currents: Sequence[H
     for c in currents:
         out.append(f"{c.source}: graded current into {c.population} = ({' + '.join(c.terms) or '0'}"
                    f"{' + bias' if c.bias is not None else ''}) x {c.scale:.4g}, {c.bits}-bit")
-    tail = sorted({g.nodes[k].op for k, s in side.items() if s == "host" and k in _downstream(g, outputs)}
-                  - {"output"})
+    down = _downstream(g, outputs)
+    tail = sorted({g.nodes[k].op for k, s in side.items() if s == "host" and k in down} - {"output"})
     out.append(f"read-out: the host reads the spikes of {len(outputs)} population(s) ({', '.join(outputs)}) and runs "
                f"the tail ops {tail}")
     return out
@@ -519,6 +511,15 @@ def _downstream(g: ir.Graph, names: Sequence[str]) -> set[str]:
             seen.add(k)
             stack.extend(g.users(k))
     return seen
+
+
+def _with_threshold(g: ir.Graph, threshold: float) -> ir.Graph:
+    """A checked copy of ``g`` with every neuron's threshold set to ``threshold`` (threshold guidance)."""
+    g = g.copy()
+    for n in list(g.nodes.values()):
+        if n.op in ir.NEURON_OPS:
+            g.nodes[n.name] = n.replace(threshold=float(threshold))
+    return ir.check(g)
 
 
 def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.ndarray] | None = None,
@@ -541,11 +542,7 @@ def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.
     if threshold is not None:
         if not float(threshold) > 0:
             raise SdmcError(f"compile_net: threshold must be > 0, got {threshold}")
-        g = g.copy()
-        for n in list(g.nodes.values()):
-            if n.op in ir.NEURON_OPS:
-                g.nodes[n.name] = n.replace(threshold=float(threshold))
-        ir.check(g)
+        g = _with_threshold(g, threshold)
     ex = _Extractor(g, tsm)
     fpops = ex.populations()
     if not fpops:
@@ -584,7 +581,7 @@ def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.
     net = lm.LoihiNet(tuple(sources), tuple(pops), tuple(projs), tuple(outputs),
                       meta={"T": g.T, "scales": {q.name: q.scale for q in qrep},
                             "thresholds": {fp.name: fp.theta for fp in fpops}})
-    _check_net(net)
+    lm.check_net(net)
     plan = HostPlan(g, tuple(currents), tuple(outputs), tuple(ex.spike_inputs))
     report = CompileReport(qrep, tsm_approx=dict(ex.tsm_spread),
                            host=_host_description(g, side, currents, outputs),
@@ -592,15 +589,6 @@ def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.
     if calib is not None:
         evaluate(net, plan, report, calib, tsm_graph=_mean_tsm_graph(g, ex.tsm_spread) if ex.tsm_spread else None)
     return net, plan, report
-
-
-def _check_net(net: lm.LoihiNet) -> None:
-    if hasattr(lm, "check_net"):
-        lm.check_net(net)
-        return
-    for p in net.projections:  # the essentials until sim.loihi.check_net is available
-        if net.depth(p.dst) != net.depth(p.src) + 1 + p.delay or p.delay < 0:
-            raise SdmcError(f"projection {p.name!r}: depth {net.depth(p.dst)} != {net.depth(p.src)} + 1 + {p.delay}")
 
 
 def _mean_tsm_graph(g: ir.Graph, nodes: Mapping[str, float]) -> ir.Graph:
@@ -681,11 +669,7 @@ def torch_reference(graph: ir.Graph, inputs: Mapping[str, np.ndarray], *,
     import torch
     from ..torch_exec import compile_torch
     if threshold is not None:
-        graph = graph.copy()
-        for n in list(graph.nodes.values()):
-            if n.op in ir.NEURON_OPS:
-                graph.nodes[n.name] = n.replace(threshold=float(threshold))
-        ir.check(graph)
+        graph = _with_threshold(graph, threshold)
     ex = compile_torch(graph, "inference", dtype=torch.float64, channels_last=False)
     args = []
     for n in graph.input_nodes:
@@ -959,7 +943,7 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
     import h5py
     from .export import write_netx
 
-    _check_net(net)
+    lm.check_net(net)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SdmcError(f"export: {path} exists and is not a directory")
@@ -1184,7 +1168,7 @@ def load_export(path: str | os.PathLike) -> tuple[lm.LoihiNet, HostPlan, dict]:
     meta["scales"] = {p["name"]: p["scale"] for p in m["populations"]}
     meta["thresholds"] = {p["name"]: p["theta"] for p in m["populations"]}
     net = lm.LoihiNet(sources, tuple(pops), tuple(projs), tuple(m["outputs"]), meta=meta)
-    _check_net(net)
+    lm.check_net(net)
     g = ir.check(ir.load(path / m["host"]["graph"]))
     plan = HostPlan(g, tuple(HostCurrent.from_json(c) for c in m["host"]["currents"]), tuple(m["host"]["outputs"]),
                     tuple(m["host"].get("spike_inputs", ())))
