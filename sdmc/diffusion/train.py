@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..config import DiffusionConfig, ModelConfig, SdmcConfig
-from ..errors import CheckpointError, ConfigError, DataError, SdmcError, TrainingError
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..utils import atomic_path, atomic_write_text
 from .presets import DEFAULT_PRESET, get_preset
 from .schedule import NoiseSchedule
@@ -474,7 +474,7 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
 
     if not cfg.eager:  # the compiled torch executor: same state_dict names and numbers, faster (ANN: unchanged)
         from ..backends.torch_exec import prepare
-        model = prepare(model, "train")
+        model = prepare(model, "train", device=device)  # the device picks the layout (channels-last on CPU only)
     model.to(device).train()
     ema_model = copy.deepcopy(model).eval() if cfg.ema else None
     if ema_model is not None:
