@@ -29,6 +29,7 @@ sampling, fine-tuning) to stderr; the markdown table is printed at the end and t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -73,11 +74,16 @@ def train_preset(preset: str, args: argparse.Namespace, workdir: Path) -> tuple[
     return Path(path), time.perf_counter() - t0
 
 
+@functools.lru_cache(maxsize=None)
+def _digits(img_size: int):
+    """The digits training set, loaded once (fine-tuning draws a batch per step per block)."""
+    from sdmc.data import load_dataset
+    return load_dataset("digits", img_size=img_size)
+
+
 def noised_digits(n: int, img_size: int, schedule, gen: torch.Generator, device: torch.device):
     """``(x_t, t)``: ``n`` digits training images noised to uniform random diffusion steps."""
-    from sdmc.data import load_dataset
-
-    ds = load_dataset("digits", img_size=img_size)
+    ds = _digits(img_size)
     idx = torch.randint(len(ds), (n,), generator=gen)
     x0 = torch.stack([ds[int(i)][0] for i in idx])
     t = torch.randint(schedule.num_timesteps, (n,), generator=gen)

@@ -823,11 +823,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     schedule = NoiseSchedule(cfg.diffusion)
 
+    ds = None
+    if args.calibrate or args.finetune:  # loaded once: finetune draws a batch per step per block
+        from .data import load_dataset
+        ds = load_dataset("digits", img_size=m.img_size)
+
     def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x0 = torch.rand(n, m.img_ch, m.img_size, m.img_size, generator=g) * 2 - 1
-        if args.calibrate or args.finetune:
-            from .data import load_dataset
-            ds = load_dataset("digits", img_size=m.img_size)
+        if ds is not None:
             idx = torch.randint(len(ds), (n,), generator=g)
             x0 = torch.stack([ds[int(i)][0] for i in idx])
             if x0.shape[1] != m.img_ch:

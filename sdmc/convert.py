@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ModelConfig, SdmcConfig
+from .config import SNN_NORMS, ModelConfig, SdmcConfig
 from .errors import CheckpointError, ConfigError
 from .models.qann import QuantReLU, qann_bits, qann_model_config, quant_layers
 
@@ -109,15 +109,16 @@ class RunningGroupNorm(nn.Module):
     def __init__(self, gn: nn.GroupNorm, steps: int = 1) -> None:
         super().__init__()
         self.num_groups, self.eps, self.steps = gn.num_groups, gn.eps, int(steps)
-        self.weight = nn.Parameter(gn.weight.detach().clone(), requires_grad=False)
-        self.bias = nn.Parameter(gn.bias.detach().clone(), requires_grad=False)
+        for name in ("weight", "bias"):  # None for nn.GroupNorm(affine=False): running_group_norm accepts that
+            p = getattr(gn, name)
+            self.register_parameter(name, None if p is None else nn.Parameter(p.detach().clone(), requires_grad=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = running_group_norm(_steps_view(x, self.steps), self.num_groups, self.weight, self.bias, self.eps)
         return y.reshape(x.shape)
 
 
-NORMS = ("step", "running")
+NORMS = SNN_NORMS
 
 
 class ConvertedSNN(nn.Module):
