@@ -591,7 +591,8 @@ def cmd_lava(args: argparse.Namespace) -> int:
         import json
         from .backends.lava import unet
         graph = _load_graph(args)
-        net, plan, _ = unet.compile_net(graph, tsm="mean", on_overflow="rescale", host_bits=args.host_bits)
+        # the counts depend on shapes only: compile leniently (mean TSM, rescaled overflow) so any model reports
+        net, plan, _ = unet.compile_net(graph, tsm="mean", on_overflow="rescale")
         res = unet.resources(net, plan.graph)
         print(json.dumps(res, indent=1) if args.json else unet.format_resources(res, top=args.top))
         return 0
@@ -633,6 +634,9 @@ def _loihi_model_args(p) -> None:
     p.add_argument("--snn-steps", type=int, default=None, help="SNN steps T if the file does not record them")
     p.add_argument("--img-size", type=int, default=None, help="image size to trace at (default: the model's)")
     p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto")
+
+
+def _loihi_compile_args(p) -> None:
     p.add_argument("--tsm", choices=["reject", "mean"], default="reject",
                    help="SDM per-step (TSM) conv scales on the chip: reject (default) or approximate by the mean")
     p.add_argument("--on-overflow", choices=["error", "rescale"], default="error",
@@ -696,6 +700,7 @@ def _add_export(sub) -> None:
                                    "delays, graded host currents), quantise it per population and write an export "
                                    "directory: manifest.json, netx HDF5 segments, projections.h5, graph.sdmc.")
     _loihi_model_args(p)
+    _loihi_compile_args(p)
     p.add_argument("--backend", default="lava", choices=["lava", "onnx", "nir"], help="target (only lava for now)")
     p.add_argument("-o", "--out", required=True, help="export directory to write (replaced atomically)")
     p.add_argument("--calib", type=int, default=0, metavar="N",
@@ -714,7 +719,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                          on_overflow=args.on_overflow, host_bits=args.host_bits,
                                          threshold=args.threshold)
     res = unet.resources(net, plan.graph)
-    out = unet.export_dir(net, plan, report, args.out, resources_summary=res["totals"])
+    out = unet.export_dir(net, plan, report, args.out, resources=res)
     print(report.format())
     if args.resources:
         print(unet.format_resources(res))
@@ -730,6 +735,7 @@ def _add_sim(sub) -> None:
                                    "(default) or Lava's CPU simulation (--lava); reports the mismatch against "
                                    "the float golden simulator and the torch backend (compiled executor, float64).")
     _loihi_model_args(p)
+    _loihi_compile_args(p)
     p.add_argument("--target", default="loihi", choices=["loihi"], help="what to simulate (loihi)")
     p.add_argument("--lava", action="store_true", help="run the spiking core in Lava (needs lava-nc / lava-dl)")
     p.add_argument("--samples", type=int, default=1, help="number of noised input images (default 1)")

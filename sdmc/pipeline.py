@@ -258,7 +258,7 @@ class Pipeline:
                    synapses=tot["synapses"], loihi2_cores=tot["cores"], loihi2_chips=tot["chips"],
                    calib_output_rel_error=round(float(rep.output_error), 5))
         export = unet.export_dir(net, plan, rep, self.out / "lava",
-                                 resources_summary={"totals": tot, "limits": res["limits"]})
+                                 resources=res)
         # from here on everything runs the exported net as read back (what a user of the export gets); the
         # float reference needs the compiled graph: the export's graph.sdmc holds only the host part
         full = plan.graph

@@ -269,7 +269,7 @@ def test_export_round_trip_and_checker(sddpm, tmp_path):
     cfg, g = sddpm
     inp = _inputs(cfg, 2, 5)
     net, plan, rep = unet.compile_net(g, calib=inp, on_overflow="rescale")
-    out = unet.export_dir(net, plan, rep, tmp_path / "exp", resources_summary=unet.resources(net)["totals"])
+    out = unet.export_dir(net, plan, rep, tmp_path / "exp", resources=unet.resources(net))
     segs = unet.segments(net)
     assert sorted(os.listdir(out)) == sorted(["graph.sdmc", "manifest.json", "projections.h5"]
                                              + [f"segment_{i:02d}.h5" for i in range(len(segs))])

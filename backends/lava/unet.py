@@ -925,7 +925,7 @@ def _segment_chain(net: lm.LoihiNet, chain: list[str],
 
 
 def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, path: str | os.PathLike, *,
-               resources_summary: dict | None = None) -> Path:
+               resources: dict | None = None) -> Path:
     """Write the export directory atomically (a temporary directory renamed into place):
 
     ``segment_NN.h5``: plain netx files (``input`` + ``conv`` / ``dense`` CUBA layers, what stock
@@ -938,7 +938,8 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
     ``role`` (``segment`` / ``wiring``), delay and weight reference, segments, outputs, host plan,
     quantisation report, notes).  ``graph.sdmc``: only the host part of the compiled graph
     (:func:`host_graph`: inputs, host-current terms and their ancestors, the tail with the output populations
-    as spike inputs); the chip's weights are in the h5 files alone.
+    as spike inputs); the chip's weights are in the h5 files alone.  ``resources``: a :func:`resources`
+    report, whose ``totals`` and ``limits`` the manifest records.
     """
     import h5py
     from .export import write_netx
@@ -980,7 +981,8 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
                     f.create_dataset(ds, data=np.asarray(p.bias).astype(np.int32))
                     where[("population", p.name)] = {"file": PROJ_FILE, "dataset": ds}
         ir.save(host_graph(plan.graph, plan.currents, plan.outputs), tmp / GRAPH_FILE)
-        manifest = _manifest(net, plan, report, where, segs, role, resources_summary)
+        summary = None if resources is None else {k: resources[k] for k in ("totals", "limits")}
+        manifest = _manifest(net, plan, report, where, segs, role, summary)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return path
 
