@@ -81,6 +81,15 @@ class Pipeline:
         shown = {k: v for k, v in result.items() if k != "seconds" and not isinstance(v, (dict, list))}
         print(f"[{name}] {result['seconds']:.1f}s: " + ", ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
 
+    def _eager64(self, x: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+        """The trained eager model's output in float64 (the reference the compiled paths are checked against);
+        the model is back in float32 afterwards, also when this fails."""
+        try:
+            with torch.no_grad():
+                return self.model.double()(x.double(), t).numpy()
+        finally:
+            self.model.float()
+
     # ------------------------------------------------------------------------------------ stages
     def data(self) -> dict:
         from .data import load_dataset
@@ -116,12 +125,12 @@ class Pipeline:
                 "loss_last": round(losses[-1], 4) if losses else None}
 
     def sample(self) -> dict:
-        from .data.images import save_grid, to_uint8
+        from .data.images import save_grid
         from .diffusion.analytic import estimate_gamma
         from .diffusion.sampling import sample_images
         from .diffusion.schedule import NoiseSchedule
         from .metrics.digits import digits_scores
-        from .utils import atomic_path
+        from .metrics.evaluate import save_samples
 
         from .backends.torch_exec import prepare
 
@@ -145,9 +154,7 @@ class Pipeline:
             secs = time.perf_counter() - t0
             tag = f"{name}_{steps}"
             save_grid(imgs[:64], self.out / f"samples_{tag}.png", nrow=8)
-            with atomic_path(self.out / f"samples_{tag}.npz") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez_compressed(fh, images=to_uint8(imgs))
+            save_samples(self.out / f"samples_{tag}.npz", imgs)
             scores = digits_scores(imgs)
             rows[tag] = {"seconds": round(secs, 1), "digits_fid": round(float(scores["digits_fid"]), 1),
                          "digits_is": round(float(scores["digits_is"]), 2)}
@@ -191,8 +198,7 @@ class Pipeline:
         ex = torch_exec.compile_torch(graph, mode="inference", dtype=torch.float64)
         with torch.no_grad():
             got = ex(x.double(), t).numpy()
-        eager = self.model.double()(x.double(), t).detach().numpy()
-        self.model.float()
+        eager = self._eager64(x, t)
         return {"nodes": len(list(graph)), "inference_nodes": len(list(inf)), "neuromorphic_nodes": len(list(neu)),
                 "executor_vs_golden_maxdiff": float(np.abs(got - ref).max()),
                 "eager_vs_golden_maxdiff": float(np.abs(eager - ref).max()),
@@ -268,9 +274,7 @@ class Pipeline:
         ref = golden.run(full, inputs, keep=pops)
         hy = unet.run_hybrid(net, plan, inputs, probe=pops)
         (o,) = [n.name for n in plan.graph.output_nodes]
-        with torch.no_grad():
-            eager = self.model.double()(torch.from_numpy(inputs["x"]), torch.from_numpy(inputs["t"])).numpy()
-        self.model.float()
+        eager = self._eager64(torch.from_numpy(inputs["x"]), torch.from_numpy(inputs["t"]))
         mism = {p: float(np.mean(hy["spikes"][p] != ref[p].astype(bool))) for p in pops}
         out.update(eval_samples=n_eval,
                    output_rel_error_vs_golden=round(unet.rel_error(hy["outputs"][o], ref[o]), 5),
