@@ -155,10 +155,6 @@ def _add_demo(sub) -> None:
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
-    for flag in ("steps", "n_samples", "convert_steps"):
-        v = getattr(args, flag)
-        if v is not None and v < 1:
-            raise SdmcError(f"demo: --{flag.replace('_', '-')} must be at least 1, got {v}")
     run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed, steps=args.steps,
              n_samples=args.n_samples, convert_steps=args.convert_steps)
     return 0

@@ -48,12 +48,17 @@ CONVERT_STEPS = 300
 class Pipeline:
     def __init__(self, out: Path, quick: bool = False, device: str = "cpu", seed: int = 0,
                  steps: int | None = None, n_samples: int | None = None, convert_steps: int | None = None) -> None:
+        for flag, v in (("steps", steps), ("n-samples", n_samples), ("convert-steps", convert_steps)):
+            if v is not None and v < 1:  # checked before anything is written
+                raise SdmcError(f"demo: --{flag} must be at least 1, got {v}")
         self.out, self.quick, self.device, self.seed = Path(out), quick, device, seed
         self.train_steps = steps if steps is not None else (30 if quick else None)
         # the QANN of the convert stage: fewer steps than the SNN's 600 to keep the stage to a few minutes
-        self.convert_steps = convert_steps or (steps if steps is not None else (20 if quick else CONVERT_STEPS))
+        if convert_steps is None:
+            convert_steps = steps if steps is not None else (20 if quick else CONVERT_STEPS)
+        self.convert_steps = convert_steps
         self.partial: dict = {}
-        self.n_samples = n_samples or (32 if quick else 256)
+        self.n_samples = n_samples if n_samples is not None else (32 if quick else 256)
         self.out.mkdir(parents=True, exist_ok=True)
         self.summary: dict[str, dict] = {}
         self.model = None
