@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= runs/demo
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo lint format test test-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,16 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m sdmc demo --out $(OUT)
 
-## The test suite (what CI runs).
+## Lint and format check (CI runs it before the tests); `make format` applies both.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+## The test suite (what CI runs, after the lint).
 test: $(STAMP)
 	$(PY) -m pytest -q
 

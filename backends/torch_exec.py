@@ -26,11 +26,13 @@ threshold flip, so outputs are not exact), ``compile=True`` -> ``torch.compile``
 ``compile="reduce-overhead"`` (CUDA graphs on GPU).  The compile paths are guarded but not tuned: on CPU dynamo
 breaks the graph at the neuron loops and recompiles per call site; no GPU was available to test them.
 """
+
 from __future__ import annotations
 
 import keyword
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,13 +44,20 @@ from sdmc.errors import ConfigError, SdmcError
 
 from . import torch_kernels as K
 
-__all__ = ["TorchExecutor", "compile_torch", "prepare", "hoist_affine", "load_compiled", "save_compiled",
-           "NeuronModule", "MODES"]
+__all__ = [
+    "TorchExecutor",
+    "compile_torch",
+    "prepare",
+    "hoist_affine",
+    "load_compiled",
+    "save_compiled",
+    "NeuronModule",
+    "MODES",
+]
 
 MODES = ("train", "inference")
 _BUFFER_FIELDS = ("running_mean", "running_var", "num_batches_tracked")
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-           "float64": torch.float64}
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 
 # ------------------------------------------------------------------------------------------ passes
@@ -95,17 +104,30 @@ class NeuronModule(nn.Module):
         self.v_init = None if node.v_init is None else float(node.v_init)
         self.signed = bool(getattr(node, "signed", False))
         if node.surrogate != "atan":
-            raise SdmcError(f"torch backend: node {node.name!r}: surrogate {node.surrogate!r} is not supported "
-                            "(only 'atan')")
+            raise SdmcError(
+                f"torch backend: node {node.name!r}: surrogate {node.surrogate!r} is not supported (only 'atan')"
+            )
         if node.detach_reset:
             raise SdmcError(f"torch backend: node {node.name!r}: detach_reset=True is not supported")
 
     def forward(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         if self.kind == "plif" or self.v_init is not None or self.signed:
-            return K.neuron_reference(x, self.T, self.kind, self.v_threshold, self.v_reset, self.tau,
-                                      self.decay_input, self.alpha, w, self.v_init, self.signed)
-        return K.multistep_neuron(x, self.T, self.kind, self.v_threshold, self.v_reset, self.tau,
-                                  self.decay_input, self.alpha)
+            return K.neuron_reference(
+                x,
+                self.T,
+                self.kind,
+                self.v_threshold,
+                self.v_reset,
+                self.tau,
+                self.decay_input,
+                self.alpha,
+                w,
+                self.v_init,
+                self.signed,
+            )
+        return K.multistep_neuron(
+            x, self.T, self.kind, self.v_threshold, self.v_reset, self.tau, self.decay_input, self.alpha
+        )
 
     def extra_repr(self) -> str:
         return f"{self.kind}, T={self.T}, v_threshold={self.v_threshold}, v_reset={self.v_reset}"
@@ -121,9 +143,16 @@ class TorchExecutor(nn.Module):
     the output tensor (a tuple when the graph has several outputs).  Per-step inputs/outputs are
     ``[T, B, ...]``, static ones ``[B, ...]``.  Float inputs are cast to the executor's dtype."""
 
-    def __init__(self, graph: ir.Graph, mode: str, dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 source_state: dict[str, torch.Tensor] | None = None, frozen: Iterable[str] = (),
-                 autocast: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        graph: ir.Graph,
+        mode: str,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        source_state: dict[str, torch.Tensor] | None = None,
+        frozen: Iterable[str] = (),
+        autocast: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ConfigError(f"compile_torch: mode must be one of {MODES}, got {mode!r}")
@@ -224,13 +253,36 @@ class TorchExecutor(nn.Module):
                 v = xs[0]
                 outs[n.name] = cf(K.unfold, (v, T)) if pss[0] else v
             elif op == "conv2d":
-                v = cf(K.conv2d, (xs[0], P(n.weight), P(n.bias), K._pair(n.stride), K._pair(n.padding),
-                                  K._pair(n.dilation), n.groups))
+                v = cf(
+                    K.conv2d,
+                    (
+                        xs[0],
+                        P(n.weight),
+                        P(n.bias),
+                        K._pair(n.stride),
+                        K._pair(n.padding),
+                        K._pair(n.dilation),
+                        n.groups,
+                    ),
+                )
             elif op == "conv3d":
                 v = cf(K.conv3d_t1, (xs[0], P(n.weight), P(n.bias), K._pair(n.stride), K._pair(n.padding)))
             elif op == "scaled_conv2d":
-                v = cf(K.scaled_conv2d, (xs[0], P(n.weight), P(n.scale), P(n.bias), T, not pss[0],
-                                         K._pair(n.stride), K._pair(n.padding), K._pair(n.dilation), n.groups))
+                v = cf(
+                    K.scaled_conv2d,
+                    (
+                        xs[0],
+                        P(n.weight),
+                        P(n.scale),
+                        P(n.bias),
+                        T,
+                        not pss[0],
+                        K._pair(n.stride),
+                        K._pair(n.padding),
+                        K._pair(n.dilation),
+                        n.groups,
+                    ),
+                )
             elif op == "linear":
                 v = cf(K.linear, (xs[0], P(n.weight), P(n.bias)))
             elif op == "tsm_scale":
@@ -238,10 +290,24 @@ class TorchExecutor(nn.Module):
             elif op == "batchnorm":
                 if training is None:
                     training = fg.get_attr("training")
-                v = cf(K.batchnorm, (xs[0], P(n.weight), P(n.bias), P(n.running_mean), P(n.running_var),
-                                     P(n.num_batches_tracked), training, n.momentum, float(n.eps)))
+                v = cf(
+                    K.batchnorm,
+                    (
+                        xs[0],
+                        P(n.weight),
+                        P(n.bias),
+                        P(n.running_mean),
+                        P(n.running_var),
+                        P(n.num_batches_tracked),
+                        training,
+                        n.momentum,
+                        float(n.eps),
+                    ),
+                )
             elif op == "groupnorm":  # running statistics on a static value: refused by ir.check (GroupNorm.infer)
-                v = cf(K.groupnorm, (xs[0], P(n.weight), P(n.bias), int(n.num_groups), float(n.eps), bool(n.running), T))
+                v = cf(
+                    K.groupnorm, (xs[0], P(n.weight), P(n.bias), int(n.num_groups), float(n.eps), bool(n.running), T)
+                )
             elif op in ir.NEURON_OPS:
                 target = self._place(n.name, lambda m, k, n=n: m.add_module(k, NeuronModule(n, T)))
                 args = (xs[0], P(n.w)) if op == "plif" else (xs[0],)
@@ -295,15 +361,22 @@ class TorchExecutor(nn.Module):
 
     def _prep_inputs(self, args: tuple) -> list[torch.Tensor]:
         if len(args) != len(self._in_names):
-            raise SdmcError(f"torch executor: expected {len(self._in_names)} input(s) {self._in_names}, got {len(args)}")
+            raise SdmcError(
+                f"torch executor: expected {len(self._in_names)} input(s) {self._in_names}, got {len(args)}"
+            )
         out = []
         for name, t, a in zip(self._in_names, self._in_types, args):
             a = torch.as_tensor(a)
             lead = 2 if t.per_step else 1
-            if a.dim() != lead + len(t.shape) or tuple(a.shape[lead:]) != t.shape or \
-                    (t.per_step and a.shape[0] != self._T):
-                raise SdmcError(f"torch executor: input {name!r}: expected shape "
-                                f"[{', '.join(map(str, t.full_shape(self._T, 'B')))}], got {list(a.shape)}")
+            if (
+                a.dim() != lead + len(t.shape)
+                or tuple(a.shape[lead:]) != t.shape
+                or (t.per_step and a.shape[0] != self._T)
+            ):
+                raise SdmcError(
+                    f"torch executor: input {name!r}: expected shape "
+                    f"[{', '.join(map(str, t.full_shape(self._T, 'B')))}], got {list(a.shape)}"
+                )
             if t.dtype in _DTYPES:
                 a = a.to(self._dtype)
                 if self._channels_last and a.dim() == 4:
@@ -313,8 +386,10 @@ class TorchExecutor(nn.Module):
 
     def forward(self, *args: Any) -> Any:
         if self._mode == "inference" and self.training:
-            raise SdmcError("torch executor: an 'inference' executor (BN folded) cannot run in training mode; "
-                            "compile with mode='train' to train")
+            raise SdmcError(
+                "torch executor: an 'inference' executor (BN folded) cannot run in training mode; "
+                "compile with mode='train' to train"
+            )
         xs = self._prep_inputs(args)
         run = self._compiled or self._run
         if self._autocast is not None:
@@ -331,16 +406,25 @@ class TorchExecutor(nn.Module):
 # ------------------------------------------------------------------------------------------ entry points
 def _trace_model(model: nn.Module) -> ir.Graph:
     from sdmc.frontends import trace
+
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(cfg, "img_size"):
-        raise ConfigError(f"compile_torch: {type(model).__name__} has no .config with img_ch/img_size; "
-                          "trace it yourself (sdmc.frontends.trace) and pass the graph")
+        raise ConfigError(
+            f"compile_torch: {type(model).__name__} has no .config with img_ch/img_size; "
+            "trace it yourself (sdmc.frontends.trace) and pass the graph"
+        )
     return trace(model, (1, cfg.img_ch, cfg.img_size, cfg.img_size))
 
 
-def compile_torch(graph_or_model: ir.Graph | nn.Module, mode: str = "train", dtype: torch.dtype | None = None,
-                  channels_last: bool | None = None, compile: bool | str = False, autocast: torch.dtype | None = None,
-                  device: str | torch.device | None = None) -> TorchExecutor:
+def compile_torch(
+    graph_or_model: ir.Graph | nn.Module,
+    mode: str = "train",
+    dtype: torch.dtype | None = None,
+    channels_last: bool | None = None,
+    compile: bool | str = False,
+    autocast: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> TorchExecutor:
     """Compile an IR graph or a model (traced with :func:`sdmc.frontends.trace`) into a :class:`TorchExecutor`.
 
     ``mode``: ``train`` or ``inference`` (see the module docstring).  ``dtype``: parameter / compute dtype
@@ -372,20 +456,25 @@ def compile_torch(graph_or_model: ir.Graph | nn.Module, mode: str = "train", dty
         if dtype is None:
             dtype = _DTYPES.get(next((n.dtype for n in g.input_nodes if n.dtype in _DTYPES), "float32"), torch.float32)
     else:
-        raise ConfigError(f"compile_torch: expected an sdmc.ir.Graph or an nn.Module, got {type(graph_or_model).__name__}")
+        raise ConfigError(
+            f"compile_torch: expected an sdmc.ir.Graph or an nn.Module, got {type(graph_or_model).__name__}"
+        )
     if mode == "inference":
         from sdmc import passes
+
         g = passes.run(g, "inference")
     else:
         g = hoist_affine(g)
     if channels_last is None:
         channels_last = torch.device(device or "cpu").type == "cpu"
-    ex = TorchExecutor(g, mode, dtype=dtype, channels_last=channels_last, source_state=src_state, frozen=frozen,
-                       autocast=autocast)
+    ex = TorchExecutor(
+        g, mode, dtype=dtype, channels_last=channels_last, source_state=src_state, frozen=frozen, autocast=autocast
+    )
     if cfg is not None:
         ex.config = cfg
     elif "model_config" in g.meta:
         from sdmc.config import ModelConfig
+
         try:
             ex.config = ModelConfig(**g.meta["model_config"])
         except Exception:  # noqa: BLE001 - a foreign graph: no config, callers pass shapes
@@ -414,12 +503,14 @@ def save_compiled(path, graph_or_model: ir.Graph | nn.Module, cfg=None, mode: st
     """Write the graph the torch backend runs in ``mode`` (passes applied) as a ``.sdmc`` zip (atomic), with
     ``meta['backend'] = {'name': 'torch', 'mode': mode}`` and the sdmc config when known."""
     import json
+
     if isinstance(graph_or_model, nn.Module):
         g = _trace_model(graph_or_model)
     else:
         g = graph_or_model
     if mode == "inference":
         from sdmc import passes
+
         g = passes.run(g, "inference")
     elif mode == "train":
         g = hoist_affine(g)
@@ -431,16 +522,21 @@ def save_compiled(path, graph_or_model: ir.Graph | nn.Module, cfg=None, mode: st
     return ir.save(g, path)
 
 
-def load_compiled(path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                  channels_last: bool | None = None) -> tuple[TorchExecutor, Any]:
+def load_compiled(
+    path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu", channels_last: bool | None = None
+) -> tuple[TorchExecutor, Any]:
     """Load a ``.sdmc`` file into an executor (its recorded mode, default inference); returns
     ``(executor, SdmcConfig or None)``; the executor has ``.config`` (the model config) when recorded."""
     g = ir.load(path)
-    mode = g.meta.get("backend", {}).get("mode", "inference") if isinstance(g.meta.get("backend"), dict) else "inference"
+    mode = (
+        g.meta.get("backend", {}).get("mode", "inference") if isinstance(g.meta.get("backend"), dict) else "inference"
+    )
     cfg = None
     if "sdmc_config" in g.meta:
         import json
+
         from sdmc.config import SdmcConfig
+
         cfg = SdmcConfig.from_json(json.dumps(g.meta["sdmc_config"]))
     if dtype is None:
         dtype = _DTYPES.get(next((n.dtype for n in g.input_nodes if n.dtype in _DTYPES), "float32"), torch.float32)
@@ -451,6 +547,7 @@ def load_compiled(path, dtype: torch.dtype | None = None, device: str | torch.de
         ex.config = cfg.model
     elif "model_config" in g.meta:
         from sdmc.config import ModelConfig
+
         ex.config = ModelConfig(**g.meta["model_config"])
     ex.to(device).eval()
     return ex, cfg

@@ -16,6 +16,7 @@ the reset (``detach_reset=False``): hard ``dv/dh = (1 - s) + (r - h) ds/dh``, so
 :class:`MultiStepNeuron` runs one loop over T with in-place ops into preallocated buffers and saves only
 ``h`` (one tensor the size of the input) for a backward pass that runs the recursion in reverse.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,17 @@ def atan_surrogate(d: torch.Tensor, alpha: float) -> torch.Tensor:
     return alpha / 2 / (1 + (math.pi / 2 * alpha * d).pow(2))
 
 
-def _charge(kind: str, v: torch.Tensor, xt: torch.Tensor, r: float, tau: float, decay_input: bool,
-            tmp: torch.Tensor | None, h: torch.Tensor, first: bool) -> None:
+def _charge(
+    kind: str,
+    v: torch.Tensor,
+    xt: torch.Tensor,
+    r: float,
+    tau: float,
+    decay_input: bool,
+    tmp: torch.Tensor | None,
+    h: torch.Tensor,
+    first: bool,
+) -> None:
     """``h <- charge(v, x[t])`` (``h`` may be ``v`` itself); at the first step ``v`` is the constant ``r``."""
     if kind == "if":
         if first:
@@ -65,8 +75,16 @@ def _charge(kind: str, v: torch.Tensor, xt: torch.Tensor, r: float, tau: float, 
 
 
 @torch.no_grad()
-def neuron_forward(x: torch.Tensor, T: int, kind: str, threshold: float, v_reset: float | None, tau: float = 2.0,
-                   decay_input: bool = True, save_h: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def neuron_forward(
+    x: torch.Tensor,
+    T: int,
+    kind: str,
+    threshold: float,
+    v_reset: float | None,
+    tau: float = 2.0,
+    decay_input: bool = True,
+    save_h: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Spikes ``[T*B, ...]`` (dtype and memory format of ``x``) and, with ``save_h``, the charged potentials.
 
     Three passes over the state per step (charge, fire, reset; no reset after the last step), all into
@@ -101,8 +119,17 @@ def neuron_forward(x: torch.Tensor, T: int, kind: str, threshold: float, v_reset
 
 
 @torch.no_grad()
-def _neuron_backward(gs: torch.Tensor, H: torch.Tensor, T: int, kind: str, threshold: float, v_reset: float | None,
-                     tau: float, decay_input: bool, alpha: float) -> torch.Tensor:
+def _neuron_backward(
+    gs: torch.Tensor,
+    H: torch.Tensor,
+    T: int,
+    kind: str,
+    threshold: float,
+    v_reset: float | None,
+    tau: float,
+    decay_input: bool,
+    alpha: float,
+) -> torch.Tensor:
     """``dL/dx`` from ``dL/ds`` and the saved ``h``.  The pointwise parts run once over all steps; the reverse
     recursion ``g[t] = gs[t] sg[t] + (dh/dv) g[t+1] (dv/dh)[t]`` is one fused ``addcmul_`` per step."""
     N = H.shape[0] // T
@@ -120,7 +147,7 @@ def _neuron_backward(gs: torch.Tensor, H: torch.Tensor, T: int, kind: str, thres
             dv.add_(torch.lt(H[:M], threshold))
         dhdv = 1.0 if kind == "if" else 1.0 - 1.0 / tau
         for t in reversed(range(T - 1)):
-            gx[t * N:(t + 1) * N].addcmul_(gx[(t + 1) * N:(t + 2) * N], dv[t * N:(t + 1) * N], value=dhdv)
+            gx[t * N : (t + 1) * N].addcmul_(gx[(t + 1) * N : (t + 2) * N], dv[t * N : (t + 1) * N], value=dhdv)
     if kind != "if" and decay_input:
         gx.mul_(1.0 / tau)
     return gx
@@ -148,12 +175,19 @@ class MultiStepNeuron(torch.autograd.Function):
         return (_neuron_backward(gs, H, *ctx.cfg),) + (None,) * 7
 
 
-def multistep_neuron(x: torch.Tensor, T: int, kind: str, threshold: float, v_reset: float | None, tau: float = 2.0,
-                     decay_input: bool = True, alpha: float = 2.0) -> torch.Tensor:
+def multistep_neuron(
+    x: torch.Tensor,
+    T: int,
+    kind: str,
+    threshold: float,
+    v_reset: float | None,
+    tau: float = 2.0,
+    decay_input: bool = True,
+    alpha: float = 2.0,
+) -> torch.Tensor:
     """Spikes of a multi-step IF/LIF on folded ``x``; differentiable (ATan surrogate) when grad is needed."""
     if torch.is_grad_enabled() and x.requires_grad:
-        return MultiStepNeuron.apply(x, T, kind, float(threshold), v_reset, float(tau), bool(decay_input),
-                                     float(alpha))
+        return MultiStepNeuron.apply(x, T, kind, float(threshold), v_reset, float(tau), bool(decay_input), float(alpha))
     return neuron_forward(x, T, kind, float(threshold), v_reset, float(tau), bool(decay_input))[0]
 
 
@@ -170,9 +204,19 @@ class _Heaviside(torch.autograd.Function):
         return g * atan_surrogate(d, ctx.alpha), None
 
 
-def neuron_reference(x: torch.Tensor, T: int, kind: str, threshold: float, v_reset: float | None, tau: float = 2.0,
-                     decay_input: bool = True, alpha: float = 2.0, w: torch.Tensor | None = None,
-                     v_init: float | None = None, signed: bool = False) -> torch.Tensor:
+def neuron_reference(
+    x: torch.Tensor,
+    T: int,
+    kind: str,
+    threshold: float,
+    v_reset: float | None,
+    tau: float = 2.0,
+    decay_input: bool = True,
+    alpha: float = 2.0,
+    w: torch.Tensor | None = None,
+    v_init: float | None = None,
+    signed: bool = False,
+) -> torch.Tensor:
     """The same neuron in plain differentiable torch ops, step by step (PLIF: ``1/tau = sigmoid(w)``, learnable).
 
     Slow; the executor uses it for PLIF, an initial membrane ``v_init`` and signed IF spikes (the inhibitory
@@ -230,8 +274,9 @@ def scaled_conv2d(x, w, scale, bias, T, static_in, stride, padding, dilation, gr
             y = y * s
         if b is not None:
             y = y + b
-        out = torch.empty((T * y.shape[1],) + tuple(y.shape[2:]), dtype=y.dtype, device=y.device,
-                          memory_format=_format_of(x))
+        out = torch.empty(
+            (T * y.shape[1],) + tuple(y.shape[2:]), dtype=y.dtype, device=y.device, memory_format=_format_of(x)
+        )
         steps(out, T).copy_(y.expand(T, *y.shape[1:]))
         return out
     if torch.is_grad_enabled():
@@ -289,8 +334,8 @@ def groupnorm(x, weight, bias, groups, eps, running, T):
 def _lead(x, per_step: bool, T: int, ps_out: bool, rank: int, x_rank: int):
     v = steps(x, T) if per_step else (x.unsqueeze(0) if ps_out else x)
     if x_rank < rank:
-        lead = v.shape[:v.dim() - x_rank]
-        v = v.reshape(lead + (1,) * (rank - x_rank) + v.shape[v.dim() - x_rank:])
+        lead = v.shape[: v.dim() - x_rank]
+        v = v.reshape(lead + (1,) * (rank - x_rank) + v.shape[v.dim() - x_rank :])
     return v
 
 
@@ -331,8 +376,9 @@ def repeat(x, T):
 
 def embedding(i, w):
     if not torch.compiler.is_compiling() and i.numel() and (int(i.min()) < 0 or int(i.max()) >= w.shape[0]):
-        raise IndexError(f"embedding index out of range [0, {w.shape[0]}): got values in "
-                         f"[{int(i.min())}, {int(i.max())}]")
+        raise IndexError(
+            f"embedding index out of range [0, {w.shape[0]}): got values in [{int(i.min())}, {int(i.max())}]"
+        )
     return F.embedding(i, w)
 
 

@@ -11,6 +11,7 @@ thresholds set for moderate firing.  ``--baseline`` also times the step-major ev
 projection per Lava step, as a per-step simulator would do it) and prints the ratio; both give identical spikes.
 ``--lava`` runs the same net in Lava's fixed-point simulation and checks every population's spikes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ def unet_net(ch: int = 128, ch_mult=(1, 2, 2, 2), blocks: int = 2, size: int = 3
             w = kw.pop("w")
             fan += int(np.prod(w.shape[1:]))
             projs.append(lm.Projection(s, name, "conv", w, delay=depth - info[s][1] - 1, name=f"{s}->{name}", **kw))
-        vth = int(max(1, 0.6 * np.sqrt(fan * 0.2) * 4.9))       # ~ 0.6 std of the input current at rate 0.2
+        vth = int(max(1, 0.6 * np.sqrt(fan * 0.2) * 4.9))  # ~ 0.6 std of the input current at rate 0.2
         pops.append(lm.Population(name, shape, lm.Cuba(vth=vth), depth=depth))
         info[name] = (shape, depth)
         return name
@@ -58,8 +59,11 @@ def unet_net(ch: int = 128, ch_mult=(1, 2, 2, 2), blocks: int = 2, size: int = 3
         for j in range(blocks + 1):
             sk, cs = skips.pop()
             a = pop(f"u{i}.{j}.a", (ch * m, s, s), [(h, conv(c, ch * m)), (sk, conv(cs, ch * m))])
-            h = pop(f"u{i}.{j}.b", (ch * m, s, s), [(a, conv(ch * m, ch * m)), (h, conv(c, ch * m, k=1)),
-                                                    (sk, conv(cs, ch * m, k=1))])
+            h = pop(
+                f"u{i}.{j}.b",
+                (ch * m, s, s),
+                [(a, conv(ch * m, ch * m)), (h, conv(c, ch * m, k=1)), (sk, conv(cs, ch * m, k=1))],
+            )
             c = ch * m
         if i:
             s *= 2
@@ -106,8 +110,10 @@ def main() -> None:
     a = ap.parse_args()
     net = unet_net(a.ch, tuple(int(c) for c in a.ch_mult.split(",")), a.blocks, a.size)
     n_neurons = sum(int(np.prod(p.shape)) for p in net.populations)
-    print(f"net: {len(net.populations)} populations, {len(net.projections)} projections, {n_neurons} neurons, "
-          f"max depth {net.max_depth}")
+    print(
+        f"net: {len(net.populations)} populations, {len(net.projections)} projections, {n_neurons} neurons, "
+        f"max depth {net.max_depth}"
+    )
     rng = np.random.default_rng(1)
     for T in (int(t) for t in a.T.split(",")):
         x = {"x": rng.integers(0, 256, (T, a.B, 3, a.size, a.size))}
@@ -116,8 +122,10 @@ def main() -> None:
         dt = time.perf_counter() - t0
         al = lm.aligned_net_spikes(r, net, T)
         rate = np.mean([s.mean() for s in al.values()])
-        line = (f"T={T} B={a.B}: run_net {dt:.1f} s ({dt / a.B:.1f} s per sample, {T + net.max_depth} Lava steps), "
-                f"mean firing rate {rate:.3f}")
+        line = (
+            f"T={T} B={a.B}: run_net {dt:.1f} s ({dt / a.B:.1f} s per sample, {T + net.max_depth} Lava steps), "
+            f"mean firing rate {rate:.3f}"
+        )
         if a.baseline:
             t0 = time.perf_counter()
             ref = step_major(net, x, T + net.max_depth)
@@ -127,13 +135,17 @@ def main() -> None:
         print(line, flush=True)
         if a.lava:
             from sdmc.backends.lava.net import run_lava_net
+
             t0 = time.perf_counter()
             res = run_lava_net(net, x, probe=tuple(p.name for p in net.populations), upsample=a.upsample)
             dl = time.perf_counter() - t0
             same = all(np.array_equal(res.spikes[p], al[p]) for p in al)
             tm = ", ".join(f"{k} {v:.1f} s" for k, v in res.times.items())
-            print(f"  Lava: {dl:.1f} s for {a.B} sample(s), {res.n_processes} processes ({tm}); "
-                  f"spikes of all {len(al)} populations identical to run_net: {same}", flush=True)
+            print(
+                f"  Lava: {dl:.1f} s for {a.B} sample(s), {res.n_processes} processes ({tm}); "
+                f"spikes of all {len(al)} populations identical to run_net: {same}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from other processes hits both alike.  Peak memory: the Linux peak RSS (``VmHWM`
 reset through ``/proc/self/clear_refs`` right before one run of each, minus the RSS at that moment
 (glibc runs with a fixed ``MALLOC_MMAP_THRESHOLD_`` so that freed tensors leave the RSS).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,12 +54,14 @@ def _peak_delta(fn) -> int:
 
 def _small_cfg(T=4):
     from sdmc.config import ModelConfig
+
     return ModelConfig(arch="sdm", ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, snn_steps=T, img_ch=3, img_size=32)
 
 
 def _setup(case: str, channels_last: bool, device: str = "cpu", batch: int | None = None):
     """(eager_fn, exec_fn, agreement check) for a case; both callables run one unit of work on ``device``."""
     import torch
+
     from sdmc.backends.torch_exec import compile_torch
     from sdmc.config import DiffusionConfig, ModelConfig
     from sdmc.diffusion.schedule import NoiseSchedule
@@ -67,8 +70,9 @@ def _setup(case: str, channels_last: bool, device: str = "cpu", batch: int | Non
     torch.manual_seed(0)
     if case.startswith("fwd"):
         T = int(case.split("T")[1])
-        cfg = ModelConfig(arch="sdm", ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, snn_steps=T, img_ch=3,
-                          img_size=32)
+        cfg = ModelConfig(
+            arch="sdm", ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, snn_steps=T, img_ch=3, img_size=32
+        )
         eager = build_model(cfg).eval().to(device)
         ex = compile_torch(eager, mode="inference", channels_last=channels_last, device=device)
         B = batch or 2
@@ -78,6 +82,7 @@ def _setup(case: str, channels_last: bool, device: str = "cpu", batch: int | Non
         def run(m):
             with torch.no_grad():
                 return m(x, t)
+
         a, b = run(eager), run(ex)
         check = {"max_abs_diff": float((a - b).abs().max()), "out_abs_max": float(a.abs().max())}
         return (lambda: run(eager)), (lambda: run(ex)), check
@@ -87,12 +92,15 @@ def _setup(case: str, channels_last: bool, device: str = "cpu", batch: int | Non
     B = batch or 8
     if case == "ddim10":
         from sdmc.diffusion.sampling import sample_images
+
         eager.eval()
         ex = compile_torch(eager, mode="inference", channels_last=channels_last, device=device)
 
         def run(m):
-            return sample_images(m, sched, B, solver="ddim", steps=10, batch_size=B, seed=0, progress=False,
-                                 device=device)
+            return sample_images(
+                m, sched, B, solver="ddim", steps=10, batch_size=B, seed=0, progress=False, device=device
+            )
+
         a, b = run(eager), run(ex)
         check = {"max_abs_diff": float((a - b).abs().max()), "mean_abs_diff": float((a - b).abs().mean())}
         return (lambda: run(eager)), (lambda: run(ex)), check
@@ -111,6 +119,7 @@ def _setup(case: str, channels_last: bool, device: str = "cpu", batch: int | Non
             torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
             opt.step()
             return loss.detach()
+
         # agreement: gradients of one step from the same weights, in float64 (in float32 a different conv
         # summation order can flip a spike whose membrane sits at the threshold, and the surrogate gradient
         # downstream of it changes)
@@ -136,6 +145,7 @@ def _setup(case: str, channels_last: bool, device: str = "cpu", batch: int | Non
 def _cuda_peak(fn, device) -> int:
     """Bytes of CUDA memory allocated at peak above what was allocated before ``fn()``."""
     import torch
+
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
@@ -144,9 +154,11 @@ def _cuda_peak(fn, device) -> int:
     return max(0, torch.cuda.max_memory_allocated(device) - base)
 
 
-def worker(case: str, repeats: int, threads: int, channels_last: bool, device: str = "cpu",
-           batch: int | None = None) -> dict:
+def worker(
+    case: str, repeats: int, threads: int, channels_last: bool, device: str = "cpu", batch: int | None = None
+) -> dict:
     import torch
+
     torch.set_num_threads(threads)
     cuda = device.startswith("cuda")
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
@@ -165,13 +177,25 @@ def worker(case: str, repeats: int, threads: int, channels_last: bool, device: s
     peak = (lambda f: _cuda_peak(f, device)) if cuda else _peak_delta
     mem_e = peak(f_eager)
     mem_x = peak(f_exec)
-    return {"case": case, "threads": threads, "repeats": repeats, "setup_s": setup_s,
-            "eager_s": statistics.median(te), "exec_s": statistics.median(tx), "eager_all": te, "exec_all": tx,
-            "speedup": statistics.median(te) / statistics.median(tx),
-            "eager_peak_mb": mem_e / 2 ** 20, "exec_peak_mb": mem_x / 2 ** 20,
-            "mem_ratio": (mem_x / mem_e) if mem_e else float("nan"), "check": check,
-            "channels_last": channels_last, "device": device, "batch": batch,
-            "gpu": torch.cuda.get_device_name(device) if cuda else None}
+    return {
+        "case": case,
+        "threads": threads,
+        "repeats": repeats,
+        "setup_s": setup_s,
+        "eager_s": statistics.median(te),
+        "exec_s": statistics.median(tx),
+        "eager_all": te,
+        "exec_all": tx,
+        "speedup": statistics.median(te) / statistics.median(tx),
+        "eager_peak_mb": mem_e / 2**20,
+        "exec_peak_mb": mem_x / 2**20,
+        "mem_ratio": (mem_x / mem_e) if mem_e else float("nan"),
+        "check": check,
+        "channels_last": channels_last,
+        "device": device,
+        "batch": batch,
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+    }
 
 
 def main(argv=None) -> int:
@@ -179,10 +203,19 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--nchw", dest="channels_last", action="store_false", default=None,
-                    help="compile the executor without channels-last (the CPU default is channels-last)")
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; on CUDA, peak memory is "
-                    "torch.cuda.max_memory_allocated and channels-last is off unless --channels-last")
+    ap.add_argument(
+        "--nchw",
+        dest="channels_last",
+        action="store_false",
+        default=None,
+        help="compile the executor without channels-last (the CPU default is channels-last)",
+    )
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default) or cuda[:N]; on CUDA, peak memory is "
+        "torch.cuda.max_memory_allocated and channels-last is off unless --channels-last",
+    )
     ap.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
     ap.add_argument("--batch", type=int, help="batch size (default: 2 for fwd, 8 for ddim10/train)")
     ap.add_argument("--json", help="also write the results here")
@@ -194,13 +227,28 @@ def main(argv=None) -> int:
         print(json.dumps(worker(a.worker, a.repeats, a.threads, a.channels_last, a.device, a.batch)))
         return 0
     # a fixed mmap threshold makes glibc return big freed blocks to the OS, so RSS follows live memory
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
-               MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(a.threads),
+        MKL_NUM_THREADS=str(a.threads),
+        MALLOC_MMAP_THRESHOLD_="65536",
+        MALLOC_TRIM_THRESHOLD_="131072",
+    )
     rows = []
     print(f"{'case':8} {'eager s':>9} {'exec s':>9} {'speedup':>8} {'eager MB':>9} {'exec MB':>9} {'mem':>6}  check")
     for case in a.cases.split(","):
-        cmd = [sys.executable, __file__, "--worker", case, "--repeats", str(a.repeats), "--threads", str(a.threads),
-               "--device", a.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            case,
+            "--repeats",
+            str(a.repeats),
+            "--threads",
+            str(a.threads),
+            "--device",
+            a.device,
+        ]
         cmd.append("--channels-last" if a.channels_last else "--nchw")
         if a.batch:
             cmd += ["--batch", str(a.batch)]
@@ -211,11 +259,15 @@ def main(argv=None) -> int:
         r = json.loads(p.stdout.strip().splitlines()[-1])
         rows.append(r)
         chk = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["check"].items())
-        print(f"{case:8} {r['eager_s']:9.3f} {r['exec_s']:9.3f} {r['speedup']:7.2f}x {r['eager_peak_mb']:9.1f} "
-              f"{r['exec_peak_mb']:9.1f} {r['mem_ratio']:5.2f}x  {chk}", flush=True)
+        print(
+            f"{case:8} {r['eager_s']:9.3f} {r['exec_s']:9.3f} {r['speedup']:7.2f}x {r['eager_peak_mb']:9.1f} "
+            f"{r['exec_peak_mb']:9.1f} {r['mem_ratio']:5.2f}x  {chk}",
+            flush=True,
+        )
     if a.json:
         sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
         from sdmc.utils import atomic_write_text
+
         atomic_write_text(a.json, json.dumps({"machine": _machine(a.threads), "rows": rows}, indent=1))
     print(f"machine: {_machine(a.threads)}" + (f", {rows[0]['gpu']}" if rows and rows[0].get("gpu") else ""))
     return 0
@@ -223,8 +275,10 @@ def main(argv=None) -> int:
 
 def _machine(threads: int) -> str:
     import platform
+
     try:
         import torch
+
         tv = torch.__version__
     except ImportError:  # pragma: no cover
         tv = "?"

@@ -26,6 +26,7 @@ Needs nothing beyond sdmc's dependencies and no network.  ``--device cuda`` puts
 fine-tuning, sampling and the FID features on the GPU.  Progress goes to stdout (flushed) and tqdm bars (training,
 sampling, fine-tuning) to stderr; the markdown table is printed at the end and the JSON written to ``--out`` (atomically).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,10 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=600, help="training steps of each model (default 600)")
     p.add_argument("--finetune", type=int, default=200, help="fine-tuning steps per UNet block (default 200)")
-    p.add_argument("--ft-lr", type=float, default=1e-4,
-                   help="fine-tuning learning rate (default 1e-4; the paper's 1e-6 goes with 20k steps per block; "
-                        "measured on a 200-step digits QANN, 20 steps/block, batch 16: relative error 0.146 -> "
-                        "0.135 (1e-5), 0.127 (1e-4), 0.126 (1e-3))")
+    p.add_argument(
+        "--ft-lr",
+        type=float,
+        default=1e-4,
+        help="fine-tuning learning rate (default 1e-4; the paper's 1e-6 goes with 20k steps per block; "
+        "measured on a 200-step digits QANN, 20 steps/block, batch 16: relative error 0.146 -> "
+        "0.135 (1e-5), 0.127 (1e-4), 0.126 (1e-3))",
+    )
     p.add_argument("--ft-batch", type=int, default=32, help="fine-tuning batch size (default 32)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("-n", "--num", type=int, default=256, help="samples per model (default 256)")
@@ -66,18 +71,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train_preset(preset: str, args: argparse.Namespace, workdir: Path) -> tuple[Path, float]:
     from sdmc.diffusion.train import make_config, train
 
-    cfg = make_config(preset, steps=args.steps, out=str(workdir / preset), device=args.device, seed=args.seed,
-                      sample_every=args.steps, save_every=args.steps, sample_n=0, log_every=max(1, args.steps // 10),
-                      tensorboard=False, progress=True, resume="auto")
+    cfg = make_config(
+        preset,
+        steps=args.steps,
+        out=str(workdir / preset),
+        device=args.device,
+        seed=args.seed,
+        sample_every=args.steps,
+        save_every=args.steps,
+        sample_n=0,
+        log_every=max(1, args.steps // 10),
+        tensorboard=False,
+        progress=True,
+        resume="auto",
+    )
     t0 = time.perf_counter()
     path = train(cfg, log=lambda s: print(f"    {s}", flush=True))
     return Path(path), time.perf_counter() - t0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits(img_size: int):
     """The digits training set, loaded once (fine-tuning draws a batch per step per block)."""
     from sdmc.data import load_dataset
+
     return load_dataset("digits", img_size=img_size)
 
 
@@ -97,8 +114,17 @@ def digits_fid(model, schedule, args: argparse.Namespace, device: torch.device) 
     from sdmc.metrics.fid import extract, image_batches
 
     t0 = time.perf_counter()
-    imgs = sample_images(model, schedule, args.num, solver=args.solver, steps=args.sample_steps,
-                         batch_size=args.batch_size, seed=args.seed, device=device, progress=True)
+    imgs = sample_images(
+        model,
+        schedule,
+        args.num,
+        solver=args.solver,
+        steps=args.sample_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=device,
+        progress=True,
+    )
     wall = time.perf_counter() - t0
     net, _ = load_digits_classifier()
     net = net.to(device).eval()
@@ -128,22 +154,36 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir) if args.workdir else out.with_name(out.stem + "_work")
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    say(f"conversion table: {args.steps} training steps per model, fine-tune {args.finetune} steps/block "
+    say(
+        f"conversion table: {args.steps} training steps per model, fine-tune {args.finetune} steps/block "
         f"(lr {args.ft_lr}), {args.num} samples {args.solver} {args.sample_steps} steps, device {device}; "
-        f"work dir {workdir}")
+        f"work dir {workdir}"
+    )
     rows: list[dict] = []
-    result = {"args": vars(args), "torch": torch.__version__, "python": platform.python_version(),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-              "rows": rows}
+    result = {
+        "args": vars(args),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "rows": rows,
+    }
 
     def add_row(name: str, model, schedule, **extra) -> None:
         say(f"sampling {name} ...")
         scores, wall = digits_fid(model, schedule, args, device)
-        row = {"model": name, "digits_fid": scores["digits_fid"], "digits_is": scores["digits_is"],
-               "sample_s": wall, **extra, "scores": scores}
+        row = {
+            "model": name,
+            "digits_fid": scores["digits_fid"],
+            "digits_is": scores["digits_is"],
+            "sample_s": wall,
+            **extra,
+            "scores": scores,
+        }
         rows.append(row)
-        say(f"  {name}: digits-FID {scores['digits_fid']:.1f}, digits-IS {scores['digits_is']:.2f} "
-            f"(sampling {wall:.1f} s)")
+        say(
+            f"  {name}: digits-FID {scores['digits_fid']:.1f}, digits-IS {scores['digits_is']:.2f} "
+            f"(sampling {wall:.1f} s)"
+        )
         write(partial=True)
 
     def write(partial: bool) -> None:
@@ -166,14 +206,17 @@ def main(argv: list[str] | None = None) -> int:
 
     qann, qcfg, _ = cv.load_qann(trained("digits-qann-2bit"))
     qann = qann.to(device).eval()
-    add_row("QANN (2-bit QuantReLU)", qann, schedule, params=n_params(qann), train_s=train_s["digits-qann-2bit"],
-            T=None)
+    add_row(
+        "QANN (2-bit QuantReLU)", qann, schedule, params=n_params(qann), train_s=train_s["digits-qann-2bit"], T=None
+    )
 
     gen = torch.Generator().manual_seed(args.seed + 1)
     x_chk, t_chk = noised_digits(64, qcfg.model.img_size, schedule, gen, device)
-    variants = [("converted SNN (paper: unsigned, per-step GroupNorm)", False, "step"),
-                ("converted SNN, signed spikes (released code)", True, "step"),
-                ("converted SNN, running GroupNorm (sdmc option)", False, "running")]
+    variants = [
+        ("converted SNN (paper: unsigned, per-step GroupNorm)", False, "step"),
+        ("converted SNN, signed spikes (released code)", True, "step"),
+        ("converted SNN, running GroupNorm (sdmc option)", False, "running"),
+    ]
     snn0 = None
     for name, signed, norm in variants:
         t0 = time.perf_counter()
@@ -181,8 +224,18 @@ def main(argv: list[str] | None = None) -> int:
         conv_s = time.perf_counter() - t0
         err = cv.conversion_error(qann, snn, x_chk, t_chk)
         say(f"{name}: T={snn.steps}, relative error vs QANN {err:.4f}")
-        add_row(name, snn, schedule, params=n_params(snn), train_s=train_s["digits-qann-2bit"], T=snn.steps,
-                convert_s=conv_s, conversion_error=err, signed=signed, norm=norm)
+        add_row(
+            name,
+            snn,
+            schedule,
+            params=n_params(snn),
+            train_s=train_s["digits-qann-2bit"],
+            T=snn.steps,
+            convert_s=conv_s,
+            conversion_error=err,
+            signed=signed,
+            norm=norm,
+        )
         if snn0 is None:
             snn0 = snn
 
@@ -190,15 +243,30 @@ def main(argv: list[str] | None = None) -> int:
         say(f"block-wise fine-tuning: {args.finetune} steps per block, lr {args.ft_lr}, batch {args.ft_batch} ...")
         ft_gen = torch.Generator().manual_seed(args.seed + 2)
         t0 = time.perf_counter()
-        rep = cv.finetune(snn0, qann, lambda: noised_digits(args.ft_batch, qcfg.model.img_size, schedule, ft_gen,
-                                                             device),
-                          args.finetune, lr=args.ft_lr, progress=True)
+        rep = cv.finetune(
+            snn0,
+            qann,
+            lambda: noised_digits(args.ft_batch, qcfg.model.img_size, schedule, ft_gen, device),
+            args.finetune,
+            lr=args.ft_lr,
+            progress=True,
+        )
         ft_s = time.perf_counter() - t0
         err = cv.conversion_error(qann, snn0, x_chk, t_chk)
         say(f"fine-tuned in {ft_s:.1f} s; relative error vs QANN {err:.4f}")
-        add_row("converted SNN (paper) + block-wise fine-tuning", snn0, schedule, params=n_params(snn0),
-                train_s=train_s["digits-qann-2bit"], T=snn0.steps, finetune_s=ft_s, conversion_error=err,
-                signed=False, norm="step", finetune_report={k: list(v) for k, v in rep.items()})
+        add_row(
+            "converted SNN (paper) + block-wise fine-tuning",
+            snn0,
+            schedule,
+            params=n_params(snn0),
+            train_s=train_s["digits-qann-2bit"],
+            T=snn0.steps,
+            finetune_s=ft_s,
+            conversion_error=err,
+            signed=False,
+            norm="step",
+            finetune_report={k: list(v) for k, v in rep.items()},
+        )
     del snn0, qann
 
     snn, scfg = load_model(trained("digits"), device=device)
@@ -207,20 +275,31 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one GPU run must not die here: fall back to the eager model, say so
         runner, how = snn, f"eager model (executor failed: {type(e).__name__}: {e})"
     say(f"directly trained SNN samples through the {how}")
-    add_row("directly trained SNN (SDDPM, IF)", runner, schedule, params=n_params(snn),
-            train_s=train_s["digits"], T=scfg.model.snn_steps, sampled_with=how)
+    add_row(
+        "directly trained SNN (SDDPM, IF)",
+        runner,
+        schedule,
+        params=n_params(snn),
+        train_s=train_s["digits"],
+        T=scfg.model.snn_steps,
+        sampled_with=how,
+    )
 
     write(partial=False)
     print()
-    print(f"digits-FID, {args.num} samples, {args.solver} {args.sample_steps} steps, seed {args.seed}; "
-          f"{args.steps} training steps each; device {result['device_name'] or device}")
+    print(
+        f"digits-FID, {args.num} samples, {args.solver} {args.sample_steps} steps, seed {args.seed}; "
+        f"{args.steps} training steps each; device {result['device_name'] or device}"
+    )
     print()
     print("| model | T | params | digits-FID | digits-IS | conv. error | train s | sample s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         err = r.get("conversion_error")
-        print(f"| {r['model']} | {r['T'] or '-'} | {r['params']:,} | {r['digits_fid']:.1f} | {r['digits_is']:.2f} | "
-              f"{'-' if err is None else f'{err:.3f}'} | {r['train_s']:.0f} | {r['sample_s']:.1f} |")
+        print(
+            f"| {r['model']} | {r['T'] or '-'} | {r['params']:,} | {r['digits_fid']:.1f} | {r['digits_is']:.2f} | "
+            f"{'-' if err is None else f'{err:.3f}'} | {r['train_s']:.0f} | {r['sample_s']:.1f} |"
+        )
     print(f"\nwrote {out}", flush=True)
     return 0
 

@@ -3,6 +3,7 @@ Loihi model, and check that all three give the same spikes.
 
     python benchmarks/lava_chain.py [--ch 8] [--size 16] [--layers 3] [--T 4] [--batch 4] [--stock]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,7 @@ import numpy as np
 
 def build_graph(ch: int, size: int, layers: int, T: int, seed: int = 0):
     from sdmc import ir
+
     rng = np.random.default_rng(seed)
     g = ir.Graph(T)
     g.add(ir.Input(name="x", shape=(2, size, size), kind="spike", timing="per-step"))
@@ -62,7 +64,7 @@ def main() -> None:
         t_model = time.perf_counter() - t0
         model = lm.aligned_spikes(res, args.T)
         rows = [("numpy Loihi model", t_model, None)]
-        for fast in ([True, False] if args.stock else [True]):
+        for fast in [True, False] if args.stock else [True]:
             t0 = time.perf_counter()
             lr = run.run_netx(path, x, read_v=False, fast_conv=fast)
             total = time.perf_counter() - t0
@@ -70,16 +72,21 @@ def main() -> None:
             rows.append((f"Lava ({'fast' if fast else 'stock'} conv)", total, (lr.times, same)))
             if fast is True and args.stock:
                 import lava.proc.conv.utils as cu  # undo the patch for the stock run
+
                 cu.conv = getattr(cu.conv, "__wrapped__", cu.conv)
     n_neurons = sum(int(np.prod(s)) for s in q.shapes()[1:])
-    print(f"\nnet: {args.layers} x conv3x3-IF, {args.ch} ch, {args.size}x{args.size}, {n_neurons} neurons, "
-          f"T={args.T}, batch={args.batch} ({args.batch * (args.T + L)} Lava steps); import lava {t_import:.1f} s")
+    print(
+        f"\nnet: {args.layers} x conv3x3-IF, {args.ch} ch, {args.size}x{args.size}, {n_neurons} neurons, "
+        f"T={args.T}, batch={args.batch} ({args.batch * (args.T + L)} Lava steps); import lava {t_import:.1f} s"
+    )
     for name, t, extra in rows:
         line = f"{name:<24} {t:8.2f} s total  {t / args.batch:8.3f} s/sample"
         if extra:
             times, same = extra
-            line += (f"  (build {times['build']:.2f}, run {times['run']:.2f}, read {times['read']:.2f} s; "
-                     f"spikes == model: {same})")
+            line += (
+                f"  (build {times['build']:.2f}, run {times['run']:.2f}, read {times['read']:.2f} s; "
+                f"spikes == model: {same})"
+            )
         print(line)
 
 

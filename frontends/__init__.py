@@ -4,6 +4,7 @@
 torch.fx; ``from_checkpoint(path)`` loads a released ``.pt`` or native ``.safetensors`` model and
 traces it.  See :mod:`sdmc.frontends.fx`.
 """
+
 from .fx import from_checkpoint, trace
 
 __all__ = ["trace", "from_checkpoint"]

@@ -13,14 +13,16 @@ work); the fx graph is then translated node by node, tracking how each torch ten
 Parameters keep their ``state_dict`` names; IR nodes are named after module paths (fx names for
 functions).  Anything else raises :class:`UnsupportedOpError` naming the module path and the op.
 """
+
 from __future__ import annotations
 
 import contextlib
 import inspect
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +35,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from sdmc import ir
-from sdmc.errors import SdmcError, UnsupportedOpError
 from sdmc.convert import IFNeuron, RunningGroupNorm
+from sdmc.errors import SdmcError, UnsupportedOpError
 from sdmc.models.spiking_unet import MembraneOutputLayer, Swish, TSMConv2d
 
 LEAF_TYPES: tuple[type, ...] = (sj_neuron.BaseNode, TSMConv2d, MembraneOutputLayer, Swish, IFNeuron, RunningGroupNorm)
@@ -71,8 +73,9 @@ class SpikingTracer(fx.Tracer):
         super().__init__()
         # with ``fake`` the examples are FakeTensors: shapes propagate without computing anything
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
-        self.examples = {k: self.fake_mode.from_tensor(v) if fake and isinstance(v, torch.Tensor) else v
-                         for k, v in examples.items()}
+        self.examples = {
+            k: self.fake_mode.from_tensor(v) if fake and isinstance(v, torch.Tensor) else v for k, v in examples.items()
+        }
         self._evaluating = False  # True while computing an example value: run modules for real
 
     def call_module(self, m, forward, args, kwargs):
@@ -103,7 +106,7 @@ class SpikingTracer(fx.Tracer):
 
     def _evaluate(self, kind, target, node: fx.Node) -> None:
         val = lambda a: fx.node.map_arg(a, lambda n: n.meta.get("val"))  # noqa: E731
-        with torch.no_grad(), (self.fake_mode or contextlib.nullcontext()):
+        with torch.no_grad(), self.fake_mode or contextlib.nullcontext():
             if kind == "placeholder":
                 node.meta["val"] = self.examples.get(target)
             elif kind == "get_attr":
@@ -214,8 +217,9 @@ class _Translator:
         return V(self.add(node), "S")
 
     def output(self, n: fx.Node) -> None:
-        outs = self.env[n.args[0]] if isinstance(n.args[0], fx.Node) else \
-            fx.node.map_arg(n.args[0], lambda a: self.env[a])
+        outs = (
+            self.env[n.args[0]] if isinstance(n.args[0], fx.Node) else fx.node.map_arg(n.args[0], lambda a: self.env[a])
+        )
         outs = [outs] if isinstance(outs, V) else list(outs) if isinstance(outs, (tuple, list)) else [outs]
         for i, o in enumerate(outs):
             if not isinstance(o, V) or o.layout not in ("S", "TB"):
@@ -234,15 +238,27 @@ class _Translator:
             self.need_T(n, m.steps, "IFNeuron")
             x = self._layout(n, x, ("F", "TB"), "IFNeuron")
             th = float(m.alpha)
-            s_ = self.add(ir.IF(name=path, inputs=(x.name,), threshold=th, v_reset=None, v_init=0.5 * th,
-                                signed=m.signed))
+            s_ = self.add(
+                ir.IF(name=path, inputs=(x.name,), threshold=th, v_reset=None, v_init=0.5 * th, signed=m.signed)
+            )
             return V(self.add(ir.Scale(name=f"{path}.out", inputs=(s_,), factor=th)), x.layout)
         if isinstance(m, RunningGroupNorm):
             self.need_T(n, m.steps, "RunningGroupNorm")
             x = self._layout(n, x, ("F", "TB"), "RunningGroupNorm")
-            return V(self.add(ir.GroupNorm(name=path, inputs=(x.name,), weight=self.key(path, "weight", True),
-                                           bias=self.key(path, "bias", True), num_groups=int(m.num_groups),
-                                           eps=float(m.eps), running=True)), x.layout)
+            return V(
+                self.add(
+                    ir.GroupNorm(
+                        name=path,
+                        inputs=(x.name,),
+                        weight=self.key(path, "weight", True),
+                        bias=self.key(path, "bias", True),
+                        num_groups=int(m.num_groups),
+                        eps=float(m.eps),
+                        running=True,
+                    )
+                ),
+                x.layout,
+            )
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x  # the IR describes inference: dropout is the identity
         if isinstance(m, TSMConv2d):
@@ -279,14 +295,25 @@ class _Translator:
             return self.batchnorm(n, m, path, x)
         if isinstance(m, nn.GroupNorm):
             x = self._layout(n, x, ("F", "S"), "GroupNorm")
-            return V(self.add(ir.GroupNorm(name=path, inputs=(x.name,), weight=self.key(path, "weight", True),
-                                           bias=self.key(path, "bias", True), num_groups=int(m.num_groups),
-                                           eps=float(m.eps))), x.layout)
+            return V(
+                self.add(
+                    ir.GroupNorm(
+                        name=path,
+                        inputs=(x.name,),
+                        weight=self.key(path, "weight", True),
+                        bias=self.key(path, "bias", True),
+                        num_groups=int(m.num_groups),
+                        eps=float(m.eps),
+                    )
+                ),
+                x.layout,
+            )
         if isinstance(m, nn.Linear):
             if x.layout not in ("S", "F", "TB", "S1"):
                 raise self.unsupported(n, "Linear", f"input layout {x.layout}")
-            node = ir.Linear(name=path, inputs=(x.name,), weight=self.key(path, "weight"),
-                             bias=self.key(path, "bias", optional=True))
+            node = ir.Linear(
+                name=path, inputs=(x.name,), weight=self.key(path, "weight"), bias=self.key(path, "bias", optional=True)
+            )
             return V(self.add(node), x.layout)
         if isinstance(m, nn.Embedding):
             if m.max_norm is not None:
@@ -295,10 +322,13 @@ class _Translator:
             return V(self.add(ir.Embedding(name=path, inputs=(x.name,), weight=self.key(path, "weight"))), x.layout)
         if isinstance(m, nn.Upsample):
             return self.upsample(n, x, m.scale_factor, m.mode, m.size, path)
-        raise self.unsupported(n, f"module {type(m).__module__}.{type(m).__name__}",
-                               "supported: spikingjelly IF/LIF/ParametricLIF nodes, Conv2d, Conv3d (kernel (kh,kw,1)), "
-                               "BatchNorm, GroupNorm, Linear, Embedding, Upsample, TSMConv2d, MembraneOutputLayer, Swish, "
-                               "sdmc.convert IFNeuron / RunningGroupNorm")
+        raise self.unsupported(
+            n,
+            f"module {type(m).__module__}.{type(m).__name__}",
+            "supported: spikingjelly IF/LIF/ParametricLIF nodes, Conv2d, Conv3d (kernel (kh,kw,1)), "
+            "BatchNorm, GroupNorm, Linear, Embedding, Upsample, TSMConv2d, MembraneOutputLayer, Swish, "
+            "sdmc.convert IFNeuron / RunningGroupNorm",
+        )
 
     def neuron(self, n: fx.Node, m: nn.Module, path: str, x: V) -> V:
         kind = type(m)
@@ -308,10 +338,15 @@ class _Translator:
             raise self.unsupported(n, f"neuron {kind.__name__}", "supported: IFNode, LIFNode, ParametricLIFNode")
         x = self._layout(n, x, ("TB",), kind.__name__)
         sf = m.surrogate_function
-        common = dict(name=path, inputs=(x.name,), threshold=float(m.v_threshold),
-                      v_reset=None if m.v_reset is None else float(m.v_reset),
-                      surrogate=type(sf).__name__.lower(), alpha=float(getattr(sf, "alpha", 0.0)),
-                      detach_reset=bool(m.detach_reset))
+        common = dict(
+            name=path,
+            inputs=(x.name,),
+            threshold=float(m.v_threshold),
+            v_reset=None if m.v_reset is None else float(m.v_reset),
+            surrogate=type(sf).__name__.lower(),
+            alpha=float(getattr(sf, "alpha", 0.0)),
+            detach_reset=bool(m.detach_reset),
+        )
         if kind is sj_neuron.IFNode:
             node = ir.IF(**common)
         elif kind is sj_neuron.LIFNode:
@@ -322,34 +357,65 @@ class _Translator:
 
     def conv2d(self, n: fx.Node, m: nn.Conv2d, path: str, x: V) -> V:
         if isinstance(m.padding, str) or m.padding_mode != "zeros":
-            raise self.unsupported(n, f"Conv2d(padding={m.padding!r}, padding_mode={m.padding_mode!r})",
-                                   "only explicit zero padding is supported")
+            raise self.unsupported(
+                n,
+                f"Conv2d(padding={m.padding!r}, padding_mode={m.padding_mode!r})",
+                "only explicit zero padding is supported",
+            )
         x = self._layout(n, x, ("F", "S"), "Conv2d")
-        node = ir.Conv2d(name=path, inputs=(x.name,), weight=self.key(path, "weight"),
-                         bias=self.key(path, "bias", optional=True), stride=tuple(m.stride), padding=tuple(m.padding),
-                         dilation=tuple(m.dilation), groups=int(m.groups))
+        node = ir.Conv2d(
+            name=path,
+            inputs=(x.name,),
+            weight=self.key(path, "weight"),
+            bias=self.key(path, "bias", optional=True),
+            stride=tuple(m.stride),
+            padding=tuple(m.padding),
+            dilation=tuple(m.dilation),
+            groups=int(m.groups),
+        )
         return V(self.add(node), x.layout)
 
     def conv3d(self, n: fx.Node, m: nn.Conv3d, path: str, x: V) -> V:
         x = self._layout(n, x, ("TBL",), "Conv3d")
-        if (m.kernel_size[2] != 1 or m.stride[2] != 1 or isinstance(m.padding, str) or m.padding[2] != 0
-                or tuple(m.dilation) != (1, 1, 1) or m.groups != 1 or m.padding_mode != "zeros"):
-            raise self.unsupported(n, f"Conv3d(kernel={m.kernel_size}, stride={m.stride}, padding={m.padding})",
-                                   "only kernels (kh, kw, 1) over the time-last axis, no time padding/stride")
-        node = ir.Conv3d(name=path, inputs=(x.name,), weight=self.key(path, "weight"),
-                         bias=self.key(path, "bias", optional=True), stride=tuple(m.stride[:2]),
-                         padding=tuple(m.padding[:2]))
+        if (
+            m.kernel_size[2] != 1
+            or m.stride[2] != 1
+            or isinstance(m.padding, str)
+            or m.padding[2] != 0
+            or tuple(m.dilation) != (1, 1, 1)
+            or m.groups != 1
+            or m.padding_mode != "zeros"
+        ):
+            raise self.unsupported(
+                n,
+                f"Conv3d(kernel={m.kernel_size}, stride={m.stride}, padding={m.padding})",
+                "only kernels (kh, kw, 1) over the time-last axis, no time padding/stride",
+            )
+        node = ir.Conv3d(
+            name=path,
+            inputs=(x.name,),
+            weight=self.key(path, "weight"),
+            bias=self.key(path, "bias", optional=True),
+            stride=tuple(m.stride[:2]),
+            padding=tuple(m.padding[:2]),
+        )
         return V(self.add(node), "TBL")
 
     def batchnorm(self, n: fx.Node, m: nn.Module, path: str, x: V) -> V:
         if not m.track_running_stats or m.running_mean is None:
             raise self.unsupported(n, "BatchNorm without running statistics", "use track_running_stats=True")
         x = self._layout(n, x, ("F", "S"), type(m).__name__)
-        node = ir.BatchNorm(name=path, inputs=(x.name,), weight=self.key(path, "weight", True),
-                            bias=self.key(path, "bias", True), running_mean=self.key(path, "running_mean"),
-                            running_var=self.key(path, "running_var"),
-                            num_batches_tracked=self.key(path, "num_batches_tracked", True),
-                            eps=float(m.eps), momentum=None if m.momentum is None else float(m.momentum))
+        node = ir.BatchNorm(
+            name=path,
+            inputs=(x.name,),
+            weight=self.key(path, "weight", True),
+            bias=self.key(path, "bias", True),
+            running_mean=self.key(path, "running_mean"),
+            running_var=self.key(path, "running_var"),
+            num_batches_tracked=self.key(path, "num_batches_tracked", True),
+            eps=float(m.eps),
+            momentum=None if m.momentum is None else float(m.momentum),
+        )
         return V(self.add(node), x.layout)
 
     def upsample(self, n: fx.Node, x: V, scale, mode, size, path: str) -> V:
@@ -363,8 +429,11 @@ class _Translator:
 
     def _layout(self, n: fx.Node, x: V, allowed: tuple[str, ...], what: str) -> V:
         if x.layout not in allowed:
-            raise self.unsupported(n, what, f"input laid out as {x.layout}, expected one of {allowed} "
-                                   "(see the sdmc.frontends.fx docstring)")
+            raise self.unsupported(
+                n,
+                what,
+                f"input laid out as {x.layout}, expected one of {allowed} (see the sdmc.frontends.fx docstring)",
+            )
         return x
 
     # ---- functions and methods
@@ -374,8 +443,9 @@ class _Translator:
         if fn in (operator.mul, torch.mul, operator.imul):
             return self.binary(n, "mul", args, kwargs)
         if fn in (torch.sigmoid, F.sigmoid):
-            return V(self.add(ir.Sigmoid(name=n.name, inputs=(self.tensor(n, args[0], "sigmoid").name,))),
-                     args[0].layout)
+            return V(
+                self.add(ir.Sigmoid(name=n.name, inputs=(self.tensor(n, args[0], "sigmoid").name,))), args[0].layout
+            )
         if fn is F.silu:
             return V(self.add(ir.Swish(name=n.name, inputs=(self.tensor(n, args[0], "silu").name,))), args[0].layout)
         if fn in (torch.cat, torch.concat):
@@ -384,8 +454,9 @@ class _Translator:
             b = inspect.signature(F.interpolate).bind(*args, **kwargs)
             b.apply_defaults()
             a = b.arguments
-            return self.upsample(n, self.tensor(n, a["input"], "interpolate"), a["scale_factor"], a["mode"],
-                                 a["size"], n.name)
+            return self.upsample(
+                n, self.tensor(n, a["input"], "interpolate"), a["scale_factor"], a["mode"], a["size"], n.name
+            )
         if fn is getattr and args[1] in ("shape", "ndim", "dtype", "device"):
             return n.meta["val"]  # known from the example: T and B are fixed while tracing
         if fn is operator.getitem:
@@ -393,9 +464,12 @@ class _Translator:
         if fn is torch.flatten:
             return self.method(n, "flatten", args, kwargs)
         name = getattr(fn, "__name__", str(fn))
-        raise self.unsupported(n, f"function {getattr(fn, '__module__', '') or ''}.{name}".lstrip("."),
-                               "supported functions: add, mul, sigmoid, silu, cat, interpolate (nearest), flatten, "
-                               "getitem with None; wrap the op in a module the IR supports")
+        raise self.unsupported(
+            n,
+            f"function {getattr(fn, '__module__', '') or ''}.{name}".lstrip("."),
+            "supported functions: add, mul, sigmoid, silu, cat, interpolate (nearest), flatten, "
+            "getitem with None; wrap the op in a module the IR supports",
+        )
 
     def method(self, n: fx.Node, meth: str, args: tuple, kwargs: dict) -> Any:
         x = self.tensor(n, args[0], f"Tensor.{meth}")
@@ -430,16 +504,24 @@ class _Translator:
             if x.layout == "TBL" and perm == (r - 1,) + tuple(range(r - 1)):
                 return V(x.name, "TB")
             raise self.unsupported(n, f"Tensor.permute{perm}", "only moving T to the last axis and back")
-        raise self.unsupported(n, f"method Tensor.{meth}",
-                               "supported methods: flatten, unflatten, view, reshape, (un)squeeze, expand/repeat over "
-                               "T, permute T last and back, add, mul, sigmoid, contiguous, size, dim")
+        raise self.unsupported(
+            n,
+            f"method Tensor.{meth}",
+            "supported methods: flatten, unflatten, view, reshape, (un)squeeze, expand/repeat over "
+            "T, permute T last and back, add, mul, sigmoid, contiguous, size, dim",
+        )
 
     def _shape(self, x: V) -> tuple[int, ...]:
         """The torch shape of ``x`` for the trace's T and B."""
         f = self.g.nodes[x.name].type.shape
         T = self.T
-        return {"S": (self.B,) + f, "S1": (1, self.B) + f, "TB": (T, self.B) + f, "F": (T * self.B,) + f,
-                "TBL": (self.B,) + f + (T,)}[x.layout]
+        return {
+            "S": (self.B,) + f,
+            "S1": (1, self.B) + f,
+            "TB": (T, self.B) + f,
+            "F": (T * self.B,) + f,
+            "TBL": (self.B,) + f + (T,),
+        }[x.layout]
 
     def reshape_like(self, n: fx.Node, meth: str, x: V, val: torch.Tensor) -> V:
         """flatten / unflatten / view / reshape / (un)squeeze, classified by the example shapes."""
@@ -458,8 +540,11 @@ class _Translator:
         lead = _LEAD[x.layout]
         if x.layout != "TBL" and new[:lead] == old[:lead] and math.prod(new[lead:]) == math.prod(old[lead:]):
             return self._reshape(n, x, new[lead:], x.layout)
-        raise self.unsupported(n, f"Tensor.{meth} from {list(old)} to {list(new)}",
-                               "only folding/unfolding T into the batch or reshaping each sample")
+        raise self.unsupported(
+            n,
+            f"Tensor.{meth} from {list(old)} to {list(new)}",
+            "only folding/unfolding T into the batch or reshaping each sample",
+        )
 
     def _reshape(self, n: fx.Node, x: V, shape: tuple[int, ...], layout: str) -> V:
         return V(self.add(ir.Reshape(name=n.name, inputs=(x.name,), shape=tuple(int(s) for s in shape))), layout)
@@ -476,7 +561,7 @@ class _Translator:
             if layout == "S1":
                 items = items[1:]
             if items and items[0] == full:  # the batch axis stays in place
-                new = tuple(val.shape[_LEAD[layout]:])
+                new = tuple(val.shape[_LEAD[layout] :])
                 return self._reshape(n, x, new, layout) if new != self._shape(x)[1:] else V(x.name, layout)
         raise self.unsupported(n, f"indexing {idx}", "only inserting unit axes with None into a static [B, ...] tensor")
 
@@ -491,13 +576,26 @@ class _Translator:
             raise self.unsupported(n, f"{op} with constant {c!r}", "only tensor-tensor ops and scaling by a number")
         la, lb = a.layout, b.layout
         ra, rb = len(self.g.nodes[a.name].type.shape), len(self.g.nodes[b.name].type.shape)
-        pairs = {("F", "F"): "F", ("TB", "TB"): "TB", ("S", "S"): "S", ("S1", "S1"): "S1", ("TBL", "TBL"): "TBL",
-                 ("TB", "S1"): "TB", ("S1", "TB"): "TB", ("TB", "S"): "TB", ("S", "TB"): "TB",
-                 ("S1", "S"): "S1", ("S", "S1"): "S1"}
+        pairs = {
+            ("F", "F"): "F",
+            ("TB", "TB"): "TB",
+            ("S", "S"): "S",
+            ("S1", "S1"): "S1",
+            ("TBL", "TBL"): "TBL",
+            ("TB", "S1"): "TB",
+            ("S1", "TB"): "TB",
+            ("TB", "S"): "TB",
+            ("S", "TB"): "TB",
+            ("S1", "S"): "S1",
+            ("S", "S1"): "S1",
+        }
         out = pairs.get((la, lb))
         if out is None or ra != rb:
-            raise self.unsupported(n, f"{op} of tensors laid out {la} (rank {ra}) and {lb} (rank {rb})",
-                                   "operands must agree on the T and B axes")
+            raise self.unsupported(
+                n,
+                f"{op} of tensors laid out {la} (rank {ra}) and {lb} (rank {rb})",
+                "operands must agree on the T and B axes",
+            )
         cls = ir.Add if op == "add" else ir.Mul
         return V(self.add(cls(name=n.name, inputs=(a.name, b.name))), out)
 
@@ -535,8 +633,14 @@ def _example_batch(T: int | None) -> int:
     return 3 if T == 2 else 2
 
 
-def trace(model: nn.Module, example_shape: tuple[int, ...] | None = None, *, T: int | None = None,
-          example_inputs: tuple[Any, ...] | None = None, check: bool = True) -> ir.Graph:
+def trace(
+    model: nn.Module,
+    example_shape: tuple[int, ...] | None = None,
+    *,
+    T: int | None = None,
+    example_inputs: tuple[Any, ...] | None = None,
+    check: bool = True,
+) -> ir.Graph:
     """Trace ``model`` into a checked :class:`sdmc.ir.Graph`.
 
     ``example_shape`` is the image batch shape ``[B, C, H, W]`` (B is ignored: the IR is batch-agnostic);
@@ -547,8 +651,9 @@ def trace(model: nn.Module, example_shape: tuple[int, ...] | None = None, *, T: 
     if T is None:
         T = getattr(model, "timestep", None) or getattr(getattr(model, "config", None), "snn_steps", None)
     if T is None:
-        Ts = {m.T for m in model.modules() if isinstance(m, TSMConv2d)} | \
-             {m.n_steps for m in model.modules() if isinstance(m, MembraneOutputLayer)}
+        Ts = {m.T for m in model.modules() if isinstance(m, TSMConv2d)} | {
+            m.n_steps for m in model.modules() if isinstance(m, MembraneOutputLayer)
+        }
         if len(Ts) != 1:
             raise SdmcError(f"trace: cannot tell the number of SNN steps of {type(model).__name__}; pass T=...")
         T = Ts.pop()
@@ -567,8 +672,10 @@ def trace(model: nn.Module, example_shape: tuple[int, ...] | None = None, *, T: 
     else:
         B = int(example_inputs[0].shape[0])
     if len(example_inputs) != len(params):
-        raise SdmcError(f"trace: {type(model).__name__}.{fn_name} takes {len(params)} inputs {params}, "
-                        f"got {len(example_inputs)} example(s)")
+        raise SdmcError(
+            f"trace: {type(model).__name__}.{fn_name} takes {len(params)} inputs {params}, "
+            f"got {len(example_inputs)} example(s)"
+        )
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -584,8 +691,10 @@ def trace(model: nn.Module, example_shape: tuple[int, ...] | None = None, *, T: 
             except Exception as e:  # fx.proxy.TraceError and errors from evaluating the example
                 if fake:
                     continue
-                raise UnsupportedOpError(f"{type(model).__name__}.{fn_name}: torch.fx cannot trace it: {e} "
-                                         "(data-dependent control flow? make it a leaf module or simplify)") from e
+                raise UnsupportedOpError(
+                    f"{type(model).__name__}.{fn_name}: torch.fx cannot trace it: {e} "
+                    "(data-dependent control flow? make it a leaf module or simplify)"
+                ) from e
         graph = _Translator(model, tracer, T, B).run(fxg)
     finally:
         sj_functional.reset_net(model)
@@ -598,10 +707,10 @@ def trace(model: nn.Module, example_shape: tuple[int, ...] | None = None, *, T: 
     return ir.check(graph) if check else graph
 
 
-def from_checkpoint(path, weights: str = "auto", snn_steps: int | None = None,
-                    img_size: int | None = None) -> ir.Graph:
+def from_checkpoint(path, weights: str = "auto", snn_steps: int | None = None, img_size: int | None = None) -> ir.Graph:
     """Load a released ``.pt`` or native ``.safetensors`` model (``sdmc.checkpoint.load_model``) and trace it."""
     from sdmc.checkpoint import load_model
+
     model, cfg = load_model(path, weights=weights, snn_steps=snn_steps, img_size=img_size)
     m = cfg.model
     g = trace(model, (1, m.img_ch, m.img_size, m.img_size))

@@ -8,13 +8,15 @@
 * Native files: ``.safetensors`` weights whose header metadata carries the :class:`SdmcConfig` JSON
   (architecture, T, threshold, diffusion schedule, provenance), written atomically.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +40,8 @@ def _load_torch(path: Path, unsafe: bool) -> Any:
             what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
                 f"{path}: contains Python objects other than tensors{what}; refusing to unpickle them "
-                "(re-save it as a plain state_dict, or pass --unsafe-load if you trust the file)") from None
+                "(re-save it as a plain state_dict, or pass --unsafe-load if you trust the file)"
+            ) from None
         if "WeightsUnpickler error:" in text:
             detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
         else:
@@ -61,12 +64,13 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 def _strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop a ``module.`` prefix left by DataParallel / DDP wrappers."""
     if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module."):]: v for k, v in sd.items()}
+        return {k[len("module.") :]: v for k, v in sd.items()}
     return dict(sd)
 
 
-def read_checkpoint(path: str | os.PathLike, weights: str = "auto", unsafe: bool = False
-                    ) -> tuple[dict[str, torch.Tensor], SdmcConfig | None, dict[str, Any]]:
+def read_checkpoint(
+    path: str | os.PathLike, weights: str = "auto", unsafe: bool = False
+) -> tuple[dict[str, torch.Tensor], SdmcConfig | None, dict[str, Any]]:
     """Return ``(state_dict, config or None, info)`` from any supported file.
 
     ``weights``: ``net`` (the raw weights), ``ema`` (the EMA weights) or ``auto`` (EMA when present).
@@ -106,8 +110,10 @@ def read_checkpoint(path: str | os.PathLike, weights: str = "auto", unsafe: bool
         info.update(format="state_dict", entry="(top level)")
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path}: entry {info['entry']!r} is not a state_dict: key {bad[0]!r} holds a "
-                              f"{type(sd[bad[0]]).__name__}, not a tensor")
+        raise CheckpointError(
+            f"{path}: entry {info['entry']!r} is not a state_dict: key {bad[0]!r} holds a "
+            f"{type(sd[bad[0]]).__name__}, not a tensor"
+        )
     return _strip_prefix(sd), cfg, info
 
 
@@ -123,8 +129,9 @@ def _indices(sd: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
     return sorted({int(m.group(1)) for k in sd for m in [pat.match(k)] if m})
 
 
-def infer_config(sd: Mapping[str, torch.Tensor], snn_steps: int | None = None, img_size: int | None = None
-                 ) -> ModelConfig:
+def infer_config(
+    sd: Mapping[str, torch.Tensor], snn_steps: int | None = None, img_size: int | None = None
+) -> ModelConfig:
     """Infer the :class:`ModelConfig` of a state_dict (spiking SDDPM/SDM or pytorch-ddpm ANN).
 
     Quantities that a state_dict cannot record take defaults that ``snn_steps``/``img_size`` override: the
@@ -132,8 +139,10 @@ def infer_config(sd: Mapping[str, torch.Tensor], snn_steps: int | None = None, i
     """
     if "head.weight" in sd or "net.head.weight" in sd:
         if "net.head.weight" in sd:
-            raise CheckpointError("a converted SNN state_dict (keys 'net.*') records no conversion settings; "
-                                  "load the native .safetensors file that 'sdmc convert' wrote")
+            raise CheckpointError(
+                "a converted SNN state_dict (keys 'net.*') records no conversion settings; "
+                "load the native .safetensors file that 'sdmc convert' wrote"
+            )
         arch = "qann" if any(k.endswith(".alpha") for k in sd) else "ann"
         head = "head.weight"
         res_mark, down_mark = "block1.2.weight", "main.weight"
@@ -145,13 +154,16 @@ def infer_config(sd: Mapping[str, torch.Tensor], snn_steps: int | None = None, i
         res_mark, down_mark = "conv1.weight", "conv.weight"
     else:
         first = next(iter(sd), "(empty)")
-        raise CheckpointError("not an SDDPM/SDM/pytorch-ddpm checkpoint: none of 'conv.tsmp', 'conv.weight', "
-                              f"'head.weight' found (first key: {first!r})")
+        raise CheckpointError(
+            "not an SDDPM/SDM/pytorch-ddpm checkpoint: none of 'conv.tsmp', 'conv.weight', "
+            f"'head.weight' found (first key: {first!r})"
+        )
     ch, img_ch = _shape(sd, head)[:2]
     diffusion_steps, d_model = _shape(sd, "time_embedding.timembedding.0.weight")
     if d_model != ch:
-        raise CheckpointError(f"time_embedding.timembedding.0.weight has width {d_model}, but the head conv has "
-                              f"{ch} channels")
+        raise CheckpointError(
+            f"time_embedding.timembedding.0.weight has width {d_model}, but the head conv has {ch} channels"
+        )
     if arch == "sdm":
         T = _shape(sd, "conv.tsmp")[0]
         if snn_steps is not None and snn_steps != T:
@@ -166,8 +178,9 @@ def infer_config(sd: Mapping[str, torch.Tensor], snn_steps: int | None = None, i
         elif p + down_mark in sd:
             levels.append([])
         else:
-            raise CheckpointError(f"downblocks.{i}: neither a residual block ({p + res_mark}) nor a "
-                                  f"downsample ({p + down_mark})")
+            raise CheckpointError(
+                f"downblocks.{i}: neither a residual block ({p + res_mark}) nor a downsample ({p + down_mark})"
+            )
     if not levels[0]:
         raise CheckpointError("no residual blocks found under 'downblocks.*'")
     nres = len(levels[0])
@@ -178,16 +191,29 @@ def infer_config(sd: Mapping[str, torch.Tensor], snn_steps: int | None = None, i
         if lv[-1] % ch:
             raise CheckpointError(f"a level has {lv[-1]} channels, not a multiple of ch={ch}")
         ch_mult.append(lv[-1] // ch)
-    kw: dict[str, Any] = dict(arch=arch, ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=nres, snn_steps=T,
-                              img_ch=img_ch, diffusion_steps=diffusion_steps)
+    kw: dict[str, Any] = dict(
+        arch=arch,
+        ch=ch,
+        ch_mult=tuple(ch_mult),
+        num_res_blocks=nres,
+        snn_steps=T,
+        img_ch=img_ch,
+        diffusion_steps=diffusion_steps,
+    )
     if img_size:
         kw["img_size"] = img_size
     elif 32 % 2 ** (len(ch_mult) - 1):
         kw["img_size"] = 2 ** (len(ch_mult) - 1)
     if arch in ("ann", "qann"):  # a bare QANN state_dict does not record its bit width: the default (2) is assumed
         kw["mid_attn"] = "middleblocks.0.attn.proj.weight" in sd
-        attn = sorted({i for i, lv in enumerate(levels) for j in range(nres)
-                       if f"downblocks.{i * (nres + 1) + j}.attn.proj.weight" in sd})
+        attn = sorted(
+            {
+                i
+                for i, lv in enumerate(levels)
+                for j in range(nres)
+                if f"downblocks.{i * (nres + 1) + j}.attn.proj.weight" in sd
+            }
+        )
         kw["attn"] = tuple(attn)
         widths = [ch * m for m in ch_mult]
         kw["norm_groups"] = next(g for g in (32, 16, 8, 4, 2, 1) if all(w % g == 0 for w in widths))
@@ -209,8 +235,10 @@ def build_and_load(sd: Mapping[str, torch.Tensor], cfg: ModelConfig, source: str
             parts.append(f"first missing key {missing[0]!r} ({len(missing)} missing)")
         if unexpected:
             parts.append(f"first unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)")
-        raise CheckpointError(f"{source}: does not match a {cfg.arch} UNet (ch={cfg.ch}, ch_mult="
-                              f"{list(cfg.ch_mult)}, blocks={cfg.num_res_blocks}): " + "; ".join(parts))
+        raise CheckpointError(
+            f"{source}: does not match a {cfg.arch} UNet (ch={cfg.ch}, ch_mult="
+            f"{list(cfg.ch_mult)}, blocks={cfg.num_res_blocks}): " + "; ".join(parts)
+        )
     for k, v in expected.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{source}: key {k!r} has shape {list(sd[k].shape)}, expected {list(v.shape)}")
@@ -218,9 +246,14 @@ def build_and_load(sd: Mapping[str, torch.Tensor], cfg: ModelConfig, source: str
     return model
 
 
-def load_model(path: str | os.PathLike, weights: str = "auto", snn_steps: int | None = None,
-               device: str | torch.device = "cpu", img_size: int | None = None, unsafe: bool = False
-               ) -> tuple[nn.Module, SdmcConfig]:
+def load_model(
+    path: str | os.PathLike,
+    weights: str = "auto",
+    snn_steps: int | None = None,
+    device: str | torch.device = "cpu",
+    img_size: int | None = None,
+    unsafe: bool = False,
+) -> tuple[nn.Module, SdmcConfig]:
     """Load any supported checkpoint into a model in eval mode; returns ``(model, config)``.
 
     The config comes from the file when it records one (native and training checkpoints), otherwise it
@@ -232,20 +265,25 @@ def load_model(path: str | os.PathLike, weights: str = "auto", snn_steps: int | 
     return model.to(device).eval(), cfg
 
 
-def resolve_config(sd: Mapping[str, torch.Tensor], stored: SdmcConfig | None, info: Mapping[str, Any],
-                   snn_steps: int | None = None, img_size: int | None = None) -> SdmcConfig:
+def resolve_config(
+    sd: Mapping[str, torch.Tensor],
+    stored: SdmcConfig | None,
+    info: Mapping[str, Any],
+    snn_steps: int | None = None,
+    img_size: int | None = None,
+) -> SdmcConfig:
     """The stored config with user overrides applied, or one inferred from ``sd``."""
     path = info.get("file", "checkpoint")
     if stored is None:
-        return SdmcConfig(model=infer_config(sd, snn_steps=snn_steps, img_size=img_size),
-                          diffusion=DiffusionConfig(),
-                          provenance={"source": str(path), "entry": info.get("entry"), "format": info["format"],
-                                      "inferred": True})
+        return SdmcConfig(
+            model=infer_config(sd, snn_steps=snn_steps, img_size=img_size),
+            diffusion=DiffusionConfig(),
+            provenance={"source": str(path), "entry": info.get("entry"), "format": info["format"], "inferred": True},
+        )
     cfg = SdmcConfig.from_json(stored.to_json())  # a copy the overrides may change
     if snn_steps is not None and snn_steps != cfg.model.snn_steps:
         if cfg.model.tsm:
-            raise CheckpointError(f"{path}: TSM model trained for T={cfg.model.snn_steps}; cannot run at "
-                                  f"T={snn_steps}")
+            raise CheckpointError(f"{path}: TSM model trained for T={cfg.model.snn_steps}; cannot run at T={snn_steps}")
         cfg.model.snn_steps = snn_steps
     if img_size is not None:
         cfg.model.img_size = img_size
@@ -308,8 +346,11 @@ def inherit_tsm_file(src: str | os.PathLike, dst: str | os.PathLike, snn_steps: 
     """CLI helper: SDDPM checkpoint -> native SDM file with inherited weights."""
     model, cfg = load_model(src, weights="auto", snn_steps=snn_steps)
     new = inherit_tsm(model)
-    out = SdmcConfig(model=new.config, diffusion=cfg.diffusion,
-                     provenance={**cfg.provenance, "inherited_from": str(src), "tsm_init": "p=1"})
+    out = SdmcConfig(
+        model=new.config,
+        diffusion=cfg.diffusion,
+        provenance={**cfg.provenance, "inherited_from": str(src), "tsm_init": "p=1"},
+    )
     save_model(dst, new, out)
     return out
 
@@ -323,34 +364,56 @@ def describe(path: str | os.PathLike, weights: str = "auto", as_json: bool = Fal
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_tsm = sum(1 for k in sd if k.endswith(".tsmp"))
-    data = {"file": str(path), "format": info["format"], "entry": info.get("entry"),
-            "entries": info.get("entries"), "config_stored": stored is not None,
-            "model": cfg.model.to_dict(), "diffusion": cfg.diffusion.to_dict(), "provenance": cfg.provenance,
-            "parameters": n_params, "trainable": n_train, "tsm_layers": n_tsm, "state_dict_keys": len(sd)}
+    data = {
+        "file": str(path),
+        "format": info["format"],
+        "entry": info.get("entry"),
+        "entries": info.get("entries"),
+        "config_stored": stored is not None,
+        "model": cfg.model.to_dict(),
+        "diffusion": cfg.diffusion.to_dict(),
+        "provenance": cfg.provenance,
+        "parameters": n_params,
+        "trainable": n_train,
+        "tsm_layers": n_tsm,
+        "state_dict_keys": len(sd),
+    }
     if as_json:
         return json.dumps(data, indent=1)
     m = cfg.model
-    kind = {"sddpm": "SDDPM spiking UNet", "sdm": "SDM spiking UNet with TSM", "ann": "ANN UNet (pytorch-ddpm)",
-            "qann": f"quantised ANN UNet ({m.bits}-bit QuantReLU)",
-            "qsnn": f"converted SNN of a {m.bits}-bit quantised ANN (IF, soft reset, "
-                    f"{'signed' if m.signed_spikes else 'unsigned'} spikes, {m.snn_norm} GroupNorm)"}[m.arch]
-    lines = [f"{path}",
-             f"  format       {info['format']} (weights from {info.get('entry')})",
-             f"  model        {kind}",
-             f"  channels     ch={m.ch} ch_mult={list(m.ch_mult)} res_blocks={m.num_res_blocks} img_ch={m.img_ch}"]
+    kind = {
+        "sddpm": "SDDPM spiking UNet",
+        "sdm": "SDM spiking UNet with TSM",
+        "ann": "ANN UNet (pytorch-ddpm)",
+        "qann": f"quantised ANN UNet ({m.bits}-bit QuantReLU)",
+        "qsnn": f"converted SNN of a {m.bits}-bit quantised ANN (IF, soft reset, "
+        f"{'signed' if m.signed_spikes else 'unsigned'} spikes, {m.snn_norm} GroupNorm)",
+    }[m.arch]
+    lines = [
+        f"{path}",
+        f"  format       {info['format']} (weights from {info.get('entry')})",
+        f"  model        {kind}",
+        f"  channels     ch={m.ch} ch_mult={list(m.ch_mult)} res_blocks={m.num_res_blocks} img_ch={m.img_ch}",
+    ]
     if m.arch == "qsnn":
         lines.append(f"  SNN          T={m.snn_steps}")
     elif m.spiking:
-        t_note = "" if (m.tsm or stored is not None) else f" (not recorded in the file; assumed, override with --snn-steps)"
-        lines.append(f"  SNN          T={m.snn_steps}{t_note} neuron={m.neuron.upper()} threshold={m.threshold}"
-                     f" reset={'soft' if m.soft_reset else 'hard'}")
+        t_note = (
+            "" if (m.tsm or stored is not None) else " (not recorded in the file; assumed, override with --snn-steps)"
+        )
+        lines.append(
+            f"  SNN          T={m.snn_steps}{t_note} neuron={m.neuron.upper()} threshold={m.threshold}"
+            f" reset={'soft' if m.soft_reset else 'hard'}"
+        )
         if n_tsm:
             lines.append(f"  TSM          {n_tsm} TSM convs x T={m.snn_steps} = {n_tsm * m.snn_steps} scalars")
     d = cfg.diffusion
-    lines += [f"  parameters   {n_params:,} ({n_params / 2 ** 20:.2f} M in 2^20 units, as the papers print); "
-              f"trainable {n_train:,}",
-              f"  diffusion    {d.schedule} beta {d.beta_1:g}..{d.beta_T:g}, {d.num_timesteps} steps, "
-              f"{d.mean_type}-prediction"]
+    lines += [
+        f"  parameters   {n_params:,} ({n_params / 2**20:.2f} M in 2^20 units, as the papers print); "
+        f"trainable {n_train:,}",
+        f"  diffusion    {d.schedule} beta {d.beta_1:g}..{d.beta_T:g}, {d.num_timesteps} steps, "
+        f"{d.mean_type}-prediction",
+    ]
     if cfg.provenance:
         lines.append("  provenance   " + ", ".join(f"{k}={v}" for k, v in cfg.provenance.items()))
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 A native sdmc checkpoint stores one :class:`SdmcConfig` as JSON next to the weights, so a file alone is
 enough to rebuild the model and its diffusion schedule.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,7 +81,8 @@ class ModelConfig:
         if self.img_size % factor:
             raise ConfigError(
                 f"model.img_size={self.img_size} is not divisible by 2**(len(ch_mult)-1)={factor}; "
-                "the UNet downsamples that many times")
+                "the UNet downsamples that many times"
+            )
         if self.threshold <= 0:
             raise ConfigError(f"model.threshold must be > 0, got {self.threshold}")
         if self.arch in ("qann", "qsnn"):
@@ -94,7 +96,8 @@ class ModelConfig:
             for m in self.ch_mult:
                 if (self.ch * m) % self.norm_groups:
                     raise ConfigError(
-                        f"model.norm_groups={self.norm_groups} does not divide the channel count {self.ch * m}")
+                        f"model.norm_groups={self.norm_groups} does not divide the channel count {self.ch * m}"
+                    )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -103,7 +106,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -125,7 +128,7 @@ class DiffusionConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DiffusionConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DiffusionConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -140,12 +143,19 @@ class SdmcConfig:
     version: int = CONFIG_VERSION
 
     def to_json(self) -> str:
-        return json.dumps({"version": self.version, "model": self.model.to_dict(),
-                           "diffusion": self.diffusion.to_dict(), "provenance": self.provenance},
-                          indent=1, sort_keys=True)
+        return json.dumps(
+            {
+                "version": self.version,
+                "model": self.model.to_dict(),
+                "diffusion": self.diffusion.to_dict(),
+                "provenance": self.provenance,
+            },
+            indent=1,
+            sort_keys=True,
+        )
 
     @classmethod
-    def from_json(cls, text: str) -> "SdmcConfig":
+    def from_json(cls, text: str) -> SdmcConfig:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
@@ -155,6 +165,9 @@ class SdmcConfig:
         version = int(d.get("version", 0))
         if version > CONFIG_VERSION:
             raise ConfigError(f"sdmc config version {version} is newer than this sdmc ({CONFIG_VERSION}); upgrade sdmc")
-        return cls(model=ModelConfig.from_dict(d["model"]),
-                   diffusion=DiffusionConfig.from_dict(d.get("diffusion", {})),
-                   provenance=dict(d.get("provenance", {})), version=CONFIG_VERSION)
+        return cls(
+            model=ModelConfig.from_dict(d["model"]),
+            diffusion=DiffusionConfig.from_dict(d.get("diffusion", {})),
+            provenance=dict(d.get("provenance", {})),
+            version=CONFIG_VERSION,
+        )

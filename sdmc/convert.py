@@ -27,6 +27,7 @@ forward code unchanged, and it traces to the IR (:func:`sdmc.frontends.trace`): 
 ``if`` nodes (``v_reset=None``, ``v_init=theta/2``, ``signed``) followed by ``scale(theta)``; the time
 mean a ``membrane_readout(decay=1)`` and ``scale(1/T)``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,9 @@ from .errors import CheckpointError, ConfigError
 from .models.qann import QuantReLU, qann_bits, qann_model_config, quant_layers
 
 
-def if_step(v: torch.Tensor, count: torch.Tensor, inp: torch.Tensor, theta: torch.Tensor, signed: bool
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def if_step(
+    v: torch.Tensor, count: torch.Tensor, inp: torch.Tensor, theta: torch.Tensor, signed: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One IF step with reset by subtraction; returns ``(spikes in {-1,0,1}, new v, new count)``."""
     v = v + inp
     s = (v >= theta).to(v.dtype)
@@ -54,8 +56,10 @@ def if_step(v: torch.Tensor, count: torch.Tensor, inp: torch.Tensor, theta: torc
 
 def _steps_view(x: torch.Tensor, T: int) -> torch.Tensor:
     if x.shape[0] % T:
-        raise ConfigError(f"converted SNN layer: batch axis {x.shape[0]} is not a multiple of T={T} "
-                          "(inputs must be [T*B, ...], step-major)")
+        raise ConfigError(
+            f"converted SNN layer: batch axis {x.shape[0]} is not a multiple of T={T} "
+            "(inputs must be [T*B, ...], step-major)"
+        )
     return x.reshape(T, x.shape[0] // T, *x.shape[1:])
 
 
@@ -86,8 +90,9 @@ class IFNeuron(nn.Module):
         return f"theta={float(self.alpha):.4g}, signed={self.signed}, T={self.steps}"
 
 
-def running_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                       eps: float) -> torch.Tensor:
+def running_group_norm(
+    x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
     """``y_t = weight * (x_t - mu(x̄_t)) / sqrt(var(x̄_t) + eps) + bias`` for ``x`` ``[T, B, C, ...]``,
     ``x̄_t = mean_{s<=t} x_s``, statistics per (step, sample, group)."""
     T, B, C = x.shape[:3]
@@ -159,7 +164,7 @@ def convert(qann: nn.Module, signed: bool = False, steps: int | None = None, nor
     if norm not in NORMS:
         raise ConfigError(f"convert: norm must be one of {NORMS}, got {norm!r}")
     bits = qann_bits(qann)
-    T = 2 ** bits - 1 if steps is None else int(steps)
+    T = 2**bits - 1 if steps is None else int(steps)
     if T < 1:
         raise ConfigError(f"convert: steps must be >= 1, got {steps}")
     net = copy.deepcopy(qann)
@@ -171,8 +176,15 @@ def convert(qann: nn.Module, signed: bool = False, steps: int | None = None, nor
                 setattr(mod, cname, RunningGroupNorm(child, T))
     cfg = getattr(qann, "config", None)
     if isinstance(cfg, ModelConfig):
-        cfg = ModelConfig(**{**qann_model_config(cfg, bits).to_dict(), "arch": "qsnn", "snn_steps": T,
-                             "signed_spikes": bool(signed), "snn_norm": norm})
+        cfg = ModelConfig(
+            **{
+                **qann_model_config(cfg, bits).to_dict(),
+                "arch": "qsnn",
+                "snn_steps": T,
+                "signed_spikes": bool(signed),
+                "snn_norm": norm,
+            }
+        )
     else:
         cfg = None
     return ConvertedSNN(net, T, cfg).eval()
@@ -188,8 +200,9 @@ def build_converted(cfg: ModelConfig) -> ConvertedSNN:
 
 
 # ----------------------------------------------------------------------------------------- files
-def load_qann(path: str | os.PathLike, bits: int | None = None, alpha_init: float = 6.0, weights: str = "auto"
-              ) -> tuple[nn.Module, SdmcConfig, bool]:
+def load_qann(
+    path: str | os.PathLike, bits: int | None = None, alpha_init: float = 6.0, weights: str = "auto"
+) -> tuple[nn.Module, SdmcConfig, bool]:
     """Load a quantised ANN; returns ``(model, config, was_quantised)``.
 
     An arch ``qann`` file loads as saved (``bits`` must match when given). A plain ANN (arch ``ann``) is
@@ -206,8 +219,10 @@ def load_qann(path: str | os.PathLike, bits: int | None = None, alpha_init: floa
             raise CheckpointError(f"{path}: trained with {cfg.model.bits}-bit activations, --bits {bits} requested")
         return build_and_load(sd, cfg.model, source=str(path)).eval(), cfg, False
     if arch != "ann":
-        raise CheckpointError(f"{path}: conversion needs a quantised ANN UNet (arch 'qann') or a plain ANN "
-                              f"(arch 'ann'), got arch {arch!r}")
+        raise CheckpointError(
+            f"{path}: conversion needs a quantised ANN UNet (arch 'qann') or a plain ANN "
+            f"(arch 'ann'), got arch {arch!r}"
+        )
     if bits is None:
         raise CheckpointError(f"{path}: a plain ANN; give the activation bit width (bits) to quantise it")
     model = quantize_ann(build_and_load(sd, cfg.model, source=str(path)), int(bits), alpha_init)
@@ -268,8 +283,9 @@ def _rate(v: torch.Tensor, T: int, B: int) -> torch.Tensor:
     return v.mean(0) if v.is_floating_point() else v[0]
 
 
-def finetune(snn: ConvertedSNN, qann: nn.Module, batches, steps: int, lr: float = 1e-6,
-             progress: bool = False) -> dict[str, tuple[float, float]]:
+def finetune(
+    snn: ConvertedSNN, qann: nn.Module, batches, steps: int, lr: float = 1e-6, progress: bool = False
+) -> dict[str, tuple[float, float]]:
     """Block-wise fine-tuning (SDM §7.3), in place: each block in turn, ``steps`` Adam steps on
 
         loss = MSE(rate-averaged SNN block output, quantised-ANN block output)
@@ -301,9 +317,12 @@ def finetune(snn: ConvertedSNN, qann: nn.Module, batches, steps: int, lr: float 
         ins: list[tuple] = []
         outs: list[torch.Tensor] = []
         target: list[torch.Tensor] = []
-        hooks = [smods[name].register_forward_pre_hook(lambda m, a: ins.append(tuple(v.detach() for v in a))),
-                 smods[name].register_forward_hook(lambda m, a, o: outs.append(o.detach())),
-                 rmods[name].register_forward_hook(lambda m, a, o: target.append(o.detach()))]
+        # the hooks live for this block's iteration only, so the lambdas binding this iteration's lists is right
+        hooks = [
+            smods[name].register_forward_pre_hook(lambda m, a: ins.append(tuple(v.detach() for v in a))),  # noqa: B023
+            smods[name].register_forward_hook(lambda m, a, o: outs.append(o.detach())),  # noqa: B023
+            rmods[name].register_forward_hook(lambda m, a, o: target.append(o.detach())),  # noqa: B023
+        ]
         first = last = float("nan")
         try:
             for i in range(steps):
@@ -343,6 +362,20 @@ def conversion_error(qann: nn.Module, snn: ConvertedSNN, x: torch.Tensor, t: tor
     return float((snn(x, t) - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-__all__ = ["NORMS", "ConvertedSNN", "IFNeuron", "RunningGroupNorm", "build_converted", "conversion_error", "convert",
-           "finetune", "if_step", "load_converted", "load_qann", "quant_layers", "running_group_norm", "save_converted",
-           "unet_blocks"]
+__all__ = [
+    "NORMS",
+    "ConvertedSNN",
+    "IFNeuron",
+    "RunningGroupNorm",
+    "build_converted",
+    "conversion_error",
+    "convert",
+    "finetune",
+    "if_step",
+    "load_converted",
+    "load_qann",
+    "quant_layers",
+    "running_group_norm",
+    "save_converted",
+    "unet_blocks",
+]

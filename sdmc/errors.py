@@ -4,6 +4,7 @@ Every user-facing failure is an :class:`SdmcError` (or a subclass) whose message
 and *where* (a file, a parameter key, a graph node, a module path).  The CLI prints the message and exits
 with status 2 instead of a traceback.
 """
+
 from __future__ import annotations
 
 

@@ -21,13 +21,14 @@ Stages, each writing into ``--out`` and printing one summary line:
 Nothing is faked: a stage that cannot run here (e.g. Lava not installed) says so and is skipped.
 ``summary.json`` records every stage's numbers.
 """
+
 from __future__ import annotations
 
 import json
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -36,8 +37,13 @@ from .errors import SdmcError
 from .utils import atomic_write_text
 
 # (solver name, steps, extra options); 'analytic-ddim' needs the Γ statistics estimated in the stage
-DEMO_SOLVERS = [("ddpm", 100, {}), ("ddim", 20, {}), ("dpm-solver-2", 20, {"method": "multistep"}),
-                ("dpm-solver++", 10, {}), ("analytic-ddim", 20, {})]
+DEMO_SOLVERS = [
+    ("ddpm", 100, {}),
+    ("ddim", 20, {}),
+    ("dpm-solver-2", 20, {"method": "multistep"}),
+    ("dpm-solver++", 10, {}),
+    ("analytic-ddim", 20, {}),
+]
 QUICK_SOLVERS = [("ddim", 5, {}), ("dpm-solver++", 5, {})]
 # QANN training steps of the full demo's convert stage (the SNN gets 600).  Measured on the shared 2-core box:
 # 300 steps + DDIM-20 on 256 images each for QANN and converted SNN = 197 s (train 163 s; QANN digits-FID 1312,
@@ -46,8 +52,16 @@ CONVERT_STEPS = 300
 
 
 class Pipeline:
-    def __init__(self, out: Path, quick: bool = False, device: str = "cpu", seed: int = 0,
-                 steps: int | None = None, n_samples: int | None = None, convert_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        out: Path,
+        quick: bool = False,
+        device: str = "cpu",
+        seed: int = 0,
+        steps: int | None = None,
+        n_samples: int | None = None,
+        convert_steps: int | None = None,
+    ) -> None:
         for flag, v in (("steps", steps), ("n-samples", n_samples), ("convert-steps", convert_steps)):
             if v is not None and v < 1:  # checked before anything is written
                 raise SdmcError(f"demo: --{flag} must be at least 1, got {v}")
@@ -110,8 +124,12 @@ class Pipeline:
 
         overrides = dict(out=str(self.out / "train"), device=self.device, seed=self.seed)
         if self.train_steps is not None:
-            overrides.update(steps=self.train_steps, sample_every=max(self.train_steps, 1),
-                             save_every=max(self.train_steps, 1), log_every=max(1, self.train_steps // 5))
+            overrides.update(
+                steps=self.train_steps,
+                sample_every=max(self.train_steps, 1),
+                save_every=max(self.train_steps, 1),
+                log_every=max(1, self.train_steps // 5),
+            )
         cfg = make_config("digits", **overrides)
         path = train(cfg, log=lambda s: print("  " + s, flush=True))
         self.model_path = Path(path)
@@ -124,20 +142,25 @@ class Pipeline:
                 if "loss" in rec:
                     losses.append(rec["loss"])
         m = self.cfg.model
-        return {"model": str(self.model_path.relative_to(self.out)), "arch": m.arch, "T": m.snn_steps,
-                "ch": m.ch, "steps": cfg.steps, "batch": cfg.batch_size,
-                "loss_first": round(losses[0], 4) if losses else None,
-                "loss_last": round(losses[-1], 4) if losses else None}
+        return {
+            "model": str(self.model_path.relative_to(self.out)),
+            "arch": m.arch,
+            "T": m.snn_steps,
+            "ch": m.ch,
+            "steps": cfg.steps,
+            "batch": cfg.batch_size,
+            "loss_first": round(losses[0], 4) if losses else None,
+            "loss_last": round(losses[-1], 4) if losses else None,
+        }
 
     def sample(self) -> dict:
+        from .backends.torch_exec import prepare
         from .data.images import save_grid
         from .diffusion.analytic import estimate_gamma
         from .diffusion.sampling import sample_images
         from .diffusion.schedule import NoiseSchedule
         from .metrics.digits import digits_scores
         from .metrics.evaluate import save_samples
-
-        from .backends.torch_exec import prepare
 
         schedule = NoiseSchedule(self.cfg.diffusion)
         fast = prepare(self.model, "inference")  # the compiled executor, as `sdmc sample` uses by default
@@ -149,29 +172,65 @@ class Pipeline:
             if name.startswith("analytic"):
                 if gamma is None:
                     from .data import load_dataset
+
                     ds = load_dataset("digits", img_size=self.cfg.model.img_size)
-                    gamma = estimate_gamma(self.model, schedule, ds, budget=2 if self.quick else 8,
-                                           batch_size=64, seed=self.seed, progress=False)
+                    gamma = estimate_gamma(
+                        self.model,
+                        schedule,
+                        ds,
+                        budget=2 if self.quick else 8,
+                        batch_size=64,
+                        seed=self.seed,
+                        progress=False,
+                    )
                 kw["gamma"] = gamma
             t0 = time.perf_counter()
-            imgs = sample_images(fast, schedule, self.n_samples, solver=name, steps=steps, batch_size=128,
-                                 seed=self.seed, device=self.device, progress=False, **kw)
+            imgs = sample_images(
+                fast,
+                schedule,
+                self.n_samples,
+                solver=name,
+                steps=steps,
+                batch_size=128,
+                seed=self.seed,
+                device=self.device,
+                progress=False,
+                **kw,
+            )
             secs = time.perf_counter() - t0
             tag = f"{name}_{steps}"
             save_grid(imgs[:64], self.out / f"samples_{tag}.png", nrow=8)
             save_samples(self.out / f"samples_{tag}.npz", imgs)
             scores = digits_scores(imgs)
-            rows[tag] = {"seconds": round(secs, 1), "digits_fid": round(float(scores["digits_fid"]), 1),
-                         "digits_is": round(float(scores["digits_is"]), 2)}
-            print(f"  {tag:>18}: {secs:6.1f}s  digits-FID {rows[tag]['digits_fid']:8.1f}  "
-                  f"digits-IS {rows[tag]['digits_is']:.2f}", flush=True)
+            rows[tag] = {
+                "seconds": round(secs, 1),
+                "digits_fid": round(float(scores["digits_fid"]), 1),
+                "digits_is": round(float(scores["digits_is"]), 2),
+            }
+            print(
+                f"  {tag:>18}: {secs:6.1f}s  digits-FID {rows[tag]['digits_fid']:8.1f}  "
+                f"digits-IS {rows[tag]['digits_is']:.2f}",
+                flush=True,
+            )
         # threshold guidance (SDM §4.3) on the DDIM row, and the untrained reference for scale
         name, steps, _ = next(row for row in solvers if row[0] == "ddim")
-        imgs = sample_images(fast, schedule, self.n_samples, solver=name, steps=steps, batch_size=128,
-                             seed=self.seed, device=self.device, progress=False, threshold=0.997)
+        imgs = sample_images(
+            fast,
+            schedule,
+            self.n_samples,
+            solver=name,
+            steps=steps,
+            batch_size=128,
+            seed=self.seed,
+            device=self.device,
+            progress=False,
+            threshold=0.997,
+        )
         s = digits_scores(imgs)
-        rows[f"{name}_{steps}_threshold0.997"] = {"digits_fid": round(float(s["digits_fid"]), 1),
-                                                  "digits_is": round(float(s["digits_is"]), 2)}
+        rows[f"{name}_{steps}_threshold0.997"] = {
+            "digits_fid": round(float(s["digits_fid"]), 1),
+            "digits_is": round(float(s["digits_is"]), 2),
+        }
         noise = torch.randn(self.n_samples, *imgs.shape[1:], generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
         rows["reference_gaussian_noise"] = {"digits_fid": round(float(digits_scores(noise)["digits_fid"]), 1)}
         best = min((v["digits_fid"], k) for k, v in rows.items() if "seconds" in v)
@@ -204,23 +263,36 @@ class Pipeline:
         with torch.no_grad():
             got = ex(x.double(), t).numpy()
         eager = self._eager64(x, t)
-        return {"nodes": len(list(graph)), "inference_nodes": len(list(inf)), "neuromorphic_nodes": len(list(neu)),
-                "executor_vs_golden_maxdiff": float(np.abs(got - ref).max()),
-                "eager_vs_golden_maxdiff": float(np.abs(eager - ref).max()),
-                "files": "model.ir.sdmc, model.inference.sdmc, model.neuromorphic.sdmc, model.torch.sdmc, inspect.txt"}
+        return {
+            "nodes": len(list(graph)),
+            "inference_nodes": len(list(inf)),
+            "neuromorphic_nodes": len(list(neu)),
+            "executor_vs_golden_maxdiff": float(np.abs(got - ref).max()),
+            "eager_vs_golden_maxdiff": float(np.abs(eager - ref).max()),
+            "files": "model.ir.sdmc, model.inference.sdmc, model.neuromorphic.sdmc, model.torch.sdmc, inspect.txt",
+        }
 
     def energy(self) -> dict:
         from .energy import analyze
 
-        rep = analyze(self.model, data="digits", solver="ddim", steps=20, n_images=16 if self.quick else 32,
-                      calib_steps=4 if self.quick else 8, seed=self.seed)
+        rep = analyze(
+            self.model,
+            data="digits",
+            solver="ddim",
+            steps=20,
+            n_images=16 if self.quick else 32,
+            calib_steps=4 if self.quick else 8,
+            seed=self.seed,
+        )
         rep.write(self.out / "energy.json", "json")
         rep.write(self.out / "energy.md", "markdown")
         rep.plot(self.out / "energy.png")
         rep.print(layers=False)
         d = rep.to_dict()
-        out = {"files": "energy.json, energy.md, energy.png",
-               "mean_firing_rate": round(float(d["calibration"]["mean_firing_rate"]), 4)}
+        out = {
+            "files": "energy.json, energy.md, energy.png",
+            "mean_firing_rate": round(float(d["calibration"]["mean_firing_rate"]), 4),
+        }
         for conv, tot in d["totals"].items():
             out[f"{conv}_mJ_per_image"] = round(tot["per_image_mJ"], 4)
         ann = d.get("ann") or {}
@@ -241,8 +313,11 @@ class Pipeline:
         g = torch.Generator().manual_seed(seed)
         x0 = torch.stack([ds[offset + i][0] for i in range(n)]).double()
         sched = NoiseSchedule(self.cfg.diffusion)
-        t = ((torch.arange(n) + torch.rand(n, generator=g)) * sched.num_timesteps / n).long().clamp_max(
-            sched.num_timesteps - 1)
+        t = (
+            ((torch.arange(n) + torch.rand(n, generator=g)) * sched.num_timesteps / n)
+            .long()
+            .clamp_max(sched.num_timesteps - 1)
+        )
         xt = sched.q_sample(x0, t, torch.randn(x0.shape, generator=g, dtype=x0.dtype))
         return {"x": xt.double().numpy(), "t": t.numpy()}
 
@@ -265,11 +340,16 @@ class Pipeline:
         res = unet.resources(net, plan.graph)
         atomic_write_text(self.out / "lava_resources.txt", unet.format_resources(res, top=len(net.populations)) + "\n")
         tot = res["totals"]
-        out.update(populations=tot["populations"], projections=tot["projections"], neurons=tot["neurons"],
-                   synapses=tot["synapses"], loihi2_cores=tot["cores"], loihi2_chips=tot["chips"],
-                   calib_output_rel_error=round(float(rep.output_error), 5))
-        export = unet.export_dir(net, plan, rep, self.out / "lava",
-                                 resources=res)
+        out.update(
+            populations=tot["populations"],
+            projections=tot["projections"],
+            neurons=tot["neurons"],
+            synapses=tot["synapses"],
+            loihi2_cores=tot["cores"],
+            loihi2_chips=tot["chips"],
+            calib_output_rel_error=round(float(rep.output_error), 5),
+        )
+        export = unet.export_dir(net, plan, rep, self.out / "lava", resources=res)
         # from here on everything runs the exported net as read back (what a user of the export gets); the
         # float reference needs the compiled graph: the export's graph.sdmc holds only the host part
         full = plan.graph
@@ -281,35 +361,46 @@ class Pipeline:
         (o,) = [n.name for n in plan.graph.output_nodes]
         eager = self._eager64(torch.from_numpy(inputs["x"]), torch.from_numpy(inputs["t"]))
         mism = {p: float(np.mean(hy["spikes"][p] != ref[p].astype(bool))) for p in pops}
-        out.update(eval_samples=n_eval,
-                   output_rel_error_vs_golden=round(unet.rel_error(hy["outputs"][o], ref[o]), 5),
-                   output_rel_error_vs_torch=round(unet.rel_error(hy["outputs"][o], eager), 5),
-                   spike_mismatch_mean=round(float(np.mean(list(mism.values()))), 5),
-                   spike_mismatch_max=round(max(mism.values()), 5),
-                   numpy_loihi_seconds_per_sample=round(hy["times"]["run"] / n_eval, 3))
-        text = [rep.format(), "",
-                f"held-out check ({n_eval} noised test digits, not the {n_cal} calibration ones), exported net "
-                f"read back: output relative error {out['output_rel_error_vs_golden']:.4g} vs the float golden, "
-                f"{out['output_rel_error_vs_torch']:.4g} vs the torch model",
-                f"{'population':<28}{'spike mismatch':>15}"] + [f"{p[-27:]:<28}{v:>15.4f}" for p, v in mism.items()]
+        out.update(
+            eval_samples=n_eval,
+            output_rel_error_vs_golden=round(unet.rel_error(hy["outputs"][o], ref[o]), 5),
+            output_rel_error_vs_torch=round(unet.rel_error(hy["outputs"][o], eager), 5),
+            spike_mismatch_mean=round(float(np.mean(list(mism.values()))), 5),
+            spike_mismatch_max=round(max(mism.values()), 5),
+            numpy_loihi_seconds_per_sample=round(hy["times"]["run"] / n_eval, 3),
+        )
+        text = [
+            rep.format(),
+            "",
+            f"held-out check ({n_eval} noised test digits, not the {n_cal} calibration ones), exported net "
+            f"read back: output relative error {out['output_rel_error_vs_golden']:.4g} vs the float golden, "
+            f"{out['output_rel_error_vs_torch']:.4g} vs the torch model",
+            f"{'population':<28}{'spike mismatch':>15}",
+        ] + [f"{p[-27:]:<28}{v:>15.4f}" for p, v in mism.items()]
         atomic_write_text(self.out / "lava_quantisation.txt", "\n".join(text) + "\n")
-        out["files"] = ("lava/ (manifest.json, segment_NN.h5 netx files, projections.h5, graph.sdmc), "
-                        "lava_quantisation.txt, lava_resources.txt")
+        out["files"] = (
+            "lava/ (manifest.json, segment_NN.h5 netx files, projections.h5, graph.sdmc), "
+            "lava_quantisation.txt, lava_resources.txt"
+        )
         # one sample through Lava's fixed-point CPU simulation: spikes must equal the numpy model's
         try:
             compat.import_lava()
         except compat.LavaUnavailable as e:
             out["lava"] = f"not run: {e}"
             return out
-        out["netx_segment"] = self._stock_netx_segment(export, manifest,
-                                                       {k: v[:, :n_lava] for k, v in hy["spikes"].items()})
+        out["netx_segment"] = self._stock_netx_segment(
+            export, manifest, {k: v[:, :n_lava] for k, v in hy["spikes"].items()}
+        )
         one = {k: v[:n_lava] for k, v in inputs.items()}
         la = unet.run_hybrid(net, plan, one, lava=True, probe=pops)
         same = all(np.array_equal(la["spikes"][p], hy["spikes"][p][:, :n_lava]) for p in pops)
         tm = la["times"]
-        out.update(lava_samples=n_lava, lava_spikes_equal_numpy_model=bool(same),
-                   lava_output_equal_numpy_model=bool(np.array_equal(la["outputs"][o], hy["outputs"][o][:n_lava])),
-                   lava_first_sample_seconds=round(tm["build"] + tm["first_run"], 1))
+        out.update(
+            lava_samples=n_lava,
+            lava_spikes_equal_numpy_model=bool(same),
+            lava_output_equal_numpy_model=bool(np.array_equal(la["outputs"][o], hy["outputs"][o][:n_lava])),
+            lava_first_sample_seconds=round(tm["build"] + tm["first_run"], 1),
+        )
         if n_lava > 1:  # later samples reuse the compiled Lava network
             out["lava_seconds_per_sample"] = round(tm["run"] / (n_lava - 1), 2)
         return out
@@ -330,15 +421,22 @@ class Pipeline:
             names = seg["populations"]
             if seg.get("input_kind") != "spikes" or seg.get("input") not in spikes:
                 continue
-            if any(fan_in[n] != 1 or (pops[n].get("bias") or {}).get("file", seg["file"]) != seg["file"]
-                   for n in names):
+            if any(
+                fan_in[n] != 1 or (pops[n].get("bias") or {}).get("file", seg["file"]) != seg["file"] for n in names
+            ):
                 continue
             t0 = time.perf_counter()
             res = run_netx(export / seg["file"], spikes[seg["input"]], input_message_bits=0, read_v=False)
-            same = len(res.spikes) == len(names) and all(np.array_equal(a, spikes[n])
-                                                         for a, n in zip(res.spikes, names))
-            return {"file": f"lava/{seg['file']}", "input": seg["input"], "populations": names,
-                    "stock_netx_spikes_equal_numpy_model": bool(same), "seconds": round(time.perf_counter() - t0, 1)}
+            same = len(res.spikes) == len(names) and all(
+                np.array_equal(a, spikes[n]) for a, n in zip(res.spikes, names)
+            )
+            return {
+                "file": f"lava/{seg['file']}",
+                "input": seg["input"],
+                "populations": names,
+                "stock_netx_spikes_equal_numpy_model": bool(same),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
         return {"note": "no segment file of this export is a net on its own (every one reads wiring or host input)"}
 
     def convert(self) -> dict:
@@ -354,46 +452,80 @@ class Pipeline:
 
         out = self.partial
         steps = self.convert_steps
-        cfg = make_config("digits-qann-2bit", out=str(self.out / "convert" / "qann"), device=self.device,
-                          seed=self.seed, steps=steps, sample_every=steps, save_every=steps, sample_n=0,
-                          log_every=max(1, steps // 5), tensorboard=False, progress=False)
+        cfg = make_config(
+            "digits-qann-2bit",
+            out=str(self.out / "convert" / "qann"),
+            device=self.device,
+            seed=self.seed,
+            steps=steps,
+            sample_every=steps,
+            save_every=steps,
+            sample_n=0,
+            log_every=max(1, steps // 5),
+            tensorboard=False,
+            progress=False,
+        )
         t0 = time.perf_counter()
         path = Path(train(cfg, log=lambda s: print("  " + s, flush=True)))
-        out.update(qann_train_steps=steps, qann_train_seconds=round(time.perf_counter() - t0, 1),
-                   qann=str(path.relative_to(self.out)))
+        out.update(
+            qann_train_steps=steps,
+            qann_train_seconds=round(time.perf_counter() - t0, 1),
+            qann=str(path.relative_to(self.out)),
+        )
         qann, qcfg, _ = cv.load_qann(path)
         qann = qann.to(self.device).eval()
-        snn = cv.convert(qann).to(self.device).eval()   # the paper's conversion: unsigned spikes, GroupNorm per step
+        snn = cv.convert(qann).to(self.device).eval()  # the paper's conversion: unsigned spikes, GroupNorm per step
         cv.save_converted(self.out / "convert" / "converted.safetensors", snn, qcfg)
         chk = self._heldout_noised(16, 0, self.seed + 13)
         with torch.no_grad():
-            err = cv.conversion_error(qann, snn, torch.from_numpy(chk["x"]).float().to(self.device),
-                                      torch.from_numpy(chk["t"]).to(self.device))
+            err = cv.conversion_error(
+                qann,
+                snn,
+                torch.from_numpy(chk["x"]).float().to(self.device),
+                torch.from_numpy(chk["t"]).to(self.device),
+            )
         out.update(T=snn.steps, conversion_rel_error=round(err, 4), converted="convert/converted.safetensors")
         schedule = NoiseSchedule(qcfg.diffusion)
         solvers = QUICK_SOLVERS if self.quick else DEMO_SOLVERS
-        _, sstep, _ = next(row for row in solvers if row[0] == "ddim")   # the sample stage's DDIM settings
+        _, sstep, _ = next(row for row in solvers if row[0] == "ddim")  # the sample stage's DDIM settings
         tag = f"ddim_{sstep}"
         grid = []
         for name, model in (("qann", qann), ("converted", snn)):
             t0 = time.perf_counter()
-            imgs = sample_images(model, schedule, self.n_samples, solver="ddim", steps=sstep, batch_size=128,
-                                 seed=self.seed, device=self.device, progress=False)
+            imgs = sample_images(
+                model,
+                schedule,
+                self.n_samples,
+                solver="ddim",
+                steps=sstep,
+                batch_size=128,
+                seed=self.seed,
+                device=self.device,
+                progress=False,
+            )
             out[f"{name}_sample_seconds"] = round(time.perf_counter() - t0, 1)
             out[f"{name}_digits_fid"] = round(float(digits_scores(imgs)["digits_fid"]), 1)
             grid.append(to_uint8(imgs[:8]))
         direct = self.summary.get("sample", {}).get("solvers", {}).get(tag, {})
-        out.update(direct_snn_digits_fid=direct.get("digits_fid"), direct_snn_train_steps=
-                   self.summary.get("train", {}).get("steps"), solver=tag, n=self.n_samples)
+        out.update(
+            direct_snn_digits_fid=direct.get("digits_fid"),
+            direct_snn_train_steps=self.summary.get("train", {}).get("steps"),
+            solver=tag,
+            n=self.n_samples,
+        )
         snn_npz = self.out / f"samples_{tag}.npz"
         if snn_npz.exists():
             with np.load(snn_npz) as z:
                 grid.append(z["images"][:8])
         save_grid(np.concatenate(grid), self.out / "convert_grid.png", nrow=8)
-        out["grid"] = "convert_grid.png (rows: QANN, converted SNN" + (", directly trained SNN)" if len(grid) > 2
-                                                                       else ")")
-        print(f"  {tag} digits-FID: QANN {out['qann_digits_fid']}, converted SNN {out['converted_digits_fid']}, "
-              f"directly trained SNN {out['direct_snn_digits_fid']}", flush=True)
+        out["grid"] = "convert_grid.png (rows: QANN, converted SNN" + (
+            ", directly trained SNN)" if len(grid) > 2 else ")"
+        )
+        print(
+            f"  {tag} digits-FID: QANN {out['qann_digits_fid']}, converted SNN {out['converted_digits_fid']}, "
+            f"directly trained SNN {out['direct_snn_digits_fid']}",
+            flush=True,
+        )
         return out
 
     def run(self) -> dict:
@@ -410,7 +542,15 @@ class Pipeline:
         return self.summary
 
 
-def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "cpu", seed: int = 0,
-             steps: int | None = None, n_samples: int | None = None, convert_steps: int | None = None) -> dict:
-    return Pipeline(Path(out), quick=quick, device=device, seed=seed, steps=steps, n_samples=n_samples,
-                    convert_steps=convert_steps).run()
+def run_demo(
+    out: str | Path = "runs/demo",
+    quick: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+    steps: int | None = None,
+    n_samples: int | None = None,
+    convert_steps: int | None = None,
+) -> dict:
+    return Pipeline(
+        Path(out), quick=quick, device=device, seed=seed, steps=steps, n_samples=n_samples, convert_steps=convert_steps
+    ).run()

@@ -7,9 +7,10 @@ padded windows and a matmul.  Values are held as ``[B, *shape]`` (static) or ``[
     >>> out = run(graph, {"x": x, "t": t})["out"]            # outputs by output-node name
     >>> vals = run(graph, [x, t], all_values=True)           # every node's value, spikes included
 """
+
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -20,8 +21,9 @@ from sdmc.ir.graph import FLOAT_DTYPES
 
 
 # ------------------------------------------------------------------------------------ pure functions
-def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
-           groups: int = 1) -> np.ndarray:
+def conv2d(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1
+) -> np.ndarray:
     """``y[n, o, i, j] = b[o] + sum_{c, u, v} w[o, c, u, v] * xpad[n, g*C/G + c, i*s + u*d, j*s + v*d]``.
 
     ``x`` ``[N, C, H, W]``, ``w`` ``[O, C/groups, kh, kw]``.
@@ -72,8 +74,15 @@ def neuron(x: np.ndarray, node: Node, w: np.ndarray | None = None) -> np.ndarray
     return out
 
 
-def batchnorm(x: np.ndarray, caxis: int, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray | None,
-              beta: np.ndarray | None, eps: float) -> np.ndarray:
+def batchnorm(
+    x: np.ndarray,
+    caxis: int,
+    mean: np.ndarray,
+    var: np.ndarray,
+    gamma: np.ndarray | None,
+    beta: np.ndarray | None,
+    eps: float,
+) -> np.ndarray:
     """``(x - mean) / sqrt(var + eps) * gamma + beta`` with per-channel vectors on axis ``caxis``."""
     shp = [1] * x.ndim
     shp[caxis] = -1
@@ -85,8 +94,14 @@ def batchnorm(x: np.ndarray, caxis: int, mean: np.ndarray, var: np.ndarray, gamm
     return y
 
 
-def groupnorm(x: np.ndarray, groups: int, gamma: np.ndarray | None, beta: np.ndarray | None, eps: float,
-              stats: np.ndarray | None = None) -> np.ndarray:
+def groupnorm(
+    x: np.ndarray,
+    groups: int,
+    gamma: np.ndarray | None,
+    beta: np.ndarray | None,
+    eps: float,
+    stats: np.ndarray | None = None,
+) -> np.ndarray:
     """GroupNorm of ``x`` ``[N, C, ...]`` with the biased mean / variance of each (sample, group) of
     ``stats`` (default ``x``): ``(x - mu) / sqrt(var + eps) * gamma[c] + beta[c]``."""
     N, C = x.shape[:2]
@@ -115,7 +130,7 @@ class _Ctx:
 
     def align(self, a: np.ndarray, t: ValueType, per_step: bool, rank: int) -> np.ndarray:
         """View ``a`` as ``[T|1, B, 1.., *shape]`` (per_step) or ``[B, 1.., *shape]`` with sample rank ``rank``."""
-        lead = a.shape[:self.lead(t)]
+        lead = a.shape[: self.lead(t)]
         if per_step and not t.per_step:
             lead = (1,) + lead
         return a.reshape(lead + (1,) * (rank - len(t.shape)) + t.shape)
@@ -129,8 +144,9 @@ class _Ctx:
 
 
 def _conv2d(c: _Ctx, n, xs, ts):
-    y = conv2d(c.fold(xs[0], ts[0]), c.p(n.weight), c.p(n.bias), _pair(n.stride), _pair(n.padding),
-               _pair(n.dilation), n.groups)
+    y = conv2d(
+        c.fold(xs[0], ts[0]), c.p(n.weight), c.p(n.bias), _pair(n.stride), _pair(n.padding), _pair(n.dilation), n.groups
+    )
     return c.unfold(y, ts[0])
 
 
@@ -140,8 +156,12 @@ def _conv3d(c: _Ctx, n, xs, ts):
 
 
 def _scaled_conv2d(c: _Ctx, n, xs, ts):
-    y = c.unfold(conv2d(c.fold(xs[0], ts[0]), c.p(n.weight), None, _pair(n.stride), _pair(n.padding),
-                        _pair(n.dilation), n.groups), ts[0])
+    y = c.unfold(
+        conv2d(
+            c.fold(xs[0], ts[0]), c.p(n.weight), None, _pair(n.stride), _pair(n.padding), _pair(n.dilation), n.groups
+        ),
+        ts[0],
+    )
     if not ts[0].per_step:
         y = np.broadcast_to(y[None], (c.T,) + y.shape)
     if n.scale is not None:
@@ -196,6 +216,7 @@ def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
         ps = any(t.per_step for t in ts)
         rank = max(len(t.shape) for t in ts)
         return fn(*(c.align(x, t, ps, rank) for x, t in zip(xs, ts)))
+
     return run
 
 
@@ -217,7 +238,7 @@ def _upsample(c: _Ctx, n, xs, ts):
 
 def _reshape(c: _Ctx, n, xs, ts):
     x = xs[0]
-    return x.reshape(x.shape[:c.lead(ts[0])] + tuple(n.shape))
+    return x.reshape(x.shape[: c.lead(ts[0])] + tuple(n.shape))
 
 
 def _repeat(c: _Ctx, n, xs, ts):
@@ -246,15 +267,28 @@ def _pair(v) -> tuple[int, int]:
 
 
 KERNELS: dict[str, Callable] = {
-    "conv2d": _conv2d, "scaled_conv2d": _scaled_conv2d, "conv3d": _conv3d, "linear": _linear, "tsm_scale": _tsm, "batchnorm": _bn,
+    "conv2d": _conv2d,
+    "scaled_conv2d": _scaled_conv2d,
+    "conv3d": _conv3d,
+    "linear": _linear,
+    "tsm_scale": _tsm,
+    "batchnorm": _bn,
     "groupnorm": _gn,
-    "if": _neuron, "lif": _neuron, "plif": _neuron,
-    "add": _binary(np.add), "mul": _binary(np.multiply),
+    "if": _neuron,
+    "lif": _neuron,
+    "plif": _neuron,
+    "add": _binary(np.add),
+    "mul": _binary(np.multiply),
     "swish": lambda c, n, xs, ts: xs[0] * expit(xs[0]),
     "sigmoid": lambda c, n, xs, ts: expit(xs[0]),
     "scale": lambda c, n, xs, ts: xs[0] * float(n.factor),
-    "concat": _concat, "upsample": _upsample, "reshape": _reshape, "repeat": _repeat, "embedding": _embedding,
-    "membrane_readout": _readout, "output": lambda c, n, xs, ts: xs[0],
+    "concat": _concat,
+    "upsample": _upsample,
+    "reshape": _reshape,
+    "repeat": _repeat,
+    "embedding": _embedding,
+    "membrane_readout": _readout,
+    "output": lambda c, n, xs, ts: xs[0],
 }
 
 
@@ -282,15 +316,23 @@ def _bind_overrides(graph: Graph, overrides: Mapping[str, np.ndarray], B: int) -
         t = graph.nodes[k].type
         a = np.asarray(v, np.float64)
         if a.shape != t.full_shape(graph.T, B):
-            raise IRError(f"golden.run: override for node {k!r} has shape {list(a.shape)}, expected "
-                          f"{list(t.full_shape(graph.T, B))}")
+            raise IRError(
+                f"golden.run: override for node {k!r} has shape {list(a.shape)}, expected "
+                f"{list(t.full_shape(graph.T, B))}"
+            )
         out[k] = a
     return out
 
 
-def run(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, training: bool = False,
-        all_values: bool = False, keep: Sequence[str] = (),
-        overrides: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def run(
+    graph: Graph,
+    inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+    *,
+    training: bool = False,
+    all_values: bool = False,
+    keep: Sequence[str] = (),
+    overrides: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
     """Interpret ``graph`` on ``inputs`` (by input-node name, or in input-node order).
 
     Returns ``{output name: array}`` plus the values of the nodes named in ``keep``, or with

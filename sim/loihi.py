@@ -18,6 +18,7 @@ step ``t`` what it received at ``t-1`` (one step of delay per layer), so layer `
 input sample ``k`` at step ``k + 1 + n``.  With ``reset_interval = R`` layer ``n`` zeroes ``u, v`` before
 integrating at every step with ``t % R == (reset_offset + n) % R`` (netx's per-layer offsets).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,13 +30,13 @@ from sdmc.errors import SdmcError
 DECAY_SHIFT = 12
 DECAY_UNITY = 1 << DECAY_SHIFT
 STATE_BITS = 24
-MAX_STATE = 1 << (STATE_BITS - 1)           # 2^23: u wraps past it, v is clipped to +-(2^23 - 1)
+MAX_STATE = 1 << (STATE_BITS - 1)  # 2^23: u wraps past it, v is clipped to +-(2^23 - 1)
 ACT_SHIFT = VTH_SHIFT = 6
-MAX_CURRENT = MAX_STATE >> ACT_SHIFT        # |a_in| per step must stay <= 2^17 weight units (u wraps)
+MAX_CURRENT = MAX_STATE >> ACT_SHIFT  # |a_in| per step must stay <= 2^17 weight units (u wraps)
 MAX_VOLTAGE = (MAX_STATE - 1) >> ACT_SHIFT  # |v| saturates at 131071 weight units
-MAX_VTH = (1 << 17) - 1                     # vth mantissa: unsigned 17 bit
-MAX_BIAS = (1 << 12) - 1                    # bias mantissa: signed 13 bit on the chip
-WEIGHT_MIN, WEIGHT_MAX = -128, 127          # 8-bit signed mantissas: exact through netx dense and conv
+MAX_VTH = (1 << 17) - 1  # vth mantissa: unsigned 17 bit
+MAX_BIAS = (1 << 12) - 1  # bias mantissa: signed 13 bit on the chip
+WEIGHT_MIN, WEIGHT_MAX = -128, 127  # 8-bit signed mantissas: exact through netx dense and conv
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,9 @@ def _decay(x: np.ndarray, d: int) -> np.ndarray:
     return (np.sign(p) * (np.abs(p) >> DECAY_SHIFT)).astype(np.int64)
 
 
-def cuba_step(u: np.ndarray, v: np.ndarray, a_in: np.ndarray, bias_mant: np.ndarray | int,
-              p: Cuba) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cuba_step(
+    u: np.ndarray, v: np.ndarray, a_in: np.ndarray, bias_mant: np.ndarray | int, p: Cuba
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One ``PyLifModelBitAcc`` step; returns new ``(u, v, spikes)`` (int64, int64, bool).  Pure."""
     cur = _decay(u, p.du + 1).astype(np.int32).astype(np.int64) + (np.asarray(a_in, np.int64) << ACT_SHIFT)
     wrapped = np.where(cur > MAX_STATE, cur - 2 * MAX_STATE, cur)
@@ -129,8 +131,9 @@ def signed_clamp(x: np.ndarray, bits: int = STATE_BITS) -> np.ndarray:
     return (x + base // 2) % base - base // 2
 
 
-def conv2d_f64(x: np.ndarray, w: np.ndarray, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
-               groups: int = 1) -> np.ndarray:
+def conv2d_f64(
+    x: np.ndarray, w: np.ndarray, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1
+) -> np.ndarray:
     """Float64 cross-correlation ``[B, C, H, W] * [O, C/groups, kh, kw] -> [B, O, H', W']`` (BLAS tensordot)."""
     B, C, H, W = x.shape
     w = np.asarray(w, np.float64)
@@ -170,8 +173,9 @@ def check_chain(chain: LoihiChain) -> None:
         if w.dtype.kind not in "iu":
             raise SdmcError(f"{where}: weights must be integers, got {w.dtype}")
         if w.size and (w.min() < WEIGHT_MIN or w.max() > WEIGHT_MAX):
-            raise SdmcError(f"{where}: weights span [{w.min()}, {w.max()}], outside the 8-bit range "
-                            f"[{WEIGHT_MIN}, {WEIGHT_MAX}]")
+            raise SdmcError(
+                f"{where}: weights span [{w.min()}, {w.max()}], outside the 8-bit range [{WEIGHT_MIN}, {WEIGHT_MAX}]"
+            )
         if layer.bias is not None:
             b = np.asarray(layer.bias)
             if b.dtype.kind not in "iu" or (b.size and np.abs(b).max() > MAX_BIAS):
@@ -186,8 +190,14 @@ def check_chain(chain: LoihiChain) -> None:
             raise SdmcError(f"{where}: unknown kind {layer.kind!r} (expected 'conv' or 'dense')")
 
 
-def run_chain(chain: LoihiChain, x: np.ndarray, *, num_steps: int | None = None,
-              reset_interval: int | None = None, reset_offset: int = 1) -> dict[str, list[np.ndarray]]:
+def run_chain(
+    chain: LoihiChain,
+    x: np.ndarray,
+    *,
+    num_steps: int | None = None,
+    reset_interval: int | None = None,
+    reset_offset: int = 1,
+) -> dict[str, list[np.ndarray]]:
     """Simulate ``chain`` on inputs ``x`` ``[N, B, *input_shape]`` over Lava steps ``1..num_steps``.
 
     ``x[k]`` is sent at step ``k + 1``; steps past ``N`` send zeros (default ``num_steps = N + L``).
@@ -197,7 +207,9 @@ def run_chain(chain: LoihiChain, x: np.ndarray, *, num_steps: int | None = None,
     check_chain(chain)
     x = np.asarray(x)
     if x.ndim != 2 + len(chain.input_shape) or tuple(x.shape[2:]) != tuple(chain.input_shape):
-        raise SdmcError(f"run_chain: input must be [N, B, {', '.join(map(str, chain.input_shape))}], got {list(x.shape)}")
+        raise SdmcError(
+            f"run_chain: input must be [N, B, {', '.join(map(str, chain.input_shape))}], got {list(x.shape)}"
+        )
     L, N, B = len(chain.layers), x.shape[0], x.shape[1]
     steps = N + L if num_steps is None else int(num_steps)
     shapes = chain.shapes()
@@ -212,8 +224,10 @@ def run_chain(chain: LoihiChain, x: np.ndarray, *, num_steps: int | None = None,
         else:
             b = np.asarray(layer.bias, np.int64)
             bias.append(b.reshape((-1,) + (1,) * (len(shapes[i + 1]) - 1)) if b.ndim == 1 else b)
-    out = {k: [np.zeros((steps, B) + shapes[i + 1], np.int64 if k != "spikes" else bool) for i in range(L)]
-           for k in ("spikes", "v", "u")}
+    out = {
+        k: [np.zeros((steps, B) + shapes[i + 1], np.int64 if k != "spikes" else bool) for i in range(L)]
+        for k in ("spikes", "v", "u")
+    }
     for t in range(1, steps + 1):
         s_prev = xin[t - 1] if t - 1 < N else np.zeros_like(xin[0])
         for i, layer in enumerate(chain.layers):
@@ -244,14 +258,23 @@ def resources(chain: LoihiChain) -> list[dict]:
             synapses, fan_in = int(np.rint(taps.sum())), int(np.rint(taps.max()))
         else:
             synapses, fan_in = int(w.size), int(w.shape[1])
-        out.append({"layer": L.name or f"layer{i + 1}", "kind": L.kind, "neurons": n_out, "axons": n_in,
-                    "weights": int(w.size), "synapses": synapses, "max_fan_in": fan_in})
+        out.append(
+            {
+                "layer": L.name or f"layer{i + 1}",
+                "kind": L.kind,
+                "neurons": n_out,
+                "axons": n_in,
+                "weights": int(w.size),
+                "synapses": synapses,
+                "max_fan_in": fan_in,
+            }
+        )
     return out
 
 
 def aligned_spikes(result: dict[str, list[np.ndarray]], T: int) -> list[np.ndarray]:
     """Undo the pipeline delay: layer ``n``'s response to samples ``0..T-1`` (steps ``n+1..n+T``)."""
-    return [s[n:n + T] for n, s in enumerate(result["spikes"], start=1)]
+    return [s[n : n + T] for n, s in enumerate(result["spikes"], start=1)]
 
 
 # ================================================================================ networks (DAGs)
@@ -346,19 +369,25 @@ def _is_int_array(a) -> bool:
 
 def _check_weight(w, where: str, ndim: int) -> np.ndarray:
     if not _is_int_array(w):
-        raise SdmcError(f"{where}: weight must be an integer numpy array, got "
-                        f"{type(w).__name__ if not isinstance(w, np.ndarray) else w.dtype}")
+        raise SdmcError(
+            f"{where}: weight must be an integer numpy array, got "
+            f"{type(w).__name__ if not isinstance(w, np.ndarray) else w.dtype}"
+        )
     if w.ndim != ndim:
         raise SdmcError(f"{where}: weight must have {ndim} dimensions, got shape {list(w.shape)}")
     if w.size and (w.min() < WEIGHT_MIN or w.max() > WEIGHT_MAX):
-        raise SdmcError(f"{where}: weights span [{w.min()}, {w.max()}], outside the 8-bit range "
-                        f"[{WEIGHT_MIN}, {WEIGHT_MAX}]")
+        raise SdmcError(
+            f"{where}: weights span [{w.min()}, {w.max()}], outside the 8-bit range [{WEIGHT_MIN}, {WEIGHT_MAX}]"
+        )
     return w
 
 
 def _pair(x, where: str, what: str, lo: int) -> tuple[int, int]:
-    if (not isinstance(x, (tuple, list)) or len(x) != 2
-            or not all(isinstance(i, (int, np.integer)) and i >= lo for i in x)):
+    if (
+        not isinstance(x, (tuple, list))
+        or len(x) != 2
+        or not all(isinstance(i, (int, np.integer)) and i >= lo for i in x)
+    ):
         raise SdmcError(f"{where}: {what} must be a pair of integers >= {lo}, got {x!r}")
     return int(x[0]), int(x[1])
 
@@ -417,11 +446,15 @@ def check_net(net: LoihiNet) -> LoihiNet:
             if not _is_int_array(b):
                 raise SdmcError(f"{where}: bias must be an integer numpy array")
             if b.shape != shape and b.shape != shape[:1]:
-                raise SdmcError(f"{where}: bias shape {list(b.shape)} is neither [C] = {list(shape[:1])} "
-                                f"nor the population shape {list(shape)}")
+                raise SdmcError(
+                    f"{where}: bias shape {list(b.shape)} is neither [C] = {list(shape[:1])} "
+                    f"nor the population shape {list(shape)}"
+                )
             if b.size and np.abs(b.astype(np.int64)).max() > MAX_BIAS:
-                raise SdmcError(f"{where}: bias reaches {np.abs(b.astype(np.int64)).max()}, outside the "
-                                f"13-bit mantissa range +-{MAX_BIAS}")
+                raise SdmcError(
+                    f"{where}: bias reaches {np.abs(b.astype(np.int64)).max()}, outside the "
+                    f"13-bit mantissa range +-{MAX_BIAS}"
+                )
         order[n.name] = len([v for v in order.values() if v >= 0])
     for i, p in enumerate(net.projections):
         if not isinstance(p, Projection):
@@ -434,8 +467,10 @@ def check_net(net: LoihiNet) -> LoihiNet:
         if order[p.dst] < 0:
             raise SdmcError(f"{where}: the destination {p.dst!r} is a source; projections end at populations")
         if order[p.src] >= order[p.dst]:
-            raise SdmcError(f"{where}: population {p.src!r} does not come before {p.dst!r}; populations must "
-                            "be listed in topological order")
+            raise SdmcError(
+                f"{where}: population {p.src!r} does not come before {p.dst!r}; populations must "
+                "be listed in topological order"
+            )
         src, dst = net.node(p.src), net.node(p.dst)
         if p.kind not in PROJECTION_KINDS:
             raise SdmcError(f"{where}: unknown kind {p.kind!r} (expected one of {', '.join(PROJECTION_KINDS)})")
@@ -453,27 +488,37 @@ def check_net(net: LoihiNet) -> LoihiNet:
             _pair(p.dilation, where, "dilation", 1)
             g = p.groups
             if not isinstance(g, (int, np.integer)) or g < 1 or w.shape[0] % g or w.shape[1] * g != src.shape[0]:
-                raise SdmcError(f"{where}: conv weight {list(w.shape)} with groups={g} does not fit the "
-                                f"{src.shape[0]} channels of {p.src!r}")
+                raise SdmcError(
+                    f"{where}: conv weight {list(w.shape)} with groups={g} does not fit the "
+                    f"{src.shape[0]} channels of {p.src!r}"
+                )
         elif p.kind == "dense":
             w = _check_weight(p.weight, where, 2)
             if w.shape[1] != int(np.prod(src.shape)):
-                raise SdmcError(f"{where}: dense weight {list(w.shape)} needs {w.shape[1]} inputs, {p.src!r} "
-                                f"has shape {list(src.shape)} ({int(np.prod(src.shape))})")
+                raise SdmcError(
+                    f"{where}: dense weight {list(w.shape)} needs {w.shape[1]} inputs, {p.src!r} "
+                    f"has shape {list(src.shape)} ({int(np.prod(src.shape))})"
+                )
             if w.shape[0] != int(np.prod(dst.shape)):
-                raise SdmcError(f"{where}: dense weight {list(w.shape)} has {w.shape[0]} outputs, {p.dst!r} "
-                                f"has shape {list(dst.shape)}")
+                raise SdmcError(
+                    f"{where}: dense weight {list(w.shape)} has {w.shape[0]} outputs, {p.dst!r} "
+                    f"has shape {list(dst.shape)}"
+                )
         elif p.weight is not None:
             raise SdmcError(f"{where}: an identity projection has weight 1 and takes no weight array")
         out = projection_out_shape(p, tuple(src.shape)) if p.kind != "dense" else tuple(dst.shape)
         if tuple(out) != tuple(dst.shape):
-            raise SdmcError(f"{where}: delivers shape {list(out)}"
-                            f"{f' (after x{p.upsample} upsampling)' if p.upsample > 1 else ''}, but {p.dst!r} "
-                            f"has shape {list(dst.shape)}")
+            raise SdmcError(
+                f"{where}: delivers shape {list(out)}"
+                f"{f' (after x{p.upsample} upsampling)' if p.upsample > 1 else ''}, but {p.dst!r} "
+                f"has shape {list(dst.shape)}"
+            )
         want = net.depth(p.src) + 1 + p.delay
         if dst.depth != want:
-            raise SdmcError(f"{where}: depth({p.dst}) = {dst.depth}, but depth({p.src}) + 1 + delay = "
-                            f"{net.depth(p.src)} + 1 + {p.delay} = {want}")
+            raise SdmcError(
+                f"{where}: depth({p.dst}) = {dst.depth}, but depth({p.src}) + 1 + delay = "
+                f"{net.depth(p.src)} + 1 + {p.delay} = {want}"
+            )
     for name in net.outputs:
         if order.get(name, -1) < 0:
             raise SdmcError(f"LoihiNet output {name!r}: no population of that name")
@@ -485,7 +530,7 @@ def _upsample(s: np.ndarray, k: int) -> np.ndarray:
     return s if k == 1 else s.repeat(k, axis=-2).repeat(k, axis=-1)
 
 
-_CONV_CHUNK = 1 << 24          # float64 elements of one im2col window block (128 MB)
+_CONV_CHUNK = 1 << 24  # float64 elements of one im2col window block (128 MB)
 
 
 def projection_current(proj: Projection, s: np.ndarray, dst_shape: tuple[int, ...]) -> np.ndarray:
@@ -512,12 +557,13 @@ def projection_current(proj: Projection, s: np.ndarray, dst_shape: tuple[int, ..
         kh, kw = proj.weight.shape[2:]
         per_row = C * kh * kw * int(np.prod(dst_shape[1:]))
         step = max(1, _CONV_CHUNK // max(per_row, 1))
-        bound = int(np.abs(x).max()) * int(np.abs(proj.weight.astype(np.int64)).reshape(len(proj.weight), -1)
-                                           .sum(axis=1).max())
+        bound = int(np.abs(x).max()) * int(
+            np.abs(proj.weight.astype(np.int64)).reshape(len(proj.weight), -1).sum(axis=1).max()
+        )
         for i in range(0, len(nz), step):
-            xi = _upsample(x[i:i + step], proj.upsample)
+            xi = _upsample(x[i : i + step], proj.upsample)
             y = exact_conv(xi, proj.weight, proj.stride, proj.padding, proj.dilation, proj.groups, bound)
-            out[nz[i:i + step]] = signed_clamp(y) if proj.upsample == 1 else y
+            out[nz[i : i + step]] = signed_clamp(y) if proj.upsample == 1 else y
     return out
 
 
@@ -528,10 +574,17 @@ def exact_conv(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: 
     exact; otherwise :func:`conv2d_f64`."""
     if bound < (1 << 24):
         import torch
+
         with torch.no_grad():
-            y = torch.nn.functional.conv2d(torch.from_numpy(np.ascontiguousarray(x, np.float32)),
-                                           torch.from_numpy(np.ascontiguousarray(w, np.float32)), None,
-                                           tuple(stride), tuple(padding), tuple(dilation), int(groups))
+            y = torch.nn.functional.conv2d(
+                torch.from_numpy(np.ascontiguousarray(x, np.float32)),
+                torch.from_numpy(np.ascontiguousarray(w, np.float32)),
+                None,
+                tuple(stride),
+                tuple(padding),
+                tuple(dilation),
+                int(groups),
+            )
         return y.numpy().astype(np.int64)
     return np.rint(conv2d_f64(x, w, stride, padding, dilation, groups)).astype(np.int64)
 
@@ -578,8 +631,10 @@ def net_bias(net: LoihiNet, host_bias: dict | None, B: int) -> dict[str, np.ndar
             if hb.dtype.kind not in "iu":
                 raise SdmcError(f"host_bias[{p.name!r}]: must be integers, got {hb.dtype}")
             if hb.shape not in ((B,) + shape, (B, shape[0])):
-                raise SdmcError(f"host_bias[{p.name!r}]: shape {list(hb.shape)}, expected [B, C] = "
-                                f"{[B, shape[0]]} or [B, *shape] = {[B, *shape]}")
+                raise SdmcError(
+                    f"host_bias[{p.name!r}]: shape {list(hb.shape)}, expected [B, C] = "
+                    f"{[B, shape[0]]} or [B, *shape] = {[B, *shape]}"
+                )
             b += _bias_array(hb, shape, B)
         out[p.name] = b
     return out
@@ -615,8 +670,14 @@ def check_net_inputs(net: LoihiNet, inputs: dict, fn: str = "run_net") -> tuple[
     return int(N), int(B), vals
 
 
-def run_net(net: LoihiNet, inputs: dict[str, np.ndarray], *, num_steps: int | None = None,
-            host_bias: dict[str, np.ndarray] | None = None, record_v: bool = True) -> dict[str, dict]:
+def run_net(
+    net: LoihiNet,
+    inputs: dict[str, np.ndarray],
+    *,
+    num_steps: int | None = None,
+    host_bias: dict[str, np.ndarray] | None = None,
+    record_v: bool = True,
+) -> dict[str, dict]:
     """Simulate ``net`` bit-exactly over Lava steps ``1..num_steps`` (default ``N + max_depth``).
 
     ``inputs[source]`` ``[N, B, *shape]``: sample step ``k`` is sent at Lava step ``k + 1`` (zeros after
@@ -641,7 +702,7 @@ def run_net(net: LoihiNet, inputs: dict[str, np.ndarray], *, num_steps: int | No
     hist: dict[str, np.ndarray] = {}
     for s in net.sources:
         h = np.zeros((steps, B) + tuple(s.shape), vals[s.name].dtype)
-        h[:min(N, steps)] = vals[s.name][:steps]
+        h[: min(N, steps)] = vals[s.name][:steps]
         hist[s.name] = h
     res = {"spikes": {}, "v": {}, "max_current": {}}
     for pop in net.populations:
@@ -651,7 +712,7 @@ def run_net(net: LoihiNet, inputs: dict[str, np.ndarray], *, num_steps: int | No
             lag = 1 + proj.delay
             if steps <= lag:
                 continue
-            s = hist[proj.src][:steps - lag]
+            s = hist[proj.src][: steps - lag]
             cur = projection_current(proj, s.reshape((-1,) + s.shape[2:]), shape)
             a_in[lag:] += cur.reshape((steps - lag, B) + shape)
         spikes = np.zeros((steps, B) + shape, bool)
@@ -674,7 +735,7 @@ def run_net(net: LoihiNet, inputs: dict[str, np.ndarray], *, num_steps: int | No
         res["spikes"][pop.name] = spikes
         if record_v:
             res["v"][pop.name] = volts
-        live = a_in[pop.depth:]                     # from the reset on: earlier input is discarded
+        live = a_in[pop.depth :]  # from the reset on: earlier input is discarded
         res["max_current"][pop.name] = int(np.abs(live).max()) if live.size else 0
     return res
 
@@ -686,9 +747,10 @@ def aligned_net_spikes(result: dict, net: LoihiNet, N: int) -> dict[str, np.ndar
     for name, s in result["spikes"].items():
         d = net.depth(name)
         if s.shape[0] < d + N:
-            raise SdmcError(f"aligned_net_spikes: {name!r} (depth {d}) needs {d + N} steps for N = {N}, "
-                            f"the result has {s.shape[0]}")
-        out[name] = s[d:d + N]
+            raise SdmcError(
+                f"aligned_net_spikes: {name!r} (depth {d}) needs {d + N} steps for N = {N}, the result has {s.shape[0]}"
+            )
+        out[name] = s[d : d + N]
     return out
 
 
@@ -702,10 +764,19 @@ def net_from_chain(chain: LoihiChain) -> LoihiNet:
     for n, L in enumerate(chain.layers, start=1):
         name = f"layer{n}"
         shape = L.out_shape(tuple(chain.input_shape) if n == 1 else pops[-1].shape)
-        pops.append(Population(name, tuple(shape), L.neuron, None if L.bias is None else np.asarray(L.bias),
-                               depth=n))
-        projs.append(Projection(prev, name, L.kind, np.asarray(L.weight), stride=tuple(L.stride),
-                                padding=tuple(L.padding), dilation=tuple(L.dilation), groups=L.groups,
-                                name=L.name or name))
+        pops.append(Population(name, tuple(shape), L.neuron, None if L.bias is None else np.asarray(L.bias), depth=n))
+        projs.append(
+            Projection(
+                prev,
+                name,
+                L.kind,
+                np.asarray(L.weight),
+                stride=tuple(L.stride),
+                padding=tuple(L.padding),
+                dilation=tuple(L.dilation),
+                groups=L.groups,
+                name=L.name or name,
+            )
+        )
         prev = name
     return LoihiNet((src,), tuple(pops), tuple(projs), (prev,), meta={"from_chain": True})

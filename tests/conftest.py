@@ -4,7 +4,6 @@ import pytest
 import torch
 from hypothesis import settings
 
-
 from sdmc.config import ModelConfig
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

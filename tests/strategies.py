@@ -6,6 +6,7 @@ add / concat / upsample / (reshape + linear) over the values made so far, and a 
 Weights and BN statistics are random but scaled so that neurons fire sometimes and not always.
 ``random_inputs(graph, B, seed)`` makes matching input arrays.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,17 +39,31 @@ class _Builder:
         n = self.name("conv")
         w = self.rng.normal(0, 1.6 / np.sqrt(C * k * k), (out_ch, C, k, k))
         bias = self.p(f"{n}.bias", self.rng.normal(0, 0.2, out_ch)) if self.rng.random() < 0.7 else None
-        return self.add(ir.Conv2d(name=n, inputs=(src,), weight=self.p(f"{n}.weight", w), bias=bias,
-                                  stride=(stride, stride), padding=(k // 2, k // 2)))
+        return self.add(
+            ir.Conv2d(
+                name=n,
+                inputs=(src,),
+                weight=self.p(f"{n}.weight", w),
+                bias=bias,
+                stride=(stride, stride),
+                padding=(k // 2, k // 2),
+            )
+        )
 
     def bn(self, src: str) -> str:
         C = self.g.nodes[src].type.shape[0]
         n, r = self.name("bn"), self.rng
-        return self.add(ir.BatchNorm(
-            name=n, inputs=(src,), weight=self.p(f"{n}.weight", 1 + 0.3 * r.normal(size=C)),
-            bias=self.p(f"{n}.bias", 0.3 * r.normal(size=C)),
-            running_mean=self.p(f"{n}.running_mean", 0.2 * r.normal(size=C)),
-            running_var=self.p(f"{n}.running_var", 0.5 + r.random(C)), eps=1e-5))
+        return self.add(
+            ir.BatchNorm(
+                name=n,
+                inputs=(src,),
+                weight=self.p(f"{n}.weight", 1 + 0.3 * r.normal(size=C)),
+                bias=self.p(f"{n}.bias", 0.3 * r.normal(size=C)),
+                running_mean=self.p(f"{n}.running_mean", 0.2 * r.normal(size=C)),
+                running_var=self.p(f"{n}.running_var", 0.5 + r.random(C)),
+                eps=1e-5,
+            )
+        )
 
 
 @st.composite
@@ -56,9 +71,12 @@ def spiking_graphs(draw, max_ops: int = 8, dtype: str = "float64") -> ir.Graph:
     T = draw(st.integers(1, 4))
     C = draw(st.integers(1, 3))
     H = draw(st.sampled_from([2, 4]))
-    seed = draw(st.integers(0, 2 ** 32 - 1))
-    b = _Builder(ir.Graph(T, meta={"generator": "tests.strategies.spiking_graphs", "seed": seed}),
-                 np.random.default_rng(seed), dtype)
+    seed = draw(st.integers(0, 2**32 - 1))
+    b = _Builder(
+        ir.Graph(T, meta={"generator": "tests.strategies.spiking_graphs", "seed": seed}),
+        np.random.default_rng(seed),
+        dtype,
+    )
     x = b.add(ir.Input(name="x", shape=(C, H, H), dtype=dtype))
     statics = [b.conv(x, draw(st.integers(1, 3)), 3)] if draw(st.booleans()) else []
     pool = [b.add(ir.Repeat(name="rep", inputs=(x,)))]
@@ -72,8 +90,9 @@ def spiking_graphs(draw, max_ops: int = 8, dtype: str = "float64") -> ir.Graph:
             new = b.conv(src, draw(st.integers(1, 4)), k, stride)
         elif op == "tsm":
             n = b.name("tsm")
-            new = b.add(ir.TSMScale(name=n, inputs=(src,),
-                                    scale=b.p(f"{n}.tsmp", b.rng.uniform(0.5, 1.5, (T, 1, 1, 1, 1)))))
+            new = b.add(
+                ir.TSMScale(name=n, inputs=(src,), scale=b.p(f"{n}.tsmp", b.rng.uniform(0.5, 1.5, (T, 1, 1, 1, 1))))
+            )
         elif op == "bn":
             new = b.bn(src)
         elif op in ("if", "lif"):
@@ -81,24 +100,45 @@ def spiking_graphs(draw, max_ops: int = 8, dtype: str = "float64") -> ir.Graph:
             if not cands:
                 continue
             src = draw(st.sampled_from(cands))
-            common = dict(name=b.name(op), inputs=(src,), threshold=draw(st.sampled_from([0.5, 1.0, 0.997, 1.3])),
-                          v_reset=draw(st.sampled_from([0.0, None])))
-            new = b.add(ir.IF(**common) if op == "if" else
-                        ir.LIF(tau=draw(st.sampled_from([1.5, 2.0, 3.0])), decay_input=draw(st.booleans()), **common))
+            common = dict(
+                name=b.name(op),
+                inputs=(src,),
+                threshold=draw(st.sampled_from([0.5, 1.0, 0.997, 1.3])),
+                v_reset=draw(st.sampled_from([0.0, None])),
+            )
+            new = b.add(
+                ir.IF(**common)
+                if op == "if"
+                else ir.LIF(tau=draw(st.sampled_from([1.5, 2.0, 3.0])), decay_input=draw(st.booleans()), **common)
+            )
         elif op == "gn":  # GroupNorm, per step or with running statistics (converted QANNs)
             n = b.name("gn")
             C_ = t.shape[0]
-            new = b.add(ir.GroupNorm(name=n, inputs=(src,), weight=b.p(f"{n}.weight", b.rng.uniform(0.5, 1.5, C_)),
-                                     bias=b.p(f"{n}.bias", b.rng.normal(0, 0.5, C_)),
-                                     num_groups=draw(st.sampled_from([g for g in (1, 2, 3) if C_ % g == 0])),
-                                     running=t.per_step and draw(st.booleans())))
+            new = b.add(
+                ir.GroupNorm(
+                    name=n,
+                    inputs=(src,),
+                    weight=b.p(f"{n}.weight", b.rng.uniform(0.5, 1.5, C_)),
+                    bias=b.p(f"{n}.bias", b.rng.normal(0, 0.5, C_)),
+                    num_groups=draw(st.sampled_from([g for g in (1, 2, 3) if C_ % g == 0])),
+                    running=t.per_step and draw(st.booleans()),
+                )
+            )
         elif op == "qif":  # converted-QANN neuron: soft reset, v[-1] = theta/2, optional signed spikes, * theta
             cands = [p for p in pool if b.g.nodes[p].type.kind != ir.SPIKE and b.g.nodes[p].type.per_step]
             if not cands:
                 continue
             th = draw(st.sampled_from([0.5, 1.0, 2.5]))
-            sp = b.add(ir.IF(name=b.name("qif"), inputs=(draw(st.sampled_from(cands)),), threshold=th, v_reset=None,
-                             v_init=th / 2, signed=draw(st.booleans())))
+            sp = b.add(
+                ir.IF(
+                    name=b.name("qif"),
+                    inputs=(draw(st.sampled_from(cands)),),
+                    threshold=th,
+                    v_reset=None,
+                    v_init=th / 2,
+                    signed=draw(st.booleans()),
+                )
+            )
             new = b.add(ir.Scale(name=b.name("qscale"), inputs=(sp,), factor=th))
         elif op == "add":
             same = [p for p in pool if b.g.nodes[p].type.shape == t.shape]
@@ -149,16 +189,21 @@ def loihi_nets(draw, max_pops: int = 5):
     ``dv``), some carry per-channel or per-neuron bias."""
     from sdmc.sim import loihi as lm
 
-    seed = draw(st.integers(0, 2 ** 32 - 1))
+    seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     sources = []
     for i in range(draw(st.integers(1, 2))):
-        sources.append(lm.Source(f"in{i}", (draw(st.integers(1, 3)),) + (draw(st.sampled_from([2, 4])),) * 2,
-                                 bits=draw(st.sampled_from([0, 0, 6]))))
-    nodes = {s.name: (s.shape, 0, s.bits) for s in sources}   # name -> (shape, depth, bits)
+        sources.append(
+            lm.Source(
+                f"in{i}",
+                (draw(st.integers(1, 3)),) + (draw(st.sampled_from([2, 4])),) * 2,
+                bits=draw(st.sampled_from([0, 0, 6])),
+            )
+        )
+    nodes = {s.name: (s.shape, 0, s.bits) for s in sources}  # name -> (shape, depth, bits)
     pops, projs = [], []
 
-    def weight(shape, fan_in, graded):   # current std ~ threshold (~60) for half the inputs active
+    def weight(shape, fan_in, graded):  # current std ~ threshold (~60) for half the inputs active
         a = int(min(127, max(3, 150 / np.sqrt(fan_in) / (16 if graded else 1))))
         return rng.integers(-(3 * a) // 4, a + 1, shape).astype(np.int8)
 
@@ -189,8 +234,13 @@ def loihi_nets(draw, max_pops: int = 5):
             return dict(kind=kind, weight=weight((int(np.prod(dst_shape)), n_in), n_in, bits > 0))
         C = sshape[0]
         k = o["k"]
-        return dict(kind="conv", weight=weight((dst_shape[0], C, k, k), C * k * k, bits > 0),
-                    stride=(o["stride"],) * 2, padding=(k // 2,) * 2, upsample=o["up"])
+        return dict(
+            kind="conv",
+            weight=weight((dst_shape[0], C, k, k), C * k * k, bits > 0),
+            stride=(o["stride"],) * 2,
+            padding=(k // 2,) * 2,
+            upsample=o["up"],
+        )
 
     for j in range(draw(st.integers(2, max_pops))):
         name = f"p{j}"
@@ -198,7 +248,7 @@ def loihi_nets(draw, max_pops: int = 5):
         first = names[int(draw(st.integers(0, len(names) - 1)))]
         fshape = nodes[first][0]
         shape_opts = [fshape, (int(draw(st.integers(2, 6))),)]
-        if len(fshape) == 3:   # conv-shaped destinations twice as likely as a dense one
+        if len(fshape) == 3:  # conv-shaped destinations twice as likely as a dense one
             C = int(draw(st.integers(1, 4)))
             shape_opts += [(C,) + fshape[1:]] * 3
             if fshape[1] >= 4:
@@ -221,13 +271,16 @@ def loihi_nets(draw, max_pops: int = 5):
         unary_identity = any(p["kind"] == "identity" and nodes[s][2] == 0 for s, p in specs)
         theta = int(draw(st.integers(1, 3) if unary_identity else st.integers(24, 96)))
         leak = draw(st.booleans())
-        neuron = lm.Cuba(vth=theta - 1, du=int(rng.integers(1024, 4096)) if leak else 4095,
-                         dv=int(rng.integers(0, 1024)) if leak else 0)
+        neuron = lm.Cuba(
+            vth=theta - 1,
+            du=int(rng.integers(1024, 4096)) if leak else 4095,
+            dv=int(rng.integers(0, 1024)) if leak else 0,
+        )
         b = draw(st.sampled_from(["none", "chan", "full"]))
         bias = None if b == "none" else rng.integers(-8, 9, shape[:1] if b == "chan" else shape).astype(np.int16)
         pops.append(lm.Population(name, shape, neuron, bias=bias, depth=depth))
         nodes[name] = (shape, depth, 0)
-    if not pops:   # every drawn population was unreachable: one identity-fed population keeps it valid
+    if not pops:  # every drawn population was unreachable: one identity-fed population keeps it valid
         s = sources[0]
         pops.append(lm.Population("p0", s.shape, lm.Cuba(vth=0), depth=1))
         projs.append(lm.Projection(s.name, "p0", "identity"))
@@ -241,6 +294,5 @@ def loihi_net_inputs(net, N: int = 4, B: int = 2, seed: int = 0, p: float = 0.5)
     out = {}
     for s in net.sources:
         shape = (N, B) + tuple(s.shape)
-        out[s.name] = (rng.random(shape) < p).astype(np.int64) if s.bits == 0 else \
-            rng.integers(0, 1 << s.bits, shape)
+        out[s.name] = (rng.random(shape) < p).astype(np.int64) if s.bits == 0 else rng.integers(0, 1 << s.bits, shape)
     return out

@@ -1,26 +1,35 @@
 """Checkpoint loading, architecture inference, the native format and SDDPM -> SDM inheritance."""
+
 import argparse
 import json
 
 import pytest
 import torch
-
 from conftest import randomize_bn
-from sdmc.checkpoint import (describe, infer_config, inherit_tsm, inherit_tsm_file, load_model, read_checkpoint,
-                             save_model)
+from test_models import parse_reference
+
+from sdmc.checkpoint import (
+    describe,
+    infer_config,
+    inherit_tsm,
+    load_model,
+    read_checkpoint,
+    save_model,
+)
 from sdmc.cli import main as cli_main
 from sdmc.config import DiffusionConfig, ModelConfig, SdmcConfig
 from sdmc.errors import CheckpointError
 from sdmc.models import TSMConv2d, build_model
-from test_models import parse_reference
 
 
 @pytest.mark.parametrize("arch", ["sdm", "sddpm"])
 def test_reference_state_dict_loads_strictly_with_inferred_architecture(tmp_path, arch):
     ref = parse_reference()[arch]
     g = torch.Generator().manual_seed(0)
-    sd = {k: (torch.zeros(s, dtype=torch.int64) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g))
-          for k, s in ref.items()}
+    sd = {
+        k: (torch.zeros(s, dtype=torch.int64) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g))
+        for k, s in ref.items()
+    }
     path = tmp_path / "ckpt.pt"
     torch.save({"net_model": sd}, path)
     model, cfg = load_model(path)
@@ -45,8 +54,9 @@ CONFIGS = [
 def test_architecture_inference(tmp_path, kw):
     cfg = ModelConfig(**kw)
     model = build_model(cfg)
-    inferred = infer_config(model.state_dict(), snn_steps=cfg.snn_steps if cfg.arch == "sddpm" else None,
-                            img_size=cfg.img_size)
+    inferred = infer_config(
+        model.state_dict(), snn_steps=cfg.snn_steps if cfg.arch == "sddpm" else None, img_size=cfg.img_size
+    )
     for field in ("arch", "ch", "ch_mult", "num_res_blocks", "img_ch", "diffusion_steps", "attn"):
         assert getattr(inferred, field) == getattr(cfg, field), field
     if cfg.arch == "sdm":
@@ -77,9 +87,11 @@ def test_module_prefix_from_dataparallel_is_stripped(tmp_path, tiny_cfg):
 
 
 def test_native_round_trip_keeps_config(tmp_path, tiny_cfg):
-    cfg = SdmcConfig(model=ModelConfig(**{**tiny_cfg.to_dict(), "threshold": 0.9, "snn_steps": 3}),
-                     diffusion=DiffusionConfig(num_timesteps=500, schedule="cosine"),
-                     provenance={"trained_on": "digits"})
+    cfg = SdmcConfig(
+        model=ModelConfig(**{**tiny_cfg.to_dict(), "threshold": 0.9, "snn_steps": 3}),
+        diffusion=DiffusionConfig(num_timesteps=500, schedule="cosine"),
+        provenance={"trained_on": "digits"},
+    )
     model = build_model(cfg.model).eval()
     randomize_bn(model)
     path = save_model(tmp_path / "m.safetensors", model, cfg)
@@ -114,8 +126,11 @@ def test_foreign_files_name_the_mismatching_key(tmp_path, tiny_cfg):
     del sd["downblocks.0.bn2.running_var"]
     sd["extra.weight"] = torch.zeros(1)
     torch.save({"net_model": sd}, tmp_path / "g.pt")
-    with pytest.raises(CheckpointError, match=r"first missing key 'downblocks\.0\.bn2\.running_var'.*"
-                                              r"first unexpected key 'extra\.weight'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"first missing key 'downblocks\.0\.bn2\.running_var'.*"
+        r"first unexpected key 'extra\.weight'",
+    ):
         load_model(tmp_path / "g.pt", snn_steps=2)
     sd = build_model(tiny_cfg).state_dict()
     sd["middleblocks.0.conv2.weight"] = torch.zeros(16, 16, 1, 1)
@@ -125,8 +140,7 @@ def test_foreign_files_name_the_mismatching_key(tmp_path, tiny_cfg):
 
 
 def test_pickled_objects_are_refused_by_default(tmp_path, tiny_cfg):
-    torch.save({"net_model": build_model(tiny_cfg).state_dict(), "args": argparse.Namespace(lr=1)},
-               tmp_path / "p.pt")
+    torch.save({"net_model": build_model(tiny_cfg).state_dict(), "args": argparse.Namespace(lr=1)}, tmp_path / "p.pt")
     with pytest.raises(CheckpointError, match="refusing to unpickle"):
         read_checkpoint(tmp_path / "p.pt")
     sd, _, _ = read_checkpoint(tmp_path / "p.pt", unsafe=True)
@@ -145,8 +159,12 @@ def test_tsm_inheritance_gives_identical_outputs(tmp_path, tiny_cfg):
     torch.testing.assert_close(sdm(x, t), sddpm(x, t), rtol=0, atol=1e-5)
     # and through files + the CLI
     torch.save({"net_model": sddpm.state_dict()}, tmp_path / "sddpm.pt")
-    assert cli_main(["inherit-tsm", str(tmp_path / "sddpm.pt"), "--snn-steps", "2",
-                     "-o", str(tmp_path / "sdm.safetensors")]) == 0
+    assert (
+        cli_main(
+            ["inherit-tsm", str(tmp_path / "sddpm.pt"), "--snn-steps", "2", "-o", str(tmp_path / "sdm.safetensors")]
+        )
+        == 0
+    )
     loaded, cfg = load_model(tmp_path / "sdm.safetensors")
     assert cfg.model.arch == "sdm" and cfg.provenance["tsm_init"] == "p=1"
     assert all(torch.equal(p, torch.ones_like(p)) for k, p in loaded.state_dict().items() if k.endswith("tsmp"))

@@ -1,4 +1,5 @@
 """``sdmc compile`` and ``sdmc inspect``: compile -> save -> load -> inspect on a small model via the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ from sdmc.sim import golden
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    cfg = ModelConfig(arch="sdm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8,
-                      diffusion_steps=10)
+    cfg = ModelConfig(
+        arch="sdm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8, diffusion_steps=10
+    )
     torch.manual_seed(0)
     m = SpikingUNet(cfg)
     with torch.no_grad():
@@ -51,8 +53,18 @@ def test_compile_save_load_inspect(tiny_model, tmp_path, capsys):
 
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    for part in ("graph:", "parameters:", "ops:", f"spike layers: {n_neurons}", "timing:", "work per call",
-                 "partition:", "pass log (4):", "fold_bn", "hoist_static"):
+    for part in (
+        "graph:",
+        "parameters:",
+        "ops:",
+        f"spike layers: {n_neurons}",
+        "timing:",
+        "work per call",
+        "partition:",
+        "pass log (4):",
+        "fold_bn",
+        "hoist_static",
+    ):
         assert part in text, part
     assert main(["inspect", str(out), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)

@@ -1,4 +1,5 @@
 """ANN->SNN conversion (issue 9): QuantReLU, IF exactness, whole-network error, files and CLI."""
+
 import json
 
 import numpy as np
@@ -10,14 +11,32 @@ from torch import nn
 
 from sdmc.checkpoint import load_model, save_model
 from sdmc.config import DiffusionConfig, ModelConfig, SdmcConfig
-from sdmc.convert import (IFNeuron, RunningGroupNorm, conversion_error, convert, finetune, if_step, load_converted,
-                          load_qann, save_converted)
+from sdmc.convert import (
+    IFNeuron,
+    RunningGroupNorm,
+    conversion_error,
+    convert,
+    finetune,
+    if_step,
+    load_converted,
+    load_qann,
+    save_converted,
+)
 from sdmc.errors import CheckpointError, ConfigError
 from sdmc.models import ANNUNet
 from sdmc.models.qann import QuantReLU, build_qann, calibrate_alpha, quant_layers, quant_relu, quantize_ann
 
-CFG = ModelConfig(arch="ann", ch=8, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=8, norm_groups=4,
-                  dropout=0.0, diffusion_steps=100)
+CFG = ModelConfig(
+    arch="ann",
+    ch=8,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    img_ch=1,
+    img_size=8,
+    norm_groups=4,
+    dropout=0.0,
+    diffusion_steps=100,
+)
 
 
 def _unet(bits: int, seed: int = 0) -> nn.Module:
@@ -94,12 +113,12 @@ def test_bad_inputs_raise_named_errors():
 
 # ---------------------------------------------------------------------------------- IF exactness
 @settings(max_examples=25, deadline=None)
-@given(bits=st.integers(1, 5), alpha=st.floats(0.05, 10.0), seed=st.integers(0, 2 ** 16), signed=st.booleans())
+@given(bits=st.integers(1, 5), alpha=st.floats(0.05, 10.0), seed=st.integers(0, 2**16), signed=st.booleans())
 def test_if_neuron_rate_equals_quant_relu_for_constant_input(bits, alpha, seed, signed):
     g = torch.Generator().manual_seed(seed)
     inp = (torch.rand(4000, generator=g, dtype=torch.float64) * 1.6 - 0.3) * alpha
     theta = torch.tensor(alpha, dtype=torch.float64)
-    T = 2 ** bits - 1
+    T = 2**bits - 1
     v, count = 0.5 * theta * torch.ones_like(inp), torch.zeros_like(inp)
     for _ in range(T):
         _, v, count = if_step(v, count, inp, theta, signed)
@@ -122,7 +141,7 @@ def test_signed_spike_cancels_an_overshoot():
 def test_first_spiking_layers_of_unet_match_qann_exactly(bits, signed):
     q = _unet(bits)
     snn = convert(q, signed=signed)
-    T = 2 ** bits - 1
+    T = 2**bits - 1
     assert snn.steps == T
     first = ["time_embedding.timembedding.2", "downblocks.0.block1.1"]  # inputs constant over the T steps
     got: dict[str, list] = {k: [] for k in first}
@@ -154,8 +173,9 @@ def test_one_step_conversion_of_whole_unet_is_exact():
 # ------------------------------------------------------------------------------ whole-network error
 def test_conversion_error_falls_as_T_grows_without_normalisation():
     x, t = _inputs(6, seed=2)
-    errs = {s: [conversion_error(q, convert(q, signed=s), x, t) for q in map(_chain, (1, 2, 3, 4))]
-            for s in (False, True)}
+    errs = {
+        s: [conversion_error(q, convert(q, signed=s), x, t) for q in map(_chain, (1, 2, 3, 4))] for s in (False, True)
+    }
     for s, e in errs.items():
         assert e[0] < 1e-10, (s, e)  # T = 1 is exact
         assert e[1] > e[2] > e[3] > 0, (s, e)  # T = 3, 7, 15
@@ -257,11 +277,30 @@ def test_plain_ann_needs_bits(tmp_path):
 
 def test_cli_convert(tmp_path, capsys):
     from sdmc.cli import main
+
     torch.manual_seed(0)
-    save_model(tmp_path / "a.safetensors", ANNUNet(CFG),
-               SdmcConfig(model=CFG, diffusion=DiffusionConfig(num_timesteps=100)))
-    rc = main(["convert", str(tmp_path / "a.safetensors"), "--bits", "2", "--signed", "--calibrate", "8",
-               "--check", "2", "--finetune", "1", "--batch-size", "2", "-o", str(tmp_path / "s.safetensors")])
+    save_model(
+        tmp_path / "a.safetensors", ANNUNet(CFG), SdmcConfig(model=CFG, diffusion=DiffusionConfig(num_timesteps=100))
+    )
+    rc = main(
+        [
+            "convert",
+            str(tmp_path / "a.safetensors"),
+            "--bits",
+            "2",
+            "--signed",
+            "--calibrate",
+            "8",
+            "--check",
+            "2",
+            "--finetune",
+            "1",
+            "--batch-size",
+            "2",
+            "-o",
+            str(tmp_path / "s.safetensors"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "T=3" in out and "signed" in out and "relative error" in out and "fine-tuned" in out
@@ -271,8 +310,19 @@ def test_cli_convert(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------ the converted SNN as an sdmc model
-CFG_Q = ModelConfig(arch="qann", ch=8, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=8, norm_groups=4,
-                    dropout=0.0, diffusion_steps=100, mid_attn=False, bits=2)
+CFG_Q = ModelConfig(
+    arch="qann",
+    ch=8,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    img_ch=1,
+    img_size=8,
+    norm_groups=4,
+    dropout=0.0,
+    diffusion_steps=100,
+    mid_attn=False,
+    bits=2,
+)
 
 
 def _qunet(seed: int = 0) -> nn.Module:
@@ -310,8 +360,10 @@ def test_converted_unet_traces_and_golden_equals_torch_backend(signed, norm):
     assert np.abs(vals["out"] - want).max() < 1e-12 and np.abs(want).mean() > 0.05
     spikes = vals[ifs[3].name]
     assert set(np.unique(spikes)) <= ({-1.0, 0.0, 1.0} if signed else {0.0, 1.0}) and spikes.any()
-    for mode, ex in (("train", compile_torch(g, mode="train", dtype=torch.float64)),
-                     ("inference", compile_torch(snn, mode="inference"))):
+    for mode, ex in (
+        ("train", compile_torch(g, mode="train", dtype=torch.float64)),
+        ("inference", compile_torch(snn, mode="inference")),
+    ):
         got = ex(x, t).detach().numpy()
         assert np.abs(got - vals["out"]).max() < 1e-12, mode
     h = ir.parse(ir.format_graph(g), g.params)  # text round trip of the new attributes and node
@@ -347,8 +399,9 @@ def test_converted_model_samples_with_every_solver():
         kw = {"gamma": gamma} if name.startswith("analytic") else {}
         outs[name] = sample_images(snn, sched, 2, solver=name, steps=2, seed=3, progress=False, **kw)
         assert outs[name].shape == (2, 1, 8, 8) and torch.isfinite(outs[name]).all(), name
-    torch.testing.assert_close(sample_images(snn, sched, 2, solver="ddim", steps=2, seed=3, progress=False),
-                               outs["ddim"])  # deterministic per seed
+    torch.testing.assert_close(
+        sample_images(snn, sched, 2, solver="ddim", steps=2, seed=3, progress=False), outs["ddim"]
+    )  # deterministic per seed
     assert not torch.equal(outs["ddim"], outs["ddpm"])
 
 
@@ -357,15 +410,39 @@ def test_cli_train_qann_preset_convert_sample_compile_energy(tmp_path, capsys):
     from sdmc.cli import main
 
     run = tmp_path / "run"
-    assert main(["train", "--preset", "digits-qann-2bit", "--steps", "2", "--batch-size", "4", "--ch", "8",
-                 "--out", str(run), "--sample-every", "2", "--sample-n", "0", "--save-every", "2",
-                 "--no-progress", "--no-tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "digits-qann-2bit",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--ch",
+                "8",
+                "--out",
+                str(run),
+                "--sample-every",
+                "2",
+                "--sample-n",
+                "0",
+                "--save-every",
+                "2",
+                "--no-progress",
+                "--no-tensorboard",
+            ]
+        )
+        == 0
+    )
     q, cfg, fresh = load_qann(run / "model.safetensors")
     assert not fresh and cfg.model.arch == "qann" and cfg.model.bits == 2 and not cfg.model.mid_attn
     snn_path, sdmc_path = tmp_path / "snn.safetensors", tmp_path / "snn.sdmc"
     assert main(["convert", str(run / "model.safetensors"), "-o", str(snn_path), "--check", "1"]) == 0
-    assert main(["sample", str(snn_path), "--steps", "2", "-n", "2", "--out", str(tmp_path / "s"),
-                 "--no-progress"]) == 0
+    assert (
+        main(["sample", str(snn_path), "--steps", "2", "-n", "2", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    )
     assert (tmp_path / "s" / "ddim_2.npz").exists()
     assert main(["compile", str(snn_path), "-o", str(sdmc_path)]) == 0
     g = ir.load(sdmc_path)

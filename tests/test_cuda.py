@@ -3,6 +3,7 @@
 Run on a GPU machine with ``pytest tests/test_cuda.py``.  Each test compares the GPU result with the
 same computation on the CPU (or the eager model on the GPU), so a device-specific bug shows as a mismatch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -10,14 +11,13 @@ import os
 
 import pytest
 import torch
+from conftest import randomize_bn
 
 from sdmc.backends.torch_exec import compile_torch
 from sdmc.config import DiffusionConfig, ModelConfig
 from sdmc.diffusion.schedule import NoiseSchedule
 from sdmc.diffusion.solvers import SOLVER_NAMES
 from sdmc.models import build_model
-
-from conftest import randomize_bn
 
 # SDMC_TEST_DEVICE=cpu runs the same checks on the CPU (to validate this file on a machine without a GPU)
 DEV = os.environ.get("SDMC_TEST_DEVICE", "cuda")
@@ -70,17 +70,33 @@ def test_train_step_gradients_on_cuda_match_cpu():
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
 def test_every_solver_samples_on_cuda_like_on_cpu(solver):
     from sdmc.diffusion.sampling import sample_images
+
     torch.manual_seed(0)
     m = build_model(_cfg("sddpm")).double().eval()
     sched = NoiseSchedule(DiffusionConfig())
     # the analytic solvers need Γ_k; a fixed plausible array exercises the same code path on both devices
-    kw = {"gamma": torch.full((sched.num_timesteps,), 0.9, dtype=torch.float64)} if solver.startswith("analytic") else {}
+    kw = (
+        {"gamma": torch.full((sched.num_timesteps,), 0.9, dtype=torch.float64)} if solver.startswith("analytic") else {}
+    )
     outs = []
     for dev in ("cpu", DEV):
         mm = copy.deepcopy(m).to(dev)
         try:
-            outs.append(sample_images(mm, sched, 4, solver=solver, steps=5, batch_size=4, seed=0, device=dev,
-                                      progress=False, dtype=torch.float64, **kw))
+            outs.append(
+                sample_images(
+                    mm,
+                    sched,
+                    4,
+                    solver=solver,
+                    steps=5,
+                    batch_size=4,
+                    seed=0,
+                    device=dev,
+                    progress=False,
+                    dtype=torch.float64,
+                    **kw,
+                )
+            )
         except TypeError:
             pytest.skip(f"{solver}: needs solver options this smoke test does not build")
     assert outs[0].shape == outs[1].shape == (4, 1, 16, 16)
@@ -90,13 +106,45 @@ def test_every_solver_samples_on_cuda_like_on_cpu(solver):
 
 def test_cli_train_and_sample_on_cuda(tmp_path):
     from sdmc.cli import main
+
     out = tmp_path / "run"
-    rc = main(["train", "--preset", "digits", "--steps", "30", "--batch-size", "16", "--device", DEV,
-               "--out", str(out), "--sample-every", "1000", "--save-every", "30"])
+    rc = main(
+        [
+            "train",
+            "--preset",
+            "digits",
+            "--steps",
+            "30",
+            "--batch-size",
+            "16",
+            "--device",
+            DEV,
+            "--out",
+            str(out),
+            "--sample-every",
+            "1000",
+            "--save-every",
+            "30",
+        ]
+    )
     assert rc == 0
     model = next(out.glob("*.safetensors"))
-    rc = main(["sample", str(model), "--solver", "ddim", "--steps", "5", "-n", "8", "--device", DEV,
-               "--out", str(tmp_path / "s")])
+    rc = main(
+        [
+            "sample",
+            str(model),
+            "--solver",
+            "ddim",
+            "--steps",
+            "5",
+            "-n",
+            "8",
+            "--device",
+            DEV,
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     assert rc == 0 and any(p.suffix == ".png" for p in (tmp_path / "s").iterdir())
 
 

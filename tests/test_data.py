@@ -1,4 +1,5 @@
 """Datasets: the bundled digits default, image folders, clear errors for missing data."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """Two-process DistributedDataParallel training on CPU (gloo): global batch, steps, ranks in sync."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -44,11 +44,13 @@ class Recording(TensorImages):
 
 
 def _worker(rank: int, world: int, port: int, out: str, log_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
-    cfg = tr.make_config("digits", out=out, steps=STEPS, batch_size=GLOBAL_BATCH, save_every=2,
-                         sample_every=100, log_every=1, **TINY)
+    cfg = tr.make_config(
+        "digits", out=out, steps=STEPS, batch_size=GLOBAL_BATCH, save_every=2, sample_every=100, log_every=1, **TINY
+    )
     tr.train(cfg, dataset=Recording(log_dir), log=lambda s: None)
     assert not dist.is_initialized()  # train() leaves no process group behind
 
@@ -85,10 +87,41 @@ def test_two_gloo_ranks_train_in_sync_with_the_global_batch(tmp_path):
 def test_torchrun_cli_two_ranks(tmp_path):
     out = tmp_path / "cli"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
-           "-m", "sdmc", "train", "--preset", "digits", "--steps", "3", "--batch-size", "16", "--ch", "8",
-           "--ch-mult", "1,2", "--num-res-blocks", "1", "--snn-steps", "2", "--img-size", "8", "--device", "cpu",
-           "--out", str(out), "--sample-n", "0", "--no-tensorboard", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "sdmc",
+        "train",
+        "--preset",
+        "digits",
+        "--steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--ch",
+        "8",
+        "--ch-mult",
+        "1,2",
+        "--num-res-blocks",
+        "1",
+        "--snn-steps",
+        "2",
+        "--img-size",
+        "8",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--sample-n",
+        "0",
+        "--no-tensorboard",
+        "--no-progress",
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "global batch 16 = 8 per rank x 2 rank(s)" in res.stderr

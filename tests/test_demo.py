@@ -1,4 +1,5 @@
 """The main job (`sdmc demo`) runs end to end and writes every artefact it announces."""
+
 import json
 import math
 
@@ -9,6 +10,7 @@ from sdmc.cli import main
 
 def _lava_importable() -> bool:
     from sdmc.backends.lava import compat
+
     try:
         compat.import_lava()
     except compat.LavaUnavailable:
@@ -29,9 +31,19 @@ def test_demo_quick_runs_every_stage(tmp_path):
     assert "ddim_5_threshold0.997" in rows
     c = summary["compile"]
     assert c["executor_vs_golden_maxdiff"] < 1e-6 and c["eager_vs_golden_maxdiff"] < 1e-9
-    for f in ("model.ir.sdmc", "model.inference.sdmc", "model.neuromorphic.sdmc", "model.torch.sdmc", "inspect.txt",
-              "energy.json", "energy.md", "energy.png", "lava_quantisation.txt",
-              "lava_resources.txt", "convert_grid.png"):
+    for f in (
+        "model.ir.sdmc",
+        "model.inference.sdmc",
+        "model.neuromorphic.sdmc",
+        "model.torch.sdmc",
+        "inspect.txt",
+        "energy.json",
+        "energy.md",
+        "energy.png",
+        "lava_quantisation.txt",
+        "lava_resources.txt",
+        "convert_grid.png",
+    ):
         assert (out / f).stat().st_size > 0, f
     e = summary["energy"]
     assert 0 < e["paper_mJ_per_image"] < e["ann_mJ_per_image"] and 0 < e["mean_firing_rate"] < 1
@@ -40,6 +52,7 @@ def test_demo_quick_runs_every_stage(tmp_path):
     lava = summary["lava"]
     assert "status" not in lava, lava
     from sdmc.backends.lava import load_export
+
     net, plan, manifest = load_export(out / "lava")
     assert len(net.populations) == lava["populations"] > 10 and manifest["resources"]["totals"]["cores"] >= 1
     assert lava["loihi2_cores"] == manifest["resources"]["totals"]["cores"]
@@ -94,5 +107,5 @@ def test_a_failing_optional_stage_keeps_the_numbers_it_recorded(tmp_path):
         p.partial["ok"] = 1
         return p.partial
 
-    p.stage("convert", next_stage, required=False)   # the next stage starts with nothing recorded
+    p.stage("convert", next_stage, required=False)  # the next stage starts with nothing recorded
     assert sorted(p.summary["convert"]) == ["ok", "seconds"]

@@ -1,5 +1,6 @@
 """Energy analysis: exact SOP counts, MAC counts against torch's FlopCounterMode, firing-rate measurement,
 profiles, reports and the ``sdmc energy`` command."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,21 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sdmc.config import ModelConfig, SdmcConfig
-from sdmc.energy import (FiringRateMonitor, analyze, ann_counterpart, builtin_profiles,
-                         calibration_steps, conv_sops, count_graph, count_module_macs, eager_dense_macs,
-                         fanout_map, linear_sops, load_profile, model_macs)
+from sdmc.energy import (
+    FiringRateMonitor,
+    analyze,
+    ann_counterpart,
+    builtin_profiles,
+    calibration_steps,
+    conv_sops,
+    count_graph,
+    count_module_macs,
+    eager_dense_macs,
+    fanout_map,
+    linear_sops,
+    load_profile,
+    model_macs,
+)
 from sdmc.errors import ConfigError
 from sdmc.models import build_model
 
@@ -83,9 +96,19 @@ def brute_force_sops(x: np.ndarray, O: int, k: int, s: int, p: int, d: int, g: i
 
 
 @settings(max_examples=40, deadline=None)
-@given(H=st.integers(1, 7), W=st.integers(1, 7), k=st.integers(1, 3), s=st.integers(1, 3), p=st.integers(0, 2),
-       d=st.integers(1, 2), g=st.sampled_from([1, 2]), O=st.sampled_from([2, 4]), Tn=st.integers(1, 2),
-       seed=st.integers(0, 2 ** 16), density=st.floats(0.05, 1.0))
+@given(
+    H=st.integers(1, 7),
+    W=st.integers(1, 7),
+    k=st.integers(1, 3),
+    s=st.integers(1, 3),
+    p=st.integers(0, 2),
+    d=st.integers(1, 2),
+    g=st.sampled_from([1, 2]),
+    O=st.sampled_from([2, 4]),
+    Tn=st.integers(1, 2),
+    seed=st.integers(0, 2**16),
+    density=st.floats(0.05, 1.0),
+)
 def test_conv_sops_matches_brute_force(H, W, k, s, p, d, g, O, Tn, seed, density):
     if H + 2 * p < d * (k - 1) + 1 or W + 2 * p < d * (k - 1) + 1 or p >= d * (k - 1) + 1:
         return  # kernel does not fit, or padding wider than torch allows
@@ -103,8 +126,11 @@ def test_conv_sops_matches_brute_force(H, W, k, s, p, d, g, O, Tn, seed, density
 # ------------------------------------------------------------------------------------- MAC counts
 @pytest.mark.parametrize("arch", ["ann", "sddpm", "sdm"])
 def test_module_macs_equal_flop_counter_small(arch):
-    cfg = ann_counterpart(ModelConfig(arch="sdm", **SMALL)) if arch == "ann" else \
-        ModelConfig(arch=arch, snn_steps=3, **SMALL)
+    cfg = (
+        ann_counterpart(ModelConfig(arch="sdm", **SMALL))
+        if arch == "ann"
+        else ModelConfig(arch=arch, snn_steps=3, **SMALL)
+    )
     cfg.attn = (1,) if arch == "ann" else ()
     m = build_model(cfg).eval()
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 500])
@@ -115,6 +141,7 @@ def test_module_macs_equal_flop_counter_small(arch):
 
 def test_ir_dense_macs_equal_flop_counter_small():
     from sdmc.frontends.fx import trace
+
     cfg = ModelConfig(arch="sdm", snn_steps=2, **SMALL)
     m = build_model(cfg).eval()
     costs = count_graph(trace(m, (1, 1, 16, 16)))
@@ -135,6 +162,7 @@ def test_macs_equal_flop_counter_cifar10(arch):
         assert model_macs(cfg) == want
     else:
         from sdmc.frontends.fx import trace
+
         assert eager_dense_macs(count_graph(trace(m, (1, 3, 32, 32)))) == want
 
 
@@ -147,6 +175,7 @@ def test_ann_baseline_cifar10_is_the_papers_29_23_mJ():
 # ------------------------------------------------------------------------------------ cost classes
 def test_count_graph_classifies_by_value_kind():
     from sdmc.frontends.fx import trace
+
     cfg = ModelConfig(arch="sddpm", snn_steps=2, **SMALL)
     costs = count_graph(trace(build_model(cfg).eval(), (1, 1, 16, 16)))
     assert costs["downblocks.0.conv1"].input_kind == "spike" and costs["downblocks.0.conv1"].executions == 2
@@ -231,11 +260,13 @@ def test_user_profile_and_errors(tmp_path):
     f.write_text(json.dumps({"name": "chip", "unit": "fJ", "costs": {"mac": 2000, "ac": 100}}))
     p = load_profile(f)
     assert (p.mac, p.ac, p.add, p.neuron_update, p.spike) == (2.0, 0.1, 0.1, 0.1, 0.0)
-    bad = [({"name": "x", "costs": {"mac": 1}}, "costs.ac"),
-           ({"name": "x", "costs": {"mac": 1, "ac": -1}}, "costs.ac"),
-           ({"name": "x", "costs": {"mac": 1, "ac": 1, "sram": 2}}, "sram"),
-           ({"costs": {"mac": 1, "ac": 1}}, "name"),
-           ({"name": "x", "unit": "J", "costs": {"mac": 1, "ac": 1}}, "unit")]
+    bad = [
+        ({"name": "x", "costs": {"mac": 1}}, "costs.ac"),
+        ({"name": "x", "costs": {"mac": 1, "ac": -1}}, "costs.ac"),
+        ({"name": "x", "costs": {"mac": 1, "ac": 1, "sram": 2}}, "sram"),
+        ({"costs": {"mac": 1, "ac": 1}}, "name"),
+        ({"name": "x", "unit": "J", "costs": {"mac": 1, "ac": 1}}, "unit"),
+    ]
     for d, key in bad:
         f.write_text(json.dumps(d))
         with pytest.raises(ConfigError, match=key):
@@ -276,8 +307,9 @@ def test_report_totals_follow_the_conventions(small_report):
         t = r.totals[conv]
         assert t["per_image_mJ"] == pytest.approx(10 * t["per_call_mJ"])
         assert t["per_call_mJ"] == pytest.approx(np.mean([s[f"{conv}_mJ"] for s in r.by_step]))
-    assert r.ann["per_call_mJ"] == pytest.approx(model_macs(ann_counterpart(ModelConfig(arch="sdm", **SMALL)))
-                                                 * 4.6 / 1e9)
+    assert r.ann["per_call_mJ"] == pytest.approx(
+        model_macs(ann_counterpart(ModelConfig(arch="sdm", **SMALL))) * 4.6 / 1e9
+    )
     assert len(r.by_step) == 2 and all(0 < n["rate"] < 1 for n in r.neurons)
 
 
@@ -298,6 +330,7 @@ def test_report_formats(small_report, tmp_path):
 def test_golden_and_eager_measurements_agree():
     """An IR graph measured by the golden simulator gives the eager model's counts (same calibration)."""
     from sdmc.frontends.fx import trace
+
     torch.manual_seed(1)
     cfg = ModelConfig(arch="sddpm", snn_steps=2, ch=8, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=8)
     m = build_model(cfg).eval()
@@ -316,11 +349,28 @@ def test_cli_energy_on_a_compiled_sdmc_file(tmp_path, capsys):
     from sdmc import ir
     from sdmc.cli import main
     from sdmc.frontends.fx import trace
+
     cfg = ModelConfig(arch="sdm", snn_steps=2, ch=8, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=8)
     g = trace(build_model(cfg).eval(), (1, 1, 8, 8))
     ir.save(g, tmp_path / "m.sdmc")
-    assert main(["energy", str(tmp_path / "m.sdmc"), "--images", "2", "--calib-steps", "1", "--steps", "5",
-                 "--data", "noise", "--json"]) == 0
+    assert (
+        main(
+            [
+                "energy",
+                str(tmp_path / "m.sdmc"),
+                "--images",
+                "2",
+                "--calib-steps",
+                "1",
+                "--steps",
+                "5",
+                "--data",
+                "noise",
+                "--json",
+            ]
+        )
+        == 0
+    )
     d = json.loads(capsys.readouterr().out)
     assert d["model"]["ch"] == 8 and d["ann"] is not None and d["calibration"]["n_images"] == 2
     assert any(x["name"] == "downblocks.0.conv1.tsmconv" and x["input_kind"] == "spike" for x in d["layers"])
@@ -361,6 +411,7 @@ def test_paper_convention_reproduces_table4_at_the_implied_rates(T, fr, paper_mJ
 def test_cli_energy(tmp_path, capsys):
     from sdmc.checkpoint import save_model
     from sdmc.cli import main
+
     cfg = ModelConfig(arch="sddpm", snn_steps=2, **SMALL)
     path = tmp_path / "m.safetensors"
     save_model(path, build_model(cfg).eval(), SdmcConfig(model=cfg))

@@ -1,12 +1,13 @@
 """torch.fx frontend: SDDPM / SDM UNets trace to checked IR whose golden simulation reproduces the eager
 spikingjelly model (float64: outputs to 1e-9, every neuron's spikes identical); unsupported ops are named."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_bn
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from torch import nn
 
-from conftest import randomize_bn
 from sdmc import ir
 from sdmc.config import ModelConfig, SdmcConfig
 from sdmc.errors import SdmcError, UnsupportedOpError
@@ -70,12 +71,25 @@ CASES = [
     dict(arch="sddpm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8),
     dict(arch="sdm", ch=8, ch_mult=(1, 2), num_res_blocks=2, snn_steps=4, img_ch=3, img_size=8),
     dict(arch="sdm", ch=16, ch_mult=(1, 2), num_res_blocks=1, snn_steps=3, img_ch=1, img_size=16),
-    dict(arch="sddpm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=3, img_ch=1, img_size=8, neuron="lif",
-         tau=2.0, soft_reset=True, threshold=0.4),
+    dict(
+        arch="sddpm",
+        ch=8,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        snn_steps=3,
+        img_ch=1,
+        img_size=8,
+        neuron="lif",
+        tau=2.0,
+        soft_reset=True,
+        threshold=0.4,
+    ),
 ]
 
 
-@pytest.mark.parametrize("kw", CASES, ids=lambda kw: f"{kw['arch']}-ch{kw['ch']}-T{kw['snn_steps']}-{kw.get('neuron', 'if')}")
+@pytest.mark.parametrize(
+    "kw", CASES, ids=lambda kw: f"{kw['arch']}-ch{kw['ch']}-T{kw['snn_steps']}-{kw.get('neuron', 'if')}"
+)
 def test_unet_traces_and_golden_matches_eager(kw):
     model = make_unet(**kw)
     g = trace(model, (1, kw["img_ch"], kw["img_size"], kw["img_size"]))
@@ -137,6 +151,7 @@ def test_batch_size_of_the_example_does_not_matter():
 
 def test_from_checkpoint_native_file(tmp_path):
     from sdmc.checkpoint import save_model
+
     kw = CASES[1]
     model = make_unet(**kw).float()
     path = save_model(tmp_path / "m.safetensors", model, SdmcConfig(model=ModelConfig(**kw)))
@@ -254,13 +269,16 @@ class TimeMixing(nn.Module):
         return self.mix(xs.permute(1, 2, 3, 4, 0)).permute(4, 0, 1, 2, 3)
 
 
-@pytest.mark.parametrize("net,pattern", [
-    (WithPool(), r"block\.1: unsupported op module torch\.nn\.modules\.pooling\.MaxPool2d \(supported:"),
-    (WithRelu(), r"<top level>: unsupported op function torch\.relu \(supported functions: add, mul"),
-    (Outer(), r"blk: unsupported op function torch\.tanh \("),
-    (SingleStep(), r"sn: unsupported op IFNode in single-step mode \(use step_mode='m'"),
-    (TimeMixing(), r"mix: unsupported op Conv3d\(kernel=\(3, 3, 3\).*only kernels \(kh, kw, 1\)"),
-])
+@pytest.mark.parametrize(
+    "net,pattern",
+    [
+        (WithPool(), r"block\.1: unsupported op module torch\.nn\.modules\.pooling\.MaxPool2d \(supported:"),
+        (WithRelu(), r"<top level>: unsupported op function torch\.relu \(supported functions: add, mul"),
+        (Outer(), r"blk: unsupported op function torch\.tanh \("),
+        (SingleStep(), r"sn: unsupported op IFNode in single-step mode \(use step_mode='m'"),
+        (TimeMixing(), r"mix: unsupported op Conv3d\(kernel=\(3, 3, 3\).*only kernels \(kh, kw, 1\)"),
+    ],
+)
 def test_unsupported_ops_name_module_and_op(net, pattern):
     with pytest.raises(UnsupportedOpError, match=pattern):
         trace(net.double(), (1, 1, 4, 4), T=2)
@@ -272,6 +290,7 @@ def test_untraceable_control_flow_is_reported():
             if x.sum() > 0:
                 return x
             return -x
+
     with pytest.raises(UnsupportedOpError, match="Branchy.forward: torch.fx cannot trace it"):
         trace(Branchy(), (1, 1, 2, 2), T=2)
     with pytest.raises(SdmcError, match="example_shape"):

@@ -1,5 +1,6 @@
 """The golden numpy interpreter: each kernel against torch / spikingjelly in float64, hand-computed neuron
 traces, and whole random graphs (batch independence, spikes binary, input validation)."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,12 +8,12 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spikingjelly.activation_based import functional, neuron, surrogate
+from strategies import random_inputs, spiking_graphs
 
 from sdmc import ir
 from sdmc.errors import IRError
 from sdmc.models import MembraneOutputLayer, TSMConv2d
 from sdmc.sim import golden
-from strategies import random_inputs, spiking_graphs
 
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -28,8 +29,17 @@ def one_op_graph(T, in_type: ir.ValueType, node: ir.Node, params=None, extra_inp
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(1, 3), st.integers(1, 3), st.sampled_from([1, 2, 3]), st.integers(1, 2), st.integers(0, 2),
-       st.integers(1, 2), st.sampled_from([1, 2]), st.integers(3, 7), st.integers(0, 10 ** 6))
+@given(
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.sampled_from([1, 2, 3]),
+    st.integers(1, 2),
+    st.integers(0, 2),
+    st.integers(1, 2),
+    st.sampled_from([1, 2]),
+    st.integers(3, 7),
+    st.integers(0, 10**6),
+)
 def test_conv2d_matches_torch(N, cg, k, stride, pad, dil, groups, size, seed):
     rng = np.random.default_rng(seed)
     C, O = cg * groups, groups * rng.integers(1, 3)
@@ -69,8 +79,15 @@ def _sj_neuron(kind, v_reset, threshold, tau, decay_input):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from(["if", "lif", "plif"]), st.sampled_from([0.0, None, -0.2]), st.floats(0.3, 1.5),
-       st.sampled_from([1.5, 2.0, 4.0]), st.booleans(), st.integers(1, 6), st.integers(0, 10 ** 6))
+@given(
+    st.sampled_from(["if", "lif", "plif"]),
+    st.sampled_from([0.0, None, -0.2]),
+    st.floats(0.3, 1.5),
+    st.sampled_from([1.5, 2.0, 4.0]),
+    st.booleans(),
+    st.integers(1, 6),
+    st.integers(0, 10**6),
+)
 def test_neurons_match_spikingjelly(kind, v_reset, threshold, tau, decay_input, T, seed):
     x = torch.tensor(np.random.default_rng(seed).normal(0.5, 1.0, (T, 3, 5)))
     m = _sj_neuron(kind, v_reset, threshold, tau, decay_input).double()
@@ -103,8 +120,15 @@ def test_batchnorm_matches_torch_on_folded_time(training):
     bn.train(training)
     with torch.no_grad():
         ref = bn(torch.tensor(x).flatten(0, 1)).unflatten(0, (T, B)).numpy()
-    node = ir.BatchNorm(name="bn", inputs=("x",), weight="weight", bias="bias", running_mean="running_mean",
-                        running_var="running_var", num_batches_tracked="num_batches_tracked")
+    node = ir.BatchNorm(
+        name="bn",
+        inputs=("x",),
+        weight="weight",
+        bias="bias",
+        running_mean="running_mean",
+        running_var="running_var",
+        num_batches_tracked="num_batches_tracked",
+    )
     g = one_op_graph(T, ir.ValueType((C, 3, 3), "float64", timing=ir.PER_STEP), node, params)
     out = golden.run(g, [x], training=training)["out"]
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
@@ -134,19 +158,27 @@ def test_tsm_conv3d_readout_upsample_match_their_torch_modules():
     with torch.no_grad():
         ref = c3(torch.tensor(x).permute(1, 2, 3, 4, 0)).permute(4, 0, 1, 2, 3).numpy()
     node = ir.Conv3d(name="c3", inputs=("x",), weight="w", bias="b", padding=(1, 1))
-    g = one_op_graph(T, ir.ValueType((3, 4, 4), "float64", timing=ir.PER_STEP), node,
-                     {"w": c3.weight.detach().numpy(), "b": c3.bias.detach().numpy()})
+    g = one_op_graph(
+        T,
+        ir.ValueType((3, 4, 4), "float64", timing=ir.PER_STEP),
+        node,
+        {"w": c3.weight.detach().numpy(), "b": c3.bias.detach().numpy()},
+    )
     np.testing.assert_allclose(golden.run(g, [x])["out"], ref, atol=1e-12)
 
     ref = MembraneOutputLayer(T)(torch.tensor(x)).numpy()
-    g = one_op_graph(T, ir.ValueType((3, 4, 4), "float64", timing=ir.PER_STEP),
-                     ir.MembraneReadout(name="r", inputs=("x",), decay=0.8))
+    g = one_op_graph(
+        T,
+        ir.ValueType((3, 4, 4), "float64", timing=ir.PER_STEP),
+        ir.MembraneReadout(name="r", inputs=("x",), decay=0.8),
+    )
     np.testing.assert_allclose(golden.run(g, [x])["out"], ref, atol=1e-12)
     assert golden.run(g, [x])["out"].shape == (B, 3, 4, 4)
 
     ref = F.interpolate(torch.tensor(x).flatten(0, 1), scale_factor=2, mode="nearest").unflatten(0, (T, B)).numpy()
-    g = one_op_graph(T, ir.ValueType((3, 4, 4), "float64", timing=ir.PER_STEP),
-                     ir.Upsample(name="u", inputs=("x",), scale=2))
+    g = one_op_graph(
+        T, ir.ValueType((3, 4, 4), "float64", timing=ir.PER_STEP), ir.Upsample(name="u", inputs=("x",), scale=2)
+    )
     assert np.array_equal(golden.run(g, [x])["out"], ref)
 
 

@@ -1,4 +1,5 @@
 """The spiking graph IR: types and kinds, editing API, checker errors, serialisation and text round trips."""
+
 import json
 import os
 import zipfile
@@ -7,10 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import spiking_graphs
 
 from sdmc import ir
 from sdmc.errors import IRError, SdmcError
-from strategies import spiking_graphs
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -31,8 +32,16 @@ def small_graph(T=3) -> ir.Graph:
     for k in ("weight", "bias", "running_mean"):
         g.add_param(f"bn.{k}", rng.normal(size=3))
     g.add_param("bn.running_var", 1 + rng.random(3))
-    g.add(ir.BatchNorm(name="bn", inputs=("c1",), weight="bn.weight", bias="bn.bias", running_mean="bn.running_mean",
-                       running_var="bn.running_var"))
+    g.add(
+        ir.BatchNorm(
+            name="bn",
+            inputs=("c1",),
+            weight="bn.weight",
+            bias="bn.bias",
+            running_mean="bn.running_mean",
+            running_var="bn.running_var",
+        )
+    )
     g.add(ir.IF(name="n1", inputs=("bn",), threshold=0.8))
     g.add_param("c2.w", rng.normal(size=(3, 3, 3, 3)))
     g.add(ir.Conv2d(name="c2", inputs=("n1",), weight="c2.w", padding=(1, 1)))
@@ -128,8 +137,11 @@ def test_cycle_names_a_node_on_it():
 def test_conv_channel_mismatch_names_the_conv():
     g = small_graph()
     g.params["c2.w"] = np.zeros((3, 5, 3, 3))
-    with pytest.raises(IRError, match=r"node 'c2' \(conv2d\): shape mismatch: weight 'c2.w' \[3, 5, 3, 3\] "
-                                      r"expects 5 input channels, input 'n1' has 3"):
+    with pytest.raises(
+        IRError,
+        match=r"node 'c2' \(conv2d\): shape mismatch: weight 'c2.w' \[3, 5, 3, 3\] "
+        r"expects 5 input channels, input 'n1' has 3",
+    ):
         ir.check(g)
 
 
@@ -282,8 +294,15 @@ def test_saved_zip_layout_and_version(tmp_path):
         assert sorted(z.namelist()) == ["graph.json", "weights.safetensors"]
         d = json.loads(z.read("graph.json"))
     assert d["ir_version"] == ir.IR_VERSION and d["T"] == 3
-    assert d["nodes"][0] == {"name": "x", "op": "input", "inputs": [], "shape": [2, 4, 4], "dtype": "float64",
-                             "kind": "real", "timing": "static"}
+    assert d["nodes"][0] == {
+        "name": "x",
+        "op": "input",
+        "inputs": [],
+        "shape": [2, 4, 4],
+        "dtype": "float64",
+        "kind": "real",
+        "timing": "static",
+    }
     d["ir_version"] = ir.IR_VERSION + 1
     with pytest.raises(IRError, match="newer than this sdmc"):
         ir.from_dict(d)
@@ -320,6 +339,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full")
+
     monkeypatch.setattr(zipfile.ZipFile, "writestr", boom)
     with pytest.raises(OSError):
         ir.save(h, p)

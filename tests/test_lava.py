@@ -3,6 +3,7 @@
 
 Needs lava-nc 0.10.0 / lava-dl 0.6.0 (``python -m sdmc.backends.lava.install``); skipped where absent.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,11 +30,13 @@ def lava():
     compat.install_import_fixes()
     pytest.importorskip("lava.lib.dl.netx")
     from sdmc.backends.lava import run
+
     return run
 
 
 def test_fast_conv_equals_lavas_scipy_conv(lava):
     from lava.proc.conv.utils import conv_scipy
+
     rng = np.random.default_rng(0)
     for _ in range(60):
         g = int(rng.integers(1, 3))
@@ -72,23 +75,24 @@ def test_sequential_conv_if_chain_in_stock_netx_equals_float_golden(lava, tmp_pa
     g = _chain_graph(rng)
     path = tmp_path / "chain.h5"
     q, rep = export.export_netx(g, path, pow2=True)
-    assert all(r.weight_err == 0 for r in rep.layers)       # dyadic weights: lossless quantisation
+    assert all(r.weight_err == 0 for r in rep.layers)  # dyadic weights: lossless quantisation
     B = 2
     x = (rng.random((g.T, B, 2, 6, 5)) < 0.4).astype(np.float64)
     res = lava.run_netx(path, x)
     gold = golden.run(g, [x], all_values=True)
     for name, s in zip(("n1", "n2", "n3"), res.spikes):
         assert s.shape == gold[name].shape
-        assert np.array_equal(s, gold[name].astype(bool)), name      # after the n-step delay shift
+        assert np.array_equal(s, gold[name].astype(bool)), name  # after the n-step delay shift
     assert gold["n1"].sum() > 20 and gold["n3"].sum() > 0
     # voltages too, against the Loihi model on the same back-to-back timeline
     L, R = 3, g.T + 3
-    xs = np.concatenate([np.concatenate([x[:, b:b + 1], np.zeros((L, 1, 2, 6, 5))]) for b in range(B)])
+    xs = np.concatenate([np.concatenate([x[:, b : b + 1], np.zeros((L, 1, 2, 6, 5))]) for b in range(B)])
     model = lm.run_chain(q, xs, num_steps=B * R, reset_interval=R)
     for n in range(L):
         assert np.array_equal(np.rint(res.raw_v[n]).astype(np.int64), model["v"][n][:, 0])
-        assert np.array_equal(res.raw_spikes[n].reshape(model["spikes"][n][:, 0].shape).astype(bool),
-                              model["spikes"][n][:, 0])
+        assert np.array_equal(
+            res.raw_spikes[n].reshape(model["spikes"][n][:, 0].shape).astype(bool), model["spikes"][n][:, 0]
+        )
 
 
 def test_graded_image_input_in_stock_netx_equals_float_golden(lava, tmp_path):
@@ -119,7 +123,7 @@ def test_graded_image_input_in_stock_netx_equals_float_golden(lava, tmp_path):
 def loihi_chains(draw):
     """Small random integer chains with arbitrary CUBA decays, biases and thresholds; a graded input
     makes the first layer's current large enough to wrap the 24-bit u register / saturate v."""
-    seed = draw(st.integers(0, 2 ** 20))
+    seed = draw(st.integers(0, 2**20))
     graded = draw(st.booleans())
     first = draw(st.sampled_from(["conv", "dense"]))
     rng = np.random.default_rng(seed)
@@ -133,8 +137,11 @@ def loihi_chains(draw):
             n_in = int(np.prod(shape))
             w = rng.integers(-128, 128, (int(rng.integers(2, 6)), n_in))
             extra = {}
-        neuron = lm.Cuba(vth=int(rng.integers(50, 3000)), du=int(rng.choice([4095, rng.integers(0, 4096)])),
-                         dv=int(rng.choice([0, rng.integers(0, 4096)])))
+        neuron = lm.Cuba(
+            vth=int(rng.integers(50, 3000)),
+            du=int(rng.choice([4095, rng.integers(0, 4096)])),
+            dv=int(rng.choice([0, rng.integers(0, 4096)])),
+        )
         bias = rng.integers(-4095, 4096, w.shape[0]) if rng.random() < 0.6 else None
         layer = lm.LoihiLayer(kind=kind, weight=w, neuron=neuron, bias=bias, name=f"l{i}", **extra)
         layers.append(layer)
@@ -163,8 +170,13 @@ def test_loihi_model_equals_lava_spikes_and_voltages(lava, tmp_path, case):
 def test_current_wrap_and_voltage_saturation_match_lava(lava, tmp_path):
     """Graded inputs drive |a_in| past 2^17 units (u wraps) and v into the +-(2^23 - 1) clip."""
     w1 = np.array([[127, 127, 127, 127], [-128, -128, -128, -128], [100, -50, 3, 0], [-100, -100, -100, -100]])
-    l1 = lm.LoihiLayer(kind="dense", weight=w1, neuron=lm.Cuba(vth=lm.MAX_VTH, du=4095, dv=0),
-                       bias=np.array([0, -4095, 17, -4095]), name="wrap")
+    l1 = lm.LoihiLayer(
+        kind="dense",
+        weight=w1,
+        neuron=lm.Cuba(vth=lm.MAX_VTH, du=4095, dv=0),
+        bias=np.array([0, -4095, 17, -4095]),
+        name="wrap",
+    )
     l2 = lm.LoihiLayer(kind="dense", weight=np.array([[127, -128, 5, 1]]), neuron=lm.Cuba(vth=0), name="out")
     chain = lm.LoihiChain((4,), (l1, l2), input_bits=16)
     x = np.array([[300, 300, 300, 300], [100, 0, 0, 0], [-300, -300, -300, -300], [0, 0, 0, 0]])[:, None]
@@ -172,9 +184,9 @@ def test_current_wrap_and_voltage_saturation_match_lava(lava, tmp_path):
     export.write_netx(chain, path)
     model = lm.run_chain(chain, x, num_steps=6, reset_interval=6)
     u1 = model["u"][0][:, 0]
-    assert (np.abs(x[:, 0] @ w1.T) > lm.MAX_CURRENT).any()           # the drive really overflows
-    assert (u1[:, 0] < 0).any() and (u1[:, 1] > 0).any()                   # wrapped to the other sign
-    assert (model["v"][0][:, 0, 3] == -(2 ** 23) + 1).any()                 # clipped
+    assert (np.abs(x[:, 0] @ w1.T) > lm.MAX_CURRENT).any()  # the drive really overflows
+    assert (u1[:, 0] < 0).any() and (u1[:, 1] > 0).any()  # wrapped to the other sign
+    assert (model["v"][0][:, 0, 3] == -(2**23) + 1).any()  # clipped
     res = lava.run_netx(path, x, input_message_bits=16)
     for n in range(2):
         assert np.array_equal(np.rint(res.raw_v[n][:6]).astype(np.int64), model["v"][n][:, 0]), n
@@ -186,6 +198,7 @@ def test_spikingjelly_module_traced_exported_and_run_in_lava(lava, tmp_path):
     and within the reported quantisation error of spikingjelly's own float32 spikes."""
     torch = pytest.importorskip("torch")
     from spikingjelly.activation_based import functional, layer, neuron
+
     from sdmc.frontends import trace
 
     class Net(torch.nn.Module):
@@ -220,8 +233,10 @@ def test_spikingjelly_module_traced_exported_and_run_in_lava(lava, tmp_path):
     q, rep = export.export_netx(g, path)
     img = torch.rand(3, 1, 8, 8) * 2 - 1
     spikes = {}
-    hooks = [getattr(net, n).register_forward_hook(lambda m, i, o, n=n: spikes.__setitem__(n, o.numpy()))
-             for n in ("n1", "n2", "n3")]
+    hooks = [
+        getattr(net, n).register_forward_hook(lambda m, i, o, n=n: spikes.__setitem__(n, o.numpy()))
+        for n in ("n1", "n2", "n3")
+    ]
     with torch.no_grad():
         net(img)
     functional.reset_net(net)
@@ -240,6 +255,7 @@ def test_spikingjelly_module_traced_exported_and_run_in_lava(lava, tmp_path):
 
 def test_cli_lava_run_compares_lava_with_the_model(lava, tmp_path, capsys):
     from sdmc import cli
+
     g = _chain_graph(np.random.default_rng(11))
     path = tmp_path / "c.h5"
     export.export_netx(g, path)

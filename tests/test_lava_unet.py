@@ -1,5 +1,6 @@
 """The UNet -> LoihiNet compiler (sdmc.backends.lava.unet): structure, exactness of the hybrid host/chip run on
 dyadic weights, quantisation error on random weights, TSM handling, export round trip, resources, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_bn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import random_inputs, spiking_graphs
 
 from sdmc import ir, passes
 from sdmc.backends.lava import unet
@@ -19,9 +22,6 @@ from sdmc.frontends import trace
 from sdmc.models import build_model
 from sdmc.sim import golden
 from sdmc.sim import loihi as lm
-
-from conftest import randomize_bn
-from strategies import random_inputs, spiking_graphs
 
 
 def _cfg(arch="sddpm", **kw) -> ModelConfig:
@@ -45,8 +45,7 @@ def _model(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
 
 def _inputs(cfg: ModelConfig, B: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    return {"x": rng.standard_normal((B, cfg.img_ch, cfg.img_size, cfg.img_size)),
-            "t": rng.integers(0, 1000, B)}
+    return {"x": rng.standard_normal((B, cfg.img_ch, cfg.img_size, cfg.img_size)), "t": rng.integers(0, 1000, B)}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +82,8 @@ def test_tiny_sddpm_compiles_to_a_consistent_net(sddpm):
         assert depth[pr.dst] == net.depth(pr.src) + 1 + pr.delay
     for p in net.populations:
         assert min(pr.delay for pr in net.incoming(p.name)) == 0 or all(
-            pr.kind == "identity" for pr in net.incoming(p.name))
+            pr.kind == "identity" for pr in net.incoming(p.name)
+        )
     ups = [pr for pr in net.projections if pr.upsample == 2]
     assert ups and all(pr.src == "upblocks.2.neuron" for pr in ups)
     # head conv and every ResBlock's time embedding arrive as graded host currents; the head is the only input
@@ -91,8 +91,13 @@ def test_tiny_sddpm_compiles_to_a_consistent_net(sddpm):
     assert cur["neuron"].terms == ("conv.repeat",) and not net.incoming("neuron")[0].weight
     assert sum(1 for c in plan.currents if c.terms[0].startswith("getitem")) == 2 + 2 + 4  # 8 ResBlocks
     assert all(net.node(c.source).bits == unet.HOST_BITS for c in plan.currents)
-    assert set(net.outputs) == {"neuron", "downblocks.0.neuron2", "upblocks.2.neuron", "upblocks.3.neuron2",
-                                "upblocks.4.neuron2"}
+    assert set(net.outputs) == {
+        "neuron",
+        "downblocks.0.neuron2",
+        "upblocks.2.neuron",
+        "upblocks.3.neuron2",
+        "upblocks.4.neuron2",
+    }
     for q in rep.layers:  # integer threshold, vth = theta_int - 1, 8-bit weights
         p = net.node(q.name)
         assert p.neuron.vth == q.theta_int - 1 and abs(q.theta_int / q.scale - 0.5) <= 0.5 / q.scale
@@ -132,7 +137,7 @@ def test_dyadic_unet_hybrid_run_equals_float_golden_exactly(sddpm):
     for p in net.populations:
         assert np.array_equal(hy["spikes"][p.name], ref[p.name].astype(bool)), p.name
         rates.append(ref[p.name].mean())
-    assert 0.05 < np.mean(rates) < 0.95                        # spikes really flow through every block
+    assert 0.05 < np.mean(rates) < 0.95  # spikes really flow through every block
     assert np.array_equal(hy["outputs"]["out"], ref["out"])
     assert all(v == 0 for v in hy["host_clip"].values())
 
@@ -146,12 +151,12 @@ def test_random_unet_output_within_reported_quantisation_error(sddpm):
     assert rep.output_error == pytest.approx(unet.rel_error(hy, ref))
     assert 0 < rep.output_error < 0.5
     assert all(q.spike_mismatch is not None and q.spike_mismatch < 0.3 for q in rep.layers)
-    other = _inputs(cfg, 2, 1)   # unseen inputs: the same order of error
+    other = _inputs(cfg, 2, 1)  # unseen inputs: the same order of error
     err = unet.rel_error(unet.run_hybrid(net, plan, other)["outputs"]["out"], golden.run(g, other)["out"])
     assert err < 3 * rep.output_error
     text = rep.format()
     assert "hybrid fixed-point output vs float golden" in text and "threshold resolution" in text
-    for q in rep.layers:   # the static worst case bounds the measured current; v stays in the 24-bit range
+    for q in rep.layers:  # the static worst case bounds the measured current; v stays in the 24-bit range
         assert 0 < rep.max_current[q.name] <= q.worst_current and 0 <= q.max_abs_v < lm.MAX_VOLTAGE
     assert "0 population(s) saturated" in text
 
@@ -160,7 +165,7 @@ def test_threshold_guidance_resolution(sddpm):
     cfg, g = sddpm
     net, plan, rep = unet.compile_net(g, on_overflow="rescale", threshold=0.497)
     assert all(n.threshold == 0.497 for n in plan.graph.nodes.values() if n.op == "if")
-    for q in rep.layers:   # realised threshold within half a step 1/S of the guided one
+    for q in rep.layers:  # realised threshold within half a step 1/S of the guided one
         assert q.theta == 0.497 and abs(q.theta_int / q.scale - 0.497) <= 0.5 / q.scale
     assert "realised thresholds" in rep.format()
     with pytest.raises(SdmcError, match="threshold must be > 0"):
@@ -192,12 +197,16 @@ def test_torch_reference_agrees_with_golden_on_the_compiled_graph(sddpm):
     cfg, g = sddpm
     assert any(".from." in k for k in g.params)
     inp = _inputs(cfg, 2, 4)
-    assert unet.rel_error(unet.torch_reference(g, inp, threshold=0.45)["out"],
-                          golden.run(unet.compile_net(g, on_overflow="rescale", threshold=0.45)[1].graph, inp)["out"]) < 1e-9
+    assert (
+        unet.rel_error(
+            unet.torch_reference(g, inp, threshold=0.45)["out"],
+            golden.run(unet.compile_net(g, on_overflow="rescale", threshold=0.45)[1].graph, inp)["out"],
+        )
+        < 1e-9
+    )
 
 
-@pytest.mark.parametrize("kw,msg", [(dict(soft_reset=True), "soft reset"),
-                                    (dict(neuron="lif", tau=3.0), "4096/tau")])
+@pytest.mark.parametrize("kw,msg", [(dict(soft_reset=True), "soft reset"), (dict(neuron="lif", tau=3.0), "4096/tau")])
 def test_inexpressible_neurons_are_rejected_naming_the_node(kw, msg):
     cfg = _cfg(**kw)
     g = trace(_model(cfg), (1, 1, 8, 8))
@@ -221,7 +230,7 @@ def test_lif_with_representable_leak_compiles():
 
 
 def test_overflow_is_an_error_or_a_rescale():
-    g = ir.Graph(2)   # 1100 inputs, all weights 1: 1100 * 127 weight units overflow the 2^17 current register
+    g = ir.Graph(2)  # 1100 inputs, all weights 1: 1100 * 127 weight units overflow the 2^17 current register
     g.add(ir.Input(name="x", shape=(1100, 1, 1), kind="spike", timing="per-step"))
     g.add_param("c.w", np.ones((2, 1100, 1, 1)))
     g.add(ir.Conv2d(name="c", inputs=("x",), weight="c.w"))
@@ -241,9 +250,29 @@ def _same_net(a: lm.LoihiNet, b: lm.LoihiNet) -> None:
         assert (p.name, tuple(p.shape), p.neuron, p.depth) == (q.name, tuple(q.shape), q.neuron, q.depth)
         assert (p.bias is None) == (q.bias is None) and (p.bias is None or np.array_equal(p.bias, q.bias)), p.name
     for p, q in zip(a.projections, b.projections, strict=True):
-        assert ((p.name, p.src, p.dst, p.kind, tuple(p.stride), tuple(p.padding), tuple(p.dilation), p.groups,
-                 p.upsample, p.delay) == (q.name, q.src, q.dst, q.kind, tuple(q.stride), tuple(q.padding),
-                                          tuple(q.dilation), q.groups, q.upsample, q.delay)), p.name
+        assert (
+            p.name,
+            p.src,
+            p.dst,
+            p.kind,
+            tuple(p.stride),
+            tuple(p.padding),
+            tuple(p.dilation),
+            p.groups,
+            p.upsample,
+            p.delay,
+        ) == (
+            q.name,
+            q.src,
+            q.dst,
+            q.kind,
+            tuple(q.stride),
+            tuple(q.padding),
+            tuple(q.dilation),
+            q.groups,
+            q.upsample,
+            q.delay,
+        ), p.name
         assert (p.weight is None) == (q.weight is None) and (p.weight is None or np.array_equal(p.weight, q.weight))
 
 
@@ -253,15 +282,15 @@ def test_every_population_lies_in_exactly_one_segment(sddpm):
     segs, mains = unet.segments(net), unet.main_projections(net)
     flat = [p for s in segs for p in s]
     assert sorted(flat) == sorted(p.name for p in net.populations) and len(flat) == len(set(flat))
-    assert max(len(s) for s in segs) >= 10          # the encoder is one long chain, not one file per population
+    assert max(len(s) for s in segs) >= 10  # the encoder is one long chain, not one file per population
     for s in segs:
-        for a, b in zip(s, s[1:]):                   # inside a file: b's main synapse reads a, undelayed
+        for a, b in zip(s, s[1:]):  # inside a file: b's main synapse reads a, undelayed
             assert mains[b].src == a and mains[b].delay == 0 and mains[b].kind in ("conv", "dense")
     for name, pr in mains.items():
         assert pr is None or (pr.dst == name and pr.upsample == 1)
-        if pr is None:                               # only upsampled synapses (and no host current) feed it
+        if pr is None:  # only upsampled synapses (and no host current) feed it
             assert all(q.upsample > 1 for q in net.incoming(name))
-    assert mains["neuron"].kind == "identity"        # the head population: its host current
+    assert mains["neuron"].kind == "identity"  # the head population: its host current
     assert any(pr is None for pr in mains.values())  # the decoder's upsample-only halves of a split concat
 
 
@@ -271,15 +300,16 @@ def test_export_round_trip_and_checker(sddpm, tmp_path):
     net, plan, rep = unet.compile_net(g, calib=inp, on_overflow="rescale")
     out = unet.export_dir(net, plan, rep, tmp_path / "exp", resources=unet.resources(net))
     segs = unet.segments(net)
-    assert sorted(os.listdir(out)) == sorted(["graph.sdmc", "manifest.json", "projections.h5"]
-                                             + [f"segment_{i:02d}.h5" for i in range(len(segs))])
-    assert [p.name for p in tmp_path.iterdir()] == ["exp"]          # no temporary left behind
+    assert sorted(os.listdir(out)) == sorted(
+        ["graph.sdmc", "manifest.json", "projections.h5"] + [f"segment_{i:02d}.h5" for i in range(len(segs))]
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["exp"]  # no temporary left behind
     net2, plan2, man = unet.load_export(out)
     assert man["format"] == unet.EXPORT_FORMAT and man["version"] == unet.EXPORT_VERSION == 2
     assert man["T"] == cfg.snn_steps
     _same_net(net, net2)
     assert [s["populations"] for s in man["segments"]] == segs
-    for sg in man["segments"]:   # the head's main projection: its source, shape and delay describe the input
+    for sg in man["segments"]:  # the head's main projection: its source, shape and delay describe the input
         i = sg["main"][0]
         if i is not None:
             pr = man["projections"][i]
@@ -314,7 +344,8 @@ def test_export_round_trip_and_checker(sddpm, tmp_path):
         unet.check_export(out)
     (out / "manifest.json").write_text(text)
     import h5py
-    with h5py.File(out / "segment_00.h5", "r+") as f:   # a segment whose neuron disagrees with the manifest
+
+    with h5py.File(out / "segment_00.h5", "r+") as f:  # a segment whose neuron disagrees with the manifest
         vth = int(f["layer/1/neuron/vThMant"][()])
         f["layer/1/neuron/vThMant"][()] = 12345
     with pytest.raises(SdmcError, match="segment_00.h5: layer of population 'neuron'.*vth 12345"):
@@ -345,12 +376,12 @@ def test_export_keeps_only_the_host_part_of_the_graph(sddpm, tmp_path):
     assert all(hg.nodes[k].type.kind == "spike" and hg.nodes[k].type.per_step for k in net.outputs)
     on_chip = {p.name for p in net.populations} - set(net.outputs)
     assert not on_chip & set(hg.nodes)
-    syn = {pr.name for pr in net.projections}                     # no synapse of the chip is on the host
+    syn = {pr.name for pr in net.projections}  # no synapse of the chip is on the host
     assert not syn & set(hg.nodes)
     assert set(hg.params) < set(plan.graph.params)
     full = ir.save(plan.graph, tmp_path / "full.sdmc")
     assert (out / "graph.sdmc").stat().st_size < 0.5 * full.stat().st_size
-    assert {"conv", "temb"} & {n.name.split(".")[0] for n in hg.nodes.values()}   # head + time embedding stay
+    assert {"conv", "temb"} & {n.name.split(".")[0] for n in hg.nodes.values()}  # head + time embedding stay
     net2, plan2, _ = unet.load_export(out)
     assert plan2.host_only and not plan.host_only
     a, b = unet.run_hybrid(net, plan, inp), unet.run_hybrid(net2, plan2, inp)
@@ -397,14 +428,14 @@ def test_dense_and_upsample_only_populations_export_and_load(tmp_path):
     net2, plan2, man = unet.load_export(out)
     _same_net(net, net2)
     s0, s1 = man["segments"]
-    assert (s0["input"], s0["input_kind"], s0["layers"]) == ("x", "spikes", [1, 3])   # layer 2: netx flatten
+    assert (s0["input"], s0["input_kind"], s0["layers"]) == ("x", "spikes", [1, 3])  # layer 2: netx flatten
     assert (s1["input"], s1["input_kind"], s1["input_shape"], s1["main"]) == (None, "current", [2, 8, 8], [None])
     up = [p for p in man["projections"] if p["upsample"] == 2]
     assert len(up) == 1 and up[0]["role"] == "wiring" and up[0]["weight"]["file"] == "projections.h5"
     x = (np.random.default_rng(0).random((3, 2, 2, 4, 4)) < 0.5).astype(np.float64)
     a, b = unet.run_hybrid(net, plan, {"x": x}), unet.run_hybrid(net2, plan2, {"x": x})
     ref = golden.run(g, {"x": x})
-    for o in ("o2", "o3"):   # dyadic weights, pow2 scales: exact; and the loaded export gives the same
+    for o in ("o2", "o3"):  # dyadic weights, pow2 scales: exact; and the loaded export gives the same
         assert np.array_equal(a["outputs"][o], ref[o]) and np.array_equal(b["outputs"][o], ref[o]) and ref[o].any()
 
 
@@ -413,6 +444,7 @@ def test_segment_files_load_in_stock_netx(sddpm, tmp_path):
     only by an upsampled synapse) builds as a stock ``lava.lib.dl.netx.hdf5.Network`` with the manifest's
     input and output shapes."""
     from sdmc.backends.lava import compat
+
     compat.install_import_fixes()
     netx = pytest.importorskip("lava.lib.dl.netx")
     cfg, g = sddpm
@@ -423,13 +455,13 @@ def test_segment_files_load_in_stock_netx(sddpm, tmp_path):
         shapes = {p["name"]: p["shape"] for p in man["populations"]}
         for sg in man["segments"]:
             n = netx.hdf5.Network(net_config=str(out / sg["file"]), input_message_bits=sg["input_message_bits"])
-            assert len(n.layers) == len(sg["populations"])      # a netx flatten builds no block
-            assert tuple(n.out.shape) == tuple(shapes[sg["populations"][-1]][::-1])   # Lava (W, H, C) order
+            assert len(n.layers) == len(sg["populations"])  # a netx flatten builds no block
+            assert tuple(n.out.shape) == tuple(shapes[sg["populations"][-1]][::-1])  # Lava (W, H, C) order
             assert tuple(n.inp.shape) == tuple(sg["input_shape"][::-1])
 
 
 def test_one_conv_feeding_two_populations_round_trips_with_each_scale(tmp_path):
-    g = ir.Graph(3)   # c feeds a (with the large d: small scale) and b (alone: large scale)
+    g = ir.Graph(3)  # c feeds a (with the large d: small scale) and b (alone: large scale)
     g.add(ir.Input(name="x", shape=(2, 4, 4), kind="spike", timing="per-step"))
     rng = np.random.default_rng(0)
     g.add_param("c.w", rng.uniform(-1, 1, (3, 2, 3, 3)))
@@ -457,6 +489,7 @@ def test_failed_export_leaves_previous_directory_untouched(sddpm, tmp_path, monk
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
+
     monkeypatch.setattr(unet.ir, "save", boom)
     with pytest.raises(RuntimeError):
         unet.export_dir(net, plan, rep, tmp_path / "exp")
@@ -481,6 +514,7 @@ def _chain_graph(T=4):
 
 def test_sequential_chain_exports_one_netx_segment(tmp_path):
     from sdmc.backends.lava import export
+
     g = _chain_graph()
     net, plan, rep = unet.compile_net(g, pow2=True)
     assert [s.name for s in net.sources] == ["x"] and net.sources[0].bits == 0
@@ -489,12 +523,12 @@ def test_sequential_chain_exports_one_netx_segment(tmp_path):
     man = json.loads((out / "manifest.json").read_text())
     assert man["segments"][0]["file"] == "segment_00.h5" and man["segments"][0]["input"] == "x"
     assert all(p["weight"]["file"] == "segment_00.h5" for p in man["projections"])
-    chain = export.read_netx(out / "segment_00.h5")   # plain netx layout, readable on its own
+    chain = export.read_netx(out / "segment_00.h5")  # plain netx layout, readable on its own
     assert [L.weight.shape for L in chain.layers] == [(4, 2, 3, 3), (3, 4, 3, 3)]
     x = (np.random.default_rng(0).random((g.T, 2, 2, 6, 6)) < 0.4).astype(np.float64)
     hy = unet.run_hybrid(net, plan, {"x": x})
     ref = golden.run(g, [x], keep=["n1", "n2"])
-    assert np.array_equal(hy["spikes"]["n2"], ref["n2"].astype(bool))       # dyadic: exact
+    assert np.array_equal(hy["spikes"]["n2"], ref["n2"].astype(bool))  # dyadic: exact
     net2, _, _ = unet.load_export(out)
     assert all(np.array_equal(a.weight, b.weight) for a, b in zip(net.projections, net2.projections))
 
@@ -504,10 +538,16 @@ def test_resources_hand_checked_on_a_tiny_net():
     w2 = np.ones((2, 2, 3, 3), np.int64)
     net = lm.LoihiNet(
         (lm.Source("in", (1, 4, 4), bits=8),),
-        (lm.Population("a", (2, 4, 4), lm.Cuba(vth=10), depth=1), lm.Population("b", (2, 8, 8), lm.Cuba(vth=10), depth=2)),
-        (lm.Projection("in", "a", "conv", w1, padding=(1, 1), name="pa"),
-         lm.Projection("a", "b", "conv", w2, padding=(1, 1), upsample=2, name="pb")),
-        ("b",))
+        (
+            lm.Population("a", (2, 4, 4), lm.Cuba(vth=10), depth=1),
+            lm.Population("b", (2, 8, 8), lm.Cuba(vth=10), depth=2),
+        ),
+        (
+            lm.Projection("in", "a", "conv", w1, padding=(1, 1), name="pa"),
+            lm.Projection("a", "b", "conv", w2, padding=(1, 1), upsample=2, name="pb"),
+        ),
+        ("b",),
+    )
     r = unet.resources(net)
     pa, pb = r["projections"]
     # 3x3 pad 1 on 4x4: per axis 2+3+3+2 = 10 taps in bounds -> 2 out ch x 1 in ch x 10 x 10
@@ -519,7 +559,7 @@ def test_resources_hand_checked_on_a_tiny_net():
     assert "cores 2, chips 1" in unet.format_resources(r)
 
 
-@pytest.mark.slow   # ~20 s (trace + passes of the 128-channel UNet); the hand-checked tiny net covers the counting
+@pytest.mark.slow  # ~20 s (trace + passes of the 128-channel UNet); the hand-checked tiny net covers the counting
 def test_resources_of_the_full_cifar10_sdm_model_without_dense_matrices():
     cfg = ModelConfig(arch="sdm", ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, snn_steps=8)
     g = trace(build_model(cfg), (1, 3, 32, 32))
@@ -535,6 +575,7 @@ def test_resources_of_the_full_cifar10_sdm_model_without_dense_matrices():
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     from sdmc.checkpoint import save_model
+
     cfg = _cfg()
     path = tmp_path_factory.mktemp("m") / "m.safetensors"
     save_model(path, _model(cfg), SdmcConfig(model=cfg))
@@ -543,32 +584,66 @@ def model_file(tmp_path_factory):
 
 def test_cli_export_sim_and_resources(model_file, tmp_path, capsys):
     from sdmc.cli import main
+
     out = tmp_path / "exp"
-    assert main(["export", str(model_file), "--backend", "lava", "-o", str(out), "--calib", "2",
-                 "--on-overflow", "rescale", "--resources"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(model_file),
+                "--backend",
+                "lava",
+                "-o",
+                str(out),
+                "--calib",
+                "2",
+                "--on-overflow",
+                "rescale",
+                "--resources",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "populations" in text and "hybrid fixed-point output vs float golden" in text and "chips" in text
     unet.check_export(out)
-    assert main(["sim", str(model_file), "--target", "loihi", "--samples", "1", "--on-overflow", "rescale",
-                 "--threshold", "0.49"]) == 0
+    assert (
+        main(
+            [
+                "sim",
+                str(model_file),
+                "--target",
+                "loihi",
+                "--samples",
+                "1",
+                "--on-overflow",
+                "rescale",
+                "--threshold",
+                "0.49",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "relative error" in text and "spike mismatch" in text
-    import re   # the torch backend (compiled executor, float64) answers what the float golden does
+    import re  # the torch backend (compiled executor, float64) answers what the float golden does
+
     agree = re.search(r"vs torch executor \(float64\) ([0-9.e+-]+); torch executor vs float golden ([0-9.e+-]+)", text)
     assert agree and float(agree.group(2)) < 1e-6 and float(agree.group(1)) > 0, text
     assert main(["lava", "resources", str(model_file)]) == 0
     assert "Loihi 2 resources" in capsys.readouterr().out
     assert main(["export", str(model_file), "--backend", "onnx", "-o", str(tmp_path / "o")]) == 2
     assert "not implemented" in capsys.readouterr().err
-    chain = ir.save(_chain_graph(), tmp_path / "chain.sdmc")     # a .sdmc graph with a per-step spike input
+    chain = ir.save(_chain_graph(), tmp_path / "chain.sdmc")  # a .sdmc graph with a per-step spike input
     assert main(["export", str(chain), "-o", str(tmp_path / "c"), "--pow2", "--calib", "2"]) == 0
     text = capsys.readouterr().out
-    assert "1 netx segment(s)" in text and "relative error 0\n" in text     # dyadic chain: exact
+    assert "1 netx segment(s)" in text and "relative error 0\n" in text  # dyadic chain: exact
 
 
 # ------------------------------------------------------------------------------------------- Lava
 def _lava_net_module():
     from sdmc.backends.lava import compat
+
     compat.install_import_fixes()
     pytest.importorskip("lava.lib.dl.netx")
     return pytest.importorskip("sdmc.backends.lava.net")
@@ -604,20 +679,22 @@ def test_small_sdm_mean_tsm_exported_and_run_in_lava_spikes_identical_to_numpy_m
     man = _exported_net_in_lava_equals_numpy_model(g, tmp_path, tsm="mean", calib=_inputs(cfg, 1, 0))
     q = man["quantisation"]
     assert len(q["tsm_spread"]) >= 10 and all(v > 0 for v in q["tsm_spread"].values())
-    assert 0 < q["tsm_error"] < 1 and 0 < q["output_error"] < 1   # the approximation alone, and all of it
+    assert 0 < q["tsm_error"] < 1 and 0 < q["output_error"] < 1  # the approximation alone, and all of it
     assert any(n.startswith("TSM:") for n in man["notes"])
 
 
 def test_segment_file_runs_in_stock_netx_like_the_net(tmp_path):
     from sdmc.backends.lava import compat
+
     compat.install_import_fixes()
     pytest.importorskip("lava.lib.dl.netx")
     from sdmc.backends.lava import run
+
     g = _chain_graph()
     net, plan, rep = unet.compile_net(g, pow2=True)
     out = unet.export_dir(net, plan, rep, tmp_path / "exp")
     x = (np.random.default_rng(1).random((g.T, 2, 2, 6, 6)) < 0.4).astype(np.float64)
-    res = run.run_netx(out / "segment_00.h5", x, read_v=False)       # stock lava.lib.dl.netx.hdf5.Network
+    res = run.run_netx(out / "segment_00.h5", x, read_v=False)  # stock lava.lib.dl.netx.hdf5.Network
     hy = unet.run_hybrid(net, plan, {"x": x})
     assert np.array_equal(res.spikes[0], hy["spikes"]["n1"]) and np.array_equal(res.spikes[1], hy["spikes"]["n2"])
     assert hy["spikes"]["n2"].any()
@@ -638,7 +715,8 @@ def test_generated_graphs_compile_cleanly_or_fail_with_a_named_error(g, seed):
     ref = golden.run(plan.graph, inp)
     for k, v in ref.items():
         assert hy["outputs"][k].shape == v.shape and np.all(np.isfinite(hy["outputs"][k]))
-    import tempfile   # the export (segments + wiring + host-only graph) reads back to the same net and outputs
+    import tempfile  # the export (segments + wiring + host-only graph) reads back to the same net and outputs
+
     with tempfile.TemporaryDirectory() as d:
         net2, plan2, man = unet.load_export(unet.export_dir(net, plan, rep, os.path.join(d, "e")))
     _same_net(net, net2)

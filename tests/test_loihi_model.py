@@ -1,4 +1,5 @@
 """Loihi fixed-point model, quantisation and the netx writer, without Lava (Lava equality: test_lava.py)."""
+
 from __future__ import annotations
 
 import h5py
@@ -16,7 +17,7 @@ from sdmc.sim import loihi as lm
 
 # ------------------------------------------------------------------------------------------ neuron step
 def test_cuba_if_step_hand_computed():
-    p = lm.Cuba(vth=9)                      # IF: du = 4095, dv = 0; fires on v > 9*64, i.e. v >= 10 units
+    p = lm.Cuba(vth=9)  # IF: du = 4095, dv = 0; fires on v > 9*64, i.e. v >= 10 units
     u = v = np.zeros(3, np.int64)
     u, v, s = lm.cuba_step(u, v, np.array([4, 10, -3]), 0, p)
     assert u.tolist() == [256, 640, -192] and v.tolist() == [256, 0, -192] and s.tolist() == [False, True, False]
@@ -25,7 +26,7 @@ def test_cuba_if_step_hand_computed():
 
 
 def test_cuba_decays_truncate_toward_zero():
-    p = lm.Cuba(vth=1000, du=1023, dv=2048)     # keep 3/4 of u, 1/2 of v per step
+    p = lm.Cuba(vth=1000, du=1023, dv=2048)  # keep 3/4 of u, 1/2 of v per step
     u, v, _ = lm.cuba_step(np.array([-5, 5]), np.array([-3, 3]), np.zeros(2, np.int64), 0, p)
     # -5*3072/4096 = -3.75 -> -3 (not -4); v: -3*2048/4096 = -1.5 -> -1, plus the new u
     assert u.tolist() == [-3, 3] and v.tolist() == [-1 - 3, 1 + 3]
@@ -34,12 +35,12 @@ def test_cuba_decays_truncate_toward_zero():
 def test_cuba_current_wraps_and_voltage_saturates_like_lava():
     p = lm.Cuba(vth=lm.MAX_VTH)
     u, v, s = lm.cuba_step(np.zeros(2, np.int64), np.zeros(2, np.int64), np.array([150000, 50000]), 0, p)
-    assert u.tolist() == [150000 * 64 - 2 ** 24, 50000 * 64]      # the reference's -112144 units
+    assert u.tolist() == [150000 * 64 - 2**24, 50000 * 64]  # the reference's -112144 units
     assert u[0] // 64 == -112144
-    v = np.array([2 ** 23 - 100, -(2 ** 23) + 100])
+    v = np.array([2**23 - 100, -(2**23) + 100])
     _, v2, s2 = lm.cuba_step(np.zeros(2, np.int64), v, np.array([100, -100]), 0, p)
     # +: clipped to 2^23 - 1, which is above the largest threshold (131071 << 6): it always fires, resets
-    assert v2.tolist() == [0, -(2 ** 23) + 1] and s2.tolist() == [True, False]
+    assert v2.tolist() == [0, -(2**23) + 1] and s2.tolist() == [True, False]
 
 
 def test_bias_mantissa_is_int16_in_the_simulator():
@@ -77,7 +78,7 @@ def _dyadic_chain(rng, C=2, H=6, W=5, bias=True):
 
 
 @settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 2 ** 16), B=st.integers(1, 3), bias=st.booleans())
+@given(seed=st.integers(0, 2**16), B=st.integers(1, 3), bias=st.booleans())
 def test_fixed_point_chain_equals_float_golden_for_dyadic_weights(seed, B, bias):
     rng = np.random.default_rng(seed)
     g = _dyadic_chain(rng, bias=bias)
@@ -98,8 +99,9 @@ def test_without_reset_bias_leaks_into_the_pipeline_fill():
     rng = np.random.default_rng(3)
     g = _dyadic_chain(rng)
     q, _ = quantize.quantize_chain(export.extract_chain(g), pow2=True)
-    q = lm.LoihiChain(q.input_shape, (lm.LoihiLayer(**{**q.layers[0].__dict__, "bias": np.full(4, 30)}),)
-                      + q.layers[1:])
+    q = lm.LoihiChain(
+        q.input_shape, (lm.LoihiLayer(**{**q.layers[0].__dict__, "bias": np.full(4, 30)}),) + q.layers[1:]
+    )
     x = (rng.random((g.T, 1) + q.input_shape) < 0.4).astype(np.int64)
     with_reset = lm.run_chain(q, x, reset_interval=g.T + 3)
     no_reset = lm.run_chain(q, x)
@@ -116,8 +118,16 @@ def test_batchnorm_is_folded_into_the_synapse():
     g.add_param("bn.running_mean", 0.2 * rng.normal(size=4))
     g.add_param("bn.running_var", 0.5 + rng.random(4))
     g.add(ir.Conv2d(name="c", inputs=("x",), weight="c.w", padding=(1, 1)))
-    g.add(ir.BatchNorm(name="bn", inputs=("c",), weight="bn.weight", bias="bn.bias",
-                       running_mean="bn.running_mean", running_var="bn.running_var"))
+    g.add(
+        ir.BatchNorm(
+            name="bn",
+            inputs=("c",),
+            weight="bn.weight",
+            bias="bn.bias",
+            running_mean="bn.running_mean",
+            running_var="bn.running_var",
+        )
+    )
     g.add(ir.IF(name="n", inputs=("bn",), threshold=0.5))
     g.add(ir.Output(name="out", inputs=("n",)))
     x = (rng.random((4, 2, 3, 5, 5)) < 0.5).astype(np.float64)
@@ -140,7 +150,7 @@ def test_graded_static_input_chain():
     assert fchain.graded_input
     q, rep = quantize.quantize_chain(fchain, pow2=True, input_scale=128)
     assert q.input_bits == 16 and rep.input_scale == 128
-    img = np.clip(np.rint(rng.uniform(-1, 1, (2, 1, 4, 4)) * 128), -127, 127) / 128   # exactly representable
+    img = np.clip(np.rint(rng.uniform(-1, 1, (2, 1, 4, 4)) * 128), -127, 127) / 128  # exactly representable
     xq = quantize.quantize_input(q, np.broadcast_to(img, (3,) + img.shape))
     res = lm.run_chain(q, xq, reset_interval=3 + 1)
     gold = golden.run(g, [img])["out"]
@@ -158,21 +168,21 @@ def test_quantisation_error_is_reported_and_bounded():
     g.add(ir.IF(name="n1", inputs=("c1",)))
     g.add_param("c2.w", rng.normal(0, 0.3, (8, 8, 3, 3)))
     g.add(ir.Conv2d(name="c2", inputs=("n1",), weight="c2.w", padding=(1, 1)))
-    g.add(ir.IF(name="n2", inputs=("c2",), threshold=0.997))       # threshold guidance value
+    g.add(ir.IF(name="n2", inputs=("c2",), threshold=0.997))  # threshold guidance value
     g.add(ir.Output(name="out", inputs=("n2",)))
     fchain = export.extract_chain(g)
     q, rep = quantize.quantize_chain(fchain)
     for r, L in zip(rep.layers, fchain.layers):
-        assert r.weight_err <= 0.5 / r.scale + 1e-12          # round-to-nearest on the shared scale
+        assert r.weight_err <= 0.5 / r.scale + 1e-12  # round-to-nearest on the shared scale
         assert abs(r.theta_int / r.scale - r.theta) <= 0.5 / r.scale + 1e-12
-        assert np.abs(L.weight).max() * r.scale == pytest.approx(127, rel=1e-9)   # full 8-bit range used
+        assert np.abs(L.weight).max() * r.scale == pytest.approx(127, rel=1e-9)  # full 8-bit range used
     x = (rng.random((8, 4, 4, 8, 8)) < 0.3).astype(np.float64)
     quantize.evaluate(fchain, q, rep, x)
     text = rep.format()
     assert "c1" in text and "mismatch" in text
     for r in rep.layers:
         assert 0.01 < r.rate_float < 0.9
-        assert r.spike_mismatch < 0.05, rep.format()             # measured: ~0.5-2 % on this net
+        assert r.spike_mismatch < 0.05, rep.format()  # measured: ~0.5-2 % on this net
         assert abs(r.rate_fixed - r.rate_float) < 0.02
     # coarser weights (pow2 scale) lose precision: the error grows, but stays reported
     _, rep2 = quantize.quantize_chain(fchain, pow2=True)
@@ -204,7 +214,7 @@ def test_netx_file_layout_and_round_trip(tmp_path):
     with h5py.File(path) as f:
         types = [f[f"layer/{k}/type"][0] for k in range(len(f["layer"]))]
         assert types == [b"input", b"conv", b"conv", b"flatten", b"dense"]
-        assert f["layer/0/shape"][()].tolist() == [2, 6, 5]                  # torch (C, H, W) order
+        assert f["layer/0/shape"][()].tolist() == [2, 6, 5]  # torch (C, H, W) order
         assert "neuron" not in f["layer/0"]
         c2 = f["layer/2"]
         assert c2["weight"].shape == (3, 4, 3, 2) and c2["stride"][()].tolist() == [2, 1]
@@ -249,15 +259,25 @@ def test_read_netx_names_a_bad_file(tmp_path):
 
 # ------------------------------------------------------------------------------------------ compat
 def test_import_fixes_rewrite_exactly_the_expected_text():
-    src = ("from dataclasses import dataclass, InitVar\n@dataclass\nclass A:\n"
-           "    x: ByteEncoder = ByteEncoder()\n    y: ByteEncoder = ByteEncoder()\n")
+    src = (
+        "from dataclasses import dataclass, InitVar\n@dataclass\nclass A:\n"
+        "    x: ByteEncoder = ByteEncoder()\n    y: ByteEncoder = ByteEncoder()\n"
+    )
     out = compat._fix_var_model(src)
     assert out.count("field(default_factory=ByteEncoder)") == 2 and "InitVar, field\n" in out
     sl = "import x\nfrom . import object_detection as obd\nfrom . import y\n"
     out = compat._fix_slayer_init(sl)
     ns = {}
-    exec(compile(out.replace("from . import object_detection as obd", "import no_such_mod_xyz as obd")
-                 .replace("import x\n", "").replace("from . import y\n", ""), "s", "exec"), ns)
+    exec(
+        compile(
+            out.replace("from . import object_detection as obd", "import no_such_mod_xyz as obd")
+            .replace("import x\n", "")
+            .replace("from . import y\n", ""),
+            "s",
+            "exec",
+        ),
+        ns,
+    )
     assert ns["obd"] is None
     with pytest.raises(compat.LavaUnavailable, match="var_model"):
         compat._fix_var_model("class A: pass\n")
@@ -275,10 +295,11 @@ def test_fast_conv_matches_torch_layout_conv_after_netx_flip():
         st_, pd, dl = tuple(rng.integers(1, 3, 2)), tuple(rng.integers(0, 2, 2)), tuple(rng.integers(1, 3, 2))
         x = rng.integers(0, 2, (C, 7, 6))
         w = rng.integers(-9, 9, (O, C // groups, kh, kw))
-        layer = lm.LoihiLayer(kind="conv", weight=w, neuron=lm.Cuba(vth=1), stride=st_, padding=pd,
-                              dilation=dl, groups=groups)
+        layer = lm.LoihiLayer(
+            kind="conv", weight=w, neuron=lm.Cuba(vth=1), stride=st_, padding=pd, dilation=dl, groups=groups
+        )
         want = lm.conv_synapse(x[None], layer)[0]
-        lava_w = w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1).astype(np.int32)   # what netx hands to Lava
+        lava_w = w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1).astype(np.int32)  # what netx hands to Lava
         got = compat.conv_numpy(x.transpose(2, 1, 0), lava_w, (kw, kh), st_[::-1], pd[::-1], dl[::-1], groups)
         assert np.array_equal(got.transpose(2, 1, 0), want)
 
@@ -321,6 +342,7 @@ def test_tsm_conv_is_rejected_or_approximated_by_its_mean(tmp_path):
 
 def test_cli_lava_export_writes_netx_and_prints_the_report(tmp_path, capsys):
     from sdmc import cli
+
     g = _dyadic_chain(np.random.default_rng(8))
     gpath = ir.save(g, tmp_path / "chain.sdmc")
     out = tmp_path / "chain.h5"
@@ -365,6 +387,13 @@ def test_resources_count_conv_connections_without_padding_taps():
     fc = lm.LoihiLayer(kind="dense", weight=np.ones((3, 2 * 4 * 4), np.int64), neuron=lm.Cuba(vth=1), name="fc")
     r = lm.resources(lm.LoihiChain((1, 4, 4), (conv, fc)))
     # 4x4 image, 3x3 kernel, pad 1: interior 4 pixels x 9 taps, 8 edge x 6, 4 corner x 4 = 100 per out channel
-    assert r[0] == {"layer": "c", "kind": "conv", "neurons": 32, "axons": 16, "weights": 18, "synapses": 200,
-                    "max_fan_in": 9}
+    assert r[0] == {
+        "layer": "c",
+        "kind": "conv",
+        "neurons": 32,
+        "axons": 16,
+        "weights": 18,
+        "synapses": 200,
+        "max_fan_in": 9,
+    }
     assert r[1]["synapses"] == 96 and r[1]["max_fan_in"] == 32 and r[1]["neurons"] == 3

@@ -1,5 +1,6 @@
 """LoihiNet numpy model (sdmc.sim.loihi.check_net / run_net): hand-computed nets, chains, a process-level
 reference, contract errors.  Lava equality is tests/test_lava_net.py."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,14 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
+from strategies import loihi_net_inputs, loihi_nets
 
 from sdmc.errors import SdmcError
 from sdmc.sim import loihi as lm
 
-from strategies import loihi_net_inputs, loihi_nets
-
-NOFIRE = lm.Cuba(vth=lm.MAX_VTH)      # integrate only: v is the running sum of the input current
-U = 1 << lm.ACT_SHIFT                 # one weight unit in the 24-bit state
+NOFIRE = lm.Cuba(vth=lm.MAX_VTH)  # integrate only: v is the running sum of the input current
+U = 1 << lm.ACT_SHIFT  # one weight unit in the 24-bit state
 
 
 def one(value, shape=(1, 1, 1, 1)):
@@ -27,16 +27,23 @@ def test_two_paths_of_unequal_depth_meet_aligned_by_a_delay():
     x = lm.Source("x", (1, 1, 1))
     A = lm.Population("A", (1, 1, 1), lm.Cuba(vth=4), depth=1)
     C = lm.Population("C", (1, 1, 1), NOFIRE, depth=2)
-    net = lm.LoihiNet((x,), (A, C), (lm.Projection("x", "A", "conv", one(5)),
-                                     lm.Projection("A", "C", "conv", one(3)),
-                                     lm.Projection("x", "C", "conv", one(2), delay=1)), ("C",))
+    net = lm.LoihiNet(
+        (x,),
+        (A, C),
+        (
+            lm.Projection("x", "A", "conv", one(5)),
+            lm.Projection("A", "C", "conv", one(3)),
+            lm.Projection("x", "C", "conv", one(2), delay=1),
+        ),
+        ("C",),
+    )
     xs = np.array([1, 0, 1, 1]).reshape(4, 1, 1, 1, 1)
     r = lm.run_net(net, {"x": xs})
-    assert r["spikes"]["A"].shape == (6, 1, 1, 1, 1)               # N + max_depth steps
+    assert r["spikes"]["A"].shape == (6, 1, 1, 1, 1)  # N + max_depth steps
     assert r["spikes"]["A"][1:5].ravel().tolist() == [1, 0, 1, 1]  # sample k at step k + 2
     # C integrates 3*A[k] + 2*x[k] = 5*x[k] at step k + 3: running sums 5, 5, 10, 15
     assert (r["v"]["C"][2:6].ravel() // U).tolist() == [5, 5, 10, 15]
-    assert r["v"]["C"][:2].ravel().tolist() == [0, 0]              # nothing reaches C before step 3
+    assert r["v"]["C"][:2].ravel().tolist() == [0, 0]  # nothing reaches C before step 3
     al = lm.aligned_net_spikes(r, net, 4)
     assert al["A"].ravel().tolist() == [1, 0, 1, 1] and al["C"].shape == (4, 1, 1, 1, 1)
     assert r["max_current"]["C"] == 5
@@ -47,13 +54,20 @@ def test_max_current_ignores_what_arrives_before_the_reset():
     x = lm.Source("x", (1,))
     A = lm.Population("A", (1,), lm.Cuba(vth=0), bias=np.array([1], np.int16), depth=1)
     B = lm.Population("B", (1,), NOFIRE, depth=3)
-    net = lm.LoihiNet((x,), (A, B), (lm.Projection("x", "A", "dense", np.zeros((1, 1), np.int8)),
-                                     lm.Projection("A", "B", "dense", np.full((1, 1), 9, np.int8), delay=1)), ("B",))
+    net = lm.LoihiNet(
+        (x,),
+        (A, B),
+        (
+            lm.Projection("x", "A", "dense", np.zeros((1, 1), np.int8)),
+            lm.Projection("A", "B", "dense", np.full((1, 1), 9, np.int8), delay=1),
+        ),
+        ("B",),
+    )
     r = lm.run_net(net, {"x": np.zeros((1, 1, 1))}, num_steps=4)
-    assert r["spikes"]["A"].ravel().tolist() == [True, True, True, True]     # v = 1 > 0 every step
-    assert (r["v"]["B"].ravel() // U).tolist() == [0, 0, 9, 9]                # junk at step 3, reset at 4
+    assert r["spikes"]["A"].ravel().tolist() == [True, True, True, True]  # v = 1 > 0 every step
+    assert (r["v"]["B"].ravel() // U).tolist() == [0, 0, 9, 9]  # junk at step 3, reset at 4
     assert r["max_current"]["B"] == 9
-    r = lm.run_net(net, {"x": np.zeros((1, 1, 1))}, num_steps=3)             # only junk: nothing live
+    r = lm.run_net(net, {"x": np.zeros((1, 1, 1))}, num_steps=3)  # only junk: nothing live
     assert r["max_current"]["B"] == 0
 
 
@@ -62,8 +76,15 @@ def test_split_concat_equals_one_conv_over_the_concatenated_channels():
     a, b = lm.Source("a", (2, 4, 4)), lm.Source("b", (1, 4, 4))
     wt = rng.integers(-9, 10, (3, 3, 3, 3)).astype(np.int8)
     P = lm.Population("P", (3, 4, 4), NOFIRE, depth=1)
-    net = lm.LoihiNet((a, b), (P,), (lm.Projection("a", "P", "conv", wt[:, :2].copy(), padding=(1, 1)),
-                                     lm.Projection("b", "P", "conv", wt[:, 2:].copy(), padding=(1, 1))), ("P",))
+    net = lm.LoihiNet(
+        (a, b),
+        (P,),
+        (
+            lm.Projection("a", "P", "conv", wt[:, :2].copy(), padding=(1, 1)),
+            lm.Projection("b", "P", "conv", wt[:, 2:].copy(), padding=(1, 1)),
+        ),
+        ("P",),
+    )
     xa, xb = (rng.random((5, 2) + s) < 0.5 for s in ((2, 4, 4), (1, 4, 4)))
     r = lm.run_net(net, {"a": xa, "b": xb})
     cat = torch.tensor(np.concatenate([xa, xb], axis=2).reshape(10, 3, 4, 4), dtype=torch.float64)
@@ -75,8 +96,9 @@ def test_upsample_conv_hand_computed_and_against_torch():
     # one spike, x2 nearest, 3x3 all-ones pad 1: every output pixel's window covers the 2x2 copies -> 4
     x = lm.Source("x", (1, 1, 1))
     P = lm.Population("P", (1, 2, 2), NOFIRE, depth=1)
-    net = lm.LoihiNet((x,), (P,), (lm.Projection("x", "P", "conv", one(1, (1, 1, 3, 3)), padding=(1, 1),
-                                                 upsample=2),), ("P",))
+    net = lm.LoihiNet(
+        (x,), (P,), (lm.Projection("x", "P", "conv", one(1, (1, 1, 3, 3)), padding=(1, 1), upsample=2),), ("P",)
+    )
     r = lm.run_net(net, {"x": np.ones((2, 1, 1, 1, 1))})
     assert (r["v"]["P"][1:3, 0, 0] // U).tolist() == [[[4, 4], [4, 4]], [[8, 8], [8, 8]]]
 
@@ -94,7 +116,7 @@ def test_upsample_conv_hand_computed_and_against_torch():
 
 def test_identity_carries_a_graded_current():
     x = lm.Source("x", (2,), bits=8)
-    P = lm.Population("P", (2,), lm.Cuba(vth=249), depth=1)     # fires at v >= 250
+    P = lm.Population("P", (2,), lm.Cuba(vth=249), depth=1)  # fires at v >= 250
     net = lm.LoihiNet((x,), (P,), (lm.Projection("x", "P", "identity"),), ("P",))
     r = lm.run_net(net, {"x": np.tile([100, 30], (4, 1, 1))})
     assert r["spikes"]["P"][1:5, 0].T.astype(int).tolist() == [[0, 0, 1, 0], [0, 0, 0, 0]]
@@ -108,17 +130,17 @@ def test_per_channel_and_per_neuron_bias_and_the_reset_at_depth_plus_one():
     pc = lm.Population("pc", (2, 1, 2), NOFIRE, bias=np.array([1, -2], np.int16), depth=3)
     pn = lm.Population("pn", (2, 1, 2), NOFIRE, bias=np.array([[[1, 2]], [[3, -4]]], np.int16), depth=3)
     net = lm.LoihiNet((x,), (pc, pn), (), ("pc", "pn"))
-    r = lm.run_net(net, {"x": np.zeros((2, 1, 1, 1, 1))})             # 5 steps
+    r = lm.run_net(net, {"x": np.zeros((2, 1, 1, 1, 1))})  # 5 steps
     assert (r["v"]["pc"][:, 0, :, 0, 0] // U).tolist() == [[1, -2], [2, -4], [3, -6], [1, -2], [2, -4]]
-    assert (r["v"]["pn"][2, 0] // U).tolist() == [[[3, 6]], [[9, -12]]]     # step 3: three steps of junk
-    assert (r["v"]["pn"][3, 0] // U).tolist() == [[[1, 2]], [[3, -4]]]       # step 4: reset, then one step
+    assert (r["v"]["pn"][2, 0] // U).tolist() == [[[3, 6]], [[9, -12]]]  # step 3: three steps of junk
+    assert (r["v"]["pn"][3, 0] // U).tolist() == [[[1, 2]], [[3, -4]]]  # step 4: reset, then one step
 
 
 def test_dense_reads_the_source_flattened_in_c_h_w_order():
     x = lm.Source("x", (2, 2, 2))
     wt = np.zeros((3, 8), np.int8)
-    wt[0, 1 * 4 + 0 * 2 + 1] = 7        # (c=1, h=0, w=1)
-    wt[2, 0] = -3                       # (c=0, h=0, w=0)
+    wt[0, 1 * 4 + 0 * 2 + 1] = 7  # (c=1, h=0, w=1)
+    wt[2, 0] = -3  # (c=0, h=0, w=0)
     P = lm.Population("P", (3,), NOFIRE, depth=1)
     net = lm.LoihiNet((x,), (P,), (lm.Projection("x", "P", "dense", wt),), ("P",))
     xs = np.zeros((2, 1, 2, 2, 2))
@@ -133,13 +155,20 @@ def test_host_bias_is_per_sample_and_adds_to_the_static_bias():
     x = lm.Source("x", (2, 3, 3))
     P = lm.Population("P", (2, 3, 3), lm.Cuba(vth=20), bias=np.array([2, -1], np.int16), depth=1)
     wt = rng.integers(-20, 40, (2, 2, 3, 3)).astype(np.int8)
-    mk = lambda bias: lm.LoihiNet((x,), (lm.Population("P", P.shape, P.neuron, bias=bias, depth=1),),
-                                  (lm.Projection("x", "P", "conv", wt, padding=(1, 1)),), ("P",))
+
+    def mk(bias):
+        return lm.LoihiNet(
+            (x,),
+            (lm.Population("P", P.shape, P.neuron, bias=bias, depth=1),),
+            (lm.Projection("x", "P", "conv", wt, padding=(1, 1)),),
+            ("P",),
+        )
+
     xs = rng.random((4, 2, 2, 3, 3)) < 0.5
-    host = np.array([[5, 0], [-3, 7]], np.int64)                   # [B, C]
+    host = np.array([[5, 0], [-3, 7]], np.int64)  # [B, C]
     r = lm.run_net(mk(P.bias), {"x": xs}, host_bias={"P": host})
     for b in range(2):
-        rb = lm.run_net(mk((P.bias + host[b]).astype(np.int16)), {"x": xs[:, b:b + 1]})
+        rb = lm.run_net(mk((P.bias + host[b]).astype(np.int16)), {"x": xs[:, b : b + 1]})
         assert np.array_equal(r["v"]["P"][:, b], rb["v"]["P"][:, 0])
         assert np.array_equal(r["spikes"]["P"][:, b], rb["spikes"]["P"][:, 0])
     full = np.broadcast_to(host[:, :, None, None], (2, 2, 3, 3))
@@ -152,12 +181,29 @@ def test_host_bias_is_per_sample_and_adds_to_the_static_bias():
 
 # ------------------------------------------------------------------------------------------ chains
 def _chain(rng, input_bits=0):
-    L1 = lm.LoihiLayer("conv", rng.integers(-40, 60, (4, 2, 3, 3)).astype(np.int8), lm.Cuba(vth=63),
-                       bias=rng.integers(-3, 4, 4).astype(np.int16), padding=(1, 1), name="c1")
-    L2 = lm.LoihiLayer("conv", rng.integers(-40, 60, (3, 4, 3, 2)).astype(np.int8), lm.Cuba(vth=50, du=3000, dv=200),
-                       stride=(2, 1), padding=(1, 0), name="c2")
-    L3 = lm.LoihiLayer("dense", rng.integers(-30, 50, (5, 36)).astype(np.int8), lm.Cuba(vth=40),
-                       bias=rng.integers(-3, 4, 5).astype(np.int16), name="fc")
+    L1 = lm.LoihiLayer(
+        "conv",
+        rng.integers(-40, 60, (4, 2, 3, 3)).astype(np.int8),
+        lm.Cuba(vth=63),
+        bias=rng.integers(-3, 4, 4).astype(np.int16),
+        padding=(1, 1),
+        name="c1",
+    )
+    L2 = lm.LoihiLayer(
+        "conv",
+        rng.integers(-40, 60, (3, 4, 3, 2)).astype(np.int8),
+        lm.Cuba(vth=50, du=3000, dv=200),
+        stride=(2, 1),
+        padding=(1, 0),
+        name="c2",
+    )
+    L3 = lm.LoihiLayer(
+        "dense",
+        rng.integers(-30, 50, (5, 36)).astype(np.int8),
+        lm.Cuba(vth=40),
+        bias=rng.integers(-3, 4, 5).astype(np.int16),
+        name="fc",
+    )
     return lm.LoihiChain((2, 6, 5), (L1, L2, L3), input_bits=input_bits)
 
 
@@ -203,8 +249,9 @@ def _process_reference(net, inputs, steps):
             if t == p.depth + 1:
                 u[p.name][...] = 0
                 v[p.name][...] = 0
-            u[p.name], v[p.name], s = lm.cuba_step(u[p.name], v[p.name], a_in, lm.net_bias(net, None, B)[p.name],
-                                                   p.neuron)
+            u[p.name], v[p.name], s = lm.cuba_step(
+                u[p.name], v[p.name], a_in, lm.net_bias(net, None, B)[p.name], p.neuron
+            )
             out[p.name] = s.astype(np.int64)
             spikes[p.name].append(s)
         for i, pr in enumerate(net.projections):  # synapses compute what they send next step
@@ -229,7 +276,7 @@ def test_run_net_equals_a_step_by_step_process_reference(net):
         assert np.array_equal(r["spikes"][p.name], ref[p.name]), p.name
     # more steps only append; samples are independent
     short = lm.run_net(net, x)
-    assert all(np.array_equal(short["spikes"][p], r["spikes"][p][:N + net.max_depth]) for p in short["spikes"])
+    assert all(np.array_equal(short["spikes"][p], r["spikes"][p][: N + net.max_depth]) for p in short["spikes"])
     one = lm.run_net(net, {k: a[:, 1:] for k, a in x.items()}, num_steps=steps)
     assert all(np.array_equal(one["v"][p], r["v"][p][:, 1:]) for p in one["v"])
 
@@ -242,6 +289,7 @@ def test_the_strategy_makes_nets_that_fire():
     def collect(net):
         al = lm.aligned_net_spikes(lm.run_net(net, loihi_net_inputs(net)), net, 4)
         rates.extend(float(s.mean()) for s in al.values())
+
     collect()
     assert np.mean([0.02 < r < 0.98 for r in rates]) > 0.6
 
@@ -249,44 +297,70 @@ def test_the_strategy_makes_nets_that_fire():
 # ------------------------------------------------------------------------------------------ contract errors
 def _base(**kw):
     x = lm.Source("x", (2, 4, 4), bits=kw.pop("bits", 0))
-    A = lm.Population("A", kw.pop("A_shape", (3, 4, 4)), lm.Cuba(vth=10), bias=kw.pop("bias", None),
-                      depth=kw.pop("A_depth", 1))
+    A = lm.Population(
+        "A", kw.pop("A_shape", (3, 4, 4)), lm.Cuba(vth=10), bias=kw.pop("bias", None), depth=kw.pop("A_depth", 1)
+    )
     proj = dict(src="x", dst="A", kind="conv", weight=np.zeros((3, 2, 3, 3), np.int8), padding=(1, 1))
     proj.update(kw.pop("proj", {}))
     pops = kw.pop("pops", (A,))
     return lm.LoihiNet((x,), pops, (lm.Projection(**proj),) + kw.pop("more", ()), kw.pop("outputs", ("A",)))
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(pops=(lm.Population("x", (1,), lm.Cuba(vth=1)),), proj=dict(dst="x")), "'x': the name is used twice"),
-    (dict(bits=25), "bits must be 0 .* 1..24, got 25"),
-    (dict(A_shape=(3, 4)), "population 'A': shape must be"),
-    (dict(A_depth=0), "depth must be an integer >= 1"),
-    (dict(bias=np.full(3, 5000, np.int16)), "bias reaches 5000, outside the 13-bit"),
-    (dict(bias=np.zeros(4, np.int16)), r"bias shape \[4\] is neither \[C\]"),
-    (dict(bias=np.zeros(3)), "bias must be an integer numpy array"),
-    (dict(proj=dict(src="y")), r"projection x?y? ?\(?.*no source or population named 'y'"),
-    (dict(proj=dict(dst="Z")), "no population named 'Z'"),
-    (dict(proj=dict(dst="x")), "the destination 'x' is a source"),
-    (dict(proj=dict(kind="pool")), "unknown kind 'pool'"),
-    (dict(proj=dict(weight=np.full((3, 2, 3, 3), 200, np.int16))), r"weights span \[200, 200\], outside the 8-bit"),
-    (dict(proj=dict(weight=np.zeros((3, 2, 3, 3)))), "weight must be an integer numpy array, got float64"),
-    (dict(proj=dict(weight=np.zeros((3, 5, 3, 3), np.int8))), r"conv weight \[3, 5, 3, 3\] with groups=1 does not fit"),
-    (dict(proj=dict(upsample=2)), r"delivers shape \[3, 8, 8\] \(after x2 upsampling\), but 'A' has shape \[3, 4, 4\]"),
-    (dict(proj=dict(padding=(0, 0))), r"delivers shape \[3, 2, 2\]"),
-    (dict(proj=dict(padding=(-1, 0))), "padding must be a pair of integers >= 0"),
-    (dict(A_shape=(5,), proj=dict(kind="dense", weight=np.zeros((5, 31), np.int8), padding=(0, 0))),
-     r"dense weight \[5, 31\] needs 31 inputs, 'x' has shape \[2, 4, 4\] \(32\)"),
-    (dict(A_shape=(5,), proj=dict(kind="dense", weight=np.zeros((4, 32), np.int8))), r"has 4 outputs, 'A' has shape \[5\]"),
-    (dict(A_shape=(5,), proj=dict(kind="dense", weight=np.zeros((5, 32), np.int8), upsample=2)), "only supported on conv"),
-    (dict(proj=dict(kind="identity", weight=None)), r"delivers shape \[2, 4, 4\], but 'A' has shape \[3, 4, 4\]"),
-    (dict(A_shape=(2, 4, 4), proj=dict(kind="identity", weight=np.ones((1,), np.int8))), "takes no weight array"),
-    (dict(A_depth=3, proj=dict(delay=1)), r"depth\(A\) = 3, but depth\(x\) \+ 1 \+ delay = 0 \+ 1 \+ 1 = 2"),
-    (dict(proj=dict(delay=-1)), "delay must be an integer >= 0"),
-    (dict(outputs=("B",)), "output 'B': no population of that name"),
-    (dict(pops=(lm.Population("B", (3, 4, 4), lm.Cuba(vth=1), depth=2), lm.Population("A", (3, 4, 4), lm.Cuba(vth=1))),
-          more=(lm.Projection("A", "B", "identity"),)), "population 'A' does not come before 'B'; .* topological order"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(pops=(lm.Population("x", (1,), lm.Cuba(vth=1)),), proj=dict(dst="x")), "'x': the name is used twice"),
+        (dict(bits=25), "bits must be 0 .* 1..24, got 25"),
+        (dict(A_shape=(3, 4)), "population 'A': shape must be"),
+        (dict(A_depth=0), "depth must be an integer >= 1"),
+        (dict(bias=np.full(3, 5000, np.int16)), "bias reaches 5000, outside the 13-bit"),
+        (dict(bias=np.zeros(4, np.int16)), r"bias shape \[4\] is neither \[C\]"),
+        (dict(bias=np.zeros(3)), "bias must be an integer numpy array"),
+        (dict(proj=dict(src="y")), r"projection x?y? ?\(?.*no source or population named 'y'"),
+        (dict(proj=dict(dst="Z")), "no population named 'Z'"),
+        (dict(proj=dict(dst="x")), "the destination 'x' is a source"),
+        (dict(proj=dict(kind="pool")), "unknown kind 'pool'"),
+        (dict(proj=dict(weight=np.full((3, 2, 3, 3), 200, np.int16))), r"weights span \[200, 200\], outside the 8-bit"),
+        (dict(proj=dict(weight=np.zeros((3, 2, 3, 3)))), "weight must be an integer numpy array, got float64"),
+        (
+            dict(proj=dict(weight=np.zeros((3, 5, 3, 3), np.int8))),
+            r"conv weight \[3, 5, 3, 3\] with groups=1 does not fit",
+        ),
+        (
+            dict(proj=dict(upsample=2)),
+            r"delivers shape \[3, 8, 8\] \(after x2 upsampling\), but 'A' has shape \[3, 4, 4\]",
+        ),
+        (dict(proj=dict(padding=(0, 0))), r"delivers shape \[3, 2, 2\]"),
+        (dict(proj=dict(padding=(-1, 0))), "padding must be a pair of integers >= 0"),
+        (
+            dict(A_shape=(5,), proj=dict(kind="dense", weight=np.zeros((5, 31), np.int8), padding=(0, 0))),
+            r"dense weight \[5, 31\] needs 31 inputs, 'x' has shape \[2, 4, 4\] \(32\)",
+        ),
+        (
+            dict(A_shape=(5,), proj=dict(kind="dense", weight=np.zeros((4, 32), np.int8))),
+            r"has 4 outputs, 'A' has shape \[5\]",
+        ),
+        (
+            dict(A_shape=(5,), proj=dict(kind="dense", weight=np.zeros((5, 32), np.int8), upsample=2)),
+            "only supported on conv",
+        ),
+        (dict(proj=dict(kind="identity", weight=None)), r"delivers shape \[2, 4, 4\], but 'A' has shape \[3, 4, 4\]"),
+        (dict(A_shape=(2, 4, 4), proj=dict(kind="identity", weight=np.ones((1,), np.int8))), "takes no weight array"),
+        (dict(A_depth=3, proj=dict(delay=1)), r"depth\(A\) = 3, but depth\(x\) \+ 1 \+ delay = 0 \+ 1 \+ 1 = 2"),
+        (dict(proj=dict(delay=-1)), "delay must be an integer >= 0"),
+        (dict(outputs=("B",)), "output 'B': no population of that name"),
+        (
+            dict(
+                pops=(
+                    lm.Population("B", (3, 4, 4), lm.Cuba(vth=1), depth=2),
+                    lm.Population("A", (3, 4, 4), lm.Cuba(vth=1)),
+                ),
+                more=(lm.Projection("A", "B", "identity"),),
+            ),
+            "population 'A' does not come before 'B'; .* topological order",
+        ),
+    ],
+)
 def test_check_net_names_what_and_where(kw, msg):
     with pytest.raises(SdmcError, match=msg):
         lm.check_net(_base(**kw))
@@ -309,13 +383,13 @@ def test_check_net_accepts_the_base_and_run_net_checks_inputs():
 @pytest.mark.parametrize("graded", [False, True])
 def test_exact_conv_float32_path_equals_float64_up_to_its_bound(graded):
     rng = np.random.default_rng(6)
-    w = rng.choice([-128, 127], (6, 64, 3, 3)).astype(np.int8)          # sum |w| per output ~ 73k
+    w = rng.choice([-128, 127], (6, 64, 3, 3)).astype(np.int8)  # sum |w| per output ~ 73k
     x = rng.integers(0, 256 if graded else 2, (3, 64, 9, 9))
     bound = int(np.abs(x).max()) * int(np.abs(w.astype(np.int64)).reshape(6, -1).sum(1).max())
-    assert (bound < 2 ** 24) != graded                                  # graded: past float32, the f64 path
+    assert (bound < 2**24) != graded  # graded: past float32, the f64 path
     ref = np.rint(lm.conv2d_f64(x, w, (1, 1), (1, 1))).astype(np.int64)
     assert np.array_equal(lm.exact_conv(x, w, (1, 1), (1, 1), (1, 1), 1, bound), ref)
-    for g, s in ((2, (2, 1)), (64, (1, 2))):                             # groups, strides
-        wg = w[:, :64 // g] if g < 64 else np.repeat(w[:1, :1], 64, axis=0)
+    for g, s in ((2, (2, 1)), (64, (1, 2))):  # groups, strides
+        wg = w[:, : 64 // g] if g < 64 else np.repeat(w[:1, :1], 64, axis=0)
         ref = np.rint(lm.conv2d_f64(x, wg, s, (1, 0), (1, 2), g)).astype(np.int64)
         assert np.array_equal(lm.exact_conv(x, wg, s, (1, 0), (1, 2), g, bound), ref)

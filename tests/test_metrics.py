@@ -1,4 +1,5 @@
 """Metrics: Fréchet distance, Inception Score, statistics files, the TF-Inception port, digits metrics."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,7 @@ from hypothesis import strategies as st
 from scipy import linalg
 
 from sdmc.errors import SdmcError
-from sdmc.metrics.fid import (MetricError, feature_statistics, frechet_distance, inception_score, load_stats,
-                              save_stats)
+from sdmc.metrics.fid import MetricError, feature_statistics, frechet_distance, inception_score, load_stats, save_stats
 
 
 def _random_gaussian(rng, d, rank=None):
@@ -134,6 +134,7 @@ def test_stats_roundtrip_atomic_and_errors(tmp_path):
 # ----------------------------------------------------------------------------------- digits metrics
 def _blur(x, sigma):
     import torchvision.transforms.functional as TF
+
     s = sigma * x.shape[-1] / 16
     return TF.gaussian_blur(x, kernel_size=2 * int(3 * s) + 1, sigma=s)
 
@@ -173,8 +174,10 @@ def test_digits_fid_separates_real_from_corrupted(size):
     real = digits_scores(test)
     assert real["digits_is"] > 9.5 and real["digits_confidence"] > 0.95 and real["digits_coverage"] > 0.99
     g = torch.Generator().manual_seed(0)
-    noisy = [digits_scores((test + s * torch.randn(test.shape, generator=g)).clamp(-1, 1))["digits_fid"]
-             for s in (0.3, 0.6, 1.0)]
+    noisy = [
+        digits_scores((test + s * torch.randn(test.shape, generator=g)).clamp(-1, 1))["digits_fid"]
+        for s in (0.3, 0.6, 1.0)
+    ]
     blurred = [digits_scores(_blur(test, s))["digits_fid"] for s in (0.5, 1.0, 2.0)]
     shuffled = [digits_scores(_shuffle(test, f, g))["digits_fid"] for f in (0.1, 0.3, 1.0)]
     for curve in (noisy, blurred, shuffled):
@@ -184,8 +187,9 @@ def test_digits_fid_separates_real_from_corrupted(size):
     assert pure["digits_fid"] > 50 * real["digits_fid"] and pure["digits_is"] < real["digits_is"] - 3
     # the stored reference equals a fresh computation on the training split
     mu, sigma = digits_reference_stats(size)
-    net_mu = feature_statistics(__import__("sdmc.metrics.digits", fromlist=["x"]).load_digits_classifier()[0](
-        train)[0].detach())[0]
+    net_mu = feature_statistics(
+        __import__("sdmc.metrics.digits", fromlist=["x"]).load_digits_classifier()[0](train)[0].detach()
+    )[0]
     np.testing.assert_allclose(mu, net_mu, rtol=1e-4, atol=1e-4)
     assert sigma.shape == (64, 64)
 
@@ -285,9 +289,11 @@ def test_inception_blocks_have_the_tf_pooling_quirks():
 
     torch.manual_seed(0)
     x = torch.randn(1, 64, 7, 7)
-    for ours, theirs, pool_ch in ((FIDInceptionA(64, 32), tv.InceptionA(64, 32), 32),
-                                  (FIDInceptionE(64, "avg"), tv.InceptionE(64), 192),
-                                  (FIDInceptionE(64, "max"), tv.InceptionE(64), 192)):
+    for ours, theirs, pool_ch in (
+        (FIDInceptionA(64, 32), tv.InceptionA(64, 32), 32),
+        (FIDInceptionE(64, "avg"), tv.InceptionE(64), 192),
+        (FIDInceptionE(64, "max"), tv.InceptionE(64), 192),
+    ):
         theirs.load_state_dict(ours.state_dict())
         ours.eval(), theirs.eval()
         with torch.no_grad():
@@ -358,12 +364,14 @@ class _TinyFeatures(torch.nn.Module):
 @pytest.fixture()
 def fake_inception(monkeypatch):
     import sdmc.metrics.inception as inc
+
     monkeypatch.setattr(inc, "load_inception", lambda *a, **k: _TinyFeatures())
 
 
 @pytest.fixture(scope="module")
 def digits16():
     from sdmc.data import digits_arrays
+
     return digits_arrays(16, train=False)[0], digits_arrays(16, train=True)[0]
 
 
@@ -374,9 +382,13 @@ def test_load_samples_layouts_and_errors(tmp_path, digits16):
     x = digits16[0][:10]
     u8 = to_uint8(x)  # [N, H, W, 1]
     q = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1
-    layouts = {"nhwc.npz": dict(images=u8), "nchw.npz": dict(samples=u8.transpose(0, 3, 1, 2)),
-               "nhw.npz": dict(arr_0=u8[..., 0]), "float.npz": dict(x=x.numpy()),
-               "floatnhwc.npz": dict(whatever=x.permute(0, 2, 3, 1).numpy())}
+    layouts = {
+        "nhwc.npz": dict(images=u8),
+        "nchw.npz": dict(samples=u8.transpose(0, 3, 1, 2)),
+        "nhw.npz": dict(arr_0=u8[..., 0]),
+        "float.npz": dict(x=x.numpy()),
+        "floatnhwc.npz": dict(whatever=x.permute(0, 2, 3, 1).numpy()),
+    }
     for name, arrays in layouts.items():
         np.savez(tmp_path / name, **arrays)
         got = load_samples(tmp_path / name)
@@ -474,8 +486,22 @@ def test_cli_eval_samples(tmp_path, capsys, digits16):
     assert capsys.readouterr().out.startswith("digits-FID ")
     assert main(["eval", "--no-progress"]) == 2
     assert "exactly one" in capsys.readouterr().err
-    assert main(["eval", "--samples", str(path), "--metric", "fid", "--inception-weights",
-                 str(tmp_path / "none.pth"), "--ref", "x.npz"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--samples",
+                str(path),
+                "--metric",
+                "fid",
+                "--inception-weights",
+                str(tmp_path / "none.pth"),
+                "--ref",
+                "x.npz",
+            ]
+        )
+        == 2
+    )
     assert "none.pth" in capsys.readouterr().err
 
 
@@ -485,8 +511,10 @@ def tiny_model(tmp_path_factory):
     from sdmc.config import ModelConfig, SdmcConfig
     from sdmc.models import build_model
 
-    cfg = SdmcConfig(model=ModelConfig(arch="sdm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1,
-                                       img_size=16), provenance={"dataset": "digits"})
+    cfg = SdmcConfig(
+        model=ModelConfig(arch="sdm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=16),
+        provenance={"dataset": "digits"},
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_model(path, build_model(cfg.model), cfg)
@@ -500,21 +528,36 @@ def test_eval_model_file_samples_in_chunks(tmp_path, tiny_model):
 
     def sampler(model, schedule, n, **kw):  # records the calls; real images come from sample_images
         from sdmc.diffusion.sampling import sample_images
+
         calls.append((n, kw["seed"], kw["batch_size"], kw["solver"], kw["steps"]))
         return sample_images(model, schedule, n, **kw)
 
     opts = EvalOptions(batch_size=4, progress=False)
     out = tmp_path / "gen.npz"
-    rep = eval_model_file(tiny_model, 10, None, opts, solver="ddim", steps=2, seed=5, save_samples_to=str(out),
-                          sampler=sampler, log=lambda s: None)
-    assert calls == [(4, chunk_seed(5, 0), 4, "ddim", 2), (4, chunk_seed(5, 1), 4, "ddim", 2),
-                     (2, chunk_seed(5, 2), 2, "ddim", 2)]
+    rep = eval_model_file(
+        tiny_model,
+        10,
+        None,
+        opts,
+        solver="ddim",
+        steps=2,
+        seed=5,
+        save_samples_to=str(out),
+        sampler=sampler,
+        log=lambda s: None,
+    )
+    assert calls == [
+        (4, chunk_seed(5, 0), 4, "ddim", 2),
+        (4, chunk_seed(5, 1), 4, "ddim", 2),
+        (2, chunk_seed(5, 2), 2, "ddim", 2),
+    ]
     assert rep.n == 10 and set(rep.values) == {"digits_fid", "digits_is", "digits_confidence", "digits_coverage"}
     assert rep.source["model"] == str(tiny_model) and rep.source["solver"] == "ddim"
     saved = load_samples(out)
     assert saved.shape == (10, 1, 16, 16)
-    rep2 = eval_model_file(tiny_model, 10, ["digits-fid"], EvalOptions(batch_size=4, progress=False), steps=2,
-                           seed=5, log=lambda s: None)
+    rep2 = eval_model_file(
+        tiny_model, 10, ["digits-fid"], EvalOptions(batch_size=4, progress=False), steps=2, seed=5, log=lambda s: None
+    )
     assert rep2.values["digits_fid"] == pytest.approx(rep.values["digits_fid"], rel=1e-9)  # reproducible
 
 
@@ -522,15 +565,53 @@ def test_eval_under_torchrun_equals_one_rank(tmp_path, tiny_model):
     import subprocess
     import sys
 
-    base = [str(tiny_model), "-n", "10", "--steps", "2", "--batch-size", "4", "--seed", "1", "--device", "cpu",
-            "--json", "--no-progress"]
+    base = [
+        str(tiny_model),
+        "-n",
+        "10",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     from sdmc.metrics.evaluate import EvalOptions, eval_model_file
-    one = eval_model_file(tiny_model, 10, None, EvalOptions(batch_size=4, progress=False), steps=2, seed=1,
-                          save_samples_to=str(tmp_path / "a.npz"), log=lambda s: None)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "sdmc", "eval", *base, "--save-samples", str(tmp_path / "b.npz")],
-                         capture_output=True, text=True, env=env, timeout=240)
+
+    one = eval_model_file(
+        tiny_model,
+        10,
+        None,
+        EvalOptions(batch_size=4, progress=False),
+        steps=2,
+        seed=1,
+        save_samples_to=str(tmp_path / "a.npz"),
+        log=lambda s: None,
+    )
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "sdmc",
+            "eval",
+            *base,
+            "--save-samples",
+            str(tmp_path / "b.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert two.returncode == 0, two.stderr
     r1, r2 = json.loads(one.to_json()), json.loads(two.stdout)  # only rank 0 prints
     assert r1["n"] == r2["n"] == 10

@@ -1,9 +1,10 @@
 """The SDDPM / SDM / ANN UNets: exact released parameter names and the golden forward semantics."""
+
 import pytest
 import torch
+from conftest import REF_KEYS, randomize_bn
 from spikingjelly.activation_based import neuron
 
-from conftest import REF_KEYS, randomize_bn
 from sdmc.config import ModelConfig
 from sdmc.errors import ConfigError
 from sdmc.models import ANNUNet, MembraneOutputLayer, SpikingUNet, TSMConv2d, build_model, set_threshold
@@ -30,14 +31,14 @@ def test_released_parameter_names_and_shapes(arch, T):
     assert list(mine) == list(ref), "key order differs from the released checkpoint"
     assert mine == ref
     n = sum(p.numel() for p in model.parameters())
-    assert round(n / 2 ** 20, 2) == 63.61  # the papers' parameter count in 2^20 units
+    assert round(n / 2**20, 2) == 63.61  # the papers' parameter count in 2^20 units
 
 
 def test_ann_baseline_parameter_count():
     # pytorch-ddpm UNet with the middle attention block: the SDM paper's 64.47 "M"
     model = build_model(ModelConfig(arch="ann", ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2))
     n = sum(p.numel() for p in model.parameters())
-    assert round(n / 2 ** 20, 2) == 64.47
+    assert round(n / 2**20, 2) == 64.47
 
 
 def test_forward_shapes_and_neuron_reset(tiny_cfg):
@@ -122,8 +123,9 @@ def test_wrong_image_size_is_a_clear_error(tiny_cfg):
 
 
 def test_ann_unet_forward():
-    model = ANNUNet(ModelConfig(arch="ann", ch=32, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=8,
-                                attn=(1,))).eval()
+    model = ANNUNet(
+        ModelConfig(arch="ann", ch=32, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=8, attn=(1,))
+    ).eval()
     assert model(torch.randn(2, 1, 8, 8), torch.tensor([0, 9])).shape == (2, 1, 8, 8)
     assert any("attn.proj_q" in k for k in model.state_dict())
 

@@ -1,7 +1,9 @@
 """The fixed layout installs frontends/, backends/ and sim/ as subpackages of sdmc."""
+
 import pathlib
 import subprocess
 import sys
+
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

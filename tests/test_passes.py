@@ -1,12 +1,15 @@
 """IR passes: pure weight functions against torch / explicit formulas, every pass preserving the golden
 simulator's outputs on generated graphs and on traced SDDPM / SDM UNets, and what each pass is for."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_bn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import random_inputs, spiking_graphs
 
 from sdmc import ir, passes
 from sdmc.config import ModelConfig
@@ -15,8 +18,6 @@ from sdmc.frontends import trace
 from sdmc.models import SpikingUNet
 from sdmc.passes.rewrite import _Conv, compose_1x1
 from sdmc.sim import golden
-from conftest import randomize_bn
-from strategies import random_inputs, spiking_graphs
 
 TRANSFORMS = ["fold_bn", "fuse_tsm", "hoist_static", "dead_code", "split_concat", "compose_residual"]
 
@@ -147,21 +148,38 @@ class _B:
 
     def conv(self, src: str, o: int, k: int = 3, stride: int = 1, tsm: bool = False) -> str:
         c, n, r = self.ch(src), self.name("conv"), self.rng
-        v = self.add(ir.Conv2d(name=n, inputs=(src,), weight=self.p(f"{n}.w", r.normal(0, 2.5 / np.sqrt(c * k * k),
-                                                                                        (o, c, k, k))),
-                               bias=self.p(f"{n}.b", r.normal(0, 0.3, o)) if r.random() < 0.8 else None,
-                               stride=(stride, stride), padding=(k // 2, k // 2)))
+        v = self.add(
+            ir.Conv2d(
+                name=n,
+                inputs=(src,),
+                weight=self.p(f"{n}.w", r.normal(0, 2.5 / np.sqrt(c * k * k), (o, c, k, k))),
+                bias=self.p(f"{n}.b", r.normal(0, 0.3, o)) if r.random() < 0.8 else None,
+                stride=(stride, stride),
+                padding=(k // 2, k // 2),
+            )
+        )
         if tsm:
-            v = self.add(ir.TSMScale(name=self.name("tsm"), inputs=(v,),
-                                     scale=self.p(f"{n}.p", r.uniform(0.5, 1.5, (self.g.T, 1, 1, 1, 1)))))
+            v = self.add(
+                ir.TSMScale(
+                    name=self.name("tsm"),
+                    inputs=(v,),
+                    scale=self.p(f"{n}.p", r.uniform(0.5, 1.5, (self.g.T, 1, 1, 1, 1))),
+                )
+            )
         return v
 
     def bn(self, src: str) -> str:
         c, n, r = self.ch(src), self.name("bn"), self.rng
-        return self.add(ir.BatchNorm(name=n, inputs=(src,), weight=self.p(f"{n}.g", 1 + 0.3 * r.normal(size=c)),
-                                     bias=self.p(f"{n}.b", 0.3 * r.normal(size=c)),
-                                     running_mean=self.p(f"{n}.m", 0.3 * r.normal(size=c)),
-                                     running_var=self.p(f"{n}.v", 0.5 + r.random(c))))
+        return self.add(
+            ir.BatchNorm(
+                name=n,
+                inputs=(src,),
+                weight=self.p(f"{n}.g", 1 + 0.3 * r.normal(size=c)),
+                bias=self.p(f"{n}.b", 0.3 * r.normal(size=c)),
+                running_mean=self.p(f"{n}.m", 0.3 * r.normal(size=c)),
+                running_var=self.p(f"{n}.v", 0.5 + r.random(c)),
+            )
+        )
 
 
 @st.composite
@@ -170,15 +188,19 @@ def unet_like_graphs(draw) -> ir.Graph:
     identity or 1x1 shortcuts on the real stream and a static per-channel bias, stride-2 downsampling,
     upsampling, channel-concat skips; a BN -> swish -> conv tail and the membrane read-out."""
     T = draw(st.integers(1, 3))
-    b = _B(T, draw(st.integers(0, 2 ** 31)))
+    b = _B(T, draw(st.integers(0, 2**31)))
     tsm, use_bn = draw(st.booleans()), draw(st.booleans())
-    neuron = dict(op=draw(st.sampled_from(["if", "lif"])), threshold=draw(st.sampled_from([0.5, 1.0, 0.997])),
-                  v_reset=draw(st.sampled_from([0.0, None])))
+    neuron = dict(
+        op=draw(st.sampled_from(["if", "lif"])),
+        threshold=draw(st.sampled_from([0.5, 1.0, 0.997])),
+        v_reset=draw(st.sampled_from([0.0, None])),
+    )
 
     def spike(src):
         cls = ir.IF if neuron["op"] == "if" else ir.LIF
-        return b.add(cls(name=b.name(neuron["op"]), inputs=(src,), threshold=neuron["threshold"],
-                         v_reset=neuron["v_reset"]))
+        return b.add(
+            cls(name=b.name(neuron["op"]), inputs=(src,), threshold=neuron["threshold"], v_reset=neuron["v_reset"])
+        )
 
     def cbn(src, o, k=3, stride=1):
         v = b.conv(src, o, k, stride, tsm)
@@ -196,10 +218,20 @@ def unet_like_graphs(draw) -> ir.Graph:
             r = cbn(spike(h), o)
             if draw(st.booleans()):  # static per-channel bias (the time embedding)
                 n = b.name("temb")
-                lin = b.add(ir.Linear(name=n, inputs=(emb,), weight=b.p(f"{n}.w", b.rng.normal(size=(o, 3))),
-                                      bias=b.p(f"{n}.b", b.rng.normal(size=o))))
-                r = b.add(ir.Add(name=b.name("addt"), inputs=(r, b.add(ir.Reshape(name=b.name("rs"), inputs=(lin,),
-                                                                                   shape=(o, 1, 1))))))
+                lin = b.add(
+                    ir.Linear(
+                        name=n,
+                        inputs=(emb,),
+                        weight=b.p(f"{n}.w", b.rng.normal(size=(o, 3))),
+                        bias=b.p(f"{n}.b", b.rng.normal(size=o)),
+                    )
+                )
+                r = b.add(
+                    ir.Add(
+                        name=b.name("addt"),
+                        inputs=(r, b.add(ir.Reshape(name=b.name("rs"), inputs=(lin,), shape=(o, 1, 1)))),
+                    )
+                )
             r = cbn(spike(r), o)
             sc = h if o == b.ch(h) and draw(st.booleans()) else b.conv(h, o, 1, 1, tsm)
             h = b.add(ir.Add(name=b.name("res"), inputs=(r, sc)))
@@ -219,8 +251,11 @@ def unet_like_graphs(draw) -> ir.Graph:
 
 # ------------------------------------------------------------------------------------------ properties
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(g=spiking_graphs(max_ops=8), name=st.sampled_from(TRANSFORMS + ["partition", "infer", "cost"]),
-       seed=st.integers(0, 1000))
+@given(
+    g=spiking_graphs(max_ops=8),
+    name=st.sampled_from(TRANSFORMS + ["partition", "infer", "cost"]),
+    seed=st.integers(0, 1000),
+)
 def test_every_pass_preserves_outputs_and_input(g, name, seed):
     snap = snapshot(g)
     out = passes.run(g, [name])
@@ -288,14 +323,27 @@ def _graph(T=2, seed=0):
     P = lambda k, a: g.add_param(k, np.asarray(a, dtype=np.float64))  # noqa: E731
 
     def conv(name, src, o, c, k, bias=True):
-        g.add(ir.Conv2d(name=name, inputs=(src,), weight=P(f"{name}.w", rng.normal(0, 1.5 / np.sqrt(c * k * k),
-                                                                                     (o, c, k, k))),
-                        bias=P(f"{name}.b", rng.normal(0, 0.2, o)) if bias else None, padding=(k // 2, k // 2)))
+        g.add(
+            ir.Conv2d(
+                name=name,
+                inputs=(src,),
+                weight=P(f"{name}.w", rng.normal(0, 1.5 / np.sqrt(c * k * k), (o, c, k, k))),
+                bias=P(f"{name}.b", rng.normal(0, 0.2, o)) if bias else None,
+                padding=(k // 2, k // 2),
+            )
+        )
 
     def bn(name, src, c):
-        g.add(ir.BatchNorm(name=name, inputs=(src,), weight=P(f"{name}.g", 1 + 0.3 * rng.normal(size=c)),
-                           bias=P(f"{name}.b", 0.3 * rng.normal(size=c)), running_mean=P(f"{name}.m", rng.normal(size=c) * .2),
-                           running_var=P(f"{name}.v", 0.5 + rng.random(c))))
+        g.add(
+            ir.BatchNorm(
+                name=name,
+                inputs=(src,),
+                weight=P(f"{name}.g", 1 + 0.3 * rng.normal(size=c)),
+                bias=P(f"{name}.b", 0.3 * rng.normal(size=c)),
+                running_mean=P(f"{name}.m", rng.normal(size=c) * 0.2),
+                running_var=P(f"{name}.v", 0.5 + rng.random(c)),
+            )
+        )
 
     g.add(ir.Input(name="x", shape=(2, 4, 4), dtype="float64"))
     g.add(ir.Repeat(name="rep", inputs=("x",)))
@@ -304,10 +352,10 @@ def _graph(T=2, seed=0):
     bn("bn0", "tsm0", 4)
     g.add(ir.IF(name="s0", inputs=("bn0",)))
     conv("c1", "s0", 4, 4, 3)
-    bn("bn1", "c1", 4)                                 # h1: real stream
+    bn("bn1", "c1", 4)  # h1: real stream
     g.add(ir.IF(name="s1", inputs=("bn1",)))
     conv("c2", "s1", 4, 4, 3)
-    conv("sc", "bn1", 4, 4, 1)                         # 1x1 shortcut on the real stream
+    conv("sc", "bn1", 4, 4, 1)  # 1x1 shortcut on the real stream
     g.add(ir.Add(name="h2", inputs=("c2", "sc")))
     g.add(ir.Concat(name="cat", inputs=("h2", "bn1"), axis=0))
     g.add(ir.IF(name="s2", inputs=("cat",)))
@@ -366,8 +414,8 @@ def test_fold_bn_keeps_what_cannot_fold():
     ir.check(g)
     h = passes.fold_bn(g)
     kept = h.meta["passes"][-1]["kept"]
-    assert "bn0" in kept and "tsm" in kept["bn0"]               # no affine op right before it
-    assert "bn_fan" in kept and "fan-out" in kept["bn_fan"]     # c4 is read twice
+    assert "bn0" in kept and "tsm" in kept["bn0"]  # no affine op right before it
+    assert "bn_fan" in kept and "fan-out" in kept["bn_fan"]  # c4 is read twice
     assert "bn1" not in h.nodes and h["c1"].bias != g["c1"].bias
     x = np.random.default_rng(0).normal(size=(2, 2, 4, 4))
     assert assert_same_outputs(g, h, [x])
@@ -400,8 +448,17 @@ def test_run_errors_and_registry():
 
 # ------------------------------------------------------------------------------------------ traced UNets
 def _unet(arch: str, seed: int = 0, soft: bool = False):
-    cfg = ModelConfig(arch=arch, ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=3, img_ch=1, img_size=8,
-                      diffusion_steps=10, soft_reset=soft)
+    cfg = ModelConfig(
+        arch=arch,
+        ch=8,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        snn_steps=3,
+        img_ch=1,
+        img_size=8,
+        diffusion_steps=10,
+        soft_reset=soft,
+    )
     torch.manual_seed(seed)
     m = SpikingUNet(cfg).eval()
     randomize_bn(m, seed)
@@ -437,5 +494,4 @@ def test_pipelines_preserve_traced_unet_outputs(arch, soft):
     assert inf["conv"].type.timing == ir.STATIC or inf["conv"].inputs == ("x",)  # the head runs once
     log = h.meta["passes"][[e["pass"] for e in h.meta["passes"]].index("compose_residual")]
     assert log["rewritten"] and log["synapses_after"]["all"] > log["synapses_before"]["all"]
-    assert set(log["not_composed"]) <= {"swish", "tail_bn", "tail_conv", "T_output_layer",
-                                           "tail_swish", "last_bn"}
+    assert set(log["not_composed"]) <= {"swish", "tail_bn", "tail_conv", "T_output_layer", "tail_swish", "last_bn"}

@@ -1,4 +1,5 @@
 """sample_images, the seed's DDIM/DDPM formulas on a small spiking UNet, threshold guidance, Γ cache, CLI."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,7 @@ from PIL import Image
 from sdmc.cli import main
 from sdmc.config import DiffusionConfig, ModelConfig, SdmcConfig
 from sdmc.diffusion import NoiseSchedule
-from sdmc.diffusion.analytic import (find_cached_gamma, gamma_cache_path, load_gamma, save_gamma,
-                                     weights_key)
+from sdmc.diffusion.analytic import find_cached_gamma, gamma_cache_path, load_gamma, save_gamma, weights_key
 from sdmc.diffusion.sampling import image_generators, sample_images, threshold_guidance
 from sdmc.diffusion.solvers import DDIMSolver, DDPMSolver
 from sdmc.errors import ConfigError, SdmcError
@@ -79,7 +79,7 @@ def test_seed_ddim_reproduced_exactly(model):
     with torch.no_grad():
         got = solver.sample(model, x_T.clone())
     assert torch.equal(got, ref)
-    assert ref.abs().max() > 0.05 and ref.std() > 0.01        # a real, non-trivial trajectory
+    assert ref.abs().max() > 0.05 and ref.std() > 0.01  # a real, non-trivial trajectory
     # sample_images: same noise per image (seed 7), same result, clamped to [-1, 1]
     imgs = sample_images(model, NoiseSchedule(), 3, "ddim", steps=S, batch_size=3, seed=7, progress=False)
     assert torch.equal(imgs, ref.clamp(-1, 1))
@@ -127,20 +127,27 @@ class LinearEps:
         return (1 - a).sqrt() * (x - a.sqrt() * 0.2) / (0.1 * a + 1 - a)
 
 
-@pytest.mark.parametrize("solver,kw", [("ddpm", {}), ("ddim", {"eta": 0.5}), ("dpm-solver-3", {}),
-                                       ("dpm-solver++", {"order": 3})])
+@pytest.mark.parametrize(
+    "solver,kw", [("ddpm", {}), ("ddim", {"eta": 0.5}), ("dpm-solver-3", {}), ("dpm-solver++", {"order": 3})]
+)
 def test_batch_size_does_not_change_images(solver, kw):
     sched = NoiseSchedule()
     f = LinearEps(sched)
-    runs = [sample_images(f, sched, 7, solver, steps=12, batch_size=b, seed=5, shape=(3,), dtype=torch.float64,
-                          progress=False, **kw) for b in (1, 3, 7)]
+    runs = [
+        sample_images(
+            f, sched, 7, solver, steps=12, batch_size=b, seed=5, shape=(3,), dtype=torch.float64, progress=False, **kw
+        )
+        for b in (1, 3, 7)
+    ]
     assert runs[0].shape == (7, 3)
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
-    again = sample_images(f, sched, 7, solver, steps=12, batch_size=4, seed=5, shape=(3,), dtype=torch.float64,
-                          progress=False, **kw)
+    again = sample_images(
+        f, sched, 7, solver, steps=12, batch_size=4, seed=5, shape=(3,), dtype=torch.float64, progress=False, **kw
+    )
     assert torch.equal(again, runs[0])
-    other = sample_images(f, sched, 7, solver, steps=12, batch_size=4, seed=6, shape=(3,), dtype=torch.float64,
-                          progress=False, **kw)
+    other = sample_images(
+        f, sched, 7, solver, steps=12, batch_size=4, seed=6, shape=(3,), dtype=torch.float64, progress=False, **kw
+    )
     assert not torch.allclose(other, runs[0])
 
 
@@ -153,7 +160,7 @@ def test_spiking_model_batches_and_training_flag(model):
     model.train()
     try:
         sample_images(model, NoiseSchedule(), 1, "ddim", steps=2, progress=False)
-        assert model.training                       # left as found
+        assert model.training  # left as found
     finally:
         model.eval()
 
@@ -173,7 +180,7 @@ def test_sample_images_errors(model):
 def test_threshold_guidance_changes_outputs_and_restores(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ns = neurons(model)
-    ns[0].v_threshold = 1.3                 # a per-neuron value must come back too
+    ns[0].v_threshold = 1.3  # a per-neuron value must come back too
     try:
         base = sample_images(model, NoiseSchedule(), 3, "ddim", steps=5, seed=2, progress=False)
         guided = sample_images(model, NoiseSchedule(), 3, "ddim", steps=5, seed=2, progress=False, threshold=0.9)
@@ -182,7 +189,7 @@ def test_threshold_guidance_changes_outputs_and_restores(model):
         again = sample_images(model, NoiseSchedule(), 3, "ddim", steps=5, seed=2, progress=False)
         assert torch.equal(base, again)
         after = model.state_dict()
-        assert all(torch.equal(before[k], after[k]) for k in before)   # weights untouched
+        assert all(torch.equal(before[k], after[k]) for k in before)  # weights untouched
         x = torch.randn(2, 1, 8, 8)
         t = torch.tensor([500, 500])
         with torch.no_grad(), threshold_guidance(model, 0.997) as n:
@@ -208,7 +215,7 @@ def test_threshold_guidance_errors(model):
         with pytest.raises(ConfigError, match="positive"):
             with threshold_guidance(model, bad):
                 pass
-    with threshold_guidance(ann, None) as n:     # no guidance: nothing to do, no error
+    with threshold_guidance(ann, None) as n:  # no guidance: nothing to do, no error
         assert n == 0
 
 
@@ -217,7 +224,7 @@ def test_gamma_cache_roundtrip_and_keys(tmp_path, model):
     key = weights_key(model)
     assert key == weights_key(model) and len(key) == 64
     with threshold_guidance(model, 0.99):
-        assert weights_key(model) != key          # Γ depends on the thresholds
+        assert weights_key(model) != key  # Γ depends on the thresholds
     other = tiny_model(seed=1)
     assert weights_key(other) != key
     ckpt = tmp_path / "m.safetensors"
@@ -234,13 +241,14 @@ def test_gamma_cache_roundtrip_and_keys(tmp_path, model):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(SdmcError, match="unreadable"):
         load_gamma(path)
-    assert not list(tmp_path.glob(".*.tmp"))       # atomic writes leave nothing behind
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
 
 
 # -------------------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     from sdmc.checkpoint import save_model
+
     model = tiny_model(img_size=16)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_model(path, model, SdmcConfig(model=model.config))
@@ -249,27 +257,83 @@ def tiny_ckpt(tmp_path_factory):
 
 def test_cli_sample(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "samples"
-    rc = main(["sample", str(tiny_ckpt), "--solver", "dpm-solver++", "--steps", "4", "-n", "5", "--batch-size", "2",
-               "--out", str(out), "--threshold", "0.997", "--seed", "3", "--no-progress", "--clip-x0"])
+    rc = main(
+        [
+            "sample",
+            str(tiny_ckpt),
+            "--solver",
+            "dpm-solver++",
+            "--steps",
+            "4",
+            "-n",
+            "5",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+            "--threshold",
+            "0.997",
+            "--seed",
+            "3",
+            "--no-progress",
+            "--clip-x0",
+        ]
+    )
     assert rc == 0
     assert "wrote 5 samples" in capsys.readouterr().out
     d = np.load(out / "dpm-solver++_4.npz")
     assert d["images"].shape == (5, 16, 16, 1) and d["images"].dtype == np.uint8
     assert int(d["seed"]) == 3 and float(d["threshold"]) == pytest.approx(0.997)
     assert Image.open(out / "dpm-solver++_4.png").size[0] > 16
-    rc = main(["sample", str(tiny_ckpt), "--solver", "dpm-solver-2", "--method", "multistep", "--steps", "4", "-n",
-               "5", "--batch-size", "5", "--out", str(out), "--threshold", "0.997", "--seed", "3", "--no-progress",
-               "--name", "again"])
+    rc = main(
+        [
+            "sample",
+            str(tiny_ckpt),
+            "--solver",
+            "dpm-solver-2",
+            "--method",
+            "multistep",
+            "--steps",
+            "4",
+            "-n",
+            "5",
+            "--batch-size",
+            "5",
+            "--out",
+            str(out),
+            "--threshold",
+            "0.997",
+            "--seed",
+            "3",
+            "--no-progress",
+            "--name",
+            "again",
+        ]
+    )
     assert rc == 0 and np.load(out / "again.npz")["images"].shape == (5, 16, 16, 1)
 
 
 def test_cli_analytic(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "s"
-    rc = main(["sample", str(tiny_ckpt), "--solver", "analytic-ddpm", "--steps", "4", "-n", "2", "--out", str(out),
-               "--no-progress"])
+    rc = main(
+        [
+            "sample",
+            str(tiny_ckpt),
+            "--solver",
+            "analytic-ddpm",
+            "--steps",
+            "4",
+            "-n",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 2 and "analytic-stats" in capsys.readouterr().err
-    rc = main(["analytic-stats", str(tiny_ckpt), "--data", "digits", "--budget", "1", "--batch-size", "1000",
-               "--no-progress"])
+    rc = main(
+        ["analytic-stats", str(tiny_ckpt), "--data", "digits", "--budget", "1", "--batch-size", "1000", "--no-progress"]
+    )
     assert rc == 0
     files = list(tiny_ckpt.parent.glob("tiny.safetensors.gamma-*.safetensors"))
     assert len(files) == 1
@@ -278,19 +342,65 @@ def test_cli_analytic(tiny_ckpt, tmp_path, capsys):
     assert main(["analytic-stats", str(tiny_ckpt), "--budget", "1", "--no-progress"]) == 0
     assert "cached" in capsys.readouterr().out
     for solver in ("analytic-ddpm", "analytic-ddim"):
-        rc = main(["sample", str(tiny_ckpt), "--solver", solver, "--steps", "4", "-n", "2", "--out", str(out),
-                   "--no-progress"])
+        rc = main(
+            [
+                "sample",
+                str(tiny_ckpt),
+                "--solver",
+                solver,
+                "--steps",
+                "4",
+                "-n",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
         assert rc == 0 and (out / f"{solver}_4.npz").exists()
     capsys.readouterr()
-    rc = main(["sample", str(tiny_ckpt), "--solver", "analytic-ddim", "--steps", "4", "-n", "2", "--out", str(out),
-               "--threshold", "0.99", "--no-progress"])
-    assert rc == 0 and "unguided" in capsys.readouterr().err   # falls back to the θ = 1 statistics, says so
+    rc = main(
+        [
+            "sample",
+            str(tiny_ckpt),
+            "--solver",
+            "analytic-ddim",
+            "--steps",
+            "4",
+            "-n",
+            "2",
+            "--out",
+            str(out),
+            "--threshold",
+            "0.99",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0 and "unguided" in capsys.readouterr().err  # falls back to the θ = 1 statistics, says so
 
 
 def test_cli_bad_input(tiny_ckpt, tmp_path, capsys):
     assert main(["sample", str(tmp_path / "missing.pt"), "--no-progress"]) == 2
     assert main(["sample", str(tiny_ckpt), "-n", "0", "--no-progress"]) == 2
-    assert main(["sample", str(tiny_ckpt), "--solver", "ddim", "--eta", "3", "--steps", "2", "-n", "1",
-                 "--out", str(tmp_path), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                str(tiny_ckpt),
+                "--solver",
+                "ddim",
+                "--eta",
+                "3",
+                "--steps",
+                "2",
+                "-n",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "eta" in err

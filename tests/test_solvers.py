@@ -5,6 +5,7 @@ C_j = α² Σ_j + σ² I, so the optimal ε-model is ε(x, k) = σ Σ_j w_j(x) C
 posterior weights.  α(k), σ(k) are read at float k from the interpolated schedule (which equals the discrete
 tables at integer k), so the same model serves integer-step and continuous-time solvers.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ from sdmc.config import DiffusionConfig
 from sdmc.diffusion import NoiseSchedule
 from sdmc.diffusion.analytic import estimate_gamma
 from sdmc.diffusion.dpm_solver import DiscreteVP, DPMSolver
-from sdmc.diffusion.solvers import (DDIMSolver, DDPMSolver, analytic_sigma2, make_solver, time_grid)
+from sdmc.diffusion.solvers import DDIMSolver, DDPMSolver, analytic_sigma2, make_solver, time_grid
 from sdmc.errors import ConfigError, SdmcError
 
 F64 = torch.float64
@@ -29,7 +30,7 @@ VP = DiscreteVP(SCHED)
 
 def mm(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """a [..., d] @ m [d, e] as a sum of d column products (thin float64 matmuls are slow on this CPU)."""
-    return sum(a[..., i:i + 1] * m[i] for i in range(m.shape[0]))
+    return sum(a[..., i : i + 1] * m[i] for i in range(m.shape[0]))
 
 
 class GaussianMixture:
@@ -40,7 +41,7 @@ class GaussianMixture:
         self.mu = torch.tensor(means, dtype=F64)
         self.cov = torch.tensor(covs, dtype=F64)
         self.d = self.mu.shape[1]
-        self.evals, self.evecs = torch.linalg.eigh(self.cov)   # [J, d], [J, d, d]
+        self.evals, self.evecs = torch.linalg.eigh(self.cov)  # [J, d], [J, d, d]
 
     def mean(self) -> torch.Tensor:
         return self.pi @ self.mu
@@ -53,17 +54,17 @@ class GaussianMixture:
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         k = float(t.reshape(-1)[0])
         a, s = VP.alpha(k), VP.sigma(k)
-        var = a * a * self.evals + s * s                                 # eigenvalues of C_j
-        if len(self.pi) == 1:                                            # one component: ε = σ C⁻¹ (x - αμ)
+        var = a * a * self.evals + s * s  # eigenvalues of C_j
+        if len(self.pi) == 1:  # one component: ε = σ C⁻¹ (x - αμ)
             cinv = (self.evecs[0] / var[0]) @ self.evecs[0].T
             return s * mm(x - a * self.mu[0], cinv)
         logps, parts = [], []
         for j in range(len(self.pi)):
-            z = mm(x - a * self.mu[j], self.evecs[j])                    # coordinates in C_j's eigenbasis
+            z = mm(x - a * self.mu[j], self.evecs[j])  # coordinates in C_j's eigenbasis
             logps.append(-0.5 * (z * z / var[j]).sum(-1) - 0.5 * torch.log(var[j]).sum() + torch.log(self.pi[j]))
-            parts.append(mm(z / var[j], self.evecs[j].T))               # C_j⁻¹ (x - α μ_j)
-        w = torch.softmax(torch.stack(logps, 1), dim=1)                  # posterior weights [B, J]
-        return s * sum(w[:, j:j + 1] * parts[j] for j in range(len(parts)))
+            parts.append(mm(z / var[j], self.evecs[j].T))  # C_j⁻¹ (x - α μ_j)
+        w = torch.softmax(torch.stack(logps, 1), dim=1)  # posterior weights [B, J]
+        return s * sum(w[:, j : j + 1] * parts[j] for j in range(len(parts)))
 
     def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
         comp = torch.multinomial(self.pi, n, replacement=True, generator=gen)
@@ -81,10 +82,10 @@ class GaussianMixture:
         return torch.tensor(out, dtype=F64)
 
 
-GAUSS = GaussianMixture([1.0], [[0.3, -0.2, 0.1]],
-                        [[[0.10, 0.02, 0.03], [0.02, 0.05, -0.025], [0.03, -0.025, 0.0725]]])
-MIX = GaussianMixture([0.3, 0.7], [[0.5, 0.3], [-0.4, -0.2]],
-                      [[[0.03, 0.01], [0.01, 0.02]], [[0.02, -0.005], [-0.005, 0.04]]])
+GAUSS = GaussianMixture([1.0], [[0.3, -0.2, 0.1]], [[[0.10, 0.02, 0.03], [0.02, 0.05, -0.025], [0.03, -0.025, 0.0725]]])
+MIX = GaussianMixture(
+    [0.3, 0.7], [[0.5, 0.3], [-0.4, -0.2]], [[[0.03, 0.01], [0.01, 0.02]], [[0.02, -0.005], [-0.005, 0.04]]]
+)
 N_SAMPLES = 8000
 
 
@@ -108,7 +109,7 @@ def test_seed_grid_matches_paper_formula():
     grid = time_grid(1000, 50, "seed")
     assert grid == [int(999 - i * 1000 / 50) for i in range(50)] + [0]
     assert grid[:3] == [999, 979, 959] and grid[-2:] == [19, 0]
-    assert time_grid(1000, 1000, "seed") == list(range(999, -1, -1))   # 0 already there: not repeated
+    assert time_grid(1000, 1000, "seed") == list(range(999, -1, -1))  # 0 already there: not repeated
     uneven = time_grid(1000, 30, "seed")
     assert uneven[:3] == [999, 965, 932] and uneven[-1] == 0 and len(uneven) == 31
 
@@ -130,15 +131,19 @@ def test_grid_errors(bad):
 def test_solver_nfe_and_trajectories():
     ddim = DDIMSolver(SCHED)
     ddim.set_timesteps(50)
-    assert ddim.nfe == 50 and ddim.trajectory[-1] == 0            # seed: ends at x_0, 50 calls
+    assert ddim.nfe == 50 and ddim.trajectory[-1] == 0  # seed: ends at x_0, 50 calls
     ddpm = DDPMSolver(SCHED)
     ddpm.set_timesteps(50)
-    assert ddpm.nfe == 51 and ddpm.trajectory[-2:] == [0, -1]     # seed DDPM also calls at 0, returns x̂0
+    assert ddpm.nfe == 51 and ddpm.trajectory[-2:] == [0, -1]  # seed DDPM also calls at 0, returns x̂0
     ddim_lin = DDIMSolver(SCHED, spacing="linspace")
     ddim_lin.set_timesteps(10)
     assert ddim_lin.nfe == 10 and ddim_lin.trajectory[-1] == -1
-    for method, steps, nfe in [("multistep", 10, 10), ("singlestep", 10, 10), ("singlestep", 20, 20),
-                               ("singlestep_fixed", 12, 12)]:
+    for method, steps, nfe in [
+        ("multistep", 10, 10),
+        ("singlestep", 10, 10),
+        ("singlestep", 20, 20),
+        ("singlestep_fixed", 12, 12),
+    ]:
         s = DPMSolver(SCHED, order=3, method=method)
         s.set_timesteps(steps)
         assert s.nfe == nfe, (method, steps)
@@ -151,7 +156,7 @@ def test_solver_nfe_and_trajectories():
 
 def test_dpm_integer_grid_keeps_step_count():
     s = DPMSolver(SCHED, skip_type="logSNR")
-    s.set_timesteps(200)        # logSNR crowds the low steps: rounding must not merge them
+    s.set_timesteps(200)  # logSNR crowds the low steps: rounding must not merge them
     ks = s.outer
     assert len(ks) == 201 and ks[0] == 999 and ks[-1] == 0
     assert all(a > b for a, b in zip(ks, ks[1:]))
@@ -170,11 +175,15 @@ def test_dpm_grids():
 
 def test_singlestep_orders_and_lower_order_final():
     from sdmc.diffusion.dpm_solver import _orders
+
     assert _orders(6, 3) == [3, 2, 1] and _orders(7, 3) == [3, 3, 1] and _orders(8, 3) == [3, 3, 2]
     assert _orders(5, 2) == [2, 2, 1] and _orders(6, 2) == [2, 2, 2] and _orders(3, 1) == [1, 1, 1]
     x = torch.randn(4, 3, dtype=F64)
-    for steps, lof, want in [(6, True, [1, 2, 3, 3, 2, 1]), (6, False, [1, 2, 3, 3, 3, 3]),
-                             (12, True, [1, 2] + [3] * 10)]:
+    for steps, lof, want in [
+        (6, True, [1, 2, 3, 3, 2, 1]),
+        (6, False, [1, 2, 3, 3, 3, 3]),
+        (12, True, [1, 2] + [3] * 10),
+    ]:
         s = DPMSolver(SCHED, order=3, method="multistep", lower_order_final=lof)
         s.set_timesteps(steps)
         s.sample(GAUSS.eps, x)
@@ -216,8 +225,9 @@ SOLVERS = [
 ]
 
 
-@pytest.mark.parametrize("name,kw,steps", SOLVERS, ids=[f"{n}-{s}-{'-'.join(map(str, k.values()))[:20]}"
-                                                         for n, k, s in SOLVERS])
+@pytest.mark.parametrize(
+    "name,kw,steps", SOLVERS, ids=[f"{n}-{s}-{'-'.join(map(str, k.values()))[:20]}" for n, k, s in SOLVERS]
+)
 def test_moments_gaussian(name, kw, steps):
     clip = {} if name.startswith("dpm") else {"clip_sample": False}
     solver = make_solver(name, SCHED, **clip, **kw)
@@ -225,9 +235,14 @@ def test_moments_gaussian(name, kw, steps):
     assert_moments(run(solver, GAUSS.eps), GAUSS)
 
 
-@pytest.mark.parametrize("name,kw,steps", [("ddpm", dict(clip_sample=False), 250),
-                                           ("ddim", dict(clip_sample=False), 200),
-                                           ("dpm-solver++", dict(order=3), 30)])
+@pytest.mark.parametrize(
+    "name,kw,steps",
+    [
+        ("ddpm", dict(clip_sample=False), 250),
+        ("ddim", dict(clip_sample=False), 200),
+        ("dpm-solver++", dict(order=3), 30),
+    ],
+)
 def test_moments_mixture(name, kw, steps):
     solver = make_solver(name, SCHED, **kw)
     solver.set_timesteps(steps)
@@ -281,7 +296,7 @@ def exact_flow(x: torch.Tensor, k_from: float, k_to: float) -> torch.Tensor:
     ev, u = GAUSS.evals[0], GAUSS.evecs[0]
     mu = GAUSS.mu[0]
     y = mm(x - a1 * mu, u)
-    y = y * torch.sqrt((a0 ** 2 * ev + s0 ** 2) / (a1 ** 2 * ev + s1 ** 2))
+    y = y * torch.sqrt((a0**2 * ev + s0**2) / (a1**2 * ev + s1**2))
     return mm(y, u.T) + a0 * mu
 
 
@@ -292,7 +307,7 @@ def ode_errors(steps_list, **kw):
     for steps in steps_list:
         s = DPMSolver(SCHED, **kw)
         s.set_timesteps(steps)
-        errs.append((s.sample(GAUSS.eps, x) - ref).pow(2).mean().sqrt().item())   # RMS error
+        errs.append((s.sample(GAUSS.eps, x) - ref).pow(2).mean().sqrt().item())  # RMS error
     return errs
 
 
@@ -307,13 +322,16 @@ def test_exact_flow_is_the_ode_solution():
 # NFE): order 1: 1.9-2.0; order 2: 3.7-4.3; DPM-Solver-3 singlestep: 10.1, 9.8 (8.5 at 192→384).
 # DPM-Solver++-3 singlestep is pre-asymptotic there (1.3, 5.2: error cancellation near 24 NFE) and reaches
 # 6.7, 7.4 at 96→192→384, so it is tested in that range.
-@pytest.mark.parametrize("kw,lo,hi", [
-    (dict(order=1, method="multistep", algorithm="dpmsolver"), 1.8, 2.2),
-    (dict(order=2, method="singlestep_fixed", algorithm="dpmsolver"), 3.5, 4.6),
-    (dict(order=2, method="singlestep_fixed", algorithm="dpmsolver++"), 3.4, 4.6),
-    (dict(order=2, method="multistep", algorithm="dpmsolver"), 3.5, 4.6),
-    (dict(order=2, method="multistep", algorithm="dpmsolver++"), 3.5, 4.6),
-])
+@pytest.mark.parametrize(
+    "kw,lo,hi",
+    [
+        (dict(order=1, method="multistep", algorithm="dpmsolver"), 1.8, 2.2),
+        (dict(order=2, method="singlestep_fixed", algorithm="dpmsolver"), 3.5, 4.6),
+        (dict(order=2, method="singlestep_fixed", algorithm="dpmsolver++"), 3.4, 4.6),
+        (dict(order=2, method="multistep", algorithm="dpmsolver"), 3.5, 4.6),
+        (dict(order=2, method="multistep", algorithm="dpmsolver++"), 3.5, 4.6),
+    ],
+)
 def test_first_and_second_order_convergence(kw, lo, hi):
     errs = ode_errors([24, 48, 96], skip_type="logSNR", integer_timesteps=False, **kw)
     ratios = [a / b for a, b in zip(errs, errs[1:])]
@@ -331,8 +349,9 @@ def test_second_order_with_integer_steps(method):
 
 @pytest.mark.parametrize("algorithm,steps", [("dpmsolver", [24, 48, 96]), ("dpmsolver++", [96, 192, 384])])
 def test_third_order_singlestep_convergence(algorithm, steps):
-    errs = ode_errors(steps, order=3, method="singlestep_fixed", algorithm=algorithm,
-                      skip_type="logSNR", integer_timesteps=False)
+    errs = ode_errors(
+        steps, order=3, method="singlestep_fixed", algorithm=algorithm, skip_type="logSNR", integer_timesteps=False
+    )
     ratios = [a / b for a, b in zip(errs, errs[1:])]
     assert all(6.0 < r < 12.0 for r in ratios), (errs, ratios)
 
@@ -341,12 +360,20 @@ def test_third_order_singlestep_convergence(algorithm, steps):
 def test_third_order_multistep_convergence(algorithm):
     """3M with the exact D2 weight is (at least) third order: measured ratios 14-16 (the warm-up steps
     act where ε hardly changes).  The official weight makes it second order (ratios 4.1-4.5)."""
-    errs = ode_errors([24, 48, 96], order=3, method="multistep", algorithm=algorithm, skip_type="logSNR",
-                      integer_timesteps=False)
+    errs = ode_errors(
+        [24, 48, 96], order=3, method="multistep", algorithm=algorithm, skip_type="logSNR", integer_timesteps=False
+    )
     ratios = [a / b for a, b in zip(errs, errs[1:])]
     assert all(6.5 < r < 20.0 for r in ratios), (errs, ratios)
-    off = ode_errors([24, 48, 96], order=3, method="multistep", algorithm=algorithm, skip_type="logSNR",
-                     integer_timesteps=False, official_3m=True)
+    off = ode_errors(
+        [24, 48, 96],
+        order=3,
+        method="multistep",
+        algorithm=algorithm,
+        skip_type="logSNR",
+        integer_timesteps=False,
+        official_3m=True,
+    )
     ratios_off = [a / b for a, b in zip(off, off[1:])]
     assert all(3.0 < r < 5.5 for r in ratios_off), (off, ratios_off)
     assert errs[-1] < 0.2 * off[-1]
@@ -356,14 +383,14 @@ def test_third_order_multistep_convergence(algorithm):
 def test_multistep_step_is_exact_for_quadratic_outputs(algorithm):
     """One 3M step integrates the linear ODE exactly when the model output is quadratic in λ."""
     s = DPMSolver(SCHED, order=3, method="multistep", algorithm=algorithm, integer_timesteps=False)
-    f = lambda lam: 0.3 + 0.2 * lam + 0.05 * lam * lam        # noqa: E731
+    f = lambda lam: 0.3 + 0.2 * lam + 0.05 * lam * lam  # noqa: E731
     ks, kt = [640.0, 580.0, 500.0], 430.0
     s._hist = [(VP.lam(k), torch.full((1, 1), f(VP.lam(k)), dtype=F64)) for k in ks]
     ls, lt = VP.lam(500.0), VP.lam(kt)
     lam = np.linspace(ls, lt, 400001)
-    if algorithm == "dpmsolver":     # x_t = α_t/α_s x_s - α_t ∫ e^{-λ} ε dλ
+    if algorithm == "dpmsolver":  # x_t = α_t/α_s x_s - α_t ∫ e^{-λ} ε dλ
         exact = VP.alpha(kt) / VP.alpha(500.0) - VP.alpha(kt) * np.trapz(np.exp(-lam) * f(lam), lam)
-    else:                            # x_t = σ_t/σ_s x_s + σ_t ∫ e^{λ} x̂0 dλ
+    else:  # x_t = σ_t/σ_s x_s + σ_t ∫ e^{λ} x̂0 dλ
         exact = VP.sigma(kt) / VP.sigma(500.0) + VP.sigma(kt) * np.trapz(np.exp(lam) * f(lam), lam)
     got = s._multistep(torch.ones(1, 1, dtype=F64), 500.0, kt, 3).item()
     assert got == pytest.approx(exact, rel=1e-9)
@@ -388,12 +415,12 @@ def test_analytic_ddim_eta0_adds_variance_only_from_gamma():
     s.set_timesteps(20)
     assert all(s.sigma2(t, r) > 0 for t, r in zip(s.trajectory[:-1], s.trajectory[1:]))
     s1 = DDIMSolver(SCHED, analytic=True, eta=0.0, gamma=torch.ones(1000, dtype=F64), clip_sigma_idx=0)
-    s1.set_timesteps(20)   # Γ = 1 means x0 is known exactly: no extra variance
+    s1.set_timesteps(20)  # Γ = 1 means x0 is known exactly: no extra variance
     assert all(s1.sigma2(t, r) == 0 for t, r in zip(s1.trajectory[:-1], s1.trajectory[1:]))
 
 
 def test_analytic_clipping_rules():
-    big = torch.zeros(1000, dtype=F64)   # Γ = 0: the covariance clamp at 1 is active
+    big = torch.zeros(1000, dtype=F64)  # Γ = 0: the covariance clamp at 1 is active
     s = DDPMSolver(SCHED, variance="analytic", gamma=big, clip_sigma_idx=1, clip_pixel=2)
     s.set_timesteps(10)
     bound = (2 * 2 / 255 * math.sqrt(math.pi / 2)) ** 2
@@ -405,7 +432,7 @@ def test_analytic_clipping_rules():
     skip = 1 - at / as_
     expect = (1 - as_) / (1 - at) * skip + (math.sqrt(as_) * skip / (1 - at)) ** 2 * 1.0
     assert s.sigma2(t0, r0) == pytest.approx(expect)
-    assert analytic_sigma2(0.5, 0.6, 0.01, 0.3, 1.7) == pytest.approx(0.01)   # Γ > 1: covariance 0
+    assert analytic_sigma2(0.5, 0.6, 0.01, 0.3, 1.7) == pytest.approx(0.01)  # Γ > 1: covariance 0
 
 
 def test_estimate_gamma_matches_closed_form():
@@ -423,9 +450,17 @@ def test_estimate_gamma_matches_closed_form():
         return out
 
     g = estimate_gamma(eps, sched, data, budget=400, batch_size=997, seed=1)
-    exact = torch.tensor([vp.sigma(k) ** 2 * float(torch.linalg.inv(
-        vp.alpha(k) ** 2 * GAUSS.cov[0] + vp.sigma(k) ** 2 * torch.eye(3, dtype=F64)).trace()) / 3
-        for k in range(50)], dtype=F64)
+    exact = torch.tensor(
+        [
+            vp.sigma(k) ** 2
+            * float(
+                torch.linalg.inv(vp.alpha(k) ** 2 * GAUSS.cov[0] + vp.sigma(k) ** 2 * torch.eye(3, dtype=F64)).trace()
+            )
+            / 3
+            for k in range(50)
+        ],
+        dtype=F64,
+    )
     assert g.shape == (50,) and g.dtype == F64
     # Monte-Carlo: ‖ε‖²/d has variance ≲ 2Γ²/d, so 400 draws give a relative s.e. ≲ 4%
     assert ((g - exact).abs() / exact).max() < 0.2
@@ -455,18 +490,21 @@ def test_step_errors():
         s.set_timesteps(timesteps=[10, 20, -1])
 
 
-@pytest.mark.parametrize("call", [
-    lambda: make_solver("euler"),
-    lambda: make_solver("ddim", SCHED, eta=2.0),
-    lambda: make_solver("ddim", SCHED, etaa=0.5),
-    lambda: make_solver("analytic-ddpm", SCHED),
-    lambda: make_solver("analytic-ddim", SCHED, gamma=torch.ones(10)),
-    lambda: make_solver("dpm-solver-2", SCHED, order=3),
-    lambda: make_solver("dpm-solver++", SCHED, order=4),
-    lambda: make_solver("dpm-solver++", SCHED, skip_type="karras"),
-    lambda: make_solver("dpm-solver-2", SCHED, clip_sample=True),
-    lambda: make_solver("ddpm", SCHED, variance="learned"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: make_solver("euler"),
+        lambda: make_solver("ddim", SCHED, eta=2.0),
+        lambda: make_solver("ddim", SCHED, etaa=0.5),
+        lambda: make_solver("analytic-ddpm", SCHED),
+        lambda: make_solver("analytic-ddim", SCHED, gamma=torch.ones(10)),
+        lambda: make_solver("dpm-solver-2", SCHED, order=3),
+        lambda: make_solver("dpm-solver++", SCHED, order=4),
+        lambda: make_solver("dpm-solver++", SCHED, skip_type="karras"),
+        lambda: make_solver("dpm-solver-2", SCHED, clip_sample=True),
+        lambda: make_solver("ddpm", SCHED, variance="learned"),
+    ],
+)
 def test_bad_options_raise_one_clear_error(call):
     with pytest.raises(SdmcError):
         call()
@@ -491,8 +529,11 @@ def test_integer_dpm_solver_calls_model_with_integer_steps():
 
 # ------------------------------------------------------------------------------------- properties
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 1000), frac=st.floats(0.0, 1.0), spacing=st.sampled_from(["seed", "linspace", "leading",
-                                                                                     "trailing"]))
+@given(
+    n=st.integers(2, 1000),
+    frac=st.floats(0.0, 1.0),
+    spacing=st.sampled_from(["seed", "linspace", "leading", "trailing"]),
+)
 def test_time_grid_properties(n, frac, spacing):
     steps = max(1, int(round(frac * n)))
     grid = time_grid(n, steps, spacing)
@@ -508,9 +549,13 @@ def test_time_grid_properties(n, frac, spacing):
 
 
 @settings(max_examples=25, deadline=None)
-@given(steps=st.integers(1, 60), order=st.integers(1, 3),
-       method=st.sampled_from(["singlestep", "multistep", "singlestep_fixed"]),
-       skip=st.sampled_from(["logSNR", "time_uniform", "time_quadratic"]), integer=st.booleans())
+@given(
+    steps=st.integers(1, 60),
+    order=st.integers(1, 3),
+    method=st.sampled_from(["singlestep", "multistep", "singlestep_fixed"]),
+    skip=st.sampled_from(["logSNR", "time_uniform", "time_quadratic"]),
+    integer=st.booleans(),
+)
 def test_dpm_solver_plans_are_valid(steps, order, method, skip, integer):
     s = DPMSolver(SCHED, order=order, method=method, skip_type=skip, integer_timesteps=integer)
     s.set_timesteps(steps)

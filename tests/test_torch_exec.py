@@ -1,15 +1,17 @@
 """Torch backend: the compiled executor against the golden simulator (random graphs, spikes and outputs),
 against the eager spikingjelly UNets (outputs, surrogate gradients, one Adam step, BN running statistics),
 state_dict round trips, threshold guidance, the fused neuron kernel, files and errors."""
+
 import copy
 
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_bn
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from strategies import random_inputs, spiking_graphs
 
-from conftest import randomize_bn
 from sdmc import ir
 from sdmc.backends import torch_kernels as K
 from sdmc.backends.torch_exec import NeuronModule, compile_torch, hoist_affine, load_compiled, prepare, save_compiled
@@ -17,7 +19,6 @@ from sdmc.config import ModelConfig, SdmcConfig
 from sdmc.errors import SdmcError
 from sdmc.models import build_model
 from sdmc.sim import golden
-from strategies import random_inputs, spiking_graphs
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -27,8 +28,11 @@ def _run_with_spikes(ex, graph, ins):
     spikes, hooks = {}, []
     for name, m in ex.named_modules():
         if isinstance(m, NeuronModule):
-            hooks.append(m.register_forward_hook(
-                lambda mod, a, out, name=name: spikes.__setitem__(name, K.steps(out, mod.T).detach().clone())))
+            hooks.append(
+                m.register_forward_hook(
+                    lambda mod, a, out, name=name: spikes.__setitem__(name, K.steps(out, mod.T).detach().clone())
+                )
+            )
     try:
         with torch.no_grad():
             out = ex(*[torch.from_numpy(np.asarray(ins[n.name])) for n in graph.input_nodes])
@@ -66,8 +70,9 @@ def _neuron_names(ex):
 
 # ------------------------------------------------------------------------------------- executor == golden
 @FAST
-@given(spiking_graphs(), st.integers(1, 3), st.sampled_from(["train", "inference"]), st.integers(0, 1000),
-       st.booleans())
+@given(
+    spiking_graphs(), st.integers(1, 3), st.sampled_from(["train", "inference"]), st.integers(0, 1000), st.booleans()
+)
 def test_random_graphs_match_golden_float64(g, B, mode, seed, channels_last):
     ins = random_inputs(g, B, seed)
     vals = golden.run(g, ins, all_values=True)
@@ -83,8 +88,9 @@ def test_random_graphs_match_golden_float64(g, B, mode, seed, channels_last):
 
 
 @FAST
-@given(spiking_graphs(dtype="float32"), st.integers(1, 3), st.sampled_from(["train", "inference"]),
-       st.integers(0, 1000))
+@given(
+    spiking_graphs(dtype="float32"), st.integers(1, 3), st.sampled_from(["train", "inference"]), st.integers(0, 1000)
+)
 def test_random_graphs_match_golden_float32_away_from_threshold(g, B, mode, seed):
     ins = {k: v.astype(np.float32) for k, v in random_inputs(g, B, seed).items()}
     vals = golden.run(g, ins, all_values=True)
@@ -133,7 +139,7 @@ def test_hoist_affine_moves_the_head_conv_out_of_the_time_loop():
 def test_fused_neuron_matches_reference_forward_and_backward(kind, decay_input, v_reset, channels_last):
     T, B = 4, 3
     g = torch.Generator().manual_seed(hash((kind, decay_input, v_reset)) % 1000)
-    x = (torch.randn(T * B, 5, 3, 4, generator=g, dtype=torch.float64) * 0.8 + 0.4)
+    x = torch.randn(T * B, 5, 3, 4, generator=g, dtype=torch.float64) * 0.8 + 0.4
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     gs = torch.randn(x.shape, generator=g, dtype=torch.float64)
@@ -163,8 +169,17 @@ def test_fused_neuron_saves_one_tensor_not_per_step_graphs():
 
 # ------------------------------------------------------------------------------------- the UNets
 def _unet(arch, neuron="if", soft=False, T=3, seed=0):
-    cfg = ModelConfig(arch=arch, ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=T, img_ch=1, img_size=8,
-                      neuron=neuron, soft_reset=soft)
+    cfg = ModelConfig(
+        arch=arch,
+        ch=8,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        snn_steps=T,
+        img_ch=1,
+        img_size=8,
+        neuron=neuron,
+        soft_reset=soft,
+    )
     torch.manual_seed(seed)
     m = build_model(cfg).double()
     randomize_bn(m, seed)
@@ -215,8 +230,9 @@ def test_unet_outputs_and_gradients_equal_eager(arch, neuron, soft, channels_las
 @pytest.mark.parametrize("arch", ["sddpm", "sdm"])
 def test_one_adam_training_step_equals_eager(arch):
     from sdmc.checkpoint import build_and_load
-    from sdmc.diffusion.schedule import NoiseSchedule
     from sdmc.config import DiffusionConfig
+    from sdmc.diffusion.schedule import NoiseSchedule
+
     m, cfg = _unet(arch)
     ex = compile_torch(copy.deepcopy(m), mode="train")
     sched = NoiseSchedule(DiffusionConfig())
@@ -258,6 +274,7 @@ def test_one_adam_training_step_equals_eager(arch):
 
 def test_threshold_guidance_reaches_executor_neurons():
     from sdmc.diffusion.sampling import threshold_guidance
+
     m, cfg = _unet("sdm")
     m.eval()
     ex = compile_torch(m, mode="inference")
@@ -276,8 +293,10 @@ def test_channels_last_float32_and_deepcopy_agree():
     m = m.float().eval()
     ex = compile_torch(m, mode="inference")  # channels-last by default on CPU
     assert ex.graph.meta["passes"][0]["pass"] == "fold_bn"
-    assert any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-               for p in ex.parameters())
+    assert any(
+        p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+        for p in ex.parameters()
+    )
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
     with torch.no_grad():
         torch.testing.assert_close(ex(x, t), m(x, t), rtol=1e-4, atol=1e-4)
@@ -286,8 +305,7 @@ def test_channels_last_float32_and_deepcopy_agree():
 
 
 def test_prepare_passes_ann_and_compiled_models_through():
-    ann = build_model(ModelConfig(arch="ann", ch=32, ch_mult=(1,), num_res_blocks=1, img_ch=1, img_size=8,
-                                  attn=()))
+    ann = build_model(ModelConfig(arch="ann", ch=32, ch_mult=(1,), num_res_blocks=1, img_ch=1, img_size=8, attn=()))
     assert prepare(ann) is ann
     m, _ = _unet("sddpm")
     ex = prepare(m, "train")
@@ -309,6 +327,7 @@ def test_save_and_load_compiled_file(tmp_path):
 def test_cli_compile_torch_backend(tmp_path, capsys):
     from sdmc.checkpoint import save_model
     from sdmc.cli import main
+
     m, cfg = _unet("sddpm")
     src = save_model(tmp_path / "m.safetensors", m.float(), SdmcConfig(model=cfg))
     out = tmp_path / "m.sdmc"
@@ -338,6 +357,7 @@ def test_errors_name_what_and_where():
 def test_cli_sample_runs_compiled_by_default_and_matches_eager(tmp_path):
     from sdmc.checkpoint import save_model
     from sdmc.cli import main
+
     m, cfg = _unet("sdm", T=2)
     src = save_model(tmp_path / "m.safetensors", m.float(), SdmcConfig(model=cfg))
     assert main(["compile", str(src), "--backend", "torch", "-o", str(tmp_path / "m.sdmc")]) == 0

@@ -1,4 +1,5 @@
 """Diffusion training: loss goes down, exact resume, NaN stop, EMA export, TSM fine-tuning, CLI."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,7 @@ def one_thread():
 
 
 def tiny(out: Path, **kw) -> tr.TrainConfig:
-    return tr.make_config("digits", out=str(out), **{**TINY, **QUIET, "lr": 2e-3, "warmup": 2,
-                                                     "batch_size": 8, **kw})
+    return tr.make_config("digits", out=str(out), **{**TINY, **QUIET, "lr": 2e-3, "warmup": 2, "batch_size": 8, **kw})
 
 
 def small_digits(n: int = 20) -> TensorImages:
@@ -80,12 +80,23 @@ def test_presets_build_and_overrides_apply():
         cfg = tr.make_config(name, **({"init_from": "x.pt"} if PRESETS[name]["train"].get("tsm") else {}))
         assert cfg.preset == name and cfg.steps >= 1
     c = tr.make_config("cifar10-sddpm-t4")
-    assert (c.model.ch, c.model.ch_mult, c.model.snn_steps, c.lr, c.batch_size, c.grad_clip) == \
-        (128, (1, 2, 2, 4), 4, 2e-4, 128, 1.0)
-    c = tr.make_config("digits", steps=7, ch=16, snn_steps=8, arch="sdm", lr=1e-3, schedule="cosine",
-                       batch_size=None)
-    assert (c.steps, c.model.ch, c.model.snn_steps, c.model.arch, c.lr, c.diffusion.schedule) == \
-        (7, 16, 8, "sdm", 1e-3, "cosine")
+    assert (c.model.ch, c.model.ch_mult, c.model.snn_steps, c.lr, c.batch_size, c.grad_clip) == (
+        128,
+        (1, 2, 2, 4),
+        4,
+        2e-4,
+        128,
+        1.0,
+    )
+    c = tr.make_config("digits", steps=7, ch=16, snn_steps=8, arch="sdm", lr=1e-3, schedule="cosine", batch_size=None)
+    assert (c.steps, c.model.ch, c.model.snn_steps, c.model.arch, c.lr, c.diffusion.schedule) == (
+        7,
+        16,
+        8,
+        "sdm",
+        1e-3,
+        "cosine",
+    )
     assert c.batch_size == PRESETS["digits"]["train"]["batch_size"]
     assert c.overrides == {"steps": 7, "ch": 16, "snn_steps": 8, "arch": "sdm", "lr": 1e-3, "schedule": "cosine"}
     assert tr.TrainConfig.from_dict(json.loads(c.to_json())) == c
@@ -103,6 +114,7 @@ def test_model_resets_its_neurons_after_every_call(tiny_cfg):
     from spikingjelly.activation_based import neuron
 
     from sdmc.models import build_model
+
     model = build_model(tiny_cfg).train()
     loss = model(torch.randn(3, 1, 8, 8), torch.tensor([1, 500, 999])).square().mean()
     loss.backward()
@@ -113,8 +125,18 @@ def test_model_resets_its_neurons_after_every_call(tiny_cfg):
 # ------------------------------------------------------------------------------------------ training
 def test_short_digits_run_learns_writes_everything_and_exports_ema(tmp_path):
     out = tmp_path / "run"
-    cfg = tiny(out, steps=100, ch=16, batch_size=32, lr=5e-3, warmup=30, log_every=20, save_every=40,
-               sample_every=50, keep_last=2)
+    cfg = tiny(
+        out,
+        steps=100,
+        ch=16,
+        batch_size=32,
+        lr=5e-3,
+        warmup=30,
+        log_every=20,
+        save_every=40,
+        sample_every=50,
+        keep_last=2,
+    )
     final = tr.train(cfg)  # the real bundled digits dataset (8x8 here for speed)
     assert final == out / "model.safetensors" and final.is_file()
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -146,12 +168,16 @@ def test_short_digits_run_learns_writes_everything_and_exports_ema(tmp_path):
     from sdmc.diffusion.sampling import sample_images
     from sdmc.metrics.digits import digits_scores
     from sdmc.models import build_model
+
     trained, _ = load_model(final)
     torch.manual_seed(0)
     untrained = build_model(cfg.model)
-    fid = {name: digits_scores(sample_images(m, NoiseSchedule(), 200, solver="ddim", steps=10, batch_size=200,
-                                             progress=False))["digits_fid"]
-           for name, m in (("trained", trained), ("untrained", untrained))}
+    fid = {
+        name: digits_scores(
+            sample_images(m, NoiseSchedule(), 200, solver="ddim", steps=10, batch_size=200, progress=False)
+        )["digits_fid"]
+        for name, m in (("trained", trained), ("untrained", untrained))
+    }
     print("digits-FID", fid)  # measured 3583 vs 4759 (real digits at 200 samples: about 120)
     assert fid["trained"] < 0.85 * fid["untrained"], fid
 
@@ -204,14 +230,17 @@ def test_nan_loss_stops_with_training_error_and_keeps_last_good_checkpoint(tmp_p
         return real(schedule, model, x0)
 
     monkeypatch.setattr(tr, "_loss", faulty)
-    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 5; last good checkpoint: .*step_00000004"):
+    with pytest.raises(
+        TrainingError, match=r"non-finite loss \(nan\) at step 5; last good checkpoint: .*step_00000004"
+    ):
         tr.train(tiny(tmp_path, steps=10, save_every=2, sample_every=100), dataset=small_digits(16))
     left = tr.list_checkpoints(tmp_path)
     assert [s for s, _ in left] == [2, 4]
     assert {p.name: sha(p) for _, p in left} == seen
     state = torch.load(left[-1][1], weights_only=True)
-    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["net_model"].values()
-                                      if v.is_floating_point())
+    assert state["step"] == 4 and all(
+        torch.isfinite(v).all() for v in state["net_model"].values() if v.is_floating_point()
+    )
     assert not (tmp_path / "model.safetensors").exists() and not list(tmp_path.rglob("*.tmp"))
 
 
@@ -224,12 +253,14 @@ def test_dataset_too_small_or_wrong_shape(tmp_path):
 
 def test_tsm_finetune_inherits_sddpm_weights_and_trains_p(tmp_path):
     from sdmc.models import build_model
+
     torch.manual_seed(0)
     src_cfg = ModelConfig(**TINY)
     sddpm = build_model(src_cfg)
     save_model(tmp_path / "sddpm.safetensors", sddpm, SdmcConfig(model=src_cfg))
-    cfg = tiny(tmp_path / "ft", steps=3, init_from=str(tmp_path / "sddpm.safetensors"), tsm=True,
-               ch=64, ema=False)  # the architecture comes from the file, not from --ch
+    cfg = tiny(
+        tmp_path / "ft", steps=3, init_from=str(tmp_path / "sddpm.safetensors"), tsm=True, ch=64, ema=False
+    )  # the architecture comes from the file, not from --ch
     final = tr.train(cfg, dataset=small_digits(16))
     sd, ecfg, _ = read_checkpoint(final)
     assert ecfg.model.arch == "sdm" and ecfg.model.ch == 8 and ecfg.provenance["tsm_finetune"] is True
@@ -242,17 +273,51 @@ def test_tsm_finetune_inherits_sddpm_weights_and_trains_p(tmp_path):
 
 def test_cli_train_and_list_presets(tmp_path, capsys, monkeypatch):
     from sdmc.cli import main
+
     assert main(["train", "--list-presets"]) == 0
     listed = capsys.readouterr().out
     assert "cifar10-sdm-t8" in listed and "digits" in listed
     out = tmp_path / "cli"
-    rc = main(["train", "--preset", "digits", "--steps", "2", "--batch-size", "8", "--ch", "8", "--ch-mult", "1,2",
-               "--num-res-blocks", "1", "--snn-steps", "2", "--img-size", "8", "--out", str(out), "--sample-n", "4",
-               "--sample-steps", "2", "--no-tensorboard", "--no-progress", "--ema-decay", "0.9"])
+    rc = main(
+        [
+            "train",
+            "--preset",
+            "digits",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--ch",
+            "8",
+            "--ch-mult",
+            "1,2",
+            "--num-res-blocks",
+            "1",
+            "--snn-steps",
+            "2",
+            "--img-size",
+            "8",
+            "--out",
+            str(out),
+            "--sample-n",
+            "4",
+            "--sample-steps",
+            "2",
+            "--no-tensorboard",
+            "--no-progress",
+            "--ema-decay",
+            "0.9",
+        ]
+    )
     assert rc == 0
     cfg = json.loads((out / "train_config.json").read_text())
-    assert (cfg["steps"], cfg["batch_size"], cfg["model"]["ch"], cfg["model"]["ch_mult"], cfg["ema_decay"]) == \
-        (2, 8, 8, [1, 2], 0.9)
+    assert (cfg["steps"], cfg["batch_size"], cfg["model"]["ch"], cfg["model"]["ch_mult"], cfg["ema_decay"]) == (
+        2,
+        8,
+        8,
+        [1, 2],
+        0.9,
+    )
     assert (out / "model.safetensors").is_file()
     err = capsys.readouterr().err
     assert "global batch 8 = 8 per rank x 1 rank(s)" in err
@@ -267,6 +332,7 @@ def test_bundled_digits_preset_learns_digits(tmp_path):
     from sdmc.diffusion.sampling import sample_images
     from sdmc.metrics.digits import digits_scores
     from sdmc.models import build_model
+
     cfg = tr.make_config("digits", out=str(tmp_path), tensorboard=False, progress=False)
     final = tr.train(cfg)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -274,8 +340,10 @@ def test_bundled_digits_preset_learns_digits(tmp_path):
     trained, _ = load_model(final)
     torch.manual_seed(0)
     untrained = build_model(cfg.model)
-    scores = {name: digits_scores(sample_images(m, NoiseSchedule(), 500, solver="ddim", steps=20, progress=False))
-              for name, m in (("trained", trained), ("untrained", untrained))}
+    scores = {
+        name: digits_scores(sample_images(m, NoiseSchedule(), 500, solver="ddim", steps=20, progress=False))
+        for name, m in (("trained", trained), ("untrained", untrained))
+    }
     # measured (256 samples, DDIM 20): trained EMA 1331 / IS 6.46, untrained 5638 / IS 3.55
     assert scores["trained"]["digits_fid"] < 0.4 * scores["untrained"]["digits_fid"], scores
     assert scores["trained"]["digits_is"] > scores["untrained"]["digits_is"] + 1.5, scores

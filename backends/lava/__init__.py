@@ -12,15 +12,49 @@ Importing this package does not import Lava.  ``compat.install_import_fixes()`` 
 makes lava-nc 0.10 / lava-dl 0.6 importable on Python 3.11; install them with
 ``python -m sdmc.backends.lava.install``.  The bit-exact numpy model is :mod:`sdmc.sim.loihi`.
 """
+
 from .compat import LavaUnavailable, install_import_fixes
 from .export import export_netx, extract_chain, read_netx, write_netx
-from .quantize import FloatChain, FloatLayer, QuantReport, evaluate, float_reference, quantize_chain, quantize_input
 from .net import LavaNetRun, run_lava_net
+from .quantize import FloatChain, FloatLayer, QuantReport, evaluate, float_reference, quantize_chain, quantize_input
 from .run import LavaRun, run_netx
-from .unet import (CompileReport, HostPlan, check_export, compile_net, export_dir, format_resources, load_export,
-                   resources, run_hybrid)
+from .unet import (
+    CompileReport,
+    HostPlan,
+    check_export,
+    compile_net,
+    export_dir,
+    format_resources,
+    load_export,
+    resources,
+    run_hybrid,
+)
 
-__all__ = ["LavaUnavailable", "install_import_fixes", "export_netx", "extract_chain", "read_netx", "write_netx",
-           "FloatChain", "FloatLayer", "QuantReport", "evaluate", "float_reference", "quantize_chain",
-           "quantize_input", "LavaRun", "run_netx", "LavaNetRun", "run_lava_net", "CompileReport", "HostPlan",
-           "check_export", "compile_net", "export_dir", "format_resources", "load_export", "resources", "run_hybrid"]
+__all__ = [
+    "LavaUnavailable",
+    "install_import_fixes",
+    "export_netx",
+    "extract_chain",
+    "read_netx",
+    "write_netx",
+    "FloatChain",
+    "FloatLayer",
+    "QuantReport",
+    "evaluate",
+    "float_reference",
+    "quantize_chain",
+    "quantize_input",
+    "LavaRun",
+    "run_netx",
+    "LavaNetRun",
+    "run_lava_net",
+    "CompileReport",
+    "HostPlan",
+    "check_export",
+    "compile_net",
+    "export_dir",
+    "format_resources",
+    "load_export",
+    "resources",
+    "run_hybrid",
+]

@@ -16,6 +16,7 @@ Each rewrite checks that it found the text it expects, so a different Lava versi
 (:class:`LavaUnavailable`) instead of being patched wrongly.  Also here: :func:`use_fast_conv`, a numpy
 replacement for Lava's per-channel-pair scipy convolution (identical results, ~10x faster).
 """
+
 from __future__ import annotations
 
 import importlib.abc
@@ -36,18 +37,23 @@ class LavaUnavailable(SdmcError):
 def _fix_var_model(src: str) -> str:
     n_defaults = src.count("ByteEncoder = ByteEncoder()")
     if "from dataclasses import dataclass, InitVar\n" not in src or n_defaults == 0:
-        raise LavaUnavailable("lava.magma.compiler.var_model: unexpected source (not lava-nc 0.10.0?); "
-                              "cannot apply the Python 3.11 dataclass fix")
-    src = src.replace("from dataclasses import dataclass, InitVar\n",
-                      "from dataclasses import dataclass, InitVar, field\n", 1)
+        raise LavaUnavailable(
+            "lava.magma.compiler.var_model: unexpected source (not lava-nc 0.10.0?); "
+            "cannot apply the Python 3.11 dataclass fix"
+        )
+    src = src.replace(
+        "from dataclasses import dataclass, InitVar\n", "from dataclasses import dataclass, InitVar, field\n", 1
+    )
     return src.replace("ByteEncoder = ByteEncoder()", "ByteEncoder = field(default_factory=ByteEncoder)")
 
 
 def _fix_slayer_init(src: str) -> str:
     pat = re.compile(r"^from \. import object_detection as obd[ \t]*$", re.M)
     if not pat.search(src):
-        raise LavaUnavailable("lava.lib.dl.slayer/__init__.py: unexpected source (not lava-dl 0.6.0?); "
-                              "cannot make object_detection optional")
+        raise LavaUnavailable(
+            "lava.lib.dl.slayer/__init__.py: unexpected source (not lava-dl 0.6.0?); "
+            "cannot make object_detection optional"
+        )
     return pat.sub("try:\n    from . import object_detection as obd\nexcept ImportError:\n    obd = None", src, count=1)
 
 
@@ -62,13 +68,18 @@ _FORK_FIX = """    if mp.get_start_method(allow_none=True) is None:
 
 def _fix_lava_multiprocessing(src: str) -> str:
     if src.count(_FORK_CALL) != 1:
-        raise LavaUnavailable("lava.magma.runtime.message_infrastructure.multiprocessing: unexpected source "
-                              "(not lava-nc 0.10.0?); cannot make its start-method call re-entrant")
+        raise LavaUnavailable(
+            "lava.magma.runtime.message_infrastructure.multiprocessing: unexpected source "
+            "(not lava-nc 0.10.0?); cannot make its start-method call re-entrant"
+        )
     return src.replace(_FORK_CALL, _FORK_FIX)
 
 
-FIXES = {"lava.magma.compiler.var_model": _fix_var_model, "lava.lib.dl.slayer": _fix_slayer_init,
-         "lava.magma.runtime.message_infrastructure.multiprocessing": _fix_lava_multiprocessing}
+FIXES = {
+    "lava.magma.compiler.var_model": _fix_var_model,
+    "lava.lib.dl.slayer": _fix_slayer_init,
+    "lava.magma.runtime.message_infrastructure.multiprocessing": _fix_lava_multiprocessing,
+}
 
 
 class _RewritingLoader(importlib.machinery.SourceFileLoader):
@@ -92,8 +103,9 @@ class _LavaFixFinder(importlib.abc.MetaPathFinder):
         if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
             return spec
         loader = _RewritingLoader(fullname, spec.origin, rewrite)
-        new = importlib.util.spec_from_file_location(fullname, spec.origin, loader=loader,
-                                                     submodule_search_locations=spec.submodule_search_locations)
+        new = importlib.util.spec_from_file_location(
+            fullname, spec.origin, loader=loader, submodule_search_locations=spec.submodule_search_locations
+        )
         return new
 
 
@@ -105,6 +117,7 @@ def install_import_fixes() -> None:
 
 def lava_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
+
     out = {}
     for dist in ("lava-nc", "lava-dl"):
         try:
@@ -117,6 +130,7 @@ def lava_versions() -> dict[str, str]:
 def import_lava():
     """Import and return ``lava.lib.dl.netx`` with the fixes; :class:`LavaUnavailable` if that fails."""
     import logging
+
     install_import_fixes()
     # slayer imports torch.utils.cpp_extension, which logs "No CUDA runtime is found" on CPU-only machines
     ext_log = logging.getLogger("torch.utils.cpp_extension")
@@ -125,8 +139,9 @@ def import_lava():
     try:
         import lava.lib.dl.netx as netx  # noqa: F401
     except ImportError as e:
-        raise LavaUnavailable(f"Lava is not importable ({e}); install it with "
-                              "`python -m sdmc.backends.lava.install`") from e
+        raise LavaUnavailable(
+            f"Lava is not importable ({e}); install it with `python -m sdmc.backends.lava.install`"
+        ) from e
     finally:
         ext_log.setLevel(level)
     return netx
@@ -146,19 +161,20 @@ def conv_numpy(input_, weight, kernel_size, stride, padding, dilation, groups):
     px, py = padding
     dx, dy = dilation
     x = np.zeros((w_in + 2 * px, h_in + 2 * py, c_in), dtype=np.float64)
-    x[px:px + w_in, py:py + h_in] = input_
+    x[px : px + w_in, py : py + h_in] = input_
     ekx, eky = dx * (kx - 1) + 1, dy * (ky - 1) + 1
     w_out = (w_in + 2 * px - ekx) // sx + 1
     h_out = (h_in + 2 * py - eky) // sy + 1
     win = np.lib.stride_tricks.sliding_window_view(x, (ekx, eky), axis=(0, 1))  # (W', H', Cin, ekx, eky)
-    win = win[::sx, ::sy][:w_out, :h_out, :, ::dx, ::dy]                          # (W', H', Cin, kx, ky)
+    win = win[::sx, ::sy][:w_out, :h_out, :, ::dx, ::dy]  # (W', H', Cin, kx, ky)
     # Lava's scipy path is a true convolution (convolve2d): correlation with the spatially flipped kernel.
-    w = weight[:, ::-1, ::-1, :].astype(np.float64)                                # (Cout, kx, ky, Cin/g)
+    w = weight[:, ::-1, ::-1, :].astype(np.float64)  # (Cout, kx, ky, Cin/g)
     cig, cog = c_in // groups, c_out // groups
     out = np.empty((w_out, h_out, c_out), dtype=np.float64)
     for g in range(groups):
-        out[..., g * cog:(g + 1) * cog] = np.tensordot(
-            win[:, :, g * cig:(g + 1) * cig], w[g * cog:(g + 1) * cog], axes=([2, 3, 4], [3, 1, 2]))
+        out[..., g * cog : (g + 1) * cog] = np.tensordot(
+            win[:, :, g * cig : (g + 1) * cig], w[g * cog : (g + 1) * cog], axes=([2, 3, 4], [3, 1, 2])
+        )
     return out.astype(weight.dtype)
 
 
@@ -166,6 +182,7 @@ def use_fast_conv() -> None:
     """Replace ``lava.proc.conv.utils.conv`` by :func:`conv_numpy` (call in the parent, before ``run``)."""
     import_lava()
     import lava.proc.conv.utils as cu
+
     if getattr(cu.conv, "__sdmc_fast__", False):
         return
     original = cu.conv
@@ -179,4 +196,4 @@ def use_fast_conv() -> None:
     # modules that did `from ...utils import conv` hold their own reference
     for name, mod in list(sys.modules.items()):
         if name.startswith("lava.") and getattr(mod, "conv", None) is original:
-            setattr(mod, "conv", conv)
+            mod.conv = conv

@@ -16,6 +16,7 @@ The file follows what ``lava.lib.dl.netx.hdf5.Network`` reads (lava-dl 0.6.0)::
              dense that follows a conv: netx then feeds the (C, H, W)-flattened spikes)
     neuron/  type 'CUBA', iDecay 4096, vDecay 0 (IF), vThMant = theta_int - 1, refDelay 1, gradedSpike 0
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,9 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
     check(graph)
     ins = graph.input_nodes
     if len(ins) != 1:
-        raise UnsupportedOpError(f"netx export: a sequential chain has exactly one input, graph has {[n.name for n in ins]}")
+        raise UnsupportedOpError(
+            f"netx export: a sequential chain has exactly one input, graph has {[n.name for n in ins]}"
+        )
     P = graph.params
     node = ins[0]
     in_t = node.type
@@ -56,7 +59,7 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
     if not graded and in_t.timing != PER_STEP:
         raise UnsupportedOpError(f"node {node.name!r} (input): a spike input must be per-step")
     layers: list[FloatLayer] = []
-    pending: dict | None = None   # synapse waiting for its neuron
+    pending: dict | None = None  # synapse waiting for its neuron
     flatten = False
     out_seen = False
     while True:
@@ -64,16 +67,20 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
         if not users:
             break
         if len(users) != 1:
-            raise UnsupportedOpError(f"node {node.name!r} ({node.op}): read by {users}; netx holds only sequential "
-                                     "chains (fan-out needs the manifest-based UNet export)")
+            raise UnsupportedOpError(
+                f"node {node.name!r} ({node.op}): read by {users}; netx holds only sequential "
+                "chains (fan-out needs the manifest-based UNet export)"
+            )
         node = graph[users[0]]
         op = node.op
         if op == "repeat" and not layers:  # before or after a hoisted static first synapse
             continue
         if op == "reshape":
             if pending is not None or len(node.shape) != 1:
-                raise UnsupportedOpError(f"node {node.name!r} (reshape): only a flatten between a neuron and a "
-                                         "linear layer is expressible in netx")
+                raise UnsupportedOpError(
+                    f"node {node.name!r} (reshape): only a flatten between a neuron and a "
+                    "linear layer is expressible in netx"
+                )
             flatten = True
             continue
         if op == "scaled_conv2d":
@@ -81,8 +88,16 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
             w = np.asarray(P[node.weight], np.float64) * pm
             if pending is not None or flatten:
                 raise UnsupportedOpError(f"node {node.name!r} ({op}): needs a neuron (not a synapse/flatten) before it")
-            pending = dict(kind="conv", weight=w, bias=b, name=node.name, stride=_pair(node.stride),
-                           padding=_pair(node.padding), dilation=_pair(node.dilation), groups=int(node.groups))
+            pending = dict(
+                kind="conv",
+                weight=w,
+                bias=b,
+                name=node.name,
+                stride=_pair(node.stride),
+                padding=_pair(node.padding),
+                dilation=_pair(node.dilation),
+                groups=int(node.groups),
+            )
             continue
         if op in ("conv2d", "linear"):
             if pending is not None:
@@ -95,8 +110,12 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
             b = None if node.bias is None else np.asarray(P[node.bias], np.float64)
             pending = dict(kind="conv" if op == "conv2d" else "dense", weight=w, bias=b, name=node.name)
             if op == "conv2d":
-                pending.update(stride=_pair(node.stride), padding=_pair(node.padding),
-                               dilation=_pair(node.dilation), groups=int(node.groups))
+                pending.update(
+                    stride=_pair(node.stride),
+                    padding=_pair(node.padding),
+                    dilation=_pair(node.dilation),
+                    groups=int(node.groups),
+                )
             flatten = False
             continue
         if op == "batchnorm":
@@ -115,22 +134,29 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
             if pending is None:
                 raise UnsupportedOpError(f"node {node.name!r} (if): needs a conv/linear synapse before it")
             if node.v_reset is None or float(node.v_reset) != 0.0:
-                raise UnsupportedOpError(f"node {node.name!r} (if): Loihi's CUBA neuron resets to 0; v_reset="
-                                         f"{node.v_reset} (soft reset / non-zero reset) is not expressible")
+                raise UnsupportedOpError(
+                    f"node {node.name!r} (if): Loihi's CUBA neuron resets to 0; v_reset="
+                    f"{node.v_reset} (soft reset / non-zero reset) is not expressible"
+                )
             layers.append(FloatLayer(threshold=float(node.threshold), **pending))
             pending = None
             continue
         if op == "output":
             out_seen = True
             continue
-        raise UnsupportedOpError(f"node {node.name!r} ({op}): not expressible in a sequential netx chain "
-                                 "(supported: input, repeat, conv2d, linear, batchnorm, if, reshape before linear, output)")
+        raise UnsupportedOpError(
+            f"node {node.name!r} ({op}): not expressible in a sequential netx chain "
+            "(supported: input, repeat, conv2d, linear, batchnorm, if, reshape before linear, output)"
+        )
     if pending is not None:
-        raise UnsupportedOpError(f"node {pending['name']!r}: the chain ends in a synapse without a spiking neuron "
-                                 "(keep non-spiking read-outs on the host)")
+        raise UnsupportedOpError(
+            f"node {pending['name']!r}: the chain ends in a synapse without a spiking neuron "
+            "(keep non-spiking read-outs on the host)"
+        )
     if not layers or not out_seen:
-        raise UnsupportedOpError(f"netx export: graph from input {ins[0].name!r} has no conv/linear + IF layer "
-                                 "ending in an output")
+        raise UnsupportedOpError(
+            f"netx export: graph from input {ins[0].name!r} has no conv/linear + IF layer ending in an output"
+        )
     meta = {"T": graph.T}
     if tsm_approx:
         meta["tsm_approx"] = tsm_approx
@@ -144,11 +170,14 @@ def write_netx(chain: lm.LoihiChain, path: str | os.PathLike, *, meta: dict | No
     lm.check_chain(chain)
     for i, L in enumerate(chain.layers):
         if L.neuron.bias_exp != 6:
-            raise SdmcError(f"write_netx: layer {i + 1} ({L.name or L.kind}) has bias_exp {L.neuron.bias_exp}; "
-                            "netx always uses 6 (scale the bias mantissa instead)")
+            raise SdmcError(
+                f"write_netx: layer {i + 1} ({L.name or L.kind}) has bias_exp {L.neuron.bias_exp}; "
+                "netx always uses 6 (scale the bias mantissa instead)"
+            )
     shapes = chain.shapes()
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
+
             def put_type(g, name: str) -> None:
                 g.create_dataset("type", (1,), "S10", [name.encode("ascii")])
 
@@ -214,11 +243,22 @@ def read_netx(path: str | os.PathLike) -> lm.LoihiChain:
                 neuron = lm.Cuba(vth=int(n["vThMant"][()]), du=int(n["iDecay"][()]) - 1, dv=int(n["vDecay"][()]))
                 kw = {}
                 if t == "conv":
-                    kw = dict(stride=_pair(g["stride"][()]), padding=_pair(g["padding"][()]),
-                              dilation=_pair(g["dilation"][()]), groups=int(g["groups"][()]))
-                layers.append(lm.LoihiLayer(kind=t, weight=g["weight"][()].astype(np.int64), neuron=neuron,
-                                            bias=g["bias"][()].astype(np.int64) if "bias" in g else None,
-                                            name=f"layer{k}", **kw))
+                    kw = dict(
+                        stride=_pair(g["stride"][()]),
+                        padding=_pair(g["padding"][()]),
+                        dilation=_pair(g["dilation"][()]),
+                        groups=int(g["groups"][()]),
+                    )
+                layers.append(
+                    lm.LoihiLayer(
+                        kind=t,
+                        weight=g["weight"][()].astype(np.int64),
+                        neuron=neuron,
+                        bias=g["bias"][()].astype(np.int64) if "bias" in g else None,
+                        name=f"layer{k}",
+                        **kw,
+                    )
+                )
             else:
                 raise SdmcError(f"{path}: layer {k} has type {t!r}; only input/flatten/conv/dense are read")
         if in_shape is None:
@@ -227,13 +267,27 @@ def read_netx(path: str | os.PathLike) -> lm.LoihiChain:
         return lm.LoihiChain(in_shape, tuple(layers), input_bits=int(info.get("input_bits", 0)), meta=meta)
 
 
-def export_netx(graph: Graph, path: str | os.PathLike, *, pow2: bool = False, on_overflow: str = "error",
-                input_scale: float | None = None, tsm: str = "reject") -> tuple[lm.LoihiChain, QuantReport]:
+def export_netx(
+    graph: Graph,
+    path: str | os.PathLike,
+    *,
+    pow2: bool = False,
+    on_overflow: str = "error",
+    input_scale: float | None = None,
+    tsm: str = "reject",
+) -> tuple[lm.LoihiChain, QuantReport]:
     """IR chain -> quantised Loihi chain -> one netx HDF5 file at ``path``; returns the chain and its report
     (see :func:`extract_chain` for ``tsm`` and :func:`~.quantize.quantize_chain` for the rest)."""
     fchain = extract_chain(graph, tsm=tsm)
     qchain, report = quantize_chain(fchain, pow2=pow2, on_overflow=on_overflow, input_scale=input_scale)
     report.tsm_approx = dict(fchain.meta.get("tsm_approx", {}))
-    write_netx(qchain, path, meta={"T": graph.T, "layers": [L.name for L in fchain.layers],
-                                   **({"tsm_approx": report.tsm_approx} if report.tsm_approx else {})})
+    write_netx(
+        qchain,
+        path,
+        meta={
+            "T": graph.T,
+            "layers": [L.name for L in fchain.layers],
+            **({"tsm_approx": report.tsm_approx} if report.tsm_approx else {}),
+        },
+    )
     return qchain, report

@@ -14,6 +14,7 @@ Usage (idempotent; CI runs it once after ``pip install -e .[dev]``)::
 Never let pip resolve lava's own requirements afterwards (``pip install lava-dl`` without ``--no-deps``
 would replace the CPU torch by CUDA torch 2.3).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,20 @@ import time
 
 LAVA_WHEELS = ("lava-nc==0.10.0", "lava-dl==0.6.0")
 # What lava's netx + CPU simulation path imports, with ranges compatible with sdmc's own pins.
-LAVA_RUNTIME_DEPS = ("numpy>=1.24,<2", "scipy>=1.10.1,<2", "h5py>=3.7,<4", "networkx>=2.8,<4",
-                     "asteval>=0.9.31,<0.10", "matplotlib>=3.5.2,<4")
+LAVA_RUNTIME_DEPS = (
+    "numpy>=1.24,<2",
+    "scipy>=1.10.1,<2",
+    "h5py>=3.7,<4",
+    "networkx>=2.8,<4",
+    "asteval>=0.9.31,<0.10",
+    "matplotlib>=3.5.2,<4",
+)
 
-_VERIFY = ("import sdmc.backends.lava.compat as c; c.install_import_fixes(); "
-           "import lava.lib.dl.netx, lava.lib.dl.slayer, lava.magma.core.run_configs; "
-           "print('lava ok', c.lava_versions())")
+_VERIFY = (
+    "import sdmc.backends.lava.compat as c; c.install_import_fixes(); "
+    "import lava.lib.dl.netx, lava.lib.dl.slayer, lava.magma.core.run_configs; "
+    "print('lava ok', c.lava_versions())"
+)
 
 
 def pip_commands(python: str = sys.executable) -> list[list[str]]:

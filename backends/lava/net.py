@@ -30,6 +30,7 @@ discarded by the reset, so each sample's response equals a fresh run; the raw st
 ``b >= 1`` do carry that tail.  Upsampling ``Sparse`` matrices have ``~ n_out * C_in * ceil(k/u)^2``
 entries: fine for test-sized nets, too large for a CIFAR UNet's decoder (use ``upsample='subpixel'``).
 """
+
 from __future__ import annotations
 
 import time
@@ -63,7 +64,7 @@ def to_lava(a: np.ndarray, lead: int = 0) -> np.ndarray:
 
 
 def from_lava(a: np.ndarray, lead: int = 0) -> np.ndarray:
-    return to_lava(a, lead)   # the (C, H, W) <-> (W, H, C) swap is its own inverse
+    return to_lava(a, lead)  # the (C, H, W) <-> (W, H, C) swap is its own inverse
 
 
 def lava_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -97,7 +98,7 @@ def projection_matrix(proj: lm.Projection, src_shape: tuple[int, ...], dst_shape
     o, y, x = np.meshgrid(np.arange(O), np.arange(Ho), np.arange(Wo), indexing="ij")
     rows_l, cols_l, vals_l = [], [], []
     for ci in range(Cg):
-        c = (o // og) * Cg + ci                                       # input channel of this group
+        c = (o // og) * Cg + ci  # input channel of this group
         for i in range(kh):
             yy = y * sh - ph + i * dh
             for j in range(kw):
@@ -108,8 +109,9 @@ def projection_matrix(proj: lm.Projection, src_shape: tuple[int, ...], dst_shape
                 rows_l.append(((o * Ho + y) * Wo + x)[ok])
                 cols_l.append(((c * H + yy // u) * W + xx // u)[ok])
                 vals_l.append(wv[ok])
-    m = sparse.coo_matrix((np.concatenate(vals_l), (np.concatenate(rows_l), np.concatenate(cols_l))),
-                          shape=(n_dst, n_src)).tocsr()   # duplicates (taps on one source pixel) are summed
+    m = sparse.coo_matrix(
+        (np.concatenate(vals_l), (np.concatenate(rows_l), np.concatenate(cols_l))), shape=(n_dst, n_src)
+    ).tocsr()  # duplicates (taps on one source pixel) are summed
     m.eliminate_zeros()
     return m
 
@@ -174,7 +176,7 @@ def subpixel_weight(proj: lm.Projection, src_shape: tuple[int, ...], dst_shape: 
         return None
     offs = []
     for k, p, d in ((kh, proj.padding[0], proj.dilation[0]), (kw, proj.padding[1], proj.dilation[1])):
-        r = np.floor_divide(np.arange(u)[:, None] - p + np.arange(k)[None, :] * d, u)   # [phase, tap]
+        r = np.floor_divide(np.arange(u)[:, None] - p + np.arange(k)[None, :] * d, u)  # [phase, tap]
         if -r.min() != r.max():
             return None
         offs.append(r + r.max())
@@ -201,12 +203,22 @@ class LavaProcs:
     links: list = field(default_factory=list)
 
     def count(self) -> int:
-        return (len(self.lif) + len(self.ring) + sum(len(s) for s in self.synapses.values()) + len(self.delays)
-                + len(self.links))
+        return (
+            len(self.lif)
+            + len(self.ring)
+            + sum(len(s) for s in self.synapses.values())
+            + len(self.delays)
+            + len(self.links)
+        )
 
 
-def build_lava_net(net: lm.LoihiNet, data: dict[str, np.ndarray], bias: dict[str, np.ndarray],
-                   reset_interval: int, upsample: str = "sparse") -> LavaProcs:
+def build_lava_net(
+    net: lm.LoihiNet,
+    data: dict[str, np.ndarray],
+    bias: dict[str, np.ndarray],
+    reset_interval: int,
+    upsample: str = "sparse",
+) -> LavaProcs:
     """Lava processes for ``net``: ``data[source]`` the RingBuffer contents (Lava layout, time last),
     ``bias[pop]`` the initial ``bias_mant`` (torch layout, full shape).  ``upsample``: ``'sparse'`` (8-bit
     Sparse pieces) or ``'subpixel'`` (one ``Conv`` + pixel-shuffle ports, see :func:`subpixel_weight`; falls
@@ -228,9 +240,17 @@ def build_lava_net(net: lm.LoihiNet, data: dict[str, np.ndarray], bias: dict[str
         out_port[s.name], bits[s.name] = ring[s.name].s_out, int(s.bits)
     for p in net.populations:
         n = p.neuron
-        lif[p.name] = LIFReset(shape=lava_shape(p.shape), vth=n.vth, du=n.du, dv=n.dv, bias_exp=n.bias_exp,
-                               bias_mant=to_lava(np.asarray(bias[p.name], np.int64)), reset_interval=R,
-                               reset_offset=(p.depth + 1) % R, name=p.name)
+        lif[p.name] = LIFReset(
+            shape=lava_shape(p.shape),
+            vth=n.vth,
+            du=n.du,
+            dv=n.dv,
+            bias_exp=n.bias_exp,
+            bias_mant=to_lava(np.asarray(bias[p.name], np.int64)),
+            reset_interval=R,
+            reset_offset=(p.depth + 1) % R,
+            name=p.name,
+        )
         out_port[p.name], bits[p.name] = lif[p.name].s_out, 0
     for i, pr in enumerate(net.projections):
         src_shape, dst_shape = tuple(net.node(pr.src).shape), tuple(net.node(pr.dst).shape)
@@ -243,13 +263,21 @@ def build_lava_net(net: lm.LoihiNet, data: dict[str, np.ndarray], bias: dict[str
             port = delays[key].a_out
         a_in, nb = lif[pr.dst].a_in, bits[pr.src]
         if pr.kind == "conv" and pr.upsample == 1:
-            c = Conv(weight=lava_conv_weight(pr.weight), input_shape=lava_shape(src_shape),
-                     padding=tuple(pr.padding)[::-1], stride=tuple(pr.stride)[::-1],
-                     dilation=tuple(pr.dilation)[::-1], groups=int(pr.groups), num_message_bits=nb,
-                     name=pr.name or None)
+            c = Conv(
+                weight=lava_conv_weight(pr.weight),
+                input_shape=lava_shape(src_shape),
+                padding=tuple(pr.padding)[::-1],
+                stride=tuple(pr.stride)[::-1],
+                dilation=tuple(pr.dilation)[::-1],
+                groups=int(pr.groups),
+                num_message_bits=nb,
+                name=pr.name or None,
+            )
             if tuple(c.output_shape) != lava_shape(dst_shape):
-                raise SdmcError(f"build_lava_net: projection {pr.name or i}: Lava's conv gives "
-                                f"{list(c.output_shape)}, {pr.dst!r} is {list(lava_shape(dst_shape))} (W, H, C)")
+                raise SdmcError(
+                    f"build_lava_net: projection {pr.name or i}: Lava's conv gives "
+                    f"{list(c.output_shape)}, {pr.dst!r} is {list(lava_shape(dst_shape))} (W, H, C)"
+                )
             port.connect(c.s_in)
             c.a_out.connect(a_in)
             syn[i] = [c]
@@ -257,10 +285,15 @@ def build_lava_net(net: lm.LoihiNet, data: dict[str, np.ndarray], bias: dict[str
         sub = subpixel_weight(pr, src_shape, dst_shape) if pr.kind == "conv" and upsample == "subpixel" else None
         if sub is not None:
             (w_eff, pad), u, (O, Ho, Wo) = sub, pr.upsample, dst_shape
-            c = Conv(weight=lava_conv_weight(w_eff), input_shape=lava_shape(src_shape), padding=pad[::-1],
-                     num_message_bits=nb, name=pr.name or None)
+            c = Conv(
+                weight=lava_conv_weight(w_eff),
+                input_shape=lava_shape(src_shape),
+                padding=pad[::-1],
+                num_message_bits=nb,
+                name=pr.name or None,
+            )
             port.connect(c.s_in)
-            W, H = Wo // u, Ho // u       # (x, y, iy, jx, o) -> (x, jx, y, iy, o) -> (W*u, H*u, O)
+            W, H = Wo // u, Ho // u  # (x, y, iy, jx, o) -> (x, jx, y, iy, o) -> (W*u, H*u, O)
             c.a_out.reshape((W, H, u, u, O)).transpose((0, 3, 1, 2, 4)).reshape((Wo, Ho, O)).connect(a_in)
             syn[i] = [c]
             continue
@@ -270,8 +303,11 @@ def build_lava_net(net: lm.LoihiNet, data: dict[str, np.ndarray], bias: dict[str
         syn[i] = []
         for piece, e, nwb in synapse_pieces(m):
             kw = dict(num_message_bits=nb, weight_exp=e, num_weight_bits=nwb)
-            proc = (Dense(weights=np.asarray(piece.toarray(), np.int32), **kw) if pr.kind == "dense"
-                    else Sparse(weights=piece.astype(np.int32), **kw))
+            proc = (
+                Dense(weights=np.asarray(piece.toarray(), np.int32), **kw)
+                if pr.kind == "dense"
+                else Sparse(weights=piece.astype(np.int32), **kw)
+            )
             flat_in.connect(proc.s_in)
             (proc.a_out.reshape(lava_shape(dst_shape)) if len(dst_shape) > 1 else proc.a_out).connect(a_in)
             syn[i].append(proc)
@@ -308,12 +344,20 @@ def _link_components(net: lm.LoihiNet, lif: dict, Sparse) -> list:
 
 def sparse_zero(n_out: int, n_in: int):
     from scipy import sparse
+
     return sparse.csr_matrix((n_out, n_in), dtype=np.int32)
 
 
-def run_lava_net(net: lm.LoihiNet, inputs: dict[str, np.ndarray], *, host_bias: dict | None = None,
-                 fast_conv: bool = True, probe: tuple[str, ...] | None = None,
-                 read_v: bool = False, upsample: str = "sparse") -> LavaNetRun:
+def run_lava_net(
+    net: lm.LoihiNet,
+    inputs: dict[str, np.ndarray],
+    *,
+    host_bias: dict | None = None,
+    fast_conv: bool = True,
+    probe: tuple[str, ...] | None = None,
+    read_v: bool = False,
+    upsample: str = "sparse",
+) -> LavaNetRun:
     """Run ``net`` on ``inputs[source]`` ``[N, B, *shape]`` in Lava's fixed-point CPU simulation.
 
     ``probe``: populations whose spikes (and with ``read_v`` voltages) are read; default ``net.outputs``.
@@ -344,7 +388,7 @@ def run_lava_net(net: lm.LoihiNet, inputs: dict[str, np.ndarray], *, host_bias: 
     for s in net.sources:
         d = np.zeros(lava_shape(s.shape) + (B * R,), np.int32)
         for b in range(B):
-            d[..., b * R:b * R + N] = np.moveaxis(to_lava(vals[s.name][:, b], lead=1), 0, -1)
+            d[..., b * R : b * R + N] = np.moveaxis(to_lava(vals[s.name][:, b], lead=1), 0, -1)
         data[s.name] = d
     procs = build_lava_net(net, data, {k: v[0] for k, v in bias.items()}, R, upsample=upsample)
     ex, wires = {}, {}
@@ -355,13 +399,14 @@ def run_lava_net(net: lm.LoihiNet, inputs: dict[str, np.ndarray], *, host_bias: 
             wires[name] = VarWire(buffer_size=R)
             wires[name].connect_var(procs.lif[name].v)
     varying = [p for p in (host_bias or {}) if B > 1]
-    cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map={
-        Extractor: PyLoihiExtractorModel, VarWire: PyLoihiVarWireModel})
+    cfg = Loihi2SimCfg(
+        select_tag="fixed_pt", exception_proc_model_map={Extractor: PyLoihiExtractorModel, VarWire: PyLoihiVarWireModel}
+    )
     anchor = procs.lif[net.populations[0].name]
     times["build"] = time.perf_counter() - t0
     raw = {name: [] for name in probe}
     volts = {name: [] for name in wires}
-    times["first_run"] = times["run"] = times["read"] = 0.0   # first_run: compile + the first sample
+    times["first_run"] = times["run"] = times["read"] = 0.0  # first_run: compile + the first sample
     try:
         for b in range(B):
             if b:
@@ -380,8 +425,9 @@ def run_lava_net(net: lm.LoihiNet, inputs: dict[str, np.ndarray], *, host_bias: 
         t0 = time.perf_counter()
         anchor.stop()
         times["stop"] = time.perf_counter() - t0
-    raw_spikes = {k: np.stack(v, axis=1).astype(bool) for k, v in raw.items()}          # [R, B, *shape]
+    raw_spikes = {k: np.stack(v, axis=1).astype(bool) for k, v in raw.items()}  # [R, B, *shape]
     raw_v = {k: np.rint(np.stack(v, axis=1)).astype(np.int64) for k, v in volts.items()} if read_v else None
     spikes = lm.aligned_net_spikes({"spikes": raw_spikes}, net, N)
-    return LavaNetRun(spikes=spikes, raw_spikes=raw_spikes, raw_v=raw_v, times=times,
-                      n_processes=procs.count() + len(ex) + len(wires))
+    return LavaNetRun(
+        spikes=spikes, raw_spikes=raw_spikes, raw_v=raw_v, times=times, n_processes=procs.count() + len(ex) + len(wires)
+    )

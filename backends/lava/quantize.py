@@ -13,6 +13,7 @@ lowered when ``theta`` or ``b`` would not fit.  The worst per-step current ``max
 times the largest input must stay within ``2^17`` weight units (beyond, Lava's 24-bit current register wraps);
 ``on_overflow='error'`` raises an :class:`SdmcError` naming the layer, ``'rescale'`` lowers ``S`` until it fits.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -77,18 +78,18 @@ def float_reference(chain: FloatChain, x: np.ndarray) -> list[np.ndarray]:
 @dataclass
 class LayerQuant:
     name: str
-    scale: float            # S (weights), current units per float unit = S * S_in
-    weight_err: float       # max |W_int / S - W| (float units)
+    scale: float  # S (weights), current units per float unit = S * S_in
+    weight_err: float  # max |W_int / S - W| (float units)
     theta: float
-    theta_int: int          # integer threshold (fires on v >= theta_int); vThMant = theta_int - 1
-    bias_err: float         # max |b_int / (S S_in) - b|
-    worst_current: int      # worst per-step |a_in| in weight units (limit lm.MAX_CURRENT)
-    spike_mismatch: float | None = None   # fraction of spikes differing from float on the given inputs
+    theta_int: int  # integer threshold (fires on v >= theta_int); vThMant = theta_int - 1
+    bias_err: float  # max |b_int / (S S_in) - b|
+    worst_current: int  # worst per-step |a_in| in weight units (limit lm.MAX_CURRENT)
+    spike_mismatch: float | None = None  # fraction of spikes differing from float on the given inputs
     rate_float: float | None = None
     rate_fixed: float | None = None
-    max_abs_v: int | None = None          # largest |v| seen (weight units; saturates at lm.MAX_VOLTAGE)
-    projections: int = 1                  # synapses summed into this layer / population
-    bias_on_host: bool = False            # bias too large for the 13-bit mantissa: sent as host current
+    max_abs_v: int | None = None  # largest |v| seen (weight units; saturates at lm.MAX_VOLTAGE)
+    projections: int = 1  # synapses summed into this layer / population
+    bias_on_host: bool = False  # bias too large for the 13-bit mantissa: sent as host current
 
 
 @dataclass
@@ -97,8 +98,8 @@ class QuantReport:
 
     layers: list[LayerQuant]
     input_scale: float = 1.0
-    tsm_approx: dict = field(default_factory=dict)   # node -> relative spread of the averaged TSM scales
-    resources: list = field(default_factory=list)    # sdmc.sim.loihi.resources of the quantised chain
+    tsm_approx: dict = field(default_factory=dict)  # node -> relative spread of the averaged TSM scales
+    resources: list = field(default_factory=list)  # sdmc.sim.loihi.resources of the quantised chain
 
     def format(self) -> str:
         head = f"{'layer':<18}{'scale':>10}{'w err':>10}{'theta':>9}{'th_int':>8}{'|I|max':>9}{'mismatch':>10}{'rate f/q':>14}"
@@ -106,11 +107,15 @@ class QuantReport:
         for q in self.layers:
             mm = "-" if q.spike_mismatch is None else f"{q.spike_mismatch:.4f}"
             rt = "-" if q.rate_float is None else f"{q.rate_float:.3f}/{q.rate_fixed:.3f}"
-            rows.append(f"{q.name[:17]:<18}{q.scale:>10.3f}{q.weight_err:>10.2e}{q.theta:>9.4f}{q.theta_int:>8d}"
-                        f"{q.worst_current:>9d}{mm:>10}{rt:>14}")
+            rows.append(
+                f"{q.name[:17]:<18}{q.scale:>10.3f}{q.weight_err:>10.2e}{q.theta:>9.4f}{q.theta_int:>8d}"
+                f"{q.worst_current:>9d}{mm:>10}{rt:>14}"
+            )
         for r in self.resources:
-            rows.append(f"  {r['layer'][:17]:<18}{r['kind']:<6}{r['neurons']:>9d} neurons {r['synapses']:>11d} synapses "
-                        f"{r['weights']:>8d} weights  fan-in <= {r['max_fan_in']}")
+            rows.append(
+                f"  {r['layer'][:17]:<18}{r['kind']:<6}{r['neurons']:>9d} neurons {r['synapses']:>11d} synapses "
+                f"{r['weights']:>8d} weights  fan-in <= {r['max_fan_in']}"
+            )
         for k, v in self.tsm_approx.items():
             rows.append(f"TSM approximated by its mean at {k}: per-step scales deviate up to {100 * v:.1f}%")
         return "\n".join(rows)
@@ -131,8 +136,14 @@ def _worst_current(w_int: np.ndarray, xmax: int) -> int:
     return int(max(np.clip(w, 0, None).sum(1).max(), (-np.clip(w, None, 0)).sum(1).max()) * xmax)
 
 
-def quantize_chain(chain: FloatChain, *, pow2: bool = False, input_scale: float | None = None,
-                   input_bits: int = 8, on_overflow: str = "error") -> tuple[lm.LoihiChain, QuantReport]:
+def quantize_chain(
+    chain: FloatChain,
+    *,
+    pow2: bool = False,
+    input_scale: float | None = None,
+    input_bits: int = 8,
+    on_overflow: str = "error",
+) -> tuple[lm.LoihiChain, QuantReport]:
     """Quantise ``chain`` for Loihi; returns the integer chain and the per-layer :class:`QuantReport`.
 
     Graded inputs are fed as ``round(input_scale * x)`` (default ``2^(input_bits-1) - 1``, i.e. inputs
@@ -159,9 +170,11 @@ def quantize_chain(chain: FloatChain, *, pow2: bool = False, input_scale: float 
             if worst <= lm.MAX_CURRENT:
                 break
             if on_overflow == "error":
-                raise SdmcError(f"{where}: worst-case input current {worst} weight units per step exceeds Loihi's "
-                                f"24-bit current register ({lm.MAX_CURRENT}) at weight scale {S:.4g}; "
-                                "use on_overflow='rescale' (fewer effective weight bits) or split the layer")
+                raise SdmcError(
+                    f"{where}: worst-case input current {worst} weight units per step exceeds Loihi's "
+                    f"24-bit current register ({lm.MAX_CURRENT}) at weight scale {S:.4g}; "
+                    "use on_overflow='rescale' (fewer effective weight bits) or split the layer"
+                )
             S = S / 2.0 if pow2 else S * lm.MAX_CURRENT / worst * 0.999
         if not w_int.any():
             raise SdmcError(f"{where}: every weight quantises to 0 at scale {S:.4g}; the layer would be silent")
@@ -169,16 +182,36 @@ def quantize_chain(chain: FloatChain, *, pow2: bool = False, input_scale: float 
         if th_int < 1:
             raise SdmcError(f"{where}: threshold {L.threshold} quantises to {th_int} (< 1) at scale {S * si:.4g}")
         b_int = None if L.bias is None else np.rint(np.asarray(L.bias, np.float64) * S * si).astype(np.int64)
-        layers.append(lm.LoihiLayer(kind=L.kind, weight=w_int, bias=b_int, neuron=lm.Cuba(vth=th_int - 1),
-                                    stride=L.stride, padding=L.padding, dilation=L.dilation, groups=L.groups,
-                                    name=L.name))
-        rep.append(LayerQuant(
-            name=L.name or f"layer{i + 1}", scale=S, weight_err=float(np.abs(w_int / S - L.weight).max()),
-            theta=float(L.threshold), theta_int=th_int,
-            bias_err=0.0 if L.bias is None else float(np.abs(b_int / (S * si) - L.bias).max()),
-            worst_current=worst))
-    qc = lm.LoihiChain(tuple(chain.input_shape), tuple(layers), input_bits=16 if chain.graded_input else 0,
-                       meta={"input_scale": s_in, "input_quant_bits": input_bits if chain.graded_input else 0})
+        layers.append(
+            lm.LoihiLayer(
+                kind=L.kind,
+                weight=w_int,
+                bias=b_int,
+                neuron=lm.Cuba(vth=th_int - 1),
+                stride=L.stride,
+                padding=L.padding,
+                dilation=L.dilation,
+                groups=L.groups,
+                name=L.name,
+            )
+        )
+        rep.append(
+            LayerQuant(
+                name=L.name or f"layer{i + 1}",
+                scale=S,
+                weight_err=float(np.abs(w_int / S - L.weight).max()),
+                theta=float(L.threshold),
+                theta_int=th_int,
+                bias_err=0.0 if L.bias is None else float(np.abs(b_int / (S * si) - L.bias).max()),
+                worst_current=worst,
+            )
+        )
+    qc = lm.LoihiChain(
+        tuple(chain.input_shape),
+        tuple(layers),
+        input_bits=16 if chain.graded_input else 0,
+        meta={"input_scale": s_in, "input_quant_bits": input_bits if chain.graded_input else 0},
+    )
     lm.check_chain(qc)
     return qc, QuantReport(rep, input_scale=s_in, resources=lm.resources(qc))
 
@@ -220,9 +253,12 @@ def mean_tsm(graph, node, tsm: str) -> tuple[float, np.ndarray | None, float]:
     ``tsm='reject'`` raises :class:`UnsupportedOpError` naming the node instead.
     """
     from ...errors import UnsupportedOpError
+
     if tsm == "reject":
-        raise UnsupportedOpError(f"node {node.name!r} (scaled_conv2d): per-step (TSM) weights p[t] W have no static "
-                                 "Loihi synapse; use tsm='mean' (--tsm mean) to approximate them by mean_t p[t] W")
+        raise UnsupportedOpError(
+            f"node {node.name!r} (scaled_conv2d): per-step (TSM) weights p[t] W have no static "
+            "Loihi synapse; use tsm='mean' (--tsm mean) to approximate them by mean_t p[t] W"
+        )
     P = graph.params
     p = np.ones(graph.T) if node.scale is None else np.asarray(P[node.scale], np.float64).reshape(-1)
     pm = float(p.mean())

@@ -12,6 +12,7 @@ messages); spikes are read per step with ``Extractor`` processes and voltages wi
 arrays through a channel; ``Var.get()`` costs ~58 us per element).  Lava's per-channel scipy convolution is replaced by
 :func:`sdmc.backends.lava.compat.conv_numpy` (identical integers, ~10x faster) unless ``fast_conv=False``.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ class LavaRun:
     times: dict = field(default_factory=dict)
 
 
-def run_netx(path: str | os.PathLike, x: np.ndarray, *, input_message_bits: int = 0, read_v: bool = True,
-             fast_conv: bool = True) -> LavaRun:
+def run_netx(
+    path: str | os.PathLike, x: np.ndarray, *, input_message_bits: int = 0, read_v: bool = True, fast_conv: bool = True
+) -> LavaRun:
     """Run the netx file at ``path`` on integer inputs ``x`` ``[T, B, *input_shape]`` (torch order).
 
     ``input_message_bits`` 0: ``x`` are unary spikes (non-zero = spike); > 0: graded integer payloads.
@@ -65,16 +67,19 @@ def run_netx(path: str | os.PathLike, x: np.ndarray, *, input_message_bits: int 
     steps = B * R
     times = {}
     t0 = time.perf_counter()
-    net = netx.hdf5.Network(net_config=os.fspath(path), reset_interval=R, reset_offset=1,
-                            input_message_bits=input_message_bits)
+    net = netx.hdf5.Network(
+        net_config=os.fspath(path), reset_interval=R, reset_offset=1, input_message_bits=input_message_bits
+    )
     in_shape = tuple(net.inp.shape)
 
     def prep(a: np.ndarray) -> np.ndarray:  # a first dense layer reads the (C, H, W)-flattened input
         return a.reshape(-1) if len(in_shape) == 1 else to_lava(a)
 
     if tuple(prep(x[0, 0]).shape) != in_shape:
-        raise SdmcError(f"run_netx: {os.fspath(path)!r} expects inputs of shape {list(from_lava(np.zeros(in_shape)).shape)} "
-                        f"per step, got {list(x.shape[2:])}")
+        raise SdmcError(
+            f"run_netx: {os.fspath(path)!r} expects inputs of shape {list(from_lava(np.zeros(in_shape)).shape)} "
+            f"per step, got {list(x.shape[2:])}"
+        )
     data = np.zeros(in_shape + (steps,), np.int64)
     xi = x.astype(np.int64) if input_message_bits > 0 else (x != 0).astype(np.int64)
     for b in range(B):
@@ -91,15 +96,16 @@ def run_netx(path: str | os.PathLike, x: np.ndarray, *, input_message_bits: int 
             vw = VarWire(buffer_size=R)
             vw.connect_var(layer.neuron.v)
             wires.append(vw)
-    cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map={
-        Extractor: PyLoihiExtractorModel, VarWire: PyLoihiVarWireModel})
+    cfg = Loihi2SimCfg(
+        select_tag="fixed_pt", exception_proc_model_map={Extractor: PyLoihiExtractorModel, VarWire: PyLoihiVarWireModel}
+    )
     times["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     raw_chunks: list[list[np.ndarray]] = [[] for _ in extractors]
     v_chunks: list[list[np.ndarray]] = [[] for _ in wires]
     times["run"] = times["read"] = 0.0
     try:
-        for b in range(B):  # one blocking run per sample keeps the channel buffers at R messages
+        for _ in range(B):  # one blocking run per sample keeps the channel buffers at R messages
             t0 = time.perf_counter()
             net.run(condition=RunSteps(num_steps=R), run_cfg=cfg)
             t1 = time.perf_counter()
@@ -114,9 +120,11 @@ def run_netx(path: str | os.PathLike, x: np.ndarray, *, input_message_bits: int 
     raw = [np.stack(c) for c in raw_chunks]
     volts = [np.stack(c) for c in v_chunks]
     raw = [r.reshape((B, R) + r.shape[1:]) for r in raw]
-    spikes = [np.moveaxis(r[:, n:n + T], 0, 1).astype(bool) for n, r in enumerate(raw, start=1)]
+    spikes = [np.moveaxis(r[:, n : n + T], 0, 1).astype(bool) for n, r in enumerate(raw, start=1)]
     v = None
     if read_v:
-        v = [np.moveaxis(np.rint(a).astype(np.int64).reshape((B, R) + a.shape[1:])[:, n:n + T], 0, 1) // 64
-             for n, a in enumerate(volts, start=1)]
+        v = [
+            np.moveaxis(np.rint(a).astype(np.int64).reshape((B, R) + a.shape[1:])[:, n : n + T], 0, 1) // 64
+            for n, a in enumerate(volts, start=1)
+        ]
     return LavaRun(spikes=spikes, v=v, raw_spikes=raw, raw_v=volts if read_v else None, times=times)

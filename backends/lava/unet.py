@@ -36,14 +36,15 @@ output populations' spikes (``golden.run(..., overrides=spikes)``).  Per-step sp
 unary Sources of the same name.  Export (:func:`export_dir` / :func:`load_export` / :func:`check_export`):
 see :func:`export_dir`.  Resources (:func:`resources`): counted from shapes, nothing dense is built.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -55,14 +56,14 @@ from .export import _pair
 from .quantize import LayerQuant, QuantReport, mean_tsm
 
 HOST_BITS = 16
-TSM_PER_NODE_MAX = 64   # evaluate() measures each TSM node's own output error up to this many nodes
-HOST_RANGE = 16      # a population fed only by the host: its current spans +-16 thresholds before clipping
+TSM_PER_NODE_MAX = 64  # evaluate() measures each TSM node's own output error up to this many nodes
+HOST_RANGE = 16  # a population fed only by the host: its current spans +-16 thresholds before clipping
 
 # Loihi 2 per-core and per-chip limits used by :func:`resources` (assumptions stated with their source).
-CORES_PER_CHIP = 128                         # Intel Loihi 2 brief: 128 neuromorphic cores per chip
-NEURONS_PER_CHIP = 1_000_000                 # Intel Loihi 2 brief: up to 1 M neurons per chip
-SYNAPSES_PER_CHIP = 120_000_000              # Intel Loihi 2 brief: up to 120 M synapses per chip
-NEURONS_PER_CORE = 8192                      # assumption: chip maximum / 128 cores (2^13; the brief's 1 M / 128)
+CORES_PER_CHIP = 128  # Intel Loihi 2 brief: 128 neuromorphic cores per chip
+NEURONS_PER_CHIP = 1_000_000  # Intel Loihi 2 brief: up to 1 M neurons per chip
+SYNAPSES_PER_CHIP = 120_000_000  # Intel Loihi 2 brief: up to 120 M synapses per chip
+NEURONS_PER_CORE = 8192  # assumption: chip maximum / 128 cores (2^13; the brief's 1 M / 128)
 SYNAPSES_PER_CORE = SYNAPSES_PER_CHIP // CORES_PER_CHIP  # assumption: chip maximum spread evenly (937 500)
 
 
@@ -79,18 +80,30 @@ class HostCurrent:
     scale: float
     bits: int = HOST_BITS
     bias: tuple[float, ...] | None = None
-    shape: tuple[int, ...] | None = None    # the population's shape (the host graph need not hold it)
+    shape: tuple[int, ...] | None = None  # the population's shape (the host graph need not hold it)
 
     def to_json(self) -> dict:
-        return {"source": self.source, "population": self.population, "terms": list(self.terms),
-                "scale": self.scale, "bits": self.bits, "bias": None if self.bias is None else list(self.bias),
-                "shape": None if self.shape is None else list(self.shape)}
+        return {
+            "source": self.source,
+            "population": self.population,
+            "terms": list(self.terms),
+            "scale": self.scale,
+            "bits": self.bits,
+            "bias": None if self.bias is None else list(self.bias),
+            "shape": None if self.shape is None else list(self.shape),
+        }
 
     @classmethod
-    def from_json(cls, d: dict) -> "HostCurrent":
-        return cls(d["source"], d["population"], tuple(d["terms"]), float(d["scale"]), int(d["bits"]),
-                   None if d.get("bias") is None else tuple(float(b) for b in d["bias"]),
-                   None if d.get("shape") is None else tuple(int(x) for x in d["shape"]))
+    def from_json(cls, d: dict) -> HostCurrent:
+        return cls(
+            d["source"],
+            d["population"],
+            tuple(d["terms"]),
+            float(d["scale"]),
+            int(d["bits"]),
+            None if d.get("bias") is None else tuple(float(b) for b in d["bias"]),
+            None if d.get("shape") is None else tuple(int(x) for x in d["shape"]),
+        )
 
 
 @dataclass(eq=False)
@@ -121,6 +134,7 @@ class HostPlan:
     def host_values(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Float64 values of every current term on ``inputs`` (graph inputs by name)."""
         from ...sim import golden
+
         if not self.currents:
             return {}
         sub = self._head()
@@ -158,8 +172,9 @@ class HostPlan:
     def readout(self, inputs: Mapping[str, np.ndarray], spikes: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The graph outputs with the output populations' spikes ``[T, B, *shape]`` taken from the chip."""
         from ...sim import golden
+
         over = {k: np.asarray(spikes[k], np.float64) for k in self.outputs}
-        fed = {k: v for k, v in over.items() if self.graph.nodes[k].op == "input"}   # host graph: inputs
+        fed = {k: v for k, v in over.items() if self.graph.nodes[k].op == "input"}  # host graph: inputs
         over = {k: v for k, v in over.items() if k not in fed}
         return golden.run(self.graph, {**dict(inputs), **fed}, overrides=over)
 
@@ -180,7 +195,7 @@ def host_graph(g: ir.Graph, currents: Sequence[HostCurrent], outputs: Sequence[s
     limited to the kept nodes.  Idempotent."""
     outs = set(outputs)
     need = g.ancestors([t for c in currents for t in c.terms] + [n.name for n in g.output_nodes], stop=outs)
-    nodes = [n.replace() for n in g.input_nodes]       # graph inputs first: the batch is read from the first
+    nodes = [n.replace() for n in g.input_nodes]  # graph inputs first: the batch is read from the first
     for k in outputs:
         n = g.nodes[k]
         if k in need and n.op != "input":
@@ -217,7 +232,7 @@ class _FProj:
     dilation: tuple = (1, 1)
     groups: int = 1
     upsample: int = 1
-    factor: float = 1.0   # the float weight is factor * weight (mean TSM scale); weight is the graph's array
+    factor: float = 1.0  # the float weight is factor * weight (mean TSM scale); weight is the graph's array
 
 
 @dataclass
@@ -235,13 +250,17 @@ class _FPop:
 def _neuron_params(n: ir.Node) -> tuple[float, int]:
     """``(gain, dv)`` of a neuromorphic neuron node or :class:`UnsupportedOpError`."""
     if n.v_reset is None:
-        raise UnsupportedOpError(f"node {n.name!r} ({n.op}): soft reset (v -= theta) is not expressible with "
-                                 "Loihi's CUBA neuron, which resets v to 0")
+        raise UnsupportedOpError(
+            f"node {n.name!r} ({n.op}): soft reset (v -= theta) is not expressible with "
+            "Loihi's CUBA neuron, which resets v to 0"
+        )
     if float(n.v_reset) != 0.0:
         raise UnsupportedOpError(f"node {n.name!r} ({n.op}): reset to v_reset={n.v_reset}; Loihi resets to 0")
     if getattr(n, "v_init", None) not in (None, 0, 0.0):
-        raise UnsupportedOpError(f"node {n.name!r} ({n.op}): initial potential v_init={n.v_init}; Loihi's reset "
-                                 "starts every population at v = 0")
+        raise UnsupportedOpError(
+            f"node {n.name!r} ({n.op}): initial potential v_init={n.v_init}; Loihi's reset "
+            "starts every population at v = 0"
+        )
     if getattr(n, "signed", False):
         raise UnsupportedOpError(f"node {n.name!r} ({n.op}): signed (inhibitory) spikes have no CUBA equivalent")
     if not float(n.threshold) > 0:
@@ -251,11 +270,15 @@ def _neuron_params(n: ir.Node) -> tuple[float, int]:
     if n.op == "lif":
         dv = lm.DECAY_UNITY / float(n.tau)
         if abs(dv - round(dv)) > 1e-9:
-            raise UnsupportedOpError(f"node {n.name!r} (lif): leak 1/tau = 1/{n.tau} is not a multiple of 1/4096 "
-                                     "(Loihi's 12-bit decay); use a tau with 4096/tau an integer")
+            raise UnsupportedOpError(
+                f"node {n.name!r} (lif): leak 1/tau = 1/{n.tau} is not a multiple of 1/4096 "
+                "(Loihi's 12-bit decay); use a tau with 4096/tau an integer"
+            )
         return (1.0 / float(n.tau) if n.decay_input else 1.0), int(round(dv))
-    raise UnsupportedOpError(f"node {n.name!r} ({n.op}): parametric LIF (learned leak) is not supported on "
-                             "Loihi; export it as IF or LIF with a fixed tau")
+    raise UnsupportedOpError(
+        f"node {n.name!r} ({n.op}): parametric LIF (learned leak) is not supported on "
+        "Loihi; export it as IF or LIF with a fixed tau"
+    )
 
 
 def _dependents_of_neurons(g: ir.Graph) -> set[str]:
@@ -272,12 +295,14 @@ class _Extractor:
         self.side = {k: v[0] for k, v in g.meta["partition"].items()}
         self.spiky = _dependents_of_neurons(g)
         self.tsm_spread: dict[str, float] = {}
-        self.spike_inputs: dict[str, tuple] = {}   # per-step spike graph inputs read by synapses
+        self.spike_inputs: dict[str, tuple] = {}  # per-step spike graph inputs read by synapses
 
     def host_term(self, v: str, pop: str) -> tuple:
         if v in self.spiky:
-            raise UnsupportedOpError(f"node {v!r} ({self.g.nodes[v].op}): a host value computed from spikes feeds "
-                                     f"neuron {pop!r}; a host round trip inside the time loop is not supported")
+            raise UnsupportedOpError(
+                f"node {v!r} ({self.g.nodes[v].op}): a host value computed from spikes feeds "
+                f"neuron {pop!r}; a host round trip inside the time loop is not supported"
+            )
         return ("host", v)
 
     def terms(self, v: str, pop: str) -> list[tuple]:
@@ -292,14 +317,17 @@ class _Extractor:
                     if self.side[i] == "host" or not g.nodes[i].type.per_step:
                         out.append(self.host_term(i, pop))
                         continue
-                    raise UnsupportedOpError(f"node {v!r} (add): broadcast spike-driven operand {i!r} into neuron "
-                                             f"{pop!r} is not expressible")
+                    raise UnsupportedOpError(
+                        f"node {v!r} (add): broadcast spike-driven operand {i!r} into neuron {pop!r} is not expressible"
+                    )
                 out += self.terms(i, pop)
             return out
         if n.op in ("conv2d", "scaled_conv2d", "linear"):
             return [self.projection(n, pop)]
-        raise UnsupportedOpError(f"node {v!r} ({n.op}): the current of neuron {pop!r} must be a sum of spike-driven "
-                                 "conv / linear synapses and host values; this op has no Loihi equivalent")
+        raise UnsupportedOpError(
+            f"node {v!r} ({n.op}): the current of neuron {pop!r} must be a sum of spike-driven "
+            "conv / linear synapses and host values; this op has no Loihi equivalent"
+        )
 
     def projection(self, n: ir.Node, pop: str) -> tuple:
         g, P = self.g, self.g.params
@@ -311,9 +339,11 @@ class _Extractor:
         if src.op == "input" and src.type.kind == ir.SPIKE and src.type.per_step:
             self.spike_inputs.setdefault(src.name, tuple(src.type.shape))
         elif src.op not in ir.NEURON_OPS:
-            raise UnsupportedOpError(f"node {n.name!r} ({n.op}): reads {src.name!r} ({src.op}); a Loihi synapse "
-                                     "must read a neuron's spikes (optionally upsampled)")
-        w = np.asarray(P[n.weight])      # no copy: converted per population while quantising
+            raise UnsupportedOpError(
+                f"node {n.name!r} ({n.op}): reads {src.name!r} ({src.op}); a Loihi synapse "
+                "must read a neuron's spikes (optionally upsampled)"
+            )
+        w = np.asarray(P[n.weight])  # no copy: converted per population while quantising
         b = None if n.bias is None else np.asarray(P[n.bias], np.float64)
         pm = 1.0
         if n.op == "scaled_conv2d":
@@ -322,8 +352,18 @@ class _Extractor:
         if n.op == "linear":
             pr = _FProj(n.name, src.name, "dense", w, factor=pm)
         else:
-            pr = _FProj(n.name, src.name, "conv", w, _pair(n.stride), _pair(n.padding), _pair(n.dilation),
-                        int(n.groups), up, factor=pm)
+            pr = _FProj(
+                n.name,
+                src.name,
+                "conv",
+                w,
+                _pair(n.stride),
+                _pair(n.padding),
+                _pair(n.dilation),
+                int(n.groups),
+                up,
+                factor=pm,
+            )
         return ("proj", pr, b)
 
     def populations(self) -> list[_FPop]:
@@ -392,9 +432,11 @@ def _quantize_pop(fp: _FPop, *, pow2: bool, on_overflow: str, host_bits: int):
         if worst <= lm.MAX_CURRENT:
             break
         if on_overflow == "error":
-            raise SdmcError(f"{where}: worst-case input current {worst} weight units per step (synapses + host "
-                            f"current bound {hm}) exceeds Loihi's 24-bit current register ({lm.MAX_CURRENT}) at "
-                            f"scale {S:.4g}; use on_overflow='rescale' or fewer host-current bits")
+            raise SdmcError(
+                f"{where}: worst-case input current {worst} weight units per step (synapses + host "
+                f"current bound {hm}) exceeds Loihi's 24-bit current register ({lm.MAX_CURRENT}) at "
+                f"scale {S:.4g}; use on_overflow='rescale' or fewer host-current bits"
+            )
         syn = worst - hm
         if syn <= 0 or hm >= lm.MAX_CURRENT:
             raise SdmcError(f"{where}: host current bound {hm} alone fills the current register; lower host_bits")
@@ -405,12 +447,19 @@ def _quantize_pop(fp: _FPop, *, pow2: bool, on_overflow: str, host_bits: int):
     for p, w in zip(fp.projs, ws):
         if w.size and not w.any():
             raise SdmcError(f"{where}: every weight of projection {p.node!r} quantises to 0 at scale {S:.4g}")
-    werr = max((float(np.abs(w / (S * fp.gain) - f).max()) for f, w in zip(wf, ws) if w.size),
-               default=0.0)
+    werr = max((float(np.abs(w / (S * fp.gain) - f).max()) for f, w in zip(wf, ws) if w.size), default=0.0)
     berr = 0.0 if b_int is None or bias_on_host else float(np.abs(b_int / (S * fp.gain) - fp.bias).max())
-    q = LayerQuant(name=fp.name, scale=S * fp.gain, weight_err=werr, theta=fp.theta, theta_int=th_int,
-                   bias_err=berr, worst_current=worst, bias_on_host=bias_on_host,
-                   projections=len(fp.projs) + (1 if fp.host or bias_on_host else 0))
+    q = LayerQuant(
+        name=fp.name,
+        scale=S * fp.gain,
+        weight_err=werr,
+        theta=fp.theta,
+        theta_int=th_int,
+        bias_err=berr,
+        worst_current=worst,
+        bias_on_host=bias_on_host,
+        projections=len(fp.projs) + (1 if fp.host or bias_on_host else 0),
+    )
     return S, ws, (None if bias_on_host else b_int), bias_on_host, th_int, q
 
 
@@ -432,32 +481,47 @@ class CompileReport(QuantReport):
     passes: list = field(default_factory=list)
 
     def to_json(self) -> dict:
-        layers = [{k: (v if not isinstance(v, np.generic) else v.item()) for k, v in vars(q).items()}
-                  for q in self.layers]
-        return {"populations": layers, "tsm_spread": dict(self.tsm_approx), "tsm_error": self.tsm_error,
-                "max_current": dict(self.max_current),
-                "tsm_node_error": dict(self.tsm_node_error),
-                "output_error": self.output_error, "host_clip": dict(self.host_clip), "host": list(self.host)}
+        layers = [
+            {k: (v if not isinstance(v, np.generic) else v.item()) for k, v in vars(q).items()} for q in self.layers
+        ]
+        return {
+            "populations": layers,
+            "tsm_spread": dict(self.tsm_approx),
+            "tsm_error": self.tsm_error,
+            "max_current": dict(self.max_current),
+            "tsm_node_error": dict(self.tsm_node_error),
+            "output_error": self.output_error,
+            "host_clip": dict(self.host_clip),
+            "host": list(self.host),
+        }
 
     def format(self) -> str:
-        head = (f"{'population':<28}{'scale':>9}{'w err':>9}{'theta':>8}{'th_int':>7}{'|I|max':>8}{'proj':>5}"
-                f"{'mismatch':>10}{'rate f/q':>13}")
+        head = (
+            f"{'population':<28}{'scale':>9}{'w err':>9}{'theta':>8}{'th_int':>7}{'|I|max':>8}{'proj':>5}"
+            f"{'mismatch':>10}{'rate f/q':>13}"
+        )
         rows = [head]
         for q in self.layers:
             mm = "-" if q.spike_mismatch is None else f"{q.spike_mismatch:.4f}"
             rt = "-" if q.rate_float is None else f"{q.rate_float:.3f}/{q.rate_fixed:.3f}"
             flag = " (bias on host)" if q.bias_on_host else ""
-            rows.append(f"{q.name[-27:]:<28}{q.scale:>9.3f}{q.weight_err:>9.2e}{q.theta:>8.4f}{q.theta_int:>7d}"
-                        f"{q.worst_current:>8d}{q.projections:>5d}{mm:>10}{rt:>13}{flag}")
+            rows.append(
+                f"{q.name[-27:]:<28}{q.scale:>9.3f}{q.weight_err:>9.2e}{q.theta:>8.4f}{q.theta_int:>7d}"
+                f"{q.worst_current:>8d}{q.projections:>5d}{mm:>10}{rt:>13}{flag}"
+            )
         res = min((q.scale for q in self.layers), default=0.0)
         if res:
             err = max(abs(q.theta_int / q.scale - q.theta) for q in self.layers)
-            rows.append(f"threshold resolution: coarsest 1/S = {1 / res:.4g}; realised thresholds theta_int/S "
-                        f"differ from theta by at most {err:.3g} (threshold-guidance steps finer than 1/S are lost)")
+            rows.append(
+                f"threshold resolution: coarsest 1/S = {1 / res:.4g}; realised thresholds theta_int/S "
+                f"differ from theta by at most {err:.3g} (threshold-guidance steps finer than 1/S are lost)"
+            )
         for k, v in self.tsm_approx.items():
             e = self.tsm_node_error.get(k)
-            rows.append(f"TSM approximated by its mean at {k}: per-step scales deviate up to {100 * v:.1f}%"
-                        + (f"; output error of this node alone {e:.3g}" if e is not None else ""))
+            rows.append(
+                f"TSM approximated by its mean at {k}: per-step scales deviate up to {100 * v:.1f}%"
+                + (f"; output error of this node alone {e:.3g}" if e is not None else "")
+            )
         if self.tsm_error is not None:
             rows.append(f"TSM mean approximation alone: float output relative error {self.tsm_error:.4g}")
         if self.host_clip:
@@ -467,8 +531,10 @@ class CompileReport(QuantReport):
         if vs:
             v, who = max(vs)
             sat = sum(1 for x, _ in vs if x >= lm.MAX_VOLTAGE)
-            rows.append(f"state range on the inputs: max |v| {v} of {lm.MAX_VOLTAGE} weight units ({who}); "
-                        f"{sat} population(s) saturated")
+            rows.append(
+                f"state range on the inputs: max |v| {v} of {lm.MAX_VOLTAGE} weight units ({who}); "
+                f"{sat} population(s) saturated"
+            )
         if self.max_current:
             who, c = max(self.max_current.items(), key=lambda kv: kv[1])
             rows.append(f"per-step current on the inputs: max |a_in| {c} of {lm.MAX_CURRENT} ({who})")
@@ -481,24 +547,32 @@ class CompileReport(QuantReport):
 
 def _pipeline(graph: ir.Graph) -> ir.Graph:
     from ... import passes
+
     log = [e.get("pass") for e in graph.meta.get("passes", [])]
-    if log[-len(passes.PIPELINES["neuromorphic"]):] == list(passes.PIPELINES["neuromorphic"]):
+    if log[-len(passes.PIPELINES["neuromorphic"]) :] == list(passes.PIPELINES["neuromorphic"]):
         return ir.check(graph)
     return passes.run(graph, "neuromorphic")
 
 
-def _host_description(g: ir.Graph, side: Mapping[str, str], currents: Sequence[HostCurrent],
-                      outputs: Sequence[str]) -> list[str]:
+def _host_description(
+    g: ir.Graph, side: Mapping[str, str], currents: Sequence[HostCurrent], outputs: Sequence[str]
+) -> list[str]:
     host_ops = sorted({g.nodes[k].op for k, s in side.items() if s == "host"} - {"input", "output"})
-    out = [f"graph inputs {[n.name for n in g.input_nodes]} and ops {host_ops} run on the host (the IR graph "
-           "in the export)"]
+    out = [
+        f"graph inputs {[n.name for n in g.input_nodes]} and ops {host_ops} run on the host (the IR graph "
+        "in the export)"
+    ]
     for c in currents:
-        out.append(f"{c.source}: graded current into {c.population} = ({' + '.join(c.terms) or '0'}"
-                   f"{' + bias' if c.bias is not None else ''}) x {c.scale:.4g}, {c.bits}-bit")
+        out.append(
+            f"{c.source}: graded current into {c.population} = ({' + '.join(c.terms) or '0'}"
+            f"{' + bias' if c.bias is not None else ''}) x {c.scale:.4g}, {c.bits}-bit"
+        )
     down = _downstream(g, outputs)
     tail = sorted({g.nodes[k].op for k, s in side.items() if s == "host" and k in down} - {"output"})
-    out.append(f"read-out: the host reads the spikes of {len(outputs)} population(s) ({', '.join(outputs)}) and runs "
-               f"the tail ops {tail}")
+    out.append(
+        f"read-out: the host reads the spikes of {len(outputs)} population(s) ({', '.join(outputs)}) and runs "
+        f"the tail ops {tail}"
+    )
     return out
 
 
@@ -522,9 +596,16 @@ def _with_threshold(g: ir.Graph, threshold: float) -> ir.Graph:
     return ir.check(g)
 
 
-def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.ndarray] | None = None,
-                pow2: bool = False, on_overflow: str = "error", host_bits: int = HOST_BITS,
-                threshold: float | None = None) -> tuple[lm.LoihiNet, HostPlan, CompileReport]:
+def compile_net(
+    graph: ir.Graph,
+    *,
+    tsm: str = "reject",
+    calib: Mapping[str, np.ndarray] | None = None,
+    pow2: bool = False,
+    on_overflow: str = "error",
+    host_bits: int = HOST_BITS,
+    threshold: float | None = None,
+) -> tuple[lm.LoihiNet, HostPlan, CompileReport]:
     """Compile ``graph`` (traced, or already through the ``neuromorphic`` pipeline) for Loihi.
 
     Returns the integer :class:`~sdmc.sim.loihi.LoihiNet`, the :class:`HostPlan` around it and the
@@ -557,14 +638,28 @@ def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.
                 raise UnsupportedOpError(f"node {pr.node!r}: reads neuron {pr.src!r}, which is not on the chip")
         d = max([depth[pr.src] + 1 for pr in fp.projs] + [1])
         depth[fp.name] = d
-        S, ws, b_int, bias_on_host, th_int, q = _quantize_pop(fp, pow2=pow2, on_overflow=on_overflow,
-                                                              host_bits=host_bits)
+        S, ws, b_int, bias_on_host, th_int, q = _quantize_pop(
+            fp, pow2=pow2, on_overflow=on_overflow, host_bits=host_bits
+        )
         qrep.append(q)
         pops.append(lm.Population(fp.name, fp.shape, lm.Cuba(vth=th_int - 1, dv=fp.dv), bias=b_int, depth=d))
         for pr, w in zip(fp.projs, ws):  # 8-bit mantissas stored as int8 (the full CIFAR-10 UNet: 158 M of them)
-            projs.append(lm.Projection(pr.src, fp.name, pr.kind, w.astype(np.int8), pr.stride, pr.padding,
-                                       pr.dilation, pr.groups, pr.upsample, delay=d - depth[pr.src] - 1, name=pr.node))
-            pr.weight = None   # the float copy is no longer needed
+            projs.append(
+                lm.Projection(
+                    pr.src,
+                    fp.name,
+                    pr.kind,
+                    w.astype(np.int8),
+                    pr.stride,
+                    pr.padding,
+                    pr.dilation,
+                    pr.groups,
+                    pr.upsample,
+                    delay=d - depth[pr.src] - 1,
+                    name=pr.node,
+                )
+            )
+            pr.weight = None  # the float copy is no longer needed
         del ws
         if fp.host or bias_on_host:
             src = f"{fp.name}.host"
@@ -578,14 +673,21 @@ def compile_net(graph: ir.Graph, *, tsm: str = "reject", calib: Mapping[str, np.
     outputs = _outputs(g, names, side)
     order = {fp.name: i for i, fp in enumerate(fpops)}
     outputs.sort(key=order.get)
-    net = lm.LoihiNet(tuple(sources), tuple(pops), tuple(projs), tuple(outputs),
-                      meta={"T": g.T, "scales": {q.name: q.scale for q in qrep},
-                            "thresholds": {fp.name: fp.theta for fp in fpops}})
+    net = lm.LoihiNet(
+        tuple(sources),
+        tuple(pops),
+        tuple(projs),
+        tuple(outputs),
+        meta={"T": g.T, "scales": {q.name: q.scale for q in qrep}, "thresholds": {fp.name: fp.theta for fp in fpops}},
+    )
     lm.check_net(net)
     plan = HostPlan(g, tuple(currents), tuple(outputs), tuple(ex.spike_inputs))
-    report = CompileReport(qrep, tsm_approx=dict(ex.tsm_spread),
-                           host=_host_description(g, side, currents, outputs),
-                           passes=list(g.meta.get("passes", [])))
+    report = CompileReport(
+        qrep,
+        tsm_approx=dict(ex.tsm_spread),
+        host=_host_description(g, side, currents, outputs),
+        passes=list(g.meta.get("passes", [])),
+    )
     if calib is not None:
         evaluate(net, plan, report, calib, tsm_graph=_mean_tsm_graph(g, ex.tsm_spread) if ex.tsm_spread else None)
     return net, plan, report
@@ -615,16 +717,25 @@ def _batch(inputs: Mapping[str, np.ndarray], g: ir.Graph) -> int:
     return int(a.shape[1] if n.type.per_step else a.shape[0])
 
 
-def run_loihi(net: lm.LoihiNet, currents: Mapping[str, np.ndarray], T: int, *, lava: bool = False,
-              probe: Sequence[str] | None = None, ranges: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+def run_loihi(
+    net: lm.LoihiNet,
+    currents: Mapping[str, np.ndarray],
+    T: int,
+    *,
+    lava: bool = False,
+    probe: Sequence[str] | None = None,
+    ranges: bool = False,
+) -> tuple[dict[str, np.ndarray], dict]:
     """Run ``net`` on integer source inputs ``{source: [T, B, *shape]}``.  Returns the spikes ``[T, B, *shape]``
     (bool, aligned to sample steps) of the ``probe`` populations (default: all with the numpy model, the
     outputs in Lava) and an info dict (wall times; with ``ranges``, numpy model only, ``max_abs_v`` and
     ``max_current`` per population in weight units, from the reset on).  ``lava``: Lava's CPU simulation
     (:func:`.net.run_lava_net`), else the bit-exact numpy model (:func:`sdmc.sim.loihi.run_net`)."""
     import time
+
     if lava:
         from .net import run_lava_net
+
         res = run_lava_net(net, dict(currents), probe=None if probe is None else tuple(probe))
         return {k: np.asarray(v).astype(bool) for k, v in res.spikes.items()}, dict(res.times)
     t0 = time.perf_counter()
@@ -633,14 +744,22 @@ def run_loihi(net: lm.LoihiNet, currents: Mapping[str, np.ndarray], T: int, *, l
     keep = spikes.keys() if probe is None else probe
     info: dict = {"run": time.perf_counter() - t0}
     if ranges:
-        info["max_abs_v"] = {p.name: int(np.abs(res["v"][p.name][p.depth:]).max()) >> lm.ACT_SHIFT
-                             for p in net.populations}
+        info["max_abs_v"] = {
+            p.name: int(np.abs(res["v"][p.name][p.depth :]).max()) >> lm.ACT_SHIFT for p in net.populations
+        }
         info["max_current"] = dict(res["max_current"])
     return {k: np.asarray(spikes[k]).astype(bool) for k in keep}, info
 
 
-def run_hybrid(net: lm.LoihiNet, plan: HostPlan, inputs: Mapping[str, np.ndarray], *, lava: bool = False,
-               probe: Sequence[str] | None = None, ranges: bool = False) -> dict:
+def run_hybrid(
+    net: lm.LoihiNet,
+    plan: HostPlan,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    lava: bool = False,
+    probe: Sequence[str] | None = None,
+    ranges: bool = False,
+) -> dict:
     """Host currents -> LoihiNet -> host tail.  Returns ``{"outputs": {name: array}, "spikes": {pop: [T, B,
     ...]}, "host_clip": {source: fraction}, "times": {...}}``; ``probe`` as for :func:`run_loihi` (the
     outputs are always read)."""
@@ -660,14 +779,17 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return d / n if n > 0 else d
 
 
-def torch_reference(graph: ir.Graph, inputs: Mapping[str, np.ndarray], *,
-                    threshold: float | None = None) -> dict[str, np.ndarray]:
+def torch_reference(
+    graph: ir.Graph, inputs: Mapping[str, np.ndarray], *, threshold: float | None = None
+) -> dict[str, np.ndarray]:
     """The graph outputs from the compiled torch executor (``compile_torch(..., 'inference')``, float64) on
     ``inputs`` (graph inputs by name), with threshold guidance applied as :func:`compile_net` does: the
     torch backend's answer the Loihi run is compared with.  ``graph``: the traced graph (the executor runs
     its own ``inference`` pipeline)."""
     import torch
+
     from ..torch_exec import compile_torch
+
     if threshold is not None:
         graph = _with_threshold(graph, threshold)
     ex = compile_torch(graph, "inference", dtype=torch.float64, channels_last=False)
@@ -682,15 +804,25 @@ def torch_reference(graph: ir.Graph, inputs: Mapping[str, np.ndarray], *,
     return {n.name: v.numpy() for n, v in zip(graph.output_nodes, ys)}
 
 
-def evaluate(net: lm.LoihiNet, plan: HostPlan, report: CompileReport, inputs: Mapping[str, np.ndarray], *,
-             lava: bool = False, tsm_graph: ir.Graph | None = None) -> CompileReport:
+def evaluate(
+    net: lm.LoihiNet,
+    plan: HostPlan,
+    report: CompileReport,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    lava: bool = False,
+    tsm_graph: ir.Graph | None = None,
+) -> CompileReport:
     """Fill ``report`` with the accuracy cost on ``inputs``: per-population spike mismatch and firing rates
     (fixed point vs float golden), host-current clipping, output relative error, and (``tsm_graph``: the
     mean-TSM float graph) the error of the TSM approximation alone."""
     from ...sim import golden
+
     if plan.host_only:
-        raise SdmcError("evaluate: the plan holds only the host part of the graph (a loaded export); the float "
-                        "reference needs the compiled plan (compile_net)")
+        raise SdmcError(
+            "evaluate: the plan holds only the host part of the graph (a loaded export); the float "
+            "reference needs the compiled plan (compile_net)"
+        )
     g = plan.graph
     pops = [p.name for p in net.populations]
     ref = golden.run(g, dict(inputs), keep=pops)
@@ -744,8 +876,12 @@ def projection_resources(net: lm.LoihiNet, pr: lm.Projection) -> dict:
     fh, oh = _axis_fan(src[1], pr.upsample, kh, pr.stride[0], pr.padding[0], pr.dilation[0], dst[1])
     fw, ow = _axis_fan(src[2], pr.upsample, kw, pr.stride[1], pr.padding[1], pr.dilation[1], dst[2])
     og = O // pr.groups
-    return {"synapses": int(O * Cg * fh.sum() * fw.sum()), "max_fan_in": int(Cg * fh.max() * fw.max()),
-            "max_fan_out": int(og * oh.max() * ow.max()), "weights": int(O * Cg * kh * kw)}
+    return {
+        "synapses": int(O * Cg * fh.sum() * fw.sum()),
+        "max_fan_in": int(Cg * fh.max() * fw.max()),
+        "max_fan_out": int(og * oh.max() * ow.max()),
+        "weights": int(O * Cg * kh * kw),
+    }
 
 
 def resources(net: lm.LoihiNet, graph: ir.Graph | None = None) -> dict:
@@ -753,35 +889,74 @@ def resources(net: lm.LoihiNet, graph: ir.Graph | None = None) -> dict:
     cores (``max(ceil(neurons / NEURONS_PER_CORE), ceil(synapses / SYNAPSES_PER_CORE))``); totals with
     chips (``CORES_PER_CHIP``); with ``graph`` the synapse blow-up the residual-stream composition caused
     (its pass log).  Counts only shapes: nothing dense is built."""
-    projs = [dict(name=p.name, src=p.src, dst=p.dst, kind=p.kind, upsample=p.upsample, delay=p.delay,
-                  **projection_resources(net, p)) for p in net.projections]
+    projs = [
+        dict(
+            name=p.name,
+            src=p.src,
+            dst=p.dst,
+            kind=p.kind,
+            upsample=p.upsample,
+            delay=p.delay,
+            **projection_resources(net, p),
+        )
+        for p in net.projections
+    ]
     pops = []
     for p in net.populations:
         inc = [r for r in projs if r["dst"] == p.name]
         out = [r for r in projs if r["src"] == p.name]
         n, syn = math.prod(p.shape), sum(r["synapses"] for r in inc)
         cores = max(math.ceil(n / NEURONS_PER_CORE), math.ceil(syn / SYNAPSES_PER_CORE), 1)
-        pops.append({"name": p.name, "shape": list(p.shape), "depth": p.depth, "neurons": n, "synapses_in": syn,
-                     "projections_in": len(inc), "fan_in": sum(r["max_fan_in"] for r in inc),
-                     "fan_out": sum(r["max_fan_out"] for r in out), "weights": sum(r["weights"] for r in inc),
-                     "cores": cores})
+        pops.append(
+            {
+                "name": p.name,
+                "shape": list(p.shape),
+                "depth": p.depth,
+                "neurons": n,
+                "synapses_in": syn,
+                "projections_in": len(inc),
+                "fan_in": sum(r["max_fan_in"] for r in inc),
+                "fan_out": sum(r["max_fan_out"] for r in out),
+                "weights": sum(r["weights"] for r in inc),
+                "cores": cores,
+            }
+        )
     cores = sum(p["cores"] for p in pops)
-    tot = {"populations": len(pops), "projections": len(projs), "sources": len(net.sources),
-           "neurons": sum(p["neurons"] for p in pops), "synapses": sum(r["synapses"] for r in projs),
-           "weights": sum(r["weights"] for r in projs), "max_fan_in": max((p["fan_in"] for p in pops), default=0),
-           "max_fan_out": max((p["fan_out"] for p in pops), default=0), "depth": net.max_depth,
-           "delay_steps": sum(r["delay"] for r in projs), "cores": cores, "chips": math.ceil(cores / CORES_PER_CHIP),
-           "upsample_projections": sum(1 for r in projs if r["upsample"] > 1)}
-    res = {"populations": pops, "projections": projs, "totals": tot,
-           "limits": {"cores_per_chip": CORES_PER_CHIP, "neurons_per_core": NEURONS_PER_CORE,
-                      "synapses_per_core": SYNAPSES_PER_CORE, "neurons_per_chip": NEURONS_PER_CHIP,
-                      "synapses_per_chip": SYNAPSES_PER_CHIP}}
+    tot = {
+        "populations": len(pops),
+        "projections": len(projs),
+        "sources": len(net.sources),
+        "neurons": sum(p["neurons"] for p in pops),
+        "synapses": sum(r["synapses"] for r in projs),
+        "weights": sum(r["weights"] for r in projs),
+        "max_fan_in": max((p["fan_in"] for p in pops), default=0),
+        "max_fan_out": max((p["fan_out"] for p in pops), default=0),
+        "depth": net.max_depth,
+        "delay_steps": sum(r["delay"] for r in projs),
+        "cores": cores,
+        "chips": math.ceil(cores / CORES_PER_CHIP),
+        "upsample_projections": sum(1 for r in projs if r["upsample"] > 1),
+    }
+    res = {
+        "populations": pops,
+        "projections": projs,
+        "totals": tot,
+        "limits": {
+            "cores_per_chip": CORES_PER_CHIP,
+            "neurons_per_core": NEURONS_PER_CORE,
+            "synapses_per_core": SYNAPSES_PER_CORE,
+            "neurons_per_chip": NEURONS_PER_CHIP,
+            "synapses_per_chip": SYNAPSES_PER_CHIP,
+        },
+    }
     if graph is not None:
         log = next((e for e in graph.meta.get("passes", []) if e.get("pass") == "compose_residual"), None)
         if log is not None:
-            res["composition"] = {"spike_driven_synapses_before": log["synapses_before"]["spike_driven"],
-                                  "spike_driven_synapses_after": log["synapses_after"]["spike_driven"],
-                                  "max_projections_per_neuron": log["max_projections_per_neuron"]}
+            res["composition"] = {
+                "spike_driven_synapses_before": log["synapses_before"]["spike_driven"],
+                "spike_driven_synapses_after": log["synapses_after"]["spike_driven"],
+                "max_projections_per_neuron": log["max_projections_per_neuron"],
+            }
     return res
 
 
@@ -795,21 +970,27 @@ def _si(x: float) -> str:
 def format_resources(res: dict, *, top: int = 8) -> str:
     t = res["totals"]
     lim = res["limits"]
-    rows = [f"Loihi 2 resources: {t['populations']} populations, {t['projections']} projections, {t['sources']} "
-            f"host sources, depth {t['depth']} ({t['delay_steps']} delay steps in all)",
-            f"  neurons {_si(t['neurons'])}, synapses {_si(t['synapses'])} (stored weights {_si(t['weights'])}), "
-            f"max fan-in {_si(t['max_fan_in'])}, max fan-out {_si(t['max_fan_out'])}",
-            f"  cores {t['cores']}, chips {t['chips']} (assumed per core: {lim['neurons_per_core']} neurons, "
-            f"{_si(lim['synapses_per_core'])} synapses; {lim['cores_per_chip']} cores per chip)"]
+    rows = [
+        f"Loihi 2 resources: {t['populations']} populations, {t['projections']} projections, {t['sources']} "
+        f"host sources, depth {t['depth']} ({t['delay_steps']} delay steps in all)",
+        f"  neurons {_si(t['neurons'])}, synapses {_si(t['synapses'])} (stored weights {_si(t['weights'])}), "
+        f"max fan-in {_si(t['max_fan_in'])}, max fan-out {_si(t['max_fan_out'])}",
+        f"  cores {t['cores']}, chips {t['chips']} (assumed per core: {lim['neurons_per_core']} neurons, "
+        f"{_si(lim['synapses_per_core'])} synapses; {lim['cores_per_chip']} cores per chip)",
+    ]
     c = res.get("composition")
     if c:
         b, a = c["spike_driven_synapses_before"], c["spike_driven_synapses_after"]
-        rows.append(f"  residual-stream composition (pass log, dense counts incl. padding taps): spike-driven synapses {_si(b)} -> {_si(a)} "
-                    f"(x{a / max(b, 1):.2f}), up to {c['max_projections_per_neuron']} projections into one neuron")
+        rows.append(
+            f"  residual-stream composition (pass log, dense counts incl. padding taps): spike-driven synapses {_si(b)} -> {_si(a)} "
+            f"(x{a / max(b, 1):.2f}), up to {c['max_projections_per_neuron']} projections into one neuron"
+        )
     rows.append(f"  {'population':<34}{'neurons':>9}{'synapses':>10}{'proj':>5}{'fan-in':>8}{'fan-out':>8}{'cores':>6}")
     for p in sorted(res["populations"], key=lambda p: -p["cores"])[:top]:
-        rows.append(f"  {p['name'][-33:]:<34}{_si(p['neurons']):>9}{_si(p['synapses_in']):>10}"
-                    f"{p['projections_in']:>5}{_si(p['fan_in']):>8}{_si(p['fan_out']):>8}{p['cores']:>6}")
+        rows.append(
+            f"  {p['name'][-33:]:<34}{_si(p['neurons']):>9}{_si(p['synapses_in']):>10}"
+            f"{p['projections_in']:>5}{_si(p['fan_in']):>8}{_si(p['fan_out']):>8}{p['cores']:>6}"
+        )
     if len(res["populations"]) > top:
         rows.append(f"  ... {len(res['populations']) - top} more populations")
     return "\n".join(rows)
@@ -817,7 +998,7 @@ def format_resources(res: dict, *, top: int = 8) -> str:
 
 # ============================================================================================ export
 EXPORT_FORMAT = "sdmc-loihi-net"
-EXPORT_VERSION = 2      # 2: every population in one netx segment, projection roles; 1 (no longer read): chains >= 2 only
+EXPORT_VERSION = 2  # 2: every population in one netx segment, projection roles; 1 (no longer read): chains >= 2 only
 MANIFEST = "manifest.json"
 PROJ_FILE = "projections.h5"
 GRAPH_FILE = "graph.sdmc"
@@ -843,8 +1024,12 @@ def main_projections(net: lm.LoihiNet) -> dict[str, lm.Projection | None]:
 
 def _continues(net: lm.LoihiNet, pr: lm.Projection | None) -> bool:
     """A main projection that continues its source population's chain inside one netx file."""
-    return (pr is not None and pr.kind in ("conv", "dense") and pr.delay == 0
-            and isinstance(net.node(pr.src), lm.Population))
+    return (
+        pr is not None
+        and pr.kind in ("conv", "dense")
+        and pr.delay == 0
+        and isinstance(net.node(pr.src), lm.Population)
+    )
 
 
 def segments(net: lm.LoihiNet) -> list[list[str]]:
@@ -859,7 +1044,7 @@ def segments(net: lm.LoihiNet) -> list[list[str]]:
             kids.setdefault(mains[p.name].src, []).append(p.name)
     length: dict[str, int] = {}
     nxt: dict[str, str] = {}
-    for p in reversed(net.populations):   # topological order reversed: children first
+    for p in reversed(net.populations):  # topological order reversed: children first
         best = max(kids.get(p.name, []), key=lambda c: length[c], default=None)
         length[p.name] = 1 + (length[best] if best is not None else 0)
         if best is not None:
@@ -888,8 +1073,9 @@ def _unit_layer(p: lm.Population) -> tuple[str, np.ndarray, int]:
     return "dense", np.eye(p.shape[0], dtype=np.int8), 1
 
 
-def _segment_chain(net: lm.LoihiNet, chain: list[str],
-                   mains: Mapping[str, lm.Projection | None]) -> tuple[lm.LoihiChain, list[int], dict]:
+def _segment_chain(
+    net: lm.LoihiNet, chain: list[str], mains: Mapping[str, lm.Projection | None]
+) -> tuple[lm.LoihiChain, list[int], dict]:
     """The LoihiChain of a segment, per population its layer index in the netx file, and the segment's
     input description (``input``: the main source, or None for a summed current; ``input_kind``)."""
     head = net.node(chain[0])
@@ -897,8 +1083,7 @@ def _segment_chain(net: lm.LoihiNet, chain: list[str],
     if first is None or first.kind == "identity":
         shape = tuple(head.shape)
         bits = net.node(first.src).bits if first is not None else lm.STATE_BITS
-        info = {"input": None if first is None else first.src,
-                "input_kind": "current" if first is None else "graded"}
+        info = {"input": None if first is None else first.src, "input_kind": "current" if first is None else "graded"}
     else:
         src = net.node(first.src)
         shape, bits = tuple(src.shape), (src.bits if isinstance(src, lm.Source) else 0)
@@ -920,12 +1105,18 @@ def _segment_chain(net: lm.LoihiNet, chain: list[str],
         layers.append(lm.LoihiLayer(kind=kind, weight=w, neuron=p.neuron, bias=_netx_bias(p), name=name, **kw))
         shape = tuple(p.shape)
     info["input_shape"] = list(in_shape)
-    info["input_delay"] = 0 if first is None else int(first.delay)   # steps the input waits (delay alignment)
+    info["input_delay"] = 0 if first is None else int(first.delay)  # steps the input waits (delay alignment)
     return lm.LoihiChain(in_shape, tuple(layers), input_bits=bits), idx, info
 
 
-def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, path: str | os.PathLike, *,
-               resources: dict | None = None) -> Path:
+def export_dir(
+    net: lm.LoihiNet,
+    plan: HostPlan,
+    report: CompileReport | None,
+    path: str | os.PathLike,
+    *,
+    resources: dict | None = None,
+) -> Path:
     """Write the export directory atomically (a temporary directory renamed into place):
 
     ``segment_NN.h5``: plain netx files (``input`` + ``conv`` / ``dense`` CUBA layers, what stock
@@ -942,6 +1133,7 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
     report, whose ``totals`` and ``limits`` the manifest records.
     """
     import h5py
+
     from .export import write_netx
 
     lm.check_net(net)
@@ -949,9 +1141,9 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
     if path.exists() and not path.is_dir():
         raise SdmcError(f"export: {path} exists and is not a directory")
     with atomic_dir(path) as tmp:
-        where: dict[tuple, dict] = {}   # ("population", name) / ("projection", index) -> {"file", "dataset"}
-        pidx = {id(p): i for i, p in enumerate(net.projections)}   # names may repeat: one conv, two targets
-        segs, role = [], {}                # role: projection index -> {"file", "layer"} of its segment layer
+        where: dict[tuple, dict] = {}  # ("population", name) / ("projection", index) -> {"file", "dataset"}
+        pidx = {id(p): i for i, p in enumerate(net.projections)}  # names may repeat: one conv, two targets
+        segs, role = [], {}  # role: projection index -> {"file", "layer"} of its segment layer
         mains = main_projections(net)
         for i, chain in enumerate(segments(net)):
             lc, idx, info = _segment_chain(net, chain, mains)
@@ -967,8 +1159,16 @@ def export_dir(net: lm.LoihiNet, plan: HostPlan, report: CompileReport | None, p
                         where[("projection", pidx[id(pr)])] = {"file": fname, "dataset": f"layer/{k}/weight"}
                 if _netx_bias(net.node(name)) is not None:
                     where[("population", name)] = {"file": fname, "dataset": f"layer/{k}/bias"}
-            segs.append({"file": fname, **info, "populations": chain, "layers": idx, "main": main_idx,
-                         "input_message_bits": lc.input_bits})
+            segs.append(
+                {
+                    "file": fname,
+                    **info,
+                    "populations": chain,
+                    "layers": idx,
+                    "main": main_idx,
+                    "input_message_bits": lc.input_bits,
+                }
+            )
         with h5py.File(tmp / PROJ_FILE, "w") as f:
             for i, pr in enumerate(net.projections):
                 if pr.weight is not None and ("projection", i) not in where:
@@ -992,23 +1192,27 @@ def _notes(net: lm.LoihiNet, report: CompileReport | None, segs: list[dict]) -> 
     wired = len(net.projections) - sum(1 for sg in segs for i in sg["main"] if i is not None)
     ups = [p.name for p in net.projections if p.upsample > 1]
     dl = [p for p in net.projections if p.delay > 0]
-    notes = [f"{len(segs)} netx segment file(s) hold every population once, each layer with its main incoming "
-             f"projection (segments[].main; identity host currents as unit-weight depthwise 1x1 convs on graded "
-             f"input); the other {wired} projection(s) (projections[].role == 'wiring') are extra synapses into a "
-             "layer's a_in, with their weights in projections.h5; a segment's input is its main source's output "
-             "(input_kind 'current': the layer's a_in is only the wiring's summed current)",
-             f"{len(multi)} population(s) sum several projections (residual adds, split concat, host currents): "
-             "several synapses into one CUBA a_in; netx chains cannot express this",
-             f"{len(ups)} projection(s) read a nearest-upsampled source (upsample + conv; netx has no unpool / "
-             "convT: a Sparse synapse in Lava)",
-             f"{len(dl)} projection(s) are delayed ({sum(p.delay for p in dl)} steps in all) so that every path "
-             "into a population has the same length (dst.depth = src.depth + 1 + delay)",
-             "sources are graded host currents (head conv, time embedding, large biases), sent per step through "
-             "identity projections; the tail (BN, Swish, conv3d, membrane read-out) runs on the host from the "
-             "output populations' spikes (graph.sdmc)"]
+    notes = [
+        f"{len(segs)} netx segment file(s) hold every population once, each layer with its main incoming "
+        f"projection (segments[].main; identity host currents as unit-weight depthwise 1x1 convs on graded "
+        f"input); the other {wired} projection(s) (projections[].role == 'wiring') are extra synapses into a "
+        "layer's a_in, with their weights in projections.h5; a segment's input is its main source's output "
+        "(input_kind 'current': the layer's a_in is only the wiring's summed current)",
+        f"{len(multi)} population(s) sum several projections (residual adds, split concat, host currents): "
+        "several synapses into one CUBA a_in; netx chains cannot express this",
+        f"{len(ups)} projection(s) read a nearest-upsampled source (upsample + conv; netx has no unpool / "
+        "convT: a Sparse synapse in Lava)",
+        f"{len(dl)} projection(s) are delayed ({sum(p.delay for p in dl)} steps in all) so that every path "
+        "into a population has the same length (dst.depth = src.depth + 1 + delay)",
+        "sources are graded host currents (head conv, time embedding, large biases), sent per step through "
+        "identity projections; the tail (BN, Swish, conv3d, membrane read-out) runs on the host from the "
+        "output populations' spikes (graph.sdmc)",
+    ]
     if report is not None and report.tsm_approx:
-        notes.append(f"TSM: {len(report.tsm_approx)} per-step-scaled conv(s) approximated by their mean scale; a "
-                     "static synapse cannot apply p[t] (see quantisation.tsm_spread / tsm_error)")
+        notes.append(
+            f"TSM: {len(report.tsm_approx)} per-step-scaled conv(s) approximated by their mean scale; a "
+            "static synapse cannot apply p[t] (see quantisation.tsm_spread / tsm_error)"
+        )
     return notes
 
 
@@ -1017,23 +1221,50 @@ def _manifest(net, plan, report, where, segs, role, resources_summary) -> dict:
         return {"type": "CUBA", "vth": c.vth, "du": c.du, "dv": c.dv, "bias_exp": c.bias_exp}
 
     return {
-        "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "T": net.meta.get("T"),
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "T": net.meta.get("T"),
         "sources": [{"name": s.name, "shape": list(s.shape), "bits": s.bits} for s in net.sources],
-        "populations": [{"name": p.name, "shape": list(p.shape), "depth": p.depth, "neuron": neuron(p.neuron),
-                         "bias": where.get(("population", p.name)),
-                         "scale": net.meta.get("scales", {}).get(p.name),
-                         "theta": net.meta.get("thresholds", {}).get(p.name)} for p in net.populations],
-        "projections": [{"name": p.name, "src": p.src, "dst": p.dst, "kind": p.kind, "stride": list(p.stride),
-                         "padding": list(p.padding), "dilation": list(p.dilation), "groups": p.groups,
-                         "upsample": p.upsample, "delay": p.delay, "weight": where.get(("projection", i)),
-                         "role": "segment" if i in role else "wiring", "segment": role.get(i)}
-                        for i, p in enumerate(net.projections)],
+        "populations": [
+            {
+                "name": p.name,
+                "shape": list(p.shape),
+                "depth": p.depth,
+                "neuron": neuron(p.neuron),
+                "bias": where.get(("population", p.name)),
+                "scale": net.meta.get("scales", {}).get(p.name),
+                "theta": net.meta.get("thresholds", {}).get(p.name),
+            }
+            for p in net.populations
+        ],
+        "projections": [
+            {
+                "name": p.name,
+                "src": p.src,
+                "dst": p.dst,
+                "kind": p.kind,
+                "stride": list(p.stride),
+                "padding": list(p.padding),
+                "dilation": list(p.dilation),
+                "groups": p.groups,
+                "upsample": p.upsample,
+                "delay": p.delay,
+                "weight": where.get(("projection", i)),
+                "role": "segment" if i in role else "wiring",
+                "segment": role.get(i),
+            }
+            for i, p in enumerate(net.projections)
+        ],
         "wiring": [i for i in range(len(net.projections)) if i not in role],
         "outputs": list(net.outputs),
         "segments": segs,
-        "host": {"graph": GRAPH_FILE, "currents": [c.to_json() for c in plan.currents],
-                 "outputs": list(plan.outputs), "spike_inputs": list(plan.spike_inputs),
-                 "description": list(report.host) if report is not None else []},
+        "host": {
+            "graph": GRAPH_FILE,
+            "currents": [c.to_json() for c in plan.currents],
+            "outputs": list(plan.outputs),
+            "spike_inputs": list(plan.spike_inputs),
+            "description": list(report.host) if report is not None else [],
+        },
         "quantisation": report.to_json() if report is not None else None,
         "resources": resources_summary,
         "notes": _notes(net, report, segs),
@@ -1048,6 +1279,7 @@ def check_export(path: str | os.PathLike) -> dict:
     that each segment file is a netx chain (:func:`.export.read_netx`) whose input shape, layer shapes and
     neuron parameters match the manifest.  Problems raise one :class:`SdmcError` naming them."""
     import h5py
+
     from .export import read_netx
 
     path = Path(path)
@@ -1062,8 +1294,9 @@ def check_export(path: str | os.PathLike) -> dict:
         raise SdmcError(f"{mf}: format {m.get('format') if isinstance(m, dict) else None!r} is not {EXPORT_FORMAT!r}")
     if m.get("version") != EXPORT_VERSION:
         hint = "; it predates per-population netx segments: export the model again" if m.get("version") == 1 else ""
-        raise SdmcError(f"{mf}: version {m.get('version')!r} is not supported (this sdmc reads version "
-                        f"{EXPORT_VERSION}){hint}")
+        raise SdmcError(
+            f"{mf}: version {m.get('version')!r} is not supported (this sdmc reads version {EXPORT_VERSION}){hint}"
+        )
     for key in ("sources", "populations", "projections", "outputs", "host", "segments"):
         if key not in m:
             raise SdmcError(f"{mf}: missing key {key!r}")
@@ -1100,20 +1333,25 @@ def _check_segments(path: Path, m: dict, read_netx) -> None:
             raise SdmcError(f"{path}: missing segment file {fname!r}")
         names, main = list(sg.get("populations", ())), list(sg.get("main", ()))
         if not names or len(main) != len(names):
-            raise SdmcError(f"{fp}: manifest segment lists {len(names)} population(s) and {len(main)} main projection(s)")
+            raise SdmcError(
+                f"{fp}: manifest segment lists {len(names)} population(s) and {len(main)} main projection(s)"
+            )
         try:
             chain = read_netx(fp)
             lm.check_chain(chain)
         except SdmcError as e:
             raise SdmcError(f"segment {fname!r}: {e}") from None
         if len(chain.layers) != len(names):
-            raise SdmcError(f"{fp}: {len(chain.layers)} netx layer(s) for the {len(names)} population(s) the "
-                            "manifest lists")
+            raise SdmcError(
+                f"{fp}: {len(chain.layers)} netx layer(s) for the {len(names)} population(s) the manifest lists"
+            )
         head = sg.get("input")
         want_in = shapes.get(head) if sg.get("input_kind") != "current" else shapes.get(names[0])
         if want_in is None or tuple(chain.input_shape) != tuple(want_in):
-            raise SdmcError(f"{fp}: input layer shape {list(chain.input_shape)} does not match its input "
-                            f"{head!r} ({None if want_in is None else list(want_in)})")
+            raise SdmcError(
+                f"{fp}: input layer shape {list(chain.input_shape)} does not match its input "
+                f"{head!r} ({None if want_in is None else list(want_in)})"
+            )
         for name, got, L, i in zip(names, chain.shapes()[1:], chain.layers, main):
             if name not in pops:
                 raise SdmcError(f"{fp}: segment names unknown population {name!r}")
@@ -1122,12 +1360,19 @@ def _check_segments(path: Path, m: dict, read_netx) -> None:
             seen[name] = fname
             p = pops[name]
             n = p["neuron"]
-            if tuple(got) != tuple(p["shape"]) or (L.neuron.vth, L.neuron.du, L.neuron.dv) != (n["vth"], n["du"], n["dv"]):
-                raise SdmcError(f"{fp}: layer of population {name!r} (shape {list(got)}, vth {L.neuron.vth}, du "
-                                f"{L.neuron.du}, dv {L.neuron.dv}) does not match the manifest (shape {p['shape']}, "
-                                f"vth {n['vth']}, du {n['du']}, dv {n['dv']})")
-            if i is not None and (not isinstance(i, int) or not 0 <= i < len(m["projections"])
-                                  or m["projections"][i]["dst"] != name):
+            if tuple(got) != tuple(p["shape"]) or (L.neuron.vth, L.neuron.du, L.neuron.dv) != (
+                n["vth"],
+                n["du"],
+                n["dv"],
+            ):
+                raise SdmcError(
+                    f"{fp}: layer of population {name!r} (shape {list(got)}, vth {L.neuron.vth}, du "
+                    f"{L.neuron.du}, dv {L.neuron.dv}) does not match the manifest (shape {p['shape']}, "
+                    f"vth {n['vth']}, du {n['du']}, dv {n['dv']})"
+                )
+            if i is not None and (
+                not isinstance(i, int) or not 0 <= i < len(m["projections"]) or m["projections"][i]["dst"] != name
+            ):
                 raise SdmcError(f"{fp}: main projection {i!r} of population {name!r} is not one of its projections")
     missing = [k for k in pops if k not in seen]
     if missing:
@@ -1153,16 +1398,35 @@ def load_export(path: str | os.PathLike) -> tuple[lm.LoihiNet, HostPlan, dict]:
         for p in m["populations"]:
             n = p["neuron"]
             w = data(p["bias"]) if p.get("bias") else None
-            pops.append(lm.Population(p["name"], tuple(p["shape"]), lm.Cuba(vth=n["vth"], du=n["du"], dv=n["dv"],
-                                      bias_exp=n["bias_exp"]), bias=w, depth=int(p["depth"])))
+            pops.append(
+                lm.Population(
+                    p["name"],
+                    tuple(p["shape"]),
+                    lm.Cuba(vth=n["vth"], du=n["du"], dv=n["dv"], bias_exp=n["bias_exp"]),
+                    bias=w,
+                    depth=int(p["depth"]),
+                )
+            )
         projs = []
         for p in m["projections"]:
             w = data(p["weight"]) if p["kind"] != "identity" else None
             if w is not None and p["kind"] == "conv" and w.ndim == 5:
                 w = w[..., 0]
-            projs.append(lm.Projection(p["src"], p["dst"], p["kind"], w, tuple(p["stride"]), tuple(p["padding"]),
-                                       tuple(p["dilation"]), int(p["groups"]), int(p["upsample"]), int(p["delay"]),
-                                       p["name"]))
+            projs.append(
+                lm.Projection(
+                    p["src"],
+                    p["dst"],
+                    p["kind"],
+                    w,
+                    tuple(p["stride"]),
+                    tuple(p["padding"]),
+                    tuple(p["dilation"]),
+                    int(p["groups"]),
+                    int(p["upsample"]),
+                    int(p["delay"]),
+                    p["name"],
+                )
+            )
     finally:
         for f in handles.values():
             f.close()
@@ -1172,13 +1436,19 @@ def load_export(path: str | os.PathLike) -> tuple[lm.LoihiNet, HostPlan, dict]:
     net = lm.LoihiNet(sources, tuple(pops), tuple(projs), tuple(m["outputs"]), meta=meta)
     lm.check_net(net)
     g = ir.check(ir.load(path / m["host"]["graph"]))
-    plan = HostPlan(g, tuple(HostCurrent.from_json(c) for c in m["host"]["currents"]), tuple(m["host"]["outputs"]),
-                    tuple(m["host"].get("spike_inputs", ())))
+    plan = HostPlan(
+        g,
+        tuple(HostCurrent.from_json(c) for c in m["host"]["currents"]),
+        tuple(m["host"]["outputs"]),
+        tuple(m["host"].get("spike_inputs", ())),
+    )
     for name in plan.outputs + tuple(t for c in plan.currents for t in c.terms):
         if name not in g.nodes:
             raise SdmcError(f"{path}: host plan names node {name!r}, which the host graph lacks")
     for name in plan.outputs:
         if tuple(g.nodes[name].type.shape) != tuple(net.node(name).shape):
-            raise SdmcError(f"{path}: host graph node {name!r} has shape {list(g.nodes[name].type.shape)}, the "
-                            f"population {list(net.node(name).shape)}")
+            raise SdmcError(
+                f"{path}: host graph node {name!r} has shape {list(g.nodes[name].type.shape)}, the "
+                f"population {list(net.node(name).shape)}"
+            )
     return net, plan, m

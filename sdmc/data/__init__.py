@@ -3,6 +3,7 @@
 Every dataset yields ``(image, label)`` with ``image`` a float tensor ``[C, H, W]`` in [-1, 1].
 Nothing is downloaded unless ``download=True`` is passed explicitly.
 """
+
 from __future__ import annotations
 
 import os
@@ -74,8 +75,7 @@ def digits_arrays(img_size: int = 16, train: bool = True) -> tuple[torch.Tensor,
         raise DataError(f"digits: img_size must be >= 8, got {img_size}")
     d = load_digits()
     idx = np.arange(len(d.target))
-    tr, te = train_test_split(idx, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED,
-                              stratify=d.target)
+    tr, te = train_test_split(idx, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=d.target)
     sel = np.sort(tr if train else te)
     x = torch.from_numpy(d.images[sel].astype(np.float32) / 16.0 * 2 - 1)[:, None]
     if img_size != 8:
@@ -124,8 +124,11 @@ def _torchvision(name: str, root: str | None, img_size: int, train: bool, downlo
     if root is None:
         root = os.environ.get("SDMC_DATA", str(Path.home() / ".cache" / "sdmc" / "data"))
     aug = [T.RandomHorizontalFlip()] if train and name in ("cifar10", "celeba64") else []
-    norm = [T.ToTensor(), T.Normalize((0.5,), (0.5,))] if name in ("mnist", "fashion-mnist") else \
-        [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+    norm = (
+        [T.ToTensor(), T.Normalize((0.5,), (0.5,))]
+        if name in ("mnist", "fashion-mnist")
+        else [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+    )
     try:
         if name == "cifar10":
             tf = T.Compose(([T.Resize(img_size)] if img_size != 32 else []) + aug + norm)
@@ -133,8 +136,9 @@ def _torchvision(name: str, root: str | None, img_size: int, train: bool, downlo
         if name == "mnist":
             return tvd.MNIST(root, train=train, download=download, transform=T.Compose([T.Resize(img_size)] + norm))
         if name == "fashion-mnist":
-            return tvd.FashionMNIST(root, train=train, download=download,
-                                    transform=T.Compose([T.Resize(img_size)] + norm))
+            return tvd.FashionMNIST(
+                root, train=train, download=download, transform=T.Compose([T.Resize(img_size)] + norm)
+            )
         tf = T.Compose([T.CenterCrop(148), T.Resize(img_size)] + aug + norm)
         return tvd.CelebA(root, split="train" if train else "test", download=download, transform=tf)
     except (RuntimeError, FileNotFoundError, OSError) as e:
@@ -142,8 +146,9 @@ def _torchvision(name: str, root: str | None, img_size: int, train: bool, downlo
         raise DataError(f"dataset {name!r} not found under {root}{hint}: {e}") from None
 
 
-def load_dataset(name: str, root: str | None = None, img_size: int | None = None, train: bool = True,
-                 download: bool = False) -> Dataset:
+def load_dataset(
+    name: str, root: str | None = None, img_size: int | None = None, train: bool = True, download: bool = False
+) -> Dataset:
     """Open dataset ``name`` (see :data:`DATASETS`; ``folder:PATH`` for an image folder)."""
     info = dataset_info(name)
     size = int(img_size or info.img_size)
@@ -155,5 +160,12 @@ def load_dataset(name: str, root: str | None = None, img_size: int | None = None
     return _torchvision(name, root, size, train, download)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "ImageFolderFlat", "TensorImages", "dataset_info", "digits_arrays",
-           "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "ImageFolderFlat",
+    "TensorImages",
+    "dataset_info",
+    "digits_arrays",
+    "load_dataset",
+]

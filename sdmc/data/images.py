@@ -1,4 +1,5 @@
 """Image helpers: [-1, 1] tensors to uint8 arrays and PNG grids (written atomically)."""
+
 from __future__ import annotations
 
 import math
@@ -26,14 +27,15 @@ def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, scale: 
     for i in range(b):
         r, q = divmod(i, nrow)
         y, x = pad + r * (h + pad), pad + q * (w + pad)
-        grid[y:y + h, x:x + w] = images[i]
+        grid[y : y + h, x : x + w] = images[i]
     if scale > 1:
         grid = grid.repeat(scale, 0).repeat(scale, 1)
     return grid
 
 
-def save_grid(images: torch.Tensor | np.ndarray, path: str | os.PathLike, nrow: int | None = None,
-              scale: int | None = None) -> None:
+def save_grid(
+    images: torch.Tensor | np.ndarray, path: str | os.PathLike, nrow: int | None = None, scale: int | None = None
+) -> None:
     """Save a PNG grid of images given as a [-1, 1] tensor ``[B, C, H, W]`` or ``uint8 [B, H, W, C]``."""
     arr = to_uint8(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
     if scale is None:  # small images (digits) are hard to see: enlarge to about 64 px

@@ -5,13 +5,15 @@ The optimal reverse variance of a step t -> s is ``λ² + c0² · clamp((1-ᾱ_t
 beside the checkpoint in ``<checkpoint>.gamma-<key>.safetensors`` where ``key`` hashes the weights and
 the neuron thresholds (threshold guidance changes ε_θ, hence Γ).  Files are written atomically.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +45,7 @@ def gamma_cache_path(checkpoint: str | os.PathLike, key: str) -> Path:
 def save_gamma(path: str | os.PathLike, gamma: torch.Tensor, meta: dict[str, Any]) -> Path:
     """Write Γ (float64 [N]) and its provenance atomically."""
     from safetensors.torch import save_file
+
     path = Path(path)
     md = {"format": GAMMA_FORMAT, "meta": json.dumps(meta, sort_keys=True)}
     with atomic_path(path) as tmp:
@@ -53,6 +56,7 @@ def save_gamma(path: str | os.PathLike, gamma: torch.Tensor, meta: dict[str, Any
 def load_gamma(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
     """Read a Γ file written by :func:`save_gamma`; returns ``(gamma, meta)``."""
     from safetensors import safe_open
+
     path = Path(path)
     if not path.is_file():
         raise SdmcError(f"{path}: no Analytic-DPM statistics file")
@@ -69,8 +73,9 @@ def load_gamma(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
     return gamma, json.loads(md.get("meta", "{}"))
 
 
-def find_cached_gamma(checkpoint: str | os.PathLike, model: nn.Module, num_timesteps: int | None = None
-                      ) -> tuple[torch.Tensor, dict[str, Any]] | None:
+def find_cached_gamma(
+    checkpoint: str | os.PathLike, model: nn.Module, num_timesteps: int | None = None
+) -> tuple[torch.Tensor, dict[str, Any]] | None:
     """The cached Γ of ``checkpoint`` for exactly these weights and thresholds, or None."""
     key = weights_key(model)
     path = gamma_cache_path(checkpoint, key)
@@ -84,15 +89,20 @@ def find_cached_gamma(checkpoint: str | os.PathLike, model: nn.Module, num_times
     return gamma, meta
 
 
-def gamma_for_checkpoint(checkpoint: str | os.PathLike, model: nn.Module, num_timesteps: int,
-                         threshold: float | None = None, log: Callable[[str], None] | None = None
-                         ) -> torch.Tensor:
+def gamma_for_checkpoint(
+    checkpoint: str | os.PathLike,
+    model: nn.Module,
+    num_timesteps: int,
+    threshold: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> torch.Tensor:
     """The cached Γ for sampling ``model`` (from ``checkpoint``) with threshold guidance ``threshold``.
 
     Prefers statistics estimated for the guided model and falls back (with a note to ``log``) to those
     of the unguided one; raises :class:`SdmcError` naming the command that computes them.
     """
     from .sampling import threshold_guidance
+
     with threshold_guidance(model, threshold):
         found = find_cached_gamma(checkpoint, model, num_timesteps)
     if found is None and threshold is not None:
@@ -100,8 +110,10 @@ def gamma_for_checkpoint(checkpoint: str | os.PathLike, model: nn.Module, num_ti
         if found is not None and log is not None:
             log(f"note: using the Γ statistics of the unguided model for threshold {threshold}")
     if found is None:
-        raise SdmcError(f"{checkpoint}: no Analytic-DPM statistics for these weights; run "
-                        f"`sdmc analytic-stats {checkpoint} --data DATASET` first (or pass --gamma FILE)")
+        raise SdmcError(
+            f"{checkpoint}: no Analytic-DPM statistics for these weights; run "
+            f"`sdmc analytic-stats {checkpoint} --data DATASET` first (or pass --gamma FILE)"
+        )
     return found[0]
 
 
@@ -113,13 +125,21 @@ def _images(data: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     def get(idx: torch.Tensor) -> torch.Tensor:
         items = [data[int(i)] for i in idx]
         return torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
+
     return get
 
 
 @torch.no_grad()
-def estimate_gamma(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: NoiseSchedule,
-                   data: Any, budget: int = 64, batch_size: int = 256, seed: int = 0,
-                   device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
+def estimate_gamma(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: NoiseSchedule,
+    data: Any,
+    budget: int = 64,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> torch.Tensor:
     """Monte-Carlo Γ_k = mean over ``budget`` draws of ‖ε_θ(sqrt(ᾱ_k) x0 + sqrt(1-ᾱ_k) ε, k)‖² / d.
 
     ``data`` is an image tensor ``[M, C, H, W]`` or a Dataset of ``(image, label)`` in [-1, 1]; x0 are
@@ -138,15 +158,17 @@ def estimate_gamma(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     get = _images(data)
     total = torch.zeros(n_steps, dtype=torch.float64)
     from .sampling import _reset
+
     reset = _reset(model)
     was_training = isinstance(model, nn.Module) and model.training
     if was_training:
         model.eval()
     from tqdm import tqdm
+
     bar = tqdm(total=len(steps), disable=not progress, unit="img", desc="Γ statistics")
     for lo in range(0, len(steps), batch_size):
-        t = steps[lo:lo + batch_size]
-        x0 = get(idx[lo:lo + batch_size])
+        t = steps[lo : lo + batch_size]
+        x0 = get(idx[lo : lo + batch_size])
         x0 = x0.to(device=device, dtype=x0.dtype if x0.is_floating_point() else torch.float32)
         noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(device)
         td = t.to(device)
@@ -162,5 +184,12 @@ def estimate_gamma(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     return total / budget
 
 
-__all__ = ["estimate_gamma", "find_cached_gamma", "gamma_cache_path", "gamma_for_checkpoint", "load_gamma",
-           "save_gamma", "weights_key"]
+__all__ = [
+    "estimate_gamma",
+    "find_cached_gamma",
+    "gamma_cache_path",
+    "gamma_for_checkpoint",
+    "load_gamma",
+    "save_gamma",
+    "weights_key",
+]

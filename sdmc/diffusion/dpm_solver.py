@@ -13,11 +13,13 @@ and the order-2/3 singlestep (intermediate points at r·h) and multistep (earlie
 finite-difference corrections, as in the official implementation (solver_type 'dpmsolver'), except for the
 weight of the second difference in multistep order 3 (see :class:`DPMSolverConfig` ``official_3m``).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,9 +91,9 @@ class DPMSolverConfig:
 
 @dataclass
 class _Call:
-    k: float                     # step at which the model is called
-    group: int                   # singlestep group (or multistep step) index
-    j: int                       # position inside the group; -1 marks the final denoise call
+    k: float  # step at which the model is called
+    group: int  # singlestep group (or multistep step) index
+    j: int  # position inside the group; -1 marks the final denoise call
 
 
 class DPMSolver(Solver):
@@ -138,7 +140,7 @@ class DPMSolver(Solver):
         if len(ks) > n:
             raise ConfigError(f"dpm-solver: {len(ks) - 1} steps do not fit in {n} integer timesteps")
         a = np.round(ks[::-1]).astype(np.int64)  # ascending
-        for i in range(1, len(a)):               # strictly increasing, keeping the step count
+        for i in range(1, len(a)):  # strictly increasing, keeping the step count
             a[i] = max(a[i], a[i - 1] + 1)
         a[-1] = min(a[-1], n - 1)
         for i in range(len(a) - 2, -1, -1):
@@ -155,8 +157,12 @@ class DPMSolver(Solver):
         k = min(max(k, int(kt) + 1), int(ks) - 1)
         return k if kt < k < ks else None
 
-    def set_timesteps(self, num_inference_steps: int | None = None, timesteps: Sequence[float] | None = None,
-                      device: str | torch.device | None = None) -> None:
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        timesteps: Sequence[float] | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
         """Plan a run of ``num_inference_steps`` model calls (plus one if ``denoise_to_zero``).
 
         ``timesteps`` instead gives the outer grid explicitly (decreasing step indices, the last the
@@ -168,10 +174,16 @@ class DPMSolver(Solver):
         order = int(c.order)
         if timesteps is not None:
             outer = [float(k) for k in timesteps]
-            if len(outer) < 2 or any(a <= b for a, b in zip(outer, outer[1:])) or outer[-1] < 0 \
-                    or outer[0] > self.num_train_timesteps - 1:
-                raise ConfigError(f"dpm-solver: timesteps must decrease strictly within 0..{self.num_train_timesteps - 1},"
-                                  f" got {list(timesteps)}")
+            if (
+                len(outer) < 2
+                or any(a <= b for a, b in zip(outer, outer[1:]))
+                or outer[-1] < 0
+                or outer[0] > self.num_train_timesteps - 1
+            ):
+                raise ConfigError(
+                    f"dpm-solver: timesteps must decrease strictly within 0..{self.num_train_timesteps - 1},"
+                    f" got {list(timesteps)}"
+                )
             if c.integer_timesteps and any(not k.is_integer() for k in outer):
                 raise ConfigError("dpm-solver: integer_timesteps=True needs integer timesteps")
             orders = [order] * (len(outer) - 1)
@@ -182,8 +194,7 @@ class DPMSolver(Solver):
             if c.method == "multistep":
                 outer, orders = self.outer_grid(steps), [order] * steps
             else:
-                orders = (_orders(steps, order) if c.method == "singlestep"
-                          else [order] * max(1, steps // order))
+                orders = _orders(steps, order) if c.method == "singlestep" else [order] * max(1, steps // order)
                 if c.method == "singlestep" and c.skip_type != "logSNR":
                     fine = self.outer_grid(steps)
                     outer = [fine[i] for i in np.cumsum([0] + orders)]
@@ -213,9 +224,9 @@ class DPMSolver(Solver):
 
     def _restart(self) -> None:
         self._i = 0
-        self._hist: list[tuple[float, torch.Tensor]] = []   # (λ, model output) of earlier calls
+        self._hist: list[tuple[float, torch.Tensor]] = []  # (λ, model output) of earlier calls
         self._x_s: torch.Tensor | None = None
-        self.orders_used: list[int] = []                    # order of each update, in order (for inspection)
+        self.orders_used: list[int] = []  # order of each update, in order (for inspection)
 
     # ----------------------------------------------------------------------------------- stepping
     def _model_value(self, eps: torch.Tensor, x: torch.Tensor, k: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,20 +237,26 @@ class DPMSolver(Solver):
             x0 = x0.clamp(-1.0, 1.0)
         return (x0 if self.config.algorithm == "dpmsolver++" else eps), x0
 
-    def step(self, model_output: torch.Tensor, t: Any, sample: torch.Tensor,
-             generator: Generator = None) -> SolverOutput:
+    def step(
+        self, model_output: torch.Tensor, t: Any, sample: torch.Tensor, generator: Generator = None
+    ) -> SolverOutput:
         """Consume the model output at the current call step; return the next call point (or the result)."""
         if model_output.shape != sample.shape:
-            raise ConfigError(f"{self.name}.step: model output {list(model_output.shape)} does not match the "
-                              f"sample {list(sample.shape)}")
+            raise ConfigError(
+                f"{self.name}.step: model output {list(model_output.shape)} does not match the "
+                f"sample {list(sample.shape)}"
+            )
         if self._i >= len(self._calls):
-            raise ConfigError(f"{self.name}.step: no steps left ({len(self._calls)} planned); "
-                              "call set_timesteps() to start a new run")
+            raise ConfigError(
+                f"{self.name}.step: no steps left ({len(self._calls)} planned); call set_timesteps() to start a new run"
+            )
         call = self._calls[self._i]
         got = as_step(t)
         if abs(float(got) - call.k) > 1e-9 * max(1.0, call.k):
-            raise ConfigError(f"{self.name}.step: expected step {call.k} (call {self._i} of {len(self._calls)}), "
-                              f"got {got}; call set_timesteps() to restart")
+            raise ConfigError(
+                f"{self.name}.step: expected step {call.k} (call {self._i} of {len(self._calls)}), "
+                f"got {got}; call set_timesteps() to restart"
+            )
         self._i += 1
         m, x0 = self._model_value(model_output, sample, call.k)
         if call.j == -1:
@@ -280,7 +297,7 @@ class DPMSolver(Solver):
         lt = self.vp.lam(kt)
         h = lt - l0
         lin, scale, sg = self._lin(x, ks, kt)
-        phi1 = math.expm1(sg * h)                      # e^{±h} - 1
+        phi1 = math.expm1(sg * h)  # e^{±h} - 1
         if order == 1:
             return lin - scale * phi1 * m0
         l1, m1 = self._hist[-2]
@@ -293,7 +310,7 @@ class DPMSolver(Solver):
         d1_1 = (m1 - m2) / r1
         d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
-        phi2 = phi1 / h - sg                           # ++: phi1/h + 1;  dpmsolver: phi1/h - 1
+        phi2 = phi1 / h - sg  # ++: phi1/h + 1;  dpmsolver: phi1/h - 1
         phi3 = (phi2 / h - 0.5) * (1.0 if self.config.official_3m else 2.0)
         if sg < 0:
             return lin - scale * phi1 * m0 + scale * phi2 * d1 - scale * phi3 * d2
@@ -315,7 +332,7 @@ class DPMSolver(Solver):
             phi1 = math.expm1(sg * h)
             return lin - scale * phi1 * m_s - (0.5 / r1) * scale * phi1 * (self._hist[1][1] - m_s)
         r2 = (self.vp.lam(mids[1]) - ls) / h
-        if j == 1:      # to s2 with the first two outputs
+        if j == 1:  # to s2 with the first two outputs
             lin, scale, _ = self._lin(x, ks, mids[1])
             phi12 = math.expm1(sg * r2 * h)
             phi22 = phi12 / (r2 * h) - sg

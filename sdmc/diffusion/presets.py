@@ -13,6 +13,7 @@ Augmentation (random h-flip for CIFAR-10 / CelebA) belongs to the dataset (:func
 TSM fine-tuning (stage 2): lr 1e-5 (paper §7.1, most plausible reading), fewer than 1/10 of the
 500k training steps.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,37 +22,99 @@ from typing import Any
 from ..errors import ConfigError
 
 _CIFAR_UNET = dict(ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, img_ch=3, img_size=32, dropout=0.1)
-_PDDPM_TRAIN = dict(lr=2e-4, warmup=5000, batch_size=128, grad_clip=1.0, ema_decay=0.9999,
-                    sample_every=5000, save_every=5000, log_every=100)
+_PDDPM_TRAIN = dict(
+    lr=2e-4,
+    warmup=5000,
+    batch_size=128,
+    grad_clip=1.0,
+    ema_decay=0.9999,
+    sample_every=5000,
+    save_every=5000,
+    log_every=100,
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(
         description="bundled scikit-learn 8x8 digits at 16x16: learns visible digits on a 2-core CPU in minutes",
         source="sdmc default, measured on a shared 2-core CPU: 600 steps take loss 0.69 -> 0.05 and digits-FID "
-               "5638 (untrained) -> 1331 (EMA; 256 samples, DDIM 20); lr 5e-3 is ahead at step 300 "
-               "(1776 vs 2068) but ends behind (1529)",
-        model=dict(arch="sddpm", ch=32, ch_mult=(1, 2), num_res_blocks=1, snn_steps=4, img_ch=1, img_size=16,
-                   dropout=0.0),
-        train=dict(dataset="digits", steps=600, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995,
-                   log_every=20, sample_every=200, save_every=200, sample_steps=20, sample_n=64),
+        "5638 (untrained) -> 1331 (EMA; 256 samples, DDIM 20); lr 5e-3 is ahead at step 300 "
+        "(1776 vs 2068) but ends behind (1529)",
+        model=dict(
+            arch="sddpm", ch=32, ch_mult=(1, 2), num_res_blocks=1, snn_steps=4, img_ch=1, img_size=16, dropout=0.0
+        ),
+        train=dict(
+            dataset="digits",
+            steps=600,
+            batch_size=32,
+            lr=2e-3,
+            warmup=50,
+            ema_decay=0.995,
+            log_every=20,
+            sample_every=200,
+            save_every=200,
+            sample_steps=20,
+            sample_n=64,
+        ),
     ),
     "digits-ann": dict(
         description="float ANN UNet (pytorch-ddpm, GroupNorm, no attention) on digits, sized like 'digits': the "
-                    "conversion table's ANN row",
+        "conversion table's ANN row",
         source="sdmc; the architecture of 'digits-qann-2bit' with Swish activations",
-        model=dict(arch="ann", ch=32, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=16, dropout=0.0,
-                   norm_groups=8, mid_attn=False),
-        train=dict(dataset="digits", steps=600, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995,
-                   log_every=20, sample_every=200, save_every=200, sample_steps=20, sample_n=64),
+        model=dict(
+            arch="ann",
+            ch=32,
+            ch_mult=(1, 2),
+            num_res_blocks=1,
+            img_ch=1,
+            img_size=16,
+            dropout=0.0,
+            norm_groups=8,
+            mid_attn=False,
+        ),
+        train=dict(
+            dataset="digits",
+            steps=600,
+            batch_size=32,
+            lr=2e-3,
+            warmup=50,
+            ema_decay=0.995,
+            log_every=20,
+            sample_every=200,
+            save_every=200,
+            sample_steps=20,
+            sample_n=64,
+        ),
     ),
     "digits-qann-2bit": dict(
         description="2-bit quantised ANN UNet on digits (source of 'sdmc convert', T=3), sized like 'digits'",
         source="SDM §6 / ANN2SNN code: QuantReLU on every activation, learnable clip, no attention; alpha_init "
-               "2.0 instead of the code's 6.0 (digits activations are O(1))",
-        model=dict(arch="qann", bits=2, alpha_init=2.0, ch=32, ch_mult=(1, 2), num_res_blocks=1, img_ch=1,
-                   img_size=16, dropout=0.0, norm_groups=8, mid_attn=False),
-        train=dict(dataset="digits", steps=600, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995,
-                   log_every=20, sample_every=200, save_every=200, sample_steps=20, sample_n=64),
+        "2.0 instead of the code's 6.0 (digits activations are O(1))",
+        model=dict(
+            arch="qann",
+            bits=2,
+            alpha_init=2.0,
+            ch=32,
+            ch_mult=(1, 2),
+            num_res_blocks=1,
+            img_ch=1,
+            img_size=16,
+            dropout=0.0,
+            norm_groups=8,
+            mid_attn=False,
+        ),
+        train=dict(
+            dataset="digits",
+            steps=600,
+            batch_size=32,
+            lr=2e-3,
+            warmup=50,
+            ema_decay=0.995,
+            log_every=20,
+            sample_every=200,
+            save_every=200,
+            sample_steps=20,
+            sample_n=64,
+        ),
     ),
     "cifar10-sddpm-t4": dict(
         description="SDDPM on CIFAR-10, T=4 (paper FID 19.73 with DDPM sampling)",
@@ -69,15 +132,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         description="SDM stage 2: TSM fine-tuning of an SDDPM T=4 model (needs --init-from; paper FID 18.57)",
         source="paper §2.3 (Alg. 1), §7.1 lr 1e-5, fine-tune < 1/10 of 500k steps",
         model=dict(arch="sdm", snn_steps=4, **_CIFAR_UNET),
-        train=dict(dataset="cifar10", steps=50_000, tsm=True,
-                   **{**_PDDPM_TRAIN, "lr": 1e-5, "warmup": 0}),
+        train=dict(dataset="cifar10", steps=50_000, tsm=True, **{**_PDDPM_TRAIN, "lr": 1e-5, "warmup": 0}),
     ),
     "cifar10-sdm-t8": dict(
         description="SDM stage 2: TSM fine-tuning of an SDDPM T=8 model (needs --init-from; paper FID 15.45)",
         source="paper §2.3 (Alg. 1), §7.1 lr 1e-5, fine-tune < 1/10 of 500k steps",
         model=dict(arch="sdm", snn_steps=8, **_CIFAR_UNET),
-        train=dict(dataset="cifar10", steps=50_000, tsm=True,
-                   **{**_PDDPM_TRAIN, "lr": 1e-5, "warmup": 0}),
+        train=dict(dataset="cifar10", steps=50_000, tsm=True, **{**_PDDPM_TRAIN, "lr": 1e-5, "warmup": 0}),
     ),
     "celeba64-sddpm-t4": dict(
         description="SDDPM on CelebA 64x64, T=4 (paper FID 25.09); ch_mult not stated, SDDPM code default used",
@@ -100,8 +161,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar10-ann": dict(
         description="ANN baseline: pytorch-ddpm UNet on CIFAR-10 (paper ANN DDPM FID 19.04 non-EMA, 13.38 EMA)",
         source="pytorch-ddpm defaults (ch_mult 1,2,2,2, attn at 16x16, 800k steps)",
-        model=dict(arch="ann", ch=128, ch_mult=(1, 2, 2, 2), attn=(1,), num_res_blocks=2, img_ch=3, img_size=32,
-                   dropout=0.1),
+        model=dict(
+            arch="ann", ch=128, ch_mult=(1, 2, 2, 2), attn=(1,), num_res_blocks=2, img_ch=3, img_size=32, dropout=0.1
+        ),
         train=dict(dataset="cifar10", steps=800_000, **_PDDPM_TRAIN),
     ),
 }

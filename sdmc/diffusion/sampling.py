@@ -4,11 +4,13 @@ Image ``i`` of a run with seed ``s`` draws all its noise (x_T and every stochast
 generator seeded by ``SeedSequence([s, i])``, so a run is deterministic per seed and each image does not
 depend on the batch size (up to floating-point differences of the model across batch shapes).
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ def threshold_guidance(model: nn.Module, threshold: float | None) -> Iterator[in
         yield 0
         return
     from ..models import set_threshold
+
     th = float(threshold)
     if not math.isfinite(th) or th <= 0:
         raise ConfigError(f"threshold guidance: the threshold must be a positive number, got {threshold}")
@@ -37,16 +40,19 @@ def threshold_guidance(model: nn.Module, threshold: float | None) -> Iterator[in
     try:
         n = set_threshold(model, th)
         if n == 0:
-            raise ConfigError(f"threshold guidance: {type(model).__name__} has no spiking neurons "
-                              "(an ANN model cannot use --threshold)")
+            raise ConfigError(
+                f"threshold guidance: {type(model).__name__} has no spiking neurons "
+                "(an ANN model cannot use --threshold)"
+            )
         yield n
     finally:
         for m, v in saved:
             m.v_threshold = v
 
 
-def image_generators(seed: int, indices: range | list[int], device: str | torch.device = "cpu"
-                     ) -> list[torch.Generator]:
+def image_generators(
+    seed: int, indices: range | list[int], device: str | torch.device = "cpu"
+) -> list[torch.Generator]:
     """One generator per image index, seeded from (seed, index)."""
     gens = []
     for i in indices:
@@ -61,6 +67,7 @@ def _reset(model: Any) -> Callable[[], None]:
     """A function resetting spikingjelly neuron state, or a no-op for non-spiking models."""
     if isinstance(model, nn.Module) and any(hasattr(m, "v_threshold") for m in model.modules()):
         from spikingjelly.activation_based import functional
+
         return lambda: functional.reset_net(model)
     return lambda: None
 
@@ -75,10 +82,21 @@ def _image_shape(model: Any, shape: tuple[int, ...] | None) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def sample_images(model: Any, schedule: NoiseSchedule, n: int, solver: str | Solver = "ddim", steps: int = 50,
-                  batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
-                  threshold: float | None = None, shape: tuple[int, ...] | None = None,
-                  dtype: torch.dtype = torch.float32, **solver_kwargs: Any) -> torch.Tensor:
+def sample_images(
+    model: Any,
+    schedule: NoiseSchedule,
+    n: int,
+    solver: str | Solver = "ddim",
+    steps: int = 50,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    threshold: float | None = None,
+    shape: tuple[int, ...] | None = None,
+    dtype: torch.dtype = torch.float32,
+    **solver_kwargs: Any,
+) -> torch.Tensor:
     """Draw ``n`` samples ``[n, C, H, W]`` in [-1, 1] (on the CPU) with ``solver`` in ``steps`` steps.
 
     ``model(x, t)`` is the network (its output converted to ε per ``schedule.config.mean_type``);
@@ -106,9 +124,14 @@ def sample_images(model: Any, schedule: NoiseSchedule, n: int, solver: str | Sol
         return schedule.eps_from_output(out, x, t) if convert else out
 
     from tqdm import tqdm
+
     n_batches = (n + batch_size - 1) // batch_size
-    bar = tqdm(total=n_batches * sol.nfe, disable=not progress, unit="call",
-               desc=f"{sol.name} {steps} steps" + (f", θ'={threshold}" if threshold is not None else ""))
+    bar = tqdm(
+        total=n_batches * sol.nfe,
+        disable=not progress,
+        unit="call",
+        desc=f"{sol.name} {steps} steps" + (f", θ'={threshold}" if threshold is not None else ""),
+    )
     chunks = []
     try:
         with threshold_guidance(model, threshold):

@@ -4,6 +4,7 @@ Discrete DDPM: ``q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)`` with ``aba
 t = 0..N-1 (index t here is the paper's t+1).  Linear betas 1e-4..0.02 over 1000 steps are the default;
 the cosine schedule of Nichol & Dhariwal is available.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,7 @@ class NoiseSchedule:
     def __init__(self, cfg: DiffusionConfig | None = None) -> None:
         self.config = cfg or DiffusionConfig()
         if self.config.mean_type not in ("epsilon", "x0", "v"):
-            raise ConfigError(f"diffusion.mean_type: unknown {self.config.mean_type!r}; "
-                              "choose 'epsilon', 'x0' or 'v'")
+            raise ConfigError(f"diffusion.mean_type: unknown {self.config.mean_type!r}; choose 'epsilon', 'x0' or 'v'")
         self.betas = make_betas(self.config)
         self.num_timesteps = len(self.betas)
         self.alphas = 1.0 - self.betas
@@ -80,8 +80,14 @@ class NoiseSchedule:
             return (x_t - a * out) / s
         return s * x_t + a * out
 
-    def loss(self, model, x0: torch.Tensor, t: torch.Tensor | None = None,
-             noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        model,
+        x0: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Mean-squared error between ``model(x_t, t)`` and the target, t uniform over all steps."""
         if t is None:
             t = torch.randint(self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)

@@ -19,12 +19,14 @@ Solvers here: :class:`DDPMSolver` (ancestral; variance ``fixedlarge`` / ``fixeds
 :class:`DDIMSolver` (η, optionally Analytic-DDIM variance).  DPM-Solver(++) lives in
 :mod:`sdmc.diffusion.dpm_solver`; :func:`make_solver` builds any of them by name.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,13 +110,15 @@ def randn(sample: torch.Tensor, generator: Generator) -> torch.Tensor:
     if generator is None:
         return torch.randn_like(sample)
     if isinstance(generator, torch.Generator):
-        return torch.randn(sample.shape, generator=generator, device=generator.device,
-                           dtype=sample.dtype).to(sample.device)
+        return torch.randn(sample.shape, generator=generator, device=generator.device, dtype=sample.dtype).to(
+            sample.device
+        )
     gens = list(generator)
     if len(gens) != sample.shape[0]:
         raise ConfigError(f"got {len(gens)} generators for a batch of {sample.shape[0]}")
-    return torch.stack([torch.randn(sample.shape[1:], generator=g, device=g.device, dtype=sample.dtype)
-                        for g in gens]).to(sample.device)
+    return torch.stack(
+        [torch.randn(sample.shape[1:], generator=g, device=g.device, dtype=sample.dtype) for g in gens]
+    ).to(sample.device)
 
 
 class Solver:
@@ -157,8 +161,12 @@ class Solver:
         """Model calls of one full sampling run."""
         return len(self.timesteps)
 
-    def set_timesteps(self, num_inference_steps: int | None = None, timesteps: Sequence[int] | None = None,
-                      device: str | torch.device | None = None) -> None:
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        timesteps: Sequence[int] | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
         """Plan ``num_inference_steps`` steps, or follow an explicit trajectory (call steps + target)."""
         if (num_inference_steps is None) == (timesteps is None):
             raise ConfigError(f"{self.name}.set_timesteps: give exactly one of num_inference_steps or timesteps")
@@ -175,21 +183,28 @@ class Solver:
     def _next(self, t: Any) -> tuple[int, int]:
         """(call step, target) of the current step; checks that ``t`` is the expected call step."""
         if self._i >= len(self.timesteps):
-            raise ConfigError(f"{self.name}.step: no steps left ({len(self.timesteps)} planned); "
-                              "call set_timesteps() to start a new run")
+            raise ConfigError(
+                f"{self.name}.step: no steps left ({len(self.timesteps)} planned); "
+                "call set_timesteps() to start a new run"
+            )
         want = self.trajectory[self._i]
         got = as_step(t)
         if got != want:
-            raise ConfigError(f"{self.name}.step: expected step {want} (call {self._i} of {len(self.timesteps)}), "
-                              f"got {got}; call set_timesteps() to restart")
+            raise ConfigError(
+                f"{self.name}.step: expected step {want} (call {self._i} of {len(self.timesteps)}), "
+                f"got {got}; call set_timesteps() to restart"
+            )
         return want, self.trajectory[self._i + 1]
 
-    def step(self, model_output: torch.Tensor, t: Any, sample: torch.Tensor,
-             generator: Generator = None) -> SolverOutput:
+    def step(
+        self, model_output: torch.Tensor, t: Any, sample: torch.Tensor, generator: Generator = None
+    ) -> SolverOutput:
         """Advance ``sample`` from call step ``t`` to the next point of the trajectory."""
         if model_output.shape != sample.shape:
-            raise ConfigError(f"{self.name}.step: model output {list(model_output.shape)} does not match the "
-                              f"sample {list(sample.shape)}")
+            raise ConfigError(
+                f"{self.name}.step: model output {list(model_output.shape)} does not match the "
+                f"sample {list(sample.shape)}"
+            )
         t_now, t_next = self._next(t)
         out = self._step(model_output, t_now, t_next, sample, generator)
         self._i += 1
@@ -212,8 +227,13 @@ class Solver:
         """Forward process q(x_t | x_0) (for training loops that use a solver object)."""
         return self.schedule.q_sample(x0, t, noise)
 
-    def sample(self, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: torch.Tensor,
-               generator: Generator = None, callback: Callable[[int], None] | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        x_T: torch.Tensor,
+        generator: Generator = None,
+        callback: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
         """Run the whole planned trajectory from ``x_T`` (call :meth:`set_timesteps` first)."""
         if not len(self.timesteps):
             raise ConfigError(f"{self.name}: call set_timesteps() before sample()")
@@ -243,9 +263,9 @@ class DDPMConfig:
     variance: str = "fixedlarge"
     clip_sample: bool = True
     spacing: str = "seed"
-    gamma: Any = None            # Analytic-DPM Γ_k = E‖ε_θ(x_k, k)‖²/d, length N (see sdmc.diffusion.analytic)
-    clip_sigma_idx: int = 1      # analytic only: clip σ of the steps landing on the k smallest call steps
-    clip_pixel: float = 2.0      # ... to (clip_pixel · 2/255 · sqrt(π/2))²
+    gamma: Any = None  # Analytic-DPM Γ_k = E‖ε_θ(x_k, k)‖²/d, length N (see sdmc.diffusion.analytic)
+    clip_sigma_idx: int = 1  # analytic only: clip σ of the steps landing on the k smallest call steps
+    clip_pixel: float = 2.0  # ... to (clip_pixel · 2/255 · sqrt(π/2))²
 
 
 def analytic_sigma2(abar_t: float, abar_s: float, lam2: float, coef_x0: float, gamma_t: float) -> float:
@@ -255,7 +275,7 @@ def analytic_sigma2(abar_t: float, abar_s: float, lam2: float, coef_x0: float, g
     [-1, 1] (and treats Γ_t > 1, an estimation error, as zero covariance).
     """
     cov_x0 = min(max((1.0 - abar_t) / abar_t * (1.0 - gamma_t), 0.0), 1.0)
-    return lam2 + coef_x0 ** 2 * cov_x0
+    return lam2 + coef_x0**2 * cov_x0
 
 
 def _clip_sigma2(sigma2: float, s: int, trajectory: list[int], idx: int, clip_pixel: float) -> float:
@@ -269,8 +289,10 @@ def _clip_sigma2(sigma2: float, s: int, trajectory: list[int], idx: int, clip_pi
 
 def _gamma_array(gamma: Any, n: int, who: str) -> np.ndarray:
     if gamma is None:
-        raise ConfigError(f"{who}: the analytic variance needs gamma (Γ_k, length {n}); compute it with "
-                          "sdmc.diffusion.analytic.estimate_gamma or `sdmc analytic-stats`")
+        raise ConfigError(
+            f"{who}: the analytic variance needs gamma (Γ_k, length {n}); compute it with "
+            "sdmc.diffusion.analytic.estimate_gamma or `sdmc analytic-stats`"
+        )
     g = np.asarray(gamma.detach().cpu() if isinstance(gamma, torch.Tensor) else gamma, dtype=np.float64)
     if g.shape != (n,) or not np.isfinite(g).all():
         raise ConfigError(f"{who}: gamma must be {n} finite values, got shape {list(g.shape)}")
@@ -293,8 +315,9 @@ class DDPMSolver(Solver):
             raise ConfigError(f"ddpm: variance {c.variance!r} is unknown; choose fixedlarge, fixedsmall or analytic")
         if c.spacing not in SPACINGS:
             raise ConfigError(f"ddpm: time spacing {c.spacing!r} is unknown; choose one of {SPACINGS}")
-        self.gamma = (_gamma_array(c.gamma, self.num_train_timesteps, "analytic-ddpm")
-                      if c.variance == "analytic" else None)
+        self.gamma = (
+            _gamma_array(c.gamma, self.num_train_timesteps, "analytic-ddpm") if c.variance == "analytic" else None
+        )
 
     def _plan(self, steps: int) -> list[int]:
         return time_grid(self.num_train_timesteps, steps, self.config.spacing) + [-1]
@@ -393,8 +416,16 @@ class DDIMSolver(Solver):
 
 
 # --------------------------------------------------------------------------------------------- factory
-SOLVER_NAMES = ("ddpm", "ddim", "analytic-ddpm", "analytic-ddim", "dpm-solver-1", "dpm-solver-2",
-                "dpm-solver-3", "dpm-solver++")
+SOLVER_NAMES = (
+    "ddpm",
+    "ddim",
+    "analytic-ddpm",
+    "analytic-ddim",
+    "dpm-solver-1",
+    "dpm-solver-2",
+    "dpm-solver-3",
+    "dpm-solver++",
+)
 
 
 def make_solver(name: str, schedule: NoiseSchedule | None = None, **kwargs: Any) -> Solver:
@@ -405,6 +436,7 @@ def make_solver(name: str, schedule: NoiseSchedule | None = None, **kwargs: Any)
     ignored (unset CLI options).
     """
     from .dpm_solver import DPMSolver
+
     kw = {k: v for k, v in kwargs.items() if v is not None}
     if name == "ddpm":
         return DDPMSolver(schedule, **kw)
@@ -428,5 +460,17 @@ def make_solver(name: str, schedule: NoiseSchedule | None = None, **kwargs: Any)
     raise ConfigError(f"unknown solver {name!r}; choose one of {', '.join(SOLVER_NAMES)}")
 
 
-__all__ = ["DDIMConfig", "DDIMSolver", "DDPMConfig", "DDPMSolver", "SOLVER_NAMES", "SPACINGS", "Solver",
-           "SolverOutput", "analytic_sigma2", "check_trajectory", "make_solver", "time_grid"]
+__all__ = [
+    "DDIMConfig",
+    "DDIMSolver",
+    "DDPMConfig",
+    "DDPMSolver",
+    "SOLVER_NAMES",
+    "SPACINGS",
+    "Solver",
+    "SolverOutput",
+    "analytic_sigma2",
+    "check_trajectory",
+    "make_solver",
+    "time_grid",
+]

@@ -15,6 +15,7 @@ Training checkpoints (``out/checkpoints/step_XXXXXXXX.pt``) load with ``torch.lo
 ``step``, per-rank RNG states as tensors, ``sdmc_config`` (the :class:`SdmcConfig` JSON) and
 ``train_config`` (JSON).  Resuming from one continues bit-for-bit where the run left off.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,9 +27,10 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,8 +99,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "save_every", "sample_every", "keep_last",
-                     "sample_steps"):
+        for name in ("steps", "batch_size", "log_every", "save_every", "sample_every", "keep_last", "sample_steps"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup", "num_workers", "sample_n", "seed"):
@@ -126,7 +127,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -157,8 +158,9 @@ def make_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
         model.setdefault("attn", ())
     recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if k != "overrides"}
     train.setdefault("out", f"runs/{preset}")
-    return TrainConfig(preset=preset, model=ModelConfig(**model), diffusion=DiffusionConfig(**diffusion),
-                       overrides=recorded, **train)
+    return TrainConfig(
+        preset=preset, model=ModelConfig(**model), diffusion=DiffusionConfig(**diffusion), overrides=recorded, **train
+    )
 
 
 # ---------------------------------------------------------------------------------- pure functions
@@ -177,8 +179,7 @@ def ema_update_(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """In place, over the whole state_dict: ``e = decay*e + (1-decay)*m`` (floats), ``e = m`` (integers)."""
     esd, msd = ema.state_dict(), model.state_dict()
     if esd.keys() != msd.keys():
-        raise TrainingError(f"EMA model and model have different state_dict keys: "
-                            f"{sorted(set(esd) ^ set(msd))[:5]}")
+        raise TrainingError(f"EMA model and model have different state_dict keys: {sorted(set(esd) ^ set(msd))[:5]}")
     floats_e, floats_m = [], []
     for k, e in esd.items():
         m = msd[k]
@@ -213,8 +214,11 @@ def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]), "numpy_has_gauss": int(np_state[3]), "numpy_gauss": float(np_state[4]),
-        "python": torch.tensor(py_internal, dtype=torch.int64), "python_version": int(py_version),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "python": torch.tensor(py_internal, dtype=torch.int64),
+        "python_version": int(py_version),
         "python_gauss": float("nan") if py_gauss is None else float(py_gauss),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -224,11 +228,23 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(state["numpy_pos"]),
-                         int(state["numpy_has_gauss"]), float(state["numpy_gauss"])))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            int(state["numpy_pos"]),
+            int(state["numpy_has_gauss"]),
+            float(state["numpy_gauss"]),
+        )
+    )
     gauss = state["python_gauss"]
-    random.setstate((int(state["python_version"]), tuple(int(v) for v in state["python"].tolist()),
-                     None if math.isnan(gauss) else gauss))
+    random.setstate(
+        (
+            int(state["python_version"]),
+            tuple(int(v) for v in state["python"].tolist()),
+            None if math.isnan(gauss) else gauss,
+        )
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -270,8 +286,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"training checkpoint {path} cannot be read safely: {e}") from None
     missing = [k for k in ("net_model", "optimizer", "step", "sdmc_config", "train_config") if k not in state]
     if missing:
-        raise CheckpointError(f"{path} is not an sdmc training checkpoint (missing {missing}); "
-                              "use --init-from to start from model weights")
+        raise CheckpointError(
+            f"{path} is not an sdmc training checkpoint (missing {missing}); "
+            "use --init-from to start from model weights"
+        )
     return state
 
 
@@ -283,7 +301,7 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
 
     def __iter__(self):
         indices = list(super().__iter__())
-        return iter(indices[self.skip:])
+        return iter(indices[self.skip :])
 
     def __len__(self) -> int:
         return self.num_samples - self.skip
@@ -294,19 +312,19 @@ def _load_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset:
         from ..data import load_dataset
     except ImportError as e:
         raise DataError(f"sdmc.data.load_dataset is not available ({e})") from None
-    return load_dataset(cfg.dataset, root=cfg.data_root, img_size=cfg.model.img_size, train=True,
-                        download=cfg.download)
+    return load_dataset(cfg.dataset, root=cfg.data_root, img_size=cfg.model.img_size, train=True, download=cfg.download)
 
 
 # ---------------------------------------------------------------------------------------- sampling
-def sample_grid(model: nn.Module, cfg: SdmcConfig, n: int, steps: int, seed: int,
-                device: torch.device) -> torch.Tensor:
+def sample_grid(model: nn.Module, cfg: SdmcConfig, n: int, steps: int, seed: int, device: torch.device) -> torch.Tensor:
     """``n`` DDIM samples in [-1, 1] from fixed noise (``seed``); the global RNG states are left as they were."""
     from .sampling import sample_images
+
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        return sample_images(model, NoiseSchedule(cfg.diffusion), n, solver="ddim", steps=steps, seed=seed,
-                             device=device, progress=False)
+        return sample_images(
+            model, NoiseSchedule(cfg.diffusion), n, solver="ddim", steps=steps, seed=seed, device=device, progress=False
+        )
 
 
 # -------------------------------------------------------------------------------------- distributed
@@ -325,6 +343,7 @@ class _Dist:
 def _init_distributed(device: str) -> _Dist:
     """Join the process group torchrun (or a test) describes through RANK / WORLD_SIZE / LOCAL_RANK."""
     import torch.distributed as dist
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if dist.is_available() and dist.is_initialized():
         return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), False)
@@ -354,11 +373,14 @@ def _resolve_device(name: str, d: _Dist) -> torch.device:
 def _build_models(cfg: TrainConfig, log: Callable[[str], None]) -> nn.Module:
     """The model to train: built from ``cfg.model``, or loaded from ``cfg.init_from`` (then TSM-inherited)."""
     from ..models import build_model
+
     if not cfg.init_from:
         return build_model(cfg.model)
     from .. import checkpoint as ckpt_io
-    model, loaded = ckpt_io.load_model(cfg.init_from, weights=cfg.init_weights,
-                                       snn_steps=cfg.overrides.get("snn_steps"), device="cpu")
+
+    model, loaded = ckpt_io.load_model(
+        cfg.init_from, weights=cfg.init_weights, snn_steps=cfg.overrides.get("snn_steps"), device="cpu"
+    )
     what = f"{loaded.model.arch} T={loaded.model.snn_steps} ch={loaded.model.ch}"
     if cfg.tsm:
         if loaded.model.arch == "sdm":
@@ -394,13 +416,22 @@ def _loss(schedule: NoiseSchedule, model: nn.Module, x0: torch.Tensor) -> torch.
 
 def _check_resume_compatible(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     saved = SdmcConfig.from_json(state["sdmc_config"])
-    diffs = [f"model.{k}: checkpoint {v!r} != requested {getattr(cfg.model, k)!r}"
-             for k, v in saved.model.to_dict().items() if v != cfg.model.to_dict()[k]]
-    diffs += [f"diffusion.{k}: checkpoint {v!r} != requested {getattr(cfg.diffusion, k)!r}"
-              for k, v in saved.diffusion.to_dict().items() if v != cfg.diffusion.to_dict()[k]]
+    diffs = [
+        f"model.{k}: checkpoint {v!r} != requested {getattr(cfg.model, k)!r}"
+        for k, v in saved.model.to_dict().items()
+        if v != cfg.model.to_dict()[k]
+    ]
+    diffs += [
+        f"diffusion.{k}: checkpoint {v!r} != requested {getattr(cfg.diffusion, k)!r}"
+        for k, v in saved.diffusion.to_dict().items()
+        if v != cfg.diffusion.to_dict()[k]
+    ]
     if diffs:
-        raise ConfigError(f"cannot resume from {path}: it was trained with a different configuration ("
-                          + "; ".join(diffs) + "). Use another --out or --resume never.")
+        raise ConfigError(
+            f"cannot resume from {path}: it was trained with a different configuration ("
+            + "; ".join(diffs)
+            + "). Use another --out or --resume never."
+        )
 
 
 def _tensorboard_writer(cfg: TrainConfig, out: Path):
@@ -415,8 +446,9 @@ def _tensorboard_writer(cfg: TrainConfig, out: Path):
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
-def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset | None = None,
-          log: Callable[[str], None] | None = None) -> Path:
+def train(
+    cfg: TrainConfig, dataset: torch.utils.data.Dataset | None = None, log: Callable[[str], None] | None = None
+) -> Path:
     """Run (or resume) the training ``cfg`` describes; return the exported EMA model file.
 
     ``dataset`` replaces ``load_dataset(cfg.dataset)`` (items ``(image [C,H,W] in [-1,1], label)``).
@@ -428,8 +460,9 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset | None = None,
 
     cfg = copy.deepcopy(cfg)
     cfg.validate()
-    d = _init_distributed("cuda" if cfg.device.startswith("cuda") or
-                          (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    d = _init_distributed(
+        "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     say = (lambda s: log(s)) if d.main else (lambda s: None)
     try:
@@ -443,8 +476,7 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
     device = _resolve_device(cfg.device, d)
     out = Path(cfg.out)
     if cfg.batch_size % d.world:
-        raise ConfigError(f"train.batch_size={cfg.batch_size} (global) is not divisible by the "
-                          f"{d.world} ranks")
+        raise ConfigError(f"train.batch_size={cfg.batch_size} (global) is not divisible by the {d.world} ranks")
     per_rank = cfg.batch_size // d.world
 
     # ---- where to start
@@ -454,8 +486,10 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
         resume_path = existing[-1][1] if existing else None
     elif cfg.resume == "never":
         if existing:
-            raise ConfigError(f"{out} already holds training checkpoints ({existing[-1][1].name}); "
-                              "use --resume auto to continue or another --out")
+            raise ConfigError(
+                f"{out} already holds training checkpoints ({existing[-1][1].name}); "
+                "use --resume auto to continue or another --out"
+            )
     else:
         resume_path = Path(cfg.resume)
     state = load_checkpoint(resume_path) if resume_path is not None else None
@@ -465,15 +499,20 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
         cfg.model = SdmcConfig.from_json(state["sdmc_config"]).model if cfg.init_from else cfg.model
         _check_resume_compatible(state, cfg, resume_path)
         from ..models import build_model
+
         model = build_model(cfg.model)
     else:
         model = _build_models(cfg, say)
-    sdmc_cfg = SdmcConfig(model=cfg.model, diffusion=cfg.diffusion, provenance={
-        "trained_by": "sdmc train", "preset": cfg.preset, "dataset": cfg.dataset})
+    sdmc_cfg = SdmcConfig(
+        model=cfg.model,
+        diffusion=cfg.diffusion,
+        provenance={"trained_by": "sdmc train", "preset": cfg.preset, "dataset": cfg.dataset},
+    )
     schedule = NoiseSchedule(cfg.diffusion)
 
     if not cfg.eager:  # the compiled torch executor: same state_dict names and numbers, faster (ANN: unchanged)
         from ..backends.torch_exec import prepare
+
         model = prepare(model, "train", device=device)  # the device picks the layout (channels-last on CPU only)
     model.to(device).train()
     ema_model = copy.deepcopy(model).eval() if cfg.ema else None
@@ -506,22 +545,28 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
     if dataset is None:
         dataset = _load_dataset(cfg)
     n_data = len(dataset)
-    sampler = ResumableSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed,
-                               drop_last=True)
+    sampler = ResumableSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     steps_per_epoch = sampler.num_samples // per_rank
     if steps_per_epoch < 1:
-        raise DataError(f"dataset {cfg.dataset!r} has {n_data} images, fewer than the global batch "
-                        f"{cfg.batch_size}")
+        raise DataError(f"dataset {cfg.dataset!r} has {n_data} images, fewer than the global batch {cfg.batch_size}")
     loader_gen = torch.Generator()  # keeps the DataLoader off the global RNG (exact resume)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
-                                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=cfg.num_workers > 0,
-                                         generator=loader_gen)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        generator=loader_gen,
+    )
     x_probe = dataset[0][0]
     want = (cfg.model.img_ch, cfg.model.img_size, cfg.model.img_size)
     if tuple(x_probe.shape) != want:
-        raise DataError(f"dataset {cfg.dataset!r} gives images of shape {tuple(x_probe.shape)}, "
-                        f"the model expects {want} (img_ch, img_size, img_size)")
+        raise DataError(
+            f"dataset {cfg.dataset!r} gives images of shape {tuple(x_probe.shape)}, "
+            f"the model expects {want} (img_ch, img_size, img_size)"
+        )
 
     # ---- outputs (rank 0)
     records: list[dict[str, Any]] = []
@@ -541,14 +586,20 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
 
     n_params = _count_params(model)
     m = cfg.model
-    say(f"sdmc train: preset {cfg.preset}: {m.arch} ch={m.ch} ch_mult={list(m.ch_mult)} res_blocks="
+    say(
+        f"sdmc train: preset {cfg.preset}: {m.arch} ch={m.ch} ch_mult={list(m.ch_mult)} res_blocks="
         f"{m.num_res_blocks} {f'T={m.snn_steps} ' if m.spiking else ''}"
         f"{f'{m.bits}-bit ' if m.arch == 'qann' else ''}{m.img_ch}x{m.img_size}x{m.img_size}, "
-        f"{n_params / 1e6:.2f}M params")
-    say(f"  data {cfg.dataset}: {n_data} images; global batch {cfg.batch_size} = {per_rank} per rank x "
-        f"{d.world} rank(s); {steps_per_epoch} steps/epoch; steps {step}->{cfg.steps}")
-    say(f"  Adam lr {cfg.lr:g}, warm-up {cfg.warmup}, grad clip {cfg.grad_clip}, "
-        f"EMA {'%g' % cfg.ema_decay if cfg.ema else 'off'}; device {device}; out {out}")
+        f"{n_params / 1e6:.2f}M params"
+    )
+    say(
+        f"  data {cfg.dataset}: {n_data} images; global batch {cfg.batch_size} = {per_rank} per rank x "
+        f"{d.world} rank(s); {steps_per_epoch} steps/epoch; steps {step}->{cfg.steps}"
+    )
+    say(
+        f"  Adam lr {cfg.lr:g}, warm-up {cfg.warmup}, grad clip {cfg.grad_clip}, "
+        f"EMA {f'{cfg.ema_decay:g}' if cfg.ema else 'off'}; device {device}; out {out}"
+    )
 
     def gather_rng() -> list[dict[str, Any]]:
         mine = _rng_state()
@@ -572,17 +623,27 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
         prints = gather_fingerprints()
         if not (prints == prints[0]).all():
             bad = [r for r in range(d.world) if not torch.equal(prints[r], prints[0])]
-            raise TrainingError(f"ranks {bad} hold weights different from rank 0 at step {at}; "
-                                "distributed training lost sync")
+            raise TrainingError(
+                f"ranks {bad} hold weights different from rank 0 at step {at}; distributed training lost sync"
+            )
         if d.main:
-            ckpt = {"net_model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "step": at, "rng": rngs, "loss": last_loss,
-                    "world_size": d.world, "global_batch": cfg.batch_size, "rank_fingerprints": prints,
-                    "sdmc_config": sdmc_cfg.to_json(), "train_config": cfg.to_json()}
+            ckpt = {
+                "net_model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": at,
+                "rng": rngs,
+                "loss": last_loss,
+                "world_size": d.world,
+                "global_batch": cfg.batch_size,
+                "rank_fingerprints": prints,
+                "sdmc_config": sdmc_cfg.to_json(),
+                "train_config": cfg.to_json(),
+            }
             if ema_model is not None:
                 ckpt["ema_model"] = ema_model.state_dict()
             save_checkpoint(checkpoint_path(out, at), ckpt)
-            for _, old in list_checkpoints(out)[:-cfg.keep_last]:
+            for _, old in list_checkpoints(out)[: -cfg.keep_last]:
                 old.unlink(missing_ok=True)
         if d.world > 1:
             dist.barrier()
@@ -594,14 +655,17 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
         if not d.main or cfg.sample_n == 0:
             return
         from ..data.images import save_grid
-        imgs = sample_grid(ema_model if ema_model is not None else model, sdmc_cfg, cfg.sample_n,
-                           cfg.sample_steps, cfg.seed, device)
+
+        imgs = sample_grid(
+            ema_model if ema_model is not None else model, sdmc_cfg, cfg.sample_n, cfg.sample_steps, cfg.seed, device
+        )
         save_grid(imgs.cpu(), out / "samples" / f"step_{at:08d}.png")
 
     # ---- the loop
     bar = None
     if d.main and cfg.progress and step < cfg.steps:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, file=sys.stderr)
     epoch, within = divmod(step, steps_per_epoch)
     window: list[float] = []
@@ -648,10 +712,19 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
             if d.main and (step % cfg.log_every == 0 or step == cfg.steps):
                 now = time.perf_counter()
                 rate = len(window) / max(now - t_window, 1e-9)
-                rec = {"step": step, "epoch": epoch, "loss": sum(window) / len(window), "lr": lr_now,
-                       "grad_norm": grad_norm, "ema_decay": decay if cfg.ema else None, "it_per_s": rate,
-                       "img_per_s": rate * cfg.batch_size, "elapsed_s": now - t_start,
-                       "world_size": d.world, "global_batch": cfg.batch_size}
+                rec = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": sum(window) / len(window),
+                    "lr": lr_now,
+                    "grad_norm": grad_norm,
+                    "ema_decay": decay if cfg.ema else None,
+                    "it_per_s": rate,
+                    "img_per_s": rate * cfg.batch_size,
+                    "elapsed_s": now - t_start,
+                    "world_size": d.world,
+                    "global_batch": cfg.batch_size,
+                }
                 records.append(rec)
                 flush_metrics()
                 if writer is not None:
@@ -675,14 +748,24 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
     final = out / "model.safetensors"
     if d.main:
         from .. import checkpoint as ckpt_io
+
         export_cfg = copy.deepcopy(sdmc_cfg)
-        export_cfg.provenance.update({"steps": step, "weights": "ema" if ema_model is not None else "net",
-                                      "global_batch": cfg.batch_size, "lr": cfg.lr,
-                                      "ema_decay": cfg.ema_decay if cfg.ema else None,
-                                      "init_from": cfg.init_from, "tsm_finetune": cfg.tsm})
+        export_cfg.provenance.update(
+            {
+                "steps": step,
+                "weights": "ema" if ema_model is not None else "net",
+                "global_batch": cfg.batch_size,
+                "lr": cfg.lr,
+                "ema_decay": cfg.ema_decay if cfg.ema else None,
+                "init_from": cfg.init_from,
+                "tsm_finetune": cfg.tsm,
+            }
+        )
         ckpt_io.save_model(final, ema_model if ema_model is not None else model, export_cfg)
-        say(f"done: step {step}, last loss {last_loss:.4f}; exported {'EMA' if ema_model is not None else 'raw'}"
-            f" weights to {final}")
+        say(
+            f"done: step {step}, last loss {last_loss:.4f}; exported {'EMA' if ema_model is not None else 'raw'}"
+            f" weights to {final}"
+        )
     if d.world > 1:
         dist.barrier()
     return final

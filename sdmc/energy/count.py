@@ -12,6 +12,7 @@ Conventions (per network call, one sample)::
     SOPs(linear)      = nnz(x) * O
     executions        = T for a per-step input, 1 for a static one (or a hoisted repeat of one)
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,8 +50,9 @@ def _fanout_cached(H: int, W: int, kh: int, kw: int, stride: tuple, padding: tup
         raise SdmcError(f"fanout_map: cannot invert a {kh}x{kw} conv on {H}x{W} (stride {stride}, padding {padding})")
     ones_out = torch.ones(1, 1, Ho, Wo, dtype=torch.float64)
     ones_k = torch.ones(1, 1, kh, kw, dtype=torch.float64)
-    fmap = F.conv_transpose2d(ones_out, ones_k, stride=stride, padding=padding, output_padding=out_pad,
-                              dilation=dilation)
+    fmap = F.conv_transpose2d(
+        ones_out, ones_k, stride=stride, padding=padding, output_padding=out_pad, dilation=dilation
+    )
     return fmap[0, 0]
 
 
@@ -69,8 +71,9 @@ def event_map(x: torch.Tensor) -> torch.Tensor:
     return (x != 0).sum(dim=(0, 2), dtype=torch.float64)
 
 
-def conv_sops(x: torch.Tensor, out_channels: int, kernel, stride=1, padding=0, dilation=1,
-              groups: int = 1) -> torch.Tensor:
+def conv_sops(
+    x: torch.Tensor, out_channels: int, kernel, stride=1, padding=0, dilation=1, groups: int = 1
+) -> torch.Tensor:
     """Exact synaptic operations per sample of a conv driven by events ``x`` ``[k, B, C, H, W]`` (k = steps):
     ``sum_{t,c,y,x} [x != 0] * (O / groups) * F[y, x]``.  Returns float64 ``[B]``."""
     if x.dim() != 5:
@@ -139,6 +142,7 @@ def count_graph(graph) -> dict[str, NodeCost]:
     Classification comes from the IR's value kinds and timings; nothing is run.
     """
     from ..ir import check
+
     check(graph)
     T = graph.T
     out: dict[str, NodeCost] = {}
@@ -153,22 +157,35 @@ def count_graph(graph) -> dict[str, NodeCost]:
         hoisted = node.inputs and graph.nodes[node.inputs[0]].op == "repeat"
         execs = T if per_step_in and not hoisted else 1
         eager = T if per_step_in else 1
-        kw: dict[str, Any] = dict(name=node.name, op=node.op, input=node.inputs[0] if node.inputs else None,
-                                  input_kind=x.kind if x is not None else None, timing=ty.timing,
-                                  executions=execs, eager_executions=eager)
+        kw: dict[str, Any] = dict(
+            name=node.name,
+            op=node.op,
+            input=node.inputs[0] if node.inputs else None,
+            input_kind=x.kind if x is not None else None,
+            timing=ty.timing,
+            executions=execs,
+            eager_executions=eager,
+        )
         prod = graph.nodes[node.inputs[0]] if node.inputs else None
         if node.op in SYNAPTIC_OPS and prod.op == "scale" and graph.nodes[prod.inputs[0]].type.kind == "spike":
             kw["input_kind"] = "spike"  # scaled spikes (converted QANN: s * theta): the scale folds into the weights
         if node.op in CONV_OPS:
             w = graph.params[node.weight].shape
             groups = int(getattr(node, "groups", 1))
-            kw.update(cls="synapse", per_exec=conv_macs(x.shape, ty.shape, (w[2], w[3]), groups),
-                      fanout=int(w[0]) // groups)
+            kw.update(
+                cls="synapse", per_exec=conv_macs(x.shape, ty.shape, (w[2], w[3]), groups), fanout=int(w[0]) // groups
+            )
             src = _source(graph, node.inputs[0])
             kw["reads_image"] = src.op == "input" and src.type.timing == "static"
-            kw["meta"] = dict(in_shape=tuple(x.shape), kernel=(int(w[2]), int(w[3])), stride=_pair(node.stride),
-                              padding=_pair(node.padding), dilation=_pair(getattr(node, "dilation", 1)),
-                              groups=groups, out_channels=int(w[0]))
+            kw["meta"] = dict(
+                in_shape=tuple(x.shape),
+                kernel=(int(w[2]), int(w[3])),
+                stride=_pair(node.stride),
+                padding=_pair(node.padding),
+                dilation=_pair(getattr(node, "dilation", 1)),
+                groups=groups,
+                out_channels=int(w[0]),
+            )
         elif node.op == "linear":
             w = graph.params[node.weight].shape
             rows = math.prod(x.shape[:-1])
@@ -184,8 +201,13 @@ def count_graph(graph) -> dict[str, NodeCost]:
             folded = conv_like and len(graph.users(prod.name)) == 1
             if node.op == "tsm_scale":
                 execs = eager = T
-            kw.update(cls="norm" if node.op == "batchnorm" else "scale", per_exec=numel, folded=folded,
-                      executions=execs, eager_executions=eager)
+            kw.update(
+                cls="norm" if node.op == "batchnorm" else "scale",
+                per_exec=numel,
+                folded=folded,
+                executions=execs,
+                eager_executions=eager,
+            )
         elif node.op == "membrane_readout":
             kw.update(cls="readout", per_exec=math.prod(x.shape), executions=T, eager_executions=T)
         elif node.op == "add" and ty.kind == "real":
@@ -224,6 +246,7 @@ def count_module_macs(model: nn.Module, *inputs: torch.Tensor) -> dict[str, int]
     Runs on the ``meta`` device too, so full-size models are counted without computing anything."""
     from ..models.ann_unet import AttnBlock
     from ..models.spiking_unet import MembraneOutputLayer
+
     macs: dict[str, int] = {}
     hooks = []
 
@@ -241,6 +264,7 @@ def count_module_macs(model: nn.Module, *inputs: torch.Tensor) -> dict[str, int]
             else:  # MembraneOutputLayer
                 n = x.numel()
             macs[name] = macs.get(name, 0) + int(n)
+
         return fn
 
     for name, m in model.named_modules():
@@ -258,15 +282,26 @@ def count_module_macs(model: nn.Module, *inputs: torch.Tensor) -> dict[str, int]
 def ann_counterpart(cfg) -> Any:
     """The pytorch-ddpm ANN UNet config of the same width as spiking ``cfg`` (a :class:`ModelConfig`)."""
     from ..config import ModelConfig
+
     g = math.gcd(32, *[cfg.ch * m for m in cfg.ch_mult])
-    return ModelConfig(arch="ann", ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks,
-                       img_ch=cfg.img_ch, img_size=cfg.img_size, diffusion_steps=cfg.diffusion_steps,
-                       dropout=0.0, attn=(), norm_groups=g)
+    return ModelConfig(
+        arch="ann",
+        ch=cfg.ch,
+        ch_mult=cfg.ch_mult,
+        num_res_blocks=cfg.num_res_blocks,
+        img_ch=cfg.img_ch,
+        img_size=cfg.img_size,
+        diffusion_steps=cfg.diffusion_steps,
+        dropout=0.0,
+        attn=(),
+        norm_groups=g,
+    )
 
 
 def model_macs(cfg, batch: int = 1) -> int:
     """Dense MACs per call of a freshly built model of ``cfg`` for ``batch`` images (meta device)."""
     from ..models import build_model
+
     with torch.device("meta"):
         model = build_model(cfg).eval()
         x = torch.empty(batch, cfg.img_ch, cfg.img_size, cfg.img_size)

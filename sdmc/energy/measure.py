@@ -12,12 +12,14 @@ It is cheap enough to leave on while sampling or training (a few reductions per 
 ``calibration_batches`` makes the default calibration set: dataset images noised with ``q_sample``
 to diffusion steps a solver visits.
 """
+
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,10 +95,11 @@ class Activity:
         return sorted(ks, reverse=True)
 
     @classmethod
-    def uniform(cls, costs: dict, rate: float, T: int, step: int = -1) -> "Activity":
+    def uniform(cls, costs: dict, rate: float, T: int, step: int = -1) -> Activity:
         """A what-if activity: every synapse input non-zero with probability ``rate`` (real inputs too, as
         Eq. 20 assumes) and every neuron firing at ``rate``; recorded under diffusion step ``step``."""
         from .count import uniform_sops
+
         if not 0.0 <= rate <= 1.0:
             raise ConfigError(f"uniform activity: rate must be in [0, 1], got {rate}")
         act = cls(T=T)
@@ -125,8 +128,15 @@ class Activity:
         if info["op"] == "linear":
             sops = linear_sops(x, info["out_features"])
         else:
-            sops = conv_sops(x, info["out_channels"], info["kernel"], info["stride"], info["padding"],
-                             info["dilation"], info["groups"])
+            sops = conv_sops(
+                x,
+                info["out_channels"],
+                info["kernel"],
+                info["stride"],
+                info["padding"],
+                info["dilation"],
+                info["groups"],
+            )
         nnz = (x != 0).transpose(0, 1).reshape(B, -1).sum(1, dtype=torch.float64).cpu()
         sops = sops.cpu()
         ks = ks.cpu()
@@ -134,8 +144,9 @@ class Activity:
         st = self.synapses.setdefault(name, SynapseStats())
         for k in ks.unique().tolist():
             m = ks == k
-            st.by_step[int(k)] += np.array([int(m.sum()), float(nnz[m].sum()), per * int(m.sum()),
-                                            float(sops[m].sum())])
+            st.by_step[int(k)] += np.array(
+                [int(m.sum()), float(nnz[m].sum()), per * int(m.sum()), float(sops[m].sum())]
+            )
 
     def add_neuron(self, name: str, s: torch.Tensor, ks: torch.Tensor) -> None:
         """Record the output spikes ``s`` ``[T, B, *shape]`` of neuron layer ``name``."""
@@ -154,9 +165,15 @@ def synapse_info(module: nn.Module) -> dict[str, Any] | None:
     if isinstance(module, nn.Linear):
         return dict(op="linear", out_features=module.out_features)
     if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-        return dict(op="conv2d" if isinstance(module, nn.Conv2d) else "conv3d", out_channels=module.out_channels,
-                    kernel=tuple(module.kernel_size[:2]), stride=tuple(module.stride[:2]),
-                    padding=tuple(module.padding[:2]), dilation=tuple(module.dilation[:2]), groups=module.groups)
+        return dict(
+            op="conv2d" if isinstance(module, nn.Conv2d) else "conv3d",
+            out_channels=module.out_channels,
+            kernel=tuple(module.kernel_size[:2]),
+            stride=tuple(module.stride[:2]),
+            padding=tuple(module.padding[:2]),
+            dilation=tuple(module.dilation[:2]),
+            groups=module.groups,
+        )
     return None
 
 
@@ -174,6 +191,7 @@ class FiringRateMonitor:
 
     def __init__(self, model: nn.Module, synapses: bool = True, layers: Iterable[str] | None = None) -> None:
         from spikingjelly.activation_based import neuron as sj_neuron
+
         self.model = model
         self._neuron_types = (sj_neuron.BaseNode,)
         self.synapses = synapses
@@ -212,6 +230,7 @@ class FiringRateMonitor:
             else:
                 x = self._lead(x)
             self.activity.add_synapse(name, x, self._ks, info)
+
         return fn
 
     def _neuron_hook(self, name: str):
@@ -222,16 +241,19 @@ class FiringRateMonitor:
             if s.dim() >= 2 and s.shape[1] != self._ks.numel():
                 s = self._lead(s.flatten(0, 1)) if s.shape[0] % self._ks.numel() == 0 else s
             self.activity.add_neuron(name, s, self._ks)
+
         return fn
 
     def _if_hook(self, name: str):
         def fn(mod, args, out):
             if self._ks is not None:
                 self.activity.add_neuron(name, self._lead((out.detach() != 0).to(out.dtype)), self._ks)
+
         return fn
 
-    def __enter__(self) -> "FiringRateMonitor":
+    def __enter__(self) -> FiringRateMonitor:
         from ..convert import IFNeuron
+
         self._hooks.append(self.model.register_forward_pre_hook(self._root_pre, with_kwargs=True))
         for name, m in self.model.named_modules():
             if self.layers is not None and name not in self.layers:
@@ -261,9 +283,10 @@ class FiringRateMonitor:
 def calibration_steps(num_train: int, solver: str = "ddim", steps: int = 50, keep: int = 8) -> list[int]:
     """The diffusion steps a ``solver`` with ``steps`` sampling steps calls the model at, evenly
     subsampled to at most ``keep`` of them (first and last kept)."""
-    from ..diffusion.schedule import NoiseSchedule
     from ..config import DiffusionConfig
+    from ..diffusion.schedule import NoiseSchedule
     from ..diffusion.solvers import make_solver
+
     s = make_solver(solver, NoiseSchedule(DiffusionConfig(num_timesteps=num_train)))
     s.set_timesteps(steps)
     ts = [int(v) for v in s.timesteps.tolist()]
@@ -275,8 +298,9 @@ def calibration_steps(num_train: int, solver: str = "ddim", steps: int = 50, kee
     return [ts[i] for i in idx]
 
 
-def calibration_batches(images: torch.Tensor, steps: list[int], schedule, seed: int = 0
-                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def calibration_batches(
+    images: torch.Tensor, steps: list[int], schedule, seed: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """For each diffusion step ``k`` in ``steps``: ``(x_k, t)`` with ``x_k = q_sample(images, k, noise)``
     (a fixed noise draw per step from ``seed``) and ``t`` filled with ``k``."""
     g = torch.Generator().manual_seed(seed)
@@ -286,34 +310,39 @@ def calibration_batches(images: torch.Tensor, steps: list[int], schedule, seed: 
         yield schedule.q_sample(images, t, noise.to(images.device)), t.to(images.device)
 
 
-def dataset_images(name: str, n: int, img_size: int, img_ch: int, root: str | None = None, seed: int = 0
-                   ) -> torch.Tensor:
+def dataset_images(
+    name: str, n: int, img_size: int, img_ch: int, root: str | None = None, seed: int = 0
+) -> torch.Tensor:
     """``n`` images ``[n, C, H, W]`` in [-1, 1] from dataset ``name`` (a fixed random subset); ``noise``:
     uniform random images (for models whose dataset is not at hand)."""
     if name == "noise":  # dataset-free fallback: uniform random images in [-1, 1]
         g = torch.Generator().manual_seed(seed)
         return torch.rand(n, img_ch, img_size, img_size, generator=g) * 2 - 1
     from ..data import load_dataset
+
     ds = load_dataset(name, root=root, img_size=img_size, train=True)
     if len(ds) == 0:
         raise SdmcError(f"calibration: dataset {name!r} is empty")
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
     x = torch.stack([ds[int(i)][0] for i in idx])
     if x.shape[1:] != (img_ch, img_size, img_size):
-        raise SdmcError(f"calibration: dataset {name!r} gives images {list(x.shape[1:])}, the model needs "
-                        f"{[img_ch, img_size, img_size]} (pick a matching --data)")
+        raise SdmcError(
+            f"calibration: dataset {name!r} gives images {list(x.shape[1:])}, the model needs "
+            f"{[img_ch, img_size, img_size]} (pick a matching --data)"
+        )
     return x
 
 
-def measure_model(model: nn.Module, images: torch.Tensor, steps: list[int], schedule, batch_size: int = 32,
-                  seed: int = 0) -> Activity:
+def measure_model(
+    model: nn.Module, images: torch.Tensor, steps: list[int], schedule, batch_size: int = 32, seed: int = 0
+) -> Activity:
     """Run ``model`` on ``images`` noised to every step in ``steps`` under a :class:`FiringRateMonitor`."""
     device = next(model.parameters()).device
     model.eval()
     with FiringRateMonitor(model) as mon, torch.no_grad():
         for x, t in calibration_batches(images.to(device), steps, schedule, seed):
             for i in range(0, x.shape[0], batch_size):
-                model(x[i:i + batch_size], t[i:i + batch_size])
+                model(x[i : i + batch_size], t[i : i + batch_size])
     return mon.activity
 
 
@@ -321,6 +350,7 @@ def measure_graph(graph, images: np.ndarray | torch.Tensor, steps: list[int], sc
     """The same measurement on an IR graph with the golden simulator (slow: for small models)."""
     from ..sim import golden
     from .count import count_graph
+
     costs = count_graph(graph)
     act = Activity(T=graph.T)
     images = torch.as_tensor(np.asarray(images), dtype=torch.float32)

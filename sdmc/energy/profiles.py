@@ -18,6 +18,7 @@ Built-in profiles live in ``sdmc/energy/profiles/*.json`` (``45nm-fp32``, ``45nm
 
 Energy of a layer = sum over classes of count(class) * cost(class).
 """
+
 from __future__ import annotations
 
 import json
@@ -53,12 +54,18 @@ class EnergyProfile:
         return float(getattr(self, cls))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "unit": "pJ", "costs": {c: self.cost(c) for c in COST_CLASSES},
-                "description": self.description, "citation": self.citation, "measured": self.measured,
-                "notes": dict(self.notes)}
+        return {
+            "name": self.name,
+            "unit": "pJ",
+            "costs": {c: self.cost(c) for c in COST_CLASSES},
+            "description": self.description,
+            "citation": self.citation,
+            "measured": self.measured,
+            "notes": dict(self.notes),
+        }
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "profile") -> "EnergyProfile":
+    def from_dict(cls, d: Any, where: str = "profile") -> EnergyProfile:
         """Validate a profile dictionary; every problem is a :class:`ConfigError` naming ``where`` and the key."""
         if not isinstance(d, dict):
             raise ConfigError(f"{where}: an energy profile must be a JSON object, got {type(d).__name__}")
@@ -92,9 +99,14 @@ class EnergyProfile:
         notes = d.get("notes", {})
         if not isinstance(notes, dict):
             raise ConfigError(f"{where}: 'notes' must be an object")
-        return cls(name=name, description=str(d.get("description", "")), citation=str(d.get("citation", "")),
-                   measured=bool(d.get("measured", False)), notes={str(k): str(v) for k, v in notes.items()},
-                   **vals)
+        return cls(
+            name=name,
+            description=str(d.get("description", "")),
+            citation=str(d.get("citation", "")),
+            measured=bool(d.get("measured", False)),
+            notes={str(k): str(v) for k, v in notes.items()},
+            **vals,
+        )
 
 
 def builtin_profiles() -> list[str]:
@@ -102,7 +114,7 @@ def builtin_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
 
 
-def load_profile(spec: "str | os.PathLike | EnergyProfile | dict") -> EnergyProfile:
+def load_profile(spec: str | os.PathLike | EnergyProfile | dict) -> EnergyProfile:
     """A built-in profile by name, a user JSON file by path, a dict, or an :class:`EnergyProfile` as is."""
     if isinstance(spec, EnergyProfile):
         return spec
@@ -111,8 +123,9 @@ def load_profile(spec: "str | os.PathLike | EnergyProfile | dict") -> EnergyProf
     s = str(spec)
     path = PROFILE_DIR / f"{s}.json" if s in builtin_profiles() else Path(s)
     if not path.is_file():
-        raise ConfigError(f"energy profile {s!r}: not a built-in profile ({', '.join(builtin_profiles())}) "
-                          "and no such file")
+        raise ConfigError(
+            f"energy profile {s!r}: not a built-in profile ({', '.join(builtin_profiles())}) and no such file"
+        )
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -16,6 +16,7 @@ inputs cost their events times fan-out at E_MAC; BN / TSM scales not foldable in
 read-out and real additions are counted; every neuron update costs ``neuron_update`` and every spike
 ``spike``.  Per image = NFE * mean per call over the calibration steps.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,16 +39,33 @@ PJ_PER_MJ = 1e9
 
 def layer_energy(c: NodeCost, act: Activity, prof: EnergyProfile, k: int | None = None) -> dict[str, Any]:
     """Counts and energies (pJ, both conventions) of one node per call and sample; ``k``: one diffusion step."""
-    row: dict[str, Any] = dict(name=c.name, op=c.op, cls=c.cls, input_kind=c.input_kind, timing=c.timing,
-                               executions=c.executions, dense_macs=c.per_exec * c.eager_executions,
-                               input_rate=None, rate=None, macs=0.0, sops=0.0, adds=0.0, updates=0.0,
-                               spikes=0.0, paper_pJ=0.0, faithful_pJ=0.0, measured=True)
+    row: dict[str, Any] = dict(
+        name=c.name,
+        op=c.op,
+        cls=c.cls,
+        input_kind=c.input_kind,
+        timing=c.timing,
+        executions=c.executions,
+        dense_macs=c.per_exec * c.eager_executions,
+        input_rate=None,
+        rate=None,
+        macs=0.0,
+        sops=0.0,
+        adds=0.0,
+        updates=0.0,
+        spikes=0.0,
+        paper_pJ=0.0,
+        faithful_pJ=0.0,
+        measured=True,
+    )
     if c.cls == "synapse":
         st = act.synapses.get(c.name)
         if st is None or (k is not None and k not in st.by_step):
             if c.input_kind != "real":
-                raise SdmcError(f"energy: no activity was measured for spike-driven layer {c.name!r} "
-                                "(its module path does not match the IR node name?)")
+                raise SdmcError(
+                    f"energy: no activity was measured for spike-driven layer {c.name!r} "
+                    "(its module path does not match the IR node name?)"
+                )
             fr, sops, row["measured"] = 1.0, 0.0, False
         else:
             fr, sops = st.rate(k), st.sops(k)
@@ -73,8 +91,13 @@ def layer_energy(c: NodeCost, act: Activity, prof: EnergyProfile, k: int | None 
         row["macs"] = 0.0 if c.folded else float(c.per_exec * c.executions)
     elif c.cls == "add":
         row["adds"] = float(c.per_exec * c.executions)
-    row["faithful_pJ"] = (prof.mac * row["macs"] + prof.ac * row["sops"] + prof.add * row["adds"]
-                          + prof.neuron_update * row["updates"] + prof.spike * row["spikes"])
+    row["faithful_pJ"] = (
+        prof.mac * row["macs"]
+        + prof.ac * row["sops"]
+        + prof.add * row["adds"]
+        + prof.neuron_update * row["updates"]
+        + prof.spike * row["spikes"]
+    )
     return row
 
 
@@ -104,13 +127,26 @@ class EnergyReport:
         rows = []
         for conv in self.conventions:
             t = self.totals[conv]
-            rows.append([f"SNN ({conv})", f"{t['per_call_mJ']:.4g}", f"{t['per_step_mJ']:.4g}",
-                         f"{t['per_image_mJ']:.4g}",
-                         f"{100 * t['per_call_mJ'] / self.ann['per_call_mJ']:.1f}%" if self.ann else "-"])
+            rows.append(
+                [
+                    f"SNN ({conv})",
+                    f"{t['per_call_mJ']:.4g}",
+                    f"{t['per_step_mJ']:.4g}",
+                    f"{t['per_image_mJ']:.4g}",
+                    f"{100 * t['per_call_mJ'] / self.ann['per_call_mJ']:.1f}%" if self.ann else "-",
+                ]
+            )
         if self.ann:
             a = self.ann
-            rows.append(["ANN UNet (dense MACs)", f"{a['per_call_mJ']:.4g}", f"{a['per_step_mJ']:.4g}",
-                         f"{a['per_image_mJ']:.4g}", "100%"])
+            rows.append(
+                [
+                    "ANN UNet (dense MACs)",
+                    f"{a['per_call_mJ']:.4g}",
+                    f"{a['per_step_mJ']:.4g}",
+                    f"{a['per_image_mJ']:.4g}",
+                    "100%",
+                ]
+            )
         return rows
 
     def _layer_rows(self) -> list[list[str]]:
@@ -119,44 +155,94 @@ class EnergyReport:
             if r["cls"] == "free":
                 continue
             rate = r["input_rate"] if r["cls"] == "synapse" else r["rate"]
-            out.append([r["name"], r["op"], r["input_kind"] or "", "" if rate is None else f"{rate:.3f}",
-                        f"{r['dense_macs']:.4g}" if r["cls"] == "synapse" else "", f"{r['macs']:.4g}",
-                        f"{r['sops']:.4g}"] + [f"{r[c + '_pJ'] / PJ_PER_MJ:.4g}" for c in self.conventions])
+            out.append(
+                [
+                    r["name"],
+                    r["op"],
+                    r["input_kind"] or "",
+                    "" if rate is None else f"{rate:.3f}",
+                    f"{r['dense_macs']:.4g}" if r["cls"] == "synapse" else "",
+                    f"{r['macs']:.4g}",
+                    f"{r['sops']:.4g}",
+                ]
+                + [f"{r[c + '_pJ'] / PJ_PER_MJ:.4g}" for c in self.conventions]
+            )
         return out
 
     @property
     def LAYER_HEAD(self) -> list[str]:
         return ["layer", "op", "input", "rate", "dense MACs", "MACs", "SOPs"] + [f"{c} mJ" for c in self.conventions]
+
     SUMMARY_HEAD = ["model", "per call (mJ)", "per sampling step (mJ)", "per image (mJ)", "vs ANN"]
 
     def _header_lines(self) -> list[str]:
         m, c, p = self.model, self.calibration, self.profile
-        return [f"model: {m.get('arch')} ch={m.get('ch')} ch_mult={m.get('ch_mult')} T={m.get('snn_steps')} "
-                f"img={m.get('img_ch')}x{m.get('img_size')}x{m.get('img_size')}",
-                f"profile: {p['name']} (MAC {p['costs']['mac']} pJ, AC {p['costs']['ac']} pJ) - {p['citation']}",
-                f"calibration: {c['n_images']} images of {c['data']}, diffusion steps {c['steps']} "
-                f"({c['solver']} {c['sampling_steps']} steps: NFE {c['nfe']}); mean firing rate "
-                f"{c['mean_firing_rate']:.4f}"]
+        return [
+            f"model: {m.get('arch')} ch={m.get('ch')} ch_mult={m.get('ch_mult')} T={m.get('snn_steps')} "
+            f"img={m.get('img_ch')}x{m.get('img_size')}x{m.get('img_size')}",
+            f"profile: {p['name']} (MAC {p['costs']['mac']} pJ, AC {p['costs']['ac']} pJ) - {p['citation']}",
+            f"calibration: {c['n_images']} images of {c['data']}, diffusion steps {c['steps']} "
+            f"({c['solver']} {c['sampling_steps']} steps: NFE {c['nfe']}); mean firing rate "
+            f"{c['mean_firing_rate']:.4f}",
+        ]
 
     def to_markdown(self) -> str:
         def table(head, rows):
             lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             lines += ["| " + " | ".join(r) + " |" for r in rows]
             return "\n".join(lines)
-        parts = ["# sdmc energy report", "", *[f"- {h}" for h in self._header_lines()], "",
-                 "## Totals", "", table(self.SUMMARY_HEAD, self._summary_rows()), "",
-                 "## Per diffusion step (per call)", "",
-                 table(["t", "paper mJ", "faithful mJ", "firing rate"],
-                       [[str(s["t"]), f"{s['paper_mJ']:.4g}", f"{s['faithful_mJ']:.4g}", f"{s['firing_rate']:.4f}"]
-                        for s in self.by_step]), "",
-                 "## Per layer (per call, one image)", "", table(self.LAYER_HEAD, self._layer_rows()), "",
-                 "## Notes", "", *[f"- {n}" for n in self.notes], ""]
+
+        parts = [
+            "# sdmc energy report",
+            "",
+            *[f"- {h}" for h in self._header_lines()],
+            "",
+            "## Totals",
+            "",
+            table(self.SUMMARY_HEAD, self._summary_rows()),
+            "",
+            "## Per diffusion step (per call)",
+            "",
+            table(
+                ["t", "paper mJ", "faithful mJ", "firing rate"],
+                [
+                    [str(s["t"]), f"{s['paper_mJ']:.4g}", f"{s['faithful_mJ']:.4g}", f"{s['firing_rate']:.4f}"]
+                    for s in self.by_step
+                ],
+            ),
+            "",
+            "## Per layer (per call, one image)",
+            "",
+            table(self.LAYER_HEAD, self._layer_rows()),
+            "",
+            "## Notes",
+            "",
+            *[f"- {n}" for n in self.notes],
+            "",
+        ]
         return "\n".join(parts)
 
     def to_csv(self) -> str:
         buf = io.StringIO()
-        keys = ["name", "op", "cls", "input_kind", "timing", "executions", "dense_macs", "input_rate", "rate",
-                "macs", "sops", "adds", "updates", "spikes", "paper_pJ", "faithful_pJ", "measured"]
+        keys = [
+            "name",
+            "op",
+            "cls",
+            "input_kind",
+            "timing",
+            "executions",
+            "dense_macs",
+            "input_rate",
+            "rate",
+            "macs",
+            "sops",
+            "adds",
+            "updates",
+            "spikes",
+            "paper_pJ",
+            "faithful_pJ",
+            "measured",
+        ]
         w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in self.layers:
@@ -167,6 +253,7 @@ class EnergyReport:
         """A readable terminal report (rich tables)."""
         from rich.console import Console
         from rich.table import Table
+
         console = console or Console(width=max(Console().width, 150))
         for h in self._header_lines():
             console.print(h)
@@ -195,8 +282,10 @@ class EnergyReport:
     def plot(self, path) -> None:
         """Per-layer energy (both conventions) and firing rates, as a PNG (matplotlib Agg)."""
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         syn = [r for r in self.layers if r["cls"] == "synapse"]
         neu = self.neurons
         fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(8, 0.18 * len(syn)), 8))
@@ -226,34 +315,71 @@ class EnergyReport:
         atomic_write_text(path, text())
 
 
-def build_report(costs: dict[str, NodeCost], act: Activity, prof: EnergyProfile, model_cfg: dict[str, Any],
-                 calibration: dict[str, Any], nfe: int, sampling_steps: int, ann_macs: int | None) -> EnergyReport:
+def build_report(
+    costs: dict[str, NodeCost],
+    act: Activity,
+    prof: EnergyProfile,
+    model_cfg: dict[str, Any],
+    calibration: dict[str, Any],
+    nfe: int,
+    sampling_steps: int,
+    ann_macs: int | None,
+) -> EnergyReport:
     """Combine the static costs, the measured activity and a profile into an :class:`EnergyReport`."""
     rows = [layer_energy(c, act, prof) for c in costs.values()]
     calls_per_step = nfe / sampling_steps
     by_step = []
     for k in act.steps:
         rk = [layer_energy(c, act, prof, k) for c in costs.values()]
-        by_step.append(dict(t=k, paper_mJ=sum(r["paper_pJ"] for r in rk) / PJ_PER_MJ,
-                            faithful_mJ=sum(r["faithful_pJ"] for r in rk) / PJ_PER_MJ, firing_rate=act.mean_rate(k)))
+        by_step.append(
+            dict(
+                t=k,
+                paper_mJ=sum(r["paper_pJ"] for r in rk) / PJ_PER_MJ,
+                faithful_mJ=sum(r["faithful_pJ"] for r in rk) / PJ_PER_MJ,
+                firing_rate=act.mean_rate(k),
+            )
+        )
     totals = {}
     for conv in CONVENTIONS:
         # mean per call over the calibration steps (each step weighs equally, as in a sampling run)
-        per_call = (float(np.mean([s[f"{conv}_mJ"] for s in by_step])) if by_step
-                    else sum(r[f"{conv}_pJ"] for r in rows) / PJ_PER_MJ)
-        totals[conv] = dict(per_call_mJ=per_call, per_step_mJ=per_call * calls_per_step, per_image_mJ=per_call * nfe,
-                            macs=(sum(r["macs"] for r in rows) if conv == "faithful" else
-                                  float(sum(c.per_exec for c in costs.values() if c.reads_image))),
-                            sops=(sum(r["sops"] for r in rows) if conv == "faithful" else
-                                  sum(r["input_rate"] * r["dense_macs"] for r, c in zip(rows, costs.values())
-                                      if c.cls == "synapse" and not c.reads_image)))
+        per_call = (
+            float(np.mean([s[f"{conv}_mJ"] for s in by_step]))
+            if by_step
+            else sum(r[f"{conv}_pJ"] for r in rows) / PJ_PER_MJ
+        )
+        totals[conv] = dict(
+            per_call_mJ=per_call,
+            per_step_mJ=per_call * calls_per_step,
+            per_image_mJ=per_call * nfe,
+            macs=(
+                sum(r["macs"] for r in rows)
+                if conv == "faithful"
+                else float(sum(c.per_exec for c in costs.values() if c.reads_image))
+            ),
+            sops=(
+                sum(r["sops"] for r in rows)
+                if conv == "faithful"
+                else sum(
+                    r["input_rate"] * r["dense_macs"]
+                    for r, c in zip(rows, costs.values())
+                    if c.cls == "synapse" and not c.reads_image
+                )
+            ),
+        )
     ann = None
     if ann_macs is not None:
         e = ann_macs * prof.mac / PJ_PER_MJ
         ann = dict(macs=ann_macs, per_call_mJ=e, per_step_mJ=e * calls_per_step, per_image_mJ=e * nfe)
-    neurons = [dict(name=n, rate=s.rate(), rate_per_step=s.rate_per_step().tolist(), size=s.size,
-                    by_t={str(k): s.rate(k) for k in sorted(s.samples, reverse=True)})
-               for n, s in act.neurons.items()]
+    neurons = [
+        dict(
+            name=n,
+            rate=s.rate(),
+            rate_per_step=s.rate_per_step().tolist(),
+            size=s.size,
+            by_t={str(k): s.rate(k) for k in sorted(s.samples, reverse=True)},
+        )
+        for n, s in act.neurons.items()
+    ]
     notes = [
         "per call = one network evaluation of one image (all T SNN steps); per image = NFE x per call, the mean "
         "over the calibration steps",
@@ -266,15 +392,36 @@ def build_report(costs: dict[str, NodeCost], act: Activity, prof: EnergyProfile,
     unmeasured = [r["name"] for r in rows if not r["measured"]]
     if unmeasured:
         notes.append(f"no activity measured for real-input layers {unmeasured}: fr_in taken as 1")
-    return EnergyReport(model=model_cfg, profile=prof.to_dict(), calibration=dict(calibration, nfe=nfe,
-                        sampling_steps=sampling_steps, mean_firing_rate=act.mean_rate()),
-                        layers=rows, totals=totals, ann=ann, by_step=by_step, neurons=neurons, notes=notes)
+    return EnergyReport(
+        model=model_cfg,
+        profile=prof.to_dict(),
+        calibration=dict(calibration, nfe=nfe, sampling_steps=sampling_steps, mean_firing_rate=act.mean_rate()),
+        layers=rows,
+        totals=totals,
+        ann=ann,
+        by_step=by_step,
+        neurons=neurons,
+        notes=notes,
+    )
 
 
-def analyze(model_or_graph, *, data: str = "digits", images=None, data_root: str | None = None,
-            solver: str = "ddim", steps: int = 50, n_images: int = 32, calib_steps: int = 8,
-            profile="45nm-fp32", batch_size: int = 32, seed: int = 0, diffusion=None,
-            ann: bool = True, assume_rate: float | None = None) -> EnergyReport:
+def analyze(
+    model_or_graph,
+    *,
+    data: str = "digits",
+    images=None,
+    data_root: str | None = None,
+    solver: str = "ddim",
+    steps: int = 50,
+    n_images: int = 32,
+    calib_steps: int = 8,
+    profile="45nm-fp32",
+    batch_size: int = 32,
+    seed: int = 0,
+    diffusion=None,
+    ann: bool = True,
+    assume_rate: float | None = None,
+) -> EnergyReport:
     """Measure and report the energy of a spiking UNet (``nn.Module``) or an IR graph.
 
     The calibration set is ``n_images`` images (``images`` ``[N, C, H, W]`` in [-1, 1], or drawn from
@@ -284,6 +431,7 @@ def analyze(model_or_graph, *, data: str = "digits", images=None, data_root: str
     measurement: every input fires with that probability (a what-if, e.g. the paper's implied 0.47).
     """
     import torch
+
     from ..config import DiffusionConfig, ModelConfig
     from ..diffusion.schedule import NoiseSchedule
     from ..diffusion.solvers import make_solver
@@ -295,6 +443,7 @@ def analyze(model_or_graph, *, data: str = "digits", images=None, data_root: str
     schedule = NoiseSchedule(dcfg)
     if isinstance(model_or_graph, Graph):
         from ..ir import check
+
         graph = check(model_or_graph)
         mc = (graph.meta.get("sdmc_config") or {}).get("model") or graph.meta.get("model_config")
         cfg = ModelConfig.from_dict(mc) if mc else None
@@ -304,16 +453,22 @@ def analyze(model_or_graph, *, data: str = "digits", images=None, data_root: str
         module = model_or_graph
         cfg = getattr(module, "config", None)
         if not isinstance(cfg, ModelConfig):
-            raise ConfigError("energy: the model has no sdmc ModelConfig (.config); build it with "
-                              "sdmc.models.build_model or load it with sdmc.checkpoint.load_model")
+            raise ConfigError(
+                "energy: the model has no sdmc ModelConfig (.config); build it with "
+                "sdmc.models.build_model or load it with sdmc.checkpoint.load_model"
+            )
         if not cfg.spiking:
-            raise ConfigError(f"energy: {cfg.arch!r} is not a spiking model; the ANN baseline is reported next "
-                              "to a spiking model's energy")
+            raise ConfigError(
+                f"energy: {cfg.arch!r} is not a spiking model; the ANN baseline is reported next "
+                "to a spiking model's energy"
+            )
         img = (cfg.img_ch, cfg.img_size, cfg.img_size)
         from ..frontends.fx import trace
+
         dev = next(module.parameters()).device
         if dev.type != "cpu":  # the frontend traces on CPU examples
             import copy
+
             graph = trace(copy.deepcopy(module).cpu(), (1, *img))
         else:
             graph = trace(module, (1, *img))
@@ -324,8 +479,9 @@ def analyze(model_or_graph, *, data: str = "digits", images=None, data_root: str
     model_cfg = cfg.to_dict() if cfg is not None else {"snn_steps": graph.T}
     if assume_rate is not None:
         act = Activity.uniform(costs, float(assume_rate), graph.T)
-        calib = dict(data=f"none (assumed uniform firing rate {assume_rate})", n_images=0, steps=[], solver=solver,
-                     seed=seed)
+        calib = dict(
+            data=f"none (assumed uniform firing rate {assume_rate})", n_images=0, steps=[], solver=solver, seed=seed
+        )
         return build_report(costs, act, prof, model_cfg, calib, nfe=s.nfe, sampling_steps=steps, ann_macs=ann_macs)
     if images is None:
         images = dataset_images(data, n_images, img[1], img[0], root=data_root, seed=seed)
@@ -333,8 +489,9 @@ def analyze(model_or_graph, *, data: str = "digits", images=None, data_root: str
     else:
         images = torch.as_tensor(images, dtype=torch.float32)
         if tuple(images.shape[1:]) != tuple(img):
-            raise ConfigError(f"energy: calibration images have shape {list(images.shape[1:])}, the model takes "
-                              f"{list(img)}")
+            raise ConfigError(
+                f"energy: calibration images have shape {list(images.shape[1:])}, the model takes {list(img)}"
+            )
         src = "given images"
     ks = calibration_steps(dcfg.num_timesteps, solver, steps, calib_steps)
     if module is not None:

@@ -5,6 +5,7 @@ order.  :func:`check` validates structure first (names, arity, unknown inputs, c
 runs inference, whose op rules raise on shape / kind / timing / dtype mismatches and missing
 parameters.  Every failure is one :class:`IRError` naming the node.
 """
+
 from __future__ import annotations
 
 from .graph import NAME_RE, OPS, Graph, IRError

@@ -1,5 +1,6 @@
 """Elementwise ops.  Binary ops broadcast per-sample shapes numpy-style (right-aligned) and a static
 operand broadcasts over T; the result is per-step if any operand is."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ def _binary_shape(node: Node, a: ValueType, b: ValueType) -> tuple[int, ...]:
     try:
         return tuple(np.broadcast_shapes(a.shape, b.shape))
     except ValueError:
-        raise node.fail(f"shape mismatch: {node.inputs[0]!r} {list(a.shape)} and {node.inputs[1]!r} "
-                        f"{list(b.shape)} do not broadcast") from None
+        raise node.fail(
+            f"shape mismatch: {node.inputs[0]!r} {list(a.shape)} and {node.inputs[1]!r} "
+            f"{list(b.shape)} do not broadcast"
+        ) from None
 
 
 @register

@@ -10,12 +10,14 @@ Value layout at run time (``T`` = ``graph.T`` SNN steps, ``B`` = batch)::
     static    array [B, *shape]       same at every step; broadcasts over T
     per-step  array [T, B, *shape]
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Collection, Iterable, Iterator, Mapping
+from typing import Any, ClassVar
 
 import networkx as nx
 import numpy as np
@@ -70,7 +72,7 @@ class ValueType:
         return f"{self.kind} {self.timing} {self.dtype} [{','.join(map(str, self.shape))}]"
 
     @classmethod
-    def parse(cls, text: str) -> "ValueType":
+    def parse(cls, text: str) -> ValueType:
         m = re.fullmatch(r"\s*(\w+)\s+([\w-]+)\s+(\w+)\s+\[([0-9,\s]*)\]\s*", text)
         if not m:
             raise IRError(f"cannot parse value type {text!r}; expected e.g. 'real per-step float32 [8,16,16]'")
@@ -91,10 +93,10 @@ def _freeze(v: Any) -> Any:
     return v
 
 
-OPS: dict[str, type["Node"]] = {}
+OPS: dict[str, type[Node]] = {}
 
 
-def register(cls: type["Node"]) -> type["Node"]:
+def register(cls: type[Node]) -> type[Node]:
     """Class decorator: make an op known to the (de)serialisers and the text parser by ``cls.op``."""
     if cls.op in OPS and OPS[cls.op] is not cls:
         raise IRError(f"op name {cls.op!r} registered twice ({OPS[cls.op].__name__}, {cls.__name__})")
@@ -134,10 +136,13 @@ class Node:
 
     def param_refs(self) -> dict[str, str]:
         """``{field: parameter name}`` for every parameter this node reads (unset optional ones omitted)."""
-        return {f.name: getattr(self, f.name) for f in self.attr_fields()
-                if f.metadata.get("param") and getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in self.attr_fields()
+            if f.metadata.get("param") and getattr(self, f.name) is not None
+        }
 
-    def replace(self, **changes: Any) -> "Node":
+    def replace(self, **changes: Any) -> Node:
         """A copy with ``changes`` applied and empty ``meta`` (types must be re-inferred)."""
         return dataclasses.replace(self, meta={}, **changes)
 
@@ -150,14 +155,14 @@ class Node:
         return t
 
     # ---- type rules
-    def infer(self, ins: list[ValueType], graph: "Graph") -> ValueType:  # pragma: no cover - abstract
+    def infer(self, ins: list[ValueType], graph: Graph) -> ValueType:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def fail(self, msg: str) -> IRError:
         """An :class:`IRError` whose message names this node and its op."""
         return IRError(f"node {self.name!r} ({self.op}): {msg}")
 
-    def param_shape(self, graph: "Graph", fld: str) -> tuple[int, ...]:
+    def param_shape(self, graph: Graph, fld: str) -> tuple[int, ...]:
         """Shape of the parameter named by field ``fld``; a missing entry is an error naming this node."""
         key = getattr(self, fld)
         if key not in graph.params:
@@ -178,15 +183,20 @@ class Graph:
     graph-level facts (source config, provenance); it is serialised but not part of equality.
     """
 
-    def __init__(self, T: int, nodes: Mapping[str, Node] | list[Node] | None = None,
-                 params: Mapping[str, np.ndarray] | None = None, meta: dict | None = None) -> None:
+    def __init__(
+        self,
+        T: int,
+        nodes: Mapping[str, Node] | list[Node] | None = None,
+        params: Mapping[str, np.ndarray] | None = None,
+        meta: dict | None = None,
+    ) -> None:
         if int(T) < 1:
             raise IRError(f"graph: T (SNN steps) must be >= 1, got {T}")
         self.T = int(T)
         self.nodes: dict[str, Node] = {}
         self.params: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in (params or {}).items()}
         self.meta: dict = dict(meta or {})
-        for n in (nodes.values() if isinstance(nodes, Mapping) else nodes or []):
+        for n in nodes.values() if isinstance(nodes, Mapping) else nodes or []:
             self.add(n)
 
     # ---- building and editing
@@ -292,7 +302,9 @@ class Graph:
             names = list(nx.lexicographical_topological_sort(self.to_networkx(), key=pos.__getitem__))
         except nx.NetworkXUnfeasible:
             cyc = [u for u, _ in nx.find_cycle(self.to_networkx())]
-            raise IRError(f"node {cyc[0]!r} ({self.nodes[cyc[0]].op}): on a cycle {' -> '.join(cyc + cyc[:1])}") from None
+            raise IRError(
+                f"node {cyc[0]!r} ({self.nodes[cyc[0]].op}): on a cycle {' -> '.join(cyc + cyc[:1])}"
+            ) from None
         return [self.nodes[k] for k in names]
 
     @property
@@ -311,7 +323,7 @@ class Graph:
                 seen.setdefault(p, None)
         return list(seen)
 
-    def copy(self) -> "Graph":
+    def copy(self) -> Graph:
         """A copy sharing parameter arrays (nodes are immutable; meta dicts are copied)."""
         g = Graph(self.T, params=dict(self.params), meta=dict(self.meta))
         for n in self.nodes.values():
@@ -321,10 +333,15 @@ class Graph:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Graph):
             return NotImplemented
-        return (self.T == other.T and list(self.nodes.items()) == list(other.nodes.items())
-                and self.params.keys() == other.params.keys()
-                and all(self.params[k].dtype == other.params[k].dtype
-                        and np.array_equal(self.params[k], other.params[k]) for k in self.params))
+        return (
+            self.T == other.T
+            and list(self.nodes.items()) == list(other.nodes.items())
+            and self.params.keys() == other.params.keys()
+            and all(
+                self.params[k].dtype == other.params[k].dtype and np.array_equal(self.params[k], other.params[k])
+                for k in self.params
+            )
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -333,4 +350,5 @@ class Graph:
 
     def __str__(self) -> str:
         from .text import format_graph
+
         return format_graph(self)

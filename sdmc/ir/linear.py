@@ -3,6 +3,7 @@
 Convolutions and dense layers act on every step independently (``[T*B, ...]`` folded), so their output
 has the timing of their input; their output is ``real`` whatever the input kind.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,16 @@ def _check_float(node: Node, t: ValueType) -> None:
         raise node.fail(f"input {node.inputs[0]!r} has dtype {t.dtype}; a floating-point value is required")
 
 
-def _conv_type(node: Node, x: ValueType, graph, wshape: tuple[int, ...], groups: int,
-               stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> ValueType:
+def _conv_type(
+    node: Node,
+    x: ValueType,
+    graph,
+    wshape: tuple[int, ...],
+    groups: int,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> ValueType:
     _check_float(node, x)
     if len(x.shape) != 3:
         raise node.fail(f"input {node.inputs[0]!r} must have shape [C, H, W], got {list(x.shape)}")
@@ -35,11 +44,14 @@ def _conv_type(node: Node, x: ValueType, graph, wshape: tuple[int, ...], groups:
     if groups < 1 or C % groups or O % groups:
         raise node.fail(f"groups={groups} must divide in_channels={C} and out_channels={O}")
     if I * groups != C:
-        raise node.fail(f"shape mismatch: weight {node.weight!r} {list(wshape)} expects {I * groups} input "
-                        f"channels, input {node.inputs[0]!r} has {C} (shape {list(x.shape)})")
+        raise node.fail(
+            f"shape mismatch: weight {node.weight!r} {list(wshape)} expects {I * groups} input "
+            f"channels, input {node.inputs[0]!r} has {C} (shape {list(x.shape)})"
+        )
     if node.bias is not None and node.param_shape(graph, "bias") != (O,):
-        raise node.fail(f"shape mismatch: bias {node.bias!r} has shape {list(node.param_shape(graph, 'bias'))}, "
-                        f"expected [{O}]")
+        raise node.fail(
+            f"shape mismatch: bias {node.bias!r} has shape {list(node.param_shape(graph, 'bias'))}, expected [{O}]"
+        )
     Ho = conv_out(H, kh, stride[0], padding[0], dilation[0])
     Wo = conv_out(W, kw, stride[1], padding[1], dilation[1])
     if Ho < 1 or Wo < 1:
@@ -67,8 +79,9 @@ class Conv2d(Node):
         w = self.param_shape(graph, "weight")
         if len(w) != 4:
             raise self.fail(f"weight {self.weight!r} must be 4-d [O, C/groups, kh, kw], got {list(w)}")
-        return _conv_type(self, ins[0], graph, w, self.groups, _pair(self.stride), _pair(self.padding),
-                          _pair(self.dilation))
+        return _conv_type(
+            self, ins[0], graph, w, self.groups, _pair(self.stride), _pair(self.padding), _pair(self.dilation)
+        )
 
 
 @register
@@ -109,11 +122,15 @@ class Linear(Node):
         if len(w) != 2:
             raise self.fail(f"weight {self.weight!r} must be 2-d [O, I], got {list(w)}")
         if not x.shape or x.shape[-1] != w[1]:
-            raise self.fail(f"shape mismatch: weight {self.weight!r} {list(w)} expects last axis {w[1]}, "
-                            f"input {self.inputs[0]!r} has shape {list(x.shape)}")
+            raise self.fail(
+                f"shape mismatch: weight {self.weight!r} {list(w)} expects last axis {w[1]}, "
+                f"input {self.inputs[0]!r} has shape {list(x.shape)}"
+            )
         if self.bias is not None and self.param_shape(graph, "bias") != (w[0],):
-            raise self.fail(f"shape mismatch: bias {self.bias!r} has shape "
-                            f"{list(self.param_shape(graph, 'bias'))}, expected [{w[0]}]")
+            raise self.fail(
+                f"shape mismatch: bias {self.bias!r} has shape "
+                f"{list(self.param_shape(graph, 'bias'))}, expected [{w[0]}]"
+            )
         return ValueType(x.shape[:-1] + (w[0],), x.dtype, REAL, x.timing)
 
 
@@ -137,8 +154,10 @@ class TSMScale(Node):
         for d in s:
             n *= d
         if not s or s[0] != graph.T or n != graph.T:
-            raise self.fail(f"shape mismatch: scale {self.scale!r} has shape {list(s)}, expected T={graph.T} "
-                            f"scalars ([{graph.T}, 1, 1, 1, 1] or [{graph.T}])")
+            raise self.fail(
+                f"shape mismatch: scale {self.scale!r} has shape {list(s)}, expected T={graph.T} "
+                f"scalars ([{graph.T}, 1, 1, 1, 1] or [{graph.T}])"
+            )
         return ValueType(x.shape, x.dtype, GRADED if x.kind == SPIKE else x.kind, PER_STEP)
 
 
@@ -172,12 +191,17 @@ class ScaledConv2d(Node):
             for d in s:
                 n *= d
             if not s or s[0] != graph.T or n != graph.T:
-                raise self.fail(f"shape mismatch: scale {self.scale!r} has shape {list(s)}, expected T={graph.T} "
-                                f"scalars ([{graph.T}] or [{graph.T}, 1, 1, 1, 1])")
+                raise self.fail(
+                    f"shape mismatch: scale {self.scale!r} has shape {list(s)}, expected T={graph.T} "
+                    f"scalars ([{graph.T}] or [{graph.T}, 1, 1, 1, 1])"
+                )
         if self.bias is not None and self.param_shape(graph, "bias") not in ((graph.T, w[0]), (w[0],)):
-            raise self.fail(f"shape mismatch: bias {self.bias!r} has shape {list(self.param_shape(graph, 'bias'))}, "
-                            f"expected [{graph.T}, {w[0]}] (per step) or [{w[0]}]")
+            raise self.fail(
+                f"shape mismatch: bias {self.bias!r} has shape {list(self.param_shape(graph, 'bias'))}, "
+                f"expected [{graph.T}, {w[0]}] (per step) or [{w[0]}]"
+            )
         probe = dataclasses.replace(self, bias=None)  # bias checked above
-        t = _conv_type(probe, ins[0], graph, w, self.groups, _pair(self.stride), _pair(self.padding),
-                       _pair(self.dilation))
+        t = _conv_type(
+            probe, ins[0], graph, w, self.groups, _pair(self.stride), _pair(self.padding), _pair(self.dilation)
+        )
         return ValueType(t.shape, t.dtype, REAL, PER_STEP)

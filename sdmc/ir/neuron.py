@@ -9,6 +9,7 @@ output: per-step ``spike`` of the same shape.  The state starts at ``v[-1] = v_i
 ``surrogate`` / ``alpha`` record the surrogate gradient of the Heaviside step (``atan``:
 ``ds/dh = alpha/2 / (1 + (pi/2 * alpha * (h - threshold))**2)``); the forward pass does not use it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,11 +32,14 @@ class NeuronNode(Node):
         x = ins[0]
         src = self.inputs[0]
         if x.kind == SPIKE:
-            raise self.fail(f"kind mismatch: input {src!r} is a spike value; a neuron needs a real or graded "
-                            "current (put a synapse, e.g. a conv, in between)")
+            raise self.fail(
+                f"kind mismatch: input {src!r} is a spike value; a neuron needs a real or graded "
+                "current (put a synapse, e.g. a conv, in between)"
+            )
         if x.timing != PER_STEP:
-            raise self.fail(f"timing mismatch: input {src!r} is static; a neuron needs a per-step input "
-                            "(insert a 'repeat' node)")
+            raise self.fail(
+                f"timing mismatch: input {src!r} is static; a neuron needs a per-step input (insert a 'repeat' node)"
+            )
         if x.dtype not in FLOAT_DTYPES:
             raise self.fail(f"input {src!r} has dtype {x.dtype}; a floating-point current is required")
         return ValueType(x.shape, x.dtype, SPIKE, PER_STEP)
@@ -71,8 +75,8 @@ class IF(NeuronNode):
 class LIF(NeuronNode):
     """Leaky integrate-and-fire (spikingjelly ``LIFNode``), ``vr = v_reset or 0``::
 
-        decay_input:      h[t] = v[t-1] + (x[t] - (v[t-1] - vr)) / tau
-        not decay_input:  h[t] = v[t-1] - (v[t-1] - vr) / tau + x[t]
+    decay_input:      h[t] = v[t-1] + (x[t] - (v[t-1] - vr)) / tau
+    not decay_input:  h[t] = v[t-1] - (v[t-1] - vr) / tau + x[t]
     """
 
     op = "lif"

@@ -1,4 +1,5 @@
 """Normalisation over the channel axis (axis 0 of the per-sample shape): batch and group normalisation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ def _channel_input(node: Node, ins, graph, fields: tuple[str, ...]) -> tuple[Val
     C = x.shape[0]
     for fld in fields:
         if getattr(node, fld) is not None and node.param_shape(graph, fld) != (C,):
-            raise node.fail(f"shape mismatch: {fld} {getattr(node, fld)!r} has shape "
-                            f"{list(node.param_shape(graph, fld))}, input {node.inputs[0]!r} has {C} channels")
+            raise node.fail(
+                f"shape mismatch: {fld} {getattr(node, fld)!r} has shape "
+                f"{list(node.param_shape(graph, fld))}, input {node.inputs[0]!r} has {C} channels"
+            )
     if not node.eps > 0:
         raise node.fail(f"eps must be > 0, got {node.eps}")
     return x, C

@@ -5,6 +5,7 @@
 ``weights.safetensors`` holds ``graph.params``.  :func:`save` writes a zip (``.sdmc``) or a directory;
 both are written atomically (a failed write leaves any previous file or directory untouched).
 """
+
 from __future__ import annotations
 
 import io
@@ -49,8 +50,12 @@ def node_from_dict(d: dict[str, Any], where: str = "graph") -> Node:
 
 def to_dict(graph: Graph) -> dict[str, Any]:
     """The JSON-able description of ``graph`` (no parameter values)."""
-    return {"ir_version": IR_VERSION, "T": graph.T, "meta": graph.meta,
-            "nodes": [node_to_dict(n) for n in graph.nodes.values()]}
+    return {
+        "ir_version": IR_VERSION,
+        "T": graph.T,
+        "meta": graph.meta,
+        "nodes": [node_to_dict(n) for n in graph.nodes.values()],
+    }
 
 
 def from_dict(d: dict[str, Any], params: dict[str, np.ndarray] | None = None, where: str = "graph") -> Graph:
@@ -69,12 +74,14 @@ def from_dict(d: dict[str, Any], params: dict[str, np.ndarray] | None = None, wh
 
 def _weights_bytes(params: dict[str, np.ndarray]) -> bytes:
     from safetensors.numpy import save
+
     # np.ascontiguousarray would turn 0-d arrays (BN num_batches_tracked) into 1-d ones
     return save({k: np.array(v, order="C", copy=not v.flags.c_contiguous) for k, v in params.items()})
 
 
 def _weights_load(data: bytes, where: str) -> dict[str, np.ndarray]:
     from safetensors.numpy import load
+
     try:
         return dict(load(data))
     except Exception as e:  # safetensors raises its own error types

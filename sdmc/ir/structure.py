@@ -1,12 +1,26 @@
 """Structure ops: graph inputs and outputs, concatenation, nearest upsampling, reshape, repeat over T,
 embedding lookup and the membrane-potential read-out."""
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from .graph import (DTYPES, FLOAT_DTYPES, GRADED, KINDS, PER_STEP, REAL, STATIC, TIMINGS, Node, ValueType, param,
-                    register, timing_of)
+from .graph import (
+    DTYPES,
+    FLOAT_DTYPES,
+    GRADED,
+    KINDS,
+    PER_STEP,
+    REAL,
+    STATIC,
+    TIMINGS,
+    Node,
+    ValueType,
+    param,
+    register,
+    timing_of,
+)
 
 
 @register
@@ -60,8 +74,10 @@ class Concat(Node):
             if t.dtype != ref.dtype:
                 raise self.fail(f"dtype mismatch: {name!r} is {t.dtype}, {self.inputs[0]!r} is {ref.dtype}")
             if len(t.shape) != rank or any(a != b for i, (a, b) in enumerate(zip(t.shape, ref.shape)) if i != ax):
-                raise self.fail(f"shape mismatch: {name!r} {list(t.shape)} and {self.inputs[0]!r} "
-                                f"{list(ref.shape)} differ outside axis {self.axis}")
+                raise self.fail(
+                    f"shape mismatch: {name!r} {list(t.shape)} and {self.inputs[0]!r} "
+                    f"{list(ref.shape)} differ outside axis {self.axis}"
+                )
         kinds = {t.kind for t in ins}
         kind = kinds.pop() if len(kinds) == 1 else REAL if REAL in kinds else GRADED
         shape = list(ref.shape)
@@ -102,8 +118,7 @@ class Reshape(Node):
     def infer(self, ins, graph):
         x = ins[0]
         if math.prod(self.shape) != math.prod(x.shape) or any(s < 1 for s in self.shape):
-            raise self.fail(f"shape mismatch: cannot reshape {self.inputs[0]!r} {list(x.shape)} to "
-                            f"{list(self.shape)}")
+            raise self.fail(f"shape mismatch: cannot reshape {self.inputs[0]!r} {list(x.shape)} to {list(self.shape)}")
         return ValueType(self.shape, x.dtype, x.kind, x.timing)
 
 
@@ -132,8 +147,9 @@ class Embedding(Node):
     def infer(self, ins, graph):
         i = ins[0]
         if i.dtype in FLOAT_DTYPES:
-            raise self.fail(f"kind mismatch: index input {self.inputs[0]!r} has dtype {i.dtype}; an integer "
-                            "index is required")
+            raise self.fail(
+                f"kind mismatch: index input {self.inputs[0]!r} has dtype {i.dtype}; an integer index is required"
+            )
         w = self.param_shape(graph, "weight")
         if len(w) != 2:
             raise self.fail(f"weight {self.weight!r} must be 2-d [N, D], got {list(w)}")
@@ -157,4 +173,3 @@ class MembraneReadout(Node):
         if x.dtype not in FLOAT_DTYPES:
             raise self.fail(f"input {self.inputs[0]!r} has dtype {x.dtype}; floating point is required")
         return ValueType(x.shape, x.dtype, REAL, STATIC)
-

@@ -11,20 +11,24 @@ Example::
 One node per line; ``: <type>`` appears when types were inferred and is parsed back into
 ``meta['type']``; ``#`` lines are comments.  ``parse(format_graph(g), g.params) == g``.
 """
+
 from __future__ import annotations
 
 import ast
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from .graph import IR_VERSION, OPS, Graph, IRError, ValueType
 
 _HEADER = re.compile(r"^sdmc-ir\s+(\d+)\s+T=(\d+)\s*$")
-_LINE = re.compile(r"^%(?P<name>[A-Za-z0-9_.]+)\s*(?::\s*(?P<type>[^=]+?))?\s*=\s*(?P<op>[a-z_0-9]+)"
-                   r"\((?P<ins>[^)]*)\)\s*(?:\{(?P<attrs>.*)\})?\s*$")
+_LINE = re.compile(
+    r"^%(?P<name>[A-Za-z0-9_.]+)\s*(?::\s*(?P<type>[^=]+?))?\s*=\s*(?P<op>[a-z_0-9]+)"
+    r"\((?P<ins>[^)]*)\)\s*(?:\{(?P<attrs>.*)\})?\s*$"
+)
 
 
 def format_graph(graph: Graph, params: bool = True) -> str:

@@ -10,6 +10,7 @@ The trained weights ship as ``digits_classifier.safetensors`` beside this file (
 statistics of the training split at 16x16 and 32x32), so evaluation needs no download and no training.
 :func:`train_digits_classifier` / :func:`build_digits_metric_file` reproduce the file deterministically.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,9 +43,18 @@ class DigitsClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten())
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
         self.embed = nn.Linear(32 * 4 * 4, FEATURE_DIM)
         self.head = nn.Linear(FEATURE_DIM, 10)
 
@@ -56,8 +66,7 @@ class DigitsClassifier(nn.Module):
         if x.shape[1] == 3:
             x = x.mean(dim=1, keepdim=True)
         if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
-                              antialias=True)
+            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
         return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,13 +80,14 @@ def _shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Ten
     b, _, h, w = x.shape
     k = 2 * max_shift + 1
     pad = F.pad(x, (max_shift,) * 4, value=-1.0)
-    views = torch.stack([pad[..., i:i + h, j:j + w] for i in range(k) for j in range(k)], dim=1)
+    views = torch.stack([pad[..., i : i + h, j : j + w] for i in range(k) for j in range(k)], dim=1)
     pick = torch.randint(0, k * k, (b,), generator=g)
     return views[torch.arange(b), pick]
 
 
-def train_digits_classifier(epochs: int = 40, seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
-                            log=None) -> DigitsClassifier:
+def train_digits_classifier(
+    epochs: int = 40, seed: int = 0, batch_size: int = 64, lr: float = 2e-3, log=None
+) -> DigitsClassifier:
     """Train :class:`DigitsClassifier` on the digits training split (deterministic for a given seed).
 
     Each epoch sees the 16x16 split and the 32x32 split (resized back by :meth:`DigitsClassifier.prepare`),
@@ -110,7 +120,7 @@ def _train(epochs: int, seed: int, batch_size: int, lr: float, log) -> DigitsCla
         perm = torch.randperm(len(xs), generator=g)
         total = 0.0
         for i in range(0, len(xs), batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             _, logits = net(_shift(xs[idx], g))
             loss = F.cross_entropy(logits, ys[idx])
             opt.zero_grad()
@@ -132,8 +142,7 @@ def classifier_accuracy(net: DigitsClassifier, img_size: int = 16, train: bool =
     return float((net(x)[1].argmax(1) == y).float().mean())
 
 
-def build_digits_metric_file(path: str | os.PathLike = WEIGHTS_PATH, epochs: int = 40, seed: int = 0,
-                             log=None) -> dict:
+def build_digits_metric_file(path: str | os.PathLike = WEIGHTS_PATH, epochs: int = 40, seed: int = 0, log=None) -> dict:
     """Train the classifier, compute training-split reference statistics, write ``path`` atomically.
 
     Returns the metadata stored in the file (test accuracies, seed, epochs).
@@ -150,8 +159,12 @@ def build_digits_metric_file(path: str | os.PathLike = WEIGHTS_PATH, epochs: int
             mu, sigma = feature_statistics(net(digits_arrays(size, train=True)[0])[0])
         tensors[f"ref{size}.mu"] = torch.from_numpy(mu)
         tensors[f"ref{size}.sigma"] = torch.from_numpy(sigma)
-    meta = {"seed": seed, "epochs": epochs, "feature_dim": FEATURE_DIM,
-            "test_accuracy": {str(s): round(classifier_accuracy(net, s), 4) for s in REF_SIZES}}
+    meta = {
+        "seed": seed,
+        "epochs": epochs,
+        "feature_dim": FEATURE_DIM,
+        "test_accuracy": {str(s): round(classifier_accuracy(net, s), 4) for s in REF_SIZES},
+    }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"sdmc": json.dumps(meta)})
     load_digits_classifier.cache_clear()
@@ -160,16 +173,18 @@ def build_digits_metric_file(path: str | os.PathLike = WEIGHTS_PATH, epochs: int
 
 # --------------------------------------------------------------------------------------- loading
 @functools.lru_cache(maxsize=4)
-def load_digits_classifier(path: str | None = None
-                           ) -> tuple[DigitsClassifier, dict[int, tuple[np.ndarray, np.ndarray]]]:
+def load_digits_classifier(
+    path: str | None = None,
+) -> tuple[DigitsClassifier, dict[int, tuple[np.ndarray, np.ndarray]]]:
     """The shipped (or given) classifier in eval mode and its reference statistics ``{img_size: (mu, sigma)}``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     p = Path(path) if path else WEIGHTS_PATH
     if not p.is_file():
-        raise MetricError(f"digits classifier weights {p}: no such file (rebuild with "
-                          "sdmc.metrics.digits.build_digits_metric_file())")
+        raise MetricError(
+            f"digits classifier weights {p}: no such file (rebuild with sdmc.metrics.digits.build_digits_metric_file())"
+        )
     try:
         t = load_file(str(p))
     except (SafetensorError, OSError, ValueError) as e:
@@ -179,8 +194,11 @@ def load_digits_classifier(path: str | None = None
         net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("net.")}, strict=True)
     except RuntimeError as e:
         raise MetricError(f"digits classifier weights {p}: do not fit DigitsClassifier ({e})") from None
-    refs = {s: (t[f"ref{s}.mu"].double().numpy(), t[f"ref{s}.sigma"].double().numpy())
-            for s in REF_SIZES if f"ref{s}.mu" in t and f"ref{s}.sigma" in t}
+    refs = {
+        s: (t[f"ref{s}.mu"].double().numpy(), t[f"ref{s}.sigma"].double().numpy())
+        for s in REF_SIZES
+        if f"ref{s}.mu" in t and f"ref{s}.sigma" in t
+    }
     return net.eval(), refs
 
 
@@ -205,8 +223,9 @@ def digits_reference_stats(img_size: int = 16, path: str | None = None) -> tuple
 
 
 # --------------------------------------------------------------------------------------- metrics
-def digits_scores_from(features: torch.Tensor, probs: torch.Tensor, img_size: int = 16,
-                       path: str | None = None, splits: int = 1) -> dict[str, float]:
+def digits_scores_from(
+    features: torch.Tensor, probs: torch.Tensor, img_size: int = 16, path: str | None = None, splits: int = 1
+) -> dict[str, float]:
     """Digits metrics from classifier outputs of ``N`` samples.
 
     ``digits_fid`` (vs the training split at ``img_size``), ``digits_is`` (``splits`` chunks; mean),
@@ -217,14 +236,18 @@ def digits_scores_from(features: torch.Tensor, probs: torch.Tensor, img_size: in
     is_mean, is_std = inception_score(probs, splits=splits)
     hist = np.bincount(probs.argmax(1).numpy(), minlength=10) / len(probs)
     nz = hist[hist > 0]
-    return {"digits_fid": frechet_distance(mu, sigma, mu_r, sigma_r),
-            "digits_is": is_mean, "digits_is_std": is_std,
-            "digits_confidence": float(probs.max(1).values.mean()),
-            "digits_coverage": float(-(nz * np.log(nz)).sum() / np.log(10))}
+    return {
+        "digits_fid": frechet_distance(mu, sigma, mu_r, sigma_r),
+        "digits_is": is_mean,
+        "digits_is_std": is_std,
+        "digits_confidence": float(probs.max(1).values.mean()),
+        "digits_coverage": float(-(nz * np.log(nz)).sum() / np.log(10)),
+    }
 
 
-def digits_scores(images: torch.Tensor, img_size: int | None = None, batch_size: int = 500,
-                  path: str | None = None) -> dict[str, float]:
+def digits_scores(
+    images: torch.Tensor, img_size: int | None = None, batch_size: int = 500, path: str | None = None
+) -> dict[str, float]:
     """Digits metrics of images ``[N, 1, H, W]`` in [-1, 1] (reference at ``img_size``, default ``H``)."""
     if images.dim() != 4:
         raise MetricError(f"digits metrics: images must be [N, C, H, W], got {list(images.shape)}")
@@ -233,9 +256,17 @@ def digits_scores(images: torch.Tensor, img_size: int | None = None, batch_size:
     return digits_scores_from(feats, probs, img_size or images.shape[-1], path)
 
 
-__all__ = ["DigitsClassifier", "WEIGHTS_PATH", "build_digits_metric_file", "classifier_accuracy",
-           "digits_reference_stats", "digits_scores", "digits_scores_from", "load_digits_classifier",
-           "train_digits_classifier"]
+__all__ = [
+    "DigitsClassifier",
+    "WEIGHTS_PATH",
+    "build_digits_metric_file",
+    "classifier_accuracy",
+    "digits_reference_stats",
+    "digits_scores",
+    "digits_scores_from",
+    "load_digits_classifier",
+    "train_digits_classifier",
+]
 
 
 if __name__ == "__main__":  # python -m sdmc.metrics.digits [OUT]: rebuild the shipped file

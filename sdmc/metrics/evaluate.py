@@ -12,6 +12,7 @@ Under ``torchrun`` each rank draws the chunks ``c ≡ rank (mod world)`` of ``ba
 ``c`` uses seed ``SeedSequence([seed, c])``, so the images do not depend on the number of ranks), the
 per-image features are all-gathered in chunk order and rank 0 computes and prints the metrics.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,9 +20,10 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,8 +53,9 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
                 names = list(f.files)
                 key = next((k for k in SAMPLE_KEYS if k in names), names[0] if len(names) == 1 else None)
                 if key is None:
-                    raise MetricError(f"samples {p}: which array holds the images? found {names}; "
-                                      f"name it one of {list(SAMPLE_KEYS)}")
+                    raise MetricError(
+                        f"samples {p}: which array holds the images? found {names}; name it one of {list(SAMPLE_KEYS)}"
+                    )
                 arr = f[key]
     except MetricError:
         raise
@@ -81,8 +84,10 @@ def images_from_array(arr: np.ndarray, where: str = "samples") -> torch.Tensor:
         raise MetricError(f"{where}: images contain NaN or inf")
     lo, hi = float(x.min()), float(x.max())
     if lo < -1.01 or hi > 1.01:
-        raise MetricError(f"{where}: float images must lie in [-1, 1], found values in [{lo:.3g}, {hi:.3g}] "
-                          "(save uint8 0..255 or scale to [-1, 1])")
+        raise MetricError(
+            f"{where}: float images must lie in [-1, 1], found values in [{lo:.3g}, {hi:.3g}] "
+            "(save uint8 0..255 or scale to [-1, 1])"
+        )
     return x.clamp(-1, 1)
 
 
@@ -122,7 +127,7 @@ class Ranks:
         return self.rank == 0
 
     @classmethod
-    def join(cls, device: str | torch.device = "cpu") -> "Ranks":
+    def join(cls, device: str | torch.device = "cpu") -> Ranks:
         """Join the process group described by ``WORLD_SIZE`` / ``RANK`` (env://) when there is one."""
         import torch.distributed as dist
 
@@ -132,8 +137,7 @@ class Ranks:
             return cls()
         if not dist.is_available():
             raise MetricError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-        dist.init_process_group(backend="nccl" if torch.device(device).type == "cuda" else "gloo",
-                                init_method="env://")
+        dist.init_process_group(backend="nccl" if torch.device(device).type == "cuda" else "gloo", init_method="env://")
         return cls(dist.get_rank(), dist.get_world_size(), True)
 
     def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,14 +152,15 @@ class Ranks:
         dist.all_gather(sizes, n)
         most = int(max(int(s) for s in sizes))
         pad = torch.zeros((most,) + tuple(x.shape[1:]), dtype=x.dtype, device=dev)
-        pad[:x.shape[0]] = x.to(dev)
+        pad[: x.shape[0]] = x.to(dev)
         parts = [torch.empty_like(pad) for _ in range(self.world)]
         dist.all_gather(parts, pad)
-        return torch.cat([p[:int(s)].cpu() for p, s in zip(parts, sizes)])
+        return torch.cat([p[: int(s)].cpu() for p, s in zip(parts, sizes)])
 
     def close(self) -> None:
         if self.owns_group:
             import torch.distributed as dist
+
             dist.destroy_process_group()
 
 
@@ -178,14 +183,19 @@ class EvalReport:
         if "digits_fid" in v:
             parts.append(f"digits-FID {v['digits_fid']:.3f}")
         if "digits_is" in v:
-            parts.append(f"digits-IS {v['digits_is']:.3f} (confidence {v['digits_confidence']:.3f}, "
-                         f"coverage {v['digits_coverage']:.3f})")
+            parts.append(
+                f"digits-IS {v['digits_is']:.3f} (confidence {v['digits_confidence']:.3f}, "
+                f"coverage {v['digits_coverage']:.3f})"
+            )
         refs = "; ".join(f"{k} vs {r}" for k, r in self.reference.items())
         return "  ".join(parts) + f"  [{self.n} images" + (f"; {refs}" if refs else "") + "]"
 
     def to_json(self) -> str:
-        return json.dumps({"n": self.n, "metrics": self.values, "reference": self.reference,
-                           "source": self.source}, indent=1, sort_keys=True)
+        return json.dumps(
+            {"n": self.n, "metrics": self.values, "reference": self.reference, "source": self.source},
+            indent=1,
+            sort_keys=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -205,12 +215,15 @@ class EvalOptions:
     progress: bool = True
 
 
-def _inception_reference(net, opts: EvalOptions, img_size: int, log: Callable[[str], None]
-                         ) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+def _inception_reference(
+    net, opts: EvalOptions, img_size: int, log: Callable[[str], None]
+) -> tuple[tuple[np.ndarray, np.ndarray], str]:
     ref = opts.ref
     if not ref:
-        raise MetricError("metric 'fid' needs a reference: --ref cifar10.train.npz (mu/sigma statistics) or "
-                          "--ref DATASET (e.g. cifar10, digits)")
+        raise MetricError(
+            "metric 'fid' needs a reference: --ref cifar10.train.npz (mu/sigma statistics) or "
+            "--ref DATASET (e.g. cifar10, digits)"
+        )
     if ref.endswith(".npz") or Path(ref).is_file():
         return load_stats(ref), ref
     from ..data import load_dataset
@@ -222,19 +235,28 @@ def _inception_reference(net, opts: EvalOptions, img_size: int, log: Callable[[s
         raise
     except Exception as e:
         raise MetricError(f"--ref {ref!r}: neither a statistics file nor a usable dataset ({e})") from None
-    log(f"computing Inception statistics of {ref} (train, {img_size}x{img_size}, "
-        f"{min(len(ds), opts.ref_limit or len(ds))} images)")
-    mu, sigma = dataset_statistics(net, ds, batch_size=opts.batch_size, device=opts.device,
-                                   limit=opts.ref_limit, progress=opts.progress)
+    log(
+        f"computing Inception statistics of {ref} (train, {img_size}x{img_size}, "
+        f"{min(len(ds), opts.ref_limit or len(ds))} images)"
+    )
+    mu, sigma = dataset_statistics(
+        net, ds, batch_size=opts.batch_size, device=opts.device, limit=opts.ref_limit, progress=opts.progress
+    )
     if opts.save_ref:
         save_stats(opts.save_ref, mu, sigma)
         log(f"wrote reference statistics {opts.save_ref}")
     return (mu, sigma), f"{ref} train {img_size}x{img_size}"
 
 
-def evaluate(chunks: Iterable[tuple[int, torch.Tensor]], metrics: Sequence[str], opts: EvalOptions,
-             ranks: Ranks | None = None, total: int | None = None, log: Callable[[str], None] = print,
-             source: dict[str, Any] | None = None) -> EvalReport | None:
+def evaluate(
+    chunks: Iterable[tuple[int, torch.Tensor]],
+    metrics: Sequence[str],
+    opts: EvalOptions,
+    ranks: Ranks | None = None,
+    total: int | None = None,
+    log: Callable[[str], None] = print,
+    source: dict[str, Any] | None = None,
+) -> EvalReport | None:
     """Compute ``metrics`` of image chunks ``(chunk_index, images [b, C, H, W] in [-1, 1])``.
 
     Every rank passes its own chunks; features are gathered in chunk order; rank 0 gets the report,
@@ -249,13 +271,17 @@ def evaluate(chunks: Iterable[tuple[int, torch.Tensor]], metrics: Sequence[str],
     nets: dict[str, Any] = {}
     if any(m.startswith("digits") for m in metrics):
         if opts.ref not in (None, "digits"):
-            raise MetricError(f"digits-fid/digits-is compare with the bundled digits data; --ref {opts.ref!r} "
-                              "is for fid (use --ref digits or leave it out)")
+            raise MetricError(
+                f"digits-fid/digits-is compare with the bundled digits data; --ref {opts.ref!r} "
+                "is for fid (use --ref digits or leave it out)"
+            )
         from .digits import load_digits_classifier
+
         net = load_digits_classifier()[0]  # cached and shared: move a copy
         nets["digits"] = net if torch.device(opts.device).type == "cpu" else copy.deepcopy(net).to(opts.device)
     if any(m in ("fid", "is") for m in metrics):
         from .inception import load_inception
+
         nets["inception"] = load_inception(opts.inception_weights, opts.download, opts.device)
 
     feats: dict[str, list] = {k: [] for k in nets}
@@ -276,8 +302,9 @@ def evaluate(chunks: Iterable[tuple[int, torch.Tensor]], metrics: Sequence[str],
     if not index:
         raise MetricError(f"rank {ranks.rank}: no images to evaluate")
     order = torch.argsort(ranks.gather_rows(torch.cat(index)))
-    gathered = {k: (ranks.gather_rows(torch.cat(feats[k]))[order], ranks.gather_rows(torch.cat(probs[k]))[order])
-                for k in nets}
+    gathered = {
+        k: (ranks.gather_rows(torch.cat(feats[k]))[order], ranks.gather_rows(torch.cat(probs[k]))[order]) for k in nets
+    }
     if not ranks.main:
         return None
     n = len(order)
@@ -285,6 +312,7 @@ def evaluate(chunks: Iterable[tuple[int, torch.Tensor]], metrics: Sequence[str],
     reference: dict[str, str] = {}
     if "digits" in gathered:
         from .digits import digits_scores_from
+
         f, p = gathered["digits"]
         scores = digits_scores_from(f, p, img_size=img_size, splits=1)
         if "digits-fid" in metrics:
@@ -309,7 +337,7 @@ def evaluate(chunks: Iterable[tuple[int, torch.Tensor]], metrics: Sequence[str],
 def tensor_chunks(images: torch.Tensor, batch_size: int, ranks: Ranks) -> Iterable[tuple[int, torch.Tensor]]:
     """This rank's chunks of a tensor of images (chunk ``c`` = images ``[c·b, (c+1)·b)``)."""
     for c in range(ranks.rank, math.ceil(len(images) / batch_size), ranks.world):
-        yield c, images[c * batch_size:(c + 1) * batch_size]
+        yield c, images[c * batch_size : (c + 1) * batch_size]
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -317,8 +345,9 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(chunk)]).generate_state(1, dtype=np.uint32)[0])
 
 
-def model_chunks(sample: Callable[[int, int], torch.Tensor], n: int, batch_size: int, ranks: Ranks,
-                 keep: list | None = None) -> Iterable[tuple[int, torch.Tensor]]:
+def model_chunks(
+    sample: Callable[[int, int], torch.Tensor], n: int, batch_size: int, ranks: Ranks, keep: list | None = None
+) -> Iterable[tuple[int, torch.Tensor]]:
     """This rank's chunks of ``n`` generated images; ``sample(count, chunk)`` draws chunk ``chunk``.
 
     With ``keep`` a list, the chunks are also appended to it (to save the samples afterwards).
@@ -347,25 +376,43 @@ def default_metrics(dataset: str | None, ref: str | None, img_ch: int = 3) -> tu
     return ("fid", "is") if (ref or dataset) else ("is",)
 
 
-def eval_samples_file(path: str | os.PathLike, metrics: Sequence[str] | None, opts: EvalOptions,
-                      log: Callable[[str], None] = print) -> EvalReport | None:
+def eval_samples_file(
+    path: str | os.PathLike, metrics: Sequence[str] | None, opts: EvalOptions, log: Callable[[str], None] = print
+) -> EvalReport | None:
     """Metrics of the images saved in ``path`` (see :func:`load_samples`); rank 0 returns the report."""
     images = load_samples(path)
     metrics = parse_metrics(metrics) or default_metrics(None, opts.ref, images.shape[1])
     ranks = Ranks.join(opts.device)
     try:
         b = plan_batch(len(images), opts.batch_size, ranks.world)
-        return evaluate(tensor_chunks(images, b, ranks), metrics, opts, ranks, total=len(images), log=log,
-                        source={"samples": str(path)})
+        return evaluate(
+            tensor_chunks(images, b, ranks),
+            metrics,
+            opts,
+            ranks,
+            total=len(images),
+            log=log,
+            source={"samples": str(path)},
+        )
     finally:
         ranks.close()
 
 
-def eval_model_file(path: str | os.PathLike, n: int, metrics: Sequence[str] | None, opts: EvalOptions,
-                    solver: str = "ddim", steps: int = 50, seed: int = 0, weights: str = "auto",
-                    snn_steps: int | None = None, threshold: float | None = None,
-                    save_samples_to: str | None = None, log: Callable[[str], None] = print,
-                    sampler: Callable[..., torch.Tensor] | None = None) -> EvalReport | None:
+def eval_model_file(
+    path: str | os.PathLike,
+    n: int,
+    metrics: Sequence[str] | None,
+    opts: EvalOptions,
+    solver: str = "ddim",
+    steps: int = 50,
+    seed: int = 0,
+    weights: str = "auto",
+    snn_steps: int | None = None,
+    threshold: float | None = None,
+    save_samples_to: str | None = None,
+    log: Callable[[str], None] = print,
+    sampler: Callable[..., torch.Tensor] | None = None,
+) -> EvalReport | None:
     """Draw ``n`` images from the model in ``path`` and compute ``metrics``; rank 0 returns the report.
 
     Images come from ``sdmc.diffusion.sampling.sample_images`` (or ``sampler`` with its signature), chunk
@@ -393,17 +440,42 @@ def eval_model_file(path: str | os.PathLike, n: int, metrics: Sequence[str] | No
         b = plan_batch(n, opts.batch_size, ranks.world)
 
         def sample(count: int, chunk: int) -> torch.Tensor:
-            return sampler(model, schedule, count, solver=solver, steps=steps, batch_size=count,
-                           seed=chunk_seed(seed, chunk), device=dev, progress=False, threshold=threshold)
+            return sampler(
+                model,
+                schedule,
+                count,
+                solver=solver,
+                steps=steps,
+                batch_size=count,
+                seed=chunk_seed(seed, chunk),
+                device=dev,
+                progress=False,
+                threshold=threshold,
+            )
 
         keep: list | None = [] if save_samples_to else None
         if ranks.main:
-            log(f"sampling {n} images from {path} ({cfg.model.arch}, T={cfg.model.snn_steps}) with {solver} "
-                f"{steps} steps on {ranks.world} rank(s), batch {b}")
-        report = evaluate(model_chunks(sample, n, b, ranks, keep), metrics, opts, ranks, total=n, log=log,
-                          source={"model": str(path), "solver": solver, "steps": steps, "seed": seed,
-                                  "threshold": threshold, "arch": cfg.model.arch,
-                                  "snn_steps": cfg.model.snn_steps})
+            log(
+                f"sampling {n} images from {path} ({cfg.model.arch}, T={cfg.model.snn_steps}) with {solver} "
+                f"{steps} steps on {ranks.world} rank(s), batch {b}"
+            )
+        report = evaluate(
+            model_chunks(sample, n, b, ranks, keep),
+            metrics,
+            opts,
+            ranks,
+            total=n,
+            log=log,
+            source={
+                "model": str(path),
+                "solver": solver,
+                "steps": steps,
+                "seed": seed,
+                "threshold": threshold,
+                "arch": cfg.model.arch,
+                "snn_steps": cfg.model.snn_steps,
+            },
+        )
         if keep is not None:
             idx = torch.cat([torch.full((len(x),), c) for c, x in keep])
             imgs = torch.cat([x for _, x in keep])
@@ -417,6 +489,21 @@ def eval_model_file(path: str | os.PathLike, n: int, metrics: Sequence[str] | No
         ranks.close()
 
 
-__all__ = ["EvalOptions", "EvalReport", "METRICS", "Ranks", "chunk_seed", "default_metrics", "eval_model_file",
-           "eval_samples_file", "evaluate", "images_from_array", "load_samples", "model_chunks", "parse_metrics",
-           "plan_batch", "save_samples", "tensor_chunks"]
+__all__ = [
+    "EvalOptions",
+    "EvalReport",
+    "METRICS",
+    "Ranks",
+    "chunk_seed",
+    "default_metrics",
+    "eval_model_file",
+    "eval_samples_file",
+    "evaluate",
+    "images_from_array",
+    "load_samples",
+    "model_chunks",
+    "parse_metrics",
+    "plan_batch",
+    "save_samples",
+    "tensor_chunks",
+]

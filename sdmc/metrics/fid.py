@@ -13,12 +13,13 @@ dropped).  Inception Score of class probabilities ``p(y|x)`` in ``k`` splits::
 Reference statistics are ``.npz`` files with float arrays ``mu [D]`` and ``sigma [D, D]`` (the format of
 pytorch-ddpm's ``stats/cifar10.train.npz``).
 """
+
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -34,8 +35,11 @@ class MetricError(SdmcError):
 # ----------------------------------------------------------------------------------- pure functions
 def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """``features [N, D]`` -> ``(mu [D], sigma [D, D])`` in float64; ``sigma`` is the unbiased covariance."""
-    f = features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor) else \
-        np.asarray(features, dtype=np.float64)
+    f = (
+        features.detach().cpu().double().numpy()
+        if isinstance(features, torch.Tensor)
+        else np.asarray(features, dtype=np.float64)
+    )
     if f.ndim != 2:
         raise MetricError(f"feature statistics: features must be [N, D], got shape {list(f.shape)}")
     if f.shape[0] < 2:
@@ -66,7 +70,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     if mu1.shape != mu2.shape or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise MetricError(
             f"Fréchet distance: shapes do not match: mu1 {list(mu1.shape)}, sigma1 {list(sigma1.shape)}, "
-            f"mu2 {list(mu2.shape)}, sigma2 {list(sigma2.shape)} (features of different evaluators?)")
+            f"mu2 {list(mu2.shape)}, sigma2 {list(sigma2.shape)} (features of different evaluators?)"
+        )
     for name, a in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
         if not np.isfinite(a).all():
             raise MetricError(f"Fréchet distance: {name} contains NaN or inf")
@@ -109,8 +114,9 @@ def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **ext
     """Write ``mu``/``sigma`` (plus optional arrays such as ``num``) to ``path`` (.npz), atomically."""
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise MetricError(f"save_stats {path}: mu must be [D] and sigma [D, D], got {list(mu.shape)}, "
-                          f"{list(sigma.shape)}")
+        raise MetricError(
+            f"save_stats {path}: mu must be [D] and sigma [D, D], got {list(mu.shape)}, {list(sigma.shape)}"
+        )
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:  # a file object: np.savez would otherwise append '.npz' to the name
             np.savez(fh, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in extra.items()})
@@ -125,16 +131,20 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("mu", "sigma") if k not in f.files]
             if missing:
-                raise MetricError(f"reference statistics {path}: missing array(s) {missing}; "
-                                  f"found {sorted(f.files)} (expected 'mu' and 'sigma')")
+                raise MetricError(
+                    f"reference statistics {path}: missing array(s) {missing}; "
+                    f"found {sorted(f.files)} (expected 'mu' and 'sigma')"
+                )
             mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
     except MetricError:
         raise
     except Exception as e:  # zipfile / pickle / value errors of a foreign or truncated file
         raise MetricError(f"reference statistics {path}: not a readable .npz file ({e})") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise MetricError(f"reference statistics {path}: mu must be [D] and sigma [D, D], got "
-                          f"{list(mu.shape)} and {list(sigma.shape)}")
+        raise MetricError(
+            f"reference statistics {path}: mu must be [D] and sigma [D, D], got "
+            f"{list(mu.shape)} and {list(sigma.shape)}"
+        )
     return mu, sigma
 
 
@@ -143,9 +153,14 @@ FeatureFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
-def extract(net: FeatureFn, batches: Iterable[torch.Tensor], device: str | torch.device = "cpu",
-            progress: bool = False, total: int | None = None, desc: str = "features"
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def extract(
+    net: FeatureFn,
+    batches: Iterable[torch.Tensor],
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    total: int | None = None,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``net`` (images in [-1, 1] -> ``(features, logits)``) over image batches.
 
     Returns ``(features [N, D], probs [N, K])`` on the CPU in float32 (``probs = softmax(logits)``).
@@ -169,7 +184,7 @@ def extract(net: FeatureFn, batches: Iterable[torch.Tensor], device: str | torch
 def image_batches(images: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
     """Consecutive slices of an image tensor ``[N, C, H, W]``."""
     for i in range(0, len(images), batch_size):
-        yield images[i:i + batch_size]
+        yield images[i : i + batch_size]
 
 
 def dataset_batches(dataset, batch_size: int, limit: int | None = None) -> Iterable[torch.Tensor]:
@@ -182,14 +197,29 @@ def dataset_batches(dataset, batch_size: int, limit: int | None = None) -> Itera
         yield batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
-def dataset_statistics(net: FeatureFn, dataset, batch_size: int = 100, device: str | torch.device = "cpu",
-                       limit: int | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def dataset_statistics(
+    net: FeatureFn,
+    dataset,
+    batch_size: int = 100,
+    device: str | torch.device = "cpu",
+    limit: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(mu, sigma)`` of ``net``'s features over (the first ``limit`` images of) a dataset."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    feats, _ = extract(net, dataset_batches(dataset, batch_size, limit), device, progress, total=n,
-                       desc="reference")
+    feats, _ = extract(net, dataset_batches(dataset, batch_size, limit), device, progress, total=n, desc="reference")
     return feature_statistics(feats)
 
 
-__all__ = ["MetricError", "dataset_batches", "dataset_statistics", "extract", "feature_statistics",
-           "frechet_distance", "image_batches", "inception_score", "load_stats", "save_stats"]
+__all__ = [
+    "MetricError",
+    "dataset_batches",
+    "dataset_statistics",
+    "extract",
+    "feature_statistics",
+    "frechet_distance",
+    "image_batches",
+    "inception_score",
+    "load_stats",
+    "save_stats",
+]

@@ -15,6 +15,7 @@ Output: the 2048-d pool features (FID) and the 1008 logits ``W·f`` *without* th
 Weights are never downloaded implicitly: pass a local file (``--inception-weights PATH`` or the
 environment variable ``SDMC_INCEPTION_WEIGHTS``), or ask for the download explicitly (``--download``).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ from torchvision.models import inception as tv
 
 from .fid import MetricError
 
-WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-               "pt_inception-2015-12-05-6726825d.pth")
+WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_SHA256_PREFIX = "6726825d"
 ENV_VAR = "SDMC_INCEPTION_WEIGHTS"
@@ -57,8 +59,13 @@ class FIDInceptionC(tv.InceptionC):
     def forward(self, x):
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         bd = x
-        for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                      self.branch7x7dbl_5):
+        for layer in (
+            self.branch7x7dbl_1,
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             bd = layer(bd)
         return torch.cat([self.branch1x1(x), b7, bd, self.branch_pool(_valid_avg_pool(x))], 1)
 
@@ -93,8 +100,7 @@ class FIDInceptionV3(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         A, C, E = FIDInceptionA, FIDInceptionC, FIDInceptionE
-        base = tv.Inception3(num_classes=NUM_CLASSES, aux_logits=False, transform_input=False,
-                             init_weights=False)
+        base = tv.Inception3(num_classes=NUM_CLASSES, aux_logits=False, transform_input=False, init_weights=False)
         for name in self.STEM:
             setattr(self, name, getattr(base, name))
         self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = A(192, 32), A(256, 64), A(288, 64)
@@ -123,8 +129,19 @@ class FIDInceptionV3(nn.Module):
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+        for name in (
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "Mixed_7a",
+            "Mixed_7b",
+            "Mixed_7c",
+        ):
             x = getattr(self, name)(x)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
@@ -151,8 +168,9 @@ def resolve_weights(path: str | os.PathLike | None = None, download: bool = Fals
         p = Path(given).expanduser()
         if not p.is_file():
             src = "--inception-weights" if path else f"${ENV_VAR}"
-            raise MetricError(f"Inception weights {p} (from {src}): no such file; it should be {WEIGHTS_NAME} "
-                              f"from {WEIGHTS_URL}")
+            raise MetricError(
+                f"Inception weights {p} (from {src}): no such file; it should be {WEIGHTS_NAME} from {WEIGHTS_URL}"
+            )
         return p
     for d in _cache_dirs():
         if (d / WEIGHTS_NAME).is_file():
@@ -161,7 +179,8 @@ def resolve_weights(path: str | os.PathLike | None = None, download: bool = Fals
         raise MetricError(
             f"FID/IS need the TF-Inception weights {WEIGHTS_NAME}, not found in "
             f"{' or '.join(str(d) for d in _cache_dirs())}; pass --inception-weights PATH (or set "
-            f"{ENV_VAR}=PATH) to a local copy, or pass --download to fetch it from {WEIGHTS_URL}")
+            f"{ENV_VAR}=PATH) to a local copy, or pass --download to fetch it from {WEIGHTS_URL}"
+        )
     from torch.hub import download_url_to_file
 
     from ..utils import atomic_path
@@ -175,8 +194,9 @@ def resolve_weights(path: str | os.PathLike | None = None, download: bool = Fals
     return dest
 
 
-def load_inception(path: str | os.PathLike | None = None, download: bool = False,
-                   device: str | torch.device = "cpu") -> FIDInceptionV3:
+def load_inception(
+    path: str | os.PathLike | None = None, download: bool = False, device: str | torch.device = "cpu"
+) -> FIDInceptionV3:
     """:class:`FIDInceptionV3` with the ``pt_inception-2015-12-05`` weights (see :func:`resolve_weights`)."""
     p = resolve_weights(path, download)
     try:
@@ -192,9 +212,11 @@ def load_inception(path: str | os.PathLike | None = None, download: bool = False
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
-        raise MetricError(f"Inception weights {p}: not the {WEIGHTS_NAME} layout (missing {missing[:3]}"
-                          f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
-                          f"{'...' if len(unexpected) > 3 else ''})")
+        raise MetricError(
+            f"Inception weights {p}: not the {WEIGHTS_NAME} layout (missing {missing[:3]}"
+            f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+            f"{'...' if len(unexpected) > 3 else ''})"
+        )
     try:
         net.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shape mismatches
@@ -202,5 +224,15 @@ def load_inception(path: str | os.PathLike | None = None, download: bool = False
     return net.to(device).eval()
 
 
-__all__ = ["ENV_VAR", "FEATURE_DIM", "FIDInceptionA", "FIDInceptionC", "FIDInceptionE", "FIDInceptionV3", "NUM_CLASSES",
-           "WEIGHTS_URL", "load_inception", "resolve_weights"]
+__all__ = [
+    "ENV_VAR",
+    "FEATURE_DIM",
+    "FIDInceptionA",
+    "FIDInceptionC",
+    "FIDInceptionE",
+    "FIDInceptionV3",
+    "NUM_CLASSES",
+    "WEIGHTS_URL",
+    "load_inception",
+    "resolve_weights",
+]

@@ -4,6 +4,7 @@
 self-attention where ``attn`` names a level and in the first middle block when ``mid_attn`` (as
 pytorch-ddpm, whose parameter count the SDM paper's ANN baseline matches; SDM's quantised ANN has none).
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,7 +61,7 @@ class AttnBlock(nn.Module):
         h = self.group_norm(x)
         q = self.proj_q(h).permute(0, 2, 3, 1).reshape(B, H * W, C)
         k = self.proj_k(h).reshape(B, C, H * W)
-        w = torch.softmax(torch.bmm(q, k) * (C ** -0.5), dim=-1)
+        w = torch.softmax(torch.bmm(q, k) * (C**-0.5), dim=-1)
         v = self.proj_v(h).permute(0, 2, 3, 1).reshape(B, H * W, C)
         h = torch.bmm(w, v).reshape(B, H, W, C).permute(0, 3, 1, 2)
         return x + self.proj(h)
@@ -71,8 +72,9 @@ class ResBlock(nn.Module):
         super().__init__()
         self.block1 = nn.Sequential(nn.GroupNorm(groups, in_ch), Swish(), nn.Conv2d(in_ch, out_ch, 3, 1, 1))
         self.temb_proj = nn.Sequential(Swish(), nn.Linear(tdim, out_ch))
-        self.block2 = nn.Sequential(nn.GroupNorm(groups, out_ch), Swish(), nn.Dropout(dropout),
-                                    nn.Conv2d(out_ch, out_ch, 3, 1, 1))
+        self.block2 = nn.Sequential(
+            nn.GroupNorm(groups, out_ch), Swish(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, 1, 1)
+        )
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.attn = AttnBlock(out_ch, groups) if attn else nn.Identity()
         for m in self.modules():
@@ -111,8 +113,12 @@ class ANNUNet(nn.Module):
             if i != len(cfg.ch_mult) - 1:
                 self.downblocks.append(DownSample(now_ch))
                 chs.append(now_ch)
-        self.middleblocks = nn.ModuleList([ResBlock(now_ch, now_ch, tdim, cfg.dropout, cfg.mid_attn, g),
-                                           ResBlock(now_ch, now_ch, tdim, cfg.dropout, False, g)])
+        self.middleblocks = nn.ModuleList(
+            [
+                ResBlock(now_ch, now_ch, tdim, cfg.dropout, cfg.mid_attn, g),
+                ResBlock(now_ch, now_ch, tdim, cfg.dropout, False, g),
+            ]
+        )
         self.upblocks = nn.ModuleList()
         for i, mult in reversed(list(enumerate(cfg.ch_mult))):
             out_ch = ch * mult

@@ -8,6 +8,7 @@ with its own learnable clip ``alpha``; weights stay full precision. With ``n = 2
 ``floor(z + 1/2)`` (round half up) is used instead of torch's round-half-even so that the IF neuron of
 :mod:`sdmc.convert` reproduces ``Q`` exactly at ties too.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,7 @@ def quant_relu(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     Gradients: identity through the rounding; ``alpha`` receives ``(Q - x)/alpha`` inside the range and
     1 where ``x`` is clipped at the top (LSQ/PACT-style).
     """
-    n = 2 ** bits - 1
+    n = 2**bits - 1
     z = torch.clamp(x / alpha, 0.0, 1.0) * n
     zq = z + (torch.floor(z + 0.5) - z).detach()
     return zq * (alpha / n)
@@ -46,7 +47,7 @@ class QuantReLU(nn.Module):
     @property
     def levels(self) -> int:
         """``2**bits - 1``: the number of nonzero levels, also the SNN time steps T after conversion."""
-        return 2 ** self.bits - 1
+        return 2**self.bits - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return quant_relu(x, self.alpha, self.bits)
@@ -58,7 +59,7 @@ class QuantReLU(nn.Module):
 def quantize_ann(model: nn.Module, bits: int, alpha_init: float = 6.0) -> nn.Module:
     """Replace every :class:`Swish` in ``model`` by a fresh ``QuantReLU(bits, alpha_init)``, in place."""
     found = 0
-    for name, mod in list(model.named_modules()):
+    for _, mod in list(model.named_modules()):
         for cname, child in list(mod.named_children()):
             if isinstance(child, Swish):
                 setattr(mod, cname, QuantReLU(bits, alpha_init))
@@ -70,8 +71,14 @@ def quantize_ann(model: nn.Module, bits: int, alpha_init: float = 6.0) -> nn.Mod
 
 def qann_model_config(cfg: ModelConfig, bits: int | None = None, alpha_init: float | None = None) -> ModelConfig:
     """``cfg`` as arch ``qann`` (``bits`` / ``alpha_init`` default to ``cfg``'s)."""
-    return ModelConfig(**{**cfg.to_dict(), "arch": "qann", "bits": int(cfg.bits if bits is None else bits),
-                          "alpha_init": float(cfg.alpha_init if alpha_init is None else alpha_init)})
+    return ModelConfig(
+        **{
+            **cfg.to_dict(),
+            "arch": "qann",
+            "bits": int(cfg.bits if bits is None else bits),
+            "alpha_init": float(cfg.alpha_init if alpha_init is None else alpha_init),
+        }
+    )
 
 
 def build_qann(cfg: ModelConfig, bits: int | None = None, alpha_init: float | None = None) -> ANNUNet:
@@ -124,4 +131,13 @@ def calibrate_alpha(model: nn.Module, x: torch.Tensor, t: torch.Tensor, quantile
     return out
 
 
-__all__ = ["QuantReLU", "build_qann", "qann_model_config", "calibrate_alpha", "qann_bits", "quant_layers", "quant_relu", "quantize_ann"]
+__all__ = [
+    "QuantReLU",
+    "build_qann",
+    "qann_model_config",
+    "calibrate_alpha",
+    "qann_bits",
+    "quant_layers",
+    "quant_relu",
+    "quantize_ann",
+]

@@ -16,6 +16,7 @@ Forward of the whole network (T SNN steps, x the noisy image, t the diffusion st
 With TSM (SDM) every Conv2d becomes ``y[t] = p[t] * conv(x[t])`` with one learnable scalar per step.
 The neuron state is reset after every call.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,9 @@ class TSMConv2d(nn.Module):
     inherited SDDPM conv computes exactly what it did before.  The conv bias is scaled too.
     """
 
-    def __init__(self, timestep: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 1) -> None:
+    def __init__(
+        self, timestep: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, padding: int = 1
+    ) -> None:
         super().__init__()
         self.T = timestep
         self.tsmconv = nn.Conv2d(in_ch, out_ch, kernel_size=kernel_size, stride=stride, padding=padding)
@@ -102,8 +104,13 @@ class TimeEmbedding(nn.Module):
 def make_neuron(cfg: ModelConfig) -> nn.Module:
     """A multi-step spikingjelly neuron as configured (IF or LIF, hard or soft reset, ATan surrogate)."""
     v_reset = None if cfg.soft_reset else 0.0
-    common = dict(v_threshold=cfg.threshold, v_reset=v_reset, surrogate_function=surrogate.ATan(),
-                  detach_reset=False, step_mode="m")
+    common = dict(
+        v_threshold=cfg.threshold,
+        v_reset=v_reset,
+        surrogate_function=surrogate.ATan(),
+        detach_reset=False,
+        step_mode="m",
+    )
     if cfg.neuron == "if":
         return neuron.IFNode(**common)
     return neuron.LIFNode(tau=cfg.tau, decay_input=True, **common)
@@ -214,8 +221,9 @@ class SpikingUNet(nn.Module):
             if i != len(cfg.ch_mult) - 1:
                 self.downblocks.append(SpkDownSample(cfg, now_ch))
                 chs.append(now_ch)
-        self.middleblocks = nn.ModuleList([SpkResBlock(cfg, now_ch, now_ch, tdim),
-                                           SpkResBlock(cfg, now_ch, now_ch, tdim)])
+        self.middleblocks = nn.ModuleList(
+            [SpkResBlock(cfg, now_ch, now_ch, tdim), SpkResBlock(cfg, now_ch, now_ch, tdim)]
+        )
         self.upblocks = nn.ModuleList()
         for i, mult in reversed(list(enumerate(cfg.ch_mult))):
             out_ch = ch * mult
@@ -240,12 +248,15 @@ class SpikingUNet(nn.Module):
         """Raise a clear :class:`ConfigError` for inputs this network cannot take."""
         cfg = self.config
         if x.dim() != 4 or x.shape[1] != cfg.img_ch:
-            raise ConfigError(f"{type(self).__name__}: expected an image batch [B, {cfg.img_ch}, H, W], "
-                              f"got shape {list(x.shape)}")
+            raise ConfigError(
+                f"{type(self).__name__}: expected an image batch [B, {cfg.img_ch}, H, W], got shape {list(x.shape)}"
+            )
         factor = 2 ** (len(cfg.ch_mult) - 1)
         if x.shape[2] % factor or x.shape[3] % factor:
-            raise ConfigError(f"{type(self).__name__}: image size {tuple(x.shape[2:])} is not divisible by "
-                              f"{factor} (the UNet downsamples {len(cfg.ch_mult) - 1} times)")
+            raise ConfigError(
+                f"{type(self).__name__}: image size {tuple(x.shape[2:])} is not divisible by "
+                f"{factor} (the UNet downsamples {len(cfg.ch_mult) - 1} times)"
+            )
         if t.dim() != 1 or t.shape[0] != x.shape[0]:
             raise ConfigError(f"{type(self).__name__}: t must have shape [{x.shape[0]}], got {list(t.shape)}")
 

@@ -13,11 +13,12 @@ Analyses are passes that only write metadata (``node.meta``; a JSON summary in `
 Pipelines: ``inference`` = fold_bn, fuse_tsm, hoist_static, dead_code; ``neuromorphic`` = inference +
 split_concat, compose_residual, dead_code, partition.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from .. import ir
 from ..errors import SdmcError
@@ -39,13 +40,14 @@ class Pass:
 PASSES: dict[str, Pass] = {}
 
 
-def register_pass(name: str, description: str, *, analysis: bool = False):
+def register_pass(name: str, description: str, *, analysis: bool = False):  # noqa: F811
     """Decorator: register ``body(graph_copy) -> dict | None`` (details for the log) as pass ``name``.
 
     The decorated name becomes the public function ``graph -> graph``; ``body`` gets a private copy
     whose types are inferred, may edit it freely (never the shared parameter arrays in place), and
     returns details to log.
     """
+
     def deco(body: Callable[[ir.Graph], dict | None]) -> Callable[[ir.Graph], ir.Graph]:
         if name in PASSES:
             raise SdmcError(f"pass {name!r} registered twice")
@@ -56,8 +58,10 @@ def register_pass(name: str, description: str, *, analysis: bool = False):
                 raise SdmcError(f"pass {name!r}: expected an sdmc.ir.Graph, got {type(graph).__name__}")
             ir.check(graph)
             g = graph.copy()
-            g.meta = {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
-                      for k, v in g.meta.items()}
+            g.meta = {
+                k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+                for k, v in g.meta.items()
+            }
             ir.infer_types(g)
             before = (len(g.nodes), len(g.params))
             details = body(g) or {}
@@ -73,13 +77,22 @@ def register_pass(name: str, description: str, *, analysis: bool = False):
         wrapper.description = description  # type: ignore[attr-defined]
         PASSES[name] = Pass(name, description, wrapper, analysis)
         return wrapper
+
     return deco
 
 
 PIPELINES: dict[str, tuple[str, ...]] = {
     "inference": ("fold_bn", "fuse_tsm", "hoist_static", "dead_code"),
-    "neuromorphic": ("fold_bn", "fuse_tsm", "hoist_static", "dead_code", "split_concat", "compose_residual",
-                     "dead_code", "partition"),
+    "neuromorphic": (
+        "fold_bn",
+        "fuse_tsm",
+        "hoist_static",
+        "dead_code",
+        "split_concat",
+        "compose_residual",
+        "dead_code",
+        "partition",
+    ),
 }
 
 
@@ -96,8 +109,7 @@ def resolve(passes: str | Iterable[str]) -> list[str]:
         elif p in PASSES:
             out.append(p)
         else:
-            raise SdmcError(f"unknown pass or pipeline {p!r}; passes: {sorted(PASSES)}; "
-                            f"pipelines: {sorted(PIPELINES)}")
+            raise SdmcError(f"unknown pass or pipeline {p!r}; passes: {sorted(PASSES)}; pipelines: {sorted(PIPELINES)}")
     return out
 
 
@@ -108,11 +120,37 @@ def run(graph: ir.Graph, passes: str | Iterable[str] = "inference") -> ir.Graph:
     return graph
 
 
-from . import analysis, rewrite  # noqa: E402  (registers the passes)
+from . import analysis, rewrite  # noqa: E402, F401, F811  (registers the passes)
 from .analysis import cost, format_summary, infer, partition, summarize  # noqa: E402
-from .rewrite import (compose_residual, dead_code, fold_bn, fold_bn_weights, fuse_tsm,  # noqa: E402
-                      fuse_tsm_weights, hoist_static, split_concat)
+from .rewrite import (  # noqa: E402
+    compose_residual,
+    dead_code,
+    fold_bn,
+    fold_bn_weights,
+    fuse_tsm,
+    fuse_tsm_weights,
+    hoist_static,
+    split_concat,
+)
 
-__all__ = ["Pass", "PASSES", "PIPELINES", "register_pass", "resolve", "run", "fold_bn", "fold_bn_weights",
-           "fuse_tsm", "fuse_tsm_weights", "hoist_static", "dead_code", "split_concat", "compose_residual",
-           "partition", "infer", "cost", "summarize", "format_summary"]
+__all__ = [
+    "Pass",
+    "PASSES",
+    "PIPELINES",
+    "register_pass",
+    "resolve",
+    "run",
+    "fold_bn",
+    "fold_bn_weights",
+    "fuse_tsm",
+    "fuse_tsm_weights",
+    "hoist_static",
+    "dead_code",
+    "split_concat",
+    "compose_residual",
+    "partition",
+    "infer",
+    "cost",
+    "summarize",
+    "format_summary",
+]

@@ -5,6 +5,7 @@ Node metadata written (``node.meta``): ``type`` (:class:`sdmc.ir.ValueType`), ``
 "runs", "ops"}``), ``partition`` (``"host"`` or ``"neuromorphic"``) and ``partition_reason``.  Node
 metadata is not serialised, so the partition is also kept in ``graph.meta['partition']``.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ from collections import Counter
 import numpy as np
 
 from .. import ir
-from ..ir.graph import REAL, SPIKE
+from ..ir.graph import REAL
 from . import register_pass
 
 HOST, NEURO = "host", "neuromorphic"
@@ -93,15 +94,20 @@ def _sides(g: ir.Graph) -> dict[str, tuple[str, str]]:
         side[k] = (NEURO, "sums synaptic currents into neurons (static operands: neuron bias)")
     readout: set[str] = set()
     for n in order:
-        if n.op == "add" and n.name not in cand and n.type.per_step and all(
-                side[i][0] == NEURO or i in readout or not g.nodes[i].type.per_step for i in n.inputs):
+        if (
+            n.op == "add"
+            and n.name not in cand
+            and n.type.per_step
+            and all(side[i][0] == NEURO or i in readout or not g.nodes[i].type.per_step for i in n.inputs)
+        ):
             readout.add(n.name)
             side[n.name] = (HOST, "sum of spike-driven currents read by host ops (the read-out boundary)")
     return side
 
 
-@register_pass("partition", "mark each node host (analog) or neuromorphic (spike-driven), with the reason",
-               analysis=True)
+@register_pass(
+    "partition", "mark each node host (analog) or neuromorphic (spike-driven), with the reason", analysis=True
+)
 def partition(g: ir.Graph) -> dict:
     side = _sides(g)
     for k, (s, why) in side.items():
@@ -121,9 +127,18 @@ def summarize(graph: ir.Graph) -> dict:
     used = g.param_names()
     n_el = sum(int(np.asarray(g.params[k]).size) for k in used)
     n_bytes = sum(int(np.asarray(g.params[k]).nbytes) for k in used)
-    spikes = [{"name": n.name, "op": n.op, "neurons": math.prod(n.type.shape), "shape": list(n.type.shape),
-               "threshold": n.threshold, "reset": "soft" if n.v_reset is None else f"hard({n.v_reset})"}
-              for n in g.order() if n.op in ir.NEURON_OPS]
+    spikes = [
+        {
+            "name": n.name,
+            "op": n.op,
+            "neurons": math.prod(n.type.shape),
+            "shape": list(n.type.shape),
+            "threshold": n.threshold,
+            "reset": "soft" if n.v_reset is None else f"hard({n.v_reset})",
+        }
+        for n in g.order()
+        if n.op in ir.NEURON_OPS
+    ]
     work = Counter()
     nodes_t = Counter()
     for n in g.nodes.values():
@@ -138,16 +153,23 @@ def summarize(graph: ir.Graph) -> dict:
     part = Counter(s for s, _ in side.values())
     host_reasons = Counter(why for s, why in side.values() if s == HOST)
     return {
-        "T": g.T, "source": g.meta.get("source"), "model_config": g.meta.get("model_config"),
-        "nodes": len(g.nodes), "ops": dict(sorted(ops.items())),
+        "T": g.T,
+        "source": g.meta.get("source"),
+        "model_config": g.meta.get("model_config"),
+        "nodes": len(g.nodes),
+        "ops": dict(sorted(ops.items())),
         "inputs": [{"name": n.name, "type": str(n.type)} for n in g.input_nodes],
         "outputs": [{"name": n.name, "type": str(n.type)} for n in g.output_nodes],
         "params": {"tensors": len(used), "elements": n_el, "bytes": n_bytes},
         "spike_layers": {"count": len(spikes), "neurons": sum(s["neurons"] for s in spikes), "layers": spikes},
         "timing": {"static_nodes": nodes_t["static"], "per_step_nodes": nodes_t["per-step"]},
         "work_per_call": {k: int(v) for k, v in sorted(work.items())},
-        "partition": {"host": part[HOST], "neuromorphic": part[NEURO], "host_reasons": dict(host_reasons),
-                      "nodes": {k: list(v) for k, v in side.items()}},
+        "partition": {
+            "host": part[HOST],
+            "neuromorphic": part[NEURO],
+            "host_reasons": dict(host_reasons),
+            "nodes": {k: list(v) for k, v in side.items()},
+        },
         "passes": list(g.meta.get("passes", [])),
     }
 
@@ -164,8 +186,11 @@ def format_summary(s: dict) -> str:
     lines = []
     cfg = s.get("model_config") or {}
     desc = ", ".join(f"{k}={cfg[k]}" for k in ("arch", "ch", "ch_mult", "img_size") if k in cfg)
-    lines.append(f"graph: {s['nodes']} nodes, T={s['T']}" + (f", source {s['source']}" if s.get("source") else "")
-                 + (f" ({desc})" if desc else ""))
+    lines.append(
+        f"graph: {s['nodes']} nodes, T={s['T']}"
+        + (f", source {s['source']}" if s.get("source") else "")
+        + (f" ({desc})" if desc else "")
+    )
     lines.append("inputs:  " + "; ".join(f"{i['name']}: {i['type']}" for i in s["inputs"]))
     lines.append("outputs: " + "; ".join(f"{o['name']}: {o['type']}" for o in s["outputs"]))
     p = s["params"]
@@ -174,17 +199,23 @@ def format_summary(s: dict) -> str:
     sl = s["spike_layers"]
     lines.append(f"spike layers: {sl['count']} ({_n(sl['neurons'])} neurons per sample)")
     for layer in sl["layers"][:4]:
-        lines.append(f"  {layer['name']}: {layer['op']} {layer['shape']} threshold {layer['threshold']} {layer['reset']}")
+        lines.append(
+            f"  {layer['name']}: {layer['op']} {layer['shape']} threshold {layer['threshold']} {layer['reset']}"
+        )
     if sl["count"] > 4:
         lines.append(f"  ... {sl['count'] - 4} more")
     tm, w = s["timing"], s["work_per_call"]
     lines.append(f"timing: {tm['static_nodes']} static nodes (run once per call), {tm['per_step_nodes']} per-step")
-    lines.append(f"work per call (synaptic ops, one sample): static {_n(w.get('static_ops', 0))}, per-step "
-                 f"{_n(w.get('per_step_ops', 0))}; spike-driven {_n(w.get('spike_driven_ops', 0))}, real-input "
-                 f"{_n(w.get('real_input_ops', 0))}")
+    lines.append(
+        f"work per call (synaptic ops, one sample): static {_n(w.get('static_ops', 0))}, per-step "
+        f"{_n(w.get('per_step_ops', 0))}; spike-driven {_n(w.get('spike_driven_ops', 0))}, real-input "
+        f"{_n(w.get('real_input_ops', 0))}"
+    )
     pt = s["partition"]
-    lines.append(f"partition: {pt['neuromorphic']} neuromorphic nodes ({_n(w.get('neuromorphic_ops', 0))} ops), "
-                 f"{pt['host']} host nodes ({_n(w.get('host_ops', 0))} ops)")
+    lines.append(
+        f"partition: {pt['neuromorphic']} neuromorphic nodes ({_n(w.get('neuromorphic_ops', 0))} ops), "
+        f"{pt['host']} host nodes ({_n(w.get('host_ops', 0))} ops)"
+    )
     for why, k in sorted(pt["host_reasons"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  host x{k}: {why}")
     lines.append(f"pass log ({len(s['passes'])}):" if s["passes"] else "pass log: none (graph as traced)")
@@ -195,14 +226,18 @@ def format_summary(s: dict) -> str:
                 extra.append(f"{key} {len(e[key])}")
         if "synapses_before" in e:
             b, a = e["synapses_before"], e["synapses_after"]
-            extra.append(f"synapses spike-driven {_n(b['spike_driven'])} -> {_n(a['spike_driven'])}, "
-                         f"all {_n(b['all'])} -> {_n(a['all'])}, max fan-in {e['max_projections_per_neuron']}")
+            extra.append(
+                f"synapses spike-driven {_n(b['spike_driven'])} -> {_n(a['spike_driven'])}, "
+                f"all {_n(b['all'])} -> {_n(a['all'])}, max fan-in {e['max_projections_per_neuron']}"
+            )
         if e.get("not_composed"):
             extra.append(f"not composed {len(e['not_composed'])}")
         if "host" in e and "neuromorphic" in e:
             extra.append(f"host {e['host']}, neuromorphic {e['neuromorphic']}")
-        lines.append(f"  {e['pass']}: nodes {e['nodes'][0]} -> {e['nodes'][1]}, params {e['params'][0]} -> "
-                     f"{e['params'][1]}" + (f"; {'; '.join(extra)}" if extra else ""))
+        lines.append(
+            f"  {e['pass']}: nodes {e['nodes'][0]} -> {e['nodes'][1]}, params {e['params'][0]} -> "
+            f"{e['params'][1]}" + (f"; {'; '.join(extra)}" if extra else "")
+        )
         for k, why in list((e.get("not_composed") or {}).items())[:3]:
             lines.append(f"    not composed: {k}: {why}")
     return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ Every pass preserves the golden simulator's outputs (eval mode; ``hoist_static``
 ``compose_1x1``) sit beside the graph wrappers.  New parameters get new names (``<node>.weight``, ...);
 the source's parameters stay in the store until ``dead_code`` drops the unused ones.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -18,8 +19,20 @@ from . import register_pass
 CONV_OPS = ("conv2d", "scaled_conv2d")
 AFFINE_OPS = ("conv2d", "conv3d", "linear", "scaled_conv2d")
 # ops that act on every time step the same way, so f(repeat(x)) == repeat(f(x))
-TIME_INVARIANT = ("conv2d", "conv3d", "linear", "batchnorm", "add", "mul", "swish", "sigmoid", "scale", "upsample",
-                  "reshape", "concat")
+TIME_INVARIANT = (
+    "conv2d",
+    "conv3d",
+    "linear",
+    "batchnorm",
+    "add",
+    "mul",
+    "swish",
+    "sigmoid",
+    "scale",
+    "upsample",
+    "reshape",
+    "concat",
+)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -50,8 +63,15 @@ def _drop(g: ir.Graph, keep: str, gone: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ fold_bn
-def fold_bn_weights(w: np.ndarray, b: np.ndarray | None, mean: np.ndarray, var: np.ndarray,
-                    gamma: np.ndarray | None, beta: np.ndarray | None, eps: float) -> tuple[np.ndarray, np.ndarray]:
+def fold_bn_weights(
+    w: np.ndarray,
+    b: np.ndarray | None,
+    mean: np.ndarray,
+    var: np.ndarray,
+    gamma: np.ndarray | None,
+    beta: np.ndarray | None,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Fold eval-mode BN into the affine op before it (output channel = axis 0 of ``w``)::
 
         s = gamma / sqrt(var + eps)      W' = W * s[o]      b' = (b - mean) * s + beta
@@ -73,8 +93,13 @@ def fold_bn_weights(w: np.ndarray, b: np.ndarray | None, mean: np.ndarray, var: 
 
 
 def _bn_args(g: ir.Graph, bn: ir.BatchNorm) -> dict:
-    return dict(mean=_arr(g, bn.running_mean), var=_arr(g, bn.running_var), gamma=_arr(g, bn.weight),
-                beta=_arr(g, bn.bias), eps=float(bn.eps))
+    return dict(
+        mean=_arr(g, bn.running_mean),
+        var=_arr(g, bn.running_var),
+        gamma=_arr(g, bn.weight),
+        beta=_arr(g, bn.bias),
+        eps=float(bn.eps),
+    )
 
 
 @register_pass("fold_bn", "fold eval-mode BatchNorm into the conv / linear before it (sole reader only)")
@@ -90,11 +115,15 @@ def fold_bn(g: ir.Graph) -> dict:
             kept[bn.name] = f"{prod.name!r} has other readers {g.users(prod.name)} (fan-out)"
             continue
         if prod.op == "linear" and len(prod.type.shape) != 1:
-            kept[bn.name] = f"linear {prod.name!r} output has rank {len(prod.type.shape)}; BN's channel is not its feature axis"
+            kept[bn.name] = (
+                f"linear {prod.name!r} output has rank {len(prod.type.shape)}; BN's channel is not its feature axis"
+            )
             continue
         w, b = fold_bn_weights(_arr(g, prod.weight), _arr(g, prod.bias), **_bn_args(g, bn))
-        new = prod.replace(weight=_new_param(g, f"{prod.name}.weight.fold_bn", w, prod.weight),
-                           bias=_new_param(g, f"{prod.name}.bias.fold_bn", b, prod.weight))
+        new = prod.replace(
+            weight=_new_param(g, f"{prod.name}.weight.fold_bn", w, prod.weight),
+            bias=_new_param(g, f"{prod.name}.bias.fold_bn", b, prod.weight),
+        )
         g.nodes[prod.name] = new
         _drop(g, prod.name, bn.name)
         folded.append([bn.name, prod.name])
@@ -102,8 +131,9 @@ def fold_bn(g: ir.Graph) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ fuse_tsm
-def fuse_tsm_weights(w: np.ndarray, b: np.ndarray | None, p: np.ndarray, bn: dict | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def fuse_tsm_weights(
+    w: np.ndarray, b: np.ndarray | None, p: np.ndarray, bn: dict | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """TSM conv (+ BN) as per-step weights ``W_t = p_t W'`` and biases, stored factorised ``(W', p, b_t)``::
 
         no BN:  W' = W                b_t = p_t b
@@ -135,12 +165,22 @@ def fuse_tsm(g: ir.Graph) -> dict:
             continue
         user = _only_user(g, tsm.name)
         bn = g[user] if user is not None and g[user].op == "batchnorm" else None
-        w, p, bt = fuse_tsm_weights(_arr(g, conv.weight), _arr(g, conv.bias), _arr(g, tsm.scale),
-                                    _bn_args(g, bn) if bn is not None else None)
+        w, p, bt = fuse_tsm_weights(
+            _arr(g, conv.weight), _arr(g, conv.bias), _arr(g, tsm.scale), _bn_args(g, bn) if bn is not None else None
+        )
         w_name = conv.weight if bn is None else _new_param(g, f"{tsm.name}.weight.fuse_tsm", w, conv.weight)
         b_name = None if bt is None else _new_param(g, f"{tsm.name}.bias.fuse_tsm", bt, conv.weight)
-        new = ir.ScaledConv2d(name=tsm.name, inputs=conv.inputs, weight=w_name, scale=tsm.scale, bias=b_name,
-                              stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+        new = ir.ScaledConv2d(
+            name=tsm.name,
+            inputs=conv.inputs,
+            weight=w_name,
+            scale=tsm.scale,
+            bias=b_name,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+        )
         g.nodes[tsm.name] = new
         g.remove(conv.name)
         if bn is not None:
@@ -231,10 +271,18 @@ def split_concat(g: ir.Graph) -> dict:
             off, terms = 0, []
             for i, src in enumerate(cat.inputs):
                 c = g.nodes[src].type.shape[0]
-                wi = _new_param(g, f"{name}.{i}.weight", np.ascontiguousarray(w[:, off:off + c]))
+                wi = _new_param(g, f"{name}.{i}.weight", np.ascontiguousarray(w[:, off : off + c]))
                 off += c
-                terms.append(g.add(node.replace(name=g.fresh_name(f"{name}.{i}"), inputs=(src,), weight=wi,
-                                                bias=node.bias if i == 0 else None)))
+                terms.append(
+                    g.add(
+                        node.replace(
+                            name=g.fresh_name(f"{name}.{i}"),
+                            inputs=(src,),
+                            weight=wi,
+                            bias=node.bias if i == 0 else None,
+                        )
+                    )
+                )
             acc = terms[0]
             for i, t in enumerate(terms[1:], 1):
                 acc = g.add(ir.Add(name=g.fresh_name(f"{name}.sum{i}"), inputs=(acc, t)))
@@ -260,15 +308,27 @@ class _Conv:
     sources: list = field(default_factory=list)  # names of the nodes composed into it
 
     @classmethod
-    def of(cls, g: ir.Graph, n: ir.Node) -> "_Conv":
+    def of(cls, g: ir.Graph, n: ir.Node) -> _Conv:
         scale = _arr(g, n.scale).reshape(-1) if n.op == "scaled_conv2d" and n.scale is not None else None
-        return cls(_arr(g, n.weight), scale, _arr(g, n.bias), tuple(n.stride), tuple(n.padding),
-                   tuple(n.dilation), int(n.groups), [n.name])
+        return cls(
+            _arr(g, n.weight),
+            scale,
+            _arr(g, n.bias),
+            tuple(n.stride),
+            tuple(n.padding),
+            tuple(n.dilation),
+            int(n.groups),
+            [n.name],
+        )
 
     @property
     def is_1x1(self) -> bool:
-        return (self.weight.shape[2:] == (1, 1) and self.groups == 1 and tuple(self.stride) == (1, 1)
-                and tuple(self.padding) == (0, 0))
+        return (
+            self.weight.shape[2:] == (1, 1)
+            and self.groups == 1
+            and tuple(self.stride) == (1, 1)
+            and tuple(self.padding) == (0, 0)
+        )
 
 
 def compose_1x1(outer: _Conv, inner: _Conv) -> _Conv:
@@ -289,8 +349,7 @@ def compose_1x1(outer: _Conv, inner: _Conv) -> _Conv:
         scale = outer.scale if inner.scale is None else inner.scale
     else:
         scale = outer.scale * inner.scale
-    return _Conv(w, scale, b, inner.stride, inner.padding, inner.dilation, inner.groups,
-                 inner.sources + outer.sources)
+    return _Conv(w, scale, b, inner.stride, inner.padding, inner.dilation, inner.groups, inner.sources + outer.sources)
 
 
 @dataclass
@@ -303,12 +362,16 @@ class _Term:
     node: str | None = None
 
 
-_NOT_COMPOSED = {"batchnorm": "through batchnorm (not folded: no conv / linear right before it); composing past it is not done",
-                 "tsm_scale": "TSM scale not fused (run fuse_tsm first)",
-                 "concat": "concat not split (run split_concat first)",
-                 "conv3d": "conv3d is not composed by this pass", "linear": "linear is not composed by this pass",
-                 "upsample": "upsample of a real value is not composed by this pass",
-                 "reshape": "reshape is not composed by this pass", "repeat": None}
+_NOT_COMPOSED = {
+    "batchnorm": "through batchnorm (not folded: no conv / linear right before it); composing past it is not done",
+    "tsm_scale": "TSM scale not fused (run fuse_tsm first)",
+    "concat": "concat not split (run split_concat first)",
+    "conv3d": "conv3d is not composed by this pass",
+    "linear": "linear is not composed by this pass",
+    "upsample": "upsample of a real value is not composed by this pass",
+    "reshape": "reshape is not composed by this pass",
+    "repeat": None,
+}
 
 
 class _Composer:
@@ -352,33 +415,50 @@ class _Composer:
                 return [_Term(u.name, conv, v)], False  # a synapse from spikes (or static work): already direct
             if not conv.is_1x1:
                 k = "x".join(map(str, conv.weight.shape[2:]))
-                return self.opaque(v, f"{k} conv (stride {list(conv.stride)}, groups {conv.groups}) on the "
-                                      f"real-valued {u.name!r}: composing it with the convs feeding it is not exact")
+                return self.opaque(
+                    v,
+                    f"{k} conv (stride {list(conv.stride)}, groups {conv.groups}) on the "
+                    f"real-valued {u.name!r}: composing it with the convs feeding it is not exact",
+                )
             inner, _ = self.expand(u.name)
             if not all(x.conv is None or x.conv.groups == 1 for x in inner):
                 return self.opaque(v, "1x1 conv over a grouped conv")
             out = []
             for i, x in enumerate(inner):
                 c = conv if i == 0 else replace(conv, bias=None)  # the outer bias is added once, not per summand
-                out.append(_Term(x.src, compose_1x1(c, x.conv) if x.conv is not None
-                                 else replace(c, sources=list(c.sources))))
+                out.append(
+                    _Term(x.src, compose_1x1(c, x.conv) if x.conv is not None else replace(c, sources=list(c.sources)))
+                )
             return out, True
         return self.opaque(v, _NOT_COMPOSED.get(n.op, f"through {n.op} (not linear)"))
 
 
 def _same_geometry(c: _Conv, d: _Conv) -> bool:
-    return (d.weight.shape == c.weight.shape and d.stride == c.stride and d.padding == c.padding
-            and d.dilation == c.dilation and d.groups == c.groups
-            and ((d.scale is None and c.scale is None)
-                 or (d.scale is not None and c.scale is not None and np.array_equal(d.scale, c.scale))))
+    return (
+        d.weight.shape == c.weight.shape
+        and d.stride == c.stride
+        and d.padding == c.padding
+        and d.dilation == c.dilation
+        and d.groups == c.groups
+        and (
+            (d.scale is None and c.scale is None)
+            or (d.scale is not None and c.scale is not None and np.array_equal(d.scale, c.scale))
+        )
+    )
 
 
 def _merge(terms: list[_Term]) -> list[_Term]:
     """Sum the weights of terms reading one source with one geometry and scale; gather the new terms' biases."""
     out: list[_Term] = []
     for t in terms:
-        hit = next((o for o in out if t.conv is not None and o.conv is not None and o.src == t.src
-                    and _same_geometry(t.conv, o.conv)), None)
+        hit = next(
+            (
+                o
+                for o in out
+                if t.conv is not None and o.conv is not None and o.src == t.src and _same_geometry(t.conv, o.conv)
+            ),
+            None,
+        )
         if hit is None:
             out.append(_Term(t.src, t.conv, t.node))
             continue
@@ -439,12 +519,29 @@ def compose_residual(g: ir.Graph) -> dict:
             w = _new_param(g, f"{base}.weight", c.weight, like)
             b = None if c.bias is None else _new_param(g, f"{base}.bias", c.bias, like)
             if c.scale is None and (c.bias is None or c.bias.ndim == 1):
-                node = ir.Conv2d(name=base, inputs=(t.src,), weight=w, bias=b, stride=c.stride, padding=c.padding,
-                                 dilation=c.dilation, groups=c.groups)
+                node = ir.Conv2d(
+                    name=base,
+                    inputs=(t.src,),
+                    weight=w,
+                    bias=b,
+                    stride=c.stride,
+                    padding=c.padding,
+                    dilation=c.dilation,
+                    groups=c.groups,
+                )
             else:
                 s = None if c.scale is None else _new_param(g, f"{base}.scale", c.scale, like)
-                node = ir.ScaledConv2d(name=base, inputs=(t.src,), weight=w, scale=s, bias=b, stride=c.stride,
-                                       padding=c.padding, dilation=c.dilation, groups=c.groups)
+                node = ir.ScaledConv2d(
+                    name=base,
+                    inputs=(t.src,),
+                    weight=w,
+                    scale=s,
+                    bias=b,
+                    stride=c.stride,
+                    padding=c.padding,
+                    dilation=c.dilation,
+                    groups=c.groups,
+                )
             names.append(g.add(node))
         acc = names[0]
         for i, nm in enumerate(names[1:], 1):
@@ -455,12 +552,18 @@ def compose_residual(g: ir.Graph) -> dict:
 
     rewritten = []
     for node in list(g.order()):
-        if node.op == "add" or (node.op in CONV_OPS and g.params[node.weight].shape[2:] == (1, 1)
-                                and node.groups == 1 and tuple(node.stride) == (1, 1)
-                                and tuple(node.padding) == (0, 0)):
+        if node.op == "add" or (
+            node.op in CONV_OPS
+            and g.params[node.weight].shape[2:] == (1, 1)
+            and node.groups == 1
+            and tuple(node.stride) == (1, 1)
+            and tuple(node.padding) == (0, 0)
+        ):
             continue  # the stream itself
-        new_inputs = tuple(build(i) if g.nodes[i].type.kind == REAL and g.nodes[i].type.per_step
-                           and comp.expand(i)[1] else i for i in node.inputs)
+        new_inputs = tuple(
+            build(i) if g.nodes[i].type.kind == REAL and g.nodes[i].type.per_step and comp.expand(i)[1] else i
+            for i in node.inputs
+        )
         if new_inputs != node.inputs:
             g.nodes[node.name] = node.replace(inputs=new_inputs)
             g.nodes[node.name].meta["type"] = node.type  # same value, new wiring
@@ -469,9 +572,13 @@ def compose_residual(g: ir.Graph) -> dict:
     after = {"spike_driven": _synapses(g, True), "all": _synapses(g, False)}
     live = _live(g)
     fan_in = [_fan_in(g, n.inputs[0]) for n in g.nodes.values() if n.op in ir.NEURON_OPS and n.name in live]
-    return {"rewritten": rewritten, "synapses_before": before, "synapses_after": after,
-            "max_projections_per_neuron": max(fan_in, default=0),
-            "not_composed": {k: v for k, v in sorted(comp.reasons.items()) if k in live}}
+    return {
+        "rewritten": rewritten,
+        "synapses_before": before,
+        "synapses_after": after,
+        "max_projections_per_neuron": max(fan_in, default=0),
+        "not_composed": {k: v for k, v in sorted(comp.reasons.items()) if k in live},
+    }
 
 
 def _fan_in(g: ir.Graph, v: str) -> int:

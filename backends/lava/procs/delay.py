@@ -4,6 +4,7 @@ Used to align paths of unequal depth in a LoihiNet: a projection with ``delay = 
 ``src.s_out -> DelayLine(D) -> synapse -> dst.a_in``.  Graded payloads (int32) pass unchanged, spikes as 0/1.
 The ring starts at zero.  Absolute imports only: Lava's compiler also executes this file as a top-level module.
 """
+
 import numpy as np
 
 from sdmc.backends.lava import compat
