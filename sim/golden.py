@@ -144,22 +144,18 @@ class _Ctx:
 
 
 def _conv2d(c: _Ctx, n, xs, ts):
-    y = conv2d(
-        c.fold(xs[0], ts[0]), c.p(n.weight), c.p(n.bias), _pair(n.stride), _pair(n.padding), _pair(n.dilation), n.groups
-    )
+    y = conv2d(c.fold(xs[0], ts[0]), c.p(n.weight), c.p(n.bias), n.stride, n.padding, n.dilation, n.groups)
     return c.unfold(y, ts[0])
 
 
 def _conv3d(c: _Ctx, n, xs, ts):
-    y = conv2d(c.fold(xs[0], ts[0]), c.p(n.weight)[..., 0], c.p(n.bias), _pair(n.stride), _pair(n.padding))
+    y = conv2d(c.fold(xs[0], ts[0]), c.p(n.weight)[..., 0], c.p(n.bias), n.stride, n.padding)
     return c.unfold(y, ts[0])
 
 
 def _scaled_conv2d(c: _Ctx, n, xs, ts):
     y = c.unfold(
-        conv2d(
-            c.fold(xs[0], ts[0]), c.p(n.weight), None, _pair(n.stride), _pair(n.padding), _pair(n.dilation), n.groups
-        ),
+        conv2d(c.fold(xs[0], ts[0]), c.p(n.weight), None, n.stride, n.padding, n.dilation, n.groups),
         ts[0],
     )
     if not ts[0].per_step:
@@ -260,10 +256,6 @@ def _readout(c: _Ctx, n, xs, ts):
     for t in range(c.T):
         y = y + coef[t] * x[t]
     return y
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 KERNELS: dict[str, Callable] = {

@@ -118,6 +118,63 @@ def test_node_api_fields_params_and_replace():
         c1.padding = (2, 2)  # frozen
 
 
+def test_users_map_and_cached_order_follow_every_kind_of_edit():
+    """users() is a kept map and order() a cache: direct writes to g.nodes, replace, replace_uses, remove and
+    del all keep them equal to a fresh scan of the nodes."""
+
+    def scan(g):
+        return {k: [u for u, v in g.nodes.items() if k in v.inputs] for k in g.nodes}
+
+    g = small_graph()
+    first = g.order()
+    assert g.order() == first and g.order() is not g.order()  # cached, handed out as a copy
+    for k, users in scan(g).items():
+        assert g.users(k) == users
+    g.nodes["n2"] = g["n2"].replace(inputs=("tsm",))  # a direct write, as the tests and passes do
+    g.replace("c2", ir.Conv2d(name="c2b", inputs=("n1",), weight="c2.w"))
+    g.replace_uses("temb_r", "tsm")
+    g.add(ir.Swish(name="late", inputs=("c1",)))
+    g.add(ir.Output(name="o2", inputs=("late",)))
+    del g.nodes["o2"]
+    g.nodes.pop("late")
+    for k, users in scan(g).items():
+        assert g.users(k) == users, k
+    assert g.users("c2") == [] and g.users("c2b") == scan(g)["c2b"]
+    assert [n.name for n in g.order()] == [n.name for n in ir.Graph(g.T, nodes=dict(g.nodes)).order()]
+    names = [n.name for n in g.order()]
+    assert all(names.index(i) < names.index(n.name) for n in g.order() for i in n.inputs)
+    assert len(g.users("rep")) == 1 and type(dict(g.nodes)) is dict
+    import copy
+
+    h = copy.deepcopy(g)  # the users map survives copies (the table is rebuilt, not shared)
+    h.add(ir.Swish(name="extra", inputs=("x",)))
+    assert h.users("x") == ["rep", "extra"] and g.users("x") == ["rep"]
+
+
+def test_op_families_are_declared_on_the_node_classes():
+    assert list(ir.NEURON) == ["if", "lif", "plif"] and ir.NEURON_OPS is ir.NEURON
+    assert set(ir.SYNAPTIC) == {"conv2d", "conv3d", "scaled_conv2d", "linear"}
+    assert set(ir.CONV) == {"conv2d", "conv3d", "scaled_conv2d"} and set(ir.CONV2D) == {"conv2d", "scaled_conv2d"}
+    assert set(ir.PER_STEP_PARAMS) == {"tsm_scale", "scaled_conv2d"}
+    assert "conv2d" in ir.TIME_INVARIANT and "batchnorm" in ir.TIME_INVARIANT and "if" not in ir.TIME_INVARIANT
+    g = small_graph()
+    assert g["n1"] in ir.NEURON and g["c1"] not in ir.NEURON  # nodes too, not only op names
+    assert ir.NEURON + ("upsample",) == ("if", "lif", "plif", "upsample")
+    for fam in ir.FAMILIES.values():  # every member is a registered op whose class lists the family
+        assert all(fam in ir.OPS[op].families for op in fam), fam
+
+
+def test_geometry_is_normalised_to_pairs():
+    c = ir.Conv2d(name="c", inputs=("x",), weight="w", stride=2, padding=[1, 0], dilation=np.int64(1))
+    assert (c.stride, c.padding, c.dilation) == ((2, 2), (1, 0), (1, 1))
+    assert c == ir.Conv2d(name="c", inputs=("x",), weight="w", stride=(2, 2), padding=(1, 0))
+    assert ir.Conv3d(name="d", inputs=("x",), weight="w", padding=1).padding == (1, 1)
+    with pytest.raises(IRError, match="node 'c' \\(conv2d\\): stride must be an int or a pair of ints"):
+        ir.Conv2d(name="c", inputs=("x",), weight="w", stride=(1, 2, 3))
+    d = ir.serialize.node_to_dict(c)
+    assert ir.serialize.node_from_dict(d) == c and d["stride"] == [2, 2]
+
+
 # ------------------------------------------------------------------------------------ checker errors
 def test_dangling_edge_names_the_node():
     g = small_graph()

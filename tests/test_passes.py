@@ -258,7 +258,7 @@ def unet_like_graphs(draw) -> ir.Graph:
 )
 def test_every_pass_preserves_outputs_and_input(g, name, seed):
     snap = snapshot(g)
-    out = passes.run(g, [name])
+    out = passes.run(g, [*passes.PASSES[name].requires, name])  # with its prerequisites (resolve enforces them)
     assert_unchanged(g, snap)  # never mutates its input
     ir.check(out)
     assert out.meta["passes"][-1]["pass"] == name
@@ -428,11 +428,36 @@ def test_compose_residual_records_what_it_cannot_compose():
     g.add(ir.Conv2d(name="c33", inputs=("sw",), weight="c2.w", bias=None, padding=(1, 1)))
     g.add(ir.IF(name="s9", inputs=("c33",)))
     g.add(ir.Output(name="out9", inputs=("s9",)))
-    h = passes.run(ir.check(g), ["split_concat", "compose_residual"])
+    h = passes.run(ir.check(g), ["fuse_tsm", "split_concat", "compose_residual"])
     why = h.meta["passes"][-1]["not_composed"]
     assert "swish" in why.get("sw", "")
     x = np.random.default_rng(1).normal(size=(2, 2, 4, 4))
     assert assert_same_outputs(g, h, [x])
+
+
+def test_prerequisites_are_enforced_by_resolve_and_run():
+    g = _graph()
+    with pytest.raises(SdmcError, match="pass 'compose_residual' needs 'fuse_tsm' to run before it"):
+        passes.resolve(["split_concat", "compose_residual"])
+    with pytest.raises(SdmcError, match="needs 'fuse_tsm', 'split_concat'"):
+        passes.run(g, ["compose_residual"])
+    with pytest.raises(SdmcError, match="needs 'split_concat'"):
+        passes.resolve(["fuse_tsm", "compose_residual", "split_concat"])  # a prerequisite after the pass
+    # prerequisites already in the graph's pass log count as done
+    h = passes.run(g, ["fuse_tsm", "split_concat"])
+    assert passes.run(h, ["compose_residual"]).meta["passes"][-1]["pass"] == "compose_residual"
+    assert passes.resolve("train") == ["hoist_affine"] and passes.PASSES["compose_residual"].requires
+
+
+def test_each_analysis_writes_one_meta_key_of_its_own():
+    writes = [p.writes for p in passes.PASSES.values() if p.analysis]
+    assert None not in writes and len(set(writes)) == len(writes)
+    g = passes.run(_graph(), "neuromorphic")
+    side, why = g["s1"].meta["partition"]
+    assert [side, why] == g.meta["partition"]["s1"] and "partition_reason" not in g["s1"].meta
+    with pytest.raises(SdmcError, match="node.meta\\['cost'\\] is already written by pass 'cost'"):
+        passes.register_pass("cost2", "a second cost analysis", analysis=True, writes="cost")(lambda g: None)
+    assert "cost2" not in passes.PASSES
 
 
 def test_run_errors_and_registry():

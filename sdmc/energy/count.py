@@ -25,14 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SdmcError
-
-SYNAPTIC_OPS = ("conv2d", "scaled_conv2d", "conv3d", "linear")
-NEURON_OPS = ("if", "lif", "plif")
-CONV_OPS = ("conv2d", "scaled_conv2d", "conv3d")
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+from ..ir import CONV, NEURON, SYNAPTIC, pair
 
 
 # ---------------------------------------------------------------------------------- pure functions
@@ -62,8 +55,16 @@ def fanout_map(H: int, W: int, kernel, stride=1, padding=0, dilation=1) -> torch
 
     Computed as the transposed convolution of an all-ones output map with an all-ones kernel.
     """
-    kh, kw = _pair(kernel)
-    return _fanout_cached(int(H), int(W), kh, kw, _pair(stride), _pair(padding), _pair(dilation))
+    kh, kw = pair(kernel, "fanout_map: kernel")
+    return _fanout_cached(
+        int(H),
+        int(W),
+        kh,
+        kw,
+        pair(stride, "fanout_map: stride"),
+        pair(padding, "fanout_map: padding"),
+        pair(dilation, "fanout_map: dilation"),
+    )
 
 
 def event_map(x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +91,7 @@ def linear_sops(x: torch.Tensor, out_features: int) -> torch.Tensor:
 
 def conv_macs(in_shape, out_shape, kernel, groups: int = 1) -> int:
     """Dense MACs of one conv execution on one sample: ``O * Ho * Wo * C/groups * kh * kw``."""
-    kh, kw = _pair(kernel)
+    kh, kw = pair(kernel, "conv_macs: kernel")
     C = in_shape[0]
     O, Ho, Wo = out_shape
     return int(O * Ho * Wo * (C // groups) * kh * kw)
@@ -137,7 +138,8 @@ def _source(graph, name: str, through=("repeat", "reshape")) -> Any:
 
 
 def count_graph(graph) -> dict[str, NodeCost]:
-    """Annotate every node of a checked IR graph with its :class:`NodeCost` (``node.meta['cost']``).
+    """Annotate every node of a checked IR graph with its :class:`NodeCost` (``node.meta['energy_cost']``; the
+    pass ``sdmc.passes.cost`` writes its own synapse counts under ``node.meta['cost']``).
 
     Classification comes from the IR's value kinds and timings; nothing is run.
     """
@@ -167,9 +169,9 @@ def count_graph(graph) -> dict[str, NodeCost]:
             eager_executions=eager,
         )
         prod = graph.nodes[node.inputs[0]] if node.inputs else None
-        if node.op in SYNAPTIC_OPS and prod.op == "scale" and graph.nodes[prod.inputs[0]].type.kind == "spike":
+        if node.op in SYNAPTIC and prod.op == "scale" and graph.nodes[prod.inputs[0]].type.kind == "spike":
             kw["input_kind"] = "spike"  # scaled spikes (converted QANN: s * theta): the scale folds into the weights
-        if node.op in CONV_OPS:
+        if node.op in CONV:
             w = graph.params[node.weight].shape
             groups = int(getattr(node, "groups", 1))
             kw.update(
@@ -180,9 +182,9 @@ def count_graph(graph) -> dict[str, NodeCost]:
             kw["meta"] = dict(
                 in_shape=tuple(x.shape),
                 kernel=(int(w[2]), int(w[3])),
-                stride=_pair(node.stride),
-                padding=_pair(node.padding),
-                dilation=_pair(getattr(node, "dilation", 1)),
+                stride=node.stride,
+                padding=node.padding,
+                dilation=getattr(node, "dilation", (1, 1)),
                 groups=groups,
                 out_channels=int(w[0]),
             )
@@ -193,11 +195,11 @@ def count_graph(graph) -> dict[str, NodeCost]:
             src = _source(graph, node.inputs[0])
             kw["reads_image"] = src.op == "input" and src.type.timing == "static" and src.type.dtype.startswith("float")
             kw["meta"] = dict(in_shape=tuple(x.shape), out_features=int(w[0]))
-        elif node.op in NEURON_OPS:
+        elif node.op in NEURON:
             kw.update(cls="neuron", per_exec=numel, executions=T, eager_executions=T)
         elif node.op in ("batchnorm", "tsm_scale"):
             prod = graph.nodes[node.inputs[0]]
-            conv_like = prod.op in CONV_OPS or (prod.op == "tsm_scale" and graph.nodes[prod.inputs[0]].op in CONV_OPS)
+            conv_like = prod.op in CONV or (prod.op == "tsm_scale" and graph.nodes[prod.inputs[0]].op in CONV)
             folded = conv_like and len(graph.users(prod.name)) == 1
             if node.op == "tsm_scale":
                 execs = eager = T
@@ -216,7 +218,7 @@ def count_graph(graph) -> dict[str, NodeCost]:
         else:
             kw.update(cls="free", per_exec=0)
         cost = NodeCost(**kw)
-        node.meta["cost"] = cost
+        node.meta["energy_cost"] = cost
         out[node.name] = cost
     return out
 

@@ -29,6 +29,7 @@ Read and walk::
         node.op, node.name, node.inputs, node.attrs(), node.type      # type after check/infer_types
         node.param_refs()                # {"weight": "conv.weight", ...}; g.params[name] is the array
     g["conv"]; "conv" in g; g.users("conv"); g.input_nodes; g.output_nodes; g.to_networkx()
+    # users() is a kept map and order() is cached until the graph changes (every edit of g.nodes counts)
 
 Rewrite (passes are plain functions ``graph -> graph``; copy first with ``g.copy()`` to stay pure)::
 
@@ -53,8 +54,13 @@ Store: ``ir.save(g, "m.sdmc")`` (zip) or ``ir.save(g, "m_dir")`` (directory), bo
 (+ ``ir_version``) and ``weights.safetensors``, written atomically; ``ir.load(path)``.  Text:
 ``print(g)`` / ``ir.format_graph(g)`` and ``ir.parse(text, params)``, with ``parse(format_graph(g),
 g.params) == g``.  New ops: subclass :class:`Node` as a frozen ``kw_only`` dataclass, set ``op`` and
-``arity``, declare parameter fields with :func:`param`, implement ``infer(ins, graph)``, decorate with
-:func:`register`, and add a kernel to ``sdmc.sim.golden.KERNELS``.
+``arity``, list its op families (``families = (ir.TIME_INVARIANT, ...)``, see :mod:`sdmc.ir.families`),
+declare parameter fields with :func:`param` (2-d geometry with ``pair_attr``), implement ``infer(ins, graph)``,
+decorate with :func:`register`, and add a kernel to ``sdmc.sim.golden.KERNELS`` and a lowering to
+``sdmc.backends.torch.lowering.LOWERINGS``.
+
+Op families (defined once; passes, analyses and backends ask ``node.op in ir.SYNAPTIC``): ``NEURON``,
+``SYNAPTIC``, ``CONV``, ``CONV2D``, ``TIME_INVARIANT``, ``PER_STEP_PARAMS``, ``ROUTING``.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from __future__ import annotations
 from ..errors import IRError
 from .check import check, infer_types
 from .elementwise import Add, Mul, Scale, Sigmoid, Swish
+from .families import CONV, CONV2D, FAMILIES, NEURON, PER_STEP_PARAMS, ROUTING, SYNAPTIC, TIME_INVARIANT, Family
 from .graph import (
     GRADED,
     IR_VERSION,
@@ -75,6 +82,7 @@ from .graph import (
     Graph,
     Node,
     ValueType,
+    pair,
     param,
     register,
 )
@@ -100,7 +108,17 @@ __all__ = [
     "ValueType",
     "IRError",
     "param",
+    "pair",
     "register",
+    "Family",
+    "FAMILIES",
+    "NEURON",
+    "SYNAPTIC",
+    "CONV",
+    "CONV2D",
+    "TIME_INVARIANT",
+    "PER_STEP_PARAMS",
+    "ROUTING",
     "check",
     "infer_types",
     "save",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .families import TIME_INVARIANT
 from .graph import FLOAT_DTYPES, GRADED, REAL, SPIKE, Node, ValueType, register, timing_of
 
 
@@ -31,6 +32,7 @@ class Add(Node):
     """``y = a + b``.  Kind: ``real`` if an operand is real, else ``graded`` (a sum of spikes)."""
 
     op = "add"
+    families = (TIME_INVARIANT,)
     arity = 2
 
     def infer(self, ins, graph):
@@ -45,6 +47,7 @@ class Mul(Node):
     """``y = a * b``.  Kind: ``spike`` if both are spikes (AND), ``real`` if one is real, else ``graded``."""
 
     op = "mul"
+    families = (TIME_INVARIANT,)
     arity = 2
 
     def infer(self, ins, graph):
@@ -71,6 +74,7 @@ class Swish(_Unary):
     """``y = x * sigmoid(x)`` (SiLU)."""
 
     op = "swish"
+    families = (TIME_INVARIANT,)
 
 
 @register
@@ -79,6 +83,7 @@ class Sigmoid(_Unary):
     """``y = 1 / (1 + exp(-x))``."""
 
     op = "sigmoid"
+    families = (TIME_INVARIANT,)
 
 
 @register
@@ -87,6 +92,7 @@ class Scale(_Unary):
     """``y = factor * x`` (a constant).  A scaled spike is ``graded``."""
 
     op = "scale"
+    families = (TIME_INVARIANT,)
     factor: float = 1.0
 
     def _kind(self, k: str) -> str:

@@ -14,6 +14,8 @@ Value layout at run time (``T`` = ``graph.T`` SNN steps, ``B`` = batch)::
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import json
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ import networkx as nx
 import numpy as np
 
 from ..errors import IRError
+from .families import Family
 
 IR_VERSION = 1
 
@@ -87,6 +90,20 @@ def param(*, optional: bool = False, default: Any = dataclasses.MISSING) -> Any:
     return field(default=default, metadata={"param": True, "optional": optional})
 
 
+def pair_attr(default: tuple[int, int]) -> Any:
+    """Declare a 2-d geometry field (stride, padding, dilation): an int or a pair, stored as a pair of ints."""
+    return field(default=default, metadata={"pair": True})
+
+
+def pair(v: Any, what: str = "value") -> tuple[int, int]:
+    """``v`` as a pair of ints: ``3 -> (3, 3)``, ``[2, 1] -> (2, 1)``; anything else is an :class:`IRError`."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return (int(v), int(v))
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, (int, np.integer)) for x in v):
+        return (int(v[0]), int(v[1]))
+    raise IRError(f"{what} must be an int or a pair of ints, got {v!r}")
+
+
 def _freeze(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return tuple(_freeze(x) for x in v)
@@ -97,10 +114,13 @@ OPS: dict[str, type[Node]] = {}
 
 
 def register(cls: type[Node]) -> type[Node]:
-    """Class decorator: make an op known to the (de)serialisers and the text parser by ``cls.op``."""
+    """Class decorator: make an op known to the (de)serialisers and the text parser by ``cls.op``, and add
+    it to the op families its class lists (``cls.families``, see :mod:`sdmc.ir.families`)."""
     if cls.op in OPS and OPS[cls.op] is not cls:
         raise IRError(f"op name {cls.op!r} registered twice ({OPS[cls.op].__name__}, {cls.__name__})")
     OPS[cls.op] = cls
+    for fam in cls.families:
+        fam.add(cls.op)
     return cls
 
 
@@ -109,11 +129,14 @@ class Node:
     """Base of every IR node: ``name`` (also the name of its output value) and ``inputs`` (value names).
 
     Subclasses are frozen dataclasses holding only attributes; ``meta`` is a free dict that analyses
-    fill (``meta['type']``: the inferred :class:`ValueType`); it is not part of equality.
+    fill (``meta['type']``: the inferred :class:`ValueType`); it is not part of equality.  ``families``:
+    the op families (:mod:`sdmc.ir.families`) the op belongs to.  Fields declared with :func:`pair_attr`
+    are stored as pairs of ints whatever was passed (``stride=2`` -> ``(2, 2)``).
     """
 
     op: ClassVar[str] = ""
     arity: ClassVar[int | None] = 1  # number of inputs; None = one or more
+    families: ClassVar[tuple[Family, ...]] = ()
 
     name: str
     inputs: tuple[str, ...] = ()
@@ -122,7 +145,9 @@ class Node:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, list) or (isinstance(v, tuple) and f.name != "meta"):
+            if f.metadata.get("pair"):
+                object.__setattr__(self, f.name, pair(v, f"node {self.name!r} ({self.op}): {f.name}"))
+            elif isinstance(v, list) or (isinstance(v, tuple) and f.name != "meta"):
                 object.__setattr__(self, f.name, _freeze(v))
 
     # ---- reflection used by serialisers, printers and passes
@@ -154,6 +179,14 @@ class Node:
             raise IRError(f"node {self.name!r} ({self.op}): no inferred type; run sdmc.ir.check(graph) first")
         return t
 
+    def format(self) -> str:
+        """One line of the text form: ``%name : <type> = op(%in, ...) {attr=value, ...}`` (type once inferred)."""
+        t = self.meta.get("type")
+        head = f"%{self.name}" + (f" : {t}" if t is not None else "")
+        ins = ", ".join(f"%{i}" for i in self.inputs)
+        attrs = ", ".join(f"{k}={v!r}" for k, v in self.attrs().items())
+        return f"{head} = {self.op}({ins})" + (f" {{{attrs}}}" if attrs else "")
+
     # ---- type rules
     def infer(self, ins: list[ValueType], graph: Graph) -> ValueType:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -175,6 +208,56 @@ def timing_of(*types: ValueType) -> str:
     return PER_STEP if any(t.per_step for t in types) else STATIC
 
 
+class _NodeTable(dict):
+    """``graph.nodes``: an ordinary ``dict`` of nodes by name that reports every change to its graph, which
+    keeps its users map and cached order up to date (like ``torch.fx.Node.users``).  A copy is a plain dict."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__()
+        self._graph = graph
+
+    def __setitem__(self, key: str, node: Node) -> None:
+        old = dict.get(self, key)
+        super().__setitem__(key, node)
+        self._graph._edited(key, old, node)
+
+    def __delitem__(self, key: str) -> None:
+        old = self[key]
+        super().__delitem__(key)
+        self._graph._edited(key, old, None)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key not in self:
+            return super().pop(key, *default)
+        old = super().pop(key)
+        self._graph._edited(key, old, None)
+        return old
+
+    def popitem(self) -> tuple[str, Node]:
+        key = next(reversed(self))
+        return key, self.pop(key)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        for k, v in dict(*args, **kw).items():
+            self[k] = v
+
+    def __ior__(self, other: Any) -> _NodeTable:
+        self.update(other)
+        return self
+
+    def clear(self) -> None:
+        for k in list(self):
+            del self[k]
+
+    def __reduce__(self) -> Any:
+        return (dict, (dict(self),))
+
+
 class Graph:
     """A spiking dataflow graph: named nodes, a parameter store and the number of SNN steps ``T``.
 
@@ -193,11 +276,52 @@ class Graph:
         if int(T) < 1:
             raise IRError(f"graph: T (SNN steps) must be >= 1, got {T}")
         self.T = int(T)
-        self.nodes: dict[str, Node] = {}
+        self.nodes = {}
         self.params: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in (params or {}).items()}
         self.meta: dict = dict(meta or {})
         for n in nodes.values() if isinstance(nodes, Mapping) else nodes or []:
             self.add(n)
+
+    # ---- the node table and what is kept from it: users map, insertion sequence, topological order
+    @property
+    def nodes(self) -> dict[str, Node]:
+        """Nodes by name in insertion order.  Editable like a dict (``g.nodes[k] = node``, ``del``); every
+        change updates :meth:`users` and invalidates the cached :meth:`order`."""
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, nodes: Mapping[str, Node]) -> None:
+        self._nodes = _NodeTable(self)
+        self._users: dict[str, dict[str, None]] = {}
+        self._seq: dict[str, int] = {}
+        self._next_seq = 0
+        self._order: list[Node] | None = None
+        for k, v in nodes.items():
+            self._nodes[k] = v
+
+    def _edited(self, key: str, old: Node | None, new: Node | None) -> None:
+        """Keep the users map, the insertion sequence and the order cache in step with one table change."""
+        if old is not None:
+            for i in old.inputs:
+                self._users.get(i, {}).pop(key, None)
+        if new is not None:
+            for i in new.inputs:
+                self._users.setdefault(i, {})[key] = None
+            if key not in self._seq:
+                self._seq[key] = self._next_seq
+                self._next_seq += 1
+        else:
+            self._seq.pop(key, None)
+        self._order = None
+
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k in ("T", "params", "meta")}
+        state["nodes"] = dict(self._nodes)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.T, self.params, self.meta = state["T"], state["params"], state["meta"]
+        self.nodes = state["nodes"]
 
     # ---- building and editing
     def add(self, node: Node) -> str:
@@ -220,7 +344,7 @@ class Graph:
             raise IRError(f"graph.replace: no node named {name!r}")
         if node.name != name and node.name in self.nodes:
             raise IRError(f"node {node.name!r} ({node.op}): duplicate node name")
-        self.nodes = {(node.name if k == name else k): (node if k == name else v) for k, v in self.nodes.items()}
+        self.nodes = {(node.name if k == name else k): (node if k == name else v) for k, v in self._nodes.items()}
         if node.name != name:
             self.replace_uses(name, node.name)
         return node
@@ -228,8 +352,9 @@ class Graph:
     def replace_uses(self, old: str, new: str) -> int:
         """Make every node that reads ``old`` read ``new`` instead; returns the number of nodes changed."""
         n = 0
-        for k, v in list(self.nodes.items()):
-            if old in v.inputs and k != new:
+        for k in self.users(old):
+            if k != new:
+                v = self.nodes[k]
                 self.nodes[k] = v.replace(inputs=tuple(new if i == old else i for i in v.inputs))
                 n += 1
         return n
@@ -242,8 +367,8 @@ class Graph:
         return self.nodes.pop(name)
 
     def users(self, name: str) -> list[str]:
-        """Names of the nodes that read ``name``, in insertion order."""
-        return [k for k, v in self.nodes.items() if name in v.inputs]
+        """Names of the nodes that read ``name``, in insertion order (kept up to date on every edit)."""
+        return sorted(self._users.get(name, ()), key=self._seq.__getitem__)
 
     def ancestors(self, targets: Iterable[str], stop: Collection[str] = ()) -> set[str]:
         """``targets`` and every node they read, directly or not, without looking past the nodes in ``stop``
@@ -296,16 +421,29 @@ class Graph:
         return g
 
     def order(self) -> list[Node]:
-        """Nodes in topological order (ties: insertion order).  A cycle is an :class:`IRError`."""
-        pos = {k: i for i, k in enumerate(self.nodes)}
-        try:
-            names = list(nx.lexicographical_topological_sort(self.to_networkx(), key=pos.__getitem__))
-        except nx.NetworkXUnfeasible:
-            cyc = [u for u, _ in nx.find_cycle(self.to_networkx())]
-            raise IRError(
-                f"node {cyc[0]!r} ({self.nodes[cyc[0]].op}): on a cycle {' -> '.join(cyc + cyc[:1])}"
-            ) from None
-        return [self.nodes[k] for k in names]
+        """Nodes in topological order (ties: insertion order), cached until the graph changes.  A cycle is an
+        :class:`IRError` naming a node on it.
+
+        Kahn's algorithm with the ready nodes in a heap keyed by insertion sequence: the smallest-positioned
+        node whose producers are all placed comes next."""
+        if self._order is None:
+            nodes, seq = self._nodes, self._seq
+            missing = {k: len({i for i in n.inputs if i in nodes}) for k, n in nodes.items()}
+            ready = [(seq[k], k) for k, m in missing.items() if m == 0]
+            heapq.heapify(ready)
+            names: list[str] = []
+            while ready:
+                k = heapq.heappop(ready)[1]
+                names.append(k)
+                for u in self._users.get(k, ()):
+                    missing[u] -= 1
+                    if missing[u] == 0:
+                        heapq.heappush(ready, (seq[u], u))
+            if len(names) != len(nodes):
+                cyc = [u for u, _ in nx.find_cycle(self.to_networkx())]
+                raise IRError(f"node {cyc[0]!r} ({nodes[cyc[0]].op}): on a cycle {' -> '.join(cyc + cyc[:1])}")
+            self._order = [nodes[k] for k in names]
+        return list(self._order)
 
     @property
     def input_nodes(self) -> list[Node]:
@@ -348,7 +486,19 @@ class Graph:
     def __repr__(self) -> str:
         return f"Graph(T={self.T}, {len(self.nodes)} nodes, {len(self.params)} params)"
 
-    def __str__(self) -> str:
-        from .text import format_graph
+    def format(self, params: bool = True) -> str:
+        """The text form (:mod:`sdmc.ir.text` parses it back): header, ``meta``, one ``# param`` comment per
+        parameter (with ``params``), then one line per node in insertion order (:meth:`Node.format`)."""
+        lines = [f"sdmc-ir {IR_VERSION} T={self.T}"]
+        if self.meta:
+            lines.append("meta " + json.dumps(self.meta, sort_keys=True))
+        if params:
+            for k in self.param_names():
+                if k in self.params:
+                    a = self.params[k]
+                    lines.append(f"# param {k} {a.dtype} [{','.join(map(str, a.shape))}]")
+        lines.extend(n.format() for n in self.nodes.values())
+        return "\n".join(lines) + "\n"
 
-        return format_graph(self)
+    def __str__(self) -> str:
+        return self.format()

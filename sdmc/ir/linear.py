@@ -9,11 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .graph import FLOAT_DTYPES, GRADED, PER_STEP, REAL, SPIKE, Node, ValueType, param, register
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+from .families import CONV, CONV2D, PER_STEP_PARAMS, SYNAPTIC, TIME_INVARIANT
+from .graph import FLOAT_DTYPES, GRADED, PER_STEP, REAL, SPIKE, Node, ValueType, pair_attr, param, register
 
 
 def conv_out(size: int, k: int, stride: int, pad: int, dil: int) -> int:
@@ -68,20 +65,19 @@ class Conv2d(Node):
     """
 
     op = "conv2d"
+    families = (SYNAPTIC, CONV, CONV2D, TIME_INVARIANT)
     weight: str = param()
     bias: str | None = param(optional=True)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = pair_attr((1, 1))
+    padding: tuple[int, int] = pair_attr((0, 0))
+    dilation: tuple[int, int] = pair_attr((1, 1))
     groups: int = 1
 
     def infer(self, ins, graph):
         w = self.param_shape(graph, "weight")
         if len(w) != 4:
             raise self.fail(f"weight {self.weight!r} must be 4-d [O, C/groups, kh, kw], got {list(w)}")
-        return _conv_type(
-            self, ins[0], graph, w, self.groups, _pair(self.stride), _pair(self.padding), _pair(self.dilation)
-        )
+        return _conv_type(self, ins[0], graph, w, self.groups, self.stride, self.padding, self.dilation)
 
 
 @register
@@ -94,16 +90,17 @@ class Conv3d(Node):
     """
 
     op = "conv3d"
+    families = (SYNAPTIC, CONV, TIME_INVARIANT)
     weight: str = param()
     bias: str | None = param(optional=True)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
+    stride: tuple[int, int] = pair_attr((1, 1))
+    padding: tuple[int, int] = pair_attr((0, 0))
 
     def infer(self, ins, graph):
         w = self.param_shape(graph, "weight")
         if len(w) != 5 or w[4] != 1:
             raise self.fail(f"weight {self.weight!r} must be [O, C, kh, kw, 1], got {list(w)}")
-        return _conv_type(self, ins[0], graph, w, 1, _pair(self.stride), _pair(self.padding), (1, 1))
+        return _conv_type(self, ins[0], graph, w, 1, self.stride, self.padding, (1, 1))
 
 
 @register
@@ -112,6 +109,7 @@ class Linear(Node):
     """Dense layer on the last axis: ``y = x @ W.T + b``; ``weight`` ``[O, I]``, ``bias`` ``[O]`` or none."""
 
     op = "linear"
+    families = (SYNAPTIC, TIME_INVARIANT)
     weight: str = param()
     bias: str | None = param(optional=True)
 
@@ -144,6 +142,7 @@ class TSMScale(Node):
     """
 
     op = "tsm_scale"
+    families = (PER_STEP_PARAMS,)
     scale: str = param()
 
     def infer(self, ins, graph):
@@ -173,12 +172,13 @@ class ScaledConv2d(Node):
     """
 
     op = "scaled_conv2d"
+    families = (SYNAPTIC, CONV, CONV2D, PER_STEP_PARAMS)
     weight: str = param()
     scale: str | None = param(optional=True)
     bias: str | None = param(optional=True)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = pair_attr((1, 1))
+    padding: tuple[int, int] = pair_attr((0, 0))
+    dilation: tuple[int, int] = pair_attr((1, 1))
     groups: int = 1
 
     def infer(self, ins, graph):
@@ -201,7 +201,5 @@ class ScaledConv2d(Node):
                 f"expected [{graph.T}, {w[0]}] (per step) or [{w[0]}]"
             )
         probe = dataclasses.replace(self, bias=None)  # bias checked above
-        t = _conv_type(
-            probe, ins[0], graph, w, self.groups, _pair(self.stride), _pair(self.padding), _pair(self.dilation)
-        )
+        t = _conv_type(probe, ins[0], graph, w, self.groups, self.stride, self.padding, self.dilation)
         return ValueType(t.shape, t.dtype, REAL, PER_STEP)

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .families import NEURON
 from .graph import FLOAT_DTYPES, GRADED, PER_STEP, SPIKE, Node, ValueType, param, register
 
 
 @dataclass(frozen=True, kw_only=True)
 class NeuronNode(Node):
-    """Common fields and type rule of the neurons."""
+    """Common fields and type rule of the neurons (every subclass is in the ``NEURON`` family)."""
+
+    families = (NEURON,)
 
     threshold: float = 1.0
     v_reset: float | None = 0.0
@@ -111,4 +114,4 @@ class PLIF(NeuronNode):
         return super().infer(ins, graph)
 
 
-NEURON_OPS = ("if", "lif", "plif")
+NEURON_OPS = NEURON  # the name the passes and tests have always used

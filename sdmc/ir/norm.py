@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .families import TIME_INVARIANT
 from .graph import FLOAT_DTYPES, PER_STEP, REAL, Node, ValueType, param, register
 
 
@@ -39,6 +40,7 @@ class BatchNorm(Node):
     """
 
     op = "batchnorm"
+    families = (TIME_INVARIANT,)
     weight: str | None = param(optional=True)
     bias: str | None = param(optional=True)
     running_mean: str = param()

@@ -8,7 +8,6 @@ both are written atomically (a failed write leaves any previous file or director
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import zipfile
@@ -133,12 +132,3 @@ def load(path: str | os.PathLike) -> Graph:
     except json.JSONDecodeError as e:
         raise IRError(f"{where}/{GRAPH_FILE}: invalid JSON: {e}") from None
     return from_dict(d, _weights_load(weights, where), where)
-
-
-def to_bytes(graph: Graph) -> bytes:
-    """The ``.sdmc`` zip form in memory."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr(GRAPH_FILE, json.dumps(to_dict(graph), indent=1))
-        z.writestr(WEIGHTS_FILE, _weights_bytes(graph.params))
-    return buf.getvalue()

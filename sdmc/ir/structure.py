@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .families import ROUTING, TIME_INVARIANT
 from .graph import (
     DTYPES,
     FLOAT_DTYPES,
@@ -61,6 +62,10 @@ class Concat(Node):
     real, else ``graded``."""
 
     op = "concat"
+    families = (
+        TIME_INVARIANT,
+        ROUTING,
+    )
     arity = None
     axis: int = 0
 
@@ -92,6 +97,10 @@ class Upsample(Node):
     ``y[c, i, j] = x[c, i // scale, j // scale]``."""
 
     op = "upsample"
+    families = (
+        TIME_INVARIANT,
+        ROUTING,
+    )
     scale: int = 2
     mode: str = "nearest"
 
@@ -113,6 +122,10 @@ class Reshape(Node):
     """Reshape each sample (row-major): ``y = x.reshape(B, *shape)`` (per step when per-step)."""
 
     op = "reshape"
+    families = (
+        TIME_INVARIANT,
+        ROUTING,
+    )
     shape: tuple[int, ...] = ()
 
     def infer(self, ins, graph):

@@ -32,22 +32,9 @@ _LINE = re.compile(
 
 
 def format_graph(graph: Graph, params: bool = True) -> str:
-    """Readable, parseable text; nodes in insertion order; ``params`` adds a comment per parameter."""
-    lines = [f"sdmc-ir {IR_VERSION} T={graph.T}"]
-    if graph.meta:
-        lines.append("meta " + json.dumps(graph.meta, sort_keys=True))
-    if params:
-        for k in graph.param_names():
-            if k in graph.params:
-                a = graph.params[k]
-                lines.append(f"# param {k} {a.dtype} [{','.join(map(str, a.shape))}]")
-    for n in graph.nodes.values():
-        t = n.meta.get("type")
-        head = f"%{n.name}" + (f" : {t}" if t is not None else "")
-        ins = ", ".join(f"%{i}" for i in n.inputs)
-        attrs = ", ".join(f"{k}={v!r}" for k, v in n.attrs().items())
-        lines.append(f"{head} = {n.op}({ins})" + (f" {{{attrs}}}" if attrs else ""))
-    return "\n".join(lines) + "\n"
+    """Readable, parseable text; nodes in insertion order; ``params`` adds a comment per parameter
+    (:meth:`Graph.format`, which ``print(graph)`` uses too)."""
+    return graph.format(params)
 
 
 def _attrs(text: str, where: str) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Analyses: passes that only write metadata (types, cost, host / neuromorphic partition) and the summary
 behind ``sdmc inspect``.
 
-Node metadata written (``node.meta``): ``type`` (:class:`sdmc.ir.ValueType`), ``cost`` (``{"synapses",
-"runs", "ops"}``), ``partition`` (``"host"`` or ``"neuromorphic"``) and ``partition_reason``.  Node
-metadata is not serialised, so the partition is also kept in ``graph.meta['partition']``.
+Node metadata written, one key per analysis (``node.meta``): ``type`` (:class:`sdmc.ir.ValueType`), ``cost``
+(``{"synapses", "runs", "ops"}``) and ``partition`` (``(side, reason)``, side ``"host"`` or ``"neuromorphic"``).
+Node metadata is not serialised, so the partition is also kept in ``graph.meta['partition']``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from ..ir.graph import REAL
 from . import register_pass
 
 HOST, NEURO = "host", "neuromorphic"
-SYNAPTIC = ("conv2d", "scaled_conv2d", "conv3d", "linear")
 
 
-@register_pass("infer", "shape / dtype / kind / timing inference into node.meta['type']", analysis=True)
+@register_pass("infer", "shape / dtype / kind / timing inference into node.meta['type']", analysis=True, writes="type")
 def infer(g: ir.Graph) -> dict:
     ir.infer_types(g)
     kinds = Counter(n.type.kind for n in g.nodes.values())
@@ -32,7 +31,7 @@ def infer(g: ir.Graph) -> dict:
 def node_cost(g: ir.Graph, n: ir.Node) -> dict:
     """Connections of a synaptic node per sample and run (``synapses``), how often it runs per call
     (``runs``: T when its input is per-step, else 1) and their product ``ops`` (MACs or ACs)."""
-    if n.op not in SYNAPTIC:
+    if n.op not in ir.SYNAPTIC:
         return {"synapses": 0, "runs": 0, "ops": 0}
     x = g.nodes[n.inputs[0]].type
     w = g.params[n.weight].shape
@@ -42,7 +41,7 @@ def node_cost(g: ir.Graph, n: ir.Node) -> dict:
     return {"synapses": int(out * per_out), "runs": runs, "ops": int(out * per_out * runs)}
 
 
-@register_pass("cost", "synapse and operation counts per node into node.meta['cost']", analysis=True)
+@register_pass("cost", "synapse and operation counts per node into node.meta['cost']", analysis=True, writes="cost")
 def cost(g: ir.Graph) -> dict:
     tot = Counter()
     for n in g.nodes.values():
@@ -66,9 +65,9 @@ def _sides(g: ir.Graph) -> dict[str, tuple[str, str]]:
             side[n.name] = (HOST, "graph boundary")
         elif not t.per_step:
             side[n.name] = (HOST, "static: computed once per call, outside the time loop")
-        elif n.op in ir.NEURON_OPS:
+        elif n.op in ir.NEURON:
             side[n.name] = (NEURO, "spiking neuron")
-        elif n.op in SYNAPTIC + ("upsample", "reshape", "concat") and all(x.kind != REAL for x in ins):
+        elif (n.op in ir.SYNAPTIC or n.op in ir.ROUTING) and all(x.kind != REAL for x in ins):
             side[n.name] = (NEURO, f"{n.op} driven by spikes (synapse / routing)")
         elif n.op == "repeat":
             side[n.name] = (HOST, "repeats a static value over T (host input to the time loop)")
@@ -106,13 +105,15 @@ def _sides(g: ir.Graph) -> dict[str, tuple[str, str]]:
 
 
 @register_pass(
-    "partition", "mark each node host (analog) or neuromorphic (spike-driven), with the reason", analysis=True
+    "partition",
+    "mark each node host (analog) or neuromorphic (spike-driven), with the reason, into node.meta['partition']",
+    analysis=True,
+    writes="partition",
 )
 def partition(g: ir.Graph) -> dict:
     side = _sides(g)
     for k, (s, why) in side.items():
-        g.nodes[k].meta["partition"] = s
-        g.nodes[k].meta["partition_reason"] = why
+        g.nodes[k].meta["partition"] = (s, why)
     g.meta["partition"] = {k: list(v) for k, v in side.items()}
     count = Counter(s for s, _ in side.values())
     return {"host": count[HOST], "neuromorphic": count[NEURO]}
@@ -137,7 +138,7 @@ def summarize(graph: ir.Graph) -> dict:
             "reset": "soft" if n.v_reset is None else f"hard({n.v_reset})",
         }
         for n in g.order()
-        if n.op in ir.NEURON_OPS
+        if n.op in ir.NEURON
     ]
     work = Counter()
     nodes_t = Counter()

@@ -16,24 +16,6 @@ from .. import ir
 from ..ir.graph import REAL, STATIC
 from . import register_pass
 
-CONV_OPS = ("conv2d", "scaled_conv2d")
-AFFINE_OPS = ("conv2d", "conv3d", "linear", "scaled_conv2d")
-# ops that act on every time step the same way, so f(repeat(x)) == repeat(f(x))
-TIME_INVARIANT = (
-    "conv2d",
-    "conv3d",
-    "linear",
-    "batchnorm",
-    "add",
-    "mul",
-    "swish",
-    "sigmoid",
-    "scale",
-    "upsample",
-    "reshape",
-    "concat",
-)
-
 
 # ------------------------------------------------------------------------------------------ helpers
 def _arr(g: ir.Graph, name: str | None) -> np.ndarray | None:
@@ -108,7 +90,7 @@ def fold_bn(g: ir.Graph) -> dict:
     for name in [n.name for n in g.order() if n.op == "batchnorm"]:
         bn = g[name]  # re-read: folding an earlier BN may have rewired this one
         prod = g[bn.inputs[0]]
-        if prod.op not in AFFINE_OPS:
+        if prod.op not in ir.SYNAPTIC:
             kept[bn.name] = f"no conv/linear before it (input {prod.name!r} is {prod.op})"
             continue
         if g.users(prod.name) != [bn.name]:
@@ -199,11 +181,11 @@ def hoist_static(g: ir.Graph) -> dict:
         reps = [i for i in ins if i.op == "repeat"]
         if not reps:
             continue
-        if node.op in ("tsm_scale", "scaled_conv2d"):  # accept a static input, still per-step out
+        if node.op in ir.PER_STEP_PARAMS:  # accept a static input, still per-step out
             g.nodes[name] = node.replace(inputs=(reps[0].inputs[0],))
             hoisted.append(name)
             continue
-        if node.op not in TIME_INVARIANT:
+        if node.op not in ir.TIME_INVARIANT:
             continue
         ir.infer_types(g)
         if any(i.type.per_step and i.op != "repeat" for i in ins):
@@ -216,6 +198,37 @@ def hoist_static(g: ir.Graph) -> dict:
     ir.infer_types(g)
     static = [n.name for n in g.nodes.values() if n.op not in ("input", "output") and n.type.timing == STATIC]
     return {"hoisted": hoisted, "static_nodes": len(static)}
+
+
+# ------------------------------------------------------------------------------------------ hoist_affine
+@register_pass(
+    "hoist_affine", "training-safe hoisting: synapses and per-step scales read the static value, not its repeat"
+)
+def hoist_affine(g: ir.Graph) -> dict:
+    """A synapse (conv / Conv3d / linear) or a per-step-parameter op (TSM scale, scaled conv) reading
+    ``repeat(x)`` reads ``x`` instead (``f(repeat(x)) == repeat(f(x))``; a synapse's static output is repeated
+    for its readers).  BatchNorm stays per-step so its batch statistics and running-variance correction
+    (``n = T*B*H*W``) stay those of the source model: unlike ``hoist_static`` this keeps training outputs."""
+    hoisted = []
+    for name in [n.name for n in g.order()]:
+        node = g.nodes[name]
+        if not (node.op in ir.SYNAPTIC or node.op in ir.PER_STEP_PARAMS) or len(node.inputs) != 1:
+            continue
+        src = g.nodes[node.inputs[0]]
+        if src.op != "repeat":
+            continue
+        g.nodes[name] = node.replace(inputs=(src.inputs[0],))
+        if node.op not in ir.PER_STEP_PARAMS:  # static out: repeat it for the readers
+            rep = g.fresh_name(f"{name}.repeat")
+            g.add(ir.Repeat(name=rep, inputs=(name,)))
+            g.replace_uses(name, rep)
+            g.nodes[rep] = g.nodes[rep].replace(inputs=(name,))
+        hoisted.append(name)
+        ir.infer_types(g)
+    unused = [k for k, n in g.nodes.items() if n.op == "repeat" and not g.users(k)]
+    for k in unused:
+        g.remove(k)
+    return {"hoisted": hoisted}
 
 
 # ------------------------------------------------------------------------------------------ dead_code
@@ -233,7 +246,9 @@ def dead_code(g: ir.Graph) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ split_concat
-CHANNELWISE = ir.NEURON_OPS + ("upsample",)
+def _channelwise(op: str) -> bool:
+    """Ops pushed through a channel concat, ``f(cat(a, b)) = cat(f(a), f(b))``: neurons and upsampling."""
+    return op in ir.NEURON or op == "upsample"
 
 
 def _channel_concat(g: ir.Graph, name: str) -> ir.Concat | None:
@@ -253,12 +268,12 @@ def split_concat(g: ir.Graph) -> dict:
             continue
         node = g.nodes[name]
         cat = _channel_concat(g, node.inputs[0]) if node.inputs else None
-        if node.op in ir.NEURON_OPS and cat is not None and any(g.nodes[i].type.kind == ir.SPIKE for i in cat.inputs):
+        if node.op in ir.NEURON and cat is not None and any(g.nodes[i].type.kind == ir.SPIKE for i in cat.inputs):
             continue  # a spike piece cannot feed a neuron on its own
-        if node.op in CHANNELWISE and cat is not None:
+        if _channelwise(node.op) and cat is not None:
             parts = []
             for i, src in enumerate(cat.inputs):
-                if node.op in ir.NEURON_OPS and not g.nodes[src].type.per_step:
+                if node.op in ir.NEURON and not g.nodes[src].type.per_step:
                     src = g.add(ir.Repeat(name=g.fresh_name(f"{name}.{i}.repeat"), inputs=(src,)))
                 parts.append(g.add(node.replace(name=g.fresh_name(f"{name}.{i}"), inputs=(src,))))
             new = g.add(ir.Concat(name=g.fresh_name(f"{name}.cat"), inputs=tuple(parts), axis=0))
@@ -266,7 +281,7 @@ def split_concat(g: ir.Graph) -> dict:
             ir.infer_types(g)
             pushed.append(name)
             work[:0] = parts
-        elif node.op in CONV_OPS and node.groups == 1 and cat is not None:
+        elif node.op in ir.CONV2D and node.groups == 1 and cat is not None:
             w = g.params[node.weight]
             off, terms = 0, []
             for i, src in enumerate(cat.inputs):
@@ -408,7 +423,7 @@ class _Composer:
                 else:
                     part.append(_Term(x.name, None, x.name))  # broadcast operand, e.g. the time-embedding bias
             return full + part, composed
-        if n.op in CONV_OPS:
+        if n.op in ir.CONV2D:
             u = g.nodes[n.inputs[0]]
             conv = _Conv.of(g, n)
             if u.type.kind != REAL or not u.type.per_step:
@@ -485,13 +500,17 @@ def _synapses(g: ir.Graph, spike_only: bool) -> int:
     n = 0
     for k in _live(g):
         node = g.nodes[k]
-        if node.op in CONV_OPS and (not spike_only or g.nodes[node.inputs[0]].type.kind != REAL):
+        if node.op in ir.CONV2D and (not spike_only or g.nodes[node.inputs[0]].type.kind != REAL):
             O, Ho, Wo = node.type.shape
             n += O * Ho * Wo * int(np.prod(g.params[node.weight].shape[1:]))
     return n
 
 
-@register_pass("compose_residual", "compose the real-valued residual stream into direct spike->neuron projections")
+@register_pass(
+    "compose_residual",
+    "compose the real-valued residual stream into direct spike->neuron projections",
+    requires=("fuse_tsm", "split_concat"),
+)
 def compose_residual(g: ir.Graph) -> dict:
     """Each consumer of a real per-step value that is a sum of convs reached through adds and 1x1 convs
     (the SDDPM/SDM residual stream with its 1x1 shortcuts) reads instead a sum of projections straight from
@@ -553,7 +572,7 @@ def compose_residual(g: ir.Graph) -> dict:
     rewritten = []
     for node in list(g.order()):
         if node.op == "add" or (
-            node.op in CONV_OPS
+            node.op in ir.CONV2D
             and g.params[node.weight].shape[2:] == (1, 1)
             and node.groups == 1
             and tuple(node.stride) == (1, 1)
@@ -571,7 +590,7 @@ def compose_residual(g: ir.Graph) -> dict:
     ir.infer_types(g)
     after = {"spike_driven": _synapses(g, True), "all": _synapses(g, False)}
     live = _live(g)
-    fan_in = [_fan_in(g, n.inputs[0]) for n in g.nodes.values() if n.op in ir.NEURON_OPS and n.name in live]
+    fan_in = [_fan_in(g, n.inputs[0]) for n in g.nodes.values() if n.op in ir.NEURON and n.name in live]
     return {
         "rewritten": rewritten,
         "synapses_before": before,
