@@ -147,15 +147,32 @@ class DPMSolver(Solver):
             a[i] = min(a[i], a[i + 1] - 1)
         return [int(x) for x in a[::-1]]
 
-    def _intermediate(self, ks: float, kt: float, r: float) -> float | None:
-        """The step at λ_s + r·h; with integer steps the nearest one strictly inside (ks, kt), if any."""
+    def _intermediates(self, ks: float, kt: float, rs: Sequence[float]) -> list[float] | None:
+        """The steps at λ_s + r·h for each r; with integer steps the nearest ones strictly inside (ks, kt) and
+        strictly decreasing (moved apart by the fewest steps where two round alike), or None if they do not fit."""
         ls, lt = self.vp.lam(ks), self.vp.lam(kt)
-        k = self.vp.inverse_lambda(ls + r * (lt - ls))
+        ks_ = [self.vp.inverse_lambda(ls + r * (lt - ls)) for r in rs]
         if not self.config.integer_timesteps:
-            return k
-        k = int(round(k))
-        k = min(max(k, int(kt) + 1), int(ks) - 1)
-        return k if kt < k < ks else None
+            return ks_
+        lo, hi = int(kt) + 1, int(ks) - 1
+        if len(ks_) > hi - lo + 1:
+            return None
+        a = [min(max(int(round(k)), lo), hi) for k in ks_]  # decreasing in r
+        for i in range(1, len(a)):
+            a[i] = min(a[i], a[i - 1] - 1)
+        for i in range(len(a) - 1, -1, -1):
+            a[i] = max(a[i], lo + (len(a) - 1 - i))
+            if i + 1 < len(a):
+                a[i] = max(a[i], a[i + 1] + 1)
+        return [int(k) for k in a]
+
+    def _singlestep_groups(self, outer: list[float], orders: list[int]) -> list[tuple[float, float, int, list[float]]]:
+        """(k_s, k_t, order, intermediate steps) per interval; order 1 where the intermediates do not fit."""
+        groups = []
+        for ks, kt, o in zip(outer[:-1], outer[1:], orders):
+            mids = self._intermediates(ks, kt, {1: [], 2: [0.5], 3: [1.0 / 3.0, 2.0 / 3.0]}[o])
+            groups.append((ks, kt, o, mids) if mids is not None else (ks, kt, 1, []))
+        return groups
 
     def set_timesteps(
         self,
@@ -195,11 +212,15 @@ class DPMSolver(Solver):
                 outer, orders = self.outer_grid(steps), [order] * steps
             else:
                 orders = _orders(steps, order) if c.method == "singlestep" else [order] * max(1, steps // order)
-                if c.method == "singlestep" and c.skip_type != "logSNR":
+                outer = self.outer_grid(len(orders))
+                if c.method == "singlestep" and (
+                    c.skip_type != "logSNR"
+                    # integer logSNR grids crowd near t=0: an interval without room for its intermediate steps
+                    # would drop to first order and lose model calls; plan on the fine grid instead
+                    or any(o < want for (*_, o, _), want in zip(self._singlestep_groups(outer, orders), orders))
+                ):
                     fine = self.outer_grid(steps)
                     outer = [fine[i] for i in np.cumsum([0] + orders)]
-                else:
-                    outer = self.outer_grid(len(orders))
         self.outer = outer
         calls: list[_Call] = []
         self._groups: list[tuple[float, float, int, list[float]]] = []
@@ -208,11 +229,7 @@ class DPMSolver(Solver):
                 calls.append(_Call(outer[i], i, 0))
                 self._groups.append((outer[i], outer[i + 1], orders[i], []))
         else:
-            for g, (ks, kt, o) in enumerate(zip(outer[:-1], outer[1:], orders)):
-                rs = {1: [], 2: [0.5], 3: [1.0 / 3.0, 2.0 / 3.0]}[o]
-                mids = [self._intermediate(ks, kt, r) for r in rs]
-                if any(m is None for m in mids) or len(set(mids)) < len(mids):
-                    o, mids = 1, []  # no room between adjacent integer steps: first order
+            for g, (ks, kt, o, mids) in enumerate(self._singlestep_groups(outer, orders)):
                 self._groups.append((ks, kt, o, mids))
                 calls.extend(_Call(k, g, j) for j, k in enumerate([ks] + mids))
         if c.denoise_to_zero:
