@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from strategies import random_inputs, spiking_graphs
 
 from sdmc import ir
-from sdmc.backends import torch_kernels as K
+from sdmc.backends.torch import kernels as K
 from sdmc.backends.torch_exec import NeuronModule, compile_torch, hoist_affine, load_compiled, prepare, save_compiled
 from sdmc.config import ModelConfig, SdmcConfig
 from sdmc.errors import SdmcError
@@ -130,6 +130,15 @@ def test_hoist_affine_moves_the_head_conv_out_of_the_time_loop():
     assert "rep" not in h and g["c"].inputs == ("rep",)  # pure: the input graph is untouched
     x = np.random.default_rng(1).normal(size=(2, 2, 4, 4))
     np.testing.assert_allclose(golden.run(h, [x])["out"], golden.run(g, [x])["out"], rtol=0, atol=1e-12)
+
+
+def test_every_ir_op_has_a_lowering_and_the_alias_module_is_the_package():
+    from sdmc.backends import torch as backend
+    from sdmc.backends import torch_exec
+    from sdmc.backends.torch.lowering import LOWERINGS
+
+    assert set(ir.OPS) - {"input", "output"} == set(LOWERINGS)
+    assert torch_exec.compile_torch is backend.compile_torch and torch_exec.hoist_affine is hoist_affine
 
 
 # ------------------------------------------------------------------------------------- the fused neuron

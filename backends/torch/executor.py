@@ -6,15 +6,15 @@
     >>> print(ex.code)                                    # the generated forward (torch.fx codegen)
 
 Code generation: every IR node becomes one call in a torch.fx ``Graph`` (kernels in
-:mod:`sdmc.backends.torch_kernels`); ``python_code`` turns it into the executor's forward.  Per-step
+:mod:`.kernels`, chosen by the table :data:`.lowering.LOWERINGS`); ``python_code`` turns it into the executor's forward.  Per-step
 values stay folded ``[T*B, ...]`` from end to end (convolutions see T in the batch, no per-step
-re-layout), neurons run fused over T (:class:`~sdmc.backends.torch_kernels.MultiStepNeuron`), static
+re-layout), neurons run fused over T (:class:`~sdmc.backends.torch.kernels.MultiStepNeuron`), static
 values (the noisy image, the time embedding) stay ``[B, ...]``.
 
 Modes:
   ``train``      the traced graph as is (BN with batch statistics pooled over T*B in ``.train()``, running
-                 statistics updated like ``nn.BatchNorm2d``; ATan surrogate gradients through the reset) plus
-                 :func:`hoist_affine` (the head conv runs on the un-repeated image).  Parameters and buffers
+                 statistics updated like ``nn.BatchNorm2d``; ATan surrogate gradients through the reset) after the
+                 ``train`` pass pipeline (``hoist_affine``: the head conv runs on the un-repeated image).  Parameters and buffers
                  are registered under the source model's ``state_dict`` names, so ``ex.state_dict()`` loads
                  strictly into the eager model and vice versa.
   ``inference``  the ``inference`` pass pipeline (BN folded, TSM fused into per-step weights, static work
@@ -29,6 +29,7 @@ breaks the graph at the neuron loops and recompiles per call site; no GPU was av
 
 from __future__ import annotations
 
+import functools
 import keyword
 import re
 from collections.abc import Iterable
@@ -42,13 +43,14 @@ from torch import nn
 from sdmc import ir
 from sdmc.errors import ConfigError, SdmcError
 
-from . import torch_kernels as K
+from . import kernels as K
+from .lowering import LOWERINGS, Lowering
+from .precision import Precision, choose, quantize_graph
 
 __all__ = [
     "TorchExecutor",
     "compile_torch",
     "prepare",
-    "hoist_affine",
     "load_compiled",
     "save_compiled",
     "NeuronModule",
@@ -58,33 +60,6 @@ __all__ = [
 MODES = ("train", "inference")
 _BUFFER_FIELDS = ("running_mean", "running_var", "num_batches_tracked")
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
-
-
-# ------------------------------------------------------------------------------------------ passes
-def hoist_affine(g: ir.Graph) -> ir.Graph:
-    """Training-safe hoisting: a conv / Conv3d / linear / TSM scale reading ``repeat(x)`` reads ``x`` instead
-    (``f(repeat(x)) == repeat(f(x))``); BatchNorm stays per-step so its batch statistics and running-variance
-    correction (``n = T*B*H*W``) stay those of the source model.  Returns a new checked graph."""
-    g = g.copy()
-    ir.infer_types(g)
-    for name in [n.name for n in g.order()]:
-        node = g.nodes[name]
-        if node.op not in ("conv2d", "conv3d", "linear", "tsm_scale", "scaled_conv2d") or len(node.inputs) != 1:
-            continue
-        src = g.nodes[node.inputs[0]]
-        if src.op != "repeat":
-            continue
-        g.nodes[name] = node.replace(inputs=(src.inputs[0],))
-        if node.op in ("conv2d", "conv3d", "linear"):  # static out: repeat it for the readers
-            rep = g.fresh_name(f"{name}.repeat")
-            g.add(ir.Repeat(name=rep, inputs=(name,)))
-            g.replace_uses(name, rep)
-            g.nodes[rep] = g.nodes[rep].replace(inputs=(name,))
-        ir.infer_types(g)
-    unused = [k for k, n in g.nodes.items() if n.op == "repeat" and not g.users(k)]
-    for k in unused:
-        g.remove(k)
-    return ir.check(g)
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -125,12 +100,24 @@ class NeuronModule(nn.Module):
                 self.v_init,
                 self.signed,
             )
+        if x.is_cuda and _triton_neuron() is not None:  # the fused Triton kernel, a custom op (compile / CUDA graphs)
+            return _triton_neuron().neuron(
+                x, self.T, self.kind, self.v_threshold, self.v_reset, self.tau, self.decay_input, self.alpha
+            )
         return K.multistep_neuron(
             x, self.T, self.kind, self.v_threshold, self.v_reset, self.tau, self.decay_input, self.alpha
         )
 
     def extra_repr(self) -> str:
         return f"{self.kind}, T={self.T}, v_threshold={self.v_threshold}, v_reset={self.v_reset}"
+
+
+@functools.cache
+def _triton_neuron():
+    """:mod:`.triton_neuron` when Triton imports (GPU runs), else ``None``."""
+    from . import triton_neuron
+
+    return triton_neuron if triton_neuron.available() else None
 
 
 def _ident(name: str) -> str:
@@ -152,16 +139,22 @@ class TorchExecutor(nn.Module):
         source_state: dict[str, torch.Tensor] | None = None,
         frozen: Iterable[str] = (),
         autocast: torch.dtype | None = None,
+        precision: Precision | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ConfigError(f"compile_torch: mode must be one of {MODES}, got {mode!r}")
         ir.check(graph)
+        self.precision = precision or Precision("fp32", dtype)
+        self._int8: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if self.precision.int8:
+            graph, self._int8 = quantize_graph(graph)
         self._ir = graph
         self._mode = mode
         self._dtype = dtype
         self._channels_last = bool(channels_last)
         self._autocast = autocast
+        self._out_dtype = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
         self._T = graph.T
         self._in_types = [n.type for n in graph.input_nodes]
         self._in_names = [n.name for n in graph.input_nodes]
@@ -209,7 +202,10 @@ class TorchExecutor(nn.Module):
             for fld in _BUFFER_FIELDS:
                 if fld in refs:
                     buffers.add(refs[fld])
+        int8_weights = {g.nodes[k].weight for k in self._int8}  # held by the Int8Conv modules instead
         for name in g.param_names():
+            if name in int8_weights:
+                continue
             if name in src:
                 t = src[name].detach().clone()
             else:
@@ -225,116 +221,28 @@ class TorchExecutor(nn.Module):
                 self._param_attr[name] = self._place(name, lambda m, k, p=p: m.register_parameter(k, p))
 
     def _build_fx(self, g: ir.Graph) -> fx.Graph:
+        """One fx call per IR node from the lowering table; graph inputs are folded when per-step, outputs
+        unfolded back to ``[T, B, ...]``."""
         fg = fx.Graph()
         T = g.T
+        place = lambda name, make: self._place(name, lambda m, k: m.add_module(k, make()))  # noqa: E731
+        c = Lowering(fg, T, self._param_attr, place, self._int8, self._dtype)
         env: dict[str, fx.Node] = {}
-        attrs: dict[str, fx.Node] = {}
-
-        def P(name: str | None):
-            if name is None:
-                return None
-            if name not in attrs:
-                attrs[name] = fg.get_attr(self._param_attr[name])
-            return attrs[name]
-
-        training = None
         outs: dict[str, fx.Node] = {}
         for n in g.order():
             ts = [g.nodes[i].type for i in n.inputs]
             xs = [env[i] for i in n.inputs]
-            pss = [t.per_step for t in ts]
-            op = n.op
-            cf = fg.call_function
-            if op == "input":
+            if n.op == "input":
                 v = fg.placeholder(_ident(n.name))
-                if n.type.per_step:
-                    v = cf(K.fold, (v, T))
-            elif op == "output":
-                v = xs[0]
-                outs[n.name] = cf(K.unfold, (v, T)) if pss[0] else v
-            elif op == "conv2d":
-                v = cf(
-                    K.conv2d,
-                    (
-                        xs[0],
-                        P(n.weight),
-                        P(n.bias),
-                        K._pair(n.stride),
-                        K._pair(n.padding),
-                        K._pair(n.dilation),
-                        n.groups,
-                    ),
-                )
-            elif op == "conv3d":
-                v = cf(K.conv3d_t1, (xs[0], P(n.weight), P(n.bias), K._pair(n.stride), K._pair(n.padding)))
-            elif op == "scaled_conv2d":
-                v = cf(
-                    K.scaled_conv2d,
-                    (
-                        xs[0],
-                        P(n.weight),
-                        P(n.scale),
-                        P(n.bias),
-                        T,
-                        not pss[0],
-                        K._pair(n.stride),
-                        K._pair(n.padding),
-                        K._pair(n.dilation),
-                        n.groups,
-                    ),
-                )
-            elif op == "linear":
-                v = cf(K.linear, (xs[0], P(n.weight), P(n.bias)))
-            elif op == "tsm_scale":
-                v = cf(K.tsm_scale, (xs[0], P(n.scale), T, not pss[0]))
-            elif op == "batchnorm":
-                if training is None:
-                    training = fg.get_attr("training")
-                v = cf(
-                    K.batchnorm,
-                    (
-                        xs[0],
-                        P(n.weight),
-                        P(n.bias),
-                        P(n.running_mean),
-                        P(n.running_var),
-                        P(n.num_batches_tracked),
-                        training,
-                        n.momentum,
-                        float(n.eps),
-                    ),
-                )
-            elif op == "groupnorm":  # running statistics on a static value: refused by ir.check (GroupNorm.infer)
-                v = cf(
-                    K.groupnorm, (xs[0], P(n.weight), P(n.bias), int(n.num_groups), float(n.eps), bool(n.running), T)
-                )
-            elif op in ir.NEURON_OPS:
-                target = self._place(n.name, lambda m, k, n=n: m.add_module(k, NeuronModule(n, T)))
-                args = (xs[0], P(n.w)) if op == "plif" else (xs[0],)
-                v = fg.call_module(target, args)
-            elif op in ("add", "mul"):
-                v = cf(K.binary, (op, xs[0], xs[1], T, pss[0], pss[1], len(ts[0].shape), len(ts[1].shape)))
-            elif op == "swish":
-                v = cf(K.swish, (xs[0],))
-            elif op == "sigmoid":
-                v = cf(K.sigmoid, (xs[0],))
-            elif op == "scale":
-                v = cf(K.scale, (xs[0], float(n.factor)))
-            elif op == "concat":
-                v = cf(K.concat, (xs, pss, T, n.axis % len(ts[0].shape)))
-            elif op == "upsample":
-                v = cf(K.upsample, (xs[0], int(n.scale)))
-            elif op == "reshape":
-                v = cf(K.reshape, (xs[0], tuple(n.shape)))
-            elif op == "repeat":
-                v = cf(K.repeat, (xs[0], T))
-            elif op == "embedding":
-                v = cf(K.embedding, (xs[0], P(n.weight)))
-            elif op == "membrane_readout":
-                v = cf(K.membrane_readout, (xs[0], T, float(n.decay)))
-            else:
-                raise SdmcError(f"torch backend: node {n.name!r}: op {op!r} is not supported")
-            env[n.name] = v
+                env[n.name] = c.call(K.fold, v, T) if n.type.per_step else v
+                continue
+            if n.op == "output":
+                outs[n.name] = c.call(K.unfold, xs[0], T) if ts[0].per_step else xs[0]
+                continue
+            rule = LOWERINGS.get(n.op)
+            if rule is None:
+                raise SdmcError(f"torch backend: node {n.name!r}: op {n.op!r} is not supported")
+            env[n.name] = rule(c, n, xs, ts)
         res = [outs[n.name] for n in g.output_nodes]
         fg.output(res[0] if len(res) == 1 else tuple(res))
         fg.lint()
@@ -397,13 +305,28 @@ class TorchExecutor(nn.Module):
             with torch.autocast(dev, dtype=self._autocast):
                 out = run(self, *xs)
             return out.to(self._dtype) if isinstance(out, torch.Tensor) else tuple(o.to(self._dtype) for o in out)
-        return run(self, *xs)
+        out = run(self, *xs)
+        if self._out_dtype != self._dtype:  # bf16 executors hand back fp32 outputs
+            return (
+                out.to(self._out_dtype) if isinstance(out, torch.Tensor) else tuple(o.to(self._out_dtype) for o in out)
+            )
+        return out
 
     def extra_repr(self) -> str:
-        return f"mode={self._mode}, T={self._T}, dtype={self._dtype}, channels_last={self._channels_last}"
+        return (
+            f"mode={self._mode}, T={self._T}, dtype={self._dtype}, precision={self.precision.name}, "
+            f"channels_last={self._channels_last}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ entry points
+def _passes_for(g: ir.Graph, mode: str) -> ir.Graph:
+    """The graph the executor runs in ``mode``: the ``inference`` or ``train`` pass pipeline applied."""
+    from sdmc import passes
+
+    return passes.run(g, mode)
+
+
 def _trace_model(model: nn.Module) -> ir.Graph:
     from sdmc.frontends import trace
 
@@ -424,6 +347,7 @@ def compile_torch(
     compile: bool | str = False,
     autocast: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    precision: str | None = None,
 ) -> TorchExecutor:
     """Compile an IR graph or a model (traced with :func:`sdmc.frontends.trace`) into a :class:`TorchExecutor`.
 
@@ -431,6 +355,9 @@ def compile_torch(
     (default: the model's, else float32).  ``channels_last``: NHWC activations and conv weights (default: on
     for CPU executors, where it is faster for training and sampling; off on GPU).  ``compile``: ``True`` or a ``torch.compile`` mode name
     (``"reduce-overhead"`` uses CUDA graphs on GPU).  ``autocast``: e.g. ``torch.bfloat16``.
+    ``precision``: ``fp32`` (default, exact), ``bf16`` or ``int8`` (inference), see
+    :mod:`sdmc.backends.torch.precision`; checked against the device (an unsupported choice is one
+    :class:`ConfigError`), and ``ex.precision.note`` says what was chosen.
     From a model, parameters are copied from its ``state_dict`` (keeping ``requires_grad=False`` ones frozen)
     and the executor takes its ``config``; the executor starts in the model's train/eval state
     (``inference``: always eval).
@@ -459,16 +386,21 @@ def compile_torch(
         raise ConfigError(
             f"compile_torch: expected an sdmc.ir.Graph or an nn.Module, got {type(graph_or_model).__name__}"
         )
-    if mode == "inference":
-        from sdmc import passes
-
-        g = passes.run(g, "inference")
-    else:
-        g = hoist_affine(g)
+    if precision is not None and autocast is not None:
+        raise ConfigError("compile_torch: give precision= or autocast=, not both (precision='bf16' sets autocast)")
+    prec = choose(precision, mode, device, dtype)
+    g = _passes_for(g, mode)
     if channels_last is None:
         channels_last = torch.device(device or "cpu").type == "cpu"
     ex = TorchExecutor(
-        g, mode, dtype=dtype, channels_last=channels_last, source_state=src_state, frozen=frozen, autocast=autocast
+        g,
+        mode,
+        dtype=prec.dtype,
+        channels_last=channels_last,
+        source_state=src_state,
+        frozen=frozen,
+        autocast=autocast or prec.autocast,
+        precision=prec,
     )
     if cfg is not None:
         ex.config = cfg
@@ -508,14 +440,9 @@ def save_compiled(path, graph_or_model: ir.Graph | nn.Module, cfg=None, mode: st
         g = _trace_model(graph_or_model)
     else:
         g = graph_or_model
-    if mode == "inference":
-        from sdmc import passes
-
-        g = passes.run(g, "inference")
-    elif mode == "train":
-        g = hoist_affine(g)
-    else:
+    if mode not in MODES:
         raise ConfigError(f"save_compiled: mode must be one of {MODES}, got {mode!r}")
+    g = _passes_for(g, mode)
     g.meta["backend"] = {"name": "torch", "mode": mode}
     if cfg is not None:
         g.meta["sdmc_config"] = json.loads(cfg.to_json())
@@ -523,10 +450,15 @@ def save_compiled(path, graph_or_model: ir.Graph | nn.Module, cfg=None, mode: st
 
 
 def load_compiled(
-    path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu", channels_last: bool | None = None
+    path,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    channels_last: bool | None = None,
+    precision: str | None = None,
 ) -> tuple[TorchExecutor, Any]:
-    """Load a ``.sdmc`` file into an executor (its recorded mode, default inference); returns
-    ``(executor, SdmcConfig or None)``; the executor has ``.config`` (the model config) when recorded."""
+    """Load a ``.sdmc`` file into an executor (its recorded mode, default inference) at ``precision`` (see
+    :func:`compile_torch`); returns ``(executor, SdmcConfig or None)``; the executor has ``.config`` (the model
+    config) when recorded."""
     g = ir.load(path)
     mode = (
         g.meta.get("backend", {}).get("mode", "inference") if isinstance(g.meta.get("backend"), dict) else "inference"
@@ -542,7 +474,8 @@ def load_compiled(
         dtype = _DTYPES.get(next((n.dtype for n in g.input_nodes if n.dtype in _DTYPES), "float32"), torch.float32)
     if channels_last is None:
         channels_last = torch.device(device).type == "cpu"
-    ex = TorchExecutor(g, mode, dtype=dtype, channels_last=channels_last)
+    prec = choose(precision, mode, device, dtype)
+    ex = TorchExecutor(g, mode, dtype=prec.dtype, channels_last=channels_last, autocast=prec.autocast, precision=prec)
     if cfg is not None:
         ex.config = cfg.model
     elif "model_config" in g.meta:

@@ -88,14 +88,17 @@ def neuron_forward(
     """Spikes ``[T*B, ...]`` (dtype and memory format of ``x``) and, with ``save_h``, the charged potentials.
 
     Three passes over the state per step (charge, fire, reset; no reset after the last step), all into
-    preallocated buffers; spikes are written straight into the float output."""
+    preallocated buffers; spikes are written straight into the float output (exact 0/1 in any float dtype).
+    The membrane state is fp32 for bf16 / fp16 inputs (:func:`state_dtype`)."""
     if x.shape[0] % T:
         raise ValueError(f"neuron: leading dim {x.shape[0]} is not a multiple of T={T}")
     N = x.shape[0] // T
     r = 0.0 if v_reset is None else float(v_reset)
+    sd = state_dtype(x.dtype)  # membranes of bf16 / fp16 currents are kept in fp32
     out = torch.empty_like(x)
-    H = torch.empty_like(x) if save_h else None
-    v = torch.empty_like(x[:N])
+    x = x.to(sd)  # (a no-op in fp32 / fp64) every step's charge computed in the state dtype
+    H = torch.empty_like(x, dtype=sd) if save_h else None
+    v = torch.empty_like(x[:N], dtype=sd)
     mask = torch.empty_like(v, dtype=torch.bool) if v_reset is not None and r != 0.0 else None
     tmp = torch.empty_like(v) if kind != "if" else None
     for t in range(T):
@@ -119,6 +122,11 @@ def neuron_forward(
 
 
 @torch.no_grad()
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The membrane / accumulator dtype for currents of ``dtype``: fp32 for bf16 and fp16, else ``dtype``."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 def _neuron_backward(
     gs: torch.Tensor,
     H: torch.Tensor,
@@ -172,7 +180,7 @@ class MultiStepNeuron(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gs):
         (H,) = ctx.saved_tensors
-        return (_neuron_backward(gs, H, *ctx.cfg),) + (None,) * 7
+        return (_neuron_backward(gs, H, *ctx.cfg).to(gs.dtype),) + (None,) * 7
 
 
 def multistep_neuron(
@@ -245,10 +253,6 @@ def neuron_reference(
 
 
 # ------------------------------------------------------------------------------------------ op kernels
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def conv2d(x, w, b, stride, padding, dilation, groups):
     """``F.conv2d`` on a folded or static value."""
     return F.conv2d(x, w, b, stride, padding, dilation, groups)
@@ -261,7 +265,11 @@ def conv3d_t1(x, w, b, stride, padding):
 
 def scaled_conv2d(x, w, scale, bias, T, static_in, stride, padding, dilation, groups):
     """``y[t] = scale[t] conv(x[t], W) + b[t]`` -> folded ``[T*B, O, H, W]``; a static ``x`` is convolved once."""
-    y = F.conv2d(x, w, None, stride, padding, dilation, groups)
+    return _scale_and_bias(F.conv2d(x, w, None, stride, padding, dilation, groups), x, scale, bias, T, static_in)
+
+
+def _scale_and_bias(y, x, scale, bias, T, static_in):
+    """``y[t] scale[t] + b[t]`` for the convolution output ``y`` of ``x`` (folded, or static when ``static_in``)."""
     O = y.shape[1]
     if static_in:
         y = y.unsqueeze(0)
@@ -383,8 +391,10 @@ def embedding(i, w):
 
 
 def membrane_readout(x, T, decay):
-    """``y = sum_t decay^(T-1-t) x[t]`` on folded ``x`` -> static."""
+    """``y = sum_t decay^(T-1-t) x[t]`` on folded ``x`` -> static (accumulated in fp32 for bf16 / fp16 ``x``)."""
     xs = steps(x, T)
+    if state_dtype(x.dtype) != x.dtype:
+        xs = xs.to(state_dtype(x.dtype))
     y = xs[0] * (float(decay) ** (T - 1))
     for t in range(1, T):
         y = y + xs[t] * (float(decay) ** (T - 1 - t))
@@ -412,3 +422,74 @@ def fold(x, T):
 
 def unfold(x, T):
     return steps(x, T)
+
+
+# ------------------------------------------------------------------------------------------ int8 spike convs
+class Int8Conv(torch.nn.Module):
+    """A spike-input convolution as an int8 x int8 -> int32 GEMM, dequantised once: ``y = s_o * acc + b``.
+
+    ``w_int`` ``[O, C/groups, kh, kw]`` int8 and ``w_scale`` ``[O]`` (float64) are buffers (they travel with
+    ``state_dict``); the oneDNN-packed weight is built on first use and never saved.  Input: spikes, exactly 0/1,
+    in any float dtype.  Float32 / bfloat16 outputs run oneDNN's int8 convolution (s32 accumulator, then one
+    multiply by ``s_o`` in fp32); a float64 output computes the same int32 sums exactly through a float64
+    convolution of the integer values (the reference the tests compare the fast path with)."""
+
+    def __init__(
+        self, w_int: torch.Tensor, w_scale: torch.Tensor, stride, padding, dilation, groups: int, dtype=None
+    ) -> None:
+        super().__init__()
+        self.dtype = dtype  # output dtype (default: the input's; a uint8 input needs it)
+        self.register_buffer("w_int", w_int.to(torch.int8))
+        self.register_buffer("w_scale", w_scale.to(torch.float64))
+        self.geom = (list(stride), list(padding), list(dilation), int(groups))
+        self._packed: torch.Tensor | None = None
+        self._zp: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_packed"] = None  # an opaque oneDNN tensor: rebuilt on first use
+        return state
+
+    def _onednn(self, x: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        stride, padding, dilation, groups = self.geom
+        if self._packed is None:
+            self._packed = torch.ops.onednn.qconv_prepack(
+                self.w_int, self.w_scale, 1.0, 0, stride, padding, dilation, groups, None
+            )
+            self._zp = torch.zeros(self.w_int.shape[0], dtype=torch.int64)
+        return torch.ops.onednn.qconv2d_pointwise(
+            x,
+            1.0,
+            0,
+            self._packed,
+            self.w_scale,
+            self._zp,
+            None if bias is None else bias.float(),
+            stride,
+            padding,
+            dilation,
+            groups,
+            1.0,
+            0,
+            dtype,
+            "none",
+            [],
+            "",
+        )
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: spikes as uint8 (:func:`to_uint8`) or in a float dtype; returns ``self.dtype`` (or ``x``'s)."""
+        stride, padding, dilation, groups = self.geom
+        dtype = self.dtype or x.dtype
+        if dtype in (torch.float32, torch.bfloat16) and x.device.type == "cpu":
+            return self._onednn(to_uint8(x), bias, dtype)
+        acc = F.conv2d(x.double(), self.w_int.double(), None, stride, padding, dilation, groups)  # exact integers
+        y = acc * self.w_scale.reshape(1, -1, 1, 1)
+        if bias is not None:
+            y = y + bias.double().reshape(1, -1, 1, 1)
+        return y.to(dtype)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Spikes (exactly 0/1) as uint8, memory format kept (the int8 convolutions' input)."""
+    return x if x.dtype == torch.uint8 else x.to(torch.uint8)

@@ -1,0 +1,79 @@
+"""The Triton multi-step neuron against the torch kernel, run on the CPU by Triton's interpreter
+(``TRITON_INTERPRET=1``), and its ``torch.library`` registration (fake implementation, autograd)."""
+
+import pytest
+import torch
+
+from sdmc.backends.torch import kernels as K
+
+tn = pytest.importorskip("sdmc.backends.torch.triton_neuron")
+if not tn.available():  # pragma: no cover - triton ships with the CUDA torch wheels
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+CASES = [
+    ("if", True, 0.0),
+    ("if", True, None),
+    ("if", True, -0.3),
+    ("lif", True, 0.0),
+    ("lif", False, None),
+    ("lif", True, -0.3),
+]
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.mark.parametrize("kind,decay_input,v_reset", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_kernels_equal_the_torch_kernel(interpret, kind, decay_input, v_reset, dtype):
+    T, shape = 4, (3, 5, 7)  # N = 105 neurons per step: a partial block
+    g = torch.Generator().manual_seed(hash((kind, decay_input, v_reset)) % 2**31)
+    x = (torch.randn((T * shape[0],) + shape[1:], generator=g) * 0.8 + 0.3).to(dtype)
+    s_ref, h_ref = K.neuron_forward(x, T, kind, 0.7, v_reset, 2.0, decay_input, save_h=True)
+    s, h = tn.triton_forward(x, T, kind, 0.7, v_reset, 2.0, decay_input, save_h=True)
+    assert s.dtype == dtype and h.dtype == torch.float32
+    assert torch.equal(s, s_ref) and 0 < s.float().mean() < 1  # spikes exactly those of the torch kernel
+    torch.testing.assert_close(h, h_ref.float(), rtol=0, atol=0)
+    gs = torch.randn(x.shape, generator=g).to(dtype)
+    gx_ref = K._neuron_backward(gs, h_ref, T, kind, 0.7, v_reset, 2.0, decay_input, 2.0).to(dtype)
+    gx = tn.triton_backward(gs, h, T, kind, 0.7, v_reset, 2.0, decay_input, 2.0)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(gx, gx_ref, rtol=tol, atol=tol)
+
+
+def test_triton_forward_without_saving_h_and_T1(interpret):
+    x = torch.randn(6, 4)
+    s, h = tn.triton_forward(x, 1, "if", 0.5, 0.0, 2.0, True, save_h=False)
+    assert h is None and torch.equal(s, (x >= 0.5).float())
+
+
+def test_custom_op_is_registered_with_fake_and_autograd(interpret):
+    x = torch.randn(3 * 8, 6, requires_grad=True)
+    args = (x, 3, "lif", 0.5, 0.0, 2.0, True, 2.0, True)
+    torch.library.opcheck(tn.multistep_neuron, args, test_utils=("test_schema", "test_faketensor"))
+    s = tn.neuron(x, 3, "lif", 0.5, 0.0)
+    ref = K.multistep_neuron(x, 3, "lif", 0.5, 0.0)
+    assert torch.equal(s, ref)
+    (s * torch.arange(s.numel()).reshape(s.shape)).sum().backward()
+    g1 = x.grad.clone()
+    x.grad = None
+    (ref * torch.arange(ref.numel()).reshape(ref.shape)).sum().backward()
+    torch.testing.assert_close(g1, x.grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by benchmarks/gpu_checks.sh)")
+@pytest.mark.parametrize("kind,decay_input,v_reset", CASES)
+def test_triton_kernels_on_gpu_equal_the_torch_kernel(kind, decay_input, v_reset):
+    T = 8
+    x = torch.randn(T * 16, 64, 8, 8, device="cuda") * 0.8 + 0.3
+    s_ref, h_ref = K.neuron_forward(x, T, kind, 0.7, v_reset, 2.0, decay_input, save_h=True)
+    s, h = tn.triton_forward(x, T, kind, 0.7, v_reset, 2.0, decay_input, save_h=True)
+    assert torch.equal(s, s_ref)
+    torch.testing.assert_close(h, h_ref, rtol=0, atol=0)
+    gs = torch.randn_like(x)
+    gx_ref = K._neuron_backward(gs, h_ref, T, kind, 0.7, v_reset, 2.0, decay_input, 2.0)
+    torch.testing.assert_close(tn.triton_backward(gs, h, T, kind, 0.7, v_reset, 2.0, decay_input, 2.0), gx_ref)
+    compiled = torch.compile(lambda y: tn.neuron(y, T, kind, 0.7, v_reset, 2.0, decay_input), mode="reduce-overhead")
+    assert torch.equal(compiled(x), s_ref) and torch.equal(compiled(x), s_ref)  # CUDA graph replay
