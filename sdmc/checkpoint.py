@@ -74,9 +74,12 @@ def read_checkpoint(
     """Return ``(state_dict, config or None, info)`` from any supported file.
 
     ``weights``: ``net`` (the raw weights), ``ema`` (the EMA weights) or ``auto`` (EMA when present).
-    ``info`` says which entry was used and what else the file holds.
+    ``info`` says which entry was used and what else the file holds.  ``bundled:NAME`` names a model
+    shipped with sdmc (:mod:`sdmc.models.bundled`).
     """
-    path = Path(path)
+    from .models.bundled import resolve
+
+    path = resolve(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if weights not in ("auto", "net", "ema"):
@@ -292,8 +295,14 @@ def resolve_config(
 
 
 # ----------------------------------------------------------------------------------------- writing
-def save_model(path: str | os.PathLike, model: nn.Module | Mapping[str, torch.Tensor], cfg: SdmcConfig) -> Path:
-    """Write the native format: safetensors weights with the config JSON in the header (atomic)."""
+def save_model(
+    path: str | os.PathLike,
+    model: nn.Module | Mapping[str, torch.Tensor],
+    cfg: SdmcConfig,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the native format: safetensors weights with the config JSON in the header (atomic);
+    ``metadata``: more header entries (strings; e.g. a bundled model's recipe and quality)."""
     from safetensors.torch import save_file
 
     sd = model.state_dict() if isinstance(model, nn.Module) else dict(model)
@@ -302,7 +311,7 @@ def save_model(path: str | os.PathLike, model: nn.Module | Mapping[str, torch.Te
     if path.suffix != ".safetensors":
         raise SdmcError(f"{path}: native sdmc models use the .safetensors suffix")
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={CONFIG_KEY: cfg.to_json(), "format": "sdmc"})
+        save_file(tensors, str(tmp), metadata={**(metadata or {}), CONFIG_KEY: cfg.to_json(), "format": "sdmc"})
     return path
 
 
@@ -378,6 +387,12 @@ def describe(path: str | os.PathLike, weights: str = "auto", as_json: bool = Fal
         "tsm_layers": n_tsm,
         "state_dict_keys": len(sd),
     }
+    extras: dict[str, Any] = {}
+    if info["format"] == "sdmc-safetensors":
+        from .models.bundled import read_extras
+
+        extras = {k: v for k, v in read_extras(info["file"]).items() if v is not None}
+        data.update(extras)
     if as_json:
         return json.dumps(data, indent=1)
     m = cfg.model
@@ -416,4 +431,14 @@ def describe(path: str | os.PathLike, weights: str = "auto", as_json: bool = Fal
     ]
     if cfg.provenance:
         lines.append("  provenance   " + ", ".join(f"{k}={v}" for k, v in cfg.provenance.items()))
+    if "recipe" in extras:
+        r = extras["recipe"]
+        took = f" ({r['train_seconds']:.0f} s of training)" if r.get("train_seconds") else ""
+        lines.append(f"  recipe       {r.get('command')}{took}")
+    if "quality" in extras:
+        from .metrics.quality import Quality
+
+        q = extras["quality"]
+        qual = Quality(q["n"], q["seeds"], q["per_seed"], q.get("floor"), q.get("floor_note") or "")
+        lines.append(f"  quality      {q.get('solver')} {q.get('steps')} steps: {qual.line()}")
     return "\n".join(lines)

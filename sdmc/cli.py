@@ -270,6 +270,11 @@ def _add_train(sub) -> None:
         const=True,
         help="train the plain spikingjelly model instead of the compiled torch executor (default)",
     )
+    g.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: torch's); a CPU run is bit-for-bit reproducible for a given seed and thread count",
+    )
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="digits, cifar10, mnist, fashion-mnist, celeba64, folder:PATH")
     g.add_argument("--data-root", help="where the dataset lies (torchvision layout)")
@@ -302,6 +307,7 @@ def _add_train(sub) -> None:
 
 
 _TRAIN_OPTS = (
+    "threads",
     "out",
     "steps",
     "batch_size",
@@ -381,15 +387,29 @@ def _add_eval(sub) -> None:
         help="digits-fid, digits-is, fid, is (comma list or repeated; default: digits metrics for "
         "digits data and gray images without --ref, else fid,is)",
     )
-    p.add_argument("-n", "--num", type=int, default=1000, help="images to sample (default 1000)")
+    p.add_argument(
+        "-n",
+        "--num",
+        type=int,
+        default=None,
+        help="images to sample per seed (default: 256 for digits metrics, whose real-data floor exists up to "
+        "360 images; else 1000)",
+    )
     p.add_argument("--solver", default="ddim", help="sampling solver (default ddim)")
     p.add_argument("--steps", type=int, default=50, help="solver steps (default 50)")
     p.add_argument("--batch-size", type=int, default=100, help="images per batch and rank (default 100)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first sampling seed (default 0)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="sampling seeds SEED, SEED+1, ...: the report gives mean ± std over them (default: 3 for digits "
+        "metrics, else 1)",
+    )
     p.add_argument("--weights", choices=["auto", "net", "ema"], default="auto")
     p.add_argument("--snn-steps", type=int, help="SNN time steps T when the checkpoint does not record it")
     p.add_argument("--threshold", type=float, help="threshold guidance: every IF threshold becomes this")
-    p.add_argument("--save-samples", help="also write the sampled images here (.npz, uint8)")
+    p.add_argument("--save-samples", help="also write the sampled images here (.npz, uint8; the first seed's)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--download", action="store_true", help="allow downloading the Inception weights")
@@ -434,6 +454,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             solver=args.solver,
             steps=args.steps,
             seed=args.seed,
+            n_seeds=args.seeds,
             weights=args.weights,
             snn_steps=args.snn_steps,
             threshold=args.threshold,
@@ -450,27 +471,37 @@ def _add_energy(sub) -> None:
     p = sub.add_parser(
         "energy",
         help="synaptic operations, firing rates and energy per call / step / image",
-        description="Measure firing rates on a calibration set (dataset images noised to the steps a solver "
-        "visits), count MACs and exact SOPs per layer from the IR, and report energy under SDM's "
-        "Eq. 20 ('paper') and a faithful convention, next to the ANN UNet of the same width.",
+        description="Measure firing rates along the model's own sampling trajectories (the solver run from "
+        "noise, every call recorded: no dataset needed; per image = the exact sum over the calls) or, with "
+        "--data, on dataset images noised to the steps the solver visits; count MACs and exact SOPs per layer "
+        "from the IR, and report energy under SDM's Eq. 20 ('paper') and a faithful convention, next to the "
+        "ANN UNet of the same width.",
     )
     p.add_argument("file", help="released .pt, native .safetensors, or a compiled .sdmc graph")
     p.add_argument("--report", action="store_true", help="print the full report (the default)")
     p.add_argument(
         "--data",
-        default="digits",
-        help="calibration dataset (default: digits; 'noise': random images, no dataset needed)",
+        default=None,
+        help="calibrate on this dataset's images noised to the solver's steps instead of measuring the "
+        "sampling trajectories (e.g. digits, cifar10; 'noise': random images); a dataset whose images "
+        "do not fit the model falls back to the trajectories, with a note",
     )
     p.add_argument(
         "--assume-rate", type=float, help="skip measuring: every input fires with this probability (what-if, e.g. 0.47)"
     )
     p.add_argument("--data-root", help="where the dataset lies")
-    p.add_argument("--images", type=int, default=32, help="calibration images (default: 32)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="trajectories measured (default: 8; each costs NFE model calls), or with --data calibration "
+        "images (default: 32)",
+    )
     p.add_argument(
         "--calib-steps",
         type=int,
         default=8,
-        help="diffusion steps measured, evenly picked from the solver's grid (default: 8)",
+        help="with --data: diffusion steps measured, evenly picked from the solver's grid (default: 8)",
     )
     p.add_argument("--solver", default="ddim", help="solver whose steps and NFE are used (default: ddim)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
@@ -497,7 +528,6 @@ def _add_energy(sub) -> None:
 
 @command("energy")
 def cmd_energy(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .energy import analyze
 
@@ -512,8 +542,11 @@ def cmd_energy(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         assume_rate=args.assume_rate,
+        threshold=args.threshold,
     )
-    path = Path(args.file)
+    from .models.bundled import resolve
+
+    path = resolve(args.file)
     if not path.exists():
         raise SdmcError(f"{args.file}: no such file")
     if path.suffix == ".sdmc" or path.is_dir():
@@ -524,11 +557,8 @@ def cmd_energy(args: argparse.Namespace) -> int:
         report = analyze(load(path), **opts)
     else:
         from .checkpoint import load_model
-        from .models import set_threshold
 
         model, cfg = load_model(path, weights=args.weights, snn_steps=args.snn_steps, device=args.device)
-        if args.threshold is not None:
-            set_threshold(model, args.threshold)
         report = analyze(model, diffusion=cfg.diffusion, **opts)
     report.conventions = ["paper", "faithful"] if args.convention == "both" else [args.convention]
     fmt = "json" if args.json else "markdown" if args.markdown else "csv" if args.csv else None

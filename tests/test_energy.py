@@ -302,15 +302,31 @@ def test_report_totals_follow_the_conventions(small_report):
     assert c1["faithful_pJ"] == pytest.approx(prof.ac * c1["sops"])
     sc = rows["downblocks.2.shortcut.tsmconv"]
     assert sc["faithful_pJ"] == pytest.approx(prof.mac * sc["dense_macs"])  # real input: MACs
-    # per image = NFE x per call; DDIM-10 calls the model 10 times
+    # trajectory mode (the default): DDIM-10 calls the model 10 times; per image = the exact sum over them
+    assert r.calibration["mode"] == "trajectory" and [s["call"] for s in r.by_step] == list(range(10))
+    assert [s["t"] for s in r.by_step] == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
     for conv in ("paper", "faithful"):
         t = r.totals[conv]
+        assert t["per_image_mJ"] == pytest.approx(sum(s[f"{conv}_mJ"] for s in r.by_step))
         assert t["per_image_mJ"] == pytest.approx(10 * t["per_call_mJ"])
-        assert t["per_call_mJ"] == pytest.approx(np.mean([s[f"{conv}_mJ"] for s in r.by_step]))
+    # the calls differ (noisy input early, nearly clean late): the sum is not one call's energy x NFE
+    assert len({round(s["faithful_mJ"], 9) for s in r.by_step}) > 1
     assert r.ann["per_call_mJ"] == pytest.approx(
         model_macs(ann_counterpart(ModelConfig(arch="sdm", **SMALL))) * 4.6 / 1e9
     )
-    assert len(r.by_step) == 2 and all(0 < n["rate"] < 1 for n in r.neurons)
+    assert all(0 < n["rate"] < 1 for n in r.neurons)
+
+
+def test_data_mode_is_nfe_times_the_mean_over_calibration_steps():
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(arch="sdm", snn_steps=2, **SMALL)).eval()
+    m.apply(lambda mod: setattr(mod, "v_threshold", 0.3) if isinstance(mod, neuron.IFNode) else None)
+    r = analyze(m, data="digits", n_images=4, calib_steps=2, steps=10)
+    assert r.calibration["mode"] == "data" and [s["t"] for s in r.by_step] == [999, 99]
+    for conv in ("paper", "faithful"):
+        t = r.totals[conv]
+        assert t["per_call_mJ"] == pytest.approx(np.mean([s[f"{conv}_mJ"] for s in r.by_step]))
+        assert t["per_image_mJ"] == pytest.approx(10 * t["per_call_mJ"])
 
 
 def test_report_formats(small_report, tmp_path):
@@ -327,6 +343,67 @@ def test_report_formats(small_report, tmp_path):
         r.write(tmp_path / "x", "yaml")
 
 
+def test_trajectory_rates_equal_a_direct_hook_count(tiny_cfg):
+    """Trajectory mode: every call's recorded firing rates and synaptic events equal what plain forward
+    hooks on the same run count; the calls are the solver's, in order."""
+    from sdmc.diffusion.schedule import NoiseSchedule
+    from sdmc.diffusion.solvers import make_solver
+    from sdmc.energy.measure import measure_trajectory
+
+    torch.manual_seed(0)
+    m = build_model(tiny_cfg).eval()
+    m.apply(lambda mod: setattr(mod, "v_threshold", 0.4) if isinstance(mod, neuron.IFNode) else None)
+    spikes: dict[str, list[torch.Tensor]] = {}
+    conv_in: list[torch.Tensor] = []
+    hooks = [
+        mod.register_forward_hook(lambda mod, a, out, name=name: spikes.setdefault(name, []).append(out.detach()))
+        for name, mod in m.named_modules()
+        if isinstance(mod, neuron.BaseNode)
+    ]
+    hooks.append(m.downblocks[0].conv1.register_forward_pre_hook(lambda mod, a: conv_in.append(a[0].detach())))
+    sched = NoiseSchedule()
+    try:
+        act, imgs = measure_trajectory(m, sched, solver="dpm-solver++", steps=4, n=3, batch_size=2, seed=5)
+    finally:
+        for h in hooks:
+            h.remove()
+    sol = make_solver("dpm-solver++", sched)
+    sol.set_timesteps(4)
+    assert act.keyed_by == "call" and act.steps == [0, 1, 2, 3] and imgs.shape == (3, 1, 8, 8)
+    assert [act.call_t[k] for k in act.steps] == sol.timesteps.tolist()
+    for name, outs in spikes.items():
+        assert len(outs) == 2 * 4  # 2 batches (2 + 1 images) x 4 calls
+        for k in range(4):
+            a, b = outs[k], outs[4 + k]  # call k of batch 1 and of batch 2
+            direct = float((a.double().sum() + b.double().sum()) / (a.numel() + b.numel()))
+            assert act.neurons[name].rate(k) == pytest.approx(direct, abs=1e-12), (name, k)
+    T = tiny_cfg.snn_steps
+    for k in range(4):  # spike input of a 3x3 conv: nnz and exact SOPs per sample per call
+        xs = [conv_in[k], conv_in[4 + k]]
+        nnz = sum(float((x != 0).sum()) for x in xs)
+        numel = sum(x.numel() for x in xs)
+        assert act.synapses["downblocks.0.conv1"].rate(k) == pytest.approx(nnz / numel)
+        sops = sum(
+            float(conv_sops(x.reshape(T, -1, *x.shape[1:]), 8, (3, 3), (1, 1), (1, 1), (1, 1), 1).sum()) for x in xs
+        )
+        assert act.synapses["downblocks.0.conv1"].sops(k) == pytest.approx(sops / 3)
+
+
+def test_trajectory_golden_and_eager_agree(tiny_cfg):
+    """An IR graph measured along its trajectory by the golden simulator gives the eager model's counts."""
+    from sdmc.frontends.fx import trace
+
+    torch.manual_seed(1)
+    m = build_model(tiny_cfg).eval()
+    m.apply(lambda mod: setattr(mod, "v_threshold", 0.3) if isinstance(mod, neuron.IFNode) else None)
+    a = analyze(m, n_images=2, steps=3, ann=False)
+    b = analyze(trace(m, (1, 1, 8, 8)), n_images=2, steps=3, ann=False)
+    assert a.calibration["mode"] == b.calibration["mode"] == "trajectory"
+    for x, y in zip(a.by_step, b.by_step):
+        assert x["call"] == y["call"] and x["t"] == y["t"]
+        assert x["faithful_mJ"] == pytest.approx(y["faithful_mJ"], rel=0.02)
+
+
 def test_golden_and_eager_measurements_agree():
     """An IR graph measured by the golden simulator gives the eager model's counts (same calibration)."""
     from sdmc.frontends.fx import trace
@@ -338,6 +415,7 @@ def test_golden_and_eager_measurements_agree():
     images = torch.rand(2, 1, 8, 8) * 2 - 1
     a = analyze(m, images=images, calib_steps=1, steps=5, ann=False)
     b = analyze(trace(m, (1, 1, 8, 8)), images=images, calib_steps=1, steps=5, ann=False)
+    assert a.calibration["mode"] == "data"
     ra = {x["name"]: x for x in a.layers}
     for x in b.layers:
         assert x["sops"] == pytest.approx(ra[x["name"]]["sops"], rel=0.02, abs=1)
@@ -381,7 +459,7 @@ def test_analyze_rejects_ann_and_bad_images():
         analyze(build_model(ann_counterpart(ModelConfig(arch="sdm", **SMALL))))
     m = build_model(ModelConfig(arch="sdm", snn_steps=2, **SMALL))
     with pytest.raises(ConfigError, match="calibration images"):
-        analyze(m, images=torch.zeros(2, 3, 16, 16))
+        analyze(m, images=torch.zeros(2, 3, 16, 16), n_images=1, steps=2)
 
 
 def test_assumed_uniform_rate_is_eq20_by_hand():
@@ -415,10 +493,10 @@ def test_cli_energy(tmp_path, capsys):
     cfg = ModelConfig(arch="sddpm", snn_steps=2, **SMALL)
     path = tmp_path / "m.safetensors"
     save_model(path, build_model(cfg).eval(), SdmcConfig(model=cfg))
-    common = [str(path), "--images", "2", "--calib-steps", "1", "--steps", "10"]
+    common = [str(path), "--images", "2", "--calib-steps", "1", "--steps", "4"]
     assert main(["energy", *common, "--json", "--profile", "loihi1"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["profile"]["name"] == "loihi1" and d["calibration"]["nfe"] == 10
+    assert d["profile"]["name"] == "loihi1" and d["calibration"]["nfe"] == 4
     assert main(["energy", *common, "--csv", "-o", str(tmp_path / "l.csv"), "--plot", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "l.csv").read_text().startswith("name,op") and (tmp_path / "p.png").exists()
     capsys.readouterr()
@@ -429,3 +507,23 @@ def test_cli_energy(tmp_path, capsys):
     assert "assumed uniform firing rate 0.5" in capsys.readouterr().out
     assert main(["energy", *common, "--profile", str(tmp_path / "missing.json")]) == 2
     assert "not a built-in profile" in capsys.readouterr().err
+
+
+def test_cli_energy_on_a_3_channel_model_without_a_dataset(tmp_path, capsys):
+    """A CIFAR-shaped (3-channel) checkpoint: the default measures along its own trajectories (no dataset on
+    disk), and asking for the (1-channel) digits calibration set falls back to that with a note."""
+    from sdmc.checkpoint import save_model
+    from sdmc.cli import main
+
+    cfg = ModelConfig(arch="sdm", snn_steps=2, ch=8, ch_mult=(1, 2), num_res_blocks=1, img_ch=3, img_size=8)
+    path = tmp_path / "cifar_like.safetensors"
+    save_model(path, build_model(cfg).eval(), SdmcConfig(model=cfg))
+    common = [str(path), "--images", "2", "--steps", "4", "--json"]
+    assert main(["energy", *common]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["calibration"]["mode"] == "trajectory" and d["calibration"]["nfe"] == 4 and len(d["by_step"]) == 4
+    assert d["model"]["img_ch"] == 3 and d["totals"]["faithful"]["per_image_mJ"] > 0
+    assert main(["energy", *common, "--data", "digits"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["calibration"]["mode"] == "trajectory"
+    assert any("dataset 'digits' has 1-channel images, the model takes 3" in n for n in d["notes"])

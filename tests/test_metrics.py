@@ -442,7 +442,11 @@ def test_evaluate_digits_matches_direct_scores_and_report(digits16):
     assert rep.n == len(test)
     for k in ("digits_fid", "digits_is", "digits_confidence", "digits_coverage"):
         assert rep.values[k] == pytest.approx(direct[k], rel=1e-6)
-    assert rep.line().startswith(f"digits-FID {direct['digits_fid']:.3f}  digits-IS")
+    # the whole held-out split is the real-data floor at n = 360: the report shows it beside the value
+    assert rep.floor["digits_fid"] == pytest.approx(direct["digits_fid"], rel=1e-6)
+    f = f"{direct['digits_fid']:.1f}"
+    assert rep.line().startswith(f"digits-FID {f} (floor {f})  digits-IS")
+    assert "no seed spread" in rep.line() and "floor = 360 held-out real digits" in rep.line()
     assert json.loads(rep.to_json())["metrics"]["digits_fid"] == pytest.approx(direct["digits_fid"])
     only_fid = evaluate(tensor_chunks(test, 64, Ranks()), ["digits-fid"], EvalOptions(progress=False))
     assert set(only_fid.values) == {"digits_fid"}
@@ -561,6 +565,28 @@ def test_eval_model_file_samples_in_chunks(tmp_path, tiny_model):
     assert rep2.values["digits_fid"] == pytest.approx(rep.values["digits_fid"], rel=1e-9)  # reproducible
 
 
+def test_eval_model_over_seeds_reports_spread_and_floor(tiny_model, capsys):
+    """Several seeds: values are the mean, each seed's kept, the line shows mean ± std and the floor."""
+    from sdmc.cli import main
+    from sdmc.metrics.evaluate import EvalOptions, eval_model_file
+
+    opts = EvalOptions(batch_size=8, progress=False)
+    rep = eval_model_file(tiny_model, 8, None, opts, steps=2, seed=3, n_seeds=2, log=lambda s: None)
+    one = [eval_model_file(tiny_model, 8, None, opts, steps=2, seed=s, log=lambda s: None) for s in (3, 4)]
+    assert rep.seeds == [3, 4] and [p["digits_fid"] for p in rep.per_seed] == [r.values["digits_fid"] for r in one]
+    assert rep.values["digits_fid"] == pytest.approx((one[0].values["digits_fid"] + one[1].values["digits_fid"]) / 2)
+    assert rep.floor["digits_fid"] > 0 and {"digits_fid", "digits_is", "digits_coverage"} <= set(rep.floor)
+    std = rep.quality().std["digits_fid"]
+    assert std > 0 and f"digits-FID {rep.values['digits_fid']:.1f} ± {std:.1f} (floor " in rep.line()
+    assert "mean ± std over 2 seeds 3,4" in rep.line()
+    # the CLI default for digits metrics: 3 seeds, 256 images (the floor exists up to 360)
+    assert main(["eval", str(tiny_model), "--steps", "1", "--no-progress", "--json", "--batch-size", "128"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["seeds"] == [0, 1, 2] and d["n"] == 256 and d["floor"]["digits_fid"] > 0 and d["std"]["digits_fid"] > 0
+    assert main(["eval", str(tiny_model), "-n", "400", "--seeds", "1", "--steps", "1", "--no-progress"]) == 0
+    assert "no real-data floor at n=400" in capsys.readouterr().out
+
+
 def test_eval_under_torchrun_equals_one_rank(tmp_path, tiny_model):
     import subprocess
     import sys
@@ -575,6 +601,8 @@ def test_eval_under_torchrun_equals_one_rank(tmp_path, tiny_model):
         "4",
         "--seed",
         "1",
+        "--seeds",
+        "2",
         "--device",
         "cpu",
         "--json",
@@ -590,6 +618,7 @@ def test_eval_under_torchrun_equals_one_rank(tmp_path, tiny_model):
         EvalOptions(batch_size=4, progress=False),
         steps=2,
         seed=1,
+        n_seeds=2,
         save_samples_to=str(tmp_path / "a.npz"),
         log=lambda s: None,
     )
@@ -615,6 +644,7 @@ def test_eval_under_torchrun_equals_one_rank(tmp_path, tiny_model):
     assert two.returncode == 0, two.stderr
     r1, r2 = json.loads(one.to_json()), json.loads(two.stdout)  # only rank 0 prints
     assert r1["n"] == r2["n"] == 10
+    assert r1["seeds"] == r2["seeds"] == [1, 2] and len(r2["per_seed"]) == 2
     for k, v in r1["metrics"].items():
         assert r2["metrics"][k] == pytest.approx(v, rel=1e-5), k
     np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"])

@@ -56,6 +56,8 @@ class TrainConfig:
     reuse a directory that holds checkpoints) or a checkpoint path.  ``init_from``: start from the weights
     of a model file (its architecture replaces ``model``); with ``tsm`` an SDDPM file is turned into an SDM
     TSM model first (every p = 1).  ``ema_warmup`` ramps the EMA decay as ``(1+step)/(10+step)``.
+    ``threads``: CPU threads for the run (``torch.set_num_threads``; ``None``: torch's default); a CPU
+    run is bit-for-bit deterministic for a given seed and thread count.
     """
 
     preset: str = DEFAULT_PRESET
@@ -89,6 +91,7 @@ class TrainConfig:
     tensorboard: bool | None = None
     progress: bool = True
     eager: bool = False  # True: train the plain spikingjelly model, not the compiled torch executor
+    threads: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,6 +108,8 @@ class TrainConfig:
         for name in ("warmup", "num_workers", "sample_n", "seed"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ConfigError(f"train.threads must be >= 1, got {self.threads}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"train.lr must be a positive number, got {self.lr}")
         if not self.grad_clip > 0:
@@ -253,6 +258,17 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def train_seconds(records: list[dict[str, Any]]) -> float:
+    """Wall time of the optimisation loop from ``metrics.jsonl`` records (summed over resumes):
+    ``sum_r (step_r - step_{r-1}) / it_per_s_r``."""
+    total, prev = 0.0, 0
+    for r in records:
+        if r.get("it_per_s"):
+            total += (int(r["step"]) - prev) / float(r["it_per_s"])
+        prev = int(r["step"])
+    return total
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -465,9 +481,13 @@ def train(
     )
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     say = (lambda s: log(s)) if d.main else (lambda s: None)
+    threads = torch.get_num_threads()
     try:
+        if cfg.threads is not None:
+            torch.set_num_threads(int(cfg.threads))
         return _train(cfg, dataset, d, say, dist, DDP)
     finally:
+        torch.set_num_threads(threads)
         if d.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -598,7 +618,8 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
     )
     say(
         f"  Adam lr {cfg.lr:g}, warm-up {cfg.warmup}, grad clip {cfg.grad_clip}, "
-        f"EMA {f'{cfg.ema_decay:g}' if cfg.ema else 'off'}; device {device}; out {out}"
+        f"EMA {f'{cfg.ema_decay:g}' if cfg.ema else 'off'}; device {device}"
+        f"{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}; out {out}"
     )
 
     def gather_rng() -> list[dict[str, Any]]:
@@ -759,6 +780,9 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
                 "ema_decay": cfg.ema_decay if cfg.ema else None,
                 "init_from": cfg.init_from,
                 "tsm_finetune": cfg.tsm,
+                "device": device.type,
+                "threads": torch.get_num_threads() if device.type == "cpu" else None,
+                "train_seconds": round(train_seconds(records), 1),
             }
         )
         ckpt_io.save_model(final, ema_model if ema_model is not None else model, export_cfg)

@@ -1,16 +1,22 @@
 """Measuring activity on real inputs: firing rates per neuron layer and exact synaptic events per layer.
 
 ``FiringRateMonitor`` is a context manager that hooks an eager model (spikingjelly neurons: output
-spikes; Conv2d / Conv3d / Linear: their inputs) and accumulates, per diffusion step ``k`` seen in the
-model's ``t`` argument::
+spikes; Conv2d / Conv3d / Linear: their inputs) and accumulates, per key ``k``::
 
     neuron n:   spikes[k][t]  = sum over samples of sum_{c,y,x} s[t, b, c, y, x]     (t = SNN step)
     synapse l:  nnz[k], numel[k], sops[k]  (sops exact, see :func:`sdmc.energy.count.conv_sops`)
 
+The key is the diffusion step in the model's ``t`` argument, or (``calls_per_run=NFE``) the index of the
+call within a sampling run, ``k = call mod NFE``, so that a whole trajectory is recorded call by call.
 Module paths are the IR node names the frontend gives (``downblocks.0.neuron1``, ``conv.tsmconv``).
 It is cheap enough to leave on while sampling or training (a few reductions per layer per call).
-``calibration_batches`` makes the default calibration set: dataset images noised with ``q_sample``
-to diffusion steps a solver visits.
+
+Two ways to get the inputs a denoiser sees:
+
+- **trajectory** (:func:`measure_trajectory`, the default of ``sdmc energy``): run the solver from
+  noise and record every call: the deployment distribution itself, no dataset needed;
+- **data** (:func:`measure_model`): dataset images noised with ``q_sample`` (:func:`calibration_batches`)
+  to a subsample of the diffusion steps a solver visits.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError, SdmcError
+from ..errors import ConfigError, DataError, SdmcError
 from .count import conv_sops, linear_sops
 
 
@@ -79,20 +85,27 @@ class NeuronStats:
 
 @dataclass
 class Activity:
-    """Everything measured: ``synapses`` and ``neurons`` by IR node name, ``T``, the diffusion steps seen."""
+    """Everything measured: ``synapses`` and ``neurons`` by IR node name, ``T``, and the keys seen.
+
+    ``keyed_by``: ``"step"`` (keys are diffusion steps) or ``"call"`` (keys are call indices within a
+    sampling trajectory; ``call_t[i]`` is the diffusion step of call ``i``).
+    """
 
     T: int
     synapses: dict[str, SynapseStats] = field(default_factory=dict)
     neurons: dict[str, NeuronStats] = field(default_factory=dict)
+    keyed_by: str = "step"
+    call_t: dict[int, float] = field(default_factory=dict)
 
     @property
     def steps(self) -> list[int]:
+        """The keys seen: diffusion steps from noisy to clean, or call indices in calling order."""
         ks: set[int] = set()
         for s in self.synapses.values():
             ks |= set(s.by_step)
         for n in self.neurons.values():
             ks |= set(n.samples)
-        return sorted(ks, reverse=True)
+        return sorted(ks, reverse=self.keyed_by == "step")
 
     @classmethod
     def uniform(cls, costs: dict, rate: float, T: int, step: int = -1) -> Activity:
@@ -177,6 +190,22 @@ def synapse_info(module: nn.Module) -> dict[str, Any] | None:
     return None
 
 
+def call_keys(act: Activity, B: int, t: Any, call: int, calls_per_run: int | None) -> torch.Tensor:
+    """The keys ``[B]`` of one model call: the diffusion step of each sample, or (``calls_per_run``)
+    ``call mod calls_per_run`` for all, recording that call's diffusion step in ``act.call_t``."""
+    if isinstance(t, torch.Tensor) and t.numel() == B:
+        steps = t.detach().reshape(B).cpu().double()
+    elif isinstance(t, (int, float)) or (isinstance(t, torch.Tensor) and t.numel() == 1):
+        steps = torch.full((B,), float(t), dtype=torch.float64)
+    else:
+        steps = torch.full((B,), -1.0, dtype=torch.float64)
+    if calls_per_run is None:
+        return steps.long()
+    k = call % calls_per_run
+    act.call_t.setdefault(k, float(steps.mean()))
+    return torch.full((B,), k, dtype=torch.long)
+
+
 class FiringRateMonitor:
     """Context manager recording firing rates and synaptic events of an eager spiking model.
 
@@ -186,31 +215,38 @@ class FiringRateMonitor:
 
     ``synapses=False`` records only the neurons (cheapest; enough for a training-time monitor).
     ``layers``: restrict to these module paths.  The model's ``forward(x, t)`` second argument gives
-    the diffusion step of each sample (``-1`` when absent).
+    the diffusion step of each sample (``-1`` when absent), the key of what is recorded; with
+    ``calls_per_run=NFE`` the key is instead the call's index within its sampling run (``call mod NFE``:
+    a batch of a sampling run calls the model NFE times), and ``activity.call_t`` the step of each call.
     """
 
-    def __init__(self, model: nn.Module, synapses: bool = True, layers: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        synapses: bool = True,
+        layers: Iterable[str] | None = None,
+        calls_per_run: int | None = None,
+    ) -> None:
         from spikingjelly.activation_based import neuron as sj_neuron
 
+        if calls_per_run is not None and int(calls_per_run) < 1:
+            raise ConfigError(f"FiringRateMonitor: calls_per_run must be >= 1, got {calls_per_run}")
         self.model = model
         self._neuron_types = (sj_neuron.BaseNode,)
         self.synapses = synapses
         self.layers = set(layers) if layers is not None else None
         T = getattr(model, "timestep", None) or getattr(getattr(model, "config", None), "snn_steps", 1)
-        self.activity = Activity(T=int(T))
+        self.calls_per_run = None if calls_per_run is None else int(calls_per_run)
+        self.calls = 0
+        self.activity = Activity(T=int(T), keyed_by="step" if calls_per_run is None else "call")
         self._hooks: list[Any] = []
         self._ks: torch.Tensor | None = None
 
     def _root_pre(self, mod, args, kwargs):
         x = args[0] if args else kwargs.get("x")
         t = args[1] if len(args) > 1 else kwargs.get("t")
-        B = x.shape[0]
-        if isinstance(t, torch.Tensor) and t.numel() == B:
-            self._ks = t.detach().reshape(B).long().cpu()
-        elif isinstance(t, (int, float)) or (isinstance(t, torch.Tensor) and t.numel() == 1):
-            self._ks = torch.full((B,), int(t), dtype=torch.long)
-        else:
-            self._ks = torch.full((B,), -1, dtype=torch.long)
+        self._ks = call_keys(self.activity, x.shape[0], t, self.calls, self.calls_per_run)
+        self.calls += 1
 
     def _lead(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, ...]`` with N = k*B (k leading, as the UNets fold T) to ``[k, B, ...]``."""
@@ -326,7 +362,7 @@ def dataset_images(
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
     x = torch.stack([ds[int(i)][0] for i in idx])
     if x.shape[1:] != (img_ch, img_size, img_size):
-        raise SdmcError(
+        raise DataError(
             f"calibration: dataset {name!r} gives images {list(x.shape[1:])}, the model needs "
             f"{[img_ch, img_size, img_size]} (pick a matching --data)"
         )
@@ -346,6 +382,21 @@ def measure_model(
     return mon.activity
 
 
+def _record_golden(act: Activity, graph, costs: dict, vals: dict[str, np.ndarray], ks: torch.Tensor) -> None:
+    """Add one golden-simulator run's values (``all_values``) to ``act`` under keys ``ks`` [B]."""
+    for name, c in costs.items():
+        if c.cls == "synapse":
+            v = torch.from_numpy(vals[c.input])
+            v = v if graph.nodes[c.input].type.per_step else v.unsqueeze(0)
+            act.add_synapse(name, v, ks, dict(op=c.op, **c.meta))
+        elif c.cls == "neuron":
+            act.add_neuron(name, torch.from_numpy(np.abs(vals[name])), ks)  # signed IF: -1 spikes count
+
+
+def _golden_feed(graph, x: torch.Tensor, t: torch.Tensor) -> dict[str, np.ndarray]:
+    return {n.name: (x.double().numpy() if n.type.dtype.startswith("float") else t.numpy()) for n in graph.input_nodes}
+
+
 def measure_graph(graph, images: np.ndarray | torch.Tensor, steps: list[int], schedule, seed: int = 0) -> Activity:
     """The same measurement on an IR graph with the golden simulator (slow: for small models)."""
     from ..sim import golden
@@ -355,16 +406,74 @@ def measure_graph(graph, images: np.ndarray | torch.Tensor, steps: list[int], sc
     act = Activity(T=graph.T)
     images = torch.as_tensor(np.asarray(images), dtype=torch.float32)
     for x, t in calibration_batches(images, steps, schedule, seed):
-        ins = [n for n in graph.input_nodes]
-        feed = {}
-        for n in ins:
-            feed[n.name] = x.numpy() if n.type.dtype.startswith("float") else t.numpy()
-        vals = golden.run(graph, feed, all_values=True)
-        for name, c in costs.items():
-            if c.cls == "synapse":
-                v = torch.from_numpy(vals[c.input])
-                v = v if graph.nodes[c.input].type.per_step else v.unsqueeze(0)
-                act.add_synapse(name, v, t, dict(op=c.op, **c.meta))
-            elif c.cls == "neuron":
-                act.add_neuron(name, torch.from_numpy(np.abs(vals[name])), t)  # signed IF: -1 spikes count
+        _record_golden(act, graph, costs, golden.run(graph, _golden_feed(graph, x, t), all_values=True), t)
     return act
+
+
+class GoldenRecorder:
+    """An IR graph as a denoiser ``f(x, t)`` (the golden simulator) that records every call's activity
+    into ``activity`` keyed by the call's index within a run of ``calls_per_run`` calls."""
+
+    def __init__(self, graph, calls_per_run: int) -> None:
+        from .count import count_graph
+
+        self.graph, self.costs, self.calls_per_run = graph, count_graph(graph), int(calls_per_run)
+        self.activity = Activity(T=graph.T, keyed_by="call")
+        self.calls = 0
+        (self.output,) = [n.name for n in graph.output_nodes]
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        from ..sim import golden
+
+        t = torch.as_tensor(t).reshape(-1).expand(x.shape[0]).long().cpu()
+        ks = call_keys(self.activity, x.shape[0], t, self.calls, self.calls_per_run)
+        self.calls += 1
+        vals = golden.run(self.graph, _golden_feed(self.graph, x.cpu(), t), all_values=True)
+        _record_golden(self.activity, self.graph, self.costs, vals, ks)
+        return torch.from_numpy(vals[self.output]).to(x.dtype).to(x.device)
+
+
+def measure_trajectory(
+    model,
+    schedule,
+    solver: str = "ddim",
+    steps: int = 50,
+    n: int = 16,
+    batch_size: int = 16,
+    seed: int = 0,
+    threshold: float | None = None,
+    device: str | torch.device | None = None,
+    shape: tuple[int, ...] | None = None,
+    **solver_kwargs: Any,
+) -> tuple[Activity, torch.Tensor]:
+    """Activity along the model's own sampling trajectories: ``n`` images drawn from noise with ``solver``
+    in ``steps`` steps (:func:`sdmc.diffusion.sampling.sample_images`, seeds as there), every one of the
+    NFE calls recorded under its call index (``activity.call_t``: its diffusion step).
+
+    ``model``: an eager spiking ``nn.Module`` (hooked by :class:`FiringRateMonitor`) or an IR graph
+    (run by the golden simulator, :class:`GoldenRecorder`; slow, for small graphs).  With ``threshold``
+    the run uses threshold guidance.  The energy of one image is then the exact sum over its calls,
+    ``E_image = sum_i E(call i)``.  Returns ``(activity, images [n, C, H, W])``.
+    """
+    from ..diffusion.sampling import sample_images
+    from ..diffusion.solvers import make_solver
+    from ..ir import Graph
+
+    if n < 1 or batch_size < 1:
+        raise ConfigError(f"trajectory measurement: n and batch_size must be >= 1, got n={n}, batch={batch_size}")
+    sol = make_solver(solver, schedule, **solver_kwargs)
+    sol.set_timesteps(int(steps))
+    kw = dict(solver=sol, steps=steps, batch_size=batch_size, seed=seed, progress=False, threshold=threshold)
+    if isinstance(model, Graph):
+        if threshold is not None:
+            raise ConfigError(
+                "trajectory measurement: threshold guidance of an IR graph: recompile it with the threshold"
+            )
+        rec = GoldenRecorder(model, sol.nfe)
+        img = next(i for i in model.input_nodes if i.type.dtype.startswith("float")).type.shape
+        images = sample_images(rec, schedule, n, shape=shape or tuple(img), dtype=torch.float64, **kw)
+        return rec.activity, images.float()
+    dev = device if device is not None else next(model.parameters()).device
+    with FiringRateMonitor(model, calls_per_run=sol.nfe) as mon:
+        images = sample_images(model, schedule, n, device=dev, shape=shape, **kw)
+    return mon.activity, images

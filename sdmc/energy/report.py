@@ -14,7 +14,12 @@ No BN, neuron, read-out or addition terms.
 spike inputs cost exact SOPs (each spike times its exact fan-out, borders included) at E_AC; graded
 inputs cost their events times fan-out at E_MAC; BN / TSM scales not foldable into a conv, the membrane
 read-out and real additions are counted; every neuron update costs ``neuron_update`` and every spike
-``spike``.  Per image = NFE * mean per call over the calibration steps.
+``spike``.
+
+Per image: measured along the model's own sampling trajectories (the default), the exact sum over the
+trajectory's calls ``E_image = sum_i E(call i)`` (each call at its own firing rates); calibrated on noised
+dataset images (``data=``), NFE x the mean per call over the calibration steps (an estimate: the steps
+are a subsample and the inputs are not the sampler's).
 """
 
 from __future__ import annotations
@@ -177,14 +182,43 @@ class EnergyReport:
 
     def _header_lines(self) -> list[str]:
         m, c, p = self.model, self.calibration, self.profile
+        if c.get("mode") == "trajectory":
+            guide = f", threshold guidance {c['threshold']}" if c.get("threshold") is not None else ""
+            act = (
+                f"activity: {c['n_images']} sampling trajectories from noise ({c['solver']} {c['sampling_steps']} "
+                f"steps: NFE {c['nfe']}{guide}, seed {c['seed']}), every call measured; per image = exact sum "
+                f"over the {c['nfe']} calls; mean firing rate {c['mean_firing_rate']:.4f}"
+            )
+        else:
+            act = (
+                f"calibration: {c['n_images']} images of {c['data']}, diffusion steps {c['steps']} "
+                f"({c['solver']} {c['sampling_steps']} steps: NFE {c['nfe']}); mean firing rate "
+                f"{c['mean_firing_rate']:.4f}"
+            )
         return [
             f"model: {m.get('arch')} ch={m.get('ch')} ch_mult={m.get('ch_mult')} T={m.get('snn_steps')} "
             f"img={m.get('img_ch')}x{m.get('img_size')}x{m.get('img_size')}",
             f"profile: {p['name']} (MAC {p['costs']['mac']} pJ, AC {p['costs']['ac']} pJ) - {p['citation']}",
-            f"calibration: {c['n_images']} images of {c['data']}, diffusion steps {c['steps']} "
-            f"({c['solver']} {c['sampling_steps']} steps: NFE {c['nfe']}); mean firing rate "
-            f"{c['mean_firing_rate']:.4f}",
+            act,
         ]
+
+    def _step_rows(self, limit: int | None = None) -> tuple[list[str], list[list[str]], str | None]:
+        """The per-call table: head, rows (at most ``limit``, evenly spaced, first and last kept), a note
+        when rows were left out."""
+        calls = bool(self.by_step) and "call" in self.by_step[0]
+        head = (["call", "t"] if calls else ["t"]) + [f"{c} mJ" for c in self.conventions] + ["firing rate"]
+        idx = list(range(len(self.by_step)))
+        if limit is not None and len(idx) > limit:
+            idx = sorted(set(np.round(np.linspace(0, len(idx) - 1, limit)).astype(int).tolist()))
+        rows = []
+        for i in idx:
+            st = self.by_step[i]
+            first = [str(st["call"]), f"{st['t']:g}"] if calls else [str(st["t"])]
+            rows.append(first + [f"{st[c + '_mJ']:.4g}" for c in self.conventions] + [f"{st['firing_rate']:.4f}"])
+        note = (
+            f"{len(idx)} of {len(self.by_step)} calls shown; all in the JSON" if len(idx) < len(self.by_step) else None
+        )
+        return head, rows, note
 
     def to_markdown(self) -> str:
         def table(head, rows):
@@ -201,15 +235,9 @@ class EnergyReport:
             "",
             table(self.SUMMARY_HEAD, self._summary_rows()),
             "",
-            "## Per diffusion step (per call)",
+            "## Per call (one image)",
             "",
-            table(
-                ["t", "paper mJ", "faithful mJ", "firing rate"],
-                [
-                    [str(s["t"]), f"{s['paper_mJ']:.4g}", f"{s['faithful_mJ']:.4g}", f"{s['firing_rate']:.4f}"]
-                    for s in self.by_step
-                ],
-            ),
+            table(*self._step_rows()[:2]),
             "",
             "## Per layer (per call, one image)",
             "",
@@ -264,11 +292,12 @@ class EnergyReport:
             for r in self._layer_rows():
                 t.add_row(*r)
             console.print(t)
-        t = Table(title="per diffusion step (per call)")
-        for h in ["t"] + [f"{c} mJ" for c in self.conventions] + ["firing rate"]:
+        head, rows, note = self._step_rows(limit=12)
+        t = Table(title="per call (one image)" + (f"; {note}" if note else ""))
+        for h in head:
             t.add_column(h, justify="right")
-        for s in self.by_step:
-            t.add_row(str(s["t"]), *[f"{s[c + '_mJ']:.4g}" for c in self.conventions], f"{s['firing_rate']:.4f}")
+        for r in rows:
+            t.add_row(*r)
         console.print(t)
         t = Table(title="energy")
         for i, h in enumerate(self.SUMMARY_HEAD):
@@ -324,16 +353,28 @@ def build_report(
     nfe: int,
     sampling_steps: int,
     ann_macs: int | None,
+    notes: list[str] | None = None,
 ) -> EnergyReport:
-    """Combine the static costs, the measured activity and a profile into an :class:`EnergyReport`."""
+    """Combine the static costs, the measured activity and a profile into an :class:`EnergyReport`.
+
+    Activity keyed by call (a measured trajectory, ``act.keyed_by == "call"``): per image is the exact sum
+    over the ``nfe`` calls; keyed by diffusion step (calibration): ``nfe`` x the mean over the steps seen.
+    """
     rows = [layer_energy(c, act, prof) for c in costs.values()]
     calls_per_step = nfe / sampling_steps
+    by_call = act.keyed_by == "call"
+    if by_call and act.steps != list(range(nfe)):
+        raise SdmcError(
+            f"energy: the measured trajectory has calls {act.steps[:3]}...{act.steps[-1:]} "
+            f"({len(act.steps)}), not the solver's {nfe}"
+        )
     by_step = []
     for k in act.steps:
         rk = [layer_energy(c, act, prof, k) for c in costs.values()]
+        key = dict(call=k, t=act.call_t.get(k, -1.0)) if by_call else dict(t=k)
         by_step.append(
             dict(
-                t=k,
+                **key,
                 paper_mJ=sum(r["paper_pJ"] for r in rk) / PJ_PER_MJ,
                 faithful_mJ=sum(r["faithful_pJ"] for r in rk) / PJ_PER_MJ,
                 firing_rate=act.mean_rate(k),
@@ -341,16 +382,20 @@ def build_report(
         )
     totals = {}
     for conv in CONVENTIONS:
-        # mean per call over the calibration steps (each step weighs equally, as in a sampling run)
-        per_call = (
-            float(np.mean([s[f"{conv}_mJ"] for s in by_step]))
-            if by_step
-            else sum(r[f"{conv}_pJ"] for r in rows) / PJ_PER_MJ
-        )
+        if by_call:  # the exact sum over the trajectory's calls
+            per_image = float(sum(s[f"{conv}_mJ"] for s in by_step))
+            per_call = per_image / nfe
+        else:  # mean per call over the calibration steps (each step weighs equally, as in a sampling run)
+            per_call = (
+                float(np.mean([s[f"{conv}_mJ"] for s in by_step]))
+                if by_step
+                else sum(r[f"{conv}_pJ"] for r in rows) / PJ_PER_MJ
+            )
+            per_image = per_call * nfe
         totals[conv] = dict(
             per_call_mJ=per_call,
             per_step_mJ=per_call * calls_per_step,
-            per_image_mJ=per_call * nfe,
+            per_image_mJ=per_image,
             macs=(
                 sum(r["macs"] for r in rows)
                 if conv == "faithful"
@@ -376,13 +421,20 @@ def build_report(
             rate=s.rate(),
             rate_per_step=s.rate_per_step().tolist(),
             size=s.size,
-            by_t={str(k): s.rate(k) for k in sorted(s.samples, reverse=True)},
+            by_t={str(k): s.rate(k) for k in act.steps if k in s.samples},
         )
         for n, s in act.neurons.items()
     ]
-    notes = [
-        "per call = one network evaluation of one image (all T SNN steps); per image = NFE x per call, the mean "
-        "over the calibration steps",
+    per_image_note = (
+        f"per call = one network evaluation of one image (all T SNN steps); per image = the exact sum over the "
+        f"{nfe} calls of the measured trajectories (each call at its own firing rates); per call in the totals = "
+        "per image / NFE"
+        if by_call
+        else "per call = one network evaluation of one image (all T SNN steps); per image = NFE x per call, the "
+        "mean over the calibration steps"
+    )
+    notes = list(notes or []) + [
+        per_image_note,
         "paper: SDM Eq. 20 - Conv1 as MACs once, every other conv/FC as fr_in x T x MACs at E_AC, including the "
         "real-valued shortcut, tail, Conv3d and time-embedding inputs (fr_in ~ 1 there); no BN/neuron terms",
         "faithful: real inputs cost MACs (head hoisted: once), spikes cost exact SOPs incl. border effects, "
@@ -405,15 +457,19 @@ def build_report(
     )
 
 
+TRAJECTORY_IMAGES = 8  # default trajectories measured (each costs NFE calls)
+DATA_IMAGES = 32  # default calibration images (each measured at calib_steps steps)
+
+
 def analyze(
     model_or_graph,
     *,
-    data: str = "digits",
+    data: str | None = None,
     images=None,
     data_root: str | None = None,
     solver: str = "ddim",
     steps: int = 50,
-    n_images: int = 32,
+    n_images: int | None = None,
     calib_steps: int = 8,
     profile="45nm-fp32",
     batch_size: int = 32,
@@ -421,24 +477,38 @@ def analyze(
     diffusion=None,
     ann: bool = True,
     assume_rate: float | None = None,
+    threshold: float | None = None,
+    solver_kwargs: dict[str, Any] | None = None,
 ) -> EnergyReport:
     """Measure and report the energy of a spiking UNet (``nn.Module``) or an IR graph.
 
-    The calibration set is ``n_images`` images (``images`` ``[N, C, H, W]`` in [-1, 1], or drawn from
-    dataset ``data``) noised with ``q_sample`` to ``calib_steps`` of the diffusion steps that ``solver``
-    with ``steps`` sampling steps visits.  A module is measured eagerly with a
-    :class:`FiringRateMonitor`; a graph with the golden simulator.  ``assume_rate`` skips the
-    measurement: every input fires with that probability (a what-if, e.g. the paper's implied 0.47).
+    Where the firing rates come from, first match:
+
+    - ``assume_rate``: no measurement; every input fires with that probability (a what-if, e.g. the
+      paper's implied 0.47);
+    - ``images`` ``[N, C, H, W]`` in [-1, 1] or a dataset name ``data`` (``noise``: uniform random
+      images): *data* mode, ``n_images`` (default 32) images noised with ``q_sample`` to ``calib_steps``
+      of the diffusion steps ``solver`` visits; per image = NFE x mean per call.  A dataset whose images
+      do not fit the model (channels) falls back to the trajectory mode, with a note;
+    - otherwise *trajectory* mode: ``n_images`` (default 8) images sampled from noise with ``solver`` in
+      ``steps`` steps (``threshold``: with threshold guidance), every call measured; per image = the exact
+      sum over the calls (:func:`sdmc.energy.measure.measure_trajectory`).
+
+    A module is measured eagerly with a :class:`FiringRateMonitor`; a graph with the golden simulator.
     """
     import torch
 
     from ..config import DiffusionConfig, ModelConfig
+    from ..data import dataset_info
+    from ..diffusion.sampling import threshold_guidance
     from ..diffusion.schedule import NoiseSchedule
     from ..diffusion.solvers import make_solver
     from ..ir import Graph
-    from .measure import calibration_steps, dataset_images, measure_graph, measure_model
+    from .measure import calibration_steps, dataset_images, measure_graph, measure_model, measure_trajectory
 
     prof = load_profile(profile)
+    if threshold is not None and isinstance(model_or_graph, Graph):
+        raise ConfigError("energy: threshold guidance applies to a model; recompile the graph with the threshold")
     dcfg = diffusion or DiffusionConfig()
     schedule = NoiseSchedule(dcfg)
     if isinstance(model_or_graph, Graph):
@@ -473,30 +543,61 @@ def analyze(
         else:
             graph = trace(module, (1, *img))
     costs = count_graph(graph)
-    s = make_solver(solver, schedule)
+    skw = dict(solver_kwargs or {})
+    s = make_solver(solver, schedule, **skw)
     s.set_timesteps(steps)
     ann_macs = model_macs(ann_counterpart(cfg)) if (ann and cfg is not None) else None
     model_cfg = cfg.to_dict() if cfg is not None else {"snn_steps": graph.T}
+
+    def report(act: Activity, calib: dict[str, Any], notes: list[str] | None = None) -> EnergyReport:
+        calib = dict(calib, solver=solver, seed=seed, threshold=threshold)
+        return build_report(
+            costs, act, prof, model_cfg, calib, nfe=s.nfe, sampling_steps=steps, ann_macs=ann_macs, notes=notes
+        )
+
     if assume_rate is not None:
         act = Activity.uniform(costs, float(assume_rate), graph.T)
-        calib = dict(
-            data=f"none (assumed uniform firing rate {assume_rate})", n_images=0, steps=[], solver=solver, seed=seed
+        return report(
+            act, dict(mode="assumed", data=f"none (assumed uniform firing rate {assume_rate})", n_images=0, steps=[])
         )
-        return build_report(costs, act, prof, model_cfg, calib, nfe=s.nfe, sampling_steps=steps, ann_macs=ann_macs)
-    if images is None:
-        images = dataset_images(data, n_images, img[1], img[0], root=data_root, seed=seed)
-        src = data
-    else:
+    notes: list[str] = []
+    if images is None and data is not None:
+        have = None if data in ("noise",) or data.startswith("folder:") else dataset_info(data).img_ch
+        if have is not None and have != img[0]:
+            notes.append(
+                f"dataset {data!r} has {have}-channel images, the model takes {img[0]}: measured along the "
+                "model's own sampling trajectories instead"
+            )
+        else:
+            images = dataset_images(data, n_images or DATA_IMAGES, img[1], img[0], root=data_root, seed=seed)
+            src = data
+    elif images is not None:
         images = torch.as_tensor(images, dtype=torch.float32)
         if tuple(images.shape[1:]) != tuple(img):
             raise ConfigError(
                 f"energy: calibration images have shape {list(images.shape[1:])}, the model takes {list(img)}"
             )
         src = "given images"
-    ks = calibration_steps(dcfg.num_timesteps, solver, steps, calib_steps)
-    if module is not None:
-        act = measure_model(module, images, ks, schedule, batch_size=batch_size, seed=seed)
-    else:
-        act = measure_graph(graph, images, ks, schedule, seed=seed)
-    calib = dict(data=src, n_images=int(images.shape[0]), steps=ks, solver=solver, seed=seed)
-    return build_report(costs, act, prof, model_cfg, calib, nfe=s.nfe, sampling_steps=steps, ann_macs=ann_macs)
+    if images is not None:
+        ks = calibration_steps(dcfg.num_timesteps, solver, steps, calib_steps)
+        if module is not None:
+            with threshold_guidance(module, threshold):
+                act = measure_model(module, images, ks, schedule, batch_size=batch_size, seed=seed)
+        else:
+            act = measure_graph(graph, images, ks, schedule, seed=seed)
+        return report(act, dict(mode="data", data=src, n_images=int(images.shape[0]), steps=ks), notes)
+    n = n_images or TRAJECTORY_IMAGES
+    act, _ = measure_trajectory(
+        module if module is not None else graph,
+        schedule,
+        solver=solver,
+        steps=steps,
+        n=n,
+        batch_size=min(batch_size, n),
+        seed=seed,
+        threshold=threshold,
+        **skw,
+    )
+    ts = [act.call_t[k] for k in act.steps]
+    calib = dict(mode="trajectory", data="none (the model's own sampling trajectories)", n_images=n, steps=ts)
+    return report(act, calib, notes)

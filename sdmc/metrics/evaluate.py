@@ -167,35 +167,72 @@ class Ranks:
 # ------------------------------------------------------------------------------------------ report
 @dataclass
 class EvalReport:
-    """Metric values of ``n`` images; ``values`` uses the keys of the metrics computed (see ``line``)."""
+    """Metric values of ``n`` images; ``values`` uses the keys of the metrics computed (see ``line``).
+
+    Over several sampling seeds ``values`` holds the mean and ``per_seed`` each seed's values; ``floor``
+    holds the digits metrics of ``n`` held-out real digits (:func:`sdmc.metrics.quality.digits_floor`),
+    ``floor_note`` why there is none.
+    """
 
     n: int
     values: dict[str, float]
     reference: dict[str, str] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int | None] = field(default_factory=lambda: [None])
+    per_seed: list[dict[str, float]] | None = None
+    floor: dict[str, float] | None = None
+    floor_note: str = ""
+
+    def quality(self):
+        """The values as a :class:`sdmc.metrics.quality.Quality` (spread over seeds, floor)."""
+        from .quality import Quality
+
+        return Quality(self.n, list(self.seeds), self.per_seed or [self.values], self.floor, self.floor_note)
 
     def line(self) -> str:
-        v, parts = self.values, []
-        if "fid" in v:
-            parts.append(f"FID {v['fid']:.3f}")
-        if "is" in v:
-            parts.append(f"IS {v['is']:.3f} ± {v['is_std']:.3f}")
-        if "digits_fid" in v:
-            parts.append(f"digits-FID {v['digits_fid']:.3f}")
+        v = self.values
+        keys = [k for k in ("fid", "is", "digits_fid", "digits_is") if k in v]
+        text = self.quality().line(keys)
+        if "is" in v and "is_std" in v:
+            text += f"  [IS ± {v['is_std']:.3f} over splits]"
         if "digits_is" in v:
-            parts.append(
-                f"digits-IS {v['digits_is']:.3f} (confidence {v['digits_confidence']:.3f}, "
-                f"coverage {v['digits_coverage']:.3f})"
-            )
+            text += f"  [digits confidence {v['digits_confidence']:.3f}, coverage {v['digits_coverage']:.3f}]"
         refs = "; ".join(f"{k} vs {r}" for k, r in self.reference.items())
-        return "  ".join(parts) + f"  [{self.n} images" + (f"; {refs}" if refs else "") + "]"
+        return text + (f"  [{refs}]" if refs else "")
+
+    @classmethod
+    def merge(cls, reports: Sequence[EvalReport], seeds: Sequence[int]) -> EvalReport:
+        """One report of several seeds' reports (same ``n`` and metrics): mean values, each seed's kept."""
+        first = reports[0]
+        keys = [k for k in first.values if all(k in r.values for r in reports)]
+        mean = {k: float(np.mean([r.values[k] for r in reports])) for k in keys}
+        return cls(
+            n=first.n,
+            values=mean,
+            reference=first.reference,
+            source={**first.source, "seeds": list(seeds)},
+            seeds=list(seeds),
+            per_seed=[dict(r.values) for r in reports],
+            floor=first.floor,
+            floor_note=first.floor_note,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        q = self.quality()
+        return {
+            "n": self.n,
+            "metrics": self.values,
+            "reference": self.reference,
+            "source": self.source,
+            "seeds": self.seeds,
+            "per_seed": self.per_seed,
+            "std": {k: v for k, v in q.std.items() if v is not None} or None,
+            "floor": self.floor,
+            "floor_note": self.floor_note or None,
+        }
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"n": self.n, "metrics": self.values, "reference": self.reference, "source": self.source},
-            indent=1,
-            sort_keys=True,
-        )
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -310,8 +347,10 @@ def evaluate(
     n = len(order)
     values: dict[str, float] = {}
     reference: dict[str, str] = {}
+    floor, note = None, ""
     if "digits" in gathered:
         from .digits import digits_scores_from
+        from .quality import digits_floor, floor_note
 
         f, p = gathered["digits"]
         scores = digits_scores_from(f, p, img_size=img_size, splits=1)
@@ -320,6 +359,10 @@ def evaluate(
             reference["digits-FID"] = f"digits train {img_size}x{img_size}"
         if "digits-is" in metrics:
             values.update({k: scores[k] for k in ("digits_is", "digits_confidence", "digits_coverage")})
+        if n >= 2:
+            full = digits_floor(n, img_size)
+            floor = None if full is None else {k: full[k] for k in values if k in full}
+            note = floor_note(n)
     if "inception" in gathered:
         f, p = gathered["inception"]
         if "fid" in metrics:
@@ -331,7 +374,7 @@ def evaluate(
             splits = min(opts.splits, n)
             values["is"], values["is_std"] = inception_score(p, splits=splits)
             reference["IS"] = f"{splits} splits"
-    return EvalReport(n=n, values=values, reference=reference, source=dict(source or {}))
+    return EvalReport(n=n, values=values, reference=reference, source=dict(source or {}), floor=floor, floor_note=note)
 
 
 def tensor_chunks(images: torch.Tensor, batch_size: int, ranks: Ranks) -> Iterable[tuple[int, torch.Tensor]]:
@@ -398,14 +441,19 @@ def eval_samples_file(
         ranks.close()
 
 
+DIGITS_EVAL_N = 256  # default images per seed for digits metrics (the real-data floor exists up to 360)
+EVAL_N = 1000  # default images for Inception metrics
+
+
 def eval_model_file(
     path: str | os.PathLike,
-    n: int,
+    n: int | None,
     metrics: Sequence[str] | None,
     opts: EvalOptions,
     solver: str = "ddim",
     steps: int = 50,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
+    n_seeds: int | None = 1,
     weights: str = "auto",
     snn_steps: int | None = None,
     threshold: float | None = None,
@@ -414,9 +462,13 @@ def eval_model_file(
     sampler: Callable[..., torch.Tensor] | None = None,
 ) -> EvalReport | None:
     """Draw ``n`` images from the model in ``path`` and compute ``metrics``; rank 0 returns the report.
+    ``n=None``: :data:`DIGITS_EVAL_N` for digits metrics, else :data:`EVAL_N`.
 
     Images come from ``sdmc.diffusion.sampling.sample_images`` (or ``sampler`` with its signature), chunk
-    ``c`` with seed :func:`chunk_seed` ``(seed, c)``.
+    ``c`` with seed :func:`chunk_seed` ``(seed, c)``.  Several seeds (``seed`` a list, or ``n_seeds`` seeds
+    ``seed, seed+1, ...``; ``n_seeds=None``: :data:`sdmc.metrics.quality.DEFAULT_SEEDS` many for digits
+    metrics, else 1): the whole evaluation runs once per seed and the report gives the mean and each seed's
+    values (the seed-to-seed spread); ``save_samples_to`` keeps the first seed's images.
     """
     from ..checkpoint import load_model
     from ..diffusion.schedule import NoiseSchedule
@@ -437,45 +489,69 @@ def eval_model_file(
         metrics = parse_metrics(metrics) or default_metrics(dataset, opts.ref, cfg.model.img_ch)
         if opts.ref is None and "fid" in metrics and dataset:
             opts.ref = str(dataset)
+        digits = any(m.startswith("digits") for m in metrics)
+        if n is None:
+            n = DIGITS_EVAL_N if digits else EVAL_N
         b = plan_batch(n, opts.batch_size, ranks.world)
+        if isinstance(seed, (int, np.integer)):
+            if n_seeds is None:
+                from .quality import DEFAULT_SEEDS
 
-        def sample(count: int, chunk: int) -> torch.Tensor:
-            return sampler(
-                model,
-                schedule,
-                count,
-                solver=solver,
-                steps=steps,
-                batch_size=count,
-                seed=chunk_seed(seed, chunk),
-                device=dev,
-                progress=False,
-                threshold=threshold,
-            )
+                n_seeds = len(DEFAULT_SEEDS) if digits else 1
+            seeds = list(range(int(seed), int(seed) + int(n_seeds)))
+        else:
+            seeds = [int(s) for s in seed]
+        if not seeds:
+            raise MetricError("no sampling seed given (n_seeds must be >= 1)")
+
+        def sampling(s: int) -> Callable[[int, int], torch.Tensor]:
+            def sample(count: int, chunk: int) -> torch.Tensor:
+                return sampler(
+                    model,
+                    schedule,
+                    count,
+                    solver=solver,
+                    steps=steps,
+                    batch_size=count,
+                    seed=chunk_seed(s, chunk),
+                    device=dev,
+                    progress=False,
+                    threshold=threshold,
+                )
+
+            return sample
 
         keep: list | None = [] if save_samples_to else None
         if ranks.main:
             log(
                 f"sampling {n} images from {path} ({cfg.model.arch}, T={cfg.model.snn_steps}) with {solver} "
-                f"{steps} steps on {ranks.world} rank(s), batch {b}"
+                f"{steps} steps on {ranks.world} rank(s), batch {b}, seed(s) {','.join(map(str, seeds))}"
             )
-        report = evaluate(
-            model_chunks(sample, n, b, ranks, keep),
-            metrics,
-            opts,
-            ranks,
-            total=n,
-            log=log,
-            source={
-                "model": str(path),
-                "solver": solver,
-                "steps": steps,
-                "seed": seed,
-                "threshold": threshold,
-                "arch": cfg.model.arch,
-                "snn_steps": cfg.model.snn_steps,
-            },
-        )
+        reports = [
+            evaluate(
+                model_chunks(sampling(s), n, b, ranks, keep if i == 0 else None),
+                metrics,
+                opts,
+                ranks,
+                total=n,
+                log=log,
+                source={
+                    "model": str(path),
+                    "solver": solver,
+                    "steps": steps,
+                    "seed": s,
+                    "threshold": threshold,
+                    "arch": cfg.model.arch,
+                    "snn_steps": cfg.model.snn_steps,
+                },
+            )
+            for i, s in enumerate(seeds)
+        ]
+        report = None
+        if ranks.main:
+            report = EvalReport.merge(reports, seeds)
+            if len(seeds) == 1:
+                report.source["seed"] = seeds[0]
         if keep is not None:
             idx = torch.cat([torch.full((len(x),), c) for c, x in keep])
             imgs = torch.cat([x for _, x in keep])
