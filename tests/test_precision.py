@@ -208,3 +208,19 @@ def test_int8_executor_converts_each_spike_value_once_and_loads_from_file(tmp_pa
         assert torch.equal(ex(x), ex2(x))
     with pytest.raises(ConfigError, match="int8 is for inference"):
         compile_torch(g, mode="train", precision="int8")
+
+
+def test_prepare_refuses_a_precision_it_cannot_give():
+    from sdmc.backends.torch import prepare
+    from sdmc.config import ModelConfig
+    from sdmc.models import build_model
+
+    ann = build_model(ModelConfig(arch="ann", ch=32, ch_mult=(1,), num_res_blocks=1, img_ch=1, img_size=8, attn=()))
+    assert prepare(ann, "inference", precision="fp32") is ann
+    with pytest.raises(ConfigError, match="precision 'bf16': the model has no spiking neurons"):
+        prepare(ann, "inference", precision="bf16")
+    snn = build_model(ModelConfig(arch="sddpm", ch=16, ch_mult=(1,), num_res_blocks=1, img_ch=1, img_size=8))
+    ex = prepare(snn, "train", precision="bf16")
+    assert ex.precision.autocast == torch.bfloat16 and prepare(ex, "train", precision="bf16") is ex
+    with pytest.raises(ConfigError, match="already compiled and runs in bf16"):
+        prepare(ex, "train", precision="fp32")

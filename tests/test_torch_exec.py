@@ -168,6 +168,26 @@ def test_fused_neuron_matches_reference_forward_and_backward(kind, decay_input, 
         assert torch.equal(K.multistep_neuron(x, *args), sa.detach())
 
 
+@pytest.mark.parametrize("groups,stride,channels_last,bias", [(1, 1, True, True), (2, 2, False, False)])
+def test_spike_conv_saves_uint8_and_matches_conv2d_gradients(groups, stride, channels_last, bias):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 4, 9, 9, generator=g) < 0.3).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    w = torch.randn(6, 4 // groups, 3, 3, generator=g, requires_grad=True)
+    b = torch.randn(6, generator=g, requires_grad=True) if bias else None
+    gy = torch.randn_like(torch.nn.functional.conv2d(x, w, b, stride, 1, 1, groups))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        y = K.spike_conv2d(x, w, b, (stride,) * 2, (1, 1), (1, 1), groups)
+    grads = torch.autograd.grad(y, [x, w] + ([b] if bias else []), gy)
+    ref_y = torch.nn.functional.conv2d(x, w, b, stride, 1, 1, groups)
+    ref = torch.autograd.grad(ref_y, [x, w] + ([b] if bias else []), gy)
+    assert torch.equal(y, ref_y) and all(torch.equal(a, r) for a, r in zip(grads, ref))
+    assert torch.uint8 in saved and torch.float32 not in saved[:1]  # the spikes are kept as uint8
+
+
 def test_fused_neuron_saves_one_tensor_not_per_step_graphs():
     x = torch.randn(4 * 2, 8, requires_grad=True)
     s = K.multistep_neuron(x, 4, "if", 1.0, 0.0)

@@ -226,7 +226,7 @@ class TorchExecutor(nn.Module):
         fg = fx.Graph()
         T = g.T
         place = lambda name, make: self._place(name, lambda m, k: m.add_module(k, make()))  # noqa: E731
-        c = Lowering(fg, T, self._param_attr, place, self._int8, self._dtype)
+        c = Lowering(fg, T, self._param_attr, place, self._int8, self._dtype, train=self._mode == "train")
         env: dict[str, fx.Node] = {}
         outs: dict[str, fx.Node] = {}
         for n in g.order():
@@ -422,10 +422,15 @@ def compile_torch(
 def prepare(model: nn.Module, mode: str = "train", **kwargs: Any) -> nn.Module:
     """The one call site helper for ``sdmc train`` / ``sdmc sample``: the compiled executor of ``model``
     (``mode`` train or inference), or ``model`` itself when it has no spiking neurons (ANN UNet) or is
-    already compiled."""
-    if isinstance(model, TorchExecutor):
-        return model
-    if not any(hasattr(m, "v_threshold") for m in model.modules()):
+    already compiled.  A ``precision`` other than fp32 needs the compiled executor: asking it of a model that
+    is passed through is a :class:`ConfigError`."""
+    passthrough = isinstance(model, TorchExecutor) or not any(hasattr(m, "v_threshold") for m in model.modules())
+    if passthrough:
+        prec = kwargs.get("precision")
+        have = model.precision.name if isinstance(model, TorchExecutor) else "fp32"
+        if prec not in (None, have):
+            what = "already compiled" if isinstance(model, TorchExecutor) else "has no spiking neurons (an ANN)"
+            raise ConfigError(f"precision {prec!r}: the model {what} and runs in {have}; compile the SNN with it")
         return model
     return compile_torch(model, mode=mode, **kwargs)
 

@@ -258,6 +258,46 @@ def conv2d(x, w, b, stride, padding, dilation, groups):
     return F.conv2d(x, w, b, stride, padding, dilation, groups)
 
 
+class SpikeConv2d(torch.autograd.Function):
+    """``F.conv2d`` on spikes (exactly 0/1) that keeps its input for the backward as uint8, a quarter of fp32
+    (the weight gradient needs it); the backward is the same ``aten.convolution_backward`` autograd runs for
+    ``F.conv2d``, in the dtype the forward computed in (bf16 under autocast)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, stride, padding, dilation, groups):
+        y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+        ctx.save_for_backward(x.to(torch.uint8), w)
+        ctx.cfg = (stride, padding, dilation, groups, None if b is None else b.dtype, x.dtype, y.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        xs, w = ctx.saved_tensors
+        stride, padding, dilation, groups, b_dtype, x_dtype, cdt = ctx.cfg
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            gy.to(cdt),
+            xs.to(cdt),
+            w.to(cdt),
+            None if b_dtype is None else [w.shape[0]],
+            list(stride),
+            list(padding),
+            list(dilation),
+            False,
+            [0, 0],
+            groups,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], b_dtype is not None and ctx.needs_input_grad[2]],
+        )
+        cast = lambda g, dt: None if g is None else g.to(dt)  # noqa: E731
+        return cast(gx, x_dtype), cast(gw, w.dtype), cast(gb, b_dtype), None, None, None, None
+
+
+def spike_conv2d(x, w, b, stride, padding, dilation, groups):
+    """:func:`conv2d` of a spike input; when a gradient is needed, through :class:`SpikeConv2d` (uint8 saved)."""
+    if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad or (b is not None and b.requires_grad)):
+        return SpikeConv2d.apply(x, w, b, stride, padding, dilation, groups)
+    return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+
 def conv3d_t1(x, w, b, stride, padding):
     """The kernel-(kh, kw, 1) Conv3d as a 2-d conv per step (weight ``[O, C, kh, kw, 1]``)."""
     return F.conv2d(x, w.squeeze(-1), b, stride, padding)

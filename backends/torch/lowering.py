@@ -32,9 +32,11 @@ class Lowering:
         place_module: Callable,
         int8: dict | None = None,
         dtype: torch.dtype = torch.float32,
+        train: bool = False,
     ) -> None:
         self.fg, self.T, self._param_attr, self._place_module = fg, T, param_attr, place_module
         self.dtype = dtype  # the executor's float dtype
+        self.train = train  # a training executor: spike-input convs keep uint8 inputs for the backward
         self.int8 = int8 or {}  # {node: (W_int, s)}: spike-input convs run as int8 GEMMs (precision int8)
         self._uint8: dict[fx.Node, fx.Node] = {}
         self._attrs: dict[str, fx.Node] = {}
@@ -80,7 +82,8 @@ def _int8_conv(c: Lowering, n, x: fx.Node, bias: fx.Node | None = None) -> fx.No
 def _conv2d(c: Lowering, n, xs, ts):
     if n.name in c.int8:
         return _int8_conv(c, n, xs[0], c.p(n.bias))
-    return c.call(K.conv2d, xs[0], c.p(n.weight), c.p(n.bias), *_geom(n))
+    fn = K.spike_conv2d if c.train and ts[0].kind == ir.SPIKE else K.conv2d
+    return c.call(fn, xs[0], c.p(n.weight), c.p(n.bias), *_geom(n))
 
 
 def _scaled_conv2d(c: Lowering, n, xs, ts):

@@ -92,6 +92,7 @@ class TrainConfig:
     progress: bool = True
     eager: bool = False  # True: train the plain spikingjelly model, not the compiled torch executor
     threads: int | None = None
+    precision: str = "fp32"  # the executor's precision: fp32 or bf16 (bf16 autocast, fp32 weights)
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -533,7 +534,8 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
     if not cfg.eager:  # the compiled torch executor: same state_dict names and numbers, faster (ANN: unchanged)
         from ..backends.torch_exec import prepare
 
-        model = prepare(model, "train", device=device)  # the device picks the layout (channels-last on CPU only)
+        # the device picks the layout (channels-last on CPU only); precision is checked against the device
+        model = prepare(model, "train", device=device, precision=cfg.precision)
     model.to(device).train()
     ema_model = copy.deepcopy(model).eval() if cfg.ema else None
     if ema_model is not None:
