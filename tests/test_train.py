@@ -203,6 +203,26 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path):
     assert [json.loads(x)["loss"] for x in ma] == [json.loads(x)["loss"] for x in mb]
 
 
+def test_lr_decay_schedule_and_a_constant_run_resumed_into_it(tmp_path):
+    # warm-up 2, constant, then linear to 0 over the last 4 of 8 steps
+    assert [tr.lr_factor(s, 2, 8, 4) for s in range(8)] == [0.5, 1, 1, 1, 1, 0.75, 0.5, 0.25]
+    assert [tr.lr_factor(s, 2, 8, 0) for s in range(8)] == [tr.warmup_factor(s, 2) for s in range(8)]
+    # the bundled model was trained this way: a constant-rate run, resumed at or before the decay starts with
+    # --lr-decay, equals the run that had the decay from step 0, bit for bit
+    data = small_digits(20)
+    a = tiny(tmp_path / "a", steps=6, lr_decay=3, save_every=3, sample_every=3, log_every=1)
+    tr.train(a, dataset=data)
+    tr.train(tiny(tmp_path / "b", steps=3, save_every=3, sample_every=3, log_every=1), dataset=data)
+    tr.train(tiny(tmp_path / "b", steps=6, lr_decay=3, save_every=3, sample_every=3, log_every=1), dataset=data)
+    sa = torch.load(tr.checkpoint_path(tmp_path / "a", 6), weights_only=True)
+    sb = torch.load(tr.checkpoint_path(tmp_path / "b", 6), weights_only=True)
+    assert_state_equal(sa["net_model"], sb["net_model"], "net_model")
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([2e-3 * f for f in (0.5, 1, 1, 1, 2 / 3, 1 / 3)])
+    with pytest.raises(ConfigError, match="lr_decay"):
+        tiny(tmp_path / "c", lr_decay=-1)
+
+
 def test_resume_refuses_a_different_model_and_never_mode(tmp_path):
     data = small_digits(16)
     tr.train(tiny(tmp_path, steps=1, tensorboard=True), dataset=data)

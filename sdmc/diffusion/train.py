@@ -70,6 +70,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 2e-4
     warmup: int = 0
+    lr_decay: int = 0
     grad_clip: float = 1.0
     ema: bool = True
     ema_decay: float = 0.9999
@@ -106,7 +107,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "save_every", "sample_every", "keep_last", "sample_steps"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "num_workers", "sample_n", "seed"):
+        for name in ("warmup", "lr_decay", "num_workers", "sample_n", "seed"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.threads is not None and int(self.threads) < 1:
@@ -173,6 +174,15 @@ def make_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
 def warmup_factor(step: int, warmup: int) -> float:
     """Learning-rate multiplier at optimiser step ``step`` (0-based): ``min(1, (step+1)/warmup)``."""
     return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
+
+
+def lr_factor(step: int, warmup: int, steps: int, decay: int) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based): the warm-up, then constant, then (``decay``
+    > 0) a linear decay over the last ``decay`` of the ``steps`` steps: ``min(1, (steps - step) / decay)``.
+
+    A run with ``decay`` equals, step for step, the constant-rate run it resumes from until ``steps - decay``."""
+    f = warmup_factor(step, warmup)
+    return f if decay <= 0 else f * min(1.0, max(steps - step, 0) / decay)
 
 
 def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
@@ -542,7 +552,7 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
         ema_model.requires_grad_(False)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     warmup = cfg.warmup
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_factor(s, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, cfg.steps, cfg.lr_decay))
     step = 0
     if state is not None:
         try:
