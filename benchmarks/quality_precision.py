@@ -1,5 +1,6 @@
 """Sample quality of each executor precision: digits-FID / IS of a digits model's DDIM samples, same seeds.
 
+    .venv/bin/python benchmarks/quality_precision.py                     # the bundled digits model
     .venv/bin/python benchmarks/quality_precision.py runs/digits/model.safetensors
     .venv/bin/python benchmarks/quality_precision.py CKPT --n 1000 --steps 50 --seeds 0,1,2 --json q.json
 
@@ -64,7 +65,12 @@ def run(ckpt: str, precisions: list[str], seeds: list[int], n: int, steps: int, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", help="a digits model (e.g. from `sdmc train --preset digits`)")
+    ap.add_argument(
+        "checkpoint",
+        nargs="?",
+        default="bundled:digits",
+        help="a digits model (default: bundled:digits; or one from `sdmc train --preset digits`)",
+    )
     ap.add_argument("--precisions", default="fp32,bf16,int8")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated sampling seeds (>= 2 to measure a spread)")
     ap.add_argument("--n", type=int, default=500, help="samples per seed and precision")

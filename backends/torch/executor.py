@@ -29,7 +29,6 @@ breaks the graph at the neuron loops and recompiles per call site; no GPU was av
 
 from __future__ import annotations
 
-import functools
 import keyword
 import re
 from collections.abc import Iterable
@@ -45,6 +44,7 @@ from sdmc.errors import ConfigError, SdmcError
 
 from . import kernels as K
 from .lowering import LOWERINGS, Lowering
+from .neuron import NeuronModule
 from .precision import Precision, choose, quantize_graph
 
 __all__ = [
@@ -60,64 +60,6 @@ __all__ = [
 MODES = ("train", "inference")
 _BUFFER_FIELDS = ("running_mean", "running_var", "num_batches_tracked")
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
-
-
-# ------------------------------------------------------------------------------------------ modules
-class NeuronModule(nn.Module):
-    """One multi-step IF/LIF/PLIF node; stateless between calls.  ``v_threshold`` is read at every call."""
-
-    is_spiking_neuron = True
-
-    def __init__(self, node: ir.NeuronNode, T: int) -> None:
-        super().__init__()
-        self.kind, self.T = node.op, T
-        self.v_threshold = float(node.threshold)
-        self.v_reset = None if node.v_reset is None else float(node.v_reset)
-        self.tau = float(getattr(node, "tau", 2.0))
-        self.decay_input = bool(getattr(node, "decay_input", True))
-        self.alpha = float(node.alpha)
-        self.v_init = None if node.v_init is None else float(node.v_init)
-        self.signed = bool(getattr(node, "signed", False))
-        if node.surrogate != "atan":
-            raise SdmcError(
-                f"torch backend: node {node.name!r}: surrogate {node.surrogate!r} is not supported (only 'atan')"
-            )
-        if node.detach_reset:
-            raise SdmcError(f"torch backend: node {node.name!r}: detach_reset=True is not supported")
-
-    def forward(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-        if self.kind == "plif" or self.v_init is not None or self.signed:
-            return K.neuron_reference(
-                x,
-                self.T,
-                self.kind,
-                self.v_threshold,
-                self.v_reset,
-                self.tau,
-                self.decay_input,
-                self.alpha,
-                w,
-                self.v_init,
-                self.signed,
-            )
-        if x.is_cuda and _triton_neuron() is not None:  # the fused Triton kernel, a custom op (compile / CUDA graphs)
-            return _triton_neuron().neuron(
-                x, self.T, self.kind, self.v_threshold, self.v_reset, self.tau, self.decay_input, self.alpha
-            )
-        return K.multistep_neuron(
-            x, self.T, self.kind, self.v_threshold, self.v_reset, self.tau, self.decay_input, self.alpha
-        )
-
-    def extra_repr(self) -> str:
-        return f"{self.kind}, T={self.T}, v_threshold={self.v_threshold}, v_reset={self.v_reset}"
-
-
-@functools.cache
-def _triton_neuron():
-    """:mod:`.triton_neuron` when Triton imports (GPU runs), else ``None``."""
-    from . import triton_neuron
-
-    return triton_neuron if triton_neuron.available() else None
 
 
 def _ident(name: str) -> str:

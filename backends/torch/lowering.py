@@ -18,6 +18,7 @@ import torch.fx as fx
 from sdmc import ir
 
 from . import kernels as K
+from .neuron import NeuronModule
 
 
 class Lowering:
@@ -99,8 +100,6 @@ def _geom(n) -> tuple:
 
 
 def _neuron(c: Lowering, n, xs, ts):
-    from .executor import NeuronModule
-
     args = (xs[0], c.p(n.w)) if n.op == "plif" else (xs[0],)
     return c.module(n.name, lambda: NeuronModule(n, c.T), *args)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import ir
 from ..ir.graph import REAL
-from . import register_pass
+from .manager import register_pass
 
 HOST, NEURO = "host", "neuromorphic"
 

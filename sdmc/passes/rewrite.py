@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import ir
 from ..ir.graph import REAL, STATIC
-from . import register_pass
+from .manager import register_pass
 
 
 # ------------------------------------------------------------------------------------------ helpers
