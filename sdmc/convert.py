@@ -355,6 +355,34 @@ def finetune(
     return report
 
 
+def noised_batches(cfg: SdmcConfig, seed: int = 0, digits: bool = True):
+    """A function ``batch(n) -> (x_t, t)``: ``n`` images noised to uniformly drawn steps,
+    ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (:class:`sdmc.diffusion.schedule.NoiseSchedule` of
+    ``cfg.diffusion``, ``t < min(num_timesteps, model.diffusion_steps)``), the inputs conversion calibrates,
+    fine-tunes and is checked on.  ``x0``: bundled digits (gray repeated over the model's channels) when
+    ``digits``, else uniform in [-1, 1].  One ``torch.Generator`` seeded ``seed`` draws everything in order,
+    so a sequence of calls is reproducible."""
+    from .data import load_dataset
+    from .diffusion.schedule import NoiseSchedule
+
+    m = cfg.model
+    g = torch.Generator().manual_seed(seed)
+    schedule = NoiseSchedule(cfg.diffusion)
+    ds = load_dataset("digits", img_size=m.img_size) if digits else None  # loaded once, not per batch
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = torch.rand(n, m.img_ch, m.img_size, m.img_size, generator=g) * 2 - 1
+        if ds is not None:
+            idx = torch.randint(len(ds), (n,), generator=g)
+            x0 = torch.stack([ds[int(i)][0] for i in idx])
+            if x0.shape[1] != m.img_ch:
+                x0 = x0[:, :1].expand(-1, m.img_ch, -1, -1)
+        t = torch.randint(min(schedule.num_timesteps, m.diffusion_steps), (n,), generator=g)
+        return schedule.q_sample(x0, t, torch.randn(x0.shape, generator=g)), t
+
+    return batch
+
+
 @torch.no_grad()
 def conversion_error(qann: nn.Module, snn: ConvertedSNN, x: torch.Tensor, t: torch.Tensor) -> float:
     """Relative L2 error ``|snn(x,t) - qann(x,t)| / |qann(x,t)|``."""
@@ -374,6 +402,7 @@ __all__ = [
     "if_step",
     "load_converted",
     "load_qann",
+    "noised_batches",
     "quant_layers",
     "running_group_norm",
     "save_converted",

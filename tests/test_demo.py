@@ -91,7 +91,7 @@ def test_demo_rejects_a_nonpositive_step_count(capsys):
 
 
 def test_a_failing_optional_stage_keeps_the_numbers_it_recorded(tmp_path):
-    from sdmc.pipeline import Pipeline
+    from sdmc.demo import Pipeline
 
     p = Pipeline(tmp_path / "demo", quick=True)
 

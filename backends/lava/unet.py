@@ -779,6 +779,45 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return d / n if n > 0 else d
 
 
+def spike_mismatch(
+    spikes: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], pops: Sequence[str]
+) -> dict[str, float]:
+    """Per population ``p``: the fraction of (step, sample, neuron) entries where ``spikes[p]`` (fixed point)
+    and ``ref[p]`` (float golden) disagree, ``mean(s != r)``."""
+    return {p: float(np.mean(np.asarray(spikes[p]).astype(bool) != np.asarray(ref[p]).astype(bool))) for p in pops}
+
+
+def check_hybrid(
+    net: lm.LoihiNet,
+    plan: HostPlan,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    reference: ir.Graph | None = None,
+    lava: bool = False,
+) -> dict:
+    """Run ``net`` host/chip (:func:`run_hybrid`, every population probed) and the float golden simulator on
+    ``reference`` (default ``plan.graph``; a loaded export's plan holds only the host part, so pass the compiled
+    graph) on the same ``inputs``.  Returns ``{"hybrid": run_hybrid's dict, "golden": golden values by name,
+    "spike_mismatch": {population: fraction}, "output_error": {output: ||hybrid - golden|| / ||golden||},
+    "seconds": wall time of the hybrid run}``."""
+    import time
+
+    from ...sim import golden
+
+    pops = [p.name for p in net.populations]
+    ref = golden.run(reference if reference is not None else plan.graph, dict(inputs), keep=pops)
+    t0 = time.perf_counter()
+    hy = run_hybrid(net, plan, inputs, lava=lava, probe=pops)
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "hybrid": hy,
+        "golden": ref,
+        "spike_mismatch": spike_mismatch(hy["spikes"], ref, pops),
+        "output_error": {o: rel_error(v, ref[o]) for o, v in hy["outputs"].items()},
+    }
+
+
 def torch_reference(
     graph: ir.Graph, inputs: Mapping[str, np.ndarray], *, threshold: float | None = None
 ) -> dict[str, np.ndarray]:

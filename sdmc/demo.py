@@ -326,7 +326,6 @@ class Pipeline:
         the numpy Loihi model against the float golden, one sample in Lava against the numpy model."""
         from .backends.lava import compat, unet
         from .frontends import trace
-        from .sim import golden
 
         out = self.partial
         m = self.cfg.model
@@ -356,14 +355,13 @@ class Pipeline:
         net, plan, manifest = unet.load_export(export)
         out.update(export="lava/", netx_segments=len(manifest["segments"]))
         pops = [p.name for p in net.populations]
-        ref = golden.run(full, inputs, keep=pops)
-        hy = unet.run_hybrid(net, plan, inputs, probe=pops)
+        chk = unet.check_hybrid(net, plan, inputs, reference=full)
+        hy, mism = chk["hybrid"], chk["spike_mismatch"]
         (o,) = [n.name for n in plan.graph.output_nodes]
         eager = self._eager64(torch.from_numpy(inputs["x"]), torch.from_numpy(inputs["t"]))
-        mism = {p: float(np.mean(hy["spikes"][p] != ref[p].astype(bool))) for p in pops}
         out.update(
             eval_samples=n_eval,
-            output_rel_error_vs_golden=round(unet.rel_error(hy["outputs"][o], ref[o]), 5),
+            output_rel_error_vs_golden=round(chk["output_error"][o], 5),
             output_rel_error_vs_torch=round(unet.rel_error(hy["outputs"][o], eager), 5),
             spike_mismatch_mean=round(float(np.mean(list(mism.values()))), 5),
             spike_mismatch_max=round(max(mism.values()), 5),

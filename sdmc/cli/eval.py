@@ -1,0 +1,105 @@
+"""``sdmc eval``: FID / IS / digits-FID of saved samples or of a model's samples (:mod:`sdmc.metrics.evaluate`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import SdmcError
+from .base import Command, add_device, add_json, add_model_args, add_progress, add_solver, add_threshold, resolve_device
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="checkpoint to sample from (.pt or native .safetensors)")
+    p.add_argument("--samples", help="evaluate saved images instead (.npz/.npy; uint8 NHWC or float [-1,1] NCHW)")
+    p.add_argument("--ref", help="reference: digits, a mu/sigma .npz (cifar10.train.npz) or a dataset name")
+    p.add_argument(
+        "--metric",
+        action="append",
+        help="digits-fid, digits-is, fid, is (comma list or repeated; default: digits metrics for "
+        "digits data and gray images without --ref, else fid,is)",
+    )
+    p.add_argument(
+        "-n",
+        "--num",
+        type=int,
+        default=None,
+        help="images to sample per seed (default: 256 for digits metrics, whose real-data floor exists up to "
+        "360 images; else 1000)",
+    )
+    add_solver(p, steps=50)
+    p.add_argument("--batch-size", type=int, default=100, help="images per batch and rank (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="first sampling seed (default 0)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="sampling seeds SEED, SEED+1, ...: the report gives mean ± std over them (default: 3 for digits "
+        "metrics, else 1)",
+    )
+    add_model_args(p)
+    add_threshold(p)
+    p.add_argument("--save-samples", help="also write the sampled images here (.npz, uint8; the first seed's)")
+    add_device(p)
+    p.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth")
+    p.add_argument("--download", action="store_true", help="allow downloading the Inception weights")
+    p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default 10)")
+    p.add_argument("--data-root", help="where a --ref dataset lies")
+    p.add_argument("--ref-limit", type=int, help="use at most this many dataset images for the reference")
+    p.add_argument("--save-ref", help="write the reference statistics computed from a dataset (.npz)")
+    add_progress(p)
+    add_json(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..metrics.evaluate import EvalOptions, eval_model_file, eval_samples_file
+
+    if bool(args.model) == bool(args.samples):
+        raise SdmcError("give either a model checkpoint or --samples FILE (exactly one)")
+    opts = EvalOptions(
+        ref=args.ref,
+        inception_weights=args.inception_weights,
+        download=args.download,
+        splits=args.splits,
+        data_root=args.data_root,
+        ref_limit=args.ref_limit,
+        save_ref=args.save_ref,
+        device=resolve_device(args.device),
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    if args.samples:
+        report = eval_samples_file(args.samples, args.metric, opts, log=log)
+    else:
+        report = eval_model_file(
+            args.model,
+            args.num,
+            args.metric,
+            opts,
+            solver=args.solver,
+            steps=args.steps,
+            seed=args.seed,
+            n_seeds=args.seeds,
+            weights=args.weights,
+            snn_steps=args.snn_steps,
+            threshold=args.threshold,
+            save_samples_to=args.save_samples,
+            log=log,
+        )
+    if report is not None:  # rank 0
+        print(report.to_json() if args.json else report.line())
+    return 0
+
+
+EVAL = Command(
+    "eval",
+    "FID / IS / digits-FID of saved samples or of a model's samples (torchrun for many GPUs)",
+    add_arguments,
+    run,
+    description="Either sdmc eval --samples samples.npz --ref digits|cifar10.train.npz|DATASET, or "
+    "sdmc eval model.pt --solver ddim --steps 50 -n 1000 --metric digits-fid. Metrics: "
+    "digits-fid, digits-is (offline, shipped classifier), fid, is (TF-Inception weights: "
+    "--inception-weights PATH, $SDMC_INCEPTION_WEIGHTS or --download). Many GPUs: torchrun "
+    "--nproc_per_node=K -m sdmc eval ... (features all-gathered; rank 0 prints).",
+)

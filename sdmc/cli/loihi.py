@@ -1,0 +1,181 @@
+"""``sdmc export`` (the spiking core for Loihi: netx segments + manifest) and ``sdmc sim`` (the model with its
+spiking core as Loihi runs it), both through :mod:`sdmc.backends.lava.unet`."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import SdmcError
+from .base import Command, add_model_args, add_threshold
+
+EXPORT_BACKENDS = ("lava",)
+LATER_BACKENDS = ("onnx", "nir")  # accepted by the parser, refused with a clear error until they exist
+
+
+def add_model_file(p: argparse.ArgumentParser) -> None:
+    """The model argument of every Loihi command: a checkpoint (traced) or a ``.sdmc`` graph."""
+    p.add_argument("model", help="released .pt / native .safetensors model, or a .sdmc graph")
+    add_model_args(p, img_size=True)
+
+
+def add_compile_options(p: argparse.ArgumentParser) -> None:
+    """The options of :func:`sdmc.backends.lava.unet.compile_net` and of the check inputs."""
+    p.add_argument(
+        "--tsm",
+        choices=["reject", "mean"],
+        default="reject",
+        help="SDM per-step (TSM) conv scales on the chip: reject (default) or approximate by the mean",
+    )
+    p.add_argument(
+        "--on-overflow",
+        choices=["error", "rescale"],
+        default="error",
+        help="a population whose worst per-step current overflows Loihi's 24-bit state: fail or rescale",
+    )
+    p.add_argument("--pow2", action="store_true", help="power-of-two population scales")
+    p.add_argument("--host-bits", type=int, default=16, help="bits of the graded host currents (default 16)")
+    add_threshold(p)
+    p.add_argument("--t", type=int, default=500, dest="step", help="diffusion step of the check inputs (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def compile_options(args: argparse.Namespace) -> dict:
+    return dict(
+        tsm=args.tsm, pow2=args.pow2, on_overflow=args.on_overflow, host_bits=args.host_bits, threshold=args.threshold
+    )
+
+
+def load_graph(args: argparse.Namespace):
+    """A ``.sdmc`` graph (checked) or the traced checkpoint ``args.model``."""
+    from pathlib import Path
+
+    from .. import ir
+
+    path = Path(args.model)
+    if path.suffix == ".sdmc" or (path / "graph.json").is_file():
+        return ir.check(ir.load(path))
+    from ..frontends import from_checkpoint
+
+    return from_checkpoint(path, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
+
+
+# ---------------------------------------------------------------------------------------------- export
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_file(p)
+    add_compile_options(p)
+    p.add_argument(
+        "--backend",
+        default="lava",
+        choices=EXPORT_BACKENDS + LATER_BACKENDS,
+        help="target (only lava for now)",
+    )
+    p.add_argument("-o", "--out", required=True, help="export directory to write (replaced atomically)")
+    p.add_argument(
+        "--calib",
+        type=int,
+        default=0,
+        metavar="N",
+        help="report the accuracy cost on N noised inputs (spike mismatch, output error; 0: skip)",
+    )
+    p.add_argument("--resources", action="store_true", help="also print the Loihi 2 resource report")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.backend not in EXPORT_BACKENDS:
+        raise SdmcError(f"--backend {args.backend}: not implemented yet (only --backend lava exports)")
+    from ..backends.lava import unet
+    from ..sim.inputs import noised_inputs
+
+    graph = load_graph(args)
+    calib = noised_inputs(graph, args.calib, args.step, args.seed) if args.calib > 0 else None
+    net, plan, report = unet.compile_net(graph, calib=calib, **compile_options(args))
+    res = unet.resources(net, plan.graph)
+    out = unet.export_dir(net, plan, report, args.out, resources=res)
+    print(report.format())
+    if args.resources:
+        print(unet.format_resources(res))
+    t = res["totals"]
+    print(
+        f"wrote {out}: {t['populations']} populations, {t['projections']} projections, {t['sources']} sources, "
+        f"depth {t['depth']}, {len(unet.segments(net))} netx segment(s), T={graph.T}"
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- sim
+def add_sim_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_file(p)
+    add_compile_options(p)
+    p.add_argument("--target", default="loihi", choices=["loihi"], help="what to simulate (loihi)")
+    p.add_argument("--lava", action="store_true", help="run the spiking core in Lava (needs lava-nc / lava-dl)")
+    p.add_argument("--samples", type=int, default=1, help="number of noised input images (default 1)")
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..backends.lava import unet
+    from ..sim.inputs import noised_inputs
+
+    if args.samples < 1:
+        raise SdmcError(f"--samples must be >= 1, got {args.samples}")
+    graph = load_graph(args)
+    net, plan, report = unet.compile_net(graph, **compile_options(args))
+    inputs = noised_inputs(plan.graph, args.samples, args.step, args.seed)
+    pops = [p.name for p in net.populations]
+    chk = unet.check_hybrid(net, plan, inputs, lava=args.lava)
+    hy, ref, mism, wall = chk["hybrid"], chk["golden"], chk["spike_mismatch"], chk["seconds"]
+    where = "Lava (Loihi2SimCfg fixed_pt)" if args.lava else "numpy Loihi model"
+    print(
+        f"{len(pops)} populations, {len(net.projections)} projections, depth {net.max_depth}; "
+        f"{args.samples} sample(s) at t={args.step}, T={graph.T}, in {where}: {wall:.2f} s "
+        f"({wall / args.samples:.2f} s/sample)"
+    )
+    if args.lava:
+        print(
+            "Lava wall times (s): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in hy["times"].items())
+            + " (first_run: compile + first sample; run: the other samples)"
+        )
+    tref = unet.torch_reference(graph, inputs, threshold=args.threshold)
+    for o in (n.name for n in plan.graph.output_nodes):
+        print(
+            f"output {o}: relative error vs float golden {chk['output_error'][o]:.4g}, vs "
+            f"torch executor (float64) {unet.rel_error(hy['outputs'][o], tref[o]):.4g}; torch executor vs float "
+            f"golden {unet.rel_error(tref[o], ref[o]):.3g}"
+        )
+    worst = sorted(mism.items(), key=lambda kv: -kv[1])[:5]
+    print(
+        f"spike mismatch vs float golden: mean {np.mean(list(mism.values())):.4f}; worst "
+        + ", ".join(f"{k} {v:.4f}" for k, v in worst)
+    )
+    clip = max(hy["host_clip"].values(), default=0.0)
+    print(f"host currents clipped: {100 * clip:.3f}% at most")
+    if args.lava:
+        ints, _ = plan.quantize_currents(plan.float_currents(inputs, args.samples))
+        ints.update({k: (np.asarray(inputs[k]) != 0).astype(np.int64) for k in plan.spike_inputs})
+        model, _ = unet.run_loihi(net, ints, graph.T, probe=pops)
+        same = all(np.array_equal(model[p], hy["spikes"][p]) for p in pops)
+        print(f"Lava spikes identical to the numpy Loihi model in all {len(pops)} populations: {same}")
+        return 0 if same else 1
+    return 0
+
+
+EXPORT = Command(
+    "export",
+    "export the spiking core for Loihi (Lava): netx segments + manifest",
+    add_export_arguments,
+    run_export,
+    description="Compile the model's spiking UNet into a LoihiNet (populations, projections, "
+    "delays, graded host currents), quantise it per population and write an export "
+    "directory: manifest.json, netx HDF5 segments, projections.h5, graph.sdmc.",
+)
+SIM = Command(
+    "sim",
+    "simulate the model with its spiking core as Loihi runs it (hybrid host/chip)",
+    add_sim_arguments,
+    run_sim,
+    description="Host parts in numpy (golden), the spiking core in the bit-exact Loihi model "
+    "(default) or Lava's CPU simulation (--lava); reports the mismatch against "
+    "the float golden simulator and the torch backend (compiled executor, float64).",
+)

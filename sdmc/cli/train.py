@@ -1,0 +1,154 @@
+"""``sdmc train``: train (or resume, or TSM-fine-tune) a diffusion model from a preset (:mod:`sdmc.diffusion.train`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .base import Command, add_device, int_list
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="digits", help="named settings (see --list-presets; default: digits)")
+    p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", help="output folder (default: runs/PRESET)")
+    g.add_argument("--steps", type=int, help="total optimiser steps")
+    g.add_argument(
+        "--batch-size", type=int, help="GLOBAL batch over all ranks; each of K ranks takes batch/K (must divide)"
+    )
+    g.add_argument("--lr", type=float)
+    g.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps (0: none)")
+    g.add_argument("--grad-clip", type=float)
+    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--no-ema", dest="ema", action="store_const", const=False, help="no EMA (the papers' SNN runs)")
+    g.add_argument(
+        "--no-ema-warmup",
+        dest="ema_warmup",
+        action="store_const",
+        const=False,
+        help="use the full EMA decay from step 0",
+    )
+    g.add_argument("--seed", type=int)
+    add_device(g, default=None)
+    g.add_argument("--resume", help="auto (default: newest checkpoint in --out), never, or a checkpoint path")
+    g.add_argument("--keep-last", type=int, help="training checkpoints to keep")
+    g.add_argument("--log-every", type=int)
+    g.add_argument("--save-every", type=int)
+    g.add_argument("--sample-every", type=int)
+    g.add_argument("--sample-n", type=int, help="images per sample grid (0: none)")
+    g.add_argument("--sample-steps", type=int, help="DDIM steps for the sample grids")
+    g.add_argument("--tensorboard", dest="tensorboard", action="store_const", const=True)
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    g.add_argument(
+        "--eager",
+        action="store_const",
+        const=True,
+        help="train the plain spikingjelly model instead of the compiled torch executor (default)",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: torch's); a CPU run is bit-for-bit reproducible for a given seed and thread count",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="digits, cifar10, mnist, fashion-mnist, celeba64, folder:PATH")
+    g.add_argument("--data-root", help="where the dataset lies (torchvision layout)")
+    g.add_argument("--download", action="store_const", const=True, help="allow downloading the dataset")
+    g.add_argument("--num-workers", type=int)
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=["sddpm", "sdm", "ann", "qann"])
+    g.add_argument("--ch", type=int)
+    g.add_argument("--ch-mult", type=int_list, help="e.g. 1,2,2,4")
+    g.add_argument("--num-res-blocks", type=int)
+    g.add_argument("--snn-steps", type=int, help="SNN time steps T")
+    g.add_argument("--img-size", type=int)
+    g.add_argument("--threshold", type=float)
+    g.add_argument("--neuron", choices=["if", "lif"])
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--init-from", help="start from this model's weights (its architecture wins)")
+    g.add_argument("--init-weights", choices=["auto", "net", "ema"])
+    g.add_argument(
+        "--tsm",
+        action="store_const",
+        const=True,
+        help="with --init-from SDDPM: inherit into an SDM TSM model (p = 1) and fine-tune",
+    )
+    g = p.add_argument_group("diffusion")
+    g.add_argument("--schedule", choices=["linear", "cosine"])
+    g.add_argument("--mean-type", choices=["epsilon", "x0", "v"])
+    g.add_argument("--num-timesteps", type=int)
+    g.add_argument("--beta-1", type=float)
+    g.add_argument("--beta-T", dest="beta_T", type=float)
+
+
+# the options that override preset fields (unset ones keep the preset's value)
+TRAIN_OPTS = (
+    "threads",
+    "out",
+    "steps",
+    "batch_size",
+    "lr",
+    "warmup",
+    "grad_clip",
+    "ema_decay",
+    "ema",
+    "ema_warmup",
+    "seed",
+    "device",
+    "resume",
+    "keep_last",
+    "log_every",
+    "save_every",
+    "sample_every",
+    "sample_n",
+    "sample_steps",
+    "tensorboard",
+    "progress",
+    "dataset",
+    "data_root",
+    "download",
+    "num_workers",
+    "arch",
+    "ch",
+    "ch_mult",
+    "num_res_blocks",
+    "snn_steps",
+    "img_size",
+    "threshold",
+    "neuron",
+    "dropout",
+    "init_from",
+    "init_weights",
+    "tsm",
+    "schedule",
+    "mean_type",
+    "num_timesteps",
+    "beta_1",
+    "beta_T",
+    "eager",
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..diffusion.presets import describe_presets
+
+    if args.list_presets:
+        print(describe_presets())
+        return 0
+    from ..diffusion.train import make_config, train
+
+    cfg = make_config(args.preset, **{k: getattr(args, k) for k in TRAIN_OPTS})
+    print(train(cfg))
+    return 0
+
+
+TRAIN = Command(
+    "train",
+    "train a spiking diffusion model (presets; torchrun for many GPUs)",
+    add_arguments,
+    run,
+    description="Train (or resume, or TSM-fine-tune) a diffusion model. Every preset field can be "
+    "overridden; unset options keep the preset's value. Many GPUs: torchrun "
+    "--nproc_per_node=K -m sdmc train ... (DistributedDataParallel).",
+)
