@@ -1,0 +1,155 @@
+"""Energy rows of a toy network computed by hand, under every built-in profile and both conventions.
+
+The toy net's activity does not depend on the calibration images (the conv on the image has zero weights),
+so every count below is exact and written out by hand::
+
+    x [1,4,4] -> c0 conv3x3 (w=0, b=[.5, 1]) -> repeat T=4 -> IF θ=1 (hard reset 0) -> c1 conv3x3 (2->2)
+              -> bn1 (folded into c1) -> add (+ repeat) -> tsm scale -> bn2 -> membrane read-out
+
+IF input is .5 (channel 0: h = .5, 1, .5, 1, fires at steps 2 and 4) and 1 (channel 1: fires every step),
+so one call has 16*4 = 64 neuron updates per channel (128), 16*2 + 16*4 = 96 spikes, firing rate 0.75.
+A 3x3/pad-1 conv on 4x4 reaches 4 (corners), 6 (edges), 9 (interior) outputs: sum over the map 100, so
+c1's exact SOPs = (2 + 4 spikes per pixel, summed over the map) * 100 * 2 out channels = 1200.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdmc import ir
+from sdmc.energy import analyze, builtin_profiles, load_profile
+
+# Costs (pJ) as published: Horowitz ISSCC 2014 (45 nm) and Davies et al. 2018 Table 2 (Loihi 1; host MACs at
+# 45 nm FP32).  Typed here by hand so that a changed profile file, or one that is loaded wrongly, fails.
+PROFILES = {
+    "45nm-fp32": dict(mac=4.6, ac=0.9, add=0.9, neuron_update=0.9, spike=0.0),
+    "45nm-fp16": dict(mac=1.5, ac=0.4, add=0.4, neuron_update=0.4, spike=0.0),
+    "45nm-int8": dict(mac=0.23, ac=0.03, add=0.03, neuron_update=0.03, spike=0.0),
+    "loihi1": dict(mac=4.6, ac=23.6, add=0.9, neuron_update=52.0, spike=1.7),
+}
+
+T = 4
+# (name, cls, macs, sops, adds, updates, spikes) per call, one image
+COUNTS = {
+    "c0": ("synapse", 2 * 16 * 9, 0, 0, 0, 0),  # real input (the image): dense MACs, once (static)
+    "rep": ("free", 0, 0, 0, 0, 0),
+    "sn": ("neuron", 0, 0, 0, 2 * 16 * T, 16 * 2 + 16 * 4),
+    "c1": ("synapse", 0, (16 * 2 + 16 * 4) // 16 * 100 * 2, 0, 0, 0),  # spike input: exact SOPs
+    "bn1": ("norm", 0, 0, 0, 0, 0),  # folded into c1
+    "add": ("add", 0, 0, 2 * 16 * T, 0, 0),
+    "tsm": ("scale", 2 * 16 * T, 0, 0, 0, 0),
+    "bn2": ("norm", 2 * 16 * T, 0, 0, 0, 0),
+    "ro": ("readout", 2 * 16 * T, 0, 0, 0, 0),
+}
+NFE = 5  # DDIM, 5 steps, the seed's spacing
+
+
+def toy_graph() -> ir.Graph:
+    g = ir.Graph(T)
+    p = g.add_param
+    g.add(ir.Input(name="x", shape=(1, 4, 4), dtype="float32"))
+    g.add(
+        ir.Conv2d(
+            name="c0",
+            inputs=("x",),
+            weight=p("c0.weight", np.zeros((2, 1, 3, 3), np.float32)),
+            bias=p("c0.bias", np.array([0.5, 1.0], np.float32)),
+            padding=(1, 1),
+        )
+    )
+    g.add(ir.Repeat(name="rep", inputs=("c0",)))
+    g.add(ir.IF(name="sn", inputs=("rep",), threshold=1.0, v_reset=0.0))
+    g.add(ir.Conv2d(name="c1", inputs=("sn",), weight=p("c1.weight", np.full((2, 2, 3, 3), 0.25)), padding=(1, 1)))
+
+    def bn(name, src):
+        arrs = {k: p(f"{name}.{k}", np.full(2, v)) for k, v in dict(weight=1, bias=0, mean=0, var=1).items()}
+        return ir.BatchNorm(
+            name=name,
+            inputs=(src,),
+            weight=arrs["weight"],
+            bias=arrs["bias"],
+            running_mean=arrs["mean"],
+            running_var=arrs["var"],
+        )
+
+    g.add(bn("bn1", "c1"))
+    g.add(ir.Add(name="add", inputs=("bn1", "rep")))
+    g.add(ir.TSMScale(name="tsm", inputs=("add",), scale=p("tsm.p", np.ones((T, 1, 1, 1, 1)))))
+    g.add(bn("bn2", "tsm"))
+    g.add(ir.MembraneReadout(name="ro", inputs=("bn2",), decay=0.8))
+    g.add(ir.Output(name="out", inputs=("ro",)))
+    return ir.check(g)
+
+
+def faithful_by_hand(c) -> dict[str, float]:
+    """Faithful pJ per row: MACs at E_MAC, SOPs at E_AC, adds, neuron updates and spikes at their costs."""
+    out = {}
+    for name, (_, macs, sops, adds, updates, spikes) in COUNTS.items():
+        out[name] = (
+            c["mac"] * macs + c["ac"] * sops + c["add"] * adds + c["neuron_update"] * updates + c["spike"] * spikes
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def reports():
+    g = toy_graph()
+    images = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return {
+        name: analyze(g, images=images, calib_steps=2, steps=5, ann=False, profile=name, solver="ddim")
+        for name in PROFILES
+    }
+
+
+def test_every_builtin_profile_is_covered():
+    assert set(builtin_profiles()) == set(PROFILES)
+    for name, costs in PROFILES.items():
+        prof = load_profile(name)
+        assert {k: getattr(prof, k) for k in costs} == costs, name
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_faithful_rows_by_hand(reports, profile):
+    r, c = reports[profile], PROFILES[profile]
+    rows = {x["name"]: x for x in r.layers}
+    assert set(rows) == set(COUNTS)
+    want = faithful_by_hand(c)
+    for name, (cls, macs, sops, adds, updates, spikes) in COUNTS.items():
+        row = rows[name]
+        assert row["cls"] == cls, name
+        got = (row["macs"], row["sops"], row["adds"], row["updates"], row["spikes"])
+        assert got == pytest.approx((macs, sops, adds, updates, spikes), rel=1e-12), name
+        assert row["faithful_pJ"] == pytest.approx(want[name], rel=1e-12), name
+    assert rows["sn"]["rate"] == pytest.approx(0.75)
+    assert rows["c1"]["input_rate"] == pytest.approx(0.75)
+    # the neuron row alone, spelled out: every update and every spike is paid for
+    assert rows["sn"]["faithful_pJ"] == pytest.approx(128 * c["neuron_update"] + 96 * c["spike"])
+    # totals: the activity is the same at every calibration step, so per call = the sum of the rows
+    per_call_pJ = sum(want.values())
+    t = r.totals["faithful"]
+    assert len(r.by_step) == 2
+    for s in r.by_step:
+        assert s["faithful_mJ"] == pytest.approx(per_call_pJ / 1e9, rel=1e-12)
+        assert s["firing_rate"] == pytest.approx(0.75)
+    assert t["per_call_mJ"] == pytest.approx(per_call_pJ / 1e9, rel=1e-12)
+    assert t["per_image_mJ"] == pytest.approx(NFE * per_call_pJ / 1e9, rel=1e-12)
+    assert t["per_step_mJ"] == pytest.approx(per_call_pJ / 1e9, rel=1e-12)  # DDIM: one call per step
+    assert t["macs"] == 288 + 3 * 128 and t["sops"] == 1200
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_paper_rows_by_hand(reports, profile):
+    """SDM Eq. 20: the image conv as MACs once, every other synapse fr_in * T * dense MACs at E_AC; nothing
+    else is counted."""
+    r, c = reports[profile], PROFILES[profile]
+    rows = {x["name"]: x for x in r.layers}
+    c1_dense = 2 * 16 * 2 * 9  # O * H * W * C * k * k per step
+    want = {"c0": c["mac"] * 288, "c1": c["ac"] * 0.75 * c1_dense * T}
+    for name, row in rows.items():
+        assert row["paper_pJ"] == pytest.approx(want.get(name, 0.0), rel=1e-12), name
+    t = r.totals["paper"]
+    assert t["per_call_mJ"] == pytest.approx(sum(want.values()) / 1e9, rel=1e-12)
+    assert t["per_image_mJ"] == pytest.approx(NFE * sum(want.values()) / 1e9, rel=1e-12)
+    assert t["macs"] == 288 and t["sops"] == pytest.approx(0.75 * c1_dense * T)
