@@ -1,0 +1,144 @@
+"""The diffusion formulas checked directly: the ε / x0 / v targets and their conversion back to ε, one
+sampling run per prediction mode against data whose exact predictor is known, and single DDIM updates
+(η = 0 and η > 0) written out from the paper's equation with an independently built ᾱ table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sdmc.config import DiffusionConfig
+from sdmc.diffusion import NoiseSchedule
+from sdmc.diffusion.sampling import sample_images
+from sdmc.diffusion.solvers import DDIMSolver, make_solver
+
+F64 = torch.float64
+MODES = ("epsilon", "x0", "v")
+# ᾱ of the default schedule, built here from its definition (linear β 1e-4..0.02 over 1000 steps)
+ABAR = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=F64), 0)
+
+
+def _draw(seed: int, shape=(4, 3, 5)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=F64), torch.randn(shape, generator=g, dtype=F64)
+
+
+# ------------------------------------------------------------------------------- targets and conversions
+@pytest.mark.parametrize("mode", MODES)
+def test_targets_are_the_defined_quantities(mode):
+    """ε-target = ε, x0-target = x0, v-target = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0 (Salimans & Ho 2022), per sample."""
+    s = NoiseSchedule(DiffusionConfig(mean_type=mode))
+    x0, eps = _draw(0)
+    t = torch.tensor([0, 10, 500, 999])
+    a, b = ABAR[t].sqrt().view(-1, 1, 1), (1 - ABAR[t]).sqrt().view(-1, 1, 1)
+    want = {"epsilon": eps, "x0": x0, "v": a * eps - b * x0}[mode]
+    torch.testing.assert_close(s.target(x0, t, eps), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s.q_sample(x0, t, eps), a * x0 + b * eps, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_eps_from_output_inverts_the_target(mode):
+    """Round trip: a network that outputs the exact target of (x0, ε) is converted back to exactly ε."""
+    s = NoiseSchedule(DiffusionConfig(mean_type=mode))
+    x0, eps = _draw(1)
+    for k in (0, 1, 250, 998, 999):
+        t = torch.full((4,), k)
+        x_t = s.q_sample(x0, t, eps)
+        torch.testing.assert_close(s.eps_from_output(s.target(x0, t, eps), x_t, t), eps, rtol=1e-9, atol=1e-9)
+
+
+def test_v_and_x0_predictions_recover_x0():
+    """x0 = sqrt(ᾱ) x_t - sqrt(1-ᾱ) v, and the ε from either mode gives the same x̂0 as the x0 output itself."""
+    x0, eps = _draw(2)
+    t = torch.tensor([3, 300, 600, 990])
+    a, b = ABAR[t].sqrt().view(-1, 1, 1), (1 - ABAR[t]).sqrt().view(-1, 1, 1)
+    sv, sx = NoiseSchedule(DiffusionConfig(mean_type="v")), NoiseSchedule(DiffusionConfig(mean_type="x0"))
+    x_t = sv.q_sample(x0, t, eps)
+    v = sv.target(x0, t, eps)
+    torch.testing.assert_close(a * x_t - b * v, x0, rtol=1e-10, atol=1e-10)
+    for sched, out in ((sv, v), (sx, x0)):
+        e = sched.eps_from_output(out, x_t, t)
+        torch.testing.assert_close((x_t - b * e) / a, x0, rtol=1e-8, atol=1e-8)
+
+
+class PointMassOracle:
+    """The exact predictor, in prediction mode ``schedule.config.mean_type``, for data that is always ``c``:
+    ε(x_t, t) = (x_t - sqrt(ᾱ_t) c) / sqrt(1 - ᾱ_t), returned as the network of that mode would."""
+
+    def __init__(self, schedule: NoiseSchedule, c: torch.Tensor) -> None:
+        self.s, self.c, self.calls = schedule, c, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        c = self.c.expand_as(x)
+        a, b = self.s.gather(self.s.sqrt_abar, t, x), self.s.gather(self.s.sqrt_one_minus_abar, t, x)
+        return self.s.target(c, t, (x - a * c) / b)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "solver,kw", [("ddim", dict(spacing="trailing")), ("ddpm", {}), ("dpm-solver++", dict(denoise_to_zero=True))]
+)
+def test_sampling_with_each_prediction_mode_lands_on_the_data(mode, solver, kw):
+    """These solvers end on x̂0 (DDIM: the clean target of the trailing grid); with the exact predictor of a
+    point mass, x̂0 is the point at every step, so each image must come out as ``c`` whatever the noise."""
+    sched = NoiseSchedule(DiffusionConfig(mean_type=mode))
+    c = torch.tensor([0.3, -0.7, 0.05], dtype=F64)
+    model = PointMassOracle(sched, c)
+    sol = make_solver(solver, sched, **kw)
+    imgs = sample_images(model, sched, 5, sol, steps=8, batch_size=3, seed=1, progress=False, shape=(3,), dtype=F64)
+    assert imgs.shape == (5, 3) and model.calls == 2 * sol.nfe  # two batches
+    torch.testing.assert_close(imgs, c.expand(5, 3), rtol=0, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ the DDIM update
+def _ddim_by_hand(x, eps, t, s, eta, clip, z=None):
+    """Song et al. 2021, Eq. 12: x_s = sqrt(ᾱ_s) x̂0 + sqrt(1 - ᾱ_s - σ²) ε + σ z,
+    σ² = η² (1-ᾱ_s)/(1-ᾱ_t) (1 - ᾱ_t/ᾱ_s), x̂0 = (x_t - sqrt(1-ᾱ_t) ε) / sqrt(ᾱ_t) (clamped when ``clip``)."""
+    at = float(ABAR[t])
+    as_ = 1.0 if s < 0 else float(ABAR[s])
+    x0 = (x - math.sqrt(1 - at) * eps) / math.sqrt(at)
+    if clip:
+        x0 = x0.clamp(-1, 1)
+    sig2 = eta**2 * (1 - as_) / (1 - at) * (1 - at / as_)
+    out = math.sqrt(as_) * x0 + math.sqrt(1 - as_ - sig2) * eps
+    return (out if sig2 == 0 else out + math.sqrt(sig2) * z), x0
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_eta0_steps_are_the_equation(clip):
+    """η = 0, one step at a time along a 4-step trajectory ending on the clean target; x_t scaled so that some
+    x̂0 leave [-1, 1] (clipping changes x̂0, not the ε used in the update: the seed's update)."""
+    traj = [999, 600, 150, 7, -1]
+    solver = DDIMSolver(NoiseSchedule(), eta=0.0, clip_sample=clip)
+    solver.set_timesteps(timesteps=traj)
+    x, _ = _draw(3)
+    for t, s in zip(traj, traj[1:]):
+        eps = torch.tanh(x) + 0.1 * t / 1000  # any deterministic function of (x, t)
+        out = solver.step(eps, t, x)
+        want, x0 = _ddim_by_hand(x, eps, t, s, 0.0, clip)
+        if clip and t == 999:
+            assert (x0.abs() == 1).any()  # the clamp was exercised
+        torch.testing.assert_close(out.pred_original_sample, x0, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out.prev_sample, want, rtol=1e-12, atol=1e-12)
+        x = out.prev_sample
+    torch.testing.assert_close(x, x0, rtol=0, atol=0)  # the clean target returns x̂0
+
+
+@pytest.mark.parametrize("eta", [0.3, 1.0])
+def test_ddim_stochastic_step_is_the_equation(eta):
+    """η > 0: the same z the solver draws (a generator of the same seed) enters with σ, ε with sqrt(1-ᾱ_s-σ²)."""
+    solver = DDIMSolver(NoiseSchedule(), eta=eta, clip_sample=False)
+    solver.set_timesteps(timesteps=[800, 300, -1])
+    x, eps = _draw(4)
+    out = solver.step(eps, 800, x, generator=torch.Generator().manual_seed(9))
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=F64)
+    want, x0 = _ddim_by_hand(x, eps, 800, 300, eta, False, z)
+    torch.testing.assert_close(out.prev_sample, want, rtol=1e-12, atol=1e-12)
+    sig2 = eta**2 * (1 - ABAR[300]) / (1 - ABAR[800]) * (1 - ABAR[800] / ABAR[300])
+    assert solver.sigma2(800, 300) == pytest.approx(float(sig2), rel=1e-12)
+    # the last step lands on the clean target: σ = 0 there, x̂0 is returned, no noise drawn
+    last = solver.step(eps, 300, out.prev_sample, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(last.prev_sample, last.pred_original_sample, rtol=0, atol=0)
