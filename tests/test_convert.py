@@ -219,7 +219,11 @@ def test_unet_converts_and_signed_changes_the_output():
         outs[s] = snn(x, t)
         assert outs[s].shape == x.shape and torch.isfinite(outs[s]).all()
         torch.testing.assert_close(snn(x, t), outs[s])  # no state carried between calls
-        assert conversion_error(q, snn, x, t) < 2.0
+        # T = 3 without normalisation is coarse (measured 0.81 unsigned, 0.87 signed), but it must beat the
+        # all-zero output (error exactly 1) and point the same way as the QANN's output
+        ref = q(x, t)
+        assert conversion_error(q, snn, x, t) < 0.95
+        assert float((outs[s] * ref).sum() / (outs[s].norm() * ref.norm())) > 0.4  # measured 0.60, 0.50
     assert not torch.allclose(outs[False], outs[True])
 
 

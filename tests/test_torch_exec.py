@@ -400,13 +400,36 @@ def test_cli_sample_runs_compiled_by_default_and_matches_eager(tmp_path):
     assert np.array_equal(imgs["exec"], imgs["file"])
 
 
-def test_bf16_autocast_path_runs_forward_and_backward():
+def test_bf16_autocast_path_matches_eager_autocast_within_bound():
+    """bf16 autocast computes what the eager model computes under the same ``torch.autocast``: outputs and
+    gradients within 0.15 relative L2 (measured 0.03-0.07: the fused kernel and eager round differently in
+    bf16 and flip a few spikes near the threshold).  A float32 run of this net is ~0.8 away in training mode
+    (spike flips cascade), so an autocast that did nothing would fail the bound."""
     m, cfg = _unet("sdm", T=2)
     m = m.float()
+    eager = copy.deepcopy(m).train()
     ex = compile_torch(m, mode="train", autocast=torch.bfloat16).train()
-    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 700])
+
+    def rel(a, b):
+        return float((a.float() - b.float()).norm() / b.float().norm())
+
     y = ex(x, t)
-    assert y.dtype == torch.float32 and y.shape == x.shape and torch.isfinite(y).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref = eager(x, t)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    assert rel(y.detach(), y_ref.detach()) < 0.15
     y.square().mean().backward()
-    grads = [p.grad for p in ex.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    y_ref.float().square().mean().backward()
+    pa, pb = dict(ex.named_parameters()), dict(eager.named_parameters())
+    names = [k for k, p in pb.items() if p.grad is not None]
+    assert len(names) > len(pb) // 2 and all(pa[k].grad is not None for k in names)
+    ga = torch.cat([pa[k].grad.flatten() for k in names])
+    gb = torch.cat([pb[k].grad.flatten() for k in names])
+    assert torch.isfinite(ga).all() and rel(ga, gb) < 0.15
+    ex.eval(), eager.eval()
+    with torch.no_grad():
+        y = ex(x, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_ref = eager(x, t)
+    assert rel(y, y_ref) < 0.15
