@@ -17,7 +17,7 @@ from spikingjelly.activation_based import neuron as sj_neuron
 from spikingjelly.activation_based import surrogate
 
 from sdmc import ir
-from sdmc.backends import torch_kernels as K
+from sdmc.backends.torch import kernels as K
 from sdmc.backends.torch_exec import compile_torch
 from sdmc.sim import golden
 

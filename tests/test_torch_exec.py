@@ -400,15 +400,16 @@ def test_cli_sample_runs_compiled_by_default_and_matches_eager(tmp_path):
     assert np.array_equal(imgs["exec"], imgs["file"])
 
 
-def test_bf16_autocast_path_matches_eager_autocast_within_bound():
-    """bf16 autocast computes what the eager model computes under the same ``torch.autocast``: outputs and
+def test_bf16_training_path_matches_eager_autocast_within_bound():
+    """bf16 training (autocast) computes what the eager model computes under the same ``torch.autocast``: outputs and
     gradients within 0.15 relative L2 (measured 0.03-0.07: the fused kernel and eager round differently in
     bf16 and flip a few spikes near the threshold).  A float32 run of this net is ~0.8 away in training mode
-    (spike flips cascade), so an autocast that did nothing would fail the bound."""
+    (spike flips cascade), so an autocast that did nothing would fail the bound.  (Inference-mode bf16 has its
+    own bounds in test_precision.py.)"""
     m, cfg = _unet("sdm", T=2)
     m = m.float()
     eager = copy.deepcopy(m).train()
-    ex = compile_torch(m, mode="train", autocast=torch.bfloat16).train()
+    ex = compile_torch(m, mode="train", precision="bf16").train()
     x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 700])
 
     def rel(a, b):
@@ -427,9 +428,3 @@ def test_bf16_autocast_path_matches_eager_autocast_within_bound():
     ga = torch.cat([pa[k].grad.flatten() for k in names])
     gb = torch.cat([pb[k].grad.flatten() for k in names])
     assert torch.isfinite(ga).all() and rel(ga, gb) < 0.15
-    ex.eval(), eager.eval()
-    with torch.no_grad():
-        y = ex(x, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y_ref = eager(x, t)
-    assert rel(y, y_ref) < 0.15
