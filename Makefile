@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= runs/demo
 
-.PHONY: setup demo lint format test test-all clean
+.PHONY: setup demo lint format test test-all mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: $(STAMP)
 ## Including the slow tests (full-size models, longer training).
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
+
+## Mutation testing of the semantic core (tests/mutation.toml says what and which tests; tests/README.md);
+## a sample fits a break: make mutate ARGS="--max 40 --files golden,kernels".  CPU-heavy, so niced.
+mutate: $(STAMP)
+	nice -n 10 $(PY) tests/mutate.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,440 @@
+"""Mutation testing of sdmc's semantic core: make one small change to the code, run the tests that guard it,
+and report the changes no test notices (survivors).
+
+    python tests/mutate.py                          # every target of tests/mutation.toml (hours)
+    python tests/mutate.py --max 40 --seed 3        # a random sample of 40 mutants (what fits a coffee break)
+    python tests/mutate.py --files golden,kernels   # only targets whose path contains one of these
+    python tests/mutate.py --list --files energy    # print the mutants, run nothing
+    python tests/mutate.py --files kernels --lines 109 --tests tests/test_threshold_ties.py   # does my test kill it?
+    make mutate ARGS="--max 40"                     # the same, niced
+
+What to mutate and which tests guard it is data (``tests/mutation.toml``): when a file moves, edit the path
+there.  Each mutant is one change of one AST node (source position kept, so line numbers stay right):
+
+    comparison      <  <=  >  >=  ==  !=  is  in  swapped (< <-> <=, > <-> >=, == <-> !=, ...)
+    arithmetic      + <-> -,  * <-> /,  // -> /,  % -> //,  ** -> *,  & <-> |,  << <-> >>  (also in +=, -=, ...)
+    drop a term     a + b -> a,  a - b -> a,  a * b -> a
+    unary           -x -> x,  not x -> x
+    constant        0 -> 1, 1 -> 0, n -> n + 1 (ints);  x -> x + 1 (floats);  True <-> False
+    boolean         and <-> or
+    call            a function swapped for its twin (the [swaps] table: torch.ge -> torch.gt, max -> min, ...)
+    statement       a call statement (``v.masked_fill_(m, r)``, an in-place update) replaced by ``pass``
+
+Not mutated: strings, docstrings, annotations, ``raise``/``assert`` statements, lines marked
+``# pragma: no mutate``, and the functions/classes a target lists under ``skip`` (presentation code).
+
+How a mutant runs: the mutated file is written to a temporary folder and a fresh ``python -m pytest`` (with
+``-x``, ``CI=1`` so hypothesis replays the same examples) imports it *in place of* the original module via an
+import hook; the working tree is never modified, so an interrupted run leaves nothing behind.  Tests that start
+their own Python (CLI subprocesses, DDP workers) see the original code.  A mutant is *killed* when a test fails,
+errors or the run exceeds the time limit (``timeout_factor`` x the clean run + ``timeout_slack_s``); it
+*survives* when every test passes.  Survivors listed under ``[[equivalent]]`` with a reason (a change that
+cannot alter behaviour) are reported as equivalent, not as survivors.  Score = killed / (killed + survived).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import dataclasses
+import fnmatch
+import importlib.abc
+import importlib.util
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = Path(__file__).resolve().parent / "mutation.toml"
+
+CMP_SWAP = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+}
+BIN_SWAP = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Div,
+    ast.Mod: ast.FloorDiv,
+    ast.Pow: ast.Mult,
+    ast.BitAnd: ast.BitOr,
+    ast.BitOr: ast.BitAnd,
+    ast.LShift: ast.RShift,
+    ast.RShift: ast.LShift,
+}
+DROP_TERM = (ast.Add, ast.Sub, ast.Mult)
+
+
+@dataclasses.dataclass
+class Mutant:
+    """One change: replace source span ``(line, col)..(end_line, end_col)`` (1-based lines, UTF-8 byte
+    columns, as ``ast`` reports them) by ``new``.  ``scope`` is the enclosing function/class path."""
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+    old: str
+    new: str
+    kind: str
+    scope: str
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        """Identity that survives unrelated edits (no line numbers): file, scope, old and new code."""
+        return (self.file, self.scope, self.old, self.new)
+
+    def describe(self) -> str:
+        return f"{self.file}:{self.line} [{self.scope}] {self.old}  ->  {self.new}"
+
+    def apply(self, src: bytes) -> bytes:
+        lines = src.splitlines(keepends=True)
+        head = b"".join(lines[: self.line - 1]) + lines[self.line - 1][: self.col]
+        tail = lines[self.end_line - 1][self.end_col :] + b"".join(lines[self.end_line :])
+        return head + self.new.encode() + tail
+
+
+# ------------------------------------------------------------------------------------------- generation
+class _Collector(ast.NodeVisitor):
+    def __init__(self, file: str, src: str, skip: set[str], swaps: dict[str, str]) -> None:
+        self.file, self.skip, self.swaps = file, skip, swaps
+        self.lines = src.splitlines()
+        self.scope: list[str] = []
+        self.out: list[Mutant] = []
+
+    # ---- helpers
+    def _emit(self, node: ast.AST, new: ast.AST | str, kind: str, stmt: bool = False) -> None:
+        if "pragma: no mutate" in self.lines[node.lineno - 1]:
+            return
+        old = ast.unparse(node)
+        text = new if isinstance(new, str) else ast.unparse(new)
+        if text == old:
+            return
+        if not stmt:
+            text = f"({text})"
+        self.out.append(
+            Mutant(
+                self.file,
+                node.lineno,
+                node.col_offset,
+                node.end_lineno,
+                node.end_col_offset,
+                old,
+                text,
+                kind,
+                ".".join(self.scope) or "<module>",
+            )
+        )
+
+    def _scoped(self, node, name: str) -> None:
+        if name in self.skip:
+            return
+        self.scope.append(name)
+        self.generic_visit(node)
+        self.scope.pop()
+
+    # ---- scopes and skipped subtrees
+    def visit_FunctionDef(self, node):
+        for d in node.args.defaults + node.args.kw_defaults:  # defaults are semantics, annotations are not
+            if d is not None:
+                self.visit(d)
+        for d in node.decorator_list:
+            self.visit(d)
+        if node.name in self.skip:
+            return
+        self.scope.append(node.name)
+        for s in node.body:
+            self.visit(s)
+        self.scope.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node):
+        self._scoped(node, node.name)
+
+    def visit_AnnAssign(self, node):
+        if node.value is not None:
+            self.visit(node.value)
+
+    def visit_Raise(self, node):
+        pass
+
+    def visit_Assert(self, node):
+        pass
+
+    def visit_JoinedStr(self, node):
+        pass
+
+    def visit_Expr(self, node):
+        if isinstance(node.value, ast.Constant):  # docstring / bare string
+            return
+        if isinstance(node.value, ast.Call):
+            self._emit(node, "pass", "statement", stmt=True)
+        self.generic_visit(node)
+
+    # ---- expressions
+    def visit_Compare(self, node):
+        for i, op in enumerate(node.ops):
+            if type(op) in CMP_SWAP:
+                m = copy.deepcopy(node)
+                m.ops[i] = CMP_SWAP[type(op)]()
+                self._emit(node, m, "comparison")
+        self.generic_visit(node)
+
+    def visit_BinOp(self, node):
+        if type(node.op) in BIN_SWAP:
+            m = copy.deepcopy(node)
+            m.op = BIN_SWAP[type(node.op)]()
+            self._emit(node, m, "arithmetic")
+        if isinstance(node.op, DROP_TERM):
+            self._emit(node, node.left, "drop-term")
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node):
+        if type(node.op) in BIN_SWAP:
+            m = copy.deepcopy(node)
+            m.op = BIN_SWAP[type(node.op)]()
+            self._emit(node, ast.unparse(m), "arithmetic", stmt=True)
+        self.generic_visit(node)
+
+    def visit_UnaryOp(self, node):
+        if isinstance(node.op, (ast.USub, ast.Not)):
+            self._emit(node, node.operand, "unary")
+        if not (isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant)):
+            self.generic_visit(node)
+
+    def visit_BoolOp(self, node):
+        m = copy.deepcopy(node)
+        m.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        self._emit(node, m, "boolean")
+        self.generic_visit(node)
+
+    def visit_Constant(self, node):
+        v = node.value
+        if isinstance(v, bool):
+            self._emit(node, repr(not v), "constant")
+        elif isinstance(v, int):
+            self._emit(node, repr({0: 1, 1: 0}.get(v, v + 1)), "constant")
+        elif isinstance(v, float):
+            self._emit(node, repr(v + 1.0), "constant")
+
+    def visit_Call(self, node):
+        name = ast.unparse(node.func)
+        if name in self.swaps:
+            m = copy.deepcopy(node)
+            m.func = ast.parse(self.swaps[name], mode="eval").body
+            self._emit(node, m, "call")
+        self.generic_visit(node)
+
+
+def mutants_of(file: str, skip=(), swaps=None) -> list[Mutant]:
+    """Every mutant of ``file`` (a path relative to the repository root)."""
+    src = (ROOT / file).read_text()
+    c = _Collector(file, src, set(skip), dict(swaps or {}))
+    c.visit(ast.parse(src))
+    return c.out
+
+
+# ---------------------------------------------------------------------------------------------- running
+def module_name(file: str) -> str:
+    """The import name of ``file`` under pyproject's ``[tool.setuptools] package-dir`` mapping."""
+    pkg_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    p = Path(file).with_suffix("")
+    best = None
+    for pkg, d in pkg_dirs.items():
+        dp = Path(d)
+        if p.parts[: len(dp.parts)] == dp.parts and (best is None or len(dp.parts) > len(Path(best[1]).parts)):
+            best = (pkg, d)
+    if best is None:
+        raise SystemExit(f"mutate: {file} is not under any package-dir of pyproject.toml")
+    rest = p.parts[len(Path(best[1]).parts) :]
+    if rest and rest[-1] == "__init__":
+        rest = rest[:-1]
+    return ".".join((best[0],) + rest)
+
+
+class _Swap(importlib.abc.MetaPathFinder):
+    """Import hook of the child process: module ``name`` comes from the mutated file."""
+
+    def __init__(self, name: str, path: str, orig: str) -> None:
+        self.name, self.path, self.orig = name, path, orig
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        pkg = [str(Path(self.orig).parent)] if Path(self.orig).name == "__init__.py" else None
+        return importlib.util.spec_from_file_location(fullname, self.path, submodule_search_locations=pkg)
+
+
+def _child(argv: list[str]) -> int:
+    """``mutate.py _run MODULE MUTATED ORIGINAL -- PYTEST-ARGS``: run pytest with the module swapped."""
+    name, path, orig, sep, *pytest_args = argv
+    assert sep == "--"
+    sys.dont_write_bytecode = True
+    sys.meta_path.insert(0, _Swap(name, path, orig))
+    import pytest
+
+    return int(pytest.main(pytest_args))
+
+
+def run_tests(tests: list[str], mutant: Mutant | None, timeout: float | None) -> tuple[str, float]:
+    """Run ``tests`` (pytest arguments) against ``mutant`` (None: the clean code).  Returns (outcome, seconds),
+    outcome one of passed / failed / timeout / error."""
+    args = [*tests, "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--no-header", "-W", "ignore"]
+    env = dict(os.environ, CI="1", PYTHONDONTWRITEBYTECODE="1")
+    with tempfile.TemporaryDirectory(prefix="sdmc-mutant-") as tmp:
+        if mutant is None:
+            cmd = [sys.executable, "-m", "pytest", *args]
+        else:
+            src = (ROOT / mutant.file).read_bytes()
+            path = Path(tmp) / Path(mutant.file).name
+            path.write_bytes(mutant.apply(src))
+            name = module_name(mutant.file)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "_run", name, str(path), str(ROOT / mutant.file)]
+            cmd += ["--", *args]
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run(
+                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            return "timeout", time.monotonic() - t0
+        dt = time.monotonic() - t0
+    if p.returncode == 0:
+        return "passed", dt
+    if p.returncode == 1:
+        return "failed", dt
+    if p.returncode == 5:
+        raise SystemExit(f"mutate: no tests collected by {tests}; fix tests/mutation.toml")
+    return "error", dt  # collection/import error: the mutant broke the module (killed)
+
+
+def load_config(path: Path = CONFIG) -> dict:
+    cfg = tomllib.loads(path.read_text())
+    for t in cfg.get("target", []):
+        if not (ROOT / t["file"]).is_file():
+            raise SystemExit(f"mutate: {path.name}: target file {t['file']} does not exist (moved? update it)")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_run"]:
+        return _child(argv[1:])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # subprocess.run kills the running mutant on exit
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--files", help="comma-separated substrings/globs of target paths (default: all targets)")
+    ap.add_argument("--max", type=int, default=None, help="run a random sample of at most N mutants")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ap.add_argument("--kinds", help="comma-separated mutant kinds (comparison, arithmetic, drop-term, ...)")
+    ap.add_argument("--lines", help="only mutants starting in this line range, e.g. 60-80 (with one --files)")
+    ap.add_argument("--tests", help="pytest arguments to run instead of the targets' tests (a new test: does it kill?)")
+    ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--show-equivalent", action="store_true", help="print the equivalent mutants and their reasons")
+    ap.add_argument("--json", type=Path, default=ROOT / "runs" / "mutate" / "last.json", help="where to write results")
+    args = ap.parse_args(argv)
+
+    cfg = load_config()
+    settings = cfg.get("settings", {})
+    swaps = cfg.get("swaps", {})
+    equivalent = {(e["file"], e["scope"], e["old"], e["new"]): e["reason"] for e in cfg.get("equivalent", [])}
+    targets = cfg["target"]
+    if args.tests:
+        targets = [dict(t, tests=args.tests.split()) for t in targets]
+    if args.files:
+        pats = [p.strip() for p in args.files.split(",") if p.strip()]
+        targets = [t for t in targets if any(p in t["file"] or fnmatch.fnmatch(t["file"], p) for p in pats)]
+        if not targets:
+            raise SystemExit(f"mutate: no target matches --files {args.files}")
+    if args.show_equivalent:
+        for (f, scope, old, new), reason in equivalent.items():
+            print(f"{f} [{scope}] {old} -> {new}\n    {reason}")
+        return 0
+
+    pool: list[tuple[dict, Mutant]] = []
+    for t in targets:
+        for m in mutants_of(t["file"], t.get("skip", ()), swaps):
+            pool.append((t, m))
+    if args.kinds:
+        kinds = set(args.kinds.split(","))
+        pool = [(t, m) for t, m in pool if m.kind in kinds]
+    if args.lines:
+        lo, _, hi = args.lines.partition("-")
+        pool = [(t, m) for t, m in pool if int(lo) <= m.line <= int(hi or lo)]
+    total = len(pool)
+    if args.max is not None and args.max < len(pool):
+        pool = random.Random(args.seed).sample(pool, args.max)
+        pool.sort(key=lambda tm: (tm[1].file, tm[1].line, tm[1].col))
+    if args.list:
+        for _, m in pool:
+            tag = "  (equivalent)" if m.key in equivalent else ""
+            print(f"{m.kind:11s} {m.describe()}{tag}")
+        print(f"{len(pool)} of {total} mutants")
+        return 0
+
+    print(f"mutate: {len(pool)} of {total} mutants in {len(targets)} target file(s)", flush=True)
+    factor, slack = float(settings.get("timeout_factor", 3.0)), float(settings.get("timeout_slack_s", 60))
+    clean: dict[str, float] = {}
+    results = []
+    counts = dict(killed=0, survived=0, equivalent=0)
+    for i, (t, m) in enumerate(pool, 1):
+        if m.key in equivalent:
+            counts["equivalent"] += 1
+            results.append(dict(dataclasses.asdict(m), outcome="equivalent", reason=equivalent[m.key]))
+            print(f"[{i}/{len(pool)}] equivalent  {m.describe()}", flush=True)
+            continue
+        if t["file"] not in clean:
+            outcome, dt = run_tests(t["tests"], None, None)
+            if outcome != "passed":
+                raise SystemExit(f"mutate: the clean tests of {t['file']} do not pass ({outcome}): {t['tests']}")
+            clean[t["file"]] = dt
+            print(f"clean run of {t['file']}'s tests: {dt:.1f} s", flush=True)
+        outcome, dt = run_tests(t["tests"], m, factor * clean[t["file"]] + slack)
+        status = "SURVIVED" if outcome == "passed" else "killed"
+        counts["survived" if outcome == "passed" else "killed"] += 1
+        results.append(dict(dataclasses.asdict(m), outcome=outcome))
+        print(f"[{i}/{len(pool)}] {status:8s} ({outcome}, {dt:.0f} s)  {m.describe()}", flush=True)
+
+    tried = counts["killed"] + counts["survived"]
+    score = counts["killed"] / tried if tried else 1.0
+    survivors = [r for r in results if r["outcome"] == "passed"]
+    print(f"\nmutation score {100 * score:.1f}%: {counts['killed']} killed, {counts['survived']} survived, ", end="")
+    print(f"{counts['equivalent']} equivalent (of {total} mutants; {len(pool)} sampled, seed {args.seed})")
+    if survivors:
+        print("\nsurvivors (add a test that fails on each, or list it in [[equivalent]] with the reason):")
+        for r in survivors:
+            print(f"  {r['file']}:{r['line']} [{r['scope']}] {r['old']}  ->  {r['new']}")
+            print(
+                f'    [[equivalent]] file = "{r["file"]}"  scope = "{r["scope"]}"  '
+                f"old = {json.dumps(r['old'])}  new = {json.dumps(r['new'])}"
+            )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(dict(score=score, counts=counts, total=total, results=results), indent=1))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
