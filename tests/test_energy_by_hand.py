@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from sdmc import ir
-from sdmc.energy import analyze, builtin_profiles, load_profile
+from sdmc.energy import Activity, analyze, build_report, builtin_profiles, count_graph, load_profile
 
 # Costs (pJ) as published: Horowitz ISSCC 2014 (45 nm) and Davies et al. 2018 Table 2 (Loihi 1; host MACs at
 # 45 nm FP32).  Typed here by hand so that a changed profile file, or one that is loaded wrongly, fails.
@@ -43,7 +43,7 @@ COUNTS = {
     "bn2": ("norm", 2 * 16 * T, 0, 0, 0, 0),
     "ro": ("readout", 2 * 16 * T, 0, 0, 0, 0),
 }
-NFE = 5  # DDIM, 5 steps, the seed's spacing
+STEPS, NFE = 5, 6  # DDPM, 5 steps on the seed's grid (999, 799, ..., 199) plus step 0: 6 calls
 
 
 def toy_graph() -> ir.Graph:
@@ -98,7 +98,7 @@ def reports():
     g = toy_graph()
     images = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
     return {
-        name: analyze(g, images=images, calib_steps=2, steps=5, ann=False, profile=name, solver="ddim")
+        name: analyze(g, images=images, calib_steps=2, steps=STEPS, ann=False, profile=name, solver="ddpm")
         for name in PROFILES
     }
 
@@ -135,7 +135,7 @@ def test_faithful_rows_by_hand(reports, profile):
         assert s["firing_rate"] == pytest.approx(0.75)
     assert t["per_call_mJ"] == pytest.approx(per_call_pJ / 1e9, rel=1e-12)
     assert t["per_image_mJ"] == pytest.approx(NFE * per_call_pJ / 1e9, rel=1e-12)
-    assert t["per_step_mJ"] == pytest.approx(per_call_pJ / 1e9, rel=1e-12)  # DDIM: one call per step
+    assert t["per_step_mJ"] == pytest.approx(NFE / STEPS * per_call_pJ / 1e9, rel=1e-12)
     assert t["macs"] == 288 + 3 * 128 and t["sops"] == 1200
 
 
@@ -153,3 +153,14 @@ def test_paper_rows_by_hand(reports, profile):
     assert t["per_call_mJ"] == pytest.approx(sum(want.values()) / 1e9, rel=1e-12)
     assert t["per_image_mJ"] == pytest.approx(NFE * sum(want.values()) / 1e9, rel=1e-12)
     assert t["macs"] == 288 and t["sops"] == pytest.approx(0.75 * c1_dense * T)
+
+
+def test_ann_baseline_row_by_hand():
+    """The ANN baseline: dense MACs at E_MAC per call, x NFE / steps per sampling step, x NFE per image."""
+    g = toy_graph()
+    costs = count_graph(g)
+    act = Activity.uniform(costs, 0.5, T)
+    r = build_report(costs, act, load_profile("loihi1"), {}, {}, nfe=6, sampling_steps=4, ann_macs=1000)
+    assert r.ann == pytest.approx(
+        dict(macs=1000, per_call_mJ=4600 / 1e9, per_step_mJ=4600 * 1.5 / 1e9, per_image_mJ=4600 * 6 / 1e9)
+    )
