@@ -51,7 +51,7 @@ from sdmc.utils import atomic_path
 
 DT = nirsim.DT
 FORMAT = "sdmc-nir/1"
-PIPELINE = ("fold_bn", "hoist_static", "dead_code", "split_concat", "dead_code")
+PIPELINE = ("fold_bn", "hoist_static", "dead_code", "split_concat", "hoist_static", "dead_code")
 
 THRESHOLD_NOTE = (
     "NIR fires on v > v_threshold, the sdmc IR on v >= threshold; exported v_threshold = "
@@ -187,6 +187,40 @@ def _fold_fixed(g: ir.Graph, t: int | None) -> dict:
     return {"t": int(t), "folded": folded}
 
 
+def _drop_repeats(g: ir.Graph) -> None:
+    """A sum / product / concat that has a per-step operand broadcasts a static one over T itself: read the static
+    value directly, so ``repeat`` remains only where a per-step value is required (neurons, read-outs), which is
+    where the importer puts it back (NIR streams carry no static/per-step distinction)."""
+    for r in [n for n in g.order() if n.op == "repeat"]:
+        for u in g.users(r.name):
+            un = g.nodes[u]
+            if un.op in ("add", "mul", "concat") and any(g.nodes[i].type.per_step for i in un.inputs if i != r.name):
+                g.nodes[u] = un.replace(inputs=tuple(r.inputs[0] if i == r.name else i for i in un.inputs))
+        ir.infer_types(g)
+        if not g.users(r.name):
+            g.remove(r.name)
+
+
+def _canonical_repeats(g: ir.Graph) -> None:
+    """One ``repeat`` per static value, placed right before its first reader (the importer's order)."""
+    first: dict[str, str] = {}
+    for r in [n for n in g.order() if n.op == "repeat"]:
+        src = r.inputs[0]
+        if src in first:
+            g.replace_uses(r.name, first[src])
+            g.remove(r.name)
+        else:
+            first[src] = r.name
+    order: list[str] = []
+    for n in g.order():
+        if n.op == "repeat":
+            continue
+        order += [i for i in n.inputs if g.nodes[i].op == "repeat" and i not in order]
+        order.append(n.name)
+    order += [k for k in g.nodes if k not in order]  # unread repeats (dead code)
+    g.nodes = {k: g.nodes[k] for k in order}
+
+
 def _absorber(g: ir.Graph, v: str, reader: str) -> ir.Node | None:
     """A conv / linear whose output reaches ``v`` only through adds, each read by nothing else (so a
     constant added to ``v`` can go into its bias)."""
@@ -213,8 +247,10 @@ def prepare(graph: ir.Graph, t: int | None = None) -> ir.Graph:
     g = g.copy()
     ir.infer_types(g)
     _rewrite_local(g)
+    _drop_repeats(g)
     info = _fold_fixed(g, t)
     g = passes.run(ir.check(g), ["dead_code"])
+    _canonical_repeats(g)
     g.meta["nir_prepare"] = info
     return g
 
@@ -297,7 +333,10 @@ def _ex_add(c: _Ctx, n: ir.Add) -> str:
     shapes = [c.g.nodes[i].type.shape for i in n.inputs]
     if any(s != n.type.shape for s in shapes):
         raise refuse(n, f"a broadcasting sum of shapes {[list(s) for s in shapes]} (NIR fan-in sums equal shapes)")
-    return c.add(n, nir.Scale(scale=_full(n.type.shape, 1.0)))
+    if c.src(n.inputs[0]) == c.src(n.inputs[1]):  # x + x: NIR has no parallel edges, so 2 * x
+        k = c.add(n.replace(inputs=n.inputs[:1]), nir.Scale(scale=_full(n.type.shape, 2.0)), {"op": "add"})
+        return k
+    return c.add(n, nir.Scale(scale=_full(n.type.shape, 1.0)), {"op": "add"})
 
 
 def _ex_reshape(c: _Ctx, n: ir.Reshape) -> str:
@@ -392,7 +431,7 @@ EXPORT: dict[str, Callable[[_Ctx, ir.Node], str]] = {
     "conv2d": _ex_conv,
     "linear": _ex_linear,
     "add": _ex_add,
-    "scale": lambda c, n: c.add(n, nir.Scale(scale=_full(n.type.shape, n.factor))),
+    "scale": lambda c, n: c.add(n, nir.Scale(scale=_full(n.type.shape, n.factor)), {"op": "scale"}),
     "reshape": _ex_reshape,
     "if": _ex_neuron,
     "lif": _ex_neuron,
@@ -443,7 +482,11 @@ def to_nir(graph: ir.Graph, t: int | None = None, dt: float = DT, extensions: bo
     """Export ``graph`` as a NIR graph (see the module docstring); ``t`` fixes the diffusion step."""
     if not (isinstance(dt, (int, float)) and np.isfinite(dt) and dt > 0):
         raise SdmcError(f"NIR export: dt must be a positive number, got {dt!r}")
-    g = prepare(graph, t)
+    return export_prepared(prepare(graph, t), dt, extensions)
+
+
+def export_prepared(g: ir.Graph, dt: float = DT, extensions: bool = False) -> nir.NIRGraph:
+    """The NIR graph of a graph :func:`prepare` returned (mapped node for node)."""
     c = _Ctx(g, dt, extensions)
     for n in g.order():
         if n.op == "repeat":
@@ -461,7 +504,7 @@ def to_nir(graph: ir.Graph, t: int | None = None, dt: float = DT, extensions: bo
         "format": FORMAT,
         "T": g.T,
         "dt": float(dt),
-        "t": g.meta["nir_prepare"].get("t"),
+        "t": g.meta.get("nir_prepare", {}).get("t"),
         "threshold_convention": THRESHOLD_NOTE,
         "readout": "static outputs are the Output values at the last step T-1",
         "extensions": c.ext,
@@ -477,12 +520,13 @@ def to_nir(graph: ir.Graph, t: int | None = None, dt: float = DT, extensions: bo
         raise SdmcError(f"NIR export: the nir package rejects the graph: {e}") from e
 
 
-def save_nir(graph: ir.Graph, path, **kwargs) -> Path:
-    """Export ``graph`` (see :func:`to_nir`) and write it with ``nir.write`` atomically."""
+def save_nir(graph: ir.Graph | nir.NIRGraph, path, **kwargs) -> Path:
+    """Export ``graph`` (an IR graph, see :func:`to_nir`; or a ready NIR graph) and write it with ``nir.write``
+    atomically (a failure leaves any previous file in place)."""
     path = Path(path)
     if path.is_dir():
         raise SdmcError(f"{path}: is a directory; give the .nir file to write")
-    ng = to_nir(graph, **kwargs)
+    ng = graph if isinstance(graph, nir.NIRGraph) else to_nir(graph, **kwargs)
     with atomic_path(path) as tmp:
         nir.write(str(tmp), ng)
     return path

@@ -102,6 +102,8 @@ class _Ctx:
         self.g = ir.Graph(T, meta={"source": "nir"})
         self.values: dict[str, str] = {}  # NIR node -> IR value
         self.base: dict[str, str] = {}  # NIR node -> IR name to use (sdmc's record, else the NIR name)
+        self.preds: dict[str, list[str]] = {}  # NIR node -> the nodes with an edge into it
+        self.repeats: dict[str, str] = {}  # static IR value -> its repeat
 
     def name(self, k: str, suffix: str = "") -> str:
         base = re.sub(r"[^A-Za-z0-9_.]", "_", self.base.get(k, k)) + suffix
@@ -126,7 +128,12 @@ class _Ctx:
         return x if factor == 1.0 else self.add(ir.Scale(name=self.name(k, ".in_scale"), inputs=(x,), factor=factor))
 
     def per_step(self, k: str, x: str) -> str:
-        return x if self.type(x).per_step else self.add(ir.Repeat(name=self.name(k, ".repeat"), inputs=(x,)))
+        """``x`` as a per-step value: a static one is repeated over T (one ``repeat`` per static value)."""
+        if self.type(x).per_step:
+            return x
+        if x not in self.repeats:
+            self.repeats[x] = self.add(ir.Repeat(name=self.name(k, ".repeat"), inputs=(x,)))
+        return self.repeats[x]
 
 
 def _refuse(name: str, node, why: str) -> UnsupportedOpError:
@@ -144,9 +151,13 @@ def _im_affine(c: _Ctx, k: str, n, x: str) -> str:
 
 def _im_scale(c: _Ctx, k: str, n, x: str) -> str:
     s = np.asarray(n.scale, np.float64)
+    h = _hint(n)
+    if h.get("op") == "add" and np.all(s == 2.0) and len(c.preds[k]) == 1:  # sdmc's x + x
+        return c.add(ir.Add(name=c.name(k), inputs=(x, x)))
     if s.size and np.all(s == s.reshape(-1)[0]):
         f = float(s.reshape(-1)[0])
-        return x if f == 1.0 else c.add(ir.Scale(name=c.name(k), inputs=(x,), factor=f))
+        keep = h.get("op") == "scale"  # sdmc's scale node, even by 1
+        return x if f == 1.0 and not keep else c.add(ir.Scale(name=c.name(k), inputs=(x,), factor=f))
     shape = c.type(x).shape
     if s.ndim == 1:
         return c.add(ir.Linear(name=c.name(k), inputs=(x,), weight=c.param(f"{k}.weight", np.diag(s))))
@@ -411,8 +422,8 @@ def from_nir(
 
 def _translate(graph: nir.NIRGraph, meta: dict, T: int, dt: float, dtype: str | None, input_kind: str) -> ir.Graph:
     if dtype is None:
-        dtype = next((_hint(v).get("dtype") for v in graph.nodes.values() if isinstance(v, nir.Input)), None)
-        dtype = dtype if dtype in ir.graph.FLOAT_DTYPES else "float32"
+        recorded = (_hint(v).get("dtype") for v in graph.nodes.values() if isinstance(v, nir.Input))
+        dtype = next((d for d in recorded if d in ir.graph.FLOAT_DTYPES), "float32")
     c = _Ctx(graph, T, dt, dtype)
     ext = {e["node"]: e for e in meta.get("extensions", [])}
     ports = {p: e["node"] for e in ext.values() for p in e["inputs"]}
@@ -426,6 +437,7 @@ def _translate(graph: nir.NIRGraph, meta: dict, T: int, dt: float, dtype: str | 
     for k in list(ext) + list(ports):
         if k not in graph.nodes:
             raise SdmcError(f"NIR import: sdmc extension port {k!r} is not a node of the graph")
+    c.preds = preds
     for k, n in graph.nodes.items():
         c.base[k] = _hint(n).get("ir_name") or k
     rec = meta.get("order")
@@ -442,6 +454,8 @@ def _translate(graph: nir.NIRGraph, meta: dict, T: int, dt: float, dtype: str | 
             ins = [c.values[preds[p][0]] for p in ext[k]["inputs"] if preds[p]]
             if len(ins) != len(ext[k]["inputs"]):
                 raise SdmcError(f"NIR import: sdmc extension {k!r}: an input port has no incoming edge")
+            timings = [it.get("timing") for it in ext[k].get("input_types", [])]
+            ins = [c.per_step(k, v) if tm == ir.PER_STEP else v for v, tm in zip(ins, timings + [None] * len(ins))]
             c.values[k] = c.add(extension_node(ext[k], params, c.name(k), tuple(ins), lambda base, a: c.param(base, a)))
             continue
         try:
@@ -464,11 +478,13 @@ def _import_node(c: _Ctx, k: str, n, ins: list[str], input_kind: str) -> str:
     if not ins:
         raise _refuse(k, n, "no incoming edge")
     x = ins[0]
-    junction = isinstance(n, nir.Scale) and np.all(np.asarray(n.scale) == 1.0)
+    junction = isinstance(n, nir.Scale) and np.all(np.asarray(n.scale) == 1.0) and h.get("op") != "scale"
     for j, y in enumerate(ins[1:], 1):  # fan-in: the sum of the incoming edges
         last = j == len(ins) - 1
         x = c.add(ir.Add(name=c.name(k, "" if last and junction else f".sum{j}"), inputs=(x, y)))
     if isinstance(n, nir.Output):
+        if h.get("timing") == ir.PER_STEP:
+            x = c.per_step(k, x)
         return c.add(ir.Output(name=c.name(k), inputs=(x,)))
     kind = type(n).__name__
     if kind not in IMPORT:

@@ -32,10 +32,7 @@ FORMAT = "sdmc-onnx/1"
 FLOAT_DTYPES = ("float32", "float64")
 
 
-def _compute_dtype(g: ir.Graph, dtype: str | None) -> str:
-    if dtype is None:
-        floats = [n.dtype for n in g.input_nodes if n.dtype in ir.graph.FLOAT_DTYPES]
-        dtype = floats[0] if floats else "float32"
+def _compute_dtype(dtype: str) -> str:
     if dtype not in FLOAT_DTYPES:
         raise SdmcError(f"ONNX export: dtype {dtype!r} is not supported; choose one of {FLOAT_DTYPES}")
     return dtype
@@ -58,14 +55,14 @@ def to_onnx(
     graph: ir.Graph,
     form: str = "full",
     pipeline: str | list[str] | None = "inference",
-    dtype: str | None = None,
+    dtype: str = "float32",
     expose: tuple[str, ...] = (),
 ) -> onnx.ModelProto:
     """Lower ``graph`` to a checked ONNX model (opset :data:`OPSET`, standard ops only).
 
     ``form``: ``full`` (all T steps in one call, T folded into the batch) or ``step`` (one SNN step, state as
     explicit inputs/outputs).  ``pipeline``: passes run first (see :func:`prepare`).  ``dtype``: the float
-    compute dtype (default: that of the graph's float input).  ``expose``: names of further IR values to
+    compute dtype, ``float32`` (default) or ``float64`` (onnxruntime's CPU provider has no float64 Conv).  ``expose``: names of further IR values to
     output (e.g. neurons' spikes, for tests), laid out like outputs.
     """
     if form not in FORMS:
@@ -74,7 +71,7 @@ def to_onnx(
     unknown = [k for k in expose if k not in g.nodes]
     if unknown:
         raise SdmcError(f"ONNX export: expose names unknown node(s) {unknown} (after the {pipeline!r} passes)")
-    c = Lowering(g, form, _compute_dtype(g, dtype))
+    c = Lowering(g, form, _compute_dtype(dtype))
     T = g.T
     inputs, outputs, io_meta = [], [], {"inputs": [], "outputs": []}
     for n in g.input_nodes:
