@@ -44,7 +44,7 @@ from scipy.special import expit
 
 from sdmc import ir, passes
 from sdmc.errors import SdmcError
-from sdmc.ir.linear import _pair
+from sdmc.passes.rewrite import _new_param
 from sdmc.sim import golden
 from sdmc.sim import nir as nirsim
 from sdmc.utils import atomic_path
@@ -69,16 +69,6 @@ def refuse(n: ir.Node, why: str) -> Refused:
 
 
 # ------------------------------------------------------------------------------------------ prepare
-def _new_param(g: ir.Graph, base: str, value: np.ndarray, like: str | None = None) -> str:
-    name, i = base, 0
-    while name in g.params:
-        i += 1
-        name = f"{base}_{i}"
-    dtype = g.params[like].dtype if like is not None else np.float64
-    g.add_param(name, np.asarray(value, dtype=dtype))
-    return name
-
-
 def _rewrite_bn(g: ir.Graph, n: ir.BatchNorm) -> ir.Node:
     """Eval BatchNorm as ``x * s + (beta - mean * s)``, ``s = gamma / sqrt(var + eps)``: a 1x1 conv (``[C, H, W]``
     values) or a linear (``[C]``) with the diagonal weight ``diag(s)`` (NIR's type rules miscount the
@@ -312,9 +302,9 @@ def _ex_conv(c: _Ctx, n: ir.Conv2d) -> str:
     node = nir.Conv2d(
         input_shape=(H, W),
         weight=w,
-        stride=_pair(n.stride),
-        padding=_pair(n.padding),
-        dilation=_pair(n.dilation),
+        stride=tuple(n.stride),
+        padding=tuple(n.padding),
+        dilation=tuple(n.dilation),
         groups=int(n.groups),
         bias=b,
     )

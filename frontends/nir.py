@@ -40,6 +40,7 @@ import numpy as np
 from sdmc import ir
 from sdmc.backends.nir import extension_node, sdmc_meta
 from sdmc.errors import SdmcError, UnsupportedOpError
+from sdmc.passes.rewrite import _new_param
 from sdmc.sim import nir as nirsim
 
 DT = nirsim.DT
@@ -73,14 +74,13 @@ def read_nir(path) -> nir.NIRGraph:
         ) from None
 
 
-def _uniform(node_name: str, field: str, value) -> float:
+def _uniform(k: str, n, field: str, value) -> float:
+    """The one value of a NIR parameter array (the IR's neurons and scales share one value per node)."""
     a = np.asarray(value, np.float64)
     if a.size == 0 or not np.all(np.isfinite(a)):
-        raise UnsupportedOpError(f"NIR import: node {node_name!r}: {field} must be finite, got {a.ravel()[:4]}")
+        raise _refuse(k, n, f"{field} must be finite, got {a.ravel()[:4]}")
     if not np.all(a == a.reshape(-1)[0]):
-        raise UnsupportedOpError(
-            f"NIR import: node {node_name!r}: per-neuron {field} values (the IR's neurons share one {field})"
-        )
+        raise _refuse(k, n, f"per-neuron {field} values (the IR's neurons share one {field})")
     return float(a.reshape(-1)[0])
 
 
@@ -110,11 +110,7 @@ class _Ctx:
         return self.g.fresh_name(base if base[:1].isalpha() or base[:1] == "_" else "n_" + base)
 
     def param(self, base: str, value) -> str:
-        k, i = base, 0
-        while k in self.g.params:
-            i += 1
-            k = f"{base}_{i}"
-        return self.g.add_param(k, np.asarray(value, dtype=self.dtype))
+        return _new_param(self.g, base, np.asarray(value, dtype=self.dtype))
 
     def add(self, node: ir.Node) -> str:
         self.g.add(node)
@@ -237,15 +233,15 @@ def _neuron_attrs(h: dict, op: str, thr: float, vr: float) -> dict:
 
 
 def _im_if(c: _Ctx, k: str, n, x: str) -> str:
-    r = _uniform(k, "r", n.r)
-    thr, vr = _uniform(k, "v_threshold", n.v_threshold), _uniform(k, "v_reset", n.v_reset)
+    r = _uniform(k, n, "r", n.r)
+    thr, vr = _uniform(k, n, "v_threshold", n.v_threshold), _uniform(k, n, "v_reset", n.v_reset)
     x = c.scaled(k, c.per_step(k, x), c.dt * r)
     return c.add(ir.IF(name=c.name(k), inputs=(x,), **_neuron_attrs(_hint(n), "if", thr, vr)))
 
 
 def _lif(c: _Ctx, k: str, n, x: str, a: float, r: float, v_leak: float) -> str:
     """``v += a ((v_leak - v) + r x)`` then fire / reset, as an IR LIF (``tau = 1/a``)."""
-    thr, vr = _uniform(k, "v_threshold", n.v_threshold), _uniform(k, "v_reset", n.v_reset)
+    thr, vr = _uniform(k, n, "v_threshold", n.v_threshold), _uniform(k, n, "v_reset", n.v_reset)
     if not 0.0 < a < 1.0:
         raise _refuse(k, n, f"dt/tau = {a} (the IR's LIF needs 0 < dt/tau < 1, i.e. tau > dt)")
     if v_leak != vr:
@@ -261,15 +257,15 @@ def _lif(c: _Ctx, k: str, n, x: str, a: float, r: float, v_leak: float) -> str:
 
 
 def _im_lif(c: _Ctx, k: str, n, x: str) -> str:
-    a = c.dt / _uniform(k, "tau", n.tau)
-    return _lif(c, k, n, x, a, _uniform(k, "r", n.r), _uniform(k, "v_leak", n.v_leak))
+    a = c.dt / _uniform(k, n, "tau", n.tau)
+    return _lif(c, k, n, x, a, _uniform(k, n, "r", n.r), _uniform(k, n, "v_leak", n.v_leak))
 
 
 def _im_cubalif(c: _Ctx, k: str, n, x: str) -> str:
-    if c.dt / _uniform(k, "tau_syn", n.tau_syn) != 1.0:
+    if c.dt / _uniform(k, n, "tau_syn", n.tau_syn) != 1.0:
         raise _refuse(k, n, "its synaptic current persists across steps (dt != tau_syn): the IR has no synaptic filter")
-    r = _uniform(k, "r", n.r) * _uniform(k, "w_in", n.w_in)
-    return _lif(c, k, n, x, c.dt / _uniform(k, "tau_mem", n.tau_mem), r, _uniform(k, "v_leak", n.v_leak))
+    r = _uniform(k, n, "r", n.r) * _uniform(k, n, "w_in", n.w_in)
+    return _lif(c, k, n, x, c.dt / _uniform(k, n, "tau_mem", n.tau_mem), r, _uniform(k, n, "v_leak", n.v_leak))
 
 
 def _readers_stateless(c: _Ctx, k: str) -> bool:
@@ -292,14 +288,14 @@ def _im_integrator(c: _Ctx, k: str, n, x: str) -> str:
             k, n, "its potential is read by stateful nodes; the IR reads a leaky integrator only at the last step"
         )
     if isinstance(n, nir.I):
-        decay, gain = 1.0, c.dt * _uniform(k, "r", n.r)
+        decay, gain = 1.0, c.dt * _uniform(k, n, "r", n.r)
     else:
-        if _uniform(k, "v_leak", n.v_leak) != 0.0:
+        if _uniform(k, n, "v_leak", n.v_leak) != 0.0:
             raise _refuse(k, n, "a read-out leaking toward a non-zero potential has no IR form")
-        a = c.dt / _uniform(k, "tau", n.tau)
+        a = c.dt / _uniform(k, n, "tau", n.tau)
         if not 0.0 < a <= 1.0:
             raise _refuse(k, n, f"dt/tau = {a} outside (0, 1]")
-        decay, gain = 1.0 - a, a * _uniform(k, "r", n.r)
+        decay, gain = 1.0 - a, a * _uniform(k, n, "r", n.r)
         h = _hint(n)
         if h.get("op") == "membrane_readout" and isinstance(h.get("decay"), (int, float)):
             if abs(float(h["decay"]) - decay) < 1e-12 and abs(gain - 1.0) < 1e-12:
@@ -333,25 +329,25 @@ def _im_soft(c: _Ctx, k: str, n: nir.NIRGraph, x: str) -> str:
     )
     if not ok:
         raise _refuse(k, n, "a nested graph: only sdmc's soft-reset neurons are imported (the IR has no recurrence)")
-    thr, f = _uniform(k, "threshold", nodes["spike"].threshold), _uniform(k, "reset scale", nodes["reset"].scale)
+    thr, f = _uniform(k, n, "threshold", nodes["spike"].threshold), _uniform(k, n, "reset scale", nodes["reset"].scale)
     th = float(h["threshold"])
     v0 = float(h["v_init"]) if isinstance(h.get("v_init"), (int, float)) else 0.0
     v = nodes["v"]
     x = c.per_step(k, x)
     if op == "if":
         ok = np.nextafter(th - v0, -np.inf) == thr and f == -th
-        x = c.scaled(k, x, c.dt * _uniform(k, "r", v.r))
+        x = c.scaled(k, x, c.dt * _uniform(k, n, "r", v.r))
         node = ir.IF(name=c.name(k), inputs=(x,), threshold=th, v_reset=None, v_init=h.get("v_init"))
     else:
         tau, decay_input = float(h.get("tau", 0.0)), bool(h.get("decay_input", True))
-        a, r = c.dt / _uniform(k, "tau", v.tau), _uniform(k, "r", v.r)
+        a, r = c.dt / _uniform(k, n, "tau", v.tau), _uniform(k, n, "r", v.r)
         ok = (
             tau > 1.0
             and a == c.dt / (tau * c.dt)
             and np.nextafter(th, -np.inf) == thr
             and r == (1.0 if decay_input else tau)
         )
-        ok = ok and _uniform(k, "v_leak", v.v_leak) == 0.0 and np.isclose(f, -th * (1 - a) / (a * r), rtol=1e-12)
+        ok = ok and _uniform(k, n, "v_leak", v.v_leak) == 0.0 and np.isclose(f, -th * (1 - a) / (a * r), rtol=1e-12)
         node = ir.LIF(name=c.name(k), inputs=(x,), threshold=th, v_reset=None, tau=tau, decay_input=decay_input)
     if not ok:
         raise _refuse(k, n, "a soft-reset subgraph whose parameters disagree with its sdmc record")

@@ -26,7 +26,7 @@ def _f32(ins: dict) -> dict:
 
 
 def _neurons(g: ir.Graph) -> tuple[str, ...]:
-    return tuple(n.name for n in g if n.op in ir.NEURON_OPS)
+    return tuple(n.name for n in g if n.op in ir.NEURON)
 
 
 def stable_spikes(g: ir.Graph, ins: dict, eps: float = 1e-4) -> bool:

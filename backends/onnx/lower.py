@@ -152,19 +152,15 @@ class Lowering:
 Lower = Callable[[Lowering, ir.Node, list[str]], str]
 
 
-def _pair(v) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(v[0]), int(v[1])]
-
-
 def _conv(c: Lowering, x: str, w: np.ndarray, b: str | None, n, groups: int = 1, dilation=(1, 1)) -> str:
-    ph, pw = _pair(n.padding)
+    ph, pw = n.padding
     return c.op(
         "Conv",
         [x, c.const(w, f"{n.name}.weight")] + ([b] if b is not None else []),
         n.name,
-        strides=_pair(n.stride),
+        strides=list(n.stride),
         pads=[ph, pw, ph, pw],
-        dilations=_pair(dilation),
+        dilations=list(dilation),
         group=int(groups),
     )
 
