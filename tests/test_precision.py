@@ -224,3 +224,25 @@ def test_prepare_refuses_a_precision_it_cannot_give():
     assert ex.precision.autocast == torch.bfloat16 and prepare(ex, "train", precision="bf16") is ex
     with pytest.raises(ConfigError, match="already compiled and runs in bf16"):
         prepare(ex, "train", precision="fp32")
+
+
+def test_cli_precision_flags(tmp_path, capsys):
+    from sdmc.checkpoint import save_model
+    from sdmc.cli import main
+    from sdmc.cli.base import PRECISIONS
+    from sdmc.config import ModelConfig, SdmcConfig
+    from sdmc.models import build_model
+
+    assert PRECISIONS == P.PRECISIONS  # the CLI keeps its own copy (no torch import for --help)
+    cfg = ModelConfig(arch="sddpm", ch=16, ch_mult=(1,), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8)
+    src = save_model(tmp_path / "m.safetensors", build_model(cfg).eval(), SdmcConfig(model=cfg))
+    common = [str(src), "-n", "2", "--steps", "2", "--batch-size", "2", "--no-progress"]
+    want = "int8" if P.support("cpu")["int8"] is None else "bf16"
+    assert main(["sample", *common, "--precision", want, "--out", str(tmp_path / "s")]) == 0
+    assert f"precision: {want}:" in capsys.readouterr().err
+    assert main(["sample", *common, "--eager", "--precision", want, "--out", str(tmp_path / "e")]) == 2
+    assert "drop --eager" in capsys.readouterr().err
+    for argv in (["sample", *common, "--precision", "fp8"], ["train", "--precision", "int8", "--steps", "1"]):
+        with pytest.raises(SystemExit):  # argparse refuses (train offers fp32 / bf16 only)
+            main(argv)
+    assert "invalid choice: 'int8'" in capsys.readouterr().err

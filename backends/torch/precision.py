@@ -118,18 +118,6 @@ def choose(
     )
 
 
-def add_argument(parser) -> None:
-    """``--precision {fp32,bf16,int8}`` on an ``argparse`` parser (the commands pass it to ``prepare`` /
-    ``compile_torch``, which check it against the device and say what was chosen)."""
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="executor precision: fp32 (exact, default), bf16 (weights/activations bf16, fp32 membranes), "
-        "int8 (inference: spike-input convolutions as int8 GEMMs with per-channel 8-bit weights)",
-    )
-
-
 # ------------------------------------------------------------------------------------------ quantisation
 def _round_scale(s: np.ndarray) -> np.ndarray:
     """Each scale rounded to :data:`SCALE_BITS` significant bits (so ``s * W_int``, 8 + 16 bits, is exact in

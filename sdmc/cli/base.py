@@ -20,6 +20,9 @@ SOLVERS = (
 )  # = sdmc.diffusion.solvers.SOLVER_NAMES (kept here: no torch import for --help; a test checks they agree)
 
 
+PRECISIONS = ("fp32", "bf16", "int8")  # = sdmc.backends.torch.precision.PRECISIONS (no torch import for --help)
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand: ``add_arguments(parser)`` declares its options, ``run(args)`` executes it and returns
@@ -76,6 +79,18 @@ def add_threshold(p: argparse.ArgumentParser) -> None:
 def add_device(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
     shown = "auto" if default is None else default
     p.add_argument("--device", default=default, help=f"auto, cpu, cuda, cuda:1 ... (default {shown})")
+
+
+def add_precision(p, default: str | None = "fp32", choices: tuple[str, ...] = PRECISIONS, what: str = "") -> None:
+    """``--precision``: the compiled executor's precision (checked against the device when it is built)."""
+    p.add_argument(
+        "--precision",
+        choices=choices,
+        default=default,
+        help="executor precision: fp32 (exact), bf16 (bf16 weights/activations, fp32 membranes)"
+        + (", int8 (spike-input convolutions as int8 GEMMs, 8-bit per-channel weights)" if "int8" in choices else "")
+        + f" (default {default or what})",
+    )
 
 
 def add_solver(p: argparse.ArgumentParser, *, steps: int = 50, choices: bool = True) -> None:

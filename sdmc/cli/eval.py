@@ -6,7 +6,17 @@ import argparse
 import sys
 
 from ..errors import SdmcError
-from .base import Command, add_device, add_json, add_model_args, add_progress, add_solver, add_threshold, resolve_device
+from .base import (
+    Command,
+    add_device,
+    add_json,
+    add_model_args,
+    add_precision,
+    add_progress,
+    add_solver,
+    add_threshold,
+    resolve_device,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_threshold(p)
     p.add_argument("--save-samples", help="also write the sampled images here (.npz, uint8; the first seed's)")
     add_device(p)
+    add_precision(p, default=None, what="the eager model")
     p.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--download", action="store_true", help="allow downloading the Inception weights")
     p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default 10)")
@@ -84,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             weights=args.weights,
             snn_steps=args.snn_steps,
             threshold=args.threshold,
+            precision=args.precision,
             save_samples_to=args.save_samples,
             log=log,
         )

@@ -10,6 +10,7 @@ from .base import (
     Command,
     add_device,
     add_model_args,
+    add_precision,
     add_progress,
     add_solver,
     add_solver_options,
@@ -40,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run the plain spikingjelly model instead of the compiled torch executor (the default; "
         "a .sdmc file from 'sdmc compile --backend torch' always runs compiled)",
     )
+    add_precision(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,10 +60,12 @@ def run(args: argparse.Namespace) -> int:
     if args.num < 1 or args.steps < 1 or args.batch_size < 1:
         raise SdmcError("-n, --steps and --batch-size must be >= 1")
     device = torch.device(resolve_device(args.device))
+    if args.eager and args.precision != "fp32":
+        raise SdmcError(f"--precision {args.precision} runs the compiled executor; drop --eager")
     if str(args.file).endswith(".sdmc"):
         from ..backends.torch_exec import load_compiled
 
-        model, cfg = load_compiled(args.file, device=device)
+        model, cfg = load_compiled(args.file, device=device, precision=args.precision)
         if cfg is None:
             raise SdmcError(
                 f"{args.file}: the graph records no sdmc config (compile it from a checkpoint with "
@@ -82,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.eager:  # after the Γ lookup: its cache key hashes the eager model's weights
         from ..backends.torch_exec import prepare
 
-        model = prepare(model, "inference")
+        model = prepare(model, "inference", precision=args.precision)
+    if getattr(model, "precision", None) is not None:
+        print(f"precision: {model.precision.note}", file=sys.stderr)
     images = sample_images(
         model,
         schedule,

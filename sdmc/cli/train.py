@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .base import Command, add_device, int_list
+from .base import Command, add_device, add_precision, int_list
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         const=True,
         help="train the plain spikingjelly model instead of the compiled torch executor (default)",
     )
+    add_precision(g, default=None, choices=("fp32", "bf16"), what="fp32")
     g.add_argument(
         "--threads",
         type=int,
@@ -127,6 +128,7 @@ TRAIN_OPTS = (
     "beta_1",
     "beta_T",
     "eager",
+    "precision",
 )
 
 

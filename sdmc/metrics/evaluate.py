@@ -460,6 +460,7 @@ def eval_model_file(
     save_samples_to: str | None = None,
     log: Callable[[str], None] = print,
     sampler: Callable[..., torch.Tensor] | None = None,
+    precision: str | None = None,
 ) -> EvalReport | None:
     """Draw ``n`` images from the model in ``path`` and compute ``metrics``; rank 0 returns the report.
     ``n=None``: :data:`DIGITS_EVAL_N` for digits metrics, else :data:`EVAL_N`.
@@ -468,7 +469,9 @@ def eval_model_file(
     ``c`` with seed :func:`chunk_seed` ``(seed, c)``.  Several seeds (``seed`` a list, or ``n_seeds`` seeds
     ``seed, seed+1, ...``; ``n_seeds=None``: :data:`sdmc.metrics.quality.DEFAULT_SEEDS` many for digits
     metrics, else 1): the whole evaluation runs once per seed and the report gives the mean and each seed's
-    values (the seed-to-seed spread); ``save_samples_to`` keeps the first seed's images.
+    values (the seed-to-seed spread); ``save_samples_to`` keeps the first seed's images.  ``precision``
+    (``fp32``, ``bf16``, ``int8``): sample with the compiled executor at that precision (default: the eager
+    model).
     """
     from ..checkpoint import load_model
     from ..diffusion.schedule import NoiseSchedule
@@ -484,6 +487,12 @@ def eval_model_file(
             torch.cuda.set_device(dev)
         opts.device = str(dev)
         model, cfg = load_model(path, weights=weights, snn_steps=snn_steps, device=dev)
+        if precision is not None:
+            from ..backends.torch import prepare
+
+            model = prepare(model, "inference", device=dev, precision=precision)
+            if getattr(model, "precision", None) is not None:
+                log(f"precision: {model.precision.note}")
         schedule = NoiseSchedule(cfg.diffusion)
         dataset = cfg.provenance.get("dataset")
         metrics = parse_metrics(metrics) or default_metrics(dataset, opts.ref, cfg.model.img_ch)
