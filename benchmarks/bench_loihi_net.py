@@ -19,10 +19,11 @@ import time
 
 import numpy as np
 
+from sdmc.backends.lava import network as lnet
 from sdmc.sim import loihi as lm
 
 
-def unet_net(ch: int = 128, ch_mult=(1, 2, 2, 2), blocks: int = 2, size: int = 32, seed: int = 0) -> lm.LoihiNet:
+def unet_net(ch: int = 128, ch_mult=(1, 2, 2, 2), blocks: int = 2, size: int = 32, seed: int = 0) -> lnet.LoihiNet:
     rng = np.random.default_rng(seed)
     pops, projs = [], []
     info = {"x": ((3, size, size), 0)}
@@ -34,9 +35,9 @@ def unet_net(ch: int = 128, ch_mult=(1, 2, 2, 2), blocks: int = 2, size: int = 3
         for s, kw in inputs:
             w = kw.pop("w")
             fan += int(np.prod(w.shape[1:]))
-            projs.append(lm.Projection(s, name, "conv", w, delay=depth - info[s][1] - 1, name=f"{s}->{name}", **kw))
+            projs.append(lnet.Projection(s, name, "conv", w, delay=depth - info[s][1] - 1, name=f"{s}->{name}", **kw))
         vth = int(max(1, 0.6 * np.sqrt(fan * 0.2) * 4.9))  # ~ 0.6 std of the input current at rate 0.2
-        pops.append(lm.Population(name, shape, lm.Cuba(vth=vth), depth=depth))
+        pops.append(lnet.Population(name, shape, lnet.Cuba(vth=vth), depth=depth))
         info[name] = (shape, depth)
         return name
 
@@ -68,17 +69,17 @@ def unet_net(ch: int = 128, ch_mult=(1, 2, 2, 2), blocks: int = 2, size: int = 3
         if i:
             s *= 2
             h = pop(f"up{i}", (c, s, s), [(h, conv(c, c, upsample=2))])
-    return lm.check_net(lm.LoihiNet((lm.Source("x", (3, size, size), bits=8),), tuple(pops), tuple(projs), (h,)))
+    return lnet.check_net(lnet.LoihiNet((lnet.Source("x", (3, size, size), bits=8),), tuple(pops), tuple(projs), (h,)))
 
 
-def step_major(net: lm.LoihiNet, inputs: dict, steps: int) -> dict:
+def step_major(net: lnet.LoihiNet, inputs: dict, steps: int) -> dict:
     """Baseline: every step, every population, one synapse call per projection on that step's spikes."""
     B = next(iter(inputs.values())).shape[1]
     hist = {s.name: [np.zeros((B,) + s.shape, np.int64)] for s in net.sources}  # hist[n][t] = output at step t
     for s in net.sources:
         x = inputs[s.name]
         hist[s.name] += [x[t] if t < len(x) else np.zeros_like(x[0]) for t in range(steps)]
-    bias = lm.net_bias(net, None, B)
+    bias = lnet.net_bias(net, None, B)
     state = {p.name: [np.zeros((B,) + p.shape, np.int64)] * 2 for p in net.populations}
     for p in net.populations:
         hist[p.name] = [np.zeros((B,) + p.shape, bool)]
@@ -120,7 +121,7 @@ def main() -> None:
         t0 = time.perf_counter()
         r = lm.run_net(net, x, record_v=False)
         dt = time.perf_counter() - t0
-        al = lm.aligned_net_spikes(r, net, T)
+        al = lnet.aligned_net_spikes(r, net, T)
         rate = np.mean([s.mean() for s in al.values()])
         line = (
             f"T={T} B={a.B}: run_net {dt:.1f} s ({dt / a.B:.1f} s per sample, {T + net.max_depth} Lava steps), "
@@ -134,7 +135,7 @@ def main() -> None:
             line += f"; step-major baseline {db:.1f} s -> {db / dt:.2f}x"
         print(line, flush=True)
         if a.lava:
-            from sdmc.backends.lava.net import run_lava_net
+            from sdmc.backends.lava.lava_processes import run_lava_net
 
             t0 = time.perf_counter()
             res = run_lava_net(net, x, probe=tuple(p.name for p in net.populations), upsample=a.upsample)

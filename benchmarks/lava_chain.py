@@ -41,32 +41,33 @@ def main() -> None:
     ap.add_argument("--stock", action="store_true", help="also time Lava's stock scipy convolution")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from sdmc.backends.lava import compat, export, quantize
+    from sdmc.backends.lava import compat, netx_chain
+    from sdmc.backends.lava import network as lnet
     from sdmc.sim import loihi as lm
 
     t0 = time.perf_counter()
     compat.import_lava()
     t_import = time.perf_counter() - t0
-    from sdmc.backends.lava import run
+    from sdmc.backends.lava import run_netx_chain
 
     g = build_graph(args.ch, args.size, args.layers, args.T)
     rng = np.random.default_rng(1)
     x = (rng.random((args.T, args.batch, 2, args.size, args.size)) < 0.3).astype(np.int64)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "chain.h5")
-        q, rep = export.export_netx(g, path)
-        fchain = export.extract_chain(g)
-        quantize.evaluate(fchain, q, rep, x)
+        q, rep = netx_chain.export_netx(g, path)
+        fchain = netx_chain.extract_chain(g)
+        netx_chain.evaluate(fchain, q, rep, x)
         print(rep.format())
         L = len(q.layers)
         t0 = time.perf_counter()
         res = lm.run_chain(q, x, num_steps=args.T + L, reset_interval=args.T + L)
         t_model = time.perf_counter() - t0
-        model = lm.aligned_spikes(res, args.T)
+        model = lnet.aligned_spikes(res, args.T)
         rows = [("numpy Loihi model", t_model, None)]
         for fast in [True, False] if args.stock else [True]:
             t0 = time.perf_counter()
-            lr = run.run_netx(path, x, read_v=False, fast_conv=fast)
+            lr = run_netx_chain.run_netx(path, x, read_v=False, fast_conv=fast)
             total = time.perf_counter() - t0
             same = all(np.array_equal(a, b) for a, b in zip(lr.spikes, model))
             rows.append((f"Lava ({'fast' if fast else 'stock'} conv)", total, (lr.times, same)))

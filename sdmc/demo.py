@@ -8,7 +8,7 @@ Stages, each writing into ``--out`` and printing one summary line:
 4. ``compile``  trace to the spiking IR, run the inference and neuromorphic pass pipelines, save ``.sdmc``
                 files, check the torch executor against the golden simulator
 5. ``energy``   per-layer SOP/MAC energy report (table, JSON, Markdown, plot) next to the ANN UNet
-6. ``lava``     the whole UNet for Loihi 2 (``backends.lava.unet``): compiled with calibration on held-out
+6. ``lava``     the whole UNet for Loihi 2 (``backends.lava``): compiled with calibration on held-out
                 digits, exported to ``lava/`` (manifest + weights + host graph), read back and run host/chip
                 with sdmc's bit-exact Loihi model against the float golden (output error, spike mismatch,
                 ``lava_quantisation.txt``), one sample in Lava's fixed-point CPU simulation against that model,
@@ -324,7 +324,8 @@ class Pipeline:
     def lava(self) -> dict:
         """The whole UNet for Loihi: compile (calibrated on held-out digits), export, hybrid host/chip run with
         the numpy Loihi model against the float golden, one sample in Lava against the numpy model."""
-        from .backends.lava import compat, unet
+        from .backends import lava
+        from .backends.lava import compat
         from .frontends import trace
 
         out = self.partial
@@ -334,10 +335,10 @@ class Pipeline:
         calib = self._heldout_noised(n_cal, 0, self.seed + 11)
         inputs = self._heldout_noised(n_eval, n_cal, self.seed + 12)
         t0 = time.perf_counter()
-        net, plan, rep = unet.compile_net(graph, calib=calib, on_overflow="rescale")
+        net, plan, rep = lava.compile_net(graph, calib=calib, on_overflow="rescale")
         out["compile_seconds"] = round(time.perf_counter() - t0, 1)
-        res = unet.resources(net, plan.graph)
-        atomic_write_text(self.out / "lava_resources.txt", unet.format_resources(res, top=len(net.populations)) + "\n")
+        res = lava.resources(net, plan.graph)
+        atomic_write_text(self.out / "lava_resources.txt", lava.format_resources(res, top=len(net.populations)) + "\n")
         tot = res["totals"]
         out.update(
             populations=tot["populations"],
@@ -348,21 +349,21 @@ class Pipeline:
             loihi2_chips=tot["chips"],
             calib_output_rel_error=round(float(rep.output_error), 5),
         )
-        export = unet.export_dir(net, plan, rep, self.out / "lava", resources=res)
+        export = lava.export_dir(net, plan, rep, self.out / "lava", resources=res)
         # from here on everything runs the exported net as read back (what a user of the export gets); the
         # float reference needs the compiled graph: the export's graph.sdmc holds only the host part
         full = plan.graph
-        net, plan, manifest = unet.load_export(export)
+        net, plan, manifest = lava.load_export(export)
         out.update(export="lava/", netx_segments=len(manifest["segments"]))
         pops = [p.name for p in net.populations]
-        chk = unet.check_hybrid(net, plan, inputs, reference=full)
+        chk = lava.check_hybrid(net, plan, inputs, reference=full)
         hy, mism = chk["hybrid"], chk["spike_mismatch"]
         (o,) = [n.name for n in plan.graph.output_nodes]
         eager = self._eager64(torch.from_numpy(inputs["x"]), torch.from_numpy(inputs["t"]))
         out.update(
             eval_samples=n_eval,
             output_rel_error_vs_golden=round(chk["output_error"][o], 5),
-            output_rel_error_vs_torch=round(unet.rel_error(hy["outputs"][o], eager), 5),
+            output_rel_error_vs_torch=round(lava.rel_error(hy["outputs"][o], eager), 5),
             spike_mismatch_mean=round(float(np.mean(list(mism.values()))), 5),
             spike_mismatch_max=round(max(mism.values()), 5),
             numpy_loihi_seconds_per_sample=round(hy["times"]["run"] / n_eval, 3),
@@ -390,7 +391,7 @@ class Pipeline:
             export, manifest, {k: v[:, :n_lava] for k, v in hy["spikes"].items()}
         )
         one = {k: v[:n_lava] for k, v in inputs.items()}
-        la = unet.run_hybrid(net, plan, one, lava=True, probe=pops)
+        la = lava.run_hybrid(net, plan, one, lava=True, probe=pops)
         same = all(np.array_equal(la["spikes"][p], hy["spikes"][p][:, :n_lava]) for p in pops)
         tm = la["times"]
         out.update(

@@ -182,19 +182,19 @@ def random_inputs(graph: ir.Graph, B: int = 2, seed: int = 0) -> dict[str, np.nd
 # ------------------------------------------------------------------------------------------ LoihiNets
 @st.composite
 def loihi_nets(draw, max_pops: int = 5):
-    """A valid random :class:`sdmc.sim.loihi.LoihiNet`: 1-2 sources (unary or 6-bit graded, ``(C, H, H)``),
+    """A valid random :class:`sdmc.backends.lava.network.LoihiNet`: 1-2 sources (unary or 6-bit graded, ``(C, H, H)``),
     2..``max_pops`` populations in a random DAG, each fed by 1-2 projections (conv 1x1/3x3 with stride 2 or
     x2 upsampling where the shapes call for it, dense, identity) whose delays align the paths.  Weights are
     int8 scaled against the thresholds so that neurons fire sometimes; some populations leak (``du``,
     ``dv``), some carry per-channel or per-neuron bias."""
-    from sdmc.sim import loihi as lm
+    from sdmc.backends.lava import network as lnet
 
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     sources = []
     for i in range(draw(st.integers(1, 2))):
         sources.append(
-            lm.Source(
+            lnet.Source(
                 f"in{i}",
                 (draw(st.integers(1, 3)),) + (draw(st.sampled_from([2, 4])),) * 2,
                 bits=draw(st.sampled_from([0, 0, 6])),
@@ -267,25 +267,25 @@ def loihi_nets(draw, max_pops: int = 5):
             continue
         depth = max(nodes[s][1] for s, _ in specs) + 1 + int(draw(st.integers(0, 1)))
         for s, p in specs:
-            projs.append(lm.Projection(s, name, delay=depth - nodes[s][1] - 1, name=f"{s}->{name}", **p))
+            projs.append(lnet.Projection(s, name, delay=depth - nodes[s][1] - 1, name=f"{s}->{name}", **p))
         unary_identity = any(p["kind"] == "identity" and nodes[s][2] == 0 for s, p in specs)
         theta = int(draw(st.integers(1, 3) if unary_identity else st.integers(24, 96)))
         leak = draw(st.booleans())
-        neuron = lm.Cuba(
+        neuron = lnet.Cuba(
             vth=theta - 1,
             du=int(rng.integers(1024, 4096)) if leak else 4095,
             dv=int(rng.integers(0, 1024)) if leak else 0,
         )
         b = draw(st.sampled_from(["none", "chan", "full"]))
         bias = None if b == "none" else rng.integers(-8, 9, shape[:1] if b == "chan" else shape).astype(np.int16)
-        pops.append(lm.Population(name, shape, neuron, bias=bias, depth=depth))
+        pops.append(lnet.Population(name, shape, neuron, bias=bias, depth=depth))
         nodes[name] = (shape, depth, 0)
     if not pops:  # every drawn population was unreachable: one identity-fed population keeps it valid
         s = sources[0]
-        pops.append(lm.Population("p0", s.shape, lm.Cuba(vth=0), depth=1))
-        projs.append(lm.Projection(s.name, "p0", "identity"))
-    net = lm.LoihiNet(tuple(sources), tuple(pops), tuple(projs), (pops[-1].name,), meta={"seed": seed})
-    return lm.check_net(net)
+        pops.append(lnet.Population("p0", s.shape, lnet.Cuba(vth=0), depth=1))
+        projs.append(lnet.Projection(s.name, "p0", "identity"))
+    net = lnet.LoihiNet(tuple(sources), tuple(pops), tuple(projs), (pops[-1].name,), meta={"seed": seed})
+    return lnet.check_net(net)
 
 
 def loihi_net_inputs(net, N: int = 4, B: int = 2, seed: int = 0, p: float = 0.5) -> dict[str, np.ndarray]:

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loihi_graphs import dyadic_chain
 
 from sdmc import ir
-from sdmc.backends.lava import compat, export, install, quantize
+from sdmc.backends.lava import compat, install, netx_chain, quantize
+from sdmc.backends.lava import network as lnet
 from sdmc.sim import golden
 from sdmc.sim import loihi as lm
 
@@ -29,9 +31,9 @@ def test_install_commands_never_resolve_lavas_own_requirements():
 def lava():
     compat.install_import_fixes()
     pytest.importorskip("lava.lib.dl.netx")
-    from sdmc.backends.lava import run
+    from sdmc.backends.lava import run_netx_chain
 
-    return run
+    return run_netx_chain
 
 
 def test_fast_conv_equals_lavas_scipy_conv(lava):
@@ -49,32 +51,11 @@ def test_fast_conv_equals_lavas_scipy_conv(lava):
         assert np.array_equal(compat.conv_numpy(x, w, k, s, p, d, g), want)
 
 
-def _chain_graph(rng, T=5):
-    """conv 3x3 (+bias) -> IF -> conv 3x2 stride (2,1) -> IF(0.75) -> flatten -> linear -> IF, dyadic weights."""
-    g = ir.Graph(T)
-    g.add(ir.Input(name="x", shape=(2, 6, 5), kind="spike", timing="per-step"))
-    g.add_param("c1.w", rng.integers(-6, 10, (4, 2, 3, 3)) / 16.0)
-    g.add_param("c1.b", rng.integers(-3, 4, 4) / 16.0)
-    g.add(ir.Conv2d(name="c1", inputs=("x",), weight="c1.w", bias="c1.b", padding=(1, 1)))
-    g.add(ir.IF(name="n1", inputs=("c1",)))
-    g.add_param("c2.w", rng.integers(-6, 10, (3, 4, 3, 2)) / 16.0)
-    g.add(ir.Conv2d(name="c2", inputs=("n1",), weight="c2.w", stride=(2, 1), padding=(1, 0)))
-    g.add(ir.IF(name="n2", inputs=("c2",), threshold=0.75))
-    g.add(ir.Reshape(name="flat", inputs=("n2",), shape=(36,)))
-    g.add_param("fc.w", rng.integers(-8, 9, (5, 36)) / 8.0)
-    g.add_param("fc.b", rng.integers(-2, 3, 5) / 8.0)
-    g.add(ir.Linear(name="fc", inputs=("flat",), weight="fc.w", bias="fc.b"))
-    g.add(ir.IF(name="n3", inputs=("fc",)))
-    g.add(ir.Output(name="out", inputs=("n3",)))
-    ir.check(g)
-    return g
-
-
 def test_sequential_conv_if_chain_in_stock_netx_equals_float_golden(lava, tmp_path):
     rng = np.random.default_rng(7)
-    g = _chain_graph(rng)
+    g = dyadic_chain(rng, fc_bias=True)
     path = tmp_path / "chain.h5"
-    q, rep = export.export_netx(g, path, pow2=True)
+    q, rep = netx_chain.export_netx(g, path, pow2=True)
     assert all(r.weight_err == 0 for r in rep.layers)  # dyadic weights: lossless quantisation
     B = 2
     x = (rng.random((g.T, B, 2, 6, 5)) < 0.4).astype(np.float64)
@@ -109,7 +90,7 @@ def test_graded_image_input_in_stock_netx_equals_float_golden(lava, tmp_path):
     g.add(ir.IF(name="n2", inputs=("c2",)))
     g.add(ir.Output(name="out", inputs=("n2",)))
     path = tmp_path / "graded.h5"
-    q, _ = export.export_netx(g, path, pow2=True, input_scale=128)
+    q, _ = netx_chain.export_netx(g, path, pow2=True, input_scale=128)
     img = np.clip(np.rint(rng.uniform(-1, 1, (2, 1, 5, 5)) * 128), -127, 127) / 128
     xq = quantize.quantize_input(q, np.broadcast_to(img, (g.T,) + img.shape))
     res = lava.run_netx(path, xq, input_message_bits=16, read_v=False)
@@ -137,16 +118,16 @@ def loihi_chains(draw):
             n_in = int(np.prod(shape))
             w = rng.integers(-128, 128, (int(rng.integers(2, 6)), n_in))
             extra = {}
-        neuron = lm.Cuba(
+        neuron = lnet.Cuba(
             vth=int(rng.integers(50, 3000)),
             du=int(rng.choice([4095, rng.integers(0, 4096)])),
             dv=int(rng.choice([0, rng.integers(0, 4096)])),
         )
         bias = rng.integers(-4095, 4096, w.shape[0]) if rng.random() < 0.6 else None
-        layer = lm.LoihiLayer(kind=kind, weight=w, neuron=neuron, bias=bias, name=f"l{i}", **extra)
+        layer = lnet.LoihiLayer(kind=kind, weight=w, neuron=neuron, bias=bias, name=f"l{i}", **extra)
         layers.append(layer)
         shape = layer.out_shape(shape)
-    chain = lm.LoihiChain((2, 5, 4), tuple(layers), input_bits=16 if graded else 0)
+    chain = lnet.LoihiChain((2, 5, 4), tuple(layers), input_bits=16 if graded else 0)
     T = 4
     x = rng.integers(-3000, 3000, (T, 1, 2, 5, 4)) if graded else (rng.random((T, 1, 2, 5, 4)) < 0.5).astype(np.int64)
     return chain, x
@@ -157,7 +138,7 @@ def loihi_chains(draw):
 def test_loihi_model_equals_lava_spikes_and_voltages(lava, tmp_path, case):
     chain, x = case
     path = tmp_path / "rand.h5"
-    export.write_netx(chain, path)
+    netx_chain.write_netx(chain, path)
     res = lava.run_netx(path, x, input_message_bits=chain.input_bits)
     L = len(chain.layers)
     R = x.shape[0] + L
@@ -170,21 +151,21 @@ def test_loihi_model_equals_lava_spikes_and_voltages(lava, tmp_path, case):
 def test_current_wrap_and_voltage_saturation_match_lava(lava, tmp_path):
     """Graded inputs drive |a_in| past 2^17 units (u wraps) and v into the +-(2^23 - 1) clip."""
     w1 = np.array([[127, 127, 127, 127], [-128, -128, -128, -128], [100, -50, 3, 0], [-100, -100, -100, -100]])
-    l1 = lm.LoihiLayer(
+    l1 = lnet.LoihiLayer(
         kind="dense",
         weight=w1,
-        neuron=lm.Cuba(vth=lm.MAX_VTH, du=4095, dv=0),
+        neuron=lnet.Cuba(vth=lnet.MAX_VTH, du=4095, dv=0),
         bias=np.array([0, -4095, 17, -4095]),
         name="wrap",
     )
-    l2 = lm.LoihiLayer(kind="dense", weight=np.array([[127, -128, 5, 1]]), neuron=lm.Cuba(vth=0), name="out")
-    chain = lm.LoihiChain((4,), (l1, l2), input_bits=16)
+    l2 = lnet.LoihiLayer(kind="dense", weight=np.array([[127, -128, 5, 1]]), neuron=lnet.Cuba(vth=0), name="out")
+    chain = lnet.LoihiChain((4,), (l1, l2), input_bits=16)
     x = np.array([[300, 300, 300, 300], [100, 0, 0, 0], [-300, -300, -300, -300], [0, 0, 0, 0]])[:, None]
     path = tmp_path / "wrap.h5"
-    export.write_netx(chain, path)
+    netx_chain.write_netx(chain, path)
     model = lm.run_chain(chain, x, num_steps=6, reset_interval=6)
     u1 = model["u"][0][:, 0]
-    assert (np.abs(x[:, 0] @ w1.T) > lm.MAX_CURRENT).any()  # the drive really overflows
+    assert (np.abs(x[:, 0] @ w1.T) > lnet.MAX_CURRENT).any()  # the drive really overflows
     assert (u1[:, 0] < 0).any() and (u1[:, 1] > 0).any()  # wrapped to the other sign
     assert (model["v"][0][:, 0, 3] == -(2**23) + 1).any()  # clipped
     res = lava.run_netx(path, x, input_message_bits=16)
@@ -230,7 +211,7 @@ def test_spikingjelly_module_traced_exported_and_run_in_lava(lava, tmp_path):
     net.eval()
     g = trace(net, (1, 1, 8, 8), T=net.T)
     path = tmp_path / "sj.h5"
-    q, rep = export.export_netx(g, path)
+    q, rep = netx_chain.export_netx(g, path)
     img = torch.rand(3, 1, 8, 8) * 2 - 1
     spikes = {}
     hooks = [
@@ -244,7 +225,7 @@ def test_spikingjelly_module_traced_exported_and_run_in_lava(lava, tmp_path):
         h.remove()
     xq = quantize.quantize_input(q, np.broadcast_to(img.numpy(), (g.T,) + tuple(img.shape)))
     res = lava.run_netx(path, xq, input_message_bits=16, read_v=False)
-    model = lm.aligned_spikes(lm.run_chain(q, xq, num_steps=g.T + 3, reset_interval=g.T + 3), g.T)
+    model = lnet.aligned_spikes(lm.run_chain(q, xq, num_steps=g.T + 3, reset_interval=g.T + 3), g.T)
     for n, name in enumerate(("n1", "n2", "n3")):
         assert np.array_equal(res.spikes[n], model[n]), name
         ref = spikes[name].astype(bool)
@@ -256,9 +237,9 @@ def test_spikingjelly_module_traced_exported_and_run_in_lava(lava, tmp_path):
 def test_cli_lava_run_compares_lava_with_the_model(lava, tmp_path, capsys):
     from sdmc import cli
 
-    g = _chain_graph(np.random.default_rng(11))
+    g = dyadic_chain(np.random.default_rng(11), fc_bias=True)
     path = tmp_path / "c.h5"
-    export.export_netx(g, path)
+    netx_chain.export_netx(g, path)
     assert cli.main(["lava", "run", str(path), "--samples", "1"]) == 0
     out = capsys.readouterr().out
     assert "spikes identical to the numpy Loihi model: True" in out and "s/sample" in out

@@ -1,4 +1,4 @@
-"""LoihiNet in Lava (sdmc.backends.lava.net) against the numpy model (sdmc.sim.loihi.run_net): spikes and
+"""LoihiNet in Lava (sdmc.backends.lava.lava_processes) against the numpy model (sdmc.sim.loihi.run_net): spikes and
 voltages bit-identical.  Needs lava-nc 0.10 / lava-dl 0.6 for the Lava runs (skipped where absent)."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from scipy import sparse
 from strategies import loihi_net_inputs, loihi_nets
 
 from sdmc.backends.lava import compat
-from sdmc.backends.lava import net as ln
+from sdmc.backends.lava import lava_processes as ln
+from sdmc.backends.lava import network as lnet
 from sdmc.sim import loihi as lm
 
-NOFIRE = lm.Cuba(vth=lm.MAX_VTH)
+NOFIRE = lnet.Cuba(vth=lnet.MAX_VTH)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def assert_lava_equals_model(net, x, res, host_bias=None):
     on (earlier steps of later samples carry the previous sample's tail); aligned spikes identical."""
     m = lm.run_net(net, x, host_bias=host_bias)
     N = next(iter(x.values())).shape[0]
-    al = lm.aligned_net_spikes(m, net, N)
+    al = lnet.aligned_net_spikes(m, net, N)
     for name, raw in res.raw_spikes.items():
         d = net.depth(name)
         assert np.array_equal(raw[:, 0], m["spikes"][name][:, 0]), name
@@ -88,7 +89,7 @@ def test_projection_matrix_equals_the_model_synapse(seed, up, k, stride):
     C, H = int(rng.integers(1, 4)), int(rng.integers(2, 5))
     groups = 1 if C == 1 or rng.random() < 0.5 else C
     O = groups * int(rng.integers(1, 3))
-    pr = lm.Projection(
+    pr = lnet.Projection(
         "a",
         "b",
         "conv",
@@ -98,7 +99,7 @@ def test_projection_matrix_equals_the_model_synapse(seed, up, k, stride):
         groups=groups,
         upsample=up,
     )
-    out = lm.projection_out_shape(pr, (C, H, H))
+    out = lnet.projection_out_shape(pr, (C, H, H))
     s = rng.integers(0, 2, (3, C, H, H))
     m = ln.projection_matrix(pr, (C, H, H), out)
     assert np.array_equal((m @ s.reshape(3, -1).T).T.reshape((3,) + out), lm.projection_current(pr, s, out))
@@ -121,16 +122,16 @@ def test_two_paths_with_a_delay_line_hand_computed(lava):
     def one(v):
         return np.full((1, 1, 1, 1), v, np.int8)
 
-    x = lm.Source("x", (1, 1, 1))
-    A = lm.Population("A", (1, 1, 1), lm.Cuba(vth=4), depth=1)
-    C = lm.Population("C", (1, 1, 1), NOFIRE, depth=2)
-    net = lm.LoihiNet(
+    x = lnet.Source("x", (1, 1, 1))
+    A = lnet.Population("A", (1, 1, 1), lnet.Cuba(vth=4), depth=1)
+    C = lnet.Population("C", (1, 1, 1), NOFIRE, depth=2)
+    net = lnet.LoihiNet(
         (x,),
         (A, C),
         (
-            lm.Projection("x", "A", "conv", one(5)),
-            lm.Projection("A", "C", "conv", one(3)),
-            lm.Projection("x", "C", "conv", one(2), delay=1),
+            lnet.Projection("x", "A", "conv", one(5)),
+            lnet.Projection("A", "C", "conv", one(3)),
+            lnet.Projection("x", "C", "conv", one(2), delay=1),
         ),
         ("C",),
     )
@@ -148,33 +149,37 @@ def test_unet_parts_graded_upsample_concat_dense_identity_bias(lava):
     whose summed taps leave 8 bits (split Sparse pieces); split-weight concat of two paths of unequal depth;
     identity from the graded source to a relay population; flatten -> dense."""
     rng = np.random.default_rng(11)
-    img = lm.Source("img", (2, 4, 4), bits=8)
-    h = lm.Population("h", (3, 4, 4), lm.Cuba(vth=2999), bias=rng.integers(-20, 20, 3).astype(np.int16), depth=1)
-    d = lm.Population(
-        "d", (3, 2, 2), lm.Cuba(vth=99, du=3500, dv=300), bias=rng.integers(-5, 6, (3, 2, 2)).astype(np.int16), depth=2
+    img = lnet.Source("img", (2, 4, 4), bits=8)
+    h = lnet.Population("h", (3, 4, 4), lnet.Cuba(vth=2999), bias=rng.integers(-20, 20, 3).astype(np.int16), depth=1)
+    d = lnet.Population(
+        "d",
+        (3, 2, 2),
+        lnet.Cuba(vth=99, du=3500, dv=300),
+        bias=rng.integers(-5, 6, (3, 2, 2)).astype(np.int16),
+        depth=2,
     )
-    up = lm.Population("up", (2, 4, 4), lm.Cuba(vth=60), depth=4)
-    rel = lm.Population("rel", (2, 4, 4), lm.Cuba(vth=299), depth=1)
-    fc = lm.Population("fc", (5,), lm.Cuba(vth=30), depth=5)
+    up = lnet.Population("up", (2, 4, 4), lnet.Cuba(vth=60), depth=4)
+    rel = lnet.Population("rel", (2, 4, 4), lnet.Cuba(vth=299), depth=1)
+    fc = lnet.Population("fc", (5,), lnet.Cuba(vth=30), depth=5)
     w_up = np.full((2, 3, 3, 3), 101, np.int8)
     w_up[1] = -91
     projs = (
-        lm.Projection("img", "h", "conv", rng.integers(-30, 34, (3, 2, 3, 3)).astype(np.int8), padding=(1, 1)),
-        lm.Projection(
+        lnet.Projection("img", "h", "conv", rng.integers(-30, 34, (3, 2, 3, 3)).astype(np.int8), padding=(1, 1)),
+        lnet.Projection(
             "h", "d", "conv", rng.integers(-40, 50, (3, 3, 3, 3)).astype(np.int8), stride=(2, 2), padding=(1, 1)
         ),
-        lm.Projection("d", "up", "conv", w_up, padding=(1, 1), upsample=2, delay=1),  # |M| up to 400
-        lm.Projection("h", "up", "conv", rng.integers(-30, 50, (2, 3, 1, 1)).astype(np.int8), delay=2),
-        lm.Projection("img", "rel", "identity"),
-        lm.Projection("up", "fc", "dense", rng.integers(-20, 40, (5, 32)).astype(np.int8)),
+        lnet.Projection("d", "up", "conv", w_up, padding=(1, 1), upsample=2, delay=1),  # |M| up to 400
+        lnet.Projection("h", "up", "conv", rng.integers(-30, 50, (2, 3, 1, 1)).astype(np.int8), delay=2),
+        lnet.Projection("img", "rel", "identity"),
+        lnet.Projection("up", "fc", "dense", rng.integers(-20, 40, (5, 32)).astype(np.int8)),
     )
-    net = lm.check_net(lm.LoihiNet((img,), (h, d, up, rel, fc), projs, ("fc",)))
+    net = lnet.check_net(lnet.LoihiNet((img,), (h, d, up, rel, fc), projs, ("fc",)))
     assert len(ln.synapse_pieces(ln.projection_matrix(projs[2], (3, 2, 2), (2, 4, 4)))) > 1
     x = {"img": rng.integers(0, 256, (5, 2, 2, 4, 4))}
     host = {"h": np.array([[40, 0, -40], [-40, 40, 0]])}
     res = lava.run_lava_net(net, x, host_bias=host, probe=("h", "d", "up", "rel", "fc"), read_v=True)
     m = assert_lava_equals_model(net, x, res, host_bias=host)
-    al = lm.aligned_net_spikes(m, net, 5)
+    al = lnet.aligned_net_spikes(m, net, 5)
     assert all(0.03 < al[p].mean() < 0.97 for p in ("h", "d", "up", "rel", "fc")), {p: al[p].mean() for p in al}
     assert not np.array_equal(al["h"][:, 0], al["h"][:, 1])  # the host bias differs per sample
 
@@ -188,14 +193,14 @@ def test_property_loihi_model_equals_lava_spikes_bit_identical(lava, net, seed, 
 
 
 def test_disconnected_parts_and_a_bias_only_population_all_run(lava):
-    a, b = lm.Source("a", (2,)), lm.Source("b", (1, 2, 2), bits=4)
-    pa = lm.Population("pa", (2,), lm.Cuba(vth=0), depth=1)
-    pb = lm.Population("pb", (1, 2, 2), lm.Cuba(vth=20), depth=1)
-    pc = lm.Population("pc", (2, 1, 1), lm.Cuba(vth=9), bias=np.array([3, 4], np.int16), depth=2)
-    net = lm.LoihiNet(
+    a, b = lnet.Source("a", (2,)), lnet.Source("b", (1, 2, 2), bits=4)
+    pa = lnet.Population("pa", (2,), lnet.Cuba(vth=0), depth=1)
+    pb = lnet.Population("pb", (1, 2, 2), lnet.Cuba(vth=20), depth=1)
+    pc = lnet.Population("pc", (2, 1, 1), lnet.Cuba(vth=9), bias=np.array([3, 4], np.int16), depth=2)
+    net = lnet.LoihiNet(
         (a, b),
         (pa, pb, pc),
-        (lm.Projection("a", "pa", "identity"), lm.Projection("b", "pb", "identity")),
+        (lnet.Projection("a", "pa", "identity"), lnet.Projection("b", "pb", "identity")),
         ("pa", "pb", "pc"),
     )
     x = {"a": np.array([[[1, 0]], [[1, 1]], [[0, 1]]]), "b": np.full((3, 1, 1, 2, 2), 9)}
@@ -212,7 +217,7 @@ def test_subpixel_weight_is_upsample_then_conv(seed, u, k, dil):
     rng = np.random.default_rng(seed)
     C, O, H, W = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 4))
     pad = (dil * (k - 1)) // 2
-    pr = lm.Projection(
+    pr = lnet.Projection(
         "a",
         "b",
         "conv",
@@ -221,7 +226,7 @@ def test_subpixel_weight_is_upsample_then_conv(seed, u, k, dil):
         dilation=(dil, dil),
         upsample=u,
     )
-    out = lm.projection_out_shape(pr, (C, H, W))
+    out = lnet.projection_out_shape(pr, (C, H, W))
     sub = ln.subpixel_weight(pr, (C, H, W), out)
     if out[1:] != (H * u, W * u):  # even kernels: the output is not u times the input
         assert sub is None
@@ -237,19 +242,19 @@ def test_subpixel_weight_is_upsample_then_conv(seed, u, k, dil):
 
 def test_subpixel_upsample_in_lava_equals_the_model(lava):
     rng = np.random.default_rng(12)
-    x = lm.Source("x", (3, 3, 2))
-    d = lm.Population("d", (2, 3, 2), lm.Cuba(vth=40), depth=1)
-    up = lm.Population("up", (3, 6, 4), lm.Cuba(vth=150), depth=2)
-    up3 = lm.Population("up3", (2, 9, 6), lm.Cuba(vth=60), depth=2)
-    net = lm.LoihiNet(
+    x = lnet.Source("x", (3, 3, 2))
+    d = lnet.Population("d", (2, 3, 2), lnet.Cuba(vth=40), depth=1)
+    up = lnet.Population("up", (3, 6, 4), lnet.Cuba(vth=150), depth=2)
+    up3 = lnet.Population("up3", (2, 9, 6), lnet.Cuba(vth=60), depth=2)
+    net = lnet.LoihiNet(
         (x,),
         (d, up, up3),
         (
-            lm.Projection("x", "d", "conv", rng.integers(-20, 60, (2, 3, 3, 3)).astype(np.int8), padding=(1, 1)),
-            lm.Projection(
+            lnet.Projection("x", "d", "conv", rng.integers(-20, 60, (2, 3, 3, 3)).astype(np.int8), padding=(1, 1)),
+            lnet.Projection(
                 "d", "up", "conv", rng.integers(-60, 128, (3, 2, 3, 3)).astype(np.int8), padding=(1, 1), upsample=2
             ),
-            lm.Projection(
+            lnet.Projection(
                 "d", "up3", "conv", rng.integers(-60, 128, (2, 2, 3, 3)).astype(np.int8), padding=(1, 1), upsample=3
             ),
         ),

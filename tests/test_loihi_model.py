@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loihi_graphs import dyadic_chain
 
 from sdmc import ir
-from sdmc.backends.lava import compat, export, quantize
+from sdmc.backends.lava import compat, netx_chain, quantize
+from sdmc.backends.lava import network as lnet
+from sdmc.backends.lava.chip_resources import chain_resources
+from sdmc.backends.lava.extract import FloatChain, FloatPopulation, FloatProjection
 from sdmc.errors import SdmcError, UnsupportedOpError
 from sdmc.sim import golden
 from sdmc.sim import loihi as lm
@@ -17,7 +21,7 @@ from sdmc.sim import loihi as lm
 
 # ------------------------------------------------------------------------------------------ neuron step
 def test_cuba_if_step_hand_computed():
-    p = lm.Cuba(vth=9)  # IF: du = 4095, dv = 0; fires on v > 9*64, i.e. v >= 10 units
+    p = lnet.Cuba(vth=9)  # IF: du = 4095, dv = 0; fires on v > 9*64, i.e. v >= 10 units
     u = v = np.zeros(3, np.int64)
     u, v, s = lm.cuba_step(u, v, np.array([4, 10, -3]), 0, p)
     assert u.tolist() == [256, 640, -192] and v.tolist() == [256, 0, -192] and s.tolist() == [False, True, False]
@@ -26,14 +30,14 @@ def test_cuba_if_step_hand_computed():
 
 
 def test_cuba_decays_truncate_toward_zero():
-    p = lm.Cuba(vth=1000, du=1023, dv=2048)  # keep 3/4 of u, 1/2 of v per step
+    p = lnet.Cuba(vth=1000, du=1023, dv=2048)  # keep 3/4 of u, 1/2 of v per step
     u, v, _ = lm.cuba_step(np.array([-5, 5]), np.array([-3, 3]), np.zeros(2, np.int64), 0, p)
     # -5*3072/4096 = -3.75 -> -3 (not -4); v: -3*2048/4096 = -1.5 -> -1, plus the new u
     assert u.tolist() == [-3, 3] and v.tolist() == [-1 - 3, 1 + 3]
 
 
 def test_cuba_current_wraps_and_voltage_saturates_like_lava():
-    p = lm.Cuba(vth=lm.MAX_VTH)
+    p = lnet.Cuba(vth=lnet.MAX_VTH)
     u, v, s = lm.cuba_step(np.zeros(2, np.int64), np.zeros(2, np.int64), np.array([150000, 50000]), 0, p)
     assert u.tolist() == [150000 * 64 - 2**24, 50000 * 64]  # the reference's -112144 units
     assert u[0] // 64 == -112144
@@ -44,52 +48,31 @@ def test_cuba_current_wraps_and_voltage_saturates_like_lava():
 
 
 def test_bias_mantissa_is_int16_in_the_simulator():
-    _, v, _ = lm.cuba_step(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64), 40000, lm.Cuba(vth=5))
+    _, v, _ = lm.cuba_step(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64), 40000, lnet.Cuba(vth=5))
     assert v[0] == -25536 * 64
 
 
 def test_bad_neuron_parameters_are_rejected():
     with pytest.raises(SdmcError, match="12-bit"):
-        lm.Cuba(vth=1, du=4096)
+        lnet.Cuba(vth=1, du=4096)
     with pytest.raises(SdmcError, match="17 bit"):
-        lm.Cuba(vth=1 << 17)
+        lnet.Cuba(vth=1 << 17)
 
 
 # ------------------------------------------------------------------------------------------ chains
-def _dyadic_chain(rng, C=2, H=6, W=5, bias=True):
-    g = ir.Graph(5)
-    g.add(ir.Input(name="x", shape=(C, H, W), kind="spike", timing="per-step"))
-    g.add_param("c1.w", rng.integers(-6, 10, (4, C, 3, 3)) / 16.0)
-    if bias:
-        g.add_param("c1.b", rng.integers(-3, 4, 4) / 16.0)
-    g.add(ir.Conv2d(name="c1", inputs=("x",), weight="c1.w", bias="c1.b" if bias else None, padding=(1, 1)))
-    g.add(ir.IF(name="n1", inputs=("c1",)))
-    g.add_param("c2.w", rng.integers(-6, 10, (3, 4, 3, 2)) / 16.0)
-    g.add(ir.Conv2d(name="c2", inputs=("n1",), weight="c2.w", stride=(2, 1), padding=(1, 0)))
-    g.add(ir.IF(name="n2", inputs=("c2",), threshold=0.75))
-    n_flat = 3 * 3 * 4
-    g.add(ir.Reshape(name="flat", inputs=("n2",), shape=(n_flat,)))
-    g.add_param("fc.w", rng.integers(-8, 9, (5, n_flat)) / 8.0)
-    g.add(ir.Linear(name="fc", inputs=("flat",), weight="fc.w"))
-    g.add(ir.IF(name="n3", inputs=("fc",)))
-    g.add(ir.Output(name="out", inputs=("n3",)))
-    ir.check(g)
-    return g
-
-
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**16), B=st.integers(1, 3), bias=st.booleans())
 def test_fixed_point_chain_equals_float_golden_for_dyadic_weights(seed, B, bias):
     rng = np.random.default_rng(seed)
-    g = _dyadic_chain(rng, bias=bias)
-    fchain = export.extract_chain(g)
+    g = dyadic_chain(rng, bias=bias)
+    fchain = netx_chain.extract_chain(g)
     q, rep = quantize.quantize_chain(fchain, pow2=True)
     assert all(r.weight_err == 0 and r.bias_err == 0 for r in rep.layers)
     x = (rng.random((g.T, B) + fchain.input_shape) < 0.4).astype(np.float64)
     gold = golden.run(g, [x], all_values=True)
     L = len(q.layers)
     res = lm.run_chain(q, x, num_steps=g.T + L, reset_interval=g.T + L)
-    got = lm.aligned_spikes(res, g.T)
+    got = lnet.aligned_spikes(res, g.T)
     for name, s in zip(("n1", "n2", "n3"), got):
         assert np.array_equal(gold[name].astype(bool), s), name
     assert gold["n1"].sum() > 0
@@ -97,10 +80,10 @@ def test_fixed_point_chain_equals_float_golden_for_dyadic_weights(seed, B, bias)
 
 def test_without_reset_bias_leaks_into_the_pipeline_fill():
     rng = np.random.default_rng(3)
-    g = _dyadic_chain(rng)
-    q, _ = quantize.quantize_chain(export.extract_chain(g), pow2=True)
-    q = lm.LoihiChain(
-        q.input_shape, (lm.LoihiLayer(**{**q.layers[0].__dict__, "bias": np.full(4, 30)}),) + q.layers[1:]
+    g = dyadic_chain(rng)
+    q, _ = quantize.quantize_chain(netx_chain.extract_chain(g), pow2=True)
+    q = lnet.LoihiChain(
+        q.input_shape, (lnet.LoihiLayer(**{**q.layers[0].__dict__, "bias": np.full(4, 30)}),) + q.layers[1:]
     )
     x = (rng.random((g.T, 1) + q.input_shape) < 0.4).astype(np.int64)
     with_reset = lm.run_chain(q, x, reset_interval=g.T + 3)
@@ -131,10 +114,46 @@ def test_batchnorm_is_folded_into_the_synapse():
     g.add(ir.IF(name="n", inputs=("bn",), threshold=0.5))
     g.add(ir.Output(name="out", inputs=("n",)))
     x = (rng.random((4, 2, 3, 5, 5)) < 0.5).astype(np.float64)
-    fchain = export.extract_chain(g)
+    fchain = netx_chain.extract_chain(g)
     gold = golden.run(g, [x], all_values=True)
     # the folded float chain reproduces the BN graph's currents (spikes identical away from ties)
-    assert np.array_equal(quantize.float_reference(fchain, x)[0], gold["n"])
+    assert np.array_equal(netx_chain.float_reference(fchain, x)[0], gold["n"])
+
+
+def test_chain_export_folds_batchnorm_with_fold_bn_weights_and_its_eps():
+    """The chain export folds BN with ``passes.rewrite.fold_bn_weights`` (one fold in the code base), and that fold
+    is ``W gamma / sqrt(var + eps)``, ``(b - mean) gamma / sqrt(var + eps) + beta``: with eps = 0.25 (not the
+    usual 1e-5) dropping ``+ eps`` changes the folded values and the spikes."""
+    from sdmc.passes.rewrite import fold_bn_weights
+
+    rng = np.random.default_rng(6)
+    eps = 0.25
+    w, b = rng.normal(0, 0.6, (4, 3, 3, 3)), rng.normal(0, 0.3, 4)
+    gamma, beta = 1 + 0.3 * rng.normal(size=4), 0.3 * rng.normal(size=4)
+    mean, var = 0.2 * rng.normal(size=4), 0.05 + 0.2 * rng.random(4)  # small var: eps dominates
+    g = ir.Graph(4)
+    g.add(ir.Input(name="x", shape=(3, 5, 5), kind="spike", timing="per-step"))
+    for k, v in {"c.w": w, "c.b": b, "bn.g": gamma, "bn.b": beta, "bn.m": mean, "bn.v": var}.items():
+        g.add_param(k, v)
+    g.add(ir.Conv2d(name="c", inputs=("x",), weight="c.w", bias="c.b", padding=(1, 1)))
+    g.add(
+        ir.BatchNorm(
+            name="bn", inputs=("c",), weight="bn.g", bias="bn.b", running_mean="bn.m", running_var="bn.v", eps=eps
+        )
+    )
+    g.add(ir.IF(name="n", inputs=("bn",), threshold=0.5))
+    g.add(ir.Output(name="out", inputs=("n",)))
+    layer = netx_chain.extract_chain(ir.check(g)).layers[0]
+    fw, fb = layer.projs[0].float_weight(), layer.bias
+    want_w, want_b = fold_bn_weights(w, b, mean, var, gamma, beta, eps)
+    assert np.array_equal(fw, want_w) and np.array_equal(fb, want_b)  # the one fold, not a copy
+    k = gamma / np.sqrt(var + eps)
+    np.testing.assert_allclose(fw, w * k[:, None, None, None], rtol=1e-12)
+    np.testing.assert_allclose(fb, (b - mean) * k + beta, rtol=1e-12, atol=1e-15)
+    assert not np.allclose(fw, w * (gamma / np.sqrt(var))[:, None, None, None], rtol=0.05)  # eps matters here
+    x = (rng.random((4, 2, 3, 5, 5)) < 0.5).astype(np.float64)  # the folded chain fires as the BN graph does
+    gold = golden.run(g, [x], all_values=True)["n"]
+    assert np.array_equal(netx_chain.float_reference(netx_chain.extract_chain(g), x)[0], gold) and 0 < gold.mean() < 1
 
 
 def test_graded_static_input_chain():
@@ -146,7 +165,7 @@ def test_graded_static_input_chain():
     g.add(ir.Conv2d(name="c", inputs=("rep",), weight="c.w", padding=(1, 1)))
     g.add(ir.IF(name="n", inputs=("c",)))
     g.add(ir.Output(name="out", inputs=("n",)))
-    fchain = export.extract_chain(g)
+    fchain = netx_chain.extract_chain(g)
     assert fchain.graded_input
     q, rep = quantize.quantize_chain(fchain, pow2=True, input_scale=128)
     assert q.input_bits == 16 and rep.input_scale == 128
@@ -154,7 +173,7 @@ def test_graded_static_input_chain():
     xq = quantize.quantize_input(q, np.broadcast_to(img, (3,) + img.shape))
     res = lm.run_chain(q, xq, reset_interval=3 + 1)
     gold = golden.run(g, [img])["out"]
-    assert np.array_equal(lm.aligned_spikes(res, 3)[0], gold.astype(bool))
+    assert np.array_equal(lnet.aligned_spikes(res, 3)[0], gold.astype(bool))
 
 
 # ------------------------------------------------------------------------------------------ quantisation
@@ -170,14 +189,14 @@ def test_quantisation_error_is_reported_and_bounded():
     g.add(ir.Conv2d(name="c2", inputs=("n1",), weight="c2.w", padding=(1, 1)))
     g.add(ir.IF(name="n2", inputs=("c2",), threshold=0.997))  # threshold guidance value
     g.add(ir.Output(name="out", inputs=("n2",)))
-    fchain = export.extract_chain(g)
+    fchain = netx_chain.extract_chain(g)
     q, rep = quantize.quantize_chain(fchain)
     for r, L in zip(rep.layers, fchain.layers):
         assert r.weight_err <= 0.5 / r.scale + 1e-12  # round-to-nearest on the shared scale
         assert abs(r.theta_int / r.scale - r.theta) <= 0.5 / r.scale + 1e-12
-        assert np.abs(L.weight).max() * r.scale == pytest.approx(127, rel=1e-9)  # full 8-bit range used
+        assert np.abs(L.projs[0].float_weight()).max() * r.scale == pytest.approx(127, rel=1e-9)  # full 8-bit range
     x = (rng.random((8, 4, 4, 8, 8)) < 0.3).astype(np.float64)
-    quantize.evaluate(fchain, q, rep, x)
+    netx_chain.evaluate(fchain, q, rep, x)
     text = rep.format()
     assert "c1" in text and "mismatch" in text
     for r in rep.layers:
@@ -189,28 +208,33 @@ def test_quantisation_error_is_reported_and_bounded():
     assert rep2.layers[0].scale <= rep.layers[0].scale
 
 
+def _float_layer(name: str, w: np.ndarray, threshold: float) -> FloatPopulation:
+    """A dense netx chain layer: one float projection into IF neurons."""
+    return FloatPopulation(name, (w.shape[0],), threshold, projs=[FloatProjection(name, "input", "dense", w)])
+
+
 def test_current_overflow_names_the_layer_or_rescales():
-    fl = quantize.FloatLayer(kind="dense", weight=np.full((2, 2000), 1.0), bias=None, threshold=1.0, name="big_fc")
-    chain = quantize.FloatChain((2000,), (fl,))
+    fl = _float_layer("big_fc", np.full((2, 2000), 1.0), threshold=1.0)
+    chain = FloatChain((2000,), (fl,))
     with pytest.raises(SdmcError, match=r"layer 1 \(big_fc\).*current"):
         quantize.quantize_chain(chain)
     q, rep = quantize.quantize_chain(chain, on_overflow="rescale")
-    assert rep.layers[0].worst_current <= lm.MAX_CURRENT
+    assert rep.layers[0].worst_current <= lnet.MAX_CURRENT
     assert q.layers[0].weight.max() < 127
 
 
 def test_threshold_too_small_for_the_scale_is_an_error():
-    fl = quantize.FloatLayer(kind="dense", weight=np.array([[100.0, -50.0]]), bias=None, threshold=0.001, name="fc")
+    fl = _float_layer("fc", np.array([[100.0, -50.0]]), threshold=0.001)
     with pytest.raises(SdmcError, match=r"layer 1 \(fc\): threshold"):
-        quantize.quantize_chain(quantize.FloatChain((2,), (fl,)))
+        quantize.quantize_chain(FloatChain((2,), (fl,)))
 
 
 # ------------------------------------------------------------------------------------------ export
 def test_netx_file_layout_and_round_trip(tmp_path):
     rng = np.random.default_rng(5)
-    g = _dyadic_chain(rng)
+    g = dyadic_chain(rng)
     path = tmp_path / "net.h5"
-    q, _ = export.export_netx(g, path, pow2=True)
+    q, _ = netx_chain.export_netx(g, path, pow2=True)
     with h5py.File(path) as f:
         types = [f[f"layer/{k}/type"][0] for k in range(len(f["layer"]))]
         assert types == [b"input", b"conv", b"conv", b"flatten", b"dense"]
@@ -223,7 +247,7 @@ def test_netx_file_layout_and_round_trip(tmp_path):
         assert (n["type"][0], int(n["iDecay"][()]), int(n["vDecay"][()])) == (b"CUBA", 4096, 0)
         assert int(n["vThMant"][()]) == q.layers[0].neuron.vth == 127  # theta 1.0 at scale 128, minus 1
         assert f["layer/4/weight"].dtype.kind == "i"
-    back = export.read_netx(path)
+    back = netx_chain.read_netx(path)
     assert back.input_shape == q.input_shape and len(back.layers) == 3
     for a, b in zip(back.layers, q.layers):
         assert np.array_equal(a.weight, b.weight) and a.neuron == b.neuron and a.stride == b.stride
@@ -237,7 +261,7 @@ def test_export_rejects_what_netx_cannot_express(tmp_path):
     g.add(ir.IF(name="n", inputs=("c",), v_reset=None))
     g.add(ir.Output(name="out", inputs=("n",)))
     with pytest.raises(UnsupportedOpError, match="node 'n' \\(if\\).*soft reset"):
-        export.export_netx(g, tmp_path / "a.h5")
+        netx_chain.export_netx(g, tmp_path / "a.h5")
     g2 = ir.Graph(2)
     g2.add(ir.Input(name="x", shape=(2, 4, 4), kind="spike", timing="per-step"))
     g2.add_param("w", np.ones((2, 2, 1, 1)))
@@ -246,7 +270,7 @@ def test_export_rejects_what_netx_cannot_express(tmp_path):
     g2.add(ir.Add(name="res", inputs=("n", "n")))
     g2.add(ir.Output(name="out", inputs=("res",)))
     with pytest.raises(UnsupportedOpError, match="node 'res' \\(add\\)"):
-        export.export_netx(g2, tmp_path / "b.h5")
+        netx_chain.export_netx(g2, tmp_path / "b.h5")
     assert not (tmp_path / "a.h5").exists() and not (tmp_path / "b.h5").exists()
 
 
@@ -254,7 +278,7 @@ def test_read_netx_names_a_bad_file(tmp_path):
     p = tmp_path / "junk.h5"
     p.write_bytes(b"not hdf5")
     with pytest.raises(SdmcError, match="junk.h5"):
-        export.read_netx(p)
+        netx_chain.read_netx(p)
 
 
 # ------------------------------------------------------------------------------------------ compat
@@ -295,8 +319,8 @@ def test_fast_conv_matches_torch_layout_conv_after_netx_flip():
         st_, pd, dl = tuple(rng.integers(1, 3, 2)), tuple(rng.integers(0, 2, 2)), tuple(rng.integers(1, 3, 2))
         x = rng.integers(0, 2, (C, 7, 6))
         w = rng.integers(-9, 9, (O, C // groups, kh, kw))
-        layer = lm.LoihiLayer(
-            kind="conv", weight=w, neuron=lm.Cuba(vth=1), stride=st_, padding=pd, dilation=dl, groups=groups
+        layer = lnet.LoihiLayer(
+            kind="conv", weight=w, neuron=lnet.Cuba(vth=1), stride=st_, padding=pd, dilation=dl, groups=groups
         )
         want = lm.conv_synapse(x[None], layer)[0]
         lava_w = w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1).astype(np.int32)  # what netx hands to Lava
@@ -326,16 +350,16 @@ def _tsm_graph(p, hoisted=False):
 def test_tsm_conv_is_rejected_or_approximated_by_its_mean(tmp_path):
     g = _tsm_graph([0.5, 0.5, 0.5, 0.5])
     with pytest.raises(UnsupportedOpError, match="node 'c' \\(scaled_conv2d\\).*tsm='mean'"):
-        export.export_netx(g, tmp_path / "x.h5")
+        netx_chain.export_netx(g, tmp_path / "x.h5")
     # equal per-step scales: the mean is exact, spikes equal the golden TSM graph
-    q, rep = export.export_netx(g, tmp_path / "x.h5", tsm="mean", pow2=True, input_scale=128)
+    q, rep = netx_chain.export_netx(g, tmp_path / "x.h5", tsm="mean", pow2=True, input_scale=128)
     assert rep.tsm_approx == {"c": 0.0}
     img = np.clip(np.rint(np.random.default_rng(0).uniform(-1, 1, (2, 1, 5, 5)) * 128), -127, 127) / 128
     xq = quantize.quantize_input(q, np.broadcast_to(img, (4,) + img.shape))
-    got = lm.aligned_spikes(lm.run_chain(q, xq, reset_interval=5), 4)[0]
+    got = lnet.aligned_spikes(lm.run_chain(q, xq, reset_interval=5), 4)[0]
     assert np.array_equal(got, golden.run(g, [img])["out"].astype(bool))
     # unequal scales: approximated, and the spread is reported
-    _, rep2 = export.export_netx(_tsm_graph([0.4, 0.6, 0.5, 0.5], hoisted=True), tmp_path / "y.h5", tsm="mean")
+    _, rep2 = netx_chain.export_netx(_tsm_graph([0.4, 0.6, 0.5, 0.5], hoisted=True), tmp_path / "y.h5", tsm="mean")
     assert rep2.tsm_approx["c"] == pytest.approx(0.2)
     assert "TSM approximated" in rep2.format()
 
@@ -343,13 +367,13 @@ def test_tsm_conv_is_rejected_or_approximated_by_its_mean(tmp_path):
 def test_cli_lava_export_writes_netx_and_prints_the_report(tmp_path, capsys):
     from sdmc import cli
 
-    g = _dyadic_chain(np.random.default_rng(8))
+    g = dyadic_chain(np.random.default_rng(8))
     gpath = ir.save(g, tmp_path / "chain.sdmc")
     out = tmp_path / "chain.h5"
     assert cli.main(["lava", "export", str(gpath), "-o", str(out), "--pow2", "--check-samples", "2"]) == 0
     text = capsys.readouterr().out
     assert "mismatch" in text and "0.0000" in text and f"wrote {out}" in text and "synapses" in text
-    assert len(export.read_netx(out).layers) == 3
+    assert len(netx_chain.read_netx(out).layers) == 3
     bad = ir.Graph(2)
     bad.add(ir.Input(name="x", shape=(4,), kind="spike", timing="per-step"))
     bad.add(ir.Output(name="out", inputs=("x",)))
@@ -383,9 +407,9 @@ def test_lava_start_method_fix_tolerates_an_existing_fork_context():
 
 def test_resources_count_conv_connections_without_padding_taps():
     w = np.ones((2, 1, 3, 3), np.int64)
-    conv = lm.LoihiLayer(kind="conv", weight=w, neuron=lm.Cuba(vth=1), padding=(1, 1), name="c")
-    fc = lm.LoihiLayer(kind="dense", weight=np.ones((3, 2 * 4 * 4), np.int64), neuron=lm.Cuba(vth=1), name="fc")
-    r = lm.resources(lm.LoihiChain((1, 4, 4), (conv, fc)))
+    conv = lnet.LoihiLayer(kind="conv", weight=w, neuron=lnet.Cuba(vth=1), padding=(1, 1), name="c")
+    fc = lnet.LoihiLayer(kind="dense", weight=np.ones((3, 2 * 4 * 4), np.int64), neuron=lnet.Cuba(vth=1), name="fc")
+    r = chain_resources(lnet.LoihiChain((1, 4, 4), (conv, fc)))
     # 4x4 image, 3x3 kernel, pad 1: interior 4 pixels x 9 taps, 8 edge x 6, 4 corner x 4 = 100 per out channel
     assert r[0] == {
         "layer": "c",

@@ -1,4 +1,4 @@
-"""LoihiNet numpy model (sdmc.sim.loihi.check_net / run_net): hand-computed nets, chains, a process-level
+"""LoihiNet checker and numpy model (sdmc.backends.lava.network.check_net, sdmc.sim.loihi.run_net): hand-computed nets, chains, a process-level
 reference, contract errors.  Lava equality is tests/test_lava_net.py."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from strategies import loihi_net_inputs, loihi_nets
 
+from sdmc.backends.lava import network as lnet
 from sdmc.errors import SdmcError
 from sdmc.sim import loihi as lm
 
-NOFIRE = lm.Cuba(vth=lm.MAX_VTH)  # integrate only: v is the running sum of the input current
-U = 1 << lm.ACT_SHIFT  # one weight unit in the 24-bit state
+NOFIRE = lnet.Cuba(vth=lnet.MAX_VTH)  # integrate only: v is the running sum of the input current
+U = 1 << lnet.ACT_SHIFT  # one weight unit in the 24-bit state
 
 
 def one(value, shape=(1, 1, 1, 1)):
@@ -24,16 +25,16 @@ def one(value, shape=(1, 1, 1, 1)):
 # ------------------------------------------------------------------------------------------ hand-computed
 def test_two_paths_of_unequal_depth_meet_aligned_by_a_delay():
     # x -> A (w 5, theta 5: A copies x) -> C (w 3), and x -> C directly (w 2) through a delay of 1
-    x = lm.Source("x", (1, 1, 1))
-    A = lm.Population("A", (1, 1, 1), lm.Cuba(vth=4), depth=1)
-    C = lm.Population("C", (1, 1, 1), NOFIRE, depth=2)
-    net = lm.LoihiNet(
+    x = lnet.Source("x", (1, 1, 1))
+    A = lnet.Population("A", (1, 1, 1), lnet.Cuba(vth=4), depth=1)
+    C = lnet.Population("C", (1, 1, 1), NOFIRE, depth=2)
+    net = lnet.LoihiNet(
         (x,),
         (A, C),
         (
-            lm.Projection("x", "A", "conv", one(5)),
-            lm.Projection("A", "C", "conv", one(3)),
-            lm.Projection("x", "C", "conv", one(2), delay=1),
+            lnet.Projection("x", "A", "conv", one(5)),
+            lnet.Projection("A", "C", "conv", one(3)),
+            lnet.Projection("x", "C", "conv", one(2), delay=1),
         ),
         ("C",),
     )
@@ -44,22 +45,22 @@ def test_two_paths_of_unequal_depth_meet_aligned_by_a_delay():
     # C integrates 3*A[k] + 2*x[k] = 5*x[k] at step k + 3: running sums 5, 5, 10, 15
     assert (r["v"]["C"][2:6].ravel() // U).tolist() == [5, 5, 10, 15]
     assert r["v"]["C"][:2].ravel().tolist() == [0, 0]  # nothing reaches C before step 3
-    al = lm.aligned_net_spikes(r, net, 4)
+    al = lnet.aligned_net_spikes(r, net, 4)
     assert al["A"].ravel().tolist() == [1, 0, 1, 1] and al["C"].shape == (4, 1, 1, 1, 1)
     assert r["max_current"]["C"] == 5
 
 
 def test_max_current_ignores_what_arrives_before_the_reset():
     # A fires on its bias from step 1 on; B (depth 3) gets A's step-1 spike at step 3, before its reset at step 4
-    x = lm.Source("x", (1,))
-    A = lm.Population("A", (1,), lm.Cuba(vth=0), bias=np.array([1], np.int16), depth=1)
-    B = lm.Population("B", (1,), NOFIRE, depth=3)
-    net = lm.LoihiNet(
+    x = lnet.Source("x", (1,))
+    A = lnet.Population("A", (1,), lnet.Cuba(vth=0), bias=np.array([1], np.int16), depth=1)
+    B = lnet.Population("B", (1,), NOFIRE, depth=3)
+    net = lnet.LoihiNet(
         (x,),
         (A, B),
         (
-            lm.Projection("x", "A", "dense", np.zeros((1, 1), np.int8)),
-            lm.Projection("A", "B", "dense", np.full((1, 1), 9, np.int8), delay=1),
+            lnet.Projection("x", "A", "dense", np.zeros((1, 1), np.int8)),
+            lnet.Projection("A", "B", "dense", np.full((1, 1), 9, np.int8), delay=1),
         ),
         ("B",),
     )
@@ -73,15 +74,15 @@ def test_max_current_ignores_what_arrives_before_the_reset():
 
 def test_split_concat_equals_one_conv_over_the_concatenated_channels():
     rng = np.random.default_rng(1)
-    a, b = lm.Source("a", (2, 4, 4)), lm.Source("b", (1, 4, 4))
+    a, b = lnet.Source("a", (2, 4, 4)), lnet.Source("b", (1, 4, 4))
     wt = rng.integers(-9, 10, (3, 3, 3, 3)).astype(np.int8)
-    P = lm.Population("P", (3, 4, 4), NOFIRE, depth=1)
-    net = lm.LoihiNet(
+    P = lnet.Population("P", (3, 4, 4), NOFIRE, depth=1)
+    net = lnet.LoihiNet(
         (a, b),
         (P,),
         (
-            lm.Projection("a", "P", "conv", wt[:, :2].copy(), padding=(1, 1)),
-            lm.Projection("b", "P", "conv", wt[:, 2:].copy(), padding=(1, 1)),
+            lnet.Projection("a", "P", "conv", wt[:, :2].copy(), padding=(1, 1)),
+            lnet.Projection("b", "P", "conv", wt[:, 2:].copy(), padding=(1, 1)),
         ),
         ("P",),
     )
@@ -94,19 +95,19 @@ def test_split_concat_equals_one_conv_over_the_concatenated_channels():
 
 def test_upsample_conv_hand_computed_and_against_torch():
     # one spike, x2 nearest, 3x3 all-ones pad 1: every output pixel's window covers the 2x2 copies -> 4
-    x = lm.Source("x", (1, 1, 1))
-    P = lm.Population("P", (1, 2, 2), NOFIRE, depth=1)
-    net = lm.LoihiNet(
-        (x,), (P,), (lm.Projection("x", "P", "conv", one(1, (1, 1, 3, 3)), padding=(1, 1), upsample=2),), ("P",)
+    x = lnet.Source("x", (1, 1, 1))
+    P = lnet.Population("P", (1, 2, 2), NOFIRE, depth=1)
+    net = lnet.LoihiNet(
+        (x,), (P,), (lnet.Projection("x", "P", "conv", one(1, (1, 1, 3, 3)), padding=(1, 1), upsample=2),), ("P",)
     )
     r = lm.run_net(net, {"x": np.ones((2, 1, 1, 1, 1))})
     assert (r["v"]["P"][1:3, 0, 0] // U).tolist() == [[[4, 4], [4, 4]], [[8, 8], [8, 8]]]
 
     rng = np.random.default_rng(2)
     wt = rng.integers(-128, 128, (3, 2, 3, 3)).astype(np.int8)
-    x = lm.Source("x", (2, 3, 3))
-    P = lm.Population("P", (3, 6, 6), NOFIRE, depth=1)
-    net = lm.LoihiNet((x,), (P,), (lm.Projection("x", "P", "conv", wt, padding=(1, 1), upsample=2),), ("P",))
+    x = lnet.Source("x", (2, 3, 3))
+    P = lnet.Population("P", (3, 6, 6), NOFIRE, depth=1)
+    net = lnet.LoihiNet((x,), (P,), (lnet.Projection("x", "P", "conv", wt, padding=(1, 1), upsample=2),), ("P",))
     xs = rng.random((3, 2, 2, 3, 3)) < 0.5
     r = lm.run_net(net, {"x": xs})
     up = F.interpolate(torch.tensor(xs.reshape(6, 2, 3, 3), dtype=torch.float64), scale_factor=2, mode="nearest")
@@ -115,9 +116,9 @@ def test_upsample_conv_hand_computed_and_against_torch():
 
 
 def test_identity_carries_a_graded_current():
-    x = lm.Source("x", (2,), bits=8)
-    P = lm.Population("P", (2,), lm.Cuba(vth=249), depth=1)  # fires at v >= 250
-    net = lm.LoihiNet((x,), (P,), (lm.Projection("x", "P", "identity"),), ("P",))
+    x = lnet.Source("x", (2,), bits=8)
+    P = lnet.Population("P", (2,), lnet.Cuba(vth=249), depth=1)  # fires at v >= 250
+    net = lnet.LoihiNet((x,), (P,), (lnet.Projection("x", "P", "identity"),), ("P",))
     r = lm.run_net(net, {"x": np.tile([100, 30], (4, 1, 1))})
     assert r["spikes"]["P"][1:5, 0].T.astype(int).tolist() == [[0, 0, 1, 0], [0, 0, 0, 0]]
     assert (r["v"]["P"][1:5, 0].T // U).tolist() == [[100, 200, 0, 100], [30, 60, 90, 120]]
@@ -126,10 +127,10 @@ def test_identity_carries_a_graded_current():
 
 
 def test_per_channel_and_per_neuron_bias_and_the_reset_at_depth_plus_one():
-    x = lm.Source("x", (1, 1, 1))
-    pc = lm.Population("pc", (2, 1, 2), NOFIRE, bias=np.array([1, -2], np.int16), depth=3)
-    pn = lm.Population("pn", (2, 1, 2), NOFIRE, bias=np.array([[[1, 2]], [[3, -4]]], np.int16), depth=3)
-    net = lm.LoihiNet((x,), (pc, pn), (), ("pc", "pn"))
+    x = lnet.Source("x", (1, 1, 1))
+    pc = lnet.Population("pc", (2, 1, 2), NOFIRE, bias=np.array([1, -2], np.int16), depth=3)
+    pn = lnet.Population("pn", (2, 1, 2), NOFIRE, bias=np.array([[[1, 2]], [[3, -4]]], np.int16), depth=3)
+    net = lnet.LoihiNet((x,), (pc, pn), (), ("pc", "pn"))
     r = lm.run_net(net, {"x": np.zeros((2, 1, 1, 1, 1))})  # 5 steps
     assert (r["v"]["pc"][:, 0, :, 0, 0] // U).tolist() == [[1, -2], [2, -4], [3, -6], [1, -2], [2, -4]]
     assert (r["v"]["pn"][2, 0] // U).tolist() == [[[3, 6]], [[9, -12]]]  # step 3: three steps of junk
@@ -137,12 +138,12 @@ def test_per_channel_and_per_neuron_bias_and_the_reset_at_depth_plus_one():
 
 
 def test_dense_reads_the_source_flattened_in_c_h_w_order():
-    x = lm.Source("x", (2, 2, 2))
+    x = lnet.Source("x", (2, 2, 2))
     wt = np.zeros((3, 8), np.int8)
     wt[0, 1 * 4 + 0 * 2 + 1] = 7  # (c=1, h=0, w=1)
     wt[2, 0] = -3  # (c=0, h=0, w=0)
-    P = lm.Population("P", (3,), NOFIRE, depth=1)
-    net = lm.LoihiNet((x,), (P,), (lm.Projection("x", "P", "dense", wt),), ("P",))
+    P = lnet.Population("P", (3,), NOFIRE, depth=1)
+    net = lnet.LoihiNet((x,), (P,), (lnet.Projection("x", "P", "dense", wt),), ("P",))
     xs = np.zeros((2, 1, 2, 2, 2))
     xs[0, 0, 1, 0, 1] = 1
     xs[1, 0, 0, 0, 0] = 1
@@ -152,15 +153,15 @@ def test_dense_reads_the_source_flattened_in_c_h_w_order():
 
 def test_host_bias_is_per_sample_and_adds_to_the_static_bias():
     rng = np.random.default_rng(3)
-    x = lm.Source("x", (2, 3, 3))
-    P = lm.Population("P", (2, 3, 3), lm.Cuba(vth=20), bias=np.array([2, -1], np.int16), depth=1)
+    x = lnet.Source("x", (2, 3, 3))
+    P = lnet.Population("P", (2, 3, 3), lnet.Cuba(vth=20), bias=np.array([2, -1], np.int16), depth=1)
     wt = rng.integers(-20, 40, (2, 2, 3, 3)).astype(np.int8)
 
     def mk(bias):
-        return lm.LoihiNet(
+        return lnet.LoihiNet(
             (x,),
-            (lm.Population("P", P.shape, P.neuron, bias=bias, depth=1),),
-            (lm.Projection("x", "P", "conv", wt, padding=(1, 1)),),
+            (lnet.Population("P", P.shape, P.neuron, bias=bias, depth=1),),
+            (lnet.Projection("x", "P", "conv", wt, padding=(1, 1)),),
             ("P",),
         )
 
@@ -181,30 +182,30 @@ def test_host_bias_is_per_sample_and_adds_to_the_static_bias():
 
 # ------------------------------------------------------------------------------------------ chains
 def _chain(rng, input_bits=0):
-    L1 = lm.LoihiLayer(
+    L1 = lnet.LoihiLayer(
         "conv",
         rng.integers(-40, 60, (4, 2, 3, 3)).astype(np.int8),
-        lm.Cuba(vth=63),
+        lnet.Cuba(vth=63),
         bias=rng.integers(-3, 4, 4).astype(np.int16),
         padding=(1, 1),
         name="c1",
     )
-    L2 = lm.LoihiLayer(
+    L2 = lnet.LoihiLayer(
         "conv",
         rng.integers(-40, 60, (3, 4, 3, 2)).astype(np.int8),
-        lm.Cuba(vth=50, du=3000, dv=200),
+        lnet.Cuba(vth=50, du=3000, dv=200),
         stride=(2, 1),
         padding=(1, 0),
         name="c2",
     )
-    L3 = lm.LoihiLayer(
+    L3 = lnet.LoihiLayer(
         "dense",
         rng.integers(-30, 50, (5, 36)).astype(np.int8),
-        lm.Cuba(vth=40),
+        lnet.Cuba(vth=40),
         bias=rng.integers(-3, 4, 5).astype(np.int16),
         name="fc",
     )
-    return lm.LoihiChain((2, 6, 5), (L1, L2, L3), input_bits=input_bits)
+    return lnet.LoihiChain((2, 6, 5), (L1, L2, L3), input_bits=input_bits)
 
 
 @pytest.mark.parametrize("bits", [0, 8])
@@ -212,7 +213,7 @@ def test_run_net_equals_run_chain_on_a_chain(bits):
     rng = np.random.default_rng(4 + bits)
     chain = _chain(rng, bits)
     x = rng.integers(0, 2 if bits == 0 else 40, (6, 2, 2, 6, 5))
-    net = lm.net_from_chain(chain)
+    net = lnet.net_from_chain(chain)
     assert [p.depth for p in net.populations] == [1, 2, 3] and net.outputs == ("layer3",)
     rn = lm.run_net(net, {"input": x})
     rc = lm.run_chain(chain, x, reset_interval=6 + 3, reset_offset=1)
@@ -220,8 +221,8 @@ def test_run_net_equals_run_chain_on_a_chain(bits):
         assert np.array_equal(rn["spikes"][p.name], rc["spikes"][i])
         assert np.array_equal(rn["v"][p.name], rc["v"][i])
     assert all(s.mean() > 0.05 for s in rc["spikes"])
-    al = lm.aligned_net_spikes(rn, net, 6)
-    assert all(np.array_equal(al[f"layer{n}"], a) for n, a in enumerate(lm.aligned_spikes(rc, 6), start=1))
+    al = lnet.aligned_net_spikes(rn, net, 6)
+    assert all(np.array_equal(al[f"layer{n}"], a) for n, a in enumerate(lnet.aligned_spikes(rc, 6), start=1))
 
 
 # ------------------------------------------------------------------------------------------ process-level reference
@@ -250,7 +251,7 @@ def _process_reference(net, inputs, steps):
                 u[p.name][...] = 0
                 v[p.name][...] = 0
             u[p.name], v[p.name], s = lm.cuba_step(
-                u[p.name], v[p.name], a_in, lm.net_bias(net, None, B)[p.name], p.neuron
+                u[p.name], v[p.name], a_in, lnet.net_bias(net, None, B)[p.name], p.neuron
             )
             out[p.name] = s.astype(np.int64)
             spikes[p.name].append(s)
@@ -287,7 +288,7 @@ def test_the_strategy_makes_nets_that_fire():
     @settings(max_examples=15, deadline=None, derandomize=True)
     @given(loihi_nets())
     def collect(net):
-        al = lm.aligned_net_spikes(lm.run_net(net, loihi_net_inputs(net)), net, 4)
+        al = lnet.aligned_net_spikes(lm.run_net(net, loihi_net_inputs(net)), net, 4)
         rates.extend(float(s.mean()) for s in al.values())
 
     collect()
@@ -296,20 +297,20 @@ def test_the_strategy_makes_nets_that_fire():
 
 # ------------------------------------------------------------------------------------------ contract errors
 def _base(**kw):
-    x = lm.Source("x", (2, 4, 4), bits=kw.pop("bits", 0))
-    A = lm.Population(
-        "A", kw.pop("A_shape", (3, 4, 4)), lm.Cuba(vth=10), bias=kw.pop("bias", None), depth=kw.pop("A_depth", 1)
+    x = lnet.Source("x", (2, 4, 4), bits=kw.pop("bits", 0))
+    A = lnet.Population(
+        "A", kw.pop("A_shape", (3, 4, 4)), lnet.Cuba(vth=10), bias=kw.pop("bias", None), depth=kw.pop("A_depth", 1)
     )
     proj = dict(src="x", dst="A", kind="conv", weight=np.zeros((3, 2, 3, 3), np.int8), padding=(1, 1))
     proj.update(kw.pop("proj", {}))
     pops = kw.pop("pops", (A,))
-    return lm.LoihiNet((x,), pops, (lm.Projection(**proj),) + kw.pop("more", ()), kw.pop("outputs", ("A",)))
+    return lnet.LoihiNet((x,), pops, (lnet.Projection(**proj),) + kw.pop("more", ()), kw.pop("outputs", ("A",)))
 
 
 @pytest.mark.parametrize(
     "kw, msg",
     [
-        (dict(pops=(lm.Population("x", (1,), lm.Cuba(vth=1)),), proj=dict(dst="x")), "'x': the name is used twice"),
+        (dict(pops=(lnet.Population("x", (1,), lnet.Cuba(vth=1)),), proj=dict(dst="x")), "'x': the name is used twice"),
         (dict(bits=25), "bits must be 0 .* 1..24, got 25"),
         (dict(A_shape=(3, 4)), "population 'A': shape must be"),
         (dict(A_depth=0), "depth must be an integer >= 1"),
@@ -352,10 +353,10 @@ def _base(**kw):
         (
             dict(
                 pops=(
-                    lm.Population("B", (3, 4, 4), lm.Cuba(vth=1), depth=2),
-                    lm.Population("A", (3, 4, 4), lm.Cuba(vth=1)),
+                    lnet.Population("B", (3, 4, 4), lnet.Cuba(vth=1), depth=2),
+                    lnet.Population("A", (3, 4, 4), lnet.Cuba(vth=1)),
                 ),
-                more=(lm.Projection("A", "B", "identity"),),
+                more=(lnet.Projection("A", "B", "identity"),),
             ),
             "population 'A' does not come before 'B'; .* topological order",
         ),
@@ -363,11 +364,11 @@ def _base(**kw):
 )
 def test_check_net_names_what_and_where(kw, msg):
     with pytest.raises(SdmcError, match=msg):
-        lm.check_net(_base(**kw))
+        lnet.check_net(_base(**kw))
 
 
 def test_check_net_accepts_the_base_and_run_net_checks_inputs():
-    net = lm.check_net(_base())
+    net = lnet.check_net(_base())
     with pytest.raises(SdmcError, match="no input for source 'x'"):
         lm.run_net(net, {})
     with pytest.raises(SdmcError, match=r"input 'x' must be \[N, B, 2, 4, 4\], got \[3, 1, 2, 4\]"):
@@ -377,7 +378,7 @@ def test_check_net_accepts_the_base_and_run_net_checks_inputs():
     with pytest.raises(SdmcError, match=r"unknown sources \['y'\]"):
         lm.run_net(net, {"x": np.zeros((3, 1, 2, 4, 4)), "y": np.zeros(1)})
     with pytest.raises(SdmcError, match="needs 6 steps for N = 5"):
-        lm.aligned_net_spikes(lm.run_net(net, {"x": np.zeros((3, 1, 2, 4, 4))}), net, 5)
+        lnet.aligned_net_spikes(lm.run_net(net, {"x": np.zeros((3, 1, 2, 4, 4))}), net, 5)
 
 
 @pytest.mark.parametrize("graded", [False, True])
@@ -393,3 +394,26 @@ def test_exact_conv_float32_path_equals_float64_up_to_its_bound(graded):
         wg = w[:, : 64 // g] if g < 64 else np.repeat(w[:1, :1], 64, axis=0)
         ref = np.rint(lm.conv2d_f64(x, wg, s, (1, 0), (1, 2), g)).astype(np.int64)
         assert np.array_equal(lm.exact_conv(x, wg, s, (1, 0), (1, 2), g, bound), ref)
+
+
+def test_simulator_imports_only_the_network_ir_and_the_backend_loads_lazily():
+    """``sdmc.sim.loihi`` imports the data model (``backends.lava.network``) and nothing else of the backend, whose
+    package loads its modules on first use (so no import cycle runs through it); every public name resolves to
+    what its module defines (``resources`` / ``segments`` are functions, not modules)."""
+    import ast
+    import inspect
+    import types
+
+    import sdmc.backends.lava as L
+
+    def imported(mod) -> set[str]:
+        tree = ast.parse(inspect.getsource(mod))
+        return {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+        }
+
+    assert {m for m in imported(lm) if m.startswith("sdmc.backends")} == {"sdmc.backends.lava.network"}
+    assert not any(m.startswith(".") or m.startswith("sdmc") for m in imported(L))  # nothing eager
+    for name in L.__all__:
+        obj = getattr(L, name)
+        assert not isinstance(obj, types.ModuleType) and obj.__module__.startswith("sdmc.backends.lava."), name

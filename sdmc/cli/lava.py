@@ -77,13 +77,13 @@ def run_install(args: argparse.Namespace) -> int:
 def run_resources(args: argparse.Namespace) -> int:
     import json
 
-    from ..backends.lava import unet
+    from ..backends import lava
 
     graph = load_graph(args)
     # the counts depend on shapes only: compile leniently (mean TSM, rescaled overflow) so any model reports
-    net, plan, _ = unet.compile_net(graph, tsm="mean", on_overflow="rescale")
-    res = unet.resources(net, plan.graph)
-    print(json.dumps(res, indent=1) if args.json else unet.format_resources(res, top=args.top))
+    net, plan, _ = lava.compile_net(graph, tsm="mean", on_overflow="rescale")
+    res = lava.resources(net, plan.graph)
+    print(json.dumps(res, indent=1) if args.json else lava.format_resources(res, top=args.top))
     return 0
 
 
@@ -91,18 +91,18 @@ def run_export(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import ir
-    from ..backends.lava import export, quantize
+    from ..backends.lava import netx_chain
 
     graph = ir.load(args.graph)
-    chain, report = export.export_netx(
+    chain, report = netx_chain.export_netx(
         graph, args.out, pow2=args.pow2, on_overflow=args.on_overflow, input_scale=args.input_scale, tsm=args.tsm
     )
     if args.check_samples > 0:
         rng = np.random.default_rng(args.seed)
-        fchain = export.extract_chain(graph, tsm=args.tsm)
+        fchain = netx_chain.extract_chain(graph, tsm=args.tsm)
         shape = (graph.T, args.check_samples) + tuple(chain.input_shape)
         x = rng.uniform(-1, 1, shape) if fchain.graded_input else (rng.random(shape) < 0.3).astype(float)
-        quantize.evaluate(fchain, chain, report, x)
+        netx_chain.evaluate(fchain, chain, report, x)
     print(report.format())
     print(
         f"wrote {args.out}: {len(chain.layers)} layers, input {list(chain.input_shape)} "
@@ -114,17 +114,20 @@ def run_export(args: argparse.Namespace) -> int:
 def run_run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..backends.lava import export, run
-    from ..sim import loihi as lm
+    from ..backends.lava import netx_chain, run_netx_chain
+    from ..backends.lava.network import aligned_spikes
+    from ..sim.loihi import run_chain
 
     rng = np.random.default_rng(args.seed)
-    chain = export.read_netx(args.file)
+    chain = netx_chain.read_netx(args.file)
     T = args.steps or int(chain.meta.get("T", 4))
     shape = (T, args.samples) + tuple(chain.input_shape)
     x = rng.integers(-127, 128, shape) if chain.input_bits else (rng.random(shape) < args.density).astype(np.int64)
-    res = run.run_netx(args.file, x, input_message_bits=chain.input_bits, read_v=False, fast_conv=not args.stock_conv)
+    res = run_netx_chain.run_netx(
+        args.file, x, input_message_bits=chain.input_bits, read_v=False, fast_conv=not args.stock_conv
+    )
     L = len(chain.layers)
-    model = lm.aligned_spikes(lm.run_chain(chain, x, num_steps=T + L, reset_interval=T + L), T)
+    model = aligned_spikes(run_chain(chain, x, num_steps=T + L, reset_interval=T + L), T)
     same = all(np.array_equal(a, b) for a, b in zip(res.spikes, model))
     t = res.times
     print(

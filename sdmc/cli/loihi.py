@@ -1,5 +1,5 @@
 """``sdmc export`` (the spiking core for Loihi: netx segments + manifest) and ``sdmc sim`` (the model with its
-spiking core as Loihi runs it), both through :mod:`sdmc.backends.lava.unet`."""
+spiking core as Loihi runs it), both through :mod:`sdmc.backends.lava`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def add_model_file(p: argparse.ArgumentParser) -> None:
 
 
 def add_compile_options(p: argparse.ArgumentParser) -> None:
-    """The options of :func:`sdmc.backends.lava.unet.compile_net` and of the check inputs."""
+    """The options of :func:`sdmc.backends.lava.compiler.compile_net` and of the check inputs."""
     p.add_argument(
         "--tsm",
         choices=["reject", "mean"],
@@ -83,21 +83,21 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     if args.backend not in EXPORT_BACKENDS:
         raise SdmcError(f"--backend {args.backend}: not implemented yet (only --backend lava exports)")
-    from ..backends.lava import unet
+    from ..backends import lava
     from ..sim.inputs import noised_inputs
 
     graph = load_graph(args)
     calib = noised_inputs(graph, args.calib, args.step, args.seed) if args.calib > 0 else None
-    net, plan, report = unet.compile_net(graph, calib=calib, **compile_options(args))
-    res = unet.resources(net, plan.graph)
-    out = unet.export_dir(net, plan, report, args.out, resources=res)
+    net, plan, report = lava.compile_net(graph, calib=calib, **compile_options(args))
+    res = lava.resources(net, plan.graph)
+    out = lava.export_dir(net, plan, report, args.out, resources=res)
     print(report.format())
     if args.resources:
-        print(unet.format_resources(res))
+        print(lava.format_resources(res))
     t = res["totals"]
     print(
         f"wrote {out}: {t['populations']} populations, {t['projections']} projections, {t['sources']} sources, "
-        f"depth {t['depth']}, {len(unet.segments(net))} netx segment(s), T={graph.T}"
+        f"depth {t['depth']}, {len(lava.segments(net))} netx segment(s), T={graph.T}"
     )
     return 0
 
@@ -114,16 +114,16 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
 def run_sim(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..backends.lava import unet
+    from ..backends import lava
     from ..sim.inputs import noised_inputs
 
     if args.samples < 1:
         raise SdmcError(f"--samples must be >= 1, got {args.samples}")
     graph = load_graph(args)
-    net, plan, report = unet.compile_net(graph, **compile_options(args))
+    net, plan, report = lava.compile_net(graph, **compile_options(args))
     inputs = noised_inputs(plan.graph, args.samples, args.step, args.seed)
     pops = [p.name for p in net.populations]
-    chk = unet.check_hybrid(net, plan, inputs, lava=args.lava)
+    chk = lava.check_hybrid(net, plan, inputs, lava=args.lava)
     hy, ref, mism, wall = chk["hybrid"], chk["golden"], chk["spike_mismatch"], chk["seconds"]
     where = "Lava (Loihi2SimCfg fixed_pt)" if args.lava else "numpy Loihi model"
     print(
@@ -137,12 +137,12 @@ def run_sim(args: argparse.Namespace) -> int:
             + ", ".join(f"{k} {v:.2f}" for k, v in hy["times"].items())
             + " (first_run: compile + first sample; run: the other samples)"
         )
-    tref = unet.torch_reference(graph, inputs, threshold=args.threshold)
+    tref = lava.torch_reference(graph, inputs, threshold=args.threshold)
     for o in (n.name for n in plan.graph.output_nodes):
         print(
             f"output {o}: relative error vs float golden {chk['output_error'][o]:.4g}, vs "
-            f"torch executor (float64) {unet.rel_error(hy['outputs'][o], tref[o]):.4g}; torch executor vs float "
-            f"golden {unet.rel_error(tref[o], ref[o]):.3g}"
+            f"torch executor (float64) {lava.rel_error(hy['outputs'][o], tref[o]):.4g}; torch executor vs float "
+            f"golden {lava.rel_error(tref[o], ref[o]):.3g}"
         )
     worst = sorted(mism.items(), key=lambda kv: -kv[1])[:5]
     print(
@@ -154,7 +154,7 @@ def run_sim(args: argparse.Namespace) -> int:
     if args.lava:
         ints, _ = plan.quantize_currents(plan.float_currents(inputs, args.samples))
         ints.update({k: (np.asarray(inputs[k]) != 0).astype(np.int64) for k in plan.spike_inputs})
-        model, _ = unet.run_loihi(net, ints, graph.T, probe=pops)
+        model, _ = lava.run_loihi(net, ints, graph.T, probe=pops)
         same = all(np.array_equal(model[p], hy["spikes"][p]) for p in pops)
         print(f"Lava spikes identical to the numpy Loihi model in all {len(pops)} populations: {same}")
         return 0 if same else 1

@@ -1,4 +1,4 @@
-"""Custom Lava processes used by :mod:`sdmc.backends.lava.net`.
+"""Custom Lava processes used by :mod:`sdmc.backends.lava.lava_processes`.
 
 They live in their own package because Lava's compiler, when it looks for the ProcessModels of a Process,
 imports every ``.py`` module in that Process's directory (and its parent package's modules).  Keep only

@@ -1,6 +1,6 @@
-"""Run a :class:`sdmc.sim.loihi.LoihiNet` as a graph of raw Lava processes in ``Loihi2SimCfg(select_tag='fixed_pt')``.
+"""Run a :class:`~.network.LoihiNet` as a graph of raw Lava processes in ``Loihi2SimCfg(select_tag='fixed_pt')``.
 
-    from sdmc.backends.lava.net import run_lava_net
+    from sdmc.backends.lava.lava_processes import run_lava_net
     res = run_lava_net(net, {"x": x_int})        # x_int [N, B, *shape]
     res.spikes["p3"]                             # [N, B, *shape], delays removed; == aligned_net_spikes(run_net(...))
 
@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import SdmcError
-from ...sim import loihi as lm
 from . import compat
+from .network import LoihiNet, Projection, aligned_net_spikes, check_net, check_net_inputs, net_bias
 
 
 @dataclass
@@ -77,7 +77,7 @@ def lava_order(shape: tuple[int, ...]) -> np.ndarray:
     return to_lava(np.arange(n).reshape(shape)).ravel() if len(shape) == 3 else np.arange(n)
 
 
-def projection_matrix(proj: lm.Projection, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]):
+def projection_matrix(proj: Projection, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]):
     """The exact integer ``[n_dst, n_src]`` matrix of ``proj`` (scipy CSR, int64) in torch flat order:
     ``syn(s).ravel() == M @ s.ravel()`` for conv (with upsampling; no 24-bit wrap), dense and identity."""
     from scipy import sparse
@@ -161,7 +161,7 @@ def lava_conv_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(w)[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)).astype(np.int32)
 
 
-def subpixel_weight(proj: lm.Projection, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]):
+def subpixel_weight(proj: Projection, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]):
     """``conv(upsample_u(s), w)`` as a stride-1 conv of ``s`` with ``u*u*O`` channels followed by a pixel
     shuffle: returns ``(w_eff [u*u*O, C, K, K] int64, (P_h, P_w))`` with output channel ``(iy*u + jx)*O + o``
     giving pixel ``(y*u + iy, x*u + jx)`` of channel ``o``, or None when that form does not apply (stride or
@@ -213,7 +213,7 @@ class LavaProcs:
 
 
 def build_lava_net(
-    net: lm.LoihiNet,
+    net: LoihiNet,
     data: dict[str, np.ndarray],
     bias: dict[str, np.ndarray],
     reset_interval: int,
@@ -315,7 +315,7 @@ def build_lava_net(
     return LavaProcs(lif=lif, ring=ring, synapses=syn, delays=delays, links=links)
 
 
-def _link_components(net: lm.LoihiNet, lif: dict, Sparse) -> list:
+def _link_components(net: LoihiNet, lif: dict, Sparse) -> list:
     """Lava runs only the processes connected to the one ``run`` is called on: join every other weakly
     connected component that holds a population to the first population through an all-zero ``Sparse``."""
     parent = {n.name: n.name for n in tuple(net.sources) + tuple(net.populations)}
@@ -349,7 +349,7 @@ def sparse_zero(n_out: int, n_in: int):
 
 
 def run_lava_net(
-    net: lm.LoihiNet,
+    net: LoihiNet,
     inputs: dict[str, np.ndarray],
     *,
     host_bias: dict | None = None,
@@ -366,14 +366,14 @@ def run_lava_net(
     Sparse matrices would hold ~10^8 entries).  Bit-exact to
     ``run_net`` (tested); see the module docstring for the mapping and the back-to-back sample schedule.
     """
-    lm.check_net(net)
-    N, B, vals = lm.check_net_inputs(net, inputs, "run_lava_net")
+    check_net(net)
+    N, B, vals = check_net_inputs(net, inputs, "run_lava_net")
     probe = tuple(net.outputs if probe is None else probe)
     pops = {p.name: p for p in net.populations}
     for name in probe:
         if name not in pops:
             raise SdmcError(f"run_lava_net: probe {name!r} is not a population")
-    bias = lm.net_bias(net, host_bias, B)
+    bias = net_bias(net, host_bias, B)
     compat.import_lava()
     if fast_conv:
         compat.use_fast_conv()
@@ -427,7 +427,7 @@ def run_lava_net(
         times["stop"] = time.perf_counter() - t0
     raw_spikes = {k: np.stack(v, axis=1).astype(bool) for k, v in raw.items()}  # [R, B, *shape]
     raw_v = {k: np.rint(np.stack(v, axis=1)).astype(np.int64) for k, v in volts.items()} if read_v else None
-    spikes = lm.aligned_net_spikes({"spikes": raw_spikes}, net, N)
+    spikes = aligned_net_spikes({"spikes": raw_spikes}, net, N)
     return LavaNetRun(
         spikes=spikes, raw_spikes=raw_spikes, raw_v=raw_v, times=times, n_processes=procs.count() + len(ex) + len(wires)
     )

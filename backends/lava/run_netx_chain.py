@@ -23,7 +23,7 @@ import numpy as np
 
 from ...errors import SdmcError
 from . import compat
-from .net import from_lava, to_lava
+from .lava_processes import from_lava, to_lava
 
 
 @dataclass

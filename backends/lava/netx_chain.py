@@ -1,11 +1,17 @@
-"""netx HDF5 export of a purely sequential spiking chain from the IR.
+"""A sequential spiking chain as one netx HDF5 file (what ``lava.lib.dl.netx.hdf5.Network`` loads), the
+special case of the network compiler that netx expresses on its own.
 
 Accepted graphs: ``Input -> [Repeat] -> (Conv2d | ScaledConv2d | [Reshape] Linear) -> [BatchNorm] -> IF -> ... -> Output``,
 one user per value.  The input is either a per-step spike value or a real value (static then repeated, or
 per-step) that Lava receives as graded 8-bit payloads.  IF neurons must use hard reset to 0.
-BatchNorm (eval statistics) is folded into the preceding synapse::
+:func:`extract_chain` reads it with the network compiler's pieces: the ``fold_bn`` pass folds BatchNorm (eval
+statistics) into the synapse before it (:func:`sdmc.passes.rewrite.fold_bn_weights`)::
 
     W' = W * gamma / sqrt(var + eps)        b' = (b - mu) * gamma / sqrt(var + eps) + beta
+
+then :func:`.extract.float_projection` / :func:`.extract.neuron_params` give each layer as a
+:class:`~.extract.FloatPopulation`; :func:`.quantize.quantize_chain` quantises each with the population
+quantiser.  :func:`float_reference` / :func:`evaluate` measure the quantisation's spike mismatch.
 
 The file follows what ``lava.lib.dl.netx.hdf5.Network`` reads (lava-dl 0.6.0)::
 
@@ -24,15 +30,17 @@ import os
 
 import numpy as np
 
+from ... import passes
 from ...errors import SdmcError, UnsupportedOpError
 from ...ir import PER_STEP, SPIKE, Graph, check
-from ...sim import loihi as lm
+from ...sim.loihi import conv2d_f64, run_chain
 from ...utils import atomic_path
-from .quantize import FloatChain, FloatLayer, QuantReport, mean_tsm, quantize_chain
+from .extract import FloatChain, FloatPopulation, _pair, float_projection, neuron_params
+from .network import ACT_SHIFT, Cuba, LoihiChain, LoihiLayer, aligned_spikes, check_chain
+from .quantize import quantize_chain, quantize_input
+from .report import QuantReport
 
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+SYNAPSE_OPS = ("conv2d", "scaled_conv2d", "linear")
 
 
 def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
@@ -41,7 +49,7 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
     A ``scaled_conv2d`` (SDM's fused TSM conv, per-step weights ``p[t] W`` and biases ``b[t]``) has no static
     Loihi synapse: ``tsm='reject'`` raises, ``tsm='mean'`` uses ``mean_t p[t] * W`` and ``mean_t b[t]`` and
     records the relative spread ``max_t |p[t] - mean p| / |mean p|`` per node in ``chain.meta['tsm_approx']``
-    (0 when every step has the same scale: then the export is exact).
+    (0 when every step has the same scale: then the export is exact).  Each layer is named after its synapse.
     """
     if tsm not in ("reject", "mean"):
         raise SdmcError(f"extract_chain: tsm must be 'reject' or 'mean', got {tsm!r}")
@@ -52,14 +60,14 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
         raise UnsupportedOpError(
             f"netx export: a sequential chain has exactly one input, graph has {[n.name for n in ins]}"
         )
-    P = graph.params
     node = ins[0]
     in_t = node.type
     graded = in_t.kind != SPIKE
     if not graded and in_t.timing != PER_STEP:
         raise UnsupportedOpError(f"node {node.name!r} (input): a spike input must be per-step")
-    layers: list[FloatLayer] = []
-    pending: dict | None = None  # synapse waiting for its neuron
+    graph = passes.run(graph, ["fold_bn"])  # the network compiler's BN fold (a BN it cannot fold is refused below)
+    layers: list[FloatPopulation] = []
+    pending = None  # (FloatProjection, bias) waiting for its neuron
     flatten = False
     out_seen = False
     while True:
@@ -83,62 +91,30 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
                 )
             flatten = True
             continue
-        if op == "scaled_conv2d":
-            pm, b, tsm_approx[node.name] = mean_tsm(graph, node, tsm)
-            w = np.asarray(P[node.weight], np.float64) * pm
-            if pending is not None or flatten:
+        if op in SYNAPSE_OPS:
+            src = layers[-1].name if layers else ins[0].name
+            pr, b, spread = float_projection(graph, node, src, tsm)
+            if spread is not None:
+                tsm_approx[node.name] = spread
+            if op == "scaled_conv2d" and (pending is not None or flatten):
                 raise UnsupportedOpError(f"node {node.name!r} ({op}): needs a neuron (not a synapse/flatten) before it")
-            pending = dict(
-                kind="conv",
-                weight=w,
-                bias=b,
-                name=node.name,
-                stride=_pair(node.stride),
-                padding=_pair(node.padding),
-                dilation=_pair(node.dilation),
-                groups=int(node.groups),
-            )
-            continue
-        if op in ("conv2d", "linear"):
             if pending is not None:
                 raise UnsupportedOpError(f"node {node.name!r} ({op}): two synapses in a row without a neuron")
             if op == "linear" and len(graph[node.inputs[0]].type.shape) != 1:
                 raise UnsupportedOpError(f"node {node.name!r} (linear): input must be flat (insert a reshape)")
             if op == "conv2d" and flatten:
                 raise UnsupportedOpError(f"node {node.name!r} (conv2d): conv after a flatten")
-            w = np.asarray(P[node.weight], np.float64)
-            b = None if node.bias is None else np.asarray(P[node.bias], np.float64)
-            pending = dict(kind="conv" if op == "conv2d" else "dense", weight=w, bias=b, name=node.name)
-            if op == "conv2d":
-                pending.update(
-                    stride=_pair(node.stride),
-                    padding=_pair(node.padding),
-                    dilation=_pair(node.dilation),
-                    groups=int(node.groups),
-                )
+            pending = (pr, b)
             flatten = False
             continue
-        if op == "batchnorm":
-            if pending is None:
-                raise UnsupportedOpError(f"node {node.name!r} (batchnorm): no conv/linear before it to fold into")
-            g = np.ones(len(P[node.running_mean])) if node.weight is None else np.asarray(P[node.weight], np.float64)
-            beta = 0.0 if node.bias is None else np.asarray(P[node.bias], np.float64)
-            k = g / np.sqrt(np.asarray(P[node.running_var], np.float64) + node.eps)
-            mu = np.asarray(P[node.running_mean], np.float64)
-            w = pending["weight"]
-            pending["weight"] = w * k.reshape((-1,) + (1,) * (w.ndim - 1))
-            b0 = np.zeros_like(mu) if pending["bias"] is None else pending["bias"]
-            pending["bias"] = (b0 - mu) * k + beta
-            continue
+        if op == "batchnorm":  # fold_bn folded every BN that follows a synapse
+            raise UnsupportedOpError(f"node {node.name!r} (batchnorm): no conv/linear before it to fold into")
         if op == "if":
             if pending is None:
                 raise UnsupportedOpError(f"node {node.name!r} (if): needs a conv/linear synapse before it")
-            if node.v_reset is None or float(node.v_reset) != 0.0:
-                raise UnsupportedOpError(
-                    f"node {node.name!r} (if): Loihi's CUBA neuron resets to 0; v_reset="
-                    f"{node.v_reset} (soft reset / non-zero reset) is not expressible"
-                )
-            layers.append(FloatLayer(threshold=float(node.threshold), **pending))
+            neuron_params(node)  # Loihi's CUBA: hard reset to 0, v_init 0, threshold > 0
+            pr, b = pending
+            layers.append(FloatPopulation(pr.node, tuple(node.type.shape), float(node.threshold), projs=[pr], bias=b))
             pending = None
             continue
         if op == "output":
@@ -150,7 +126,7 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
         )
     if pending is not None:
         raise UnsupportedOpError(
-            f"node {pending['name']!r}: the chain ends in a synapse without a spiking neuron "
+            f"node {pending[0].node!r}: the chain ends in a synapse without a spiking neuron "
             "(keep non-spiking read-outs on the host)"
         )
     if not layers or not out_seen:
@@ -163,11 +139,57 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
     return FloatChain(tuple(in_t.shape), tuple(layers), graded_input=graded, meta=meta)
 
 
-def write_netx(chain: lm.LoihiChain, path: str | os.PathLike, *, meta: dict | None = None) -> None:
+def float_reference(chain: FloatChain, x: np.ndarray) -> list[np.ndarray]:
+    """Float64 golden semantics of the chain on ``x`` ``[T, B, *input_shape]``: every layer's spikes ``[T, B, ...]``
+    (``I = W s + b``, ``v += I``, spike on ``v >= theta``, reset to 0)."""
+    x = np.asarray(x, np.float64)
+    out, s = [], x
+    for L in chain.layers:
+        (pr,) = L.projs
+        w = pr.float_weight()
+        T, B = s.shape[:2]
+        flat = s.reshape((T * B,) + s.shape[2:])
+        if pr.kind == "conv":
+            cur = conv2d_f64(flat, w, pr.stride, pr.padding, pr.dilation, pr.groups)
+        else:
+            cur = flat.reshape(T * B, -1) @ w.T
+        if L.bias is not None:
+            cur = cur + np.asarray(L.bias, np.float64).reshape((-1,) + (1,) * (cur.ndim - 2))
+        cur = cur.reshape((T, B) + cur.shape[1:])
+        v = np.zeros(cur.shape[1:])
+        spk = np.zeros_like(cur)
+        for t in range(T):
+            v = v + cur[t]
+            spk[t] = v >= L.theta
+            v = np.where(spk[t] > 0, 0.0, v)
+        out.append(spk)
+        s = spk
+    return out
+
+
+def evaluate(fchain: FloatChain, qchain: LoihiChain, report: QuantReport, x: np.ndarray) -> QuantReport:
+    """Fill the report's spike statistics on inputs ``x`` ``[T, B, *input_shape]`` (float; spikes as 0/1).
+
+    The float side sees the de-quantised input ``x_int / input_scale`` when graded, so mismatches measure
+    the weight/threshold quantisation (input rounding is reported separately by the caller if needed).
+    """
+    x = np.asarray(x, np.float64)
+    T, L = x.shape[0], len(qchain.layers)
+    xq = quantize_input(qchain, x)
+    ref = float_reference(fchain, xq / float(qchain.meta.get("input_scale", 1.0)) if qchain.input_bits else x)
+    res = run_chain(qchain, xq, num_steps=T + L, reset_interval=T + L, reset_offset=1)
+    fixed = aligned_spikes(res, T)
+    for q, r, f, v in zip(report.layers, ref, fixed, res["v"]):
+        q.record_spikes(r, f)
+        q.max_abs_v = int(np.abs(v).max() >> ACT_SHIFT)
+    return report
+
+
+def write_netx(chain: LoihiChain, path: str | os.PathLike, *, meta: dict | None = None) -> None:
     """Write ``chain`` as one netx HDF5 file (atomically)."""
     import h5py
 
-    lm.check_chain(chain)
+    check_chain(chain)
     for i, L in enumerate(chain.layers):
         if L.neuron.bias_exp != 6:
             raise SdmcError(
@@ -217,8 +239,10 @@ def write_netx(chain: lm.LoihiChain, path: str | os.PathLike, *, meta: dict | No
             f.attrs["sdmc"] = json.dumps({"input_bits": chain.input_bits, **chain.meta, **(meta or {})})
 
 
-def read_netx(path: str | os.PathLike) -> lm.LoihiChain:
-    """Read a netx file written by :func:`write_netx` (conv/dense CUBA chains) back into a LoihiChain."""
+def read_netx(path: str | os.PathLike) -> LoihiChain:
+    """Read a netx file written by :func:`write_netx` (conv/dense CUBA chains) back into a LoihiChain.  Weights
+    keep their stored integer type (int8 in sdmc's files); ``meta['netx_layers']`` lists each layer's index in
+    the file (``layer/<k>``, flatten layers counted), layer ``name`` is ``layer<k>``."""
     import h5py
 
     try:
@@ -230,7 +254,7 @@ def read_netx(path: str | os.PathLike) -> lm.LoihiChain:
             raise SdmcError(f"{path}: no 'layer' group; not a netx file")
         info = json.loads(f.attrs.get("sdmc", "{}"))
         grp = f["layer"]
-        layers, in_shape = [], None
+        layers, index, in_shape = [], [], None
         for k in range(len(grp)):
             g = grp[str(k)]
             t = g["type"][0].decode("ascii") if g["type"].shape else g["type"][()].decode("ascii")
@@ -240,7 +264,7 @@ def read_netx(path: str | os.PathLike) -> lm.LoihiChain:
                 continue
             elif t in ("conv", "dense"):
                 n = g["neuron"]
-                neuron = lm.Cuba(vth=int(n["vThMant"][()]), du=int(n["iDecay"][()]) - 1, dv=int(n["vDecay"][()]))
+                neuron = Cuba(vth=int(n["vThMant"][()]), du=int(n["iDecay"][()]) - 1, dv=int(n["vDecay"][()]))
                 kw = {}
                 if t == "conv":
                     kw = dict(
@@ -249,22 +273,25 @@ def read_netx(path: str | os.PathLike) -> lm.LoihiChain:
                         dilation=_pair(g["dilation"][()]),
                         groups=int(g["groups"][()]),
                     )
+                w = g["weight"][()]
                 layers.append(
-                    lm.LoihiLayer(
+                    LoihiLayer(
                         kind=t,
-                        weight=g["weight"][()].astype(np.int64),
+                        weight=w if w.dtype.kind in "iu" else w.astype(np.int64),
                         neuron=neuron,
                         bias=g["bias"][()].astype(np.int64) if "bias" in g else None,
                         name=f"layer{k}",
                         **kw,
                     )
                 )
+                index.append(k)
             else:
                 raise SdmcError(f"{path}: layer {k} has type {t!r}; only input/flatten/conv/dense are read")
         if in_shape is None:
             raise SdmcError(f"{path}: no input layer")
         meta = {k: v for k, v in info.items() if k != "input_bits"}
-        return lm.LoihiChain(in_shape, tuple(layers), input_bits=int(info.get("input_bits", 0)), meta=meta)
+        meta["netx_layers"] = index
+        return LoihiChain(in_shape, tuple(layers), input_bits=int(info.get("input_bits", 0)), meta=meta)
 
 
 def export_netx(
@@ -275,7 +302,7 @@ def export_netx(
     on_overflow: str = "error",
     input_scale: float | None = None,
     tsm: str = "reject",
-) -> tuple[lm.LoihiChain, QuantReport]:
+) -> tuple[LoihiChain, QuantReport]:
     """IR chain -> quantised Loihi chain -> one netx HDF5 file at ``path``; returns the chain and its report
     (see :func:`extract_chain` for ``tsm`` and :func:`~.quantize.quantize_chain` for the rest)."""
     fchain = extract_chain(graph, tsm=tsm)
