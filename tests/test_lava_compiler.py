@@ -39,7 +39,7 @@ def sddpm():
     return cfg, g
 
 
-def test_golden_overrides_substitute_values_and_skip_theirunet_inputs():
+def test_golden_overrides_substitute_values_and_skip_their_inputs():
     g = ir.Graph(2)
     g.add(ir.Input(name="x", shape=(3,), timing="per-step"))
     g.add(ir.IF(name="s", inputs=("x",)))
@@ -305,7 +305,7 @@ def _lava_net_module():
     return pytest.importorskip("sdmc.backends.lava.lava_processes")
 
 
-def _exported_net_in_lava_equals_numpyunet_model(g, tmp_path, **kw) -> dict:
+def _exported_net_in_lava_equals_numpy_model(g, tmp_path, **kw) -> dict:
     net, plan, rep = lava.compile_net(g, on_overflow="rescale", **kw)
     net, plan, man = lava.load_export(lava.export_dir(net, plan, rep, tmp_path / "exp"))  # what Lava runs: the export
     inp = {k: v[:1] for k, v in unet_inputs(unet_cfg(), 1, 7).items()}
@@ -320,19 +320,19 @@ def _exported_net_in_lava_equals_numpyunet_model(g, tmp_path, **kw) -> dict:
     return man
 
 
-def test_small_sddpm_exported_and_run_in_lava_spikes_identical_to_numpyunet_model(sddpm, tmp_path):
+def test_small_sddpm_exported_and_run_in_lava_spikes_identical_to_numpy_model(sddpm, tmp_path):
     _lava_net_module()
-    _exported_net_in_lava_equals_numpyunet_model(sddpm[1], tmp_path)
+    _exported_net_in_lava_equals_numpy_model(sddpm[1], tmp_path)
 
 
-def test_small_sdm_mean_tsm_exported_and_run_in_lava_spikes_identical_to_numpyunet_model(tmp_path):
+def test_small_sdm_mean_tsm_exported_and_run_in_lava_spikes_identical_to_numpy_model(tmp_path):
     """The TSM (SDM) UNet with its per-step conv scales approximated by their mean, the approximation's error
     reported in the export.  One resolution level, T = 2 and 4 channels keep Lava at ~15 s (13 populations,
     16 TSM convs on the chip); the SDDPM test above covers down / upsampling in Lava."""
     _lava_net_module()
     cfg = unet_cfg("sdm", ch=4, ch_mult=(1,), snn_steps=2)
     g = trace(unet_model(cfg), (1, 1, 8, 8))
-    man = _exported_net_in_lava_equals_numpyunet_model(g, tmp_path, tsm="mean", calib=unet_inputs(cfg, 1, 0))
+    man = _exported_net_in_lava_equals_numpy_model(g, tmp_path, tsm="mean", calib=unet_inputs(cfg, 1, 0))
     q = man["quantisation"]
     assert len(q["tsm_spread"]) >= 10 and all(v > 0 for v in q["tsm_spread"].values())
     assert 0 < q["tsm_error"] < 1 and 0 < q["output_error"] < 1  # the approximation alone, and all of it

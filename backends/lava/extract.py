@@ -31,9 +31,7 @@ from ... import ir
 from ...errors import UnsupportedOpError
 from .network import DECAY_UNITY
 
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+SYNAPSES = ir.CONV2D | {"linear"}  # the synaptic ops a Loihi projection holds: 2-d convs (4-d weight) and dense
 
 
 @dataclass
@@ -177,25 +175,14 @@ def float_projection(
         pm, b, spread = mean_tsm(g, n, tsm)
     if n.op == "linear":
         return FloatProjection(n.name, src, "dense", w, factor=pm), b, spread
-    pr = FloatProjection(
-        n.name,
-        src,
-        "conv",
-        w,
-        _pair(n.stride),
-        _pair(n.padding),
-        _pair(n.dilation),
-        int(n.groups),
-        upsample,
-        factor=pm,
-    )
+    pr = FloatProjection(n.name, src, "conv", w, n.stride, n.padding, n.dilation, int(n.groups), upsample, factor=pm)
     return pr, b, spread
 
 
 def _dependents_of_neurons(g: ir.Graph) -> set[str]:
     dep: set[str] = set()
     for n in g.order():
-        if n.op in ir.NEURON_OPS or any(i in dep for i in n.inputs):
+        if n.op in ir.NEURON or any(i in dep for i in n.inputs):
             dep.add(n.name)
     return dep
 
@@ -238,7 +225,7 @@ class Extractor:
                     )
                 out += self.terms(i, pop)
             return out
-        if n.op in ("conv2d", "scaled_conv2d", "linear"):
+        if n.op in SYNAPSES:
             return [self.projection(n)]
         raise UnsupportedOpError(
             f"node {v!r} ({n.op}): the current of neuron {pop!r} must be a sum of spike-driven "
@@ -254,7 +241,7 @@ class Extractor:
             src = g.nodes[src.inputs[0]]
         if src.op == "input" and src.type.kind == ir.SPIKE and src.type.per_step:
             self.spike_inputs.setdefault(src.name, tuple(src.type.shape))
-        elif src.op not in ir.NEURON_OPS:
+        elif src.op not in ir.NEURON:
             raise UnsupportedOpError(
                 f"node {n.name!r} ({n.op}): reads {src.name!r} ({src.op}); a Loihi synapse "
                 "must read a neuron's spikes (optionally upsampled)"
@@ -269,7 +256,7 @@ class Extractor:
         g = self.g
         pops = []
         for n in g.order():
-            if n.op not in ir.NEURON_OPS or self.side[n.name] != "neuromorphic":
+            if n.op not in ir.NEURON or self.side[n.name] != "neuromorphic":
                 continue
             gain, dv = neuron_params(n)
             fp = FloatPopulation(n.name, tuple(n.type.shape), float(n.threshold), gain, dv)
@@ -299,7 +286,7 @@ def output_populations(g: ir.Graph, pops: set[str], side: Mapping[str, str]) -> 
             seen.add(u)
             if side[u] == "host":
                 hit = True
-            elif g.nodes[u].op not in ir.NEURON_OPS:
+            elif g.nodes[u].op not in ir.NEURON:
                 stack.extend(g.users(u))
         if hit:
             out.append(p)
@@ -310,7 +297,7 @@ def with_threshold(g: ir.Graph, threshold: float) -> ir.Graph:
     """A checked copy of ``g`` with every neuron's threshold set to ``threshold`` (threshold guidance)."""
     g = g.copy()
     for n in list(g.nodes.values()):
-        if n.op in ir.NEURON_OPS:
+        if n.op in ir.NEURON:
             g.nodes[n.name] = n.replace(threshold=float(threshold))
     return ir.check(g)
 

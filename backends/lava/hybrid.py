@@ -121,7 +121,7 @@ def torch_reference(
     its own ``inference`` pipeline)."""
     import torch
 
-    from ..torch_exec import compile_torch
+    from ..torch import compile_torch
 
     if threshold is not None:
         graph = with_threshold(graph, threshold)

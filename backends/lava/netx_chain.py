@@ -32,15 +32,15 @@ import numpy as np
 
 from ... import passes
 from ...errors import SdmcError, UnsupportedOpError
-from ...ir import PER_STEP, SPIKE, Graph, check
+from ...ir import PER_STEP, SPIKE, Graph, check, pair
 from ...sim.loihi import conv2d_f64, run_chain
 from ...utils import atomic_path
-from .extract import FloatChain, FloatPopulation, _pair, float_projection, neuron_params
+from .extract import SYNAPSES, FloatChain, FloatPopulation, float_projection, neuron_params
 from .network import ACT_SHIFT, Cuba, LoihiChain, LoihiLayer, aligned_spikes, check_chain
 from .quantize import quantize_chain, quantize_input
 from .report import QuantReport
 
-SYNAPSE_OPS = ("conv2d", "scaled_conv2d", "linear")
+_GEOMETRY = ("stride", "padding", "dilation")
 
 
 def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
@@ -91,7 +91,7 @@ def extract_chain(graph: Graph, *, tsm: str = "reject") -> FloatChain:
                 )
             flatten = True
             continue
-        if op in SYNAPSE_OPS:
+        if op in SYNAPSES:
             src = layers[-1].name if layers else ins[0].name
             pr, b, spread = float_projection(graph, node, src, tsm)
             if spread is not None:
@@ -267,12 +267,8 @@ def read_netx(path: str | os.PathLike) -> LoihiChain:
                 neuron = Cuba(vth=int(n["vThMant"][()]), du=int(n["iDecay"][()]) - 1, dv=int(n["vDecay"][()]))
                 kw = {}
                 if t == "conv":
-                    kw = dict(
-                        stride=_pair(g["stride"][()]),
-                        padding=_pair(g["padding"][()]),
-                        dilation=_pair(g["dilation"][()]),
-                        groups=int(g["groups"][()]),
-                    )
+                    kw = {a: pair(np.asarray(g[a][()]).tolist(), f"{path}: layer {k} {a}") for a in _GEOMETRY}
+                    kw["groups"] = int(g["groups"][()])
                 w = g["weight"][()]
                 layers.append(
                     LoihiLayer(
