@@ -250,9 +250,13 @@ class _Collector(ast.NodeVisitor):
         self.generic_visit(node)
 
 
+_SOURCES: dict[str, bytes] = {}  # each file as read when its mutants were made (edits during a run don't shift them)
+
+
 def mutants_of(file: str, skip=(), swaps=None) -> list[Mutant]:
     """Every mutant of ``file`` (a path relative to the repository root)."""
-    src = (ROOT / file).read_text()
+    _SOURCES[file] = (ROOT / file).read_bytes()
+    src = _SOURCES[file].decode()
     c = _Collector(file, src, set(skip), dict(swaps or {}))
     c.visit(ast.parse(src))
     return c.out
@@ -309,7 +313,7 @@ def run_tests(tests: list[str], mutant: Mutant | None, timeout: float | None) ->
         if mutant is None:
             cmd = [sys.executable, "-m", "pytest", *args]
         else:
-            src = (ROOT / mutant.file).read_bytes()
+            src = _SOURCES.get(mutant.file) or (ROOT / mutant.file).read_bytes()
             path = Path(tmp) / Path(mutant.file).name
             path.write_bytes(mutant.apply(src))
             name = module_name(mutant.file)

@@ -25,6 +25,28 @@ def _draw(seed: int, shape=(4, 3, 5)):
     return torch.randn(shape, generator=g, dtype=F64), torch.randn(shape, generator=g, dtype=F64)
 
 
+# ------------------------------------------------------------------------------------------- the tables
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_schedule_tables_are_their_definitions(schedule):
+    """Every table NoiseSchedule documents, from β alone: ᾱ, ᾱ_prev, sqrt tables, β̃ and log-SNR."""
+    s = NoiseSchedule(DiffusionConfig(schedule=schedule))
+    b = s.betas
+    if schedule == "linear":
+        torch.testing.assert_close(b, torch.linspace(1e-4, 0.02, 1000, dtype=F64), rtol=0, atol=0)
+        torch.testing.assert_close(s.alphas_cumprod, ABAR, rtol=1e-14, atol=0)
+    else:  # Nichol & Dhariwal: ᾱ(t) = f(t)/f(0), f(t) = cos²((t/N + s)/(1 + s) π/2), s = 0.008; β clipped at 0.999
+        f = torch.cos((torch.arange(1001, dtype=F64) / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+        torch.testing.assert_close(b, (1 - f[1:] / f[:-1]).clamp(max=0.999), rtol=1e-12, atol=1e-15)
+    abar = torch.cumprod(1 - b, 0)
+    prev = torch.cat([torch.ones(1, dtype=F64), abar[:-1]])
+    torch.testing.assert_close(s.alphas, 1 - b, rtol=0, atol=0)
+    torch.testing.assert_close(s.alphas_cumprod_prev, prev, rtol=1e-14, atol=0)
+    torch.testing.assert_close(s.sqrt_abar, abar.sqrt(), rtol=1e-14, atol=0)
+    torch.testing.assert_close(s.sqrt_one_minus_abar, (1 - abar).sqrt(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(s.posterior_variance, b * (1 - prev) / (1 - abar), rtol=1e-12, atol=0)
+    torch.testing.assert_close(s.log_snr, torch.log(abar / (1 - abar)), rtol=1e-10, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------- targets and conversions
 @pytest.mark.parametrize("mode", MODES)
 def test_targets_are_the_defined_quantities(mode):
