@@ -4,6 +4,9 @@
 branch (conv on the image), ``repeat`` over T, then a random DAG of conv / TSM scale / BN / IF / LIF /
 add / concat / upsample / (reshape + linear) over the values made so far, and a membrane read-out.
 Weights and BN statistics are random but scaled so that neurons fire sometimes and not always.
+Unless a test asks for ``spiking=False``, every graph has spiking structure: a neuron whose spikes reach the
+read-out (one is appended, followed by a conv on its spikes, when the random DAG has none) and convs draw
+their input from spike values half of the time when there are any.
 ``random_inputs(graph, B, seed)`` makes matching input arrays.
 """
 
@@ -67,7 +70,7 @@ class _Builder:
 
 
 @st.composite
-def spiking_graphs(draw, max_ops: int = 8, dtype: str = "float64") -> ir.Graph:
+def spiking_graphs(draw, max_ops: int = 8, dtype: str = "float64", spiking: bool = True) -> ir.Graph:
     T = draw(st.integers(1, 4))
     C = draw(st.integers(1, 3))
     H = draw(st.sampled_from([2, 4]))
@@ -85,6 +88,10 @@ def spiking_graphs(draw, max_ops: int = 8, dtype: str = "float64") -> ir.Graph:
         src = draw(st.sampled_from(pool))
         t = b.g.nodes[src].type
         if op == "conv":
+            spikes = [p for p in pool if b.g.nodes[p].type.kind == ir.SPIKE]
+            if spiking and spikes and draw(st.booleans()):  # spike-driven synapses, the SNN's common case
+                src = draw(st.sampled_from(spikes))
+                t = b.g.nodes[src].type
             k = draw(st.sampled_from([1, 3]))
             stride = 2 if t.shape[1] >= 4 and draw(st.booleans()) else 1
             new = b.conv(src, draw(st.integers(1, 4)), k, stride)
@@ -157,6 +164,11 @@ def spiking_graphs(draw, max_ops: int = 8, dtype: str = "float64") -> ir.Graph:
             new = b.add(ir.Upsample(name=b.name("up"), inputs=(src,), scale=2))
         pool.append(new)
     last = pool[-1]
+    if spiking and not any(b.g.nodes[a].op in ir.NEURON_OPS for a in b.g.ancestors([last]) | {last}):
+        # no neuron on the way to the read-out: spike on the last value and feed the spikes to a conv
+        sn = b.add(ir.IF(name=b.name("if"), inputs=(last,), threshold=draw(st.sampled_from([0.5, 1.0])), v_reset=0.0))
+        last = b.conv(sn, draw(st.integers(1, 3)), draw(st.sampled_from([1, 3])))
+        pool += [sn, last]
     b.add(ir.Output(name="out", inputs=(b.add(ir.MembraneReadout(name="readout", inputs=(last,), decay=0.8)),)))
     if draw(st.booleans()):  # a per-step dense head on a flattened value
         src = draw(st.sampled_from(pool))
