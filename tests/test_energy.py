@@ -151,8 +151,7 @@ def test_ir_dense_macs_equal_flop_counter_small():
     assert head.reads_image and head.executions == 1 and head.eager_executions == 2
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["ann", "sdm"])
+@pytest.mark.parametrize("arch", ["ann", "sdm"])  # full size, but seconds: runs by default (6 CPU-s for 'ann')
 def test_macs_equal_flop_counter_cifar10(arch):
     cfg = ModelConfig(arch=arch, snn_steps=4)  # ch 128, [1, 2, 2, 4], 2 blocks, 32x32
     m = build_model(cfg).eval()
@@ -168,7 +167,7 @@ def test_macs_equal_flop_counter_cifar10(arch):
 
 def test_ann_baseline_cifar10_is_the_papers_29_23_mJ():
     macs = model_macs(ann_counterpart(ModelConfig(arch="sdm", snn_steps=4)))
-    assert macs == 6_349_783_040  # = FlopCounterMode / 2 (checked in the slow twin)
+    assert macs == 6_349_783_040  # = FlopCounterMode / 2 (test_macs_equal_flop_counter_cifar10)
     assert macs * load_profile("45nm-fp32").mac / 1e9 == pytest.approx(29.23, abs=0.05)
 
 
@@ -476,7 +475,6 @@ def test_assumed_uniform_rate_is_eq20_by_hand():
     assert r.totals["faithful"]["per_image_mJ"] == pytest.approx(10 * r.totals["faithful"]["per_call_mJ"])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("T,fr,paper_mJ", [(4, 0.47, 10.97), (8, 0.49, 22.96)])
 def test_paper_convention_reproduces_table4_at_the_implied_rates(T, fr, paper_mJ):
     """SDM Table 4 (CIFAR-10, per call): 10.97 mJ (4T) and 22.96 mJ (8T) at the firing rates Eq. 20 implies."""
