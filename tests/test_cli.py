@@ -45,15 +45,6 @@ def test_shared_groups_give_every_model_command_the_same_options():
         assert "--device" in opts, name
 
 
-@pytest.mark.parametrize("backend", ["onnx", "nir"])
-def test_later_backends_are_one_clear_error(backend, tmp_path, capsys):
-    for cmd in (["compile"], ["export"]):
-        assert main(cmd + [str(tmp_path / "m.pt"), "--backend", backend, "-o", str(tmp_path / "o")]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and f"--backend {backend}" in err[0]
-        assert not (tmp_path / "o").exists()
-
-
 def test_noised_inputs_use_the_graphs_noise_schedule(monkeypatch):
     """sim.inputs.noised_inputs draws x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with the NoiseSchedule the
     graph records (here 100 cosine steps, not a hand-made copy of the default linear betas); a step outside the

@@ -72,8 +72,10 @@ class OnnxModel:
     """
 
     def __init__(self, path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # a dev / optional dependency: sdmc itself only writes ONNX
+            raise SdmcError(f"{path}: running ONNX needs onnxruntime ({e}); pip install onnxruntime") from None
         self.path = Path(path)
         model = load_onnx(self.path)
         self.meta = {p.key: p.value for p in model.metadata_props}

@@ -6,45 +6,49 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SdmcError
+from . import interop
 from .base import Command, add_json, add_model_args
 
-BACKENDS = ("ir", "torch")
-LATER_BACKENDS = ("onnx", "nir")  # accepted by the parser, refused with a clear error until they exist
+BACKENDS = ("ir", "torch") + interop.BACKENDS
 
 
 def add_compile_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="released .pt checkpoint or native .safetensors model")
+    p.add_argument("file", help="released .pt checkpoint, native .safetensors model or a .nir graph (imported)")
     p.add_argument(
         "--backend",
         default="ir",
-        choices=BACKENDS + ("lava",) + LATER_BACKENDS,
-        help="what to produce (default: ir, the .sdmc graph; for Loihi use 'sdmc export')",
+        choices=BACKENDS + ("lava",),
+        help="what to produce (default: ir, the .sdmc graph; onnx / nir: a .onnx / .nir file; for Loihi use "
+        "'sdmc export')",
     )
     p.add_argument(
         "-o",
         "--out",
         required=True,
         help="output .sdmc zip (a directory if the name does not end in .sdmc); --backend torch writes "
-        "the graph the torch executor runs (sdmc.backends.torch_exec.load_compiled reads it)",
+        "the graph the torch executor runs (sdmc.backends.torch_exec.load_compiled reads it); --backend "
+        "onnx / nir: the file",
     )
     p.add_argument(
         "--passes",
-        default="inference",
+        default=None,
         help="pipeline (inference, neuromorphic) or comma-separated pass names; 'none' for the raw "
-        "trace; with --backend torch the executor mode: inference (default) or train",
+        "trace (default: inference; nir: none, its export folds what it needs); with --backend torch the "
+        "executor mode: inference (default) or train",
     )
     add_model_args(p, img_size=True)
+    interop.add_interop_options(p, t=True)
 
 
 def run_compile(args: argparse.Namespace) -> int:
     if args.backend not in BACKENDS:
         hint = " (for Loihi: 'sdmc export MODEL -o DIR')" if args.backend == "lava" else ""
-        raise SdmcError(
-            f"--backend {args.backend}: not available in 'sdmc compile' yet; use --backend ir (or torch){hint}"
-        )
+        raise SdmcError(f"--backend {args.backend}: not available in 'sdmc compile'{hint}")
     from .. import ir, passes
     from ..frontends import from_checkpoint
 
+    if args.passes is None:
+        args.passes = "none" if args.backend == "nir" else "inference"
     if args.backend == "torch":
         if args.passes not in ("inference", "train"):
             raise SdmcError(
@@ -53,7 +57,13 @@ def run_compile(args: argparse.Namespace) -> int:
         names = [args.passes]
     else:
         names = [] if args.passes.strip().lower() == "none" else passes.resolve(args.passes)
-    graph = from_checkpoint(args.file, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
+    if interop.is_nir(args.file):
+        graph = interop.load_nir(args.file, args)
+    else:
+        graph = from_checkpoint(args.file, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
+    if args.backend in interop.BACKENDS:
+        print(interop.write(passes.run(graph, names), args, pipeline=None))
+        return 0
     if args.backend == "torch":
         from ..backends.torch_exec import save_compiled
 

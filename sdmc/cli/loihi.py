@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SdmcError
+from . import interop
 from .base import Command, add_model_args, add_threshold
 
-EXPORT_BACKENDS = ("lava",)
-LATER_BACKENDS = ("onnx", "nir")  # accepted by the parser, refused with a clear error until they exist
+EXPORT_BACKENDS = ("lava",) + interop.BACKENDS
+LAVA_ONLY = dict(tsm="reject", on_overflow="error", pow2=False, host_bits=16, threshold=None, calib=0, resources=False)
 
 
 def add_model_file(p: argparse.ArgumentParser) -> None:
     """The model argument of every Loihi command: a checkpoint (traced) or a ``.sdmc`` graph."""
-    p.add_argument("model", help="released .pt / native .safetensors model, or a .sdmc graph")
+    p.add_argument("model", help="released .pt / native .safetensors model, a .sdmc graph or a .nir graph")
     add_model_args(p, img_size=True)
 
 
@@ -46,7 +47,7 @@ def compile_options(args: argparse.Namespace) -> dict:
 
 
 def load_graph(args: argparse.Namespace):
-    """A ``.sdmc`` graph (checked) or the traced checkpoint ``args.model``."""
+    """A ``.sdmc`` graph (checked), an imported ``.nir`` graph or the traced checkpoint ``args.model``."""
     from pathlib import Path
 
     from .. import ir
@@ -54,6 +55,8 @@ def load_graph(args: argparse.Namespace):
     path = Path(args.model)
     if path.suffix == ".sdmc" or (path / "graph.json").is_file():
         return ir.check(ir.load(path))
+    if interop.is_nir(path):
+        return interop.load_nir(path, args)
     from ..frontends import from_checkpoint
 
     return from_checkpoint(path, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
@@ -66,10 +69,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         default="lava",
-        choices=EXPORT_BACKENDS + LATER_BACKENDS,
-        help="target (only lava for now)",
+        choices=EXPORT_BACKENDS,
+        help="lava (default): netx segments + manifest; onnx: a .onnx file; nir: a .nir file",
     )
-    p.add_argument("-o", "--out", required=True, help="export directory to write (replaced atomically)")
+    p.add_argument(
+        "-o", "--out", required=True, help="export directory (lava) or file (onnx, nir) to write, atomically"
+    )
     p.add_argument(
         "--calib",
         type=int,
@@ -78,11 +83,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         help="report the accuracy cost on N noised inputs (spike mismatch, output error; 0: skip)",
     )
     p.add_argument("--resources", action="store_true", help="also print the Loihi 2 resource report")
+    interop.add_interop_options(p, t=False)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    if args.backend not in EXPORT_BACKENDS:
-        raise SdmcError(f"--backend {args.backend}: not implemented yet (only --backend lava exports)")
+    if args.backend in interop.BACKENDS:
+        interop.refuse_lava_options(args, LAVA_ONLY)
+        print(interop.write(load_graph(args), args, pipeline="inference"))
+        return 0
     from ..backends import lava
     from ..sim.inputs import noised_inputs
 

@@ -22,7 +22,9 @@ from .base import (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "file", help="released .pt checkpoint, native .safetensors model or a 'compile --backend torch' .sdmc"
+        "file",
+        help="released .pt checkpoint, native .safetensors model, a 'compile --backend torch' .sdmc or an "
+        "'export --backend onnx' .onnx (run by onnxruntime)",
     )
     add_solver(p, steps=50)
     p.add_argument("-n", "--num", type=int, default=64, help="number of images (default 64)")
@@ -62,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(resolve_device(args.device))
     if args.eager and args.precision != "fp32":
         raise SdmcError(f"--precision {args.precision} runs the compiled executor; drop --eager")
-    if str(args.file).endswith(".sdmc"):
+    if str(args.file).endswith(".onnx"):
+        model, cfg = _onnx_model(args)
+        device = torch.device("cpu")
+    elif str(args.file).endswith(".sdmc"):
         from ..backends.torch_exec import load_compiled
 
         model, cfg = load_compiled(args.file, device=device, precision=args.precision)
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 args.file, model, schedule.num_timesteps, args.threshold, log=lambda m: print(m, file=sys.stderr)
             )
         kw["gamma"] = gamma
-    if not args.eager:  # after the Γ lookup: its cache key hashes the eager model's weights
+    if not args.eager and not str(args.file).endswith(".onnx"):  # after the Γ lookup (it hashes the eager model)
         from ..backends.torch_exec import prepare
 
         model = prepare(model, "inference", precision=args.precision)
@@ -122,6 +127,28 @@ def run(args: argparse.Namespace) -> int:
         + f"): {grid_path} and {npz_path} (key 'images', uint8 NHWC)"
     )
     return 0
+
+
+def _onnx_model(args: argparse.Namespace):
+    """An sdmc ONNX export on onnxruntime's CPU provider, and its recorded sdmc config."""
+    from ..backends.onnx import OnnxModel
+
+    if args.threshold is not None:
+        raise SdmcError(f"{args.file}: --threshold changes neuron thresholds, which an ONNX export has baked in")
+    if args.precision != "fp32":
+        raise SdmcError(
+            f"{args.file}: --precision {args.precision} is the torch executor's; an ONNX model runs as exported"
+        )
+    if args.solver.startswith("analytic-") and not args.gamma:
+        raise SdmcError(
+            f"{args.file}: analytic solvers with an ONNX model need --gamma FILE (the Γ cache is keyed by torch weights)"
+        )
+    model = OnnxModel(args.file)
+    if model.sdmc_config is None:
+        raise SdmcError(
+            f"{args.file}: the export records no sdmc config (export it from a checkpoint: 'sdmc export MODEL --backend onnx')"
+        )
+    return model, model.sdmc_config
 
 
 SAMPLE = Command(

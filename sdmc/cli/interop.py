@@ -1,0 +1,69 @@
+"""The ONNX and NIR targets of ``sdmc export`` / ``sdmc compile`` (:mod:`sdmc.backends.onnx`,
+:mod:`sdmc.backends.nir`), and ``.nir`` files as model inputs (:mod:`sdmc.frontends.nir`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import SdmcError
+
+BACKENDS = ("onnx", "nir")
+
+
+def add_interop_options(p: argparse.ArgumentParser, *, t: bool) -> None:
+    """``--onnx-form``, ``--nir-ext``, ``--dt`` (and ``--t`` where the command has none)."""
+    g = p.add_argument_group("ONNX / NIR (--backend onnx|nir, and .nir model files)")
+    g.add_argument(
+        "--onnx-form",
+        choices=["full", "step"],
+        default="full",
+        help="full: all T steps in one call (default); step: one SNN step, membrane state as inputs/outputs",
+    )
+    g.add_argument(
+        "--nir-ext",
+        action="store_true",
+        help="NIR: keep ops NIR lacks (upsample, Swish, TSM, ...) as sdmc extension nodes instead of refusing",
+    )
+    g.add_argument("--dt", type=float, default=None, help="NIR time step (default: recorded by sdmc, else 1e-4)")
+    if t:
+        g.add_argument(
+            "--t", type=int, default=None, dest="step", help="NIR: the diffusion step folded into the biases"
+        )
+
+
+def is_nir(path) -> bool:
+    return Path(path).suffix == ".nir"
+
+
+def load_nir(path, args: argparse.Namespace):
+    """A ``.nir`` file as an IR graph (T from ``--snn-steps`` or sdmc's record)."""
+    from ..frontends.nir import from_nir
+
+    return from_nir(path, T=args.snn_steps, dt=args.dt)
+
+
+def write(graph, args: argparse.Namespace, pipeline: str | list[str] | None) -> str:
+    """Write ``graph`` to ``args.out`` for ``args.backend`` (onnx | nir); returns the line to print."""
+    out = Path(args.out)
+    if args.backend == "onnx":
+        from ..backends.onnx import save_onnx
+
+        save_onnx(graph, out, form=args.onnx_form, pipeline=pipeline)
+        return f"wrote {out}: ONNX opset 17, {args.onnx_form} form, T={graph.T} (run: sdmc sample {out} ...)"
+    from ..backends.nir import DT, save_nir, sdmc_meta, to_nir
+
+    ng = to_nir(graph, t=args.step, dt=args.dt or DT, extensions=args.nir_ext)
+    save_nir(ng, out)
+    meta = sdmc_meta(ng)
+    ext = sorted({e["op"] for e in meta["extensions"]})
+    folded = f", diffusion step t={meta['t']} folded into the biases" if meta["t"] is not None else ""
+    extra = f", sdmc extension nodes: {', '.join(ext)}" if ext else ""
+    return f"wrote {out}: NIR graph, {len(ng.nodes)} nodes, dt={meta['dt']}, T={meta['T']}{folded}{extra}"
+
+
+def refuse_lava_options(args: argparse.Namespace, defaults: dict) -> None:
+    """Options that only the Lava target reads, given with ``--backend onnx|nir``: one error naming them."""
+    given = [f"--{k.replace('_', '-')}" for k, v in defaults.items() if getattr(args, k, v) != v]
+    if given:
+        raise SdmcError(f"{', '.join(given)}: only for --backend lava, not --backend {args.backend}")

@@ -1,0 +1,134 @@
+"""ONNX / NIR from the command line: ``sdmc export|compile --backend onnx|nir`` on released-format UNets,
+``sdmc sample model.onnx`` through onnxruntime, ``.nir`` files into ``compile`` and ``export``, one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import randomize_bn
+
+from sdmc.cli import main
+from sdmc.config import ModelConfig
+from sdmc.models import build_model
+from sdmc.sim import golden
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """Released-format checkpoints (``{'net_model': state_dict}``) of tiny SDDPM and SDM UNets (T=2, 8x8)."""
+    d = tmp_path_factory.mktemp("released")
+    out = {}
+    for arch in ("sddpm", "sdm"):
+        cfg = ModelConfig(arch=arch, ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8)
+        m = build_model(cfg).eval()
+        randomize_bn(m, seed=1)
+        torch.save({"net_model": m.state_dict()}, d / f"{arch}.pt")
+        out[arch] = (d / f"{arch}.pt", m)
+    return out
+
+
+def _one_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_export_onnx_then_sample_it_with_onnxruntime(released, tmp_path, capsys):
+    from sdmc.backends.onnx import OnnxModel
+    from sdmc.data.images import to_uint8
+    from sdmc.diffusion.sampling import sample_images
+    from sdmc.diffusion.schedule import NoiseSchedule
+
+    pt, m = released["sddpm"]  # (the SDM UNet: test_compile_onnx_step_form_and_sample_refusals)
+    onnx_path = tmp_path / "m.onnx"
+    argv = ["export", str(pt), "--backend", "onnx", "--img-size", "8", "-o", str(onnx_path)]
+    assert main(argv + ["--snn-steps", "2"]) == 0  # a plain SDDPM state_dict does not record T
+    assert "ONNX opset 17, full form, T=2" in capsys.readouterr().out
+    argv = ["sample", str(onnx_path), "-n", "3", "--steps", "2", "--batch-size", "2", "--no-progress"]
+    assert main(argv + ["--out", str(tmp_path / "s")]) == 0
+    got = np.load(tmp_path / "s" / "ddim_2.npz")["images"]
+    assert got.shape == (3, 8, 8, 1) and got.dtype == np.uint8
+    sched = NoiseSchedule(OnnxModel(onnx_path).sdmc_config.diffusion)
+    want = to_uint8(sample_images(m, sched, 3, steps=2, batch_size=2, progress=False, shape=(1, 8, 8)))
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # the eager model's images, to uint8 rounding
+
+
+def test_compile_onnx_step_form_and_sample_refusals(released, tmp_path, capsys):
+    from sdmc.backends.onnx import OnnxModel
+
+    pt, _ = released["sdm"]
+    full, step = tmp_path / "full.onnx", tmp_path / "step.onnx"
+    small = ["--img-size", "8"]
+    assert main(["compile", str(pt), "--backend", "onnx", "-o", str(full)] + small) == 0
+    assert main(["compile", str(pt), "--backend", "onnx", "--onnx-form", "step", "-o", str(step)] + small) == 0
+    ins = {"x": np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32), "t": np.array([3, 900])}
+    a, b = OnnxModel(full).run(ins), OnnxModel(step).run(ins)
+    np.testing.assert_allclose(a["out"], b["out"], rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    err = _one_error(capsys, ["sample", str(full), "--threshold", "0.9", "-n", "1", "--out", str(tmp_path / "s")])
+    assert "--threshold" in err and str(full) in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_export_nir_import_it_and_compile_it(released, tmp_path, capsys):
+    from sdmc import ir
+    from sdmc.backends import nir as snir
+    from sdmc.frontends import from_checkpoint
+
+    pt, _ = released["sddpm"]
+    nir_path = tmp_path / "m.nir"
+    model = [str(pt), "--snn-steps", "2", "--img-size", "8"]
+    err = _one_error(capsys, ["export"] + model + ["--backend", "nir", "-o", str(nir_path)])
+    assert "(upsample)" in err and "--nir-ext" in err and not nir_path.exists()
+    assert main(["export"] + model + ["--backend", "nir", "--t", "300", "--nir-ext", "-o", str(nir_path)]) == 0
+    out = capsys.readouterr().out
+    assert "t=300 folded" in out and "sdmc extension nodes: swish, upsample" in out
+    # the .nir file back into sdmc: the IR the exporter mapped, and its golden output
+    assert main(["compile", str(nir_path), "--backend", "ir", "-o", str(tmp_path / "back.sdmc")]) == 0
+    back = ir.load(tmp_path / "back.sdmc")
+    g = from_checkpoint(pt, snn_steps=2, img_size=8)
+    x = np.random.default_rng(1).normal(size=(2, 1, 8, 8))
+    ref = golden.run(snir.prepare(g, 300), {"x": x})["out"]
+    np.testing.assert_array_equal(golden.run(back, {back.input_nodes[0].name: x})["out"], ref)
+    assert main(["compile", str(nir_path), "--backend", "torch", "-o", str(tmp_path / "back.torch.sdmc")]) == 0
+    err = _one_error(capsys, ["compile"] + model + ["--backend", "nir", "-o", str(tmp_path / "x.nir")])
+    assert "give t (--t STEP)" in err
+
+
+def test_nir_chain_goes_to_loihi_and_lava_only_options_are_refused(tmp_path, capsys):
+    import nir
+
+    rng = np.random.default_rng(0)
+    ng = nir.NIRGraph(
+        nodes={
+            "x": nir.Input(input_type=np.array([2, 6, 6])),
+            "conv": nir.Conv2d(
+                input_shape=(6, 6),
+                weight=rng.normal(0, 0.6, (4, 2, 3, 3)),
+                stride=1,
+                padding=1,
+                dilation=1,
+                groups=1,
+                bias=np.zeros(4),
+            ),
+            "if": nir.IF(r=np.full((4, 6, 6), 1e4), v_threshold=np.full((4, 6, 6), 0.5)),
+            "flat": nir.Flatten(input_type={"input": np.array([4, 6, 6])}, start_dim=0, end_dim=-1),
+            "fc": nir.Linear(weight=rng.normal(0, 0.3, (3, 144))),
+            "out": nir.Output(output_type=np.array([3])),
+        },
+        edges=[("x", "conv"), ("conv", "if"), ("if", "flat"), ("flat", "fc"), ("fc", "out")],
+    )
+    path = tmp_path / "chain.nir"
+    nir.write(str(path), ng)
+    err = _one_error(capsys, ["export", str(path), "--backend", "lava", "-o", str(tmp_path / "lava")])
+    assert "give the number of SNN steps T" in err and str(path) in err
+    assert main(["export", str(path), "--backend", "lava", "--snn-steps", "4", "-o", str(tmp_path / "lava")]) == 0
+    assert (tmp_path / "lava" / "manifest.json").is_file()
+    capsys.readouterr()
+    err = _one_error(
+        capsys,
+        ["export", str(path), "--snn-steps", "4", "--backend", "onnx", "--tsm", "mean", "-o", str(tmp_path / "o")],
+    )
+    assert "--tsm: only for --backend lava" in err and not (tmp_path / "o").exists()
