@@ -141,8 +141,8 @@ def _im_affine(c: _Ctx, k: str, n, x: str) -> str:
     w = np.asarray(n.weight)
     if w.ndim != 2:
         raise _refuse(k, n, f"weight of rank {w.ndim} (only [out, in])")
-    bias = c.param(f"{k}.bias", n.bias) if isinstance(n, nir.Affine) else None
-    return c.add(ir.Linear(name=c.name(k), inputs=(x,), weight=c.param(f"{k}.weight", w), bias=bias))
+    bias = c.param(f"{c.base.get(k, k)}.bias", n.bias) if isinstance(n, nir.Affine) else None
+    return c.add(ir.Linear(name=c.name(k), inputs=(x,), weight=c.param(f"{c.base.get(k, k)}.weight", w), bias=bias))
 
 
 def _im_scale(c: _Ctx, k: str, n, x: str) -> str:
@@ -156,11 +156,11 @@ def _im_scale(c: _Ctx, k: str, n, x: str) -> str:
         return x if f == 1.0 and not keep else c.add(ir.Scale(name=c.name(k), inputs=(x,), factor=f))
     shape = c.type(x).shape
     if s.ndim == 1:
-        return c.add(ir.Linear(name=c.name(k), inputs=(x,), weight=c.param(f"{k}.weight", np.diag(s))))
+        return c.add(ir.Linear(name=c.name(k), inputs=(x,), weight=c.param(f"{c.base.get(k, k)}.weight", np.diag(s))))
     if s.ndim == 3 and np.all(s == s[:, :1, :1]):
         C = shape[0]
         w = np.diag(s[:, 0, 0]).reshape(C, C, 1, 1)
-        return c.add(ir.Conv2d(name=c.name(k), inputs=(x,), weight=c.param(f"{k}.weight", w)))
+        return c.add(ir.Conv2d(name=c.name(k), inputs=(x,), weight=c.param(f"{c.base.get(k, k)}.weight", w)))
     raise _refuse(k, n, "a per-position (not per-channel) scale of a [C, H, W] value has no IR op")
 
 
@@ -173,18 +173,18 @@ def _padding(k: str, n, kernel, dilation) -> tuple[int, int]:
         if p != "same" or any(t % 2 for t in tot):
             raise _refuse(k, n, f"padding {p!r} is not symmetric")
         return (tot[0] // 2, tot[1] // 2)
-    return nirsim._ints(p, 2)
+    return nirsim.int_tuple(p, 2)
 
 
 def _im_conv2d(c: _Ctx, k: str, n, x: str) -> str:
     w = np.asarray(n.weight)
-    stride, dil = nirsim._ints(n.stride, 2), nirsim._ints(n.dilation, 2)
+    stride, dil = nirsim.int_tuple(n.stride, 2), nirsim.int_tuple(n.dilation, 2)
     b = np.asarray(n.bias)
-    bias = None if not np.any(b) and _hint(n).get("bias") is not True else c.param(f"{k}.bias", b)
+    bias = None if not np.any(b) and _hint(n).get("bias") is not True else c.param(f"{c.base.get(k, k)}.bias", b)
     node = ir.Conv2d(
         name=c.name(k),
         inputs=(x,),
-        weight=c.param(f"{k}.weight", w),
+        weight=c.param(f"{c.base.get(k, k)}.weight", w),
         bias=bias,
         stride=stride,
         padding=_padding(k, n, w.shape[2:], dil),
@@ -195,15 +195,15 @@ def _im_conv2d(c: _Ctx, k: str, n, x: str) -> str:
 
 
 def _im_pool(c: _Ctx, k: str, n, x: str) -> str:
-    kh, kw = nirsim._ints(n.kernel_size, 2)
+    kh, kw = nirsim.int_tuple(n.kernel_size, 2)
     C = c.type(x).shape[0]
     w = np.ones((C, 1, kh, kw)) / (kh * kw if isinstance(n, nir.AvgPool2d) else 1)
     node = ir.Conv2d(
         name=c.name(k),
         inputs=(x,),
-        weight=c.param(f"{k}.weight", w),
-        stride=nirsim._ints(n.stride, 2),
-        padding=nirsim._ints(n.padding, 2),
+        weight=c.param(f"{c.base.get(k, k)}.weight", w),
+        stride=nirsim.int_tuple(n.stride, 2),
+        padding=nirsim.int_tuple(n.padding, 2),
         groups=C,
     )
     return c.add(node)

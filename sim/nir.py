@@ -46,7 +46,8 @@ def _f(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def _ints(v, n: int) -> tuple[int, ...]:
+def int_tuple(v, n: int) -> tuple[int, ...]:
+    """A NIR integer attribute (int, tuple or array) as ``n`` ints (a single value repeated)."""
     a = np.asarray(v).reshape(-1)
     return tuple(int(x) for x in (np.repeat(a, n) if a.size == 1 else a))
 
@@ -56,7 +57,7 @@ def _conv_nd(node, x: np.ndarray, nd: int) -> np.ndarray:
     if nd == 1:  # [B, C, L] as [B, C, 1, L]
         x, w = x[:, :, None, :], w[:, :, None, :]
     k = w.shape[2:]
-    stride, dil = _ints(node.stride, nd), _ints(node.dilation, nd)
+    stride, dil = int_tuple(node.stride, nd), int_tuple(node.dilation, nd)
     if nd == 1:
         stride, dil = (1,) + stride, (1,) + dil
     pad = node.padding.decode() if isinstance(node.padding, bytes) else node.padding
@@ -69,7 +70,7 @@ def _conv_nd(node, x: np.ndarray, nd: int) -> np.ndarray:
         else:
             raise SdmcError(f"NIR conv: unknown padding {pad!r}")
     else:
-        p = _ints(pad, nd)
+        p = int_tuple(pad, nd)
         pads = [(pp, pp) for pp in ((0,) + p if nd == 1 else p)]
     x = np.pad(x, ((0, 0), (0, 0), *pads))
     y = conv2d(x, w, _f(node.bias), stride, (0, 0), dil, int(np.asarray(node.groups)))
@@ -77,7 +78,7 @@ def _conv_nd(node, x: np.ndarray, nd: int) -> np.ndarray:
 
 
 def _pool(node, x: np.ndarray, avg: bool) -> np.ndarray:
-    k, s, p = _ints(node.kernel_size, 2), _ints(node.stride, 2), _ints(node.padding, 2)
+    k, s, p = int_tuple(node.kernel_size, 2), int_tuple(node.stride, 2), int_tuple(node.padding, 2)
     C = x.shape[1]
     y = conv2d(x, np.ones((C, 1) + k), None, s, p, (1, 1), C)
     return y / (k[0] * k[1]) if avg else y
@@ -266,6 +267,36 @@ class HostOp:
         raise NotImplementedError
 
 
+def _step(n, x: np.ndarray, st: dict, ctx: _Ctx) -> np.ndarray:
+    """One node at one step (its state ``st`` starts empty: potentials and currents at 0)."""
+    name = type(n).__name__
+    if name not in STATEFUL:
+        return STATELESS[name](n, x, ctx)
+    if not st and name != "Delay":
+        st.update(v=np.zeros_like(x), i=np.zeros_like(x))
+    return STATEFUL[name](n, x, st, ctx)
+
+
+def _bind(nodes: Mapping, need: list[str], inputs: Mapping, T: int | None) -> tuple[dict, int]:
+    """The input arrays (float64; ``[T, B, *shape]`` or static ``[B, *shape]``) checked against the Input nodes'
+    shapes, and the number of steps."""
+    arrays = {}
+    for k in need:
+        a = _f(inputs[k])
+        shape = tuple(int(s) for s in np.asarray(nodes[k].input_type["input"]).reshape(-1))
+        lead = a.ndim - len(shape)
+        if lead not in (1, 2) or a.shape[lead:] != shape:
+            raise SdmcError(f"NIR run: input {k!r} has shape {list(a.shape)}, expected [T, B, *{list(shape)}]")
+        if lead == 2:
+            T = a.shape[0] if T is None else T
+            if a.shape[0] != T:
+                raise SdmcError(f"NIR run: input {k!r} has {a.shape[0]} steps, expected T={T}")
+        arrays[k] = a
+    if T is None or T < 1:
+        raise SdmcError("NIR run: give T (no per-step input fixes the number of steps)")
+    return arrays, int(T)
+
+
 def run(
     graph: nir.NIRGraph,
     inputs: Mapping[str, np.ndarray],
@@ -294,21 +325,7 @@ def run(
     missing, unknown = [k for k in need if k not in inputs], sorted(set(inputs) - set(need))
     if missing or unknown:
         raise SdmcError(f"NIR run: inputs {sorted(inputs)} do not match the graph's Input nodes {need}")
-    arrays = {}
-    for k in need:
-        a = _f(inputs[k])
-        shape = tuple(int(s) for s in np.asarray(nodes[k].input_type["input"]).reshape(-1))
-        if a.ndim < len(shape) or a.shape[a.ndim - len(shape) :] != shape:
-            raise SdmcError(f"NIR run: input {k!r} has shape {list(a.shape)}, expected [T, B, *{list(shape)}]")
-        if a.ndim == len(shape) + 2:
-            T = a.shape[0] if T is None else T
-            if a.shape[0] != T:
-                raise SdmcError(f"NIR run: input {k!r} has {a.shape[0]} steps, expected T={T}")
-        elif a.ndim != len(shape) + 1:
-            raise SdmcError(f"NIR run: input {k!r} has shape {list(a.shape)}, expected [T, B, *{list(shape)}]")
-        arrays[k] = a
-    if T is None or T < 1:
-        raise SdmcError("NIR run: give T (no per-step input fixes the number of steps)")
+    arrays, T = _bind(nodes, need, inputs, T)
     for port, op in ext.items():
         edges += [(src, port) for src in op.ports]
     seq, back = order(nodes, edges, ins)
@@ -334,16 +351,9 @@ def run(
                 if not parts:
                     raise SdmcError(f"NIR run: node {k!r} has no input at step {t}")
                 x = parts[0]
-                for p in parts[1:]:
+                for p in parts[1:]:  # fan-in: the sum of the incoming edges
                     x = x + p
-                name = type(n).__name__
-                if name in STATEFUL:
-                    if "v" not in states[k] and name != "Delay":
-                        states[k]["v"] = np.zeros_like(x)
-                        states[k]["i"] = np.zeros_like(x)
-                    cur[k] = STATEFUL[name](n, x, states[k], ctx)
-                else:
-                    cur[k] = STATELESS[name](n, x, ctx)
+                cur[k] = _step(n, x, states[k], ctx)
         for k in hist:
             hist[k].append(cur[k])
         prev = cur
