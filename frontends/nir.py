@@ -44,6 +44,7 @@ from sdmc.passes.rewrite import _new_param
 from sdmc.sim import nir as nirsim
 
 DT = nirsim.DT
+MAX_BYTES = 4 << 30  # what read_nir agrees to load (HDF5 compresses: a small file can declare huge arrays)
 
 
 def read_nir(path) -> nir.NIRGraph:
@@ -59,6 +60,10 @@ def read_nir(path) -> nir.NIRGraph:
             if "node" not in f or "type" not in f["node"]:
                 raise SdmcError(f"{path}: not a NIR file (no 'node' group with a 'type')")
             kind = f["node"]["type"][()]
+            sizes: list[int] = []
+            f.visititems(lambda _, o: sizes.append(o.size * o.dtype.itemsize) if isinstance(o, h5py.Dataset) else None)
+            if sum(sizes) > MAX_BYTES:
+                raise SdmcError(f"{path}: declares {sum(sizes) / 2**30:.1f} GiB of arrays (over {MAX_BYTES >> 30} GiB)")
         if (kind.decode() if isinstance(kind, bytes) else str(kind)) != "NIRGraph":
             raise SdmcError(f"{path}: the top-level NIR node is a {kind!r}, not a NIRGraph")
         return nir.read(str(path))

@@ -259,12 +259,17 @@ def test_hostile_files_get_one_clear_error(tmp_path):
         n.create_dataset("edges", data=np.zeros((0, 2), "S1"))
     with h5py.File(tmp_path / "leaf.nir", "w") as f:
         f.create_group("node").create_dataset("type", data="Affine")
+    with h5py.File(tmp_path / "huge.nir", "w") as f:  # a few kB on disk, 8 GiB once read
+        n = f.create_group("node")
+        n.create_dataset("type", data="NIRGraph")
+        n.create_dataset("w", shape=(1 << 30,), dtype="f8", compression="gzip", chunks=(1 << 20,))
     cases = {
         "garbage.nir": "not a NIR file",
         "truncated.nir": "not a NIR file|not a valid NIR graph",
         "empty.nir": "no 'node' group",
         "bogus.nir": "not a valid NIR graph",
         "leaf.nir": "not a NIRGraph",
+        "huge.nir": "declares 8.0 GiB of arrays",
         "missing.nir": "no such file",
     }
     for name, msg in cases.items():

@@ -239,6 +239,12 @@ def test_hostile_files_get_one_clear_error(tmp_path):
         if p.key == "sdmc.io":
             p.value = "{not json"
     cases["badmeta.onnx"] = (bad_meta.SerializeToString(), "sdmc metadata is malformed")
+    external = onnx.load(str(good))
+    t = external.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="../../etc/passwd")
+    cases["external.onnx"] = (external.SerializeToString(), "external files")
     for name, (blob, msg) in cases.items():
         path = tmp_path / name
         path.write_bytes(blob)

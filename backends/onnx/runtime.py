@@ -34,9 +34,11 @@ def load_onnx(path) -> onnx.ModelProto:
     if size == 0 or size >= MAX_BYTES:
         raise SdmcError(f"{path}: not an ONNX model ({size} bytes)")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises several types for foreign bytes
         raise SdmcError(f"{path}: not an ONNX model (cannot parse: {type(e).__name__}: {e})") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise SdmcError(f"{path}: its tensors live in external files; sdmc reads only self-contained models")
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # noqa: BLE001 - checker errors name the offending node
