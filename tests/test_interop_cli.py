@@ -132,3 +132,36 @@ def test_nir_chain_goes_to_loihi_and_lava_only_options_are_refused(tmp_path, cap
         ["export", str(path), "--snn-steps", "4", "--backend", "onnx", "--tsm", "mean", "-o", str(tmp_path / "o")],
     )
     assert "--tsm: only for --backend lava" in err and not (tmp_path / "o").exists()
+
+
+def test_bundled_reference_exports_and_its_nir_goes_to_torch_and_loihi(released, tmp_path, monkeypatch, capsys):
+    """``bundled:NAME`` (a native file in the bundled directory) through ``export --backend onnx|nir``; the .nir
+    back into the torch executor (== golden of the exported IR, spike for spike) and to Loihi."""
+    from sdmc.backends import nir as snir
+    from sdmc.backends.onnx import OnnxModel
+    from sdmc.backends.torch_exec import load_compiled
+    from sdmc.checkpoint import save_model
+    from sdmc.config import SdmcConfig
+    from sdmc.frontends import from_checkpoint
+    from sdmc.models import bundled
+
+    _, m = released["sddpm"]
+    monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path)
+    save_model(tmp_path / bundled.BUNDLED["digits"].file, m, SdmcConfig(model=m.config))
+    onnx_path, nir_path = tmp_path / "d.onnx", tmp_path / "d.nir"
+    assert main(["export", "bundled:digits", "--backend", "onnx", "-o", str(onnx_path)]) == 0
+    assert main(["export", "bundled:digits", "--backend", "nir", "--nir-ext", "--t", "300", "-o", str(nir_path)]) == 0
+    g = from_checkpoint("bundled:digits")
+    x = np.random.default_rng(2).normal(size=(2, 1, 8, 8))
+    t = np.array([300, 300])
+    got = OnnxModel(onnx_path).run({"x": x.astype(np.float32), "t": t})["out"]
+    np.testing.assert_allclose(got, golden.run(g, [x, t])["out"], rtol=1e-4, atol=1e-4)
+    out = tmp_path / "back.sdmc"
+    assert main(["compile", str(nir_path), "--backend", "torch", "-o", str(out)]) == 0
+    ex, _ = load_compiled(out, dtype=torch.float64)
+    with torch.no_grad():
+        y = ex(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(y, golden.run(snir.prepare(g, 300), {"x": x})["out"], rtol=1e-9, atol=1e-9)
+    assert main(["export", str(nir_path), "--backend", "lava", "-o", str(tmp_path / "lava")]) == 0
+    assert (tmp_path / "lava" / "manifest.json").is_file()
+    assert "netx segment(s), T=2" in capsys.readouterr().out

@@ -59,7 +59,8 @@ def load_graph(args: argparse.Namespace):
         return interop.load_nir(path, args)
     from ..frontends import from_checkpoint
 
-    return from_checkpoint(path, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
+    # args.model as given: from_checkpoint resolves 'bundled:NAME' only from the string
+    return from_checkpoint(args.model, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
 
 
 # ---------------------------------------------------------------------------------------------- export
