@@ -1,6 +1,7 @@
 # ruff: noqa: E402  (the imports below need the nir package, checked first)
-"""NIR import: graphs built with the nir API (and exported by SpikingJelly) -> IR -> golden simulator == a direct numpy
-simulation of the NIR semantics (sdmc.sim.nir); unsupported nodes refused by name; hostile files get one error."""
+"""NIR import: graphs built with the nir API (and exported by SpikingJelly, snnTorch and Norse) -> IR -> golden
+simulator == a direct numpy simulation of the NIR semantics (sdmc.sim.nir); unsupported nodes refused by name;
+hostile files get one error."""
 
 import pytest
 
@@ -153,13 +154,10 @@ def test_imported_graph_runs_in_the_torch_executor(tmp_path):
 
     rng = np.random.default_rng(5)
     path = tmp_path / "m.nir"
-    ng = _conv_graph(rng)
-    ng.nodes["x"] = ng.nodes.pop("in")  # (the executor's generated forward cannot take an argument named 'in')
-    ng.edges = [("x" if a == "in" else a, b) for a, b in ng.edges]
-    nir.write(str(path), ng)
+    nir.write(str(path), _conv_graph(rng))  # its input is named 'in', a Python keyword: the generated forward copes
     g = from_nir(path, T=4, dtype="float64")
     x = rng.normal(0, 1.0, (4, 2, 2, 8, 8))
-    ref = golden.run(g, {"x": x})
+    ref = golden.run(g, {"in": x})
     ex = compile_torch(g, mode="inference", dtype=torch.float64)
     with torch.no_grad():
         out = ex(torch.from_numpy(x))
@@ -190,6 +188,74 @@ def test_spikingjelly_export_imports_and_runs_like_spikingjelly():
     (name,) = out
     assert 0 < ref.mean() < 1
     np.testing.assert_array_equal(out[name], ref)
+
+
+def _neurons_match_interpreter(ng: nir.NIRGraph, x: np.ndarray, T: int, dt: float) -> tuple[ir.Graph, dict]:
+    """Import ``ng`` (a foreign export whose node names may start with a digit: the IR prefixes ``n_``); golden's
+    spikes of every neuron == the interpreter's.  Returns the graph and golden's values."""
+    g = from_nir(ng, T=T, dt=dt, dtype="float64")
+    (inp,) = [k for k, v in ng.nodes.items() if isinstance(v, nir.Input)]
+    ref = nirsim.run(ng, {inp: x}, dt=dt, record=True)
+    vals = golden.run(g, {g.input_nodes[0].name: x}, all_values=True)
+    neurons = [n.name for n in g if n.op in ir.NEURON]
+    assert len(neurons) == 2
+    for k in neurons:
+        np.testing.assert_array_equal(vals[k], ref[k.removeprefix("n_")], err_msg=f"spikes of {k}")
+        assert 0 < vals[k].mean() < 1, f"{k} never or always fires: a weak test"
+    return g, vals
+
+
+def test_snntorch_export_imports_and_runs_like_snntorch():
+    """snnTorch's own NIR export (Linear + Leaky, reset to zero) -> IR: golden == the NIR semantics == snnTorch."""
+    snn = pytest.importorskip("snntorch")
+    from snntorch import utils
+    from snntorch.export_nir import export_to_nir
+
+    torch.manual_seed(0)
+
+    def leaky(n, beta, th, **kw):  # per-neuron tensors: snnTorch 1.0 writes a scalar beta as a shapeless NIR LIF
+        return snn.Leaky(beta=torch.full((n,), beta), threshold=torch.full((n,), th), reset_mechanism="zero", **kw)
+
+    net = torch.nn.Sequential(
+        torch.nn.Linear(12, 8),
+        leaky(8, 0.8, 0.5, init_hidden=True),
+        torch.nn.Linear(8, 5),
+        leaky(5, 0.9, 0.4, init_hidden=True, output=True),
+    )
+    ng = export_to_nir(net, torch.zeros(12))
+    T, x = 6, np.random.default_rng(0).normal(0, 1, (6, 3, 12))
+    g, vals = _neurons_match_interpreter(ng, x, T, DT)
+    assert [n.op for n in g if n.op in ir.NEURON] == ["lif", "lif"]
+    utils.reset(net)
+    with torch.no_grad():
+        spikes = np.stack([net(torch.tensor(x[t], dtype=torch.float32))[0].numpy() for t in range(T)])
+    np.testing.assert_array_equal(vals[[n.name for n in g if n.op == "lif"][-1]], spikes)
+
+
+def test_norse_export_imports_like_the_nir_semantics():
+    """Norse's own NIR export (Linear + LIFBoxCell) -> IR: golden == the NIR semantics, spike for spike.  Norse 1.1
+    writes ``tau = dt / tau_mem_inv`` (dt times the time constant), so at its own dt the import refuses the graph
+    naming the node (dt/tau = 200), and read at dt**2 it runs like Norse."""
+    nt = pytest.importorskip("norse.torch")
+    from norse.torch.utils.export_nir import to_nir
+
+    torch.manual_seed(0)
+    p = nt.LIFBoxParameters(tau_mem_inv=torch.tensor(200.0), v_th=torch.tensor(0.3), v_leak=torch.tensor(0.0))
+    net = nt.SequentialState(torch.nn.Linear(12, 8), nt.LIFBoxCell(p), torch.nn.Linear(8, 5), nt.LIFBoxCell(p))
+    with torch.no_grad():
+        net[2].weight.mul_(10.0)  # so that the second layer fires
+    ng = to_nir(net, torch.zeros(12), dt=1e-3)
+    with pytest.raises(UnsupportedOpError, match=r"node '1' \(LIF\): dt/tau = 199\.99"):
+        from_nir(ng, T=8, dt=1e-3)
+    x = np.random.default_rng(0).normal(0, 3, (8, 3, 12))
+    g, vals = _neurons_match_interpreter(ng, x, 8, 1e-6)  # dt / tau = 1e-6 / (1e-3 / 200): Norse's own leak
+    assert [n.op for n in g if n.op in ir.NEURON] == ["lif", "lif"]
+    state, spikes = None, []
+    with torch.no_grad():
+        for t in range(8):
+            z, state = net(torch.tensor(x[t], dtype=torch.float32), state)
+            spikes.append(z.numpy())
+    np.testing.assert_array_equal(vals[[n.name for n in g if n.op == "lif"][-1]], np.stack(spikes))
 
 
 # ------------------------------------------------------------------------------------------ refusals

@@ -63,8 +63,10 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 
 
 def _ident(name: str) -> str:
+    """``name`` as a Python identifier (generated code names inputs after IR nodes; NIR files call theirs 'in')."""
     s = re.sub(r"\W", "_", name)
-    return s if s and not s[0].isdigit() else "_" + s
+    s = s if s and not s[0].isdigit() else "_" + s
+    return s + "_" if keyword.iskeyword(s) else s
 
 
 class TorchExecutor(nn.Module):
