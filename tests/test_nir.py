@@ -143,6 +143,55 @@ def test_refusals_name_the_node_and_the_reason():
         snir.to_nir(EXAMPLES["conv2d"](), dt=0.0)
 
 
+def test_partial_forms_are_extensions_and_prepare_refusals_stand_with_extensions():
+    """The README's table: node forms NIR lacks (a broadcasting sum, a soft-reset LIF starting off 0, a read-out
+    decay outside [0, 1]) are refused by name or kept as extensions; what export folds first (a step-only value
+    not summed into a bias, a BatchNorm over a rank-2 value) is refused even with extensions."""
+    from op_examples import _G, C, H
+
+    def lif_soft(b):
+        return b.finish(
+            b.add(ir.LIF(name="n", inputs=(b.conv("c0", "xs"),), threshold=0.5, tau=2.0, v_reset=None, v_init=0.2))
+        )
+
+    def bcast(b):  # [C, H, W] + [1, H, W]
+        s = b.spikes("s0", b.conv("c0", "xs"))
+        return b.finish(b.spikes("s1", b.add(ir.Add(name="n", inputs=(b.conv("c1", s), b.conv("c2", s, 1))))))
+
+    def decay(b):
+        b.add(ir.MembraneReadout(name="n", inputs=(b.spikes("s0", b.conv("c0", "xs")),), decay=1.5))
+        b.add(ir.Output(name="out", inputs=("n",)))
+        return ir.check(b.g)
+
+    for build, op, why in [
+        (lif_soft, "lif", "non-zero initial potential"),
+        (bcast, "add", "broadcasting sum"),
+        (decay, "membrane_readout", "outside"),
+    ]:
+        g = build(_G(0))
+        with pytest.raises(snir.Refused, match=rf"node 'n' \({op}\): .*{why}"):
+            snir.to_nir(g)
+        ext = snir.sdmc_meta(snir.to_nir(g, extensions=True))["extensions"]
+        assert op in [e["op"] for e in ext]
+
+    b = _G(0, t_input=True)
+    e = b.add(ir.Embedding(name="emb", inputs=("t",), weight=b.p("emb.w", b.rng.normal(0, 0.3, (10, C)))))
+    r = b.add(ir.Reshape(name="emb.r", inputs=(e,), shape=(C, 1, 1)))
+    gated = b.add(ir.Mul(name="gate", inputs=(b.spikes("s0", b.conv("c0", "xs")), r)))
+    step_gate = b.finish(b.spikes("s1", b.conv("c1", gated)))
+    b = _G(0)
+    f = b.add(ir.Reshape(name="f", inputs=(b.spikes("s0", b.conv("c0", "xs")),), shape=(C, H * H)))
+    m, v = b.p("m", np.zeros(C)), b.p("v", np.ones(C))
+    bn = b.add(ir.BatchNorm(name="bn", inputs=(f,), weight=None, bias=None, running_mean=m, running_var=v))
+    bn_rank2 = b.finish(b.add(ir.Reshape(name="g", inputs=(bn,), shape=(C, H, H))))
+    for g, t, msg in [
+        (step_gate, 3, r"node 'gate' \(mul\): reads 'emb.r'.*no constant source"),
+        (bn_rank2, None, r"node 'bn' \(batchnorm\): BatchNorm over a rank-2"),
+    ]:
+        with pytest.raises(snir.Refused, match=msg):
+            snir.to_nir(g, t=t, extensions=True)
+
+
 # ------------------------------------------------------------------------------------------ chains, random graphs
 def _chain(readout: bool = True) -> ir.Graph:
     """A pure-NIR chain: conv -> IF -> strided conv -> LIF -> flatten -> linear -> IF -> linear [-> read-out]."""
