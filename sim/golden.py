@@ -114,6 +114,25 @@ def groupnorm(
     return y + beta.reshape(shp) if beta is not None else y
 
 
+def pool2d(x: np.ndarray, mode: str, kernel, stride, padding, count_include_pad: bool = True) -> np.ndarray:
+    """Max / avg / sum pooling of ``x`` ``[N, C, H, W]`` over ``kernel`` windows (``sdmc.ir.pool`` maths):
+    the input is padded with ``-inf`` (max) or 0, windows are gathered with a strided view and reduced."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    fill = -np.inf if mode == "max" else 0.0
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # [N, C, Ho, Wo, kh, kw]
+    if mode == "max":
+        return win.max(axis=(-2, -1))
+    y = win.sum(axis=(-2, -1))
+    if mode == "sum":
+        return y
+    if count_include_pad:
+        return y / (kh * kw)
+    ones = np.pad(np.ones(x.shape[2:]), ((ph, ph), (pw, pw)))
+    count = sliding_window_view(ones, (kh, kw))[::sh, ::sw].sum(axis=(-2, -1))  # [Ho, Wo] real positions
+    return y / count
+
+
 # ------------------------------------------------------------------------------------ interpreter
 class _Ctx:
     def __init__(self, graph: Graph, B: int, training: bool):
@@ -166,6 +185,11 @@ def _scaled_conv2d(c: _Ctx, n, xs, ts):
         b = c.p(n.bias)
         y = y + (b.reshape(c.T, 1, -1, 1, 1) if b.ndim == 2 else b.reshape(1, 1, -1, 1, 1))
     return np.array(y)
+
+
+def _pool2d(c: _Ctx, n, xs, ts):
+    y = pool2d(c.fold(xs[0], ts[0]), n.mode, n.kernel, n.stride, n.padding, n.count_include_pad)
+    return c.unfold(y, ts[0])
 
 
 def _linear(c: _Ctx, n, xs, ts):
@@ -266,6 +290,7 @@ KERNELS: dict[str, Callable] = {
     "tsm_scale": _tsm,
     "batchnorm": _bn,
     "groupnorm": _gn,
+    "pool2d": _pool2d,
     "if": _neuron,
     "lif": _neuron,
     "plif": _neuron,

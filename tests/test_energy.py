@@ -140,7 +140,7 @@ def test_module_macs_equal_flop_counter_small(arch):
 
 
 def test_ir_dense_macs_equal_flop_counter_small():
-    from sdmc.frontends.fx import trace
+    from sdmc.frontends import trace
 
     cfg = ModelConfig(arch="sdm", snn_steps=2, **SMALL)
     m = build_model(cfg).eval()
@@ -160,7 +160,7 @@ def test_macs_equal_flop_counter_cifar10(arch):
     if arch == "ann":
         assert model_macs(cfg) == want
     else:
-        from sdmc.frontends.fx import trace
+        from sdmc.frontends import trace
 
         assert eager_dense_macs(count_graph(trace(m, (1, 3, 32, 32)))) == want
 
@@ -173,7 +173,7 @@ def test_ann_baseline_cifar10_is_the_papers_29_23_mJ():
 
 # ------------------------------------------------------------------------------------ cost classes
 def test_count_graph_classifies_by_value_kind():
-    from sdmc.frontends.fx import trace
+    from sdmc.frontends import trace
 
     cfg = ModelConfig(arch="sddpm", snn_steps=2, **SMALL)
     costs = count_graph(trace(build_model(cfg).eval(), (1, 1, 16, 16)))
@@ -405,7 +405,7 @@ def test_trajectory_golden_and_eager_agree(tiny_cfg):
 
 def test_golden_and_eager_measurements_agree():
     """An IR graph measured by the golden simulator gives the eager model's counts (same calibration)."""
-    from sdmc.frontends.fx import trace
+    from sdmc.frontends import trace
 
     torch.manual_seed(1)
     cfg = ModelConfig(arch="sddpm", snn_steps=2, ch=8, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=8)
@@ -425,7 +425,7 @@ def test_cli_energy_on_a_compiled_sdmc_file(tmp_path, capsys):
     """A .sdmc graph is measured with the golden simulator (noise calibration: no dataset needed)."""
     from sdmc import ir
     from sdmc.cli import main
-    from sdmc.frontends.fx import trace
+    from sdmc.frontends import trace
 
     cfg = ModelConfig(arch="sdm", snn_steps=2, ch=8, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=8)
     g = trace(build_model(cfg).eval(), (1, 1, 8, 8))

@@ -212,10 +212,10 @@ def test_spikingjelly_layers_and_plif_trace_and_match():
     np.testing.assert_allclose(golden.run(g, [x.numpy()])["out"], y, atol=1e-9)
 
 
-class WithPool(nn.Module):
+class WithLayerNorm(nn.Module):
     def __init__(self):
         super().__init__()
-        self.block = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2))
+        self.block = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.LayerNorm([2, 4, 4]))
 
     def forward(self, x):
         return self.block(x)
@@ -272,8 +272,8 @@ class TimeMixing(nn.Module):
 @pytest.mark.parametrize(
     "net,pattern",
     [
-        (WithPool(), r"block\.1: unsupported op module torch\.nn\.modules\.pooling\.MaxPool2d \(supported:"),
-        (WithRelu(), r"<top level>: unsupported op function torch\.relu \(supported functions: add, mul"),
+        (WithLayerNorm(), r"block\.1: unsupported op module torch\.nn\.modules\.normalization\.LayerNorm \(supported:"),
+        (WithRelu(), r"<top level>: unsupported op function torch\.relu \(supported functions: add, sub, mul"),
         (Outer(), r"blk: unsupported op function torch\.tanh \("),
         (SingleStep(), r"sn: unsupported op IFNode in single-step mode \(use step_mode='m'"),
         (TimeMixing(), r"mix: unsupported op Conv3d\(kernel=\(3, 3, 3\).*only kernels \(kh, kw, 1\)"),

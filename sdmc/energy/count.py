@@ -103,7 +103,7 @@ class NodeCost:
     """Static cost structure of one IR node (per network call, one sample).
 
     ``cls``: ``synapse`` (conv / linear), ``neuron``, ``norm`` (BN), ``scale`` (TSM), ``readout``,
-    ``add`` or ``free``.  ``executions``: how many times the node runs per call (T or 1).
+    ``add``, ``pool`` (``pool2d``: one add or compare per window tap, ``Ho*Wo*C*kh*kw``) or ``free``.  ``executions``: how many times the node runs per call (T or 1).
     ``per_exec``: dense MACs (synapses), elements (everything else) of one execution.
     ``input_kind``: kind of the (first) input value.  ``folded``: a BN / TSM scale a pass folds into the
     preceding conv (no cost in the faithful convention).  ``reads_image``: a synapse on the static
@@ -212,6 +212,9 @@ def count_graph(graph) -> dict[str, NodeCost]:
             )
         elif node.op == "membrane_readout":
             kw.update(cls="readout", per_exec=math.prod(x.shape), executions=T, eager_executions=T)
+        elif node.op == "pool2d":  # one accumulate (sum/avg) or compare (max) per window tap
+            kh, kw_ = node.kernel
+            kw.update(cls="pool", per_exec=numel * kh * kw_)
         elif node.op == "add" and ty.kind == "real":
             execs = T if ty.per_step else 1
             kw.update(cls="add", per_exec=numel, executions=execs, eager_executions=execs)

@@ -94,7 +94,7 @@ def layer_energy(c: NodeCost, act: Activity, prof: EnergyProfile, k: int | None 
         row["spikes"] = row["rate"] * c.per_exec * c.executions
     elif c.cls in ("norm", "scale", "readout"):
         row["macs"] = 0.0 if c.folded else float(c.per_exec * c.executions)
-    elif c.cls == "add":
+    elif c.cls in ("add", "pool"):
         row["adds"] = float(c.per_exec * c.executions)
     row["faithful_pJ"] = (
         prof.mac * row["macs"]
@@ -533,7 +533,7 @@ def analyze(
                 "to a spiking model's energy"
             )
         img = (cfg.img_ch, cfg.img_size, cfg.img_size)
-        from ..frontends.fx import trace
+        from ..frontends import trace
 
         dev = next(module.parameters()).device
         if dev.type != "cpu":  # the frontend traces on CPU examples

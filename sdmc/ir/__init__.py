@@ -1,7 +1,7 @@
 """The sdmc spiking graph IR.
 
 A :class:`Graph` holds named nodes (small frozen dataclasses, one module per op family: ``linear``,
-``norm``, ``neuron``, ``elementwise``, ``structure``), a parameter store ``graph.params`` (numpy arrays
+``norm``, ``neuron``, ``pool``, ``elementwise``, ``structure``), a parameter store ``graph.params`` (numpy arrays
 under the source model's ``state_dict`` names) and ``graph.T``, the number of SNN steps.  Each node
 produces one value named like the node.  Every value has a :class:`ValueType`: per-sample ``shape``
 (no T, no B), ``dtype``, ``kind`` (``spike`` | ``real`` | ``graded``) and ``timing`` (``static``:
@@ -89,6 +89,7 @@ from .graph import (
 from .linear import Conv2d, Conv3d, Linear, ScaledConv2d, TSMScale
 from .neuron import IF, LIF, NEURON_OPS, PLIF, NeuronNode
 from .norm import BatchNorm, GroupNorm
+from .pool import POOL_MODES, Pool2d
 from .serialize import from_dict, load, save, to_dict
 from .structure import Concat, Embedding, Input, MembraneReadout, Output, Repeat, Reshape, Upsample
 from .text import format_graph, parse
@@ -136,6 +137,8 @@ __all__ = [
     "ScaledConv2d",
     "BatchNorm",
     "GroupNorm",
+    "Pool2d",
+    "POOL_MODES",
     "IF",
     "LIF",
     "PLIF",
