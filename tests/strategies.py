@@ -308,3 +308,87 @@ def loihi_net_inputs(net, N: int = 4, B: int = 2, seed: int = 0, p: float = 0.5)
         shape = (N, B) + tuple(s.shape)
         out[s.name] = (rng.random(shape) < p).astype(np.int64) if s.bits == 0 else rng.integers(0, 1 << s.bits, shape)
     return out
+
+
+# ------------------------------------------------------------------------------------------ sequence graphs
+POOL_CHOICES = (  # (mode, kernel, stride, padding, count_include_pad)
+    ("max", 2, 2, 0, True),
+    ("max", 3, 1, 1, True),
+    ("avg", 2, 2, 0, True),
+    ("avg", 3, 2, 1, True),
+    ("avg", 3, 1, 1, False),
+    ("sum", 2, 2, 0, True),
+    ("sum", 2, 1, 0, True),
+)
+
+
+@st.composite
+def sequence_graphs(draw, max_layers: int = 4, dtype: str = "float64") -> ir.Graph:
+    """A classifier over a per-step input ``[T, B, C, H, W]``: a chain of conv / BN / neuron / pooling layers
+    (max, avg with and without padding counted, sum), neurons of every supported flavour (IF / LIF / PLIF,
+    hard or soft reset, ``decay_input`` both ways, ``detach_reset``, ATan or Sigmoid surrogate), then a flatten
+    and a dense layer over the sequence, read out per step or summed over T."""
+    T = draw(st.integers(1, 4))
+    C = draw(st.integers(1, 3))
+    H = draw(st.sampled_from([4, 6, 8]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    b = _Builder(
+        ir.Graph(T, meta={"generator": "tests.strategies.sequence_graphs", "seed": seed}),
+        np.random.default_rng(seed),
+        dtype,
+    )
+    v = b.add(ir.Input(name="x", shape=(C, H, H), dtype=dtype, timing=ir.PER_STEP))
+    for _ in range(draw(st.integers(1, max_layers))):
+        layer = draw(st.sampled_from(("conv", "bn", "neuron", "pool", "pool")))
+        t = b.g.nodes[v].type
+        if layer == "conv":
+            v = b.conv(v, draw(st.integers(1, 4)), draw(st.sampled_from([1, 3])))
+        elif layer == "bn":
+            v = b.bn(v)
+        elif layer == "neuron" and t.kind != ir.SPIKE:
+            v = b.add(_any_neuron(draw, b, v))
+        elif layer == "pool":
+            mode, k, s, p, cip = draw(st.sampled_from(POOL_CHOICES))
+            if t.shape[1] + 2 * p < k:
+                continue
+            v = b.add(
+                ir.Pool2d(
+                    name=b.name(f"{mode}pool"),
+                    inputs=(v,),
+                    mode=mode,
+                    kernel=k,
+                    stride=s,
+                    padding=p,
+                    count_include_pad=cip,
+                )
+            )
+    shape = b.g.nodes[v].type.shape
+    flat = b.add(ir.Reshape(name="flat", inputs=(v,), shape=(int(np.prod(shape)),)))
+    w = b.rng.normal(0, 1.5 / np.sqrt(np.prod(shape)), (5, int(np.prod(shape))))
+    fc = b.add(ir.Linear(name="fc", inputs=(flat,), weight=b.p("fc.weight", w), bias=b.p("fc.bias", np.zeros(5))))
+    out = fc
+    if draw(st.booleans()):
+        out = b.add(_any_neuron(draw, b, fc))
+    if draw(st.booleans()):
+        out = b.add(ir.MembraneReadout(name="readout", inputs=(out,), decay=draw(st.sampled_from([1.0, 0.8]))))
+    b.add(ir.Output(name="out", inputs=(out,)))
+    return ir.check(b.g)
+
+
+def _any_neuron(draw, b: _Builder, src: str) -> ir.Node:
+    op = draw(st.sampled_from(("if", "lif", "plif")))
+    common = dict(
+        name=b.name(op),
+        inputs=(src,),
+        threshold=draw(st.sampled_from([0.5, 1.0])),
+        v_reset=draw(st.sampled_from([0.0, None, -0.2])),
+        surrogate=draw(st.sampled_from(["atan", "sigmoid"])),
+        alpha=draw(st.sampled_from([2.0, 4.0])),
+        detach_reset=draw(st.booleans()),
+    )
+    if op == "if":
+        return ir.IF(**common)
+    if op == "lif":
+        return ir.LIF(tau=draw(st.sampled_from([1.5, 2.0, 3.0])), decay_input=draw(st.booleans()), **common)
+    w = b.p(f"{common['name']}.w", np.asarray(b.rng.normal(0, 1)))
+    return ir.PLIF(w=w, decay_input=draw(st.booleans()), **common)

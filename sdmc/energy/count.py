@@ -103,7 +103,8 @@ class NodeCost:
     """Static cost structure of one IR node (per network call, one sample).
 
     ``cls``: ``synapse`` (conv / linear), ``neuron``, ``norm`` (BN), ``scale`` (TSM), ``readout``,
-    ``add``, ``pool`` (``pool2d``: one add or compare per window tap, ``Ho*Wo*C*kh*kw``) or ``free``.  ``executions``: how many times the node runs per call (T or 1).
+    ``add``, ``pool`` (``pool2d``: one add or compare per window tap, ``Ho*Wo*C*kh*kw``) or ``free``.
+    ``executions``: how many times the node runs per call (T or 1).
     ``per_exec``: dense MACs (synapses), elements (everything else) of one execution.
     ``input_kind``: kind of the (first) input value.  ``folded``: a BN / TSM scale a pass folds into the
     preceding conv (no cost in the faithful convention).  ``reads_image``: a synapse on the static

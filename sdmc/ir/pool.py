@@ -19,14 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .graph import FLOAT_DTYPES, GRADED, SPIKE, Node, ValueType, register
+from .families import TIME_INVARIANT
+from .graph import FLOAT_DTYPES, GRADED, SPIKE, Node, ValueType, pair_attr, register
 from .linear import conv_out
 
 POOL_MODES = ("max", "avg", "sum")
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 @register
@@ -35,16 +32,12 @@ class Pool2d(Node):
     """Max / average / sum pooling (see the module docstring for the maths)."""
 
     op = "pool2d"
+    families = (TIME_INVARIANT,)
     mode: str = "max"
-    kernel: tuple[int, int] = (2, 2)
-    stride: tuple[int, int] = (2, 2)
-    padding: tuple[int, int] = (0, 0)
+    kernel: tuple[int, int] = pair_attr((2, 2))
+    stride: tuple[int, int] = pair_attr((2, 2))
+    padding: tuple[int, int] = pair_attr((0, 0))
     count_include_pad: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for f in ("kernel", "stride", "padding"):
-            object.__setattr__(self, f, _pair(getattr(self, f)))
 
     def infer(self, ins, graph):
         x = ins[0]
