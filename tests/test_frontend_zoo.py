@@ -11,6 +11,7 @@ from zoo.classifiers import CSNN, LIFClassifier, SeqToANNNet, jitter_plif
 from zoo.papers_unet import SpkUNetTSM
 
 from sdmc import ir
+from sdmc.backends.torch import compile_torch
 from sdmc.config import ModelConfig
 from sdmc.errors import UnsupportedOpError
 from sdmc.frontends import trace
@@ -105,6 +106,47 @@ def test_lif_plif_classifier_over_feature_sequences():
     assert_golden_equals_eager(net, g, [x])
 
 
+@pytest.mark.parametrize("cls,shape", [(CSNN, (1, 8, 8)), (SeqToANNNet, (2, 8, 8)), (LIFClassifier, (12,))])
+@pytest.mark.parametrize("mode", ["train", "inference"])
+def test_torch_executor_equals_golden_on_zoo_classifiers(cls, shape, mode):
+    T = 3
+    net = make(cls)
+    g = trace(net, (T, 1) + shape, T=T)
+    x = torch.rand((T, 3) + shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 3
+    vals = golden.run(g, [x.numpy()], all_values=True)
+    ex = compile_torch(g, mode=mode, dtype=torch.float64).eval()
+    with torch.no_grad():
+        y = ex(x)
+    np.testing.assert_allclose(y.numpy(), vals["out"], rtol=0, atol=1e-9)
+    y_eager, spikes = eager_with_spikes(net, x)
+    np.testing.assert_allclose(y.numpy(), y_eager, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("cls,shape", [(SeqToANNNet, (2, 8, 8)), (LIFClassifier, (12,))])
+def test_executor_gradients_equal_spikingjelly_sigmoid_surrogate_and_detach_reset(cls, shape):
+    """Training through the executor: the Sigmoid surrogate, detach_reset and PLIF's learnable decay give
+    spikingjelly's gradients (both in eval mode: BN running statistics, no dropout)."""
+    T = 3
+    net = make(cls)
+    g = trace(net, (T, 1) + shape, T=T)
+    ex = compile_torch(g, mode="train", dtype=torch.float64, channels_last=False).eval()
+    x = torch.rand((T, 4) + shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7)) * 3
+    functional.reset_net(net)
+    y = net(x)
+    w = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    (y * w).sum().backward()
+    functional.reset_net(net)
+    (ex(x) * w).sum().backward()
+    ours = dict(ex.named_parameters())
+    checked = 0
+    for name, p in net.named_parameters():
+        if p.grad is None:
+            continue
+        torch.testing.assert_close(ours[name].grad, p.grad, rtol=1e-7, atol=1e-10, msg=name)
+        checked += p.grad.abs().sum() > 0
+    assert checked >= 3 and any(k.endswith(".w") for k in ours)
+
+
 def test_sequence_timing_can_be_declared_and_is_checked():
     net = make(LIFClassifier)
     g = trace(net, (4, 1, 12), T=4, timing="per-step")
@@ -162,6 +204,9 @@ def test_papers_style_unet_golden_equals_eager():
     finally:
         torch.set_default_dtype(default)
     assert np.abs(vals["out"]).max() > 0.1
+    ex = compile_torch(g, mode="inference", dtype=torch.float64)
+    with torch.no_grad():
+        np.testing.assert_allclose(ex(x, t).numpy(), vals["out"], rtol=0, atol=1e-9)
 
 
 # ------------------------------------------------------------------------------------------ energy

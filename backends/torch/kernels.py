@@ -15,6 +15,8 @@ Surrogate gradient ATan: ``ds/dh = alpha/2 / (1 + (pi/2 alpha (h - theta))^2)``;
 the reset (``detach_reset=False``): hard ``dv/dh = (1 - s) + (r - h) ds/dh``, soft ``dv/dh = 1 - theta ds/dh``.
 :class:`MultiStepNeuron` runs one loop over T with in-place ops into preallocated buffers and saves only
 ``h`` (one tensor the size of the input) for a backward pass that runs the recursion in reverse.
+The Sigmoid surrogate (``ds/dh = alpha sig(alpha d) (1 - sig(alpha d))``, ``d = h - theta``) and
+``detach_reset`` (no gradient through ``s`` in the reset) run in :func:`neuron_reference`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["steps", "neuron_forward", "MultiStepNeuron", "multistep_neuron", "neuron_reference", "atan_surrogate"]
+__all__ = [
+    "steps",
+    "neuron_forward",
+    "MultiStepNeuron",
+    "multistep_neuron",
+    "neuron_reference",
+    "atan_surrogate",
+    "sigmoid_surrogate",
+]
 
 
 def steps(x: torch.Tensor, T: int) -> torch.Tensor:
@@ -35,6 +45,15 @@ def steps(x: torch.Tensor, T: int) -> torch.Tensor:
 def atan_surrogate(d: torch.Tensor, alpha: float) -> torch.Tensor:
     """``alpha/2 / (1 + (pi/2 alpha d)^2)`` (spikingjelly ``surrogate.ATan``'s derivative)."""
     return alpha / 2 / (1 + (math.pi / 2 * alpha * d).pow(2))
+
+
+def sigmoid_surrogate(d: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``alpha sig(alpha d) (1 - sig(alpha d))`` (spikingjelly ``surrogate.Sigmoid``'s derivative)."""
+    sg = torch.sigmoid(alpha * d)
+    return alpha * sg * (1 - sg)
+
+
+SURROGATES = {"atan": atan_surrogate, "sigmoid": sigmoid_surrogate}
 
 
 def _charge(
@@ -201,15 +220,15 @@ def multistep_neuron(
 
 class _Heaviside(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, d, alpha):
+    def forward(ctx, d, alpha, surrogate="atan"):
         ctx.save_for_backward(d)
-        ctx.alpha = alpha
+        ctx.alpha, ctx.surrogate = alpha, surrogate
         return (d >= 0).to(d.dtype)
 
     @staticmethod
     def backward(ctx, g):
         (d,) = ctx.saved_tensors
-        return g * atan_surrogate(d, ctx.alpha), None
+        return g * SURROGATES[ctx.surrogate](d, ctx.alpha), None, None
 
 
 def neuron_reference(
@@ -224,11 +243,14 @@ def neuron_reference(
     w: torch.Tensor | None = None,
     v_init: float | None = None,
     signed: bool = False,
+    surrogate: str = "atan",
+    detach_reset: bool = False,
 ) -> torch.Tensor:
     """The same neuron in plain differentiable torch ops, step by step (PLIF: ``1/tau = sigmoid(w)``, learnable).
 
-    Slow; the executor uses it for PLIF, an initial membrane ``v_init`` and signed IF spikes (the inhibitory
-    spike has no surrogate gradient), and the tests use it as an oracle for :class:`MultiStepNeuron`.
+    Slow; the executor uses it for PLIF, an initial membrane ``v_init``, signed IF spikes (the inhibitory
+    spike has no surrogate gradient), the Sigmoid surrogate and ``detach_reset`` (the reset uses ``s``
+    without its gradient, as spikingjelly), and the tests use it as an oracle for :class:`MultiStepNeuron`.
     """
     r = 0.0 if v_reset is None else float(v_reset)
     xs = steps(x, T)
@@ -243,16 +265,25 @@ def neuron_reference(
             h = v + (xs[t] - (v - r)) / tau if decay_input else v - (v - r) / tau + xs[t]
         else:
             h = v + (xs[t] - (v - r)) * q if decay_input else v - (v - r) * q + xs[t]
-        s = _Heaviside.apply(h - threshold, float(alpha))
+        s = _Heaviside.apply(h - threshold, float(alpha), surrogate)
         if signed:
             s = s - ((h < 0) & (count > 0)).to(h.dtype)
             count = count + s
-        v = h - s * threshold if v_reset is None else h * (1 - s) + r * s
+        sr = s.detach() if detach_reset else s
+        v = h - sr * threshold if v_reset is None else h * (1 - sr) + r * sr
         out.append(s)
     return torch.stack(out).flatten(0, 1)
 
 
 # ------------------------------------------------------------------------------------------ op kernels
+def pool2d(x, mode, kernel, stride, padding, count_include_pad):
+    """Max / avg / sum pooling (:mod:`sdmc.ir.pool`) of a folded or static ``[N, C, H, W]`` value."""
+    if mode == "max":
+        return F.max_pool2d(x, kernel, stride, padding)
+    div = 1 if mode == "sum" else None
+    return F.avg_pool2d(x, kernel, stride, padding, count_include_pad=count_include_pad, divisor_override=div)
+
+
 def conv2d(x, w, b, stride, padding, dilation, groups):
     """``F.conv2d`` on a folded or static value."""
     return F.conv2d(x, w, b, stride, padding, dilation, groups)

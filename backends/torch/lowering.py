@@ -131,6 +131,9 @@ LOWERINGS: dict[str, Rule] = {
     "linear": lambda c, n, xs, ts: c.call(K.linear, xs[0], c.p(n.weight), c.p(n.bias)),
     "tsm_scale": lambda c, n, xs, ts: c.call(K.tsm_scale, xs[0], c.p(n.scale), c.T, not ts[0].per_step),
     "batchnorm": _batchnorm,
+    "pool2d": lambda c, n, xs, ts: c.call(
+        K.pool2d, xs[0], n.mode, n.kernel, n.stride, n.padding, bool(n.count_include_pad)
+    ),
     # running statistics on a static value are refused by ir.check (GroupNorm.infer)
     "groupnorm": lambda c, n, xs, ts: c.call(
         K.groupnorm, xs[0], c.p(n.weight), c.p(n.bias), int(n.num_groups), float(n.eps), bool(n.running), c.T

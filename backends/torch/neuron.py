@@ -30,15 +30,16 @@ class NeuronModule(nn.Module):
         self.alpha = float(node.alpha)
         self.v_init = None if node.v_init is None else float(node.v_init)
         self.signed = bool(getattr(node, "signed", False))
-        if node.surrogate != "atan":
+        self.surrogate, self.detach_reset = node.surrogate, bool(node.detach_reset)
+        if node.surrogate not in K.SURROGATES:
             raise SdmcError(
-                f"torch backend: node {node.name!r}: surrogate {node.surrogate!r} is not supported (only 'atan')"
+                f"torch backend: node {node.name!r}: surrogate {node.surrogate!r} is not supported "
+                f"(supported: {', '.join(K.SURROGATES)})"
             )
-        if node.detach_reset:
-            raise SdmcError(f"torch backend: node {node.name!r}: detach_reset=True is not supported")
 
     def forward(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-        if self.kind == "plif" or self.v_init is not None or self.signed:
+        fused = self.surrogate == "atan" and not self.detach_reset
+        if self.kind == "plif" or self.v_init is not None or self.signed or not fused:
             return K.neuron_reference(
                 x,
                 self.T,
@@ -51,6 +52,8 @@ class NeuronModule(nn.Module):
                 w,
                 self.v_init,
                 self.signed,
+                self.surrogate,
+                self.detach_reset,
             )
         if x.is_cuda and _triton_neuron() is not None:  # the fused Triton kernel, a custom op (compile / CUDA graphs)
             return _triton_neuron().neuron(
