@@ -229,6 +229,15 @@ def build_and_load(sd: Mapping[str, torch.Tensor], cfg: ModelConfig, source: str
     from .models import build_model
 
     model = build_model(cfg)
+    what = f"a {cfg.arch} UNet (ch={cfg.ch}, ch_mult={list(cfg.ch_mult)}, blocks={cfg.num_res_blocks})"
+    match_state_dict(model, sd, source, what)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def match_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
+    """Raise :class:`CheckpointError` naming the first missing / unexpected key or wrong shape when ``sd`` does
+    not load strictly into ``model`` (``what`` describes the model in the message)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
@@ -238,15 +247,10 @@ def build_and_load(sd: Mapping[str, torch.Tensor], cfg: ModelConfig, source: str
             parts.append(f"first missing key {missing[0]!r} ({len(missing)} missing)")
         if unexpected:
             parts.append(f"first unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)")
-        raise CheckpointError(
-            f"{source}: does not match a {cfg.arch} UNet (ch={cfg.ch}, ch_mult="
-            f"{list(cfg.ch_mult)}, blocks={cfg.num_res_blocks}): " + "; ".join(parts)
-        )
+        raise CheckpointError(f"{source}: does not match {what}: " + "; ".join(parts))
     for k, v in expected.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{source}: key {k!r} has shape {list(sd[k].shape)}, expected {list(v.shape)}")
-    model.load_state_dict(sd, strict=True)
-    return model
 
 
 def load_model(
