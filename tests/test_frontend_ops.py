@@ -70,3 +70,16 @@ def test_sequence_graphs_round_trip_and_survive_the_inference_passes(tmp_path_fa
     ref = golden.run(g, ins)["out"]
     opt = passes.run(g, "inference")
     np.testing.assert_allclose(golden.run(opt, ins)["out"], ref, rtol=1e-9, atol=1e-9)
+
+
+@FAST
+@given(sequence_graphs(), st.integers(1, 3), st.sampled_from(["train", "inference"]), st.integers(0, 1000))
+def test_sequence_graphs_torch_executor_equals_golden(g, B, mode, seed):
+    from sdmc.backends.torch import compile_torch
+
+    ins = random_inputs(g, B, seed)
+    ref = golden.run(g, ins)["out"]
+    ex = compile_torch(g, mode=mode, dtype=torch.float64).eval()
+    with torch.no_grad():
+        out = ex(*[torch.from_numpy(ins[n.name]) for n in g.input_nodes])
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-9, atol=1e-9)
