@@ -255,3 +255,16 @@ def test_energy_report_of_zoo_classifiers(cls, shape):
         r = rows[name]
         assert r["sops"] + r["macs"] == pytest.approx(np.count_nonzero(np.stack(ins)) / B * g[name].type.shape[-1])
     assert rep.totals["faithful"]["per_call_mJ"] > 0 and rep.to_markdown()
+
+
+def test_loihi_backends_refuse_pooling_by_node_name():
+    from sdmc import passes
+    from sdmc.backends import lava
+
+    net = make(CSNN)
+    net.conv_fc[6].v_reset = 0.0  # Loihi's CUBA neurons reset to 0: make every neuron expressible but the pools
+    g = trace(net, (3, 1, 1, 8, 8), T=3)
+    with pytest.raises(UnsupportedOpError, match=r"node 'conv_fc.3' \(pool2d\): not expressible"):
+        lava.extract_chain(g)
+    with pytest.raises(UnsupportedOpError, match=r"node 'conv_fc.4' \(conv2d\): reads 'conv_fc.3' \(pool2d\)"):
+        lava.compile_net(passes.run(g, "neuromorphic"))
