@@ -399,7 +399,7 @@ def max_pool2d(lw, n, args, kwargs):
     )
 
 
-@function(F.avg_pool2d, torch.nn.functional.avg_pool2d)
+@function(F.avg_pool2d)
 def avg_pool2d(lw, n, args, kwargs):
     a = _bind(
         lambda input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None: (
