@@ -3,27 +3,17 @@
 state, the fx node and the node's arguments with traced tensors as :class:`~.layouts.V` and parameters or
 computed constants as :class:`~.layouts.Const`.
 
-Structures recognised by what they compute (so a model's own helper classes lower like sdmc's):
-
-- **TSM** (SDM Eq. 16): a per-step tensor ``[T, B, ...]`` times a parameter of shape ``[T, 1, ..., 1]``
-  -> ``tsm_scale`` named after the module doing it;
-- **membrane read-out**: a weighted sum over T, ``sum_t w[t] x[t]`` (``(x * w).sum(0)``,
-  ``einsum('t...,t->...')``, ``x.mean(0)``), with geometric weights ``w[t] = decay**(T-1-t)`` ->
-  ``membrane_readout(decay)`` (times ``w[T-1]`` when that is not 1); other weights -> a per-step scale and
-  a plain sum;
-- **Swish**: ``x * sigmoid(x)`` -> ``swish``.
+Structures recognised by what they compute (TSM, membrane read-out, Swish) are in :mod:`.structures`.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 import operator
 import re
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -34,6 +24,7 @@ from . import modules as M
 from .capture import drive_multi_step, drive_seq_to_ann
 from .layouts import LEAD, Const, V
 from .lowering import Lowering
+from .structures import per_step_scale_source, swish, tsm, weighted_sum
 
 FnRule = Callable[[Lowering, fx.Node, tuple, dict], Any]
 FUNCTIONS: dict[Any, FnRule] = {}
@@ -197,28 +188,15 @@ def binary(lw: Lowering, n: fx.Node, op: str, a: Any, b: Any) -> V:
     want = tuple(n.meta["val"].shape[LEAD[out] :]) if out != "TBL" else tuple(n.meta["val"].shape[1:-1])
     xa, xb = lw.operand(n, a), lw.operand(n, b)
     if op == "mul":
-        swish = _swish(lw, n, xa, xb)
-        if swish is not None:
-            return lw.v(swish, out)
+        sw = swish(lw, n, xa, xb)
+        if sw is not None:
+            return lw.v(sw, out)
     node = (ir.Add if op == "add" else ir.Mul)(name=lw.fn_name(n, op), inputs=(xa, xb))
     name = lw.add(node)
     got = lw.g.nodes[name].type.shape
     if got == want:
         return lw.v(name, out)
     return V(name, out, want, got)  # both operands broadcast: the result is still a broadcast view
-
-
-def _swish(lw: Lowering, n: fx.Node, xa: str, xb: str) -> str | None:
-    """``x * sigmoid(x)`` -> one ``swish`` node; the sigmoid node is dropped (only this product reads it)."""
-    for x, s in ((xa, xb), (xb, xa)):
-        sn = lw.g.nodes.get(s)
-        if sn is None or sn.op != "sigmoid" or sn.inputs != (x,) or lw.g.users(s):
-            continue
-        src = [a for a in n.all_input_nodes if isinstance(lw.env.get(a), V) and lw.env[a].name == s]
-        if src and all(len(a.users) == 1 for a in src):
-            lw.remove(s)
-            return lw.add(ir.Swish(name=lw.structure_name(n, "swish"), inputs=(x,)))
-    return None
 
 
 def _with_constant(lw: Lowering, n: fx.Node, op: str, x: V, c: Any) -> V:
@@ -234,9 +212,7 @@ def _with_constant(lw: Lowering, n: fx.Node, op: str, x: V, c: Any) -> V:
     rank = LEAD[x.layout] + len(x.shape)
     per_step_scalar = x.layout == "TB" and t.dim() == rank and t.shape[0] == lw.T and t.numel() == lw.T
     if op == "mul" and per_step_scalar:
-        key = c.key if c.key is not None else lw.const_param(n, t)
-        name = lw.structure_name(n, "tsm") if c.key is not None else lw.fn_name(n, "step_scale")
-        return lw.v(lw.add(ir.TSMScale(name=name, inputs=(lw.value(n, x, "TSM"),), scale=key)), "TB")
+        return tsm(lw, n, x, c)
     what = f"parameter {c.key!r}" if c.key else "a constant tensor"
     raise lw.unsupported(
         n,
@@ -259,67 +235,13 @@ def silu(lw, n, args, kwargs):
 
 
 # ------------------------------------------------------------------------------------------------ over T
-def weighted_sum(lw: Lowering, n: fx.Node, x: V, w: np.ndarray) -> V:
-    """``y = sum_t w[t] x[t]`` of a per-step ``[T, B, ...]`` value, recognised as the membrane read-out."""
-    T = lw.T
-    w = np.asarray(w, np.float64).reshape(T)
-    src = lw.value(n, x, "sum over T")
-    name = lw.structure_name(n, "readout")
-    decay = _geometric(w)
-    if decay is not None and w[-1] != 0:
-        y = lw.add(ir.MembraneReadout(name=name, inputs=(src,), decay=decay))
-        if not math.isclose(w[-1], 1.0, rel_tol=1e-6):
-            y = lw.add(ir.Scale(name=lw.fn_name(n, "scale"), inputs=(y,), factor=float(w[-1])))
-        return lw.v(y, "S")
-    key = lw.const_param(n, w.reshape((T,) + (1,) * (len(x.shape) + 1)))
-    scaled = lw.add(ir.TSMScale(name=lw.fn_name(n, "step_scale"), inputs=(src,), scale=key))
-    return lw.v(lw.add(ir.MembraneReadout(name=name, inputs=(scaled,), decay=1.0)), "S")
-
-
-def _geometric(w: np.ndarray) -> float | None:
-    """``d`` when ``w[t] == w[T-1] * d**(T-1-t)`` (to float32 precision), written as the shortest decimal
-    that gives the same float32 (``float32(0.8)**k`` weights give ``d = 0.8``), else ``None``."""
-    T = len(w)
-    if T == 1:
-        return 1.0
-    if w[-1] == 0:
-        return None
-    d = w[-2] / w[-1]
-    for cand in (float(np.format_float_positional(np.float32(d), unique=True)), float(d)):
-        ref = w[-1] * cand ** np.arange(T - 1, -1, -1, dtype=np.float64)
-        if np.allclose(w, ref, rtol=4e-7, atol=0):
-            return cand
-    return None
-
-
-def _per_step_scale_source(lw: Lowering, n: fx.Node, x: V) -> tuple[V, np.ndarray]:
-    """For ``x = y * w`` made by the frontend from a computed constant ``w`` and read only here: ``(y, w)``;
-    the scale node is dropped.  Otherwise ``(x, ones)``."""
-    node = lw.g.nodes.get(x.name)
-    arg = n.args[0] if n.args else None
-    if (
-        node is not None
-        and node.op == "tsm_scale"
-        and node.scale in lw.consts
-        and not lw.g.users(x.name)
-        and isinstance(arg, fx.Node)
-        and len(arg.users) == 1
-        and x.pre is None
-    ):
-        w = lw.g.params[node.scale].reshape(lw.T).astype(np.float64)
-        src = node.inputs[0]
-        lw.remove(x.name)
-        return lw.v(src, "TB"), w
-    return x, np.ones(lw.T)
-
-
 def _reduce_over_T(lw: Lowering, n: fx.Node, args: tuple, kwargs: dict, what: str, mean: bool) -> V:
     x = lw.tensor(n, args[0], what)
     dim = _dim_arg(args, kwargs)
     extra = {k for k, v in kwargs.items() if k != "dim" and v not in (False, None)}
     if x.layout != "TB" or dim not in (0, (0,), [0]) or extra or len(args) > 2:
         raise lw.unsupported(n, f"Tensor.{what}(dim={dim})", f"only the {what} over T (dim 0) of a [T, B, ...] tensor")
-    x, w = _per_step_scale_source(lw, n, x)
+    x, w = per_step_scale_source(lw, n, x)
     return weighted_sum(lw, n, x, w / lw.T if mean else w)
 
 
