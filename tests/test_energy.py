@@ -390,7 +390,7 @@ def test_trajectory_rates_equal_a_direct_hook_count(tiny_cfg):
 
 def test_trajectory_golden_and_eager_agree(tiny_cfg):
     """An IR graph measured along its trajectory by the golden simulator gives the eager model's counts."""
-    from sdmc.frontends.fx import trace
+    from sdmc.frontends import trace
 
     torch.manual_seed(1)
     m = build_model(tiny_cfg).eval()
