@@ -29,6 +29,8 @@ Conventions (also in the metadata):
   * the membrane read-out ``y = sum_t decay^(T-1-t) x[t]`` is an LI (``I`` for decay 1) whose value at the
     last step is the output; static IR outputs are read at step T-1.
   * a sum (IR ``add``) is a ``Scale(1)`` node with two incoming edges (NIR fan-in = sum).
+  * pooling: sum -> ``SumPool2d``, average -> ``AvgPool2d`` (``/ kh kw``, so padded average pooling only with
+    ``count_include_pad``); max pooling has no NIR node (refused, or an extension).
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def _rewrite_bn(g: ir.Graph, n: ir.BatchNorm) -> ir.Node:
 
 def _rewrite_local(g: ir.Graph) -> None:
     """Exact one-node rewrites: BatchNorm -> conv / linear, Conv3d -> Conv2d, PLIF -> LIF, a grouped conv ->
-    its block-diagonal dense conv (``nir.Conv2d`` infers its input channels as ``weight.shape[1]``)."""
+    its block-diagonal dense conv (``nir.Conv2d`` infers its input channels as ``weight.shape[1]``), unpadded
+    average pooling with ``count_include_pad`` (the one form NIR and the importer know)."""
     for n in list(g.order()):
         if n.op == "conv2d" and int(n.groups) > 1:
             w = np.asarray(g.params[n.weight])
@@ -107,6 +110,8 @@ def _rewrite_local(g: ir.Graph) -> None:
         elif n.op == "conv3d":
             w = _new_param(g, f"{n.name}.weight.nir", np.asarray(g.params[n.weight])[..., 0], n.weight)
             new = ir.Conv2d(name=n.name, inputs=n.inputs, weight=w, bias=n.bias, stride=n.stride, padding=n.padding)
+        elif n.op == "pool2d" and n.mode == "avg" and not any(n.padding) and not n.count_include_pad:
+            new = n.replace(count_include_pad=True)  # no padded windows: the same divisor kh kw
         elif n.op == "plif":
             tau = 1.0 / float(expit(np.float64(np.asarray(g.params[n.w]).reshape(()))))
             if not tau > 1.0:
@@ -336,6 +341,17 @@ def _ex_reshape(c: _Ctx, n: ir.Reshape) -> str:
     return c.add(n, nir.Flatten(input_type={"input": np.array(src)}, start_dim=0, end_dim=-1))
 
 
+def _ex_pool(c: _Ctx, n: ir.Pool2d) -> str:
+    """Sum pooling -> ``SumPool2d``; average pooling -> ``AvgPool2d`` (window sums / kh kw: with padding only for
+    ``count_include_pad``); NIR has no max pooling."""
+    if n.mode == "max":
+        raise refuse(n, "NIR has no max pooling (only SumPool2d / AvgPool2d)")
+    if n.mode == "avg" and not n.count_include_pad and any(n.padding):
+        raise refuse(n, "NIR AvgPool2d divides padded windows by kh*kw; this node divides by the in-bounds count")
+    cls = nir.SumPool2d if n.mode == "sum" else nir.AvgPool2d
+    return c.add(n, cls(kernel_size=np.array(n.kernel), stride=np.array(n.stride), padding=np.array(n.padding)))
+
+
 def _ex_neuron(c: _Ctx, n: ir.NeuronNode) -> str:
     if getattr(n, "signed", False):
         raise refuse(n, "signed spikes (-1 / 0 / 1) are not NIR events")
@@ -426,6 +442,7 @@ EXPORT: dict[str, Callable[[_Ctx, ir.Node], str]] = {
     "if": _ex_neuron,
     "lif": _ex_neuron,
     "membrane_readout": _ex_readout,
+    "pool2d": _ex_pool,
 }
 """IR op -> NIR node.  ``repeat`` is an identity (a static value is a constant stream); ``batchnorm``,
 ``conv3d`` and ``plif`` never reach the table (:func:`prepare` rewrites them)."""
@@ -485,9 +502,9 @@ def export_prepared(g: ir.Graph, dt: float = DT, extensions: bool = False) -> ni
             try:
                 EXPORT[n.op](c, n)
             except Refused as e:
-                if not extensions or n.op in ("input", "output"):
+                if n.op in ("input", "output"):
                     raise
-                _ex_extension(c, n, str(e).split(": ", 2)[-1])
+                _ex_extension(c, n, str(e).split(": ", 2)[-1])  # without extensions: refused, saying how to keep it
         else:
             _ex_extension(c, n, WHY_NOT.get(n.op) or f"NIR has no {n.op} op")
     meta = {

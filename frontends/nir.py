@@ -9,7 +9,7 @@ several incoming edges reads their sum (``add`` nodes).  Mapping (``a = dt / tau
 
     Input           per-step input (static when sdmc exported it so)
     Affine/Linear   linear                    Scale   scale (uniform), else a diagonal linear / 1x1 conv
-    Conv2d          conv2d                    SumPool2d / AvgPool2d   depthwise conv of ones (/ kh kw)
+    Conv2d          conv2d                    SumPool2d / AvgPool2d   pool2d sum / avg (count_include_pad)
     Flatten         reshape                   Delay   identity when the delay is 0 steps
     IF              scale(dt r) -> if(threshold = nextafter(v_threshold, +inf), v_reset)
     LIF             [scale(r)] -> lif(tau = 1/a, v_reset = v_leak)        (needs v_leak == v_reset)
@@ -200,15 +200,23 @@ def _im_conv2d(c: _Ctx, k: str, n, x: str) -> str:
 
 
 def _im_pool(c: _Ctx, k: str, n, x: str) -> str:
-    kh, kw = nirsim.int_tuple(n.kernel_size, 2)
+    """SumPool2d / AvgPool2d (zero padding, ``/ kh kw``) -> ``pool2d`` sum / avg with ``count_include_pad``; a
+    padding wider than half the window (which ``pool2d`` refuses, as torch does) -> the same sums as a
+    depthwise conv of ones."""
+    (kh, kw), stride = nirsim.int_tuple(n.kernel_size, 2), nirsim.int_tuple(n.stride, 2)
+    padding = nirsim.int_tuple(n.padding, 2)
+    avg = isinstance(n, nir.AvgPool2d)
+    if padding[0] <= kh // 2 and padding[1] <= kw // 2:
+        mode = "avg" if avg else "sum"
+        return c.add(ir.Pool2d(name=c.name(k), inputs=(x,), mode=mode, kernel=(kh, kw), stride=stride, padding=padding))
     C = c.type(x).shape[0]
-    w = np.ones((C, 1, kh, kw)) / (kh * kw if isinstance(n, nir.AvgPool2d) else 1)
+    w = np.ones((C, 1, kh, kw)) / (kh * kw if avg else 1)
     node = ir.Conv2d(
         name=c.name(k),
         inputs=(x,),
         weight=c.param(f"{c.base.get(k, k)}.weight", w),
-        stride=nirsim.int_tuple(n.stride, 2),
-        padding=nirsim.int_tuple(n.padding, 2),
+        stride=stride,
+        padding=padding,
         groups=C,
     )
     return c.add(node)

@@ -161,6 +161,13 @@ def _linear(b: _G, s: str) -> str:
     return _reshape(b, s)
 
 
+def pool(mode: str = "sum", **kw) -> Callable[[], ir.Graph]:
+    """A chain through one ``pool2d`` of ``mode`` (default: 3x3 window, stride 2, padding 1: [2, 4, 4] -> [2, 2, 2],
+    padded windows at the border); ``kw`` overrides the attributes."""
+    kw = {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1), **kw}
+    return _chain(lambda b, s: b.add(ir.Pool2d(name="pool", inputs=(s,), mode=mode, **kw)))
+
+
 EXAMPLES: dict[str, Callable[[], ir.Graph]] = {
     "input": _chain(lambda b, s: s),
     "output": _chain(lambda b, s: s),
@@ -185,6 +192,7 @@ EXAMPLES: dict[str, Callable[[], ir.Graph]] = {
     "upsample": _chain(lambda b, s: b.add(ir.Upsample(name="up", inputs=(b.conv("down", s, stride=(2, 2)),), scale=2))),
     "reshape": _chain(_reshape),
     "embedding": _chain(_embedding, t_input=True),
+    "pool2d": pool("sum"),
 }
 
 

@@ -15,7 +15,7 @@ import torch
 from conftest import randomize_bn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from op_examples import EXAMPLES
+from op_examples import EXAMPLES, pool
 from op_examples import inputs as example_inputs
 from strategies import random_inputs, spiking_graphs
 
@@ -129,6 +129,35 @@ def test_each_op_exports_exactly_or_is_refused_by_name(op, tmp_path):
     assert op not in NIR_LACKS
     back = check_export(g, ins, tmp_path, t, extensions=False)
     assert snir.sdmc_meta(back)["extensions"] == [] and "sdmc_params" not in back.metadata
+
+
+@pytest.mark.parametrize(
+    "mode, kw, nir_type",
+    [
+        ("sum", {}, "SumPool2d"),
+        ("avg", {}, "AvgPool2d"),  # padded windows / kh kw: count_include_pad
+        ("avg", {"kernel": (2, 2), "padding": (0, 0), "count_include_pad": False}, "AvgPool2d"),  # no padded window
+    ],
+)
+def test_sum_and_average_pooling_export_as_nir_pools(mode, kw, nir_type, tmp_path):
+    g = pool(mode, **kw)()
+    back = check_export(g, example_inputs(g), tmp_path, extensions=False)  # spikes == golden, import == prepared IR
+    (k,) = [k for k, n in back.nodes.items() if "Pool" in type(n).__name__]
+    assert type(back.nodes[k]).__name__ == nir_type
+    np.testing.assert_array_equal(back.nodes[k].kernel_size, g["pool"].kernel)
+    np.testing.assert_array_equal(back.nodes[k].padding, g["pool"].padding)
+
+
+@pytest.mark.parametrize(
+    "mode, kw, why",
+    [("max", {}, "NIR has no max pooling"), ("avg", {"count_include_pad": False}, "NIR AvgPool2d divides")],
+)
+def test_max_and_padded_in_bounds_average_pooling_are_refused_by_name(mode, kw, why, tmp_path):
+    g = pool(mode, **kw)()
+    with pytest.raises(snir.Refused, match=rf"node 'pool' \(pool2d\): {why}.*extensions=True"):
+        snir.to_nir(g)
+    back = check_export(g, example_inputs(g), tmp_path, extensions=True)  # cut out: sdmc closes the loop
+    assert [e["ir_name"] for e in snir.sdmc_meta(back)["extensions"]] == ["pool"]
 
 
 def test_refusals_name_the_node_and_the_reason():

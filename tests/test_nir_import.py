@@ -147,6 +147,29 @@ def test_conv_pool_cubalif_graph(seed):
     ops = [n.op for n in g]
     assert ops.count("if") == 1 and ops.count("lif") == 1 and "membrane_readout" in ops and "add" in ops
     assert g["if1"].v_init == 0.0 and g["if1"].v_reset == 0.1  # NIR starts at 0, not at v_reset
+    assert [(n.mode, n.count_include_pad) for n in g if n.op == "pool2d"] == [("sum", True), ("avg", True)]
+
+
+@pytest.mark.parametrize("padding, op", [((1, 1), "pool2d"), ((2, 2), "conv2d")])
+def test_padded_pools_import_as_pool2d_or_a_conv_of_ones(padding, op):
+    """NIR pools pad with zeros and average over kh kw (count_include_pad); a padding wider than half the window,
+    which pool2d refuses as torch does, comes in as the same window sums by a depthwise conv of ones."""
+    rng = np.random.default_rng(3)
+    C, H = 2, 6
+    Ho = (H + 2 * padding[0] - 3) // 2 + 1
+    ng = nir.NIRGraph(
+        nodes={
+            "in": nir.Input(input_type=np.array([C, H, H])),
+            "avg": nir.AvgPool2d(kernel_size=np.array([3, 3]), stride=np.array([2, 2]), padding=np.array(padding)),
+            "if1": nir.IF(
+                r=full((C, Ho, Ho), 1 / DT), v_threshold=full((C, Ho, Ho), 0.3), v_reset=full((C, Ho, Ho), 0)
+            ),
+            "out": nir.Output(output_type=np.array([C, Ho, Ho])),
+        },
+        edges=[("in", "avg"), ("avg", "if1"), ("if1", "out")],
+    )
+    g = compare(ng, rng.normal(0, 1.0, (4, 3, C, H, H)), T=4)
+    assert g[g["if1"].inputs[0]].op == op
 
 
 def test_imported_graph_runs_in_the_torch_executor(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from conftest import randomize_bn
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from op_examples import EXAMPLES
+from op_examples import EXAMPLES, pool
 from op_examples import inputs as example_inputs
 from strategies import random_inputs, spiking_graphs
 
@@ -84,6 +84,21 @@ def test_every_ir_op_has_an_example_and_a_lowering():
 def test_each_op_in_onnxruntime_matches_golden_in_both_forms(op, tmp_path):
     g = EXAMPLES[op]()
     _check_against_golden(g, stable_inputs(g), tmp_path)  # as written: every op lowered, none folded away first
+
+
+@pytest.mark.parametrize(
+    "mode, kw, onnx_op",
+    [
+        ("max", {}, "MaxPool"),  # padded windows: the padding never wins
+        ("avg", {}, "AveragePool"),  # count_include_pad (torch's default): / 9 at the border too
+        ("avg", {"count_include_pad": False}, "AveragePool"),  # / the in-bounds count
+        ("sum", {"kernel": (2, 2), "stride": (1, 1), "padding": (0, 0)}, "Conv"),  # overlapping windows
+    ],
+)
+def test_every_pooling_mode_matches_golden(mode, kw, onnx_op, tmp_path):
+    g = pool(mode, **kw)()
+    assert onnx_op in {n.op_type for n in to_onnx(g).graph.node}
+    _check_against_golden(g, stable_inputs(g), tmp_path)
 
 
 def test_model_is_standard_onnx_with_a_symbolic_batch(tmp_path):

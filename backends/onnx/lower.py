@@ -373,6 +373,19 @@ def _readout(c: Lowering, n: ir.MembraneReadout, xs: list[str]) -> str:
     return y
 
 
+def _pool2d(c: Lowering, n: ir.Pool2d, xs: list[str]) -> str:
+    """max: MaxPool (padding never wins); avg: AveragePool with the node's ``count_include_pad``; sum: a depthwise
+    Conv of ones (exact window sums, also of spikes in float32, unlike AveragePool x kh kw)."""
+    (kh, kw), (ph, pw) = n.kernel, n.padding
+    attrs = {"kernel_shape": [kh, kw], "strides": list(n.stride), "pads": [ph, pw, ph, pw]}
+    if n.mode == "max":
+        return c.op("MaxPool", xs, n.name, **attrs)
+    if n.mode == "avg":
+        return c.op("AveragePool", xs, n.name, count_include_pad=int(n.count_include_pad), **attrs)
+    C = n.type.shape[0]
+    return _conv(c, xs[0], np.ones((C, 1, kh, kw)), None, n, groups=C)
+
+
 def _swish(c: Lowering, n: ir.Node, xs: list[str]) -> str:
     return c.op("Mul", [xs[0], c.op("Sigmoid", [xs[0]], n.name)], n.name)
 
@@ -399,6 +412,7 @@ LOWER: dict[str, Lower] = {
     "repeat": lambda c, n, xs: c.tile(xs[0], n.name),
     "embedding": lambda c, n, xs: c.op("Gather", [c.param(n.weight, f"{n.name}.weight"), xs[0]], n.name, axis=0),
     "membrane_readout": _readout,
+    "pool2d": _pool2d,
 }
 """IR op -> lowering; ``input`` / ``output`` are the graph's boundary (see :mod:`.export`)."""
 
