@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -132,6 +134,12 @@ def test_nir_chain_goes_to_loihi_and_lava_only_options_are_refused(tmp_path, cap
         ["export", str(path), "--snn-steps", "4", "--backend", "onnx", "--tsm", "mean", "-o", str(tmp_path / "o")],
     )
     assert "--tsm: only for --backend lava" in err and not (tmp_path / "o").exists()
+    # an energy report for the imported network: counted from the IR (a classifier: at an assumed firing rate)
+    assert main(["energy", str(path), "--snn-steps", "4", "--assume-rate", "0.25", "--json"]) == 0
+    layers = {x["name"]: x for x in json.loads(capsys.readouterr().out)["layers"]}
+    assert layers["conv"]["macs"] == 4 * 4 * 2 * 9 * 36 and layers["fc"]["sops"] == pytest.approx(0.25 * 144 * 3 * 4)
+    err = _one_error(capsys, ["energy", str(path), "--snn-steps", "4"])
+    assert "'x'" in err and "not an image" in err and "--assume-rate" in err
 
 
 def test_bundled_reference_exports_and_its_nir_goes_to_torch_and_loihi(released, tmp_path, monkeypatch, capsys):
@@ -165,3 +173,8 @@ def test_bundled_reference_exports_and_its_nir_goes_to_torch_and_loihi(released,
     assert main(["export", str(nir_path), "--backend", "lava", "-o", str(tmp_path / "lava")]) == 0
     assert (tmp_path / "lava" / "manifest.json").is_file()
     assert "netx segment(s), T=2" in capsys.readouterr().out
+    # and its energy, measured along sampling trajectories by the golden simulator
+    assert main(["energy", str(nir_path), "--images", "1", "--steps", "2", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    rates = [x["rate"] for x in rep["layers"] if x["cls"] == "neuron"]
+    assert rates and all(0 <= r <= 1 for r in rates) and 0 < max(rates)

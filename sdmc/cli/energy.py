@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SdmcError
+from . import interop
 from .base import Command, add_device, add_model_args, add_solver, add_threshold
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="released .pt, native .safetensors, or a compiled .sdmc graph")
+    p.add_argument("file", help="released .pt, native .safetensors, a compiled .sdmc graph or a .nir graph (imported)")
     p.add_argument("--report", action="store_true", help="print the full report (the default)")
     p.add_argument(
         "--data",
@@ -50,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", help="save per-layer energy and firing rates as a PNG")
     p.add_argument("--no-layers", action="store_true", help="terminal report without the per-layer table")
     add_model_args(p)
+    p.add_argument(
+        "--dt", type=float, default=None, help="a .nir file's time step (default: recorded by sdmc, else 1e-4)"
+    )
     add_threshold(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -76,12 +80,12 @@ def run(args: argparse.Namespace) -> int:
     path = resolve(args.file)
     if not path.exists():
         raise SdmcError(f"{args.file}: no such file")
-    if path.suffix == ".sdmc" or path.is_dir():
+    if path.suffix == ".sdmc" or path.is_dir() or interop.is_nir(path):
         from ..ir import load
 
         if args.threshold is not None:
-            raise SdmcError("--threshold applies to checkpoints; recompile the .sdmc file with the threshold")
-        report = analyze(load(path), **opts)
+            raise SdmcError("--threshold applies to checkpoints; recompile the graph with the threshold")
+        report = analyze(interop.load_nir(path, args) if interop.is_nir(path) else load(path), **opts)
     else:
         from ..checkpoint import load_model
 

@@ -517,7 +517,14 @@ def analyze(
         graph = check(model_or_graph)
         mc = (graph.meta.get("sdmc_config") or {}).get("model") or graph.meta.get("model_config")
         cfg = ModelConfig.from_dict(mc) if mc else None
-        img = next(n for n in graph.input_nodes if n.type.dtype.startswith("float")).type.shape
+        x = next(n for n in graph.input_nodes if n.type.dtype.startswith("float"))
+        img = x.type.shape
+        if assume_rate is None and (x.type.per_step or len(img) != 3):
+            raise ConfigError(
+                f"energy: graph input {x.name!r} ({'per-step ' if x.type.per_step else ''}{list(img)}) is not an "
+                "image [C, H, W]: firing rates are measured on a denoiser's sampling trajectories or noised "
+                "images; give --assume-rate (assume_rate=) for other networks"
+            )
         module = None
     else:
         module = model_or_graph
