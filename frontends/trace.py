@@ -188,11 +188,14 @@ def _examples(model, params, fn_name, shape0, given, layout, T, dtype, device) -
     return dict(zip(params, ex)), B
 
 
-def from_checkpoint(path, weights: str = "auto", snn_steps: int | None = None, img_size: int | None = None) -> ir.Graph:
-    """Load a released ``.pt`` or native ``.safetensors`` model (``sdmc.checkpoint.load_model``) and trace it."""
+def from_checkpoint(
+    path, weights: str = "auto", snn_steps: int | None = None, img_size: int | None = None, unsafe: bool = False
+) -> ir.Graph:
+    """Load a released ``.pt`` or native ``.safetensors`` model (``sdmc.checkpoint.load_model``; ``unsafe``
+    allows unpickling arbitrary objects) and trace it."""
     from sdmc.checkpoint import load_model
 
-    model, cfg = load_model(path, weights=weights, snn_steps=snn_steps, img_size=img_size)
+    model, cfg = load_model(path, weights=weights, snn_steps=snn_steps, img_size=img_size, unsafe=unsafe)
     m = cfg.model
     g = trace(model, (1, m.img_ch, m.img_size, m.img_size))
     g.meta["sdmc_config"] = json.loads(cfg.to_json())

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .errors import SdmcError
-from .utils import atomic_write_text
+from .utils import atomic_paths, atomic_write_text
 
 # (solver name, steps, extra options); 'analytic-ddim' needs the Γ statistics estimated in the stage
 DEMO_SOLVERS = [
@@ -199,8 +199,9 @@ class Pipeline:
             )
             secs = time.perf_counter() - t0
             tag = f"{name}_{steps}"
-            save_grid(imgs[:64], self.out / f"samples_{tag}.png", nrow=8)
-            save_samples(self.out / f"samples_{tag}.npz", imgs)
+            with atomic_paths(self.out / f"samples_{tag}.png", self.out / f"samples_{tag}.npz") as (png, npz):
+                save_grid(imgs[:64], png, nrow=8)  # the pair is written together
+                save_samples(npz, imgs)
             scores = digits_scores(imgs)
             rows[tag] = {
                 "seconds": round(secs, 1),

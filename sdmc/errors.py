@@ -32,5 +32,10 @@ class UnsupportedOpError(SdmcError):
     """The frontend met an op it cannot represent; the message names the module path and the op."""
 
 
+class OutputError(SdmcError):
+    """An output cannot be written safely: it would replace what sdmc did not create or an input of the run,
+    its name leaves the output directory, or another process is writing it."""
+
+
 class TrainingError(SdmcError):
     """Training cannot go on (non-finite loss, ...); the last good checkpoint is kept."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,7 @@ def test_every_command_is_listed_once_and_parses_its_help(capsys):
     names = [c.name for c in COMMANDS]
     assert len(names) == len(set(names))
     for name in names:
-        with pytest.raises(SystemExit) as e:
-            main([name, "--help"])
-        assert e.value.code == 0
+        assert main([name, "--help"]) == 0
         assert "usage: sdmc " + name in capsys.readouterr().out
 
 
@@ -39,7 +38,7 @@ def test_shared_groups_give_every_model_command_the_same_options():
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices
     for name in ("sample", "eval", "energy", "compile", "export", "sim", "analytic-stats"):
         opts = {s for a in sub[name]._actions for s in a.option_strings}
-        assert {"--weights", "--snn-steps"} <= opts, name
+        assert {"--weights", "--snn-steps", "--unsafe-load"} <= opts, name
     for name in ("sample", "eval", "energy", "analytic-stats", "demo"):
         opts = {s for a in sub[name]._actions for s in a.option_strings}
         assert "--device" in opts, name
@@ -75,3 +74,198 @@ def test_noised_inputs_use_the_graphs_noise_schedule(monkeypatch):
     assert got["t"].tolist() == [70] * 5
     with pytest.raises(SdmcError, match=r"t=100 is outside the schedule's 0\.\.99"):
         noised_inputs(graph, 1, 100)
+
+
+# ------------------------------------------------------------------------ issue 15: one line, exit 2
+def _one_line_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for n in needles:
+        assert n in err[0], (n, err[0])
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["sample", "m.pt", "--steps", "0"], "--steps"),
+        (["sample", "m.pt", "-n", "0"], "--num"),
+        (["sample", "m.pt", "--batch-size", "0"], "--batch-size"),
+        (["sample", "m.pt", "--threshold", "-1"], "--threshold"),
+        (["sample", "m.pt", "--eta", "3"], "--eta"),
+        (["sample", "m.pt", "--snn-steps", "0"], "--snn-steps"),
+        (["energy", "m.pt", "--threshold", "0"], "--threshold"),
+        (["energy", "m.pt", "--threshold", "-1"], "--threshold"),
+        (["energy", "m.pt", "--batch-size", "0"], "--batch-size"),
+        (["energy", "m.pt", "--assume-rate", "1.5"], "--assume-rate"),
+        (["energy", "m.pt", "--threshold", "nan"], "--threshold"),
+        (["convert", "m.pt", "-o", "x", "--batch-size", "0"], "--batch-size"),
+        (["convert", "m.pt", "-o", "x", "--calibrate", "-1"], "--calibrate"),
+        (["train", "--dropout", "2"], "--dropout"),
+        (["train", "--num-timesteps", "0"], "--num-timesteps"),
+        (["train", "--batch-size", "0"], "--batch-size"),
+        (["train", "--snn-steps", "0"], "--snn-steps"),
+        (["train", "--img-size", "0"], "--img-size"),
+        (["train", "--beta-1", "5"], "--beta-1"),
+        (["train", "--ch-mult", "1,0"], "--ch-mult"),
+        (["compile", "m.pt", "-o", "x", "--snn-steps", "0"], "--snn-steps"),
+        (["compile", "m.pt", "-o", "x", "--img-size", "0"], "--img-size"),
+        (["export", "m.pt", "-o", "x", "--calib", "-1"], "--calib"),
+        (["export", "m.pt", "-o", "x", "--host-bits", "40"], "--host-bits"),
+        (["sim", "m.pt", "--samples", "0"], "--samples"),
+        (["lava", "run", "f.h5", "--steps", "0"], "--steps"),
+        (["lava", "run", "f.h5", "--steps", "-2"], "--steps"),
+        (["lava", "run", "f.h5", "--samples", "0"], "--samples"),
+        (["lava", "run", "f.h5", "--density", "2"], "--density"),
+        (["eval", "--samples", "s.npz", "--batch-size", "0"], "--batch-size"),
+        (["demo", "--steps", "0"], "--steps"),
+        (["analytic-stats", "m.pt", "--budget", "0"], "--budget"),
+        (["inherit-tsm", "m.pt", "-o", "x", "--snn-steps", "0"], "--snn-steps"),
+    ],
+)
+def test_out_of_range_options_are_one_line_errors_naming_the_option(argv, option, tmp_path, capsys, monkeypatch):
+    """No option silently falls back to a default or is accepted out of range: the parser refuses it (exit 2,
+    one line naming the option), before any file is read or written."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    _one_line_error(capsys, option)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without CUDA")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sample", "m.pt"],
+        ["energy", "m.pt"],
+        ["eval", "m.pt"],
+        ["train"],
+        ["analytic-stats", "m.pt"],
+        ["demo"],
+    ],
+)
+def test_missing_cuda_is_one_clear_error(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--device", "cuda"]) == 2
+    _one_line_error(capsys, "--device cuda", "CUDA is not available")
+    assert main([*argv, "--device", "gpu7"]) == 2
+    _one_line_error(capsys, "--device 'gpu7'", "not a device")
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written (demo/train folders)
+
+
+# --------------------------------------------------------------------- issue 15: the last line of defence
+def _sddpm_file(path):
+    import torch
+
+    from sdmc.checkpoint import save_model
+    from sdmc.config import ModelConfig, SdmcConfig
+    from sdmc.models import SpikingUNet
+
+    cfg = ModelConfig(arch="sddpm", ch=8, ch_mult=(1,), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8)
+    torch.manual_seed(0)
+    save_model(path, SpikingUNet(cfg), SdmcConfig(model=cfg))
+    return path
+
+
+def test_os_errors_are_one_line_naming_the_path(tmp_path, capsys):
+    src = _sddpm_file(tmp_path / "m.safetensors")
+    (tmp_path / "afile").write_text("not a folder")
+    assert main(["inherit-tsm", str(src), "-o", str(tmp_path / "afile" / "out.safetensors")]) == 2
+    _one_line_error(capsys, str(tmp_path / "afile"))
+    (tmp_path / "adir").mkdir()
+    assert main(["energy", str(src), "--data", "noise", "--images", "2", "-o", str(tmp_path / "adir")]) == 2
+    _one_line_error(capsys, str(tmp_path / "adir"))
+    assert (tmp_path / "afile").read_text() == "not a folder" and list((tmp_path / "adir").iterdir()) == []
+
+
+def test_unexpected_errors_are_one_line_with_a_pointer_to_debug(tmp_path, capsys, monkeypatch):
+    import sdmc.checkpoint
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("a bug\nover two lines")
+
+    monkeypatch.setattr(sdmc.checkpoint, "describe", broken)
+    assert main(["info", str(tmp_path / "m.pt")]) == 1
+    line = _one_line_error(capsys, "ZeroDivisionError", "a bug over two lines", "--debug")
+    assert line.startswith("sdmc info: internal error")
+    with pytest.raises(ZeroDivisionError):  # --debug: the traceback, before or after the command name
+        main(["--debug", "info", str(tmp_path / "m.pt")])
+    with pytest.raises(ZeroDivisionError):
+        main(["info", str(tmp_path / "m.pt"), "--debug"])
+
+
+# ------------------------------------------------------------ issue 15: outputs never destroy what they did not create
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return _sddpm_file(tmp_path_factory.mktemp("model") / "m.safetensors")
+
+
+def test_compile_directory_refuses_a_foreign_folder_unless_forced(model_file, tmp_path, capsys):
+    out = tmp_path / "graph"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["compile", str(model_file), "-o", str(out)]) == 2
+    _one_line_error(capsys, str(out), "--force")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    assert main(["compile", str(model_file), "-o", str(out), "--force"]) == 0
+    assert not (out / "notes.txt").exists() and (out / "graph.json").is_file()
+    capsys.readouterr()
+    # sdmc's own graph directory is replaced without --force, and nothing is left beside it
+    assert main(["compile", str(model_file), "-o", str(out), "--passes", "none"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graph"]
+
+
+def test_the_input_is_never_inside_what_gets_replaced(model_file, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "run"
+    d.mkdir()
+    src = Path(shutil.copy(model_file, d / "m.safetensors"))
+    before = src.read_bytes()
+    for argv in (["compile", str(src), "-o", str(d)], ["export", str(src), "-o", str(d)]):
+        for force in ([], ["--force"]):
+            assert main(argv + force) == 2
+            _one_line_error(capsys, "holds the input", str(src))
+            assert src.read_bytes() == before
+    assert main(["compile", str(src), "-o", str(tmp_path)]) == 2  # a parent of the input, too
+    _one_line_error(capsys, "holds the input")
+    assert main(["inherit-tsm", str(src), "-o", str(src)]) == 2  # a file output over its own input
+    _one_line_error(capsys, "is the input")
+    assert src.read_bytes() == before
+
+
+def test_sample_name_stays_inside_out_and_out_is_sdmcs(model_file, tmp_path, capsys):
+    common = ["sample", str(model_file), "--steps", "2", "-n", "2", "--no-progress", "--eager"]
+    for name in ("../../x", "a/b", "..", "."):
+        assert main([*common, "--out", str(tmp_path / "s"), "--name", name]) == 2
+        _one_line_error(capsys, "--name", "plain file name")
+    assert not (tmp_path / "s").exists() and not (tmp_path.parent / "x.png").exists()
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "ddim_2.png").write_bytes(b"my picture")
+    assert main([*common, "--out", str(foreign)]) == 2
+    _one_line_error(capsys, str(foreign), "--force")
+    assert (foreign / "ddim_2.png").read_bytes() == b"my picture"
+    # a folder sdmc created is reused; the PNG and the .npz of a run are written as a pair
+    assert main([*common, "--out", str(tmp_path / "s")]) == 0
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".sdmc-output", "ddim_2.npz", "ddim_2.png"]
+    assert main([*common, "--out", str(tmp_path / "s"), "--seed", "1"]) == 0
+    with np.load(tmp_path / "s" / "ddim_2.npz") as z:
+        assert int(z["seed"]) == 1
+
+
+def test_a_second_writer_of_one_output_gets_an_error(model_file, tmp_path, capsys):
+    from sdmc.utils import output_lock
+
+    out = tmp_path / "graph"
+    with output_lock(out):  # another sdmc process (a lock is per open file, so this process counts too)
+        assert main(["compile", str(model_file), "-o", str(out)]) == 2
+        _one_line_error(capsys, "another sdmc process is writing", str(out))
+        assert not out.exists()
+        common = ["sample", str(model_file), "--steps", "2", "-n", "1", "--no-progress", "--eager"]
+        (tmp_path / "s").mkdir()
+        with output_lock(tmp_path / "s" / "ddim_2"):
+            assert main([*common, "--out", str(tmp_path / "s")]) == 2
+            _one_line_error(capsys, "another sdmc process is writing")
+            assert main([*common, "--out", str(tmp_path / "s"), "--name", "other"]) == 0  # another pair: fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # the lock files are gone with their locks

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,11 @@ def export_dir(
     path: str | os.PathLike,
     *,
     resources: dict | None = None,
+    force: bool = False,
+    protect: Sequence[str | os.PathLike] = (),
 ) -> Path:
-    """Write the export directory atomically (a temporary directory renamed into place):
+    """Write the export directory atomically (:func:`sdmc.utils.atomic_dir`: only over an export sdmc wrote or
+    an empty directory unless ``force``, never over one holding a path of ``protect``, the inputs):
 
     ``segment_NN.h5``: plain netx files (``input`` + ``conv`` / ``dense`` CUBA layers, what stock
     ``netx.hdf5.Network`` loads).  :func:`segments` puts every population in exactly one of them, each layer
@@ -58,7 +62,7 @@ def export_dir(
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SdmcError(f"export: {path} exists and is not a directory")
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, force=force, protect=protect) as tmp:
         where: dict[tuple, dict] = {}  # ("population", name) / ("projection", index) -> {"file", "dataset"}
         pidx = {id(p): i for i, p in enumerate(net.projections)}  # names may repeat: one conv, two targets
         segs, role = [], {}  # role: projection index -> {"file", "layer"} of its segment layer

@@ -380,9 +380,12 @@ def prepare(model: nn.Module, mode: str = "train", **kwargs: Any) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------ files
-def save_compiled(path, graph_or_model: ir.Graph | nn.Module, cfg=None, mode: str = "inference") -> Any:
+def save_compiled(
+    path, graph_or_model: ir.Graph | nn.Module, cfg=None, mode: str = "inference", *, force=False, protect=()
+) -> Any:
     """Write the graph the torch backend runs in ``mode`` (passes applied) as a ``.sdmc`` zip (atomic), with
-    ``meta['backend'] = {'name': 'torch', 'mode': mode}`` and the sdmc config when known."""
+    ``meta['backend'] = {'name': 'torch', 'mode': mode}`` and the sdmc config when known; ``force`` and
+    ``protect`` as for :func:`sdmc.ir.save` (the directory form)."""
     import json
 
     if isinstance(graph_or_model, nn.Module):
@@ -395,7 +398,7 @@ def save_compiled(path, graph_or_model: ir.Graph | nn.Module, cfg=None, mode: st
     g.meta["backend"] = {"name": "torch", "mode": mode}
     if cfg is not None:
         g.meta["sdmc_config"] = json.loads(cfg.to_json())
-    return ir.save(g, path)
+    return ir.save(g, path, force=force, protect=protect)
 
 
 def load_compiled(

@@ -14,7 +14,7 @@ import sys
 from .. import __version__
 from ..errors import SdmcError
 from .analytic_stats import ANALYTIC_STATS
-from .base import Command
+from .base import Command, Parser, one_line
 from .compile import COMPILE, INSPECT
 from .convert import CONVERT
 from .demo import DEMO
@@ -46,33 +46,70 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
+DEBUG_HELP = "show the full traceback of an unexpected error (for bug reports)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sdmc", description="Compiler and simulator for spiking diffusion models (SDDPM / SDM)."
-    )
+    parser = Parser(prog="sdmc", description="Compiler and simulator for spiking diffusion models (SDDPM / SDM).")
     parser.add_argument("--version", action="version", version=f"sdmc {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description)
         cmd.add_arguments(p)
+        # also after the command name; SUPPRESS keeps a 'sdmc --debug CMD' from being reset to False
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         p.set_defaults(run=cmd.run)
     return parser
 
 
+def _os_error(e: OSError) -> str:
+    """``strerror: path`` (both paths of a rename), the way an OSError names what failed."""
+    what = e.strerror or type(e).__name__
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{what}: {' -> '.join(paths)}" if paths else f"{what} ({e})"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``sdmc ARGV``; returns the exit status: 0 success, 2 a user error (bad option or file, missing
+    device, unwritable output: one line on stderr), 1 an unexpected error (one line and a pointer to --debug,
+    which shows the traceback), 130 interrupted."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a bad option (one line already printed)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if not args.command:
         parser.print_help()
         return 0
+    where = f"sdmc {args.command}"
     try:
         return int(args.run(args) or 0)
     except SdmcError as e:
-        print(f"sdmc {args.command}: error: {e}", file=sys.stderr)
+        print(f"{where}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # permissions, disk full, read-only file system, a directory where a file should be
+        if args.debug:
+            raise
+        print(f"{where}: error: {one_line(_os_error(e))}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print(f"{where}: error: out of memory (try smaller sizes: --batch-size, -n, ...)", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback on request
+        if args.debug:
+            raise
+        print(
+            f"{where}: internal error: {type(e).__name__}: {one_line(e)} (run 'sdmc --debug {args.command} ...' "
+            "for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SdmcError
-from .base import Command, add_device, add_model_args, add_progress, resolve_device
+from .base import Command, add_device, add_model_args, add_progress, add_seed, check_device, positive, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="released .pt checkpoint or native .safetensors model")
     p.add_argument("--data", default="digits", help="training dataset (default digits)")
     p.add_argument("--data-root", help="where the dataset lies")
-    p.add_argument("--budget", type=int, default=64, help="draws of (x0, ε) per diffusion step (default 64)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=positive_int, default=64, help="draws of (x0, ε) per diffusion step (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default 256)")
+    add_seed(p)
     add_device(p)
     add_model_args(p)
-    p.add_argument("--threshold", type=float, help="estimate for the threshold-guided model")
+    p.add_argument("--threshold", type=positive, help="estimate for the threshold-guided model")
     p.add_argument("--force", action="store_true", help="recompute even when a cache with this budget exists")
     add_progress(p)
 
@@ -31,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from ..diffusion.sampling import threshold_guidance
     from ..diffusion.schedule import NoiseSchedule
 
-    device = torch.device(resolve_device(args.device))
-    model, cfg = load_model(args.file, weights=args.weights, snn_steps=args.snn_steps, device=device)
+    device = torch.device(check_device(args.device))
+    model, cfg = load_model(
+        args.file, weights=args.weights, snn_steps=args.snn_steps, device=device, unsafe=args.unsafe_load
+    )
     schedule = NoiseSchedule(cfg.diffusion)
     with threshold_guidance(model, args.threshold):
         key = weights_key(model)

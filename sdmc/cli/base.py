@@ -4,8 +4,12 @@ commands (model file, device, solver, output), so each is declared once."""
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from ..errors import SdmcError
 
 WEIGHTS = ("auto", "net", "ema")
 SOLVERS = (
@@ -35,13 +39,88 @@ class Command:
     description: str | None = None
 
 
+# ------------------------------------------------------------------------------------------- parser
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``sdmc CMD: error: MESSAGE (see sdmc CMD --help)``,
+    exit status 2, like every other sdmc error (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        m = re.fullmatch(r"argument (\S+): (must .*)", message, re.S)  # a range type's message
+        if m:
+            message = f"{m.group(1)} {m.group(2)}"  # "--steps must be at least 1, got 0"
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 # ---------------------------------------------------------------------------------------- option types
-def int_list(text: str) -> tuple[int, ...]:
-    """``"1,2,2,4"`` -> ``(1, 2, 2, 4)``."""
+def _number(kind: type, text: str):
     try:
-        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+        v = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def _bounds(v, lo, hi, lo_open: bool, hi_open: bool) -> str | None:
+    """``None`` if ``v`` lies within the bounds, else the message saying where it must lie."""
+    below = lo is not None and (v < lo or (lo_open and v == lo))
+    above = hi is not None and (v > hi or (hi_open and v == hi))
+    if not (below or above):
+        return None
+    if hi is None:
+        return f"must be {'above' if lo_open else 'at least'} {lo}, got {v}"
+    if lo is None:
+        return f"must be {'below' if hi_open else 'at most'} {hi}, got {v}"
+    return f"must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {v}"
+
+
+def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[lo, hi]`` (``None``: no bound)."""
+
+    def integer(text: str) -> int:
+        v = _number(int, text)
+        if (msg := _bounds(v, lo, hi, False, False)) is not None:
+            raise argparse.ArgumentTypeError(msg)
+        return v
+
+    return integer
+
+
+def float_range(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``[lo, hi]`` (``lo_open`` / ``hi_open``: that bound excluded)."""
+
+    def number(text: str) -> float:
+        v = _number(float, text)
+        if (msg := _bounds(v, lo, hi, lo_open, hi_open)) is not None:
+            raise argparse.ArgumentTypeError(msg)
+        return v
+
+    return number
+
+
+positive_int = int_range(1)  # steps, T, batch sizes, sample counts, image sizes, intervals
+count = int_range(0)  # "N (0: none/skip)" options, seeds, worker counts
+positive = float_range(0, lo_open=True)  # thresholds, learning rates, scales, clip norms
+nonnegative = float_range(0)  # DDIM η, ...
+probability = float_range(0, 1)  # firing / spike probabilities, DDIM η
+unit_open = float_range(0, 1, lo_open=True, hi_open=True)  # betas of the noise schedule
+fraction = float_range(0, 1, hi_open=True)  # [0, 1): dropout (1 would zero everything), EMA decay
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"1,2,2,4"`` -> ``(1, 2, 2, 4)``: comma-separated positive integers."""
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
 
 
 # ------------------------------------------------------------------------------------ argument groups
@@ -62,15 +141,20 @@ def add_unsafe_load(p: argparse.ArgumentParser) -> None:
 def add_model_args(p: argparse.ArgumentParser, *, img_size: bool = False) -> None:
     """``--weights``, ``--snn-steps`` (and ``--img-size``): how a checkpoint becomes a model."""
     add_weights(p)
-    p.add_argument("--snn-steps", type=int, default=None, help="SNN time steps T if the file does not record them")
+    p.add_argument(
+        "--snn-steps", type=positive_int, default=None, help="SNN time steps T if the file does not record them"
+    )
     if img_size:
-        p.add_argument("--img-size", type=int, default=None, help="image size to trace at (default: the model's)")
+        p.add_argument(
+            "--img-size", type=positive_int, default=None, help="image size to trace at (default: the model's)"
+        )
+    add_unsafe_load(p)
 
 
 def add_threshold(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threshold",
-        type=float,
+        type=positive,
         default=None,
         help="threshold guidance: every IF threshold becomes this value (e.g. 0.997)",
     )
@@ -93,16 +177,39 @@ def add_precision(p, default: str | None = "fp32", choices: tuple[str, ...] = PR
     )
 
 
+def add_seed(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    p.add_argument("--seed", type=count, default=0, help=help or "random seed (default 0)")
+
+
+def add_out(
+    p: argparse.ArgumentParser,
+    help: str,
+    *,
+    required: bool = False,
+    default: str | None = None,
+    directory: bool = True,
+) -> None:
+    """``-o/--out`` and, for a directory output, ``--force`` (replace or write into a directory sdmc did not
+    create; :mod:`sdmc.utils` says which directories count as sdmc's)."""
+    p.add_argument("-o", "--out", required=required, default=default, help=help)
+    if directory:
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="use --out even if it is a non-empty directory sdmc did not create (its files may be replaced)",
+        )
+
+
 def add_solver(p: argparse.ArgumentParser, *, steps: int = 50, choices: bool = True) -> None:
     """``--solver`` and ``--steps`` (the sampling solver and its number of steps)."""
     p.add_argument("--solver", default="ddim", choices=SOLVERS if choices else None, help="solver (default ddim)")
-    p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
+    p.add_argument("--steps", type=positive_int, default=steps, help=f"sampling steps (default {steps})")
 
 
 def add_solver_options(p: argparse.ArgumentParser) -> None:
     """The per-solver knobs of :func:`sdmc.diffusion.sampling.sample_images` (unset: the solver's default)."""
     g = p.add_argument_group("solver options")
-    g.add_argument("--eta", type=float, help="DDIM η (default 0)")
+    g.add_argument("--eta", type=probability, help="DDIM η in [0, 1] (default 0)")
     g.add_argument("--variance", choices=["fixedlarge", "fixedsmall"], help="DDPM variance (default fixedlarge)")
     g.add_argument(
         "--spacing",
@@ -151,10 +258,42 @@ def add_progress(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------- devices
-def resolve_device(name: str | None) -> str:
-    """``auto``/``None`` -> ``cuda`` when available, else ``cpu``; any other name unchanged."""
-    if name in (None, "auto"):
-        import torch
+def check_device(name: str | None, option: str = "--device") -> str:
+    """``name`` resolved (``auto``/``None``: ``cuda`` when available, else ``cpu``) and checked to exist here:
+    an unknown name, ``cuda`` on a machine without CUDA or ``cuda:K`` beyond the GPUs present is one
+    :class:`SdmcError` line, before anything is loaded."""
+    import torch
 
+    if name in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SdmcError(f"{option} {name!r}: not a device name (auto, cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SdmcError(f"{option} {name}: CUDA is not available on this machine; use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise SdmcError(f"{option} {name}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise SdmcError(f"{option} {name}: Apple MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise SdmcError(f"{option} {name}: sdmc runs on cpu, cuda or mps devices")
     return name
+
+
+def rank() -> int:
+    """This process's rank under ``torchrun`` (0 otherwise): only rank 0 claims and locks output folders."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (an error message that must stay one line)."""
+    return " ".join(str(text).split())

@@ -7,7 +7,7 @@ import argparse
 
 from ..errors import SdmcError
 from . import interop
-from .base import Command, add_json, add_model_args
+from .base import Command, add_json, add_model_args, add_out
 
 BACKENDS = ("ir", "torch") + interop.BACKENDS
 
@@ -21,13 +21,12 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
         help="what to produce (default: ir, the .sdmc graph; onnx / nir: a .onnx / .nir file; for Loihi use "
         "'sdmc export')",
     )
-    p.add_argument(
-        "-o",
-        "--out",
-        required=True,
-        help="output .sdmc zip (a directory if the name does not end in .sdmc); --backend torch writes "
+    add_out(
+        p,
+        "output .sdmc zip (a directory if the name does not end in .sdmc); --backend torch writes "
         "the graph the torch executor runs (sdmc.backends.torch_exec.load_compiled reads it); --backend "
         "onnx / nir: the file",
+        required=True,
     )
     p.add_argument(
         "--passes",
@@ -46,9 +45,14 @@ def run_compile(args: argparse.Namespace) -> int:
         raise SdmcError(f"--backend {args.backend}: not available in 'sdmc compile'{hint}")
     from .. import ir, passes
     from ..frontends import from_checkpoint
+    from ..utils import check_replaceable, refuse_input_as_output
 
     if args.passes is None:
         args.passes = "none" if args.backend == "nir" else "inference"
+    if str(args.out).endswith(".sdmc") or args.backend in interop.BACKENDS:  # a file
+        refuse_input_as_output(args.out, [args.file])
+    else:  # the directory form replaces args.out whole: check before the work
+        check_replaceable(args.out, force=args.force, protect=[args.file])
     if args.backend == "torch":
         if args.passes not in ("inference", "train"):
             raise SdmcError(
@@ -60,18 +64,21 @@ def run_compile(args: argparse.Namespace) -> int:
     if interop.is_nir(args.file):
         graph = interop.load_nir(args.file, args)
     else:
-        graph = from_checkpoint(args.file, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
+        graph = from_checkpoint(
+            args.file, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size, unsafe=args.unsafe_load
+        )
     if args.backend in interop.BACKENDS:
         print(interop.write(passes.run(graph, names), args, pipeline=None))
         return 0
+    save = dict(force=args.force, protect=[args.file])
     if args.backend == "torch":
         from ..backends.torch_exec import save_compiled
 
-        out = save_compiled(args.out, graph, mode=args.passes)
+        out = save_compiled(args.out, graph, mode=args.passes, **save)
         graph = ir.load(out)
     else:
         graph = passes.run(graph, names)
-        out = ir.save(ir.check(graph), args.out)
+        out = ir.save(ir.check(graph), args.out, **save)
     print(
         f"wrote {out}: {len(graph.nodes)} nodes, {len(graph.params)} parameters, T={graph.T}, "
         f"backend {args.backend}, passes: {', '.join(e['pass'] for e in graph.meta.get('passes', [])) or 'none'}"

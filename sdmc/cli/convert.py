@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .base import Command, add_weights
+from .base import Command, add_out, add_seed, add_weights, count, positive, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="quantised ANN (.safetensors from sdmc) or a plain ANN checkpoint (.pt/.safetensors)")
-    p.add_argument("-o", "--out", required=True, help="converted SNN to write (.safetensors)")
+    add_out(p, "converted SNN to write (.safetensors)", required=True, directory=False)
     p.add_argument(
         "--bits",
-        type=int,
+        type=positive_int,
         default=None,
         help="activation bits (required for a plain ANN; must match a quantised ANN's)",
     )
@@ -30,37 +30,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "statistics (running: sdmc option, error falls with T)",
     )
     add_weights(p)
-    p.add_argument("--alpha-init", type=float, default=6.0, help="clip alpha for a plain ANN (default 6.0)")
+    p.add_argument("--alpha-init", type=positive, default=6.0, help="clip alpha for a plain ANN (default 6.0)")
     p.add_argument(
         "--calibrate",
-        type=int,
+        type=count,
         default=0,
         metavar="N",
         help="set each clip to the 99.9%% quantile of its inputs on N noised digits images (plain ANNs; 0: keep alpha)",
     )
     p.add_argument(
         "--check",
-        type=int,
+        type=count,
         default=4,
         metavar="N",
         help="report the SNN-vs-quantised-ANN relative error on N noised inputs (0: skip)",
     )
     p.add_argument(
         "--finetune",
-        type=int,
+        type=count,
         default=0,
         metavar="N",
         help="block-wise fine-tuning: N Adam steps per UNet block on noised digits (0: none)",
     )
-    p.add_argument("--lr", type=float, default=1e-6, help="fine-tuning learning rate (paper: 1e-6)")
-    p.add_argument("--batch-size", type=int, default=16, help="fine-tuning batch size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=positive, default=1e-6, help="fine-tuning learning rate (paper: 1e-6)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="fine-tuning batch size (default 16)")
+    add_seed(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import convert as cv
     from ..models.qann import calibrate_alpha, quant_layers
+    from ..utils import refuse_input_as_output
 
+    refuse_input_as_output(args.out, [args.file])
     qann, cfg, fresh = cv.load_qann(args.file, bits=args.bits, alpha_init=args.alpha_init, weights=args.weights)
     batch = cv.noised_batches(cfg, args.seed, digits=bool(args.calibrate or args.finetune))
     if args.calibrate:

@@ -4,37 +4,41 @@ from __future__ import annotations
 
 import argparse
 
-from .base import Command, add_device
+from .base import Command, add_device, add_out, add_seed, check_device, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    add_out(p, "output folder (default: runs/demo)", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much shorter run (for tests): 30 training steps")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the digits preset's)")
-    p.add_argument("-n", "--n-samples", type=int, default=None, help="samples per solver (default 256)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the digits preset's)")
+    p.add_argument("-n", "--n-samples", type=positive_int, default=None, help="samples per solver (default 256)")
     p.add_argument(
         "--convert-steps",
-        type=int,
+        type=positive_int,
         default=None,
         help="training steps of the convert stage's quantised ANN (default: --steps if given, else 300; "
         "20 with --quick)",
     )
     add_device(p, default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
+    from ..utils import claim_dir, output_lock
 
-    run_demo(
-        args.out,
-        quick=args.quick,
-        device=args.device,
-        seed=args.seed,
-        steps=args.steps,
-        n_samples=args.n_samples,
-        convert_steps=args.convert_steps,
-    )
+    device = check_device(args.device)
+    claim_dir(args.out, force=args.force)
+    with output_lock(args.out):
+        run_demo(
+            args.out,
+            quick=args.quick,
+            device=device,
+            seed=args.seed,
+            steps=args.steps,
+            n_samples=args.n_samples,
+            convert_steps=args.convert_steps,
+        )
     return 0
 
 

@@ -6,7 +6,18 @@ import argparse
 
 from ..errors import SdmcError
 from . import interop
-from .base import Command, add_device, add_model_args, add_solver, add_threshold
+from .base import (
+    Command,
+    add_device,
+    add_model_args,
+    add_seed,
+    add_solver,
+    add_threshold,
+    check_device,
+    positive,
+    positive_int,
+    probability,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,19 +31,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "do not fit the model falls back to the trajectories, with a note",
     )
     p.add_argument(
-        "--assume-rate", type=float, help="skip measuring: every input fires with this probability (what-if, e.g. 0.47)"
+        "--assume-rate",
+        type=probability,
+        help="skip measuring: every input fires with this probability (what-if, e.g. 0.47)",
     )
     p.add_argument("--data-root", help="where the dataset lies")
     p.add_argument(
         "--images",
-        type=int,
+        type=positive_int,
         default=None,
         help="trajectories measured (default: 8; each costs NFE model calls), or with --data calibration "
         "images (default: 32)",
     )
     p.add_argument(
         "--calib-steps",
-        type=int,
+        type=positive_int,
         default=8,
         help="with --data: diffusion steps measured, evenly picked from the solver's grid (default: 8)",
     )
@@ -52,18 +65,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-layers", action="store_true", help="terminal report without the per-layer table")
     add_model_args(p)
     p.add_argument(
-        "--dt", type=float, default=None, help="a .nir file's time step (default: recorded by sdmc, else 1e-4)"
+        "--dt", type=positive, default=None, help="a .nir file's time step (default: recorded by sdmc, else 1e-4)"
     )
     add_threshold(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="calibration batch (default 32)")
+    add_seed(p)
     add_device(p, default="cpu")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..energy import analyze
     from ..models.bundled import resolve
+    from ..utils import refuse_input_as_output
 
+    device = check_device(args.device)
+    for out in (args.out, args.plot):
+        if out is not None:
+            refuse_input_as_output(out, [args.file])
     opts = dict(
         data=args.data,
         data_root=args.data_root,
@@ -89,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..checkpoint import load_model
 
-        model, cfg = load_model(path, weights=args.weights, snn_steps=args.snn_steps, device=args.device)
+        model, cfg = load_model(
+            path, weights=args.weights, snn_steps=args.snn_steps, device=device, unsafe=args.unsafe_load
+        )
         report = analyze(model, diffusion=cfg.diffusion, **opts)
     report.conventions = ["paper", "faithful"] if args.convention == "both" else [args.convention]
     fmt = "json" if args.json else "markdown" if args.markdown else "csv" if args.csv else None

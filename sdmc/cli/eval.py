@@ -13,9 +13,11 @@ from .base import (
     add_model_args,
     add_precision,
     add_progress,
+    add_seed,
     add_solver,
     add_threshold,
-    resolve_device,
+    check_device,
+    positive_int,
 )
 
 
@@ -32,17 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-n",
         "--num",
-        type=int,
+        type=positive_int,
         default=None,
         help="images to sample per seed (default: 256 for digits metrics, whose real-data floor exists up to "
         "360 images; else 1000)",
     )
     add_solver(p, steps=50)
-    p.add_argument("--batch-size", type=int, default=100, help="images per batch and rank (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="first sampling seed (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="images per batch and rank (default 100)")
+    add_seed(p, help="first sampling seed (default 0)")
     p.add_argument(
         "--seeds",
-        type=int,
+        type=positive_int,
         default=None,
         help="sampling seeds SEED, SEED+1, ...: the report gives mean ± std over them (default: 3 for digits "
         "metrics, else 1)",
@@ -54,9 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_precision(p, default=None, what="the eager model")
     p.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--download", action="store_true", help="allow downloading the Inception weights")
-    p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default 10)")
+    p.add_argument("--splits", type=positive_int, default=10, help="Inception Score splits (default 10)")
     p.add_argument("--data-root", help="where a --ref dataset lies")
-    p.add_argument("--ref-limit", type=int, help="use at most this many dataset images for the reference")
+    p.add_argument("--ref-limit", type=positive_int, help="use at most this many dataset images for the reference")
     p.add_argument("--save-ref", help="write the reference statistics computed from a dataset (.npz)")
     add_progress(p)
     add_json(p)
@@ -64,9 +66,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..metrics.evaluate import EvalOptions, eval_model_file, eval_samples_file
+    from ..utils import refuse_input_as_output
 
     if bool(args.model) == bool(args.samples):
         raise SdmcError("give either a model checkpoint or --samples FILE (exactly one)")
+    device = check_device(args.device)
+    inputs = [args.model, args.samples, args.inception_weights]
+    for out in (args.save_samples, args.save_ref):
+        if out is not None:
+            refuse_input_as_output(out, inputs)
     opts = EvalOptions(
         ref=args.ref,
         inception_weights=args.inception_weights,
@@ -75,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         ref_limit=args.ref_limit,
         save_ref=args.save_ref,
-        device=resolve_device(args.device),
+        device=device,
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
@@ -98,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             save_samples_to=args.save_samples,
             log=log,
+            unsafe=args.unsafe_load,
         )
     if report is not None:  # rank 0
         print(report.to_json() if args.json else report.line())

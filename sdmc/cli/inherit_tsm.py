@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-from .base import Command
+from .base import Command, add_out, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="SDDPM checkpoint")
-    p.add_argument("-o", "--out", required=True, help="output native model (.safetensors)")
-    p.add_argument("--snn-steps", type=int, default=None, help="SNN steps T of the SDDPM model if not recorded")
+    add_out(p, "output native model (.safetensors)", required=True, directory=False)
+    p.add_argument(
+        "--snn-steps", type=positive_int, default=None, help="SNN steps T of the SDDPM model if not recorded"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import inherit_tsm_file
+    from ..utils import refuse_input_as_output
 
+    refuse_input_as_output(args.out, [args.file])
     cfg = inherit_tsm_file(args.file, args.out, snn_steps=args.snn_steps)
     print(
         f"wrote {args.out}: SDM TSM UNet, T={cfg.model.snn_steps}, ch={cfg.model.ch}, "

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import SdmcError
+from .base import count, positive
 
 BACKENDS = ("onnx", "nir")
 
@@ -25,10 +26,10 @@ def add_interop_options(p: argparse.ArgumentParser, *, t: bool) -> None:
         action="store_true",
         help="NIR: keep ops NIR lacks (upsample, Swish, TSM, ...) as sdmc extension nodes instead of refusing",
     )
-    g.add_argument("--dt", type=float, default=None, help="NIR time step (default: recorded by sdmc, else 1e-4)")
+    g.add_argument("--dt", type=positive, default=None, help="NIR time step (default: recorded by sdmc, else 1e-4)")
     if t:
         g.add_argument(
-            "--t", type=int, default=None, dest="step", help="NIR: the diffusion step folded into the biases"
+            "--t", type=count, default=None, dest="step", help="NIR: the diffusion step folded into the biases"
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .base import Command, add_json
+from .base import Command, add_json, add_out, add_seed, count, positive, positive_int, probability
 from .loihi import add_model_file, load_graph
 
 
@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     q = lsub.add_parser("export", help="quantise a chain graph (.sdmc) for Loihi and write one netx HDF5 file")
     q.add_argument("graph", help=".sdmc zip or graph directory (e.g. from 'sdmc compile')")
-    q.add_argument("-o", "--out", required=True, help="netx HDF5 file to write")
+    add_out(q, "netx HDF5 file to write", required=True, directory=False)
     q.add_argument("--pow2", action="store_true", help="power-of-two weight scales (dyadic weights stay exact)")
     q.add_argument(
         "--on-overflow",
@@ -32,15 +32,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="SDM per-step (TSM) conv scales: reject (default) or approximate by the mean",
     )
     q.add_argument(
-        "--input-scale", type=float, default=None, help="graded input: x_int = round(scale * x) (default 127)"
+        "--input-scale", type=positive, default=None, help="graded input: x_int = round(scale * x) (default 127)"
     )
     q.add_argument(
         "--check-samples",
-        type=int,
+        type=count,
         default=4,
         help="random inputs on which to report spike mismatch vs float (0: skip)",
     )
-    q.add_argument("--seed", type=int, default=0, help="seed of the check inputs")
+    add_seed(q, help="seed of the check inputs (default 0)")
     q.set_defaults(lava_run=run_export)
 
     q = lsub.add_parser(
@@ -49,17 +49,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_model_file(q)
     add_json(q)
-    q.add_argument("--top", type=int, default=8, help="populations listed (largest first)")
+    q.add_argument("--top", type=count, default=8, help="populations listed (largest first)")
     q.set_defaults(lava_run=run_resources)
 
     q = lsub.add_parser(
         "run", help="run a netx file in Lava's CPU simulation on random inputs; compare with the numpy Loihi model"
     )
     q.add_argument("file", help="netx HDF5 file written by 'sdmc lava export'")
-    q.add_argument("--samples", type=int, default=2)
-    q.add_argument("--steps", type=int, default=None, help="time steps T per sample (default: recorded T, else 4)")
-    q.add_argument("--density", type=float, default=0.3, help="spike probability of random spike inputs")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--samples", type=positive_int, default=2, help="random input samples (default 2)")
+    q.add_argument(
+        "--steps", type=positive_int, default=None, help="time steps T per sample (default: recorded T, else 4)"
+    )
+    q.add_argument(
+        "--density", type=probability, default=0.3, help="spike probability of random spike inputs (default 0.3)"
+    )
+    add_seed(q)
     q.add_argument("--stock-conv", action="store_true", help="use Lava's own (slow) scipy convolution")
     q.set_defaults(lava_run=run_run)
 
@@ -92,7 +96,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     from .. import ir
     from ..backends.lava import netx_chain
+    from ..utils import refuse_input_as_output
 
+    refuse_input_as_output(args.out, [args.graph])
     graph = ir.load(args.graph)
     chain, report = netx_chain.export_netx(
         graph, args.out, pow2=args.pow2, on_overflow=args.on_overflow, input_scale=args.input_scale, tsm=args.tsm
@@ -120,7 +126,7 @@ def run_run(args: argparse.Namespace) -> int:
 
     rng = np.random.default_rng(args.seed)
     chain = netx_chain.read_netx(args.file)
-    T = args.steps or int(chain.meta.get("T", 4))
+    T = args.steps if args.steps is not None else int(chain.meta.get("T", 4))
     shape = (T, args.samples) + tuple(chain.input_shape)
     x = rng.integers(-127, 128, shape) if chain.input_bits else (rng.random(shape) < args.density).astype(np.int64)
     res = run_netx_chain.run_netx(

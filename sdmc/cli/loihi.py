@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import SdmcError
 from . import interop
-from .base import Command, add_model_args, add_threshold
+from .base import Command, add_model_args, add_out, add_seed, add_threshold, count, int_range, positive_int
 
 EXPORT_BACKENDS = ("lava",) + interop.BACKENDS
 LAVA_ONLY = dict(tsm="reject", on_overflow="error", pow2=False, host_bits=16, threshold=None, calib=0, resources=False)
@@ -34,10 +33,12 @@ def add_compile_options(p: argparse.ArgumentParser) -> None:
         help="a population whose worst per-step current overflows Loihi's 24-bit state: fail or rescale",
     )
     p.add_argument("--pow2", action="store_true", help="power-of-two population scales")
-    p.add_argument("--host-bits", type=int, default=16, help="bits of the graded host currents (default 16)")
+    p.add_argument(
+        "--host-bits", type=int_range(2, 24), default=16, help="bits of the graded host currents, 2..24 (default 16)"
+    )
     add_threshold(p)
-    p.add_argument("--t", type=int, default=500, dest="step", help="diffusion step of the check inputs (default 500)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--t", type=count, default=500, dest="step", help="diffusion step of the check inputs (default 500)")
+    add_seed(p, help="seed of the check inputs (default 0)")
 
 
 def compile_options(args: argparse.Namespace) -> dict:
@@ -60,7 +61,9 @@ def load_graph(args: argparse.Namespace):
     from ..frontends import from_checkpoint
 
     # args.model as given: from_checkpoint resolves 'bundled:NAME' only from the string
-    return from_checkpoint(args.model, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size)
+    return from_checkpoint(
+        args.model, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size, unsafe=args.unsafe_load
+    )
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -73,12 +76,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         choices=EXPORT_BACKENDS,
         help="lava (default): netx segments + manifest; onnx: a .onnx file; nir: a .nir file",
     )
-    p.add_argument(
-        "-o", "--out", required=True, help="export directory (lava) or file (onnx, nir) to write, atomically"
+    add_out(
+        p,
+        "export directory (lava; replaced whole, atomically) or file (onnx, nir; written atomically)",
+        required=True,
     )
     p.add_argument(
         "--calib",
-        type=int,
+        type=count,
         default=0,
         metavar="N",
         help="report the accuracy cost on N noised inputs (spike mismatch, output error; 0: skip)",
@@ -89,17 +94,22 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     if args.backend in interop.BACKENDS:
+        from ..utils import refuse_input_as_output
+
         interop.refuse_lava_options(args, LAVA_ONLY)
+        refuse_input_as_output(args.out, [args.model])
         print(interop.write(load_graph(args), args, pipeline="inference"))
         return 0
     from ..backends import lava
     from ..sim.inputs import noised_inputs
+    from ..utils import check_replaceable
 
+    check_replaceable(args.out, force=args.force, protect=[args.model])  # before the work
     graph = load_graph(args)
     calib = noised_inputs(graph, args.calib, args.step, args.seed) if args.calib > 0 else None
     net, plan, report = lava.compile_net(graph, calib=calib, **compile_options(args))
     res = lava.resources(net, plan.graph)
-    out = lava.export_dir(net, plan, report, args.out, resources=res)
+    out = lava.export_dir(net, plan, report, args.out, resources=res, force=args.force, protect=[args.model])
     print(report.format())
     if args.resources:
         print(lava.format_resources(res))
@@ -117,7 +127,7 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     add_compile_options(p)
     p.add_argument("--target", default="loihi", choices=["loihi"], help="what to simulate (loihi)")
     p.add_argument("--lava", action="store_true", help="run the spiking core in Lava (needs lava-nc / lava-dl)")
-    p.add_argument("--samples", type=int, default=1, help="number of noised input images (default 1)")
+    p.add_argument("--samples", type=positive_int, default=1, help="number of noised input images (default 1)")
 
 
 def run_sim(args: argparse.Namespace) -> int:
@@ -126,8 +136,6 @@ def run_sim(args: argparse.Namespace) -> int:
     from ..backends import lava
     from ..sim.inputs import noised_inputs
 
-    if args.samples < 1:
-        raise SdmcError(f"--samples must be >= 1, got {args.samples}")
     graph = load_graph(args)
     net, plan, report = lava.compile_net(graph, **compile_options(args))
     inputs = noised_inputs(plan.graph, args.samples, args.step, args.seed)

@@ -10,12 +10,15 @@ from .base import (
     Command,
     add_device,
     add_model_args,
+    add_out,
     add_precision,
     add_progress,
+    add_seed,
     add_solver,
     add_solver_options,
     add_threshold,
-    resolve_device,
+    check_device,
+    positive_int,
     solver_options,
 )
 
@@ -27,12 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "'export --backend onnx' .onnx (run by onnxruntime)",
     )
     add_solver(p, steps=50)
-    p.add_argument("-n", "--num", type=int, default=64, help="number of images (default 64)")
-    p.add_argument("--out", default="samples", help="output directory (default samples/)")
-    p.add_argument("--name", help="file stem of the outputs (default SOLVER_STEPS)")
+    p.add_argument("-n", "--num", type=positive_int, default=64, help="number of images (default 64)")
+    add_out(p, "output directory (default samples/)", default="samples")
+    p.add_argument("--name", help="file stem of the outputs, a plain name (default SOLVER_STEPS)")
     add_threshold(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    add_seed(p)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
     add_device(p)
     add_model_args(p)
     add_solver_options(p)
@@ -47,7 +50,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     import numpy as np
     import torch
@@ -57,13 +59,13 @@ def run(args: argparse.Namespace) -> int:
     from ..diffusion.analytic import gamma_for_checkpoint, load_gamma
     from ..diffusion.sampling import sample_images
     from ..diffusion.schedule import NoiseSchedule
-    from ..utils import atomic_path
+    from ..utils import atomic_paths, check_run_dir, claim_dir, output_lock, safe_name
 
-    if args.num < 1 or args.steps < 1 or args.batch_size < 1:
-        raise SdmcError("-n, --steps and --batch-size must be >= 1")
-    device = torch.device(resolve_device(args.device))
+    stem = safe_name(args.name) if args.name else f"{args.solver}_{args.steps}"
+    device = torch.device(check_device(args.device))
     if args.eager and args.precision != "fp32":
         raise SdmcError(f"--precision {args.precision} runs the compiled executor; drop --eager")
+    check_run_dir(args.out, force=args.force)  # before the work; claimed when writing
     if str(args.file).endswith(".onnx"):
         model, cfg = _onnx_model(args)
         device = torch.device("cpu")
@@ -77,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
                 "'sdmc compile FILE --backend torch')"
             )
     else:
-        model, cfg = load_model(args.file, weights=args.weights, snn_steps=args.snn_steps, device=device)
+        model, cfg = load_model(
+            args.file, weights=args.weights, snn_steps=args.snn_steps, device=device, unsafe=args.unsafe_load
+        )
     schedule = NoiseSchedule(cfg.diffusion)
     kw = solver_options(args)
     if args.solver.startswith("analytic-"):
@@ -107,12 +111,12 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         **kw,
     )
-    out = Path(args.out)
-    stem = args.name or f"{args.solver}_{args.steps}"
+    out = claim_dir(args.out, force=args.force)
     grid_path, npz_path = out / f"{stem}.png", out / f"{stem}.npz"
-    save_grid(images[:100], grid_path)
-    with atomic_path(npz_path) as tmp:
-        with open(tmp, "wb") as fh:
+    with output_lock(out / stem), atomic_paths(grid_path, npz_path) as (grid_tmp, npz_tmp):
+        # both files are complete before either replaces a previous run's, and no other run writes this pair
+        save_grid(images[:100], grid_tmp)
+        with open(npz_tmp, "wb") as fh:
             np.savez(
                 fh,
                 images=to_uint8(images),

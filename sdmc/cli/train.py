@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from .base import Command, add_device, add_precision, int_list
+from .base import (
+    Command,
+    add_device,
+    add_precision,
+    check_device,
+    count,
+    fraction,
+    int_list,
+    positive,
+    positive_int,
+    rank,
+    unit_open,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -12,14 +24,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="output folder (default: runs/PRESET)")
-    g.add_argument("--steps", type=int, help="total optimiser steps")
     g.add_argument(
-        "--batch-size", type=int, help="GLOBAL batch over all ranks; each of K ranks takes batch/K (must divide)"
+        "--force",
+        action="store_true",
+        help="use --out even if it is a non-empty folder sdmc did not create (its files may be replaced)",
     )
-    g.add_argument("--lr", type=float)
-    g.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps (0: none)")
-    g.add_argument("--grad-clip", type=float)
-    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--steps", type=positive_int, help="total optimiser steps")
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        help="GLOBAL batch over all ranks; each of K ranks takes batch/K (must divide)",
+    )
+    g.add_argument("--lr", type=float, help="learning rate (> 0; checked with the preset's other fields)")
+    g.add_argument("--warmup", type=count, help="linear learning-rate warm-up steps (0: none)")
+    g.add_argument("--grad-clip", type=positive, help="gradient-norm clip")
+    g.add_argument("--ema-decay", type=fraction, help="EMA decay in [0, 1)")
     g.add_argument("--no-ema", dest="ema", action="store_const", const=False, help="no EMA (the papers' SNN runs)")
     g.add_argument(
         "--no-ema-warmup",
@@ -28,15 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         const=False,
         help="use the full EMA decay from step 0",
     )
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=count)
     add_device(g, default=None)
     g.add_argument("--resume", help="auto (default: newest checkpoint in --out), never, or a checkpoint path")
-    g.add_argument("--keep-last", type=int, help="training checkpoints to keep")
-    g.add_argument("--log-every", type=int)
-    g.add_argument("--save-every", type=int)
-    g.add_argument("--sample-every", type=int)
-    g.add_argument("--sample-n", type=int, help="images per sample grid (0: none)")
-    g.add_argument("--sample-steps", type=int, help="DDIM steps for the sample grids")
+    g.add_argument("--keep-last", type=positive_int, help="training checkpoints to keep")
+    g.add_argument("--log-every", type=positive_int)
+    g.add_argument("--save-every", type=positive_int)
+    g.add_argument("--sample-every", type=positive_int)
+    g.add_argument("--sample-n", type=count, help="images per sample grid (0: none)")
+    g.add_argument("--sample-steps", type=positive_int, help="DDIM steps for the sample grids")
     g.add_argument("--tensorboard", dest="tensorboard", action="store_const", const=True)
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False)
@@ -56,17 +75,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", help="digits, cifar10, mnist, fashion-mnist, celeba64, folder:PATH")
     g.add_argument("--data-root", help="where the dataset lies (torchvision layout)")
     g.add_argument("--download", action="store_const", const=True, help="allow downloading the dataset")
-    g.add_argument("--num-workers", type=int)
+    g.add_argument("--num-workers", type=count)
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=["sddpm", "sdm", "ann", "qann"])
-    g.add_argument("--ch", type=int)
+    g.add_argument("--ch", type=positive_int)
     g.add_argument("--ch-mult", type=int_list, help="e.g. 1,2,2,4")
-    g.add_argument("--num-res-blocks", type=int)
-    g.add_argument("--snn-steps", type=int, help="SNN time steps T")
-    g.add_argument("--img-size", type=int)
-    g.add_argument("--threshold", type=float)
+    g.add_argument("--num-res-blocks", type=positive_int)
+    g.add_argument("--snn-steps", type=positive_int, help="SNN time steps T")
+    g.add_argument("--img-size", type=positive_int)
+    g.add_argument("--threshold", type=positive)
     g.add_argument("--neuron", choices=["if", "lif"])
-    g.add_argument("--dropout", type=float)
+    g.add_argument("--dropout", type=fraction, help="dropout probability in [0, 1)")
     g.add_argument("--init-from", help="start from this model's weights (its architecture wins)")
     g.add_argument("--init-weights", choices=["auto", "net", "ema"])
     g.add_argument(
@@ -78,9 +97,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("diffusion")
     g.add_argument("--schedule", choices=["linear", "cosine"])
     g.add_argument("--mean-type", choices=["epsilon", "x0", "v"])
-    g.add_argument("--num-timesteps", type=int)
-    g.add_argument("--beta-1", type=float)
-    g.add_argument("--beta-T", dest="beta_T", type=float)
+    g.add_argument("--num-timesteps", type=positive_int)
+    g.add_argument("--beta-1", type=unit_open, help="first beta, in (0, 1)")
+    g.add_argument("--beta-T", dest="beta_T", type=unit_open, help="last beta, in (0, 1)")
 
 
 # the options that override preset fields (unset ones keep the preset's value)
@@ -140,8 +159,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..diffusion.train import make_config, train
 
+    if args.device is not None:
+        check_device(args.device)  # one clear line now, not a traceback once the data is loaded
     cfg = make_config(args.preset, **{k: getattr(args, k) for k in TRAIN_OPTS})
-    print(train(cfg))
+    if rank() != 0:  # torchrun: rank 0 owns the output folder
+        print(train(cfg))
+        return 0
+    from ..utils import claim_dir, output_lock
+
+    claim_dir(cfg.out, force=args.force)
+    with output_lock(cfg.out):
+        print(train(cfg))
     return 0
 
 

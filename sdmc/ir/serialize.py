@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,13 @@ def _weights_load(data: bytes, where: str) -> dict[str, np.ndarray]:
         raise IRError(f"{where}: unreadable {WEIGHTS_FILE}: {e}") from None
 
 
-def save(graph: Graph, path: str | os.PathLike) -> Path:
-    """Write ``graph`` to ``path``: a zip if it ends in ``.sdmc``, else a directory.  Atomic."""
+def save(
+    graph: Graph, path: str | os.PathLike, *, force: bool = False, protect: Iterable[str | os.PathLike] = ()
+) -> Path:
+    """Write ``graph`` to ``path``: a zip if it ends in ``.sdmc``, else a directory.  Atomic.
+
+    The directory form replaces ``path`` whole (:func:`sdmc.utils.atomic_dir`): only a graph directory sdmc
+    wrote or an empty one, unless ``force``; never one that holds a path of ``protect`` (the inputs)."""
     path = Path(path)
     gjson = json.dumps(to_dict(graph), indent=1).encode()
     weights = _weights_bytes(graph.params)
@@ -100,7 +106,7 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
         return path
     if path.exists() and not path.is_dir():
         raise IRError(f"save: {path} exists and is not a directory (use a '.sdmc' name for the zip form)")
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, force=force, protect=protect) as tmp:
         (tmp / GRAPH_FILE).write_bytes(gjson)
         (tmp / WEIGHTS_FILE).write_bytes(weights)
     return path

@@ -461,6 +461,7 @@ def eval_model_file(
     log: Callable[[str], None] = print,
     sampler: Callable[..., torch.Tensor] | None = None,
     precision: str | None = None,
+    unsafe: bool = False,
 ) -> EvalReport | None:
     """Draw ``n`` images from the model in ``path`` and compute ``metrics``; rank 0 returns the report.
     ``n=None``: :data:`DIGITS_EVAL_N` for digits metrics, else :data:`EVAL_N`.
@@ -486,7 +487,7 @@ def eval_model_file(
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(dev)
         opts.device = str(dev)
-        model, cfg = load_model(path, weights=weights, snn_steps=snn_steps, device=dev)
+        model, cfg = load_model(path, weights=weights, snn_steps=snn_steps, device=dev, unsafe=unsafe)
         if precision is not None:
             from ..backends.torch import prepare
 
