@@ -310,7 +310,8 @@ def test_converted_qann_exports_spike_for_spike(tmp_path):
     cfg = ModelConfig(
         arch="qsnn", ch=8, ch_mult=(1, 2), num_res_blocks=1, bits=2, img_ch=1, img_size=8, norm_groups=2, mid_attn=False
     )
-    g = trace(build_converted(cfg).eval(), (1, 1, 8, 8))
+    torch.manual_seed(0)  # weights independent of the tests before: a time-embedding neuron whose spikes vary
+    g = trace(build_converted(cfg).eval(), (1, 1, 8, 8))  # over the SNN steps has no constant bias (refused)
     soft = [n for n in g if n.op == "if"]
     assert soft and all(n.v_reset is None and n.v_init is not None for n in soft)
     x = np.random.default_rng(4).normal(size=(2, 1, 8, 8))
