@@ -49,7 +49,7 @@ from sdmc.errors import SdmcError
 from sdmc.passes.rewrite import _new_param
 from sdmc.sim import golden
 from sdmc.sim import nir as nirsim
-from sdmc.utils import atomic_path
+from sdmc.utils import check_file_replaceable, replace_file
 
 DT = nirsim.DT
 FORMAT = "sdmc-nir/1"
@@ -527,14 +527,27 @@ def export_prepared(g: ir.Graph, dt: float = DT, extensions: bool = False) -> ni
         raise SdmcError(f"NIR export: the nir package rejects the graph: {e}") from e
 
 
-def save_nir(graph: ir.Graph | nir.NIRGraph, path, **kwargs) -> Path:
+def is_sdmc_nir(path) -> bool:
+    """Whether file ``path`` is a NIR graph sdmc wrote (HDF5 whose graph metadata has sdmc's record)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "node/metadata/sdmc" in f
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def save_nir(graph: ir.Graph | nir.NIRGraph, path, *, force: bool = False, protect=(), **kwargs) -> Path:
     """Export ``graph`` (an IR graph, see :func:`to_nir`; or a ready NIR graph) and write it with ``nir.write``
-    atomically (a failure leaves any previous file in place)."""
+    atomically (a failure leaves any previous file in place).
+
+    An existing ``path`` is replaced only if sdmc wrote it (:func:`is_sdmc_nir`) or ``force``; never when it is
+    one of ``protect`` (the run's inputs): see :func:`sdmc.utils.replace_file`."""
     path = Path(path)
-    if path.is_dir():
-        raise SdmcError(f"{path}: is a directory; give the .nir file to write")
+    check_file_replaceable(path, is_sdmc_nir, force=force, protect=protect)  # before the work
     ng = graph if isinstance(graph, nir.NIRGraph) else to_nir(graph, **kwargs)
-    with atomic_path(path) as tmp:
+    with replace_file(path, is_sdmc_nir, force=force, protect=protect) as tmp:
         nir.write(str(tmp), ng)
     return path
 

@@ -27,7 +27,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import OutputError
@@ -129,6 +129,42 @@ def refuse_input_as_output(out: str | os.PathLike, inputs: Iterable[str | os.Pat
     for src in inputs:
         if src is not None and Path(src).exists() and os.path.samefile(src, out):
             raise OutputError(f"{out}: is the input {src}; choose another output name")
+
+
+def check_file_replaceable(
+    path: str | os.PathLike,
+    owned: Callable[[Path], bool],
+    *,
+    force: bool = False,
+    protect: Iterable[str | os.PathLike | None] = (),
+) -> None:
+    """An :class:`OutputError` unless file output ``path`` may be written: it is none of ``protect`` (the run's
+    inputs; forced or not), not a directory, and either absent or a file sdmc wrote (``owned(path)``, e.g. an
+    ONNX model whose producer is sdmc); ``force`` waives only the last condition."""
+    path = Path(path)
+    refuse_input_as_output(path, protect)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory, expected a file name")
+    if not os.path.lexists(path) or force or owned(path):
+        return
+    raise OutputError(f"{path}: exists and was not written by sdmc; choose another name or pass --force to replace it")
+
+
+@contextlib.contextmanager
+def replace_file(
+    path: str | os.PathLike,
+    owned: Callable[[Path], bool],
+    *,
+    force: bool = False,
+    protect: Iterable[str | os.PathLike | None] = (),
+) -> Iterator[Path]:
+    """Write file output ``path`` through a temporary path (:func:`atomic_path`) under :func:`output_lock`, if
+    :func:`check_file_replaceable` allows it (checked again once locked)."""
+    check_file_replaceable(path, owned, force=force, protect=protect)
+    with output_lock(path):
+        check_file_replaceable(path, owned, force=force, protect=protect)
+        with atomic_path(path) as tmp:
+            yield tmp
 
 
 # ---------------------------------------------------------------------------------------------- locks

@@ -178,3 +178,22 @@ def test_bundled_reference_exports_and_its_nir_goes_to_torch_and_loihi(released,
     rep = json.loads(capsys.readouterr().out)
     rates = [x["rate"] for x in rep["layers"] if x["cls"] == "neuron"]
     assert rates and all(0 <= r <= 1 for r in rates) and 0 < max(rates)
+
+
+def test_exports_replace_only_files_sdmc_wrote(released, tmp_path, capsys):
+    """-o over a file sdmc did not write: one line naming --force, the file untouched; sdmc's own file or --force:
+    replaced; the model itself: refused even with --force."""
+    pt, _ = released["sddpm"]
+    model = [str(pt), "--snn-steps", "2", "--img-size", "8"]
+    for backend, extra in (("onnx", []), ("nir", ["--t", "5", "--nir-ext"])):
+        out = tmp_path / f"notes.{backend}"
+        out.write_text("my notes")
+        argv = ["export"] + model + ["--backend", backend, "-o", str(out)] + extra
+        err = _one_error(capsys, argv)
+        assert str(out) in err and "not written by sdmc" in err and "--force" in err
+        assert out.read_text() == "my notes"
+        assert main(argv + ["--force"]) == 0 and main(argv) == 0  # then it is sdmc's: no --force needed
+        capsys.readouterr()
+        err = _one_error(capsys, ["compile", str(out), "--backend", backend, "-o", str(out), "--force"] + extra[2:])
+        assert "is the input" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.nir", "notes.onnx"]

@@ -318,3 +318,27 @@ def test_converted_qann_exports_spike_for_spike(tmp_path):
     back = check_export(g, {"x": x}, tmp_path, t=600)
     subgraphs = [n for n in back.nodes.values() if isinstance(n, nir.NIRGraph)]
     assert len(subgraphs) == len([n for n in snir.prepare(g, 600) if n.op == "if"])  # soft reset: I + Threshold + Scale
+
+
+def test_write_replaces_only_what_sdmc_wrote(tmp_path):
+    from sdmc.errors import OutputError
+
+    g = _chain()
+    theirs = tmp_path / "theirs.nir"
+    nir.write(
+        str(theirs),
+        nir.NIRGraph(nodes={"i": nir.Input(np.array([2])), "o": nir.Output(np.array([2]))}, edges=[("i", "o")]),
+    )
+    with pytest.raises(OutputError, match="not written by sdmc.*--force"):
+        snir.save_nir(g, theirs)
+    assert not snir.is_sdmc_nir(theirs) and set(nir.read(str(theirs)).nodes) == {"i", "o"}
+    (tmp_path / "dir.nir").mkdir()
+    with pytest.raises(OutputError, match="is a directory"):
+        snir.save_nir(g, tmp_path / "dir.nir")
+    snir.save_nir(g, theirs, force=True)
+    assert snir.is_sdmc_nir(theirs)
+    snir.save_nir(g, theirs, dt=1e-3)  # sdmc's own: replaced without force
+    assert snir.sdmc_meta(nir.read(str(theirs)))["dt"] == 1e-3
+    with pytest.raises(OutputError, match="is the input"):
+        snir.save_nir(g, theirs, force=True, protect=[theirs])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.nir", "theirs.nir"]  # no temporary or lock left

@@ -280,6 +280,28 @@ def test_write_is_atomic_and_refuses_a_directory(tmp_path):
         save_onnx(g, tmp_path / "d.onnx")
     target = tmp_path / "m.onnx"
     target.write_bytes(b"previous")
-    with pytest.raises(SdmcError):
-        save_onnx(g, target, form="loop")
+    with pytest.raises(SdmcError, match="form"):
+        save_onnx(g, target, form="loop", force=True)
     assert target.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["d.onnx", "m.onnx"]
+
+
+def test_write_replaces_only_what_sdmc_wrote(tmp_path):
+    from sdmc.backends.onnx import is_sdmc_onnx
+    from sdmc.errors import OutputError
+    from sdmc.utils import output_lock
+
+    g = EXAMPLES["conv2d"]()
+    foreign = tmp_path / "theirs.onnx"
+    m = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []), producer_name="pytorch")
+    foreign.write_bytes(m.SerializeToString())
+    with pytest.raises(OutputError, match="not written by sdmc.*--force"):
+        save_onnx(g, foreign)
+    assert not is_sdmc_onnx(foreign) and onnx.load(str(foreign)).producer_name == "pytorch"
+    save_onnx(g, foreign, force=True)
+    assert is_sdmc_onnx(foreign)
+    save_onnx(g, foreign, form="step")  # sdmc's own: replaced without --force
+    assert "sdmc.states" in {p.key for p in onnx.load(str(foreign)).metadata_props}
+    with pytest.raises(OutputError, match="is the input"):
+        save_onnx(g, foreign, force=True, protect=[foreign])
+    with output_lock(foreign), pytest.raises(OutputError, match="another sdmc process is writing"):
+        save_onnx(g, foreign)

@@ -12,8 +12,19 @@ as a weighted sum over T, and computes static work (head conv, time embedding) o
 per IR op), :mod:`.export` (graph I/O, forms, metadata), :mod:`.runtime` (validated loading, onnxruntime).
 """
 
-from .export import FORMS, init_states, prepare, save_onnx, to_onnx
+from .export import FORMS, init_states, is_sdmc_onnx, prepare, save_onnx, to_onnx
 from .lower import LOWER, OPSET
 from .runtime import OnnxModel, load_onnx
 
-__all__ = ["FORMS", "LOWER", "OPSET", "OnnxModel", "init_states", "load_onnx", "prepare", "save_onnx", "to_onnx"]
+__all__ = [
+    "FORMS",
+    "LOWER",
+    "OPSET",
+    "OnnxModel",
+    "init_states",
+    "is_sdmc_onnx",
+    "load_onnx",
+    "prepare",
+    "save_onnx",
+    "to_onnx",
+]

@@ -23,7 +23,7 @@ from onnx import helper
 
 from sdmc import ir, passes
 from sdmc.errors import SdmcError
-from sdmc.utils import atomic_write_bytes
+from sdmc.utils import check_file_replaceable, replace_file
 
 from .lower import ONNX_DTYPES, OPSET, Lowering, lower_node
 
@@ -132,16 +132,30 @@ def to_onnx(
     return model
 
 
-def save_onnx(graph: ir.Graph, path, **kwargs) -> Path:
-    """Export ``graph`` (see :func:`to_onnx`) and write it to ``path`` atomically (checked before writing)."""
+def is_sdmc_onnx(path) -> bool:
+    """Whether file ``path`` is an ONNX model sdmc wrote: producer ``sdmc``, the second field of the serialised
+    ``ModelProto`` (after the ``ir_version`` varint), so the first bytes tell."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return False
+    return head[:1] == b"\x08" and b"\x12\x04sdmc" in head
+
+
+def save_onnx(graph: ir.Graph, path, *, force: bool = False, protect=(), **kwargs) -> Path:
+    """Export ``graph`` (see :func:`to_onnx`) and write it to ``path`` atomically (checked before writing).
+
+    An existing ``path`` is replaced only if sdmc wrote it (:func:`is_sdmc_onnx`) or ``force``; never when it
+    is one of ``protect`` (the run's inputs): see :func:`sdmc.utils.replace_file`."""
     path = Path(path)
-    if path.is_dir():
-        raise SdmcError(f"{path}: is a directory; give the .onnx file to write")
+    check_file_replaceable(path, is_sdmc_onnx, force=force, protect=protect)  # before the work
     model = to_onnx(graph, **kwargs)
     data = model.SerializeToString()
     if len(data) >= 2**31:
         raise SdmcError(f"{path}: the model is {len(data) / 2**30:.1f} GiB, over protobuf's 2 GiB limit")
-    atomic_write_bytes(path, data)
+    with replace_file(path, is_sdmc_onnx, force=force, protect=protect) as tmp:
+        tmp.write_bytes(data)
     return path
 
 

@@ -196,7 +196,8 @@ def add_out(
         p.add_argument(
             "--force",
             action="store_true",
-            help="use --out even if it is a non-empty directory sdmc did not create (its files may be replaced)",
+            help="use --out even if sdmc did not create it: a non-empty directory (its files may be replaced) or, "
+            "for a file output (onnx, nir), an existing file",
         )
 
 

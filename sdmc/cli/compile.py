@@ -25,7 +25,7 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
         p,
         "output .sdmc zip (a directory if the name does not end in .sdmc); --backend torch writes "
         "the graph the torch executor runs (sdmc.backends.torch_exec.load_compiled reads it); --backend "
-        "onnx / nir: the file",
+        "onnx / nir: the file (replaces an existing one only if sdmc wrote it, else with --force)",
         required=True,
     )
     p.add_argument(
@@ -49,7 +49,9 @@ def run_compile(args: argparse.Namespace) -> int:
 
     if args.passes is None:
         args.passes = "none" if args.backend == "nir" else "inference"
-    if str(args.out).endswith(".sdmc") or args.backend in interop.BACKENDS:  # a file
+    if args.backend in interop.BACKENDS:  # a file: sdmc's own, or --force
+        interop.check_out(args, [args.file])
+    elif str(args.out).endswith(".sdmc"):  # a file
         refuse_input_as_output(args.out, [args.file])
     else:  # the directory form replaces args.out whole: check before the work
         check_replaceable(args.out, force=args.force, protect=[args.file])
@@ -68,7 +70,7 @@ def run_compile(args: argparse.Namespace) -> int:
             args.file, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size, unsafe=args.unsafe_load
         )
     if args.backend in interop.BACKENDS:
-        print(interop.write(passes.run(graph, names), args, pipeline=None))
+        print(interop.write(passes.run(graph, names), args, pipeline=None, inputs=[args.file]))
         return 0
     save = dict(force=args.force, protect=[args.file])
     if args.backend == "torch":

@@ -44,18 +44,39 @@ def load_nir(path, args: argparse.Namespace):
     return from_nir(path, T=args.snn_steps, dt=args.dt)
 
 
-def write(graph, args: argparse.Namespace, pipeline: str | list[str] | None) -> str:
-    """Write ``graph`` to ``args.out`` for ``args.backend`` (onnx | nir); returns the line to print."""
+def is_ours(backend: str):
+    """The test that an existing ``-o`` file is one sdmc wrote, for ``backend`` (onnx | nir)."""
+    if backend == "onnx":
+        from ..backends.onnx import is_sdmc_onnx
+
+        return is_sdmc_onnx
+    from ..backends.nir import is_sdmc_nir
+
+    return is_sdmc_nir
+
+
+def check_out(args: argparse.Namespace, inputs: list) -> None:
+    """Before the work: ``args.out`` may be written (not an input, not a directory, absent or sdmc's, or
+    ``--force``); the writers check again under the output lock."""
+    from ..utils import check_file_replaceable
+
+    check_file_replaceable(args.out, is_ours(args.backend), force=args.force, protect=inputs)
+
+
+def write(graph, args: argparse.Namespace, pipeline: str | list[str] | None, inputs: list) -> str:
+    """Write ``graph`` to ``args.out`` for ``args.backend`` (onnx | nir), never over ``inputs`` nor over a file sdmc
+    did not write (unless ``--force``); returns the line to print."""
     out = Path(args.out)
+    save = dict(force=args.force, protect=inputs)
     if args.backend == "onnx":
         from ..backends.onnx import save_onnx
 
-        save_onnx(graph, out, form=args.onnx_form, pipeline=pipeline)
+        save_onnx(graph, out, form=args.onnx_form, pipeline=pipeline, **save)
         return f"wrote {out}: ONNX opset 17, {args.onnx_form} form, T={graph.T} (run: sdmc sample {out} ...)"
     from ..backends.nir import DT, save_nir, sdmc_meta, to_nir
 
     ng = to_nir(graph, t=args.step, dt=args.dt or DT, extensions=args.nir_ext)
-    save_nir(ng, out)
+    save_nir(ng, out, **save)
     meta = sdmc_meta(ng)
     ext = sorted({e["op"] for e in meta["extensions"]})
     folded = f", diffusion step t={meta['t']} folded into the biases" if meta["t"] is not None else ""

@@ -78,7 +78,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_out(
         p,
-        "export directory (lava; replaced whole, atomically) or file (onnx, nir; written atomically)",
+        "export directory (lava; replaced whole, atomically) or file (onnx, nir; written atomically, over an existing file "
+        "only if sdmc wrote it, else with --force)",
         required=True,
     )
     p.add_argument(
@@ -94,11 +95,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     if args.backend in interop.BACKENDS:
-        from ..utils import refuse_input_as_output
-
         interop.refuse_lava_options(args, LAVA_ONLY)
-        refuse_input_as_output(args.out, [args.model])
-        print(interop.write(load_graph(args), args, pipeline="inference"))
+        interop.check_out(args, [args.model])
+        print(interop.write(load_graph(args), args, pipeline="inference", inputs=[args.model]))
         return 0
     from ..backends import lava
     from ..sim.inputs import noised_inputs
