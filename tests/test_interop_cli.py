@@ -128,7 +128,8 @@ def test_nir_chain_goes_to_loihi_and_lava_only_options_are_refused(tmp_path, cap
     assert "give the number of SNN steps T" in err and str(path) in err
     assert main(["export", str(path), "--backend", "lava", "--snn-steps", "4", "-o", str(tmp_path / "lava")]) == 0
     assert (tmp_path / "lava" / "manifest.json").is_file()
-    capsys.readouterr()
+    assert main(["sim", str(path), "--snn-steps", "4", "--dt", "1e-4"]) == 0  # the chain as Loihi runs it
+    assert "spike mismatch vs float golden" in capsys.readouterr().out
     err = _one_error(
         capsys,
         ["export", str(path), "--snn-steps", "4", "--backend", "onnx", "--tsm", "mean", "-o", str(tmp_path / "o")],

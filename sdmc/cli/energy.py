@@ -14,7 +14,6 @@ from .base import (
     add_solver,
     add_threshold,
     check_device,
-    positive,
     positive_int,
     probability,
 )
@@ -64,9 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", help="save per-layer energy and firing rates as a PNG")
     p.add_argument("--no-layers", action="store_true", help="terminal report without the per-layer table")
     add_model_args(p)
-    p.add_argument(
-        "--dt", type=positive, default=None, help="a .nir file's time step (default: recorded by sdmc, else 1e-4)"
-    )
+    interop.add_dt(p)
     add_threshold(p)
     p.add_argument("--batch-size", type=positive_int, default=32, help="calibration batch (default 32)")
     add_seed(p)

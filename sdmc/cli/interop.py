@@ -26,11 +26,16 @@ def add_interop_options(p: argparse.ArgumentParser, *, t: bool) -> None:
         action="store_true",
         help="NIR: keep ops NIR lacks (upsample, Swish, TSM, ...) as sdmc extension nodes instead of refusing",
     )
-    g.add_argument("--dt", type=positive, default=None, help="NIR time step (default: recorded by sdmc, else 1e-4)")
+    add_dt(g)
     if t:
         g.add_argument(
             "--t", type=count, default=None, dest="step", help="NIR: the diffusion step folded into the biases"
         )
+
+
+def add_dt(p) -> None:
+    """``--dt``: the time step of a ``.nir`` file (an input model, or the NIR export)."""
+    p.add_argument("--dt", type=positive, default=None, help="NIR time step (default: recorded by sdmc, else 1e-4)")
 
 
 def is_nir(path) -> bool:

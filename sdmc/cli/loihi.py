@@ -127,6 +127,7 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="loihi", choices=["loihi"], help="what to simulate (loihi)")
     p.add_argument("--lava", action="store_true", help="run the spiking core in Lava (needs lava-nc / lava-dl)")
     p.add_argument("--samples", type=positive_int, default=1, help="number of noised input images (default 1)")
+    interop.add_dt(p)
 
 
 def run_sim(args: argparse.Namespace) -> int:
