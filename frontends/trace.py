@@ -31,7 +31,8 @@ TIMINGS = {"static": "S", "per-step": "TB", ir.STATIC: "S", ir.PER_STEP: "TB"}
 _T_ATTRS = ("timestep", "T", "n_steps", "steps")
 
 
-def _is_multi_step(m: nn.Module) -> bool:
+def is_multi_step(m: nn.Module) -> bool:
+    """Whether ``m`` takes ``[T, B, ...]`` sequences (spikingjelly ``step_mode='m'`` or a multi-step container)."""
     return getattr(m, "step_mode", "s") == "m" or isinstance(m, sj_base.MultiStepModule)
 
 
@@ -68,7 +69,7 @@ def _consumes_sequence(fxg: fx.Graph, model: nn.Module, name: str) -> bool:
         if u in seen:
             continue
         seen.add(u)
-        if u.op == "call_module" and _is_multi_step(model.get_submodule(u.target)):
+        if u.op == "call_module" and is_multi_step(model.get_submodule(u.target)):
             return True
         if u.op == "call_function" and u.target in (drive_multi_step, drive_seq_to_ann):
             return True
@@ -135,7 +136,7 @@ def trace(
     shape0 = tuple(example_inputs[0].shape) if example_inputs is not None else tuple(example_shape)
     if timing is not None:
         candidates = [TIMINGS[timing]]
-    elif len(shape0) >= 3 and shape0[0] == T and any(_is_multi_step(m) for m in model.modules()):
+    elif len(shape0) >= 3 and shape0[0] == T and any(is_multi_step(m) for m in model.modules()):
         candidates = ["TB", "S"]
     else:
         candidates = ["S"]

@@ -110,11 +110,27 @@ def trace_user_model(
     unsafe: bool = False,
 ):
     """:func:`build_user_model` then :func:`sdmc.frontends.trace` at ``input_shape``; the graph records
-    where it came from (``meta['source_class']``, ``meta['model_args']``)."""
-    from .trace import trace
+    where it came from (``meta['source_class']``, ``meta['model_args']``).
 
+    ``T``: given, else what the model declares (:func:`~sdmc.frontends.trace.steps_of`), else the first axis
+    of a sequence input ``[T, B, ...]`` (``timing='per-step'``, or a model with multi-step spikingjelly
+    modules and an input of rank >= 3)."""
+    from .trace import is_multi_step, steps_of, trace
+
+    shape = tuple(int(v) for v in input_shape)
+    if not shape or any(v < 1 for v in shape):
+        raise ConfigError(f"--input-shape: expected positive sizes, got {list(shape)}")
     model = build_user_model(spec, model_args, checkpoint, weights=weights, unsafe=unsafe)
-    g = trace(model, tuple(input_shape), T=T, timing=timing)
+    T = T or steps_of(model)
+    if T is None and len(shape) >= 3 and timing != "static":
+        if timing == "per-step" or any(is_multi_step(m) for m in model.modules()):
+            T = shape[0]
+    if T is None:
+        raise ConfigError(
+            f"--model: cannot tell the number of SNN steps of {type(model).__name__} (it declares none and the "
+            "input is not a [T, B, ...] sequence); give --snn-steps"
+        )
+    g = trace(model, shape, T=T, timing=timing)
     g.meta["source_class"] = spec
     g.meta["model_args"] = parse_model_args(model_args)[1] or parse_model_args(model_args)[0]
     return g

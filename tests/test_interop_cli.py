@@ -139,8 +139,12 @@ def test_nir_chain_goes_to_loihi_and_lava_only_options_are_refused(tmp_path, cap
     assert main(["energy", str(path), "--snn-steps", "4", "--assume-rate", "0.25", "--json"]) == 0
     layers = {x["name"]: x for x in json.loads(capsys.readouterr().out)["layers"]}
     assert layers["conv"]["macs"] == 4 * 4 * 2 * 9 * 36 and layers["fc"]["sops"] == pytest.approx(0.25 * 144 * 3 * 4)
-    err = _one_error(capsys, ["energy", str(path), "--snn-steps", "4"])
-    assert "'x'" in err and "not an image" in err and "--assume-rate" in err
+    # measured (a classifier: the golden simulator on random inputs, issue 18); not on a dataset's images
+    assert main(["energy", str(path), "--snn-steps", "4", "--images", "2", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["calibration"]["mode"] == "inputs" and rep["calibration"]["n_images"] == 2
+    err = _one_error(capsys, ["energy", str(path), "--snn-steps", "4", "--data", "digits"])
+    assert "'x'" in err and "not a denoiser's image" in err and "--assume-rate" in err
 
 
 def test_bundled_reference_exports_and_its_nir_goes_to_torch_and_loihi(released, tmp_path, monkeypatch, capsys):

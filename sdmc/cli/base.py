@@ -151,6 +151,78 @@ def add_model_args(p: argparse.ArgumentParser, *, img_size: bool = False) -> Non
     add_unsafe_load(p)
 
 
+def add_user_model(p: argparse.ArgumentParser) -> None:
+    """``--model FILE.py:Class|module:Class``, ``--model-args``, ``--input-shape``, ``--timing``: the checkpoint
+    holds the weights of the user's own ``nn.Module`` class (:mod:`sdmc.frontends.user_model`)."""
+    g = p.add_argument_group(
+        "your own model class (the file argument then holds only its weights; runs the class's Python code)"
+    )
+    g.add_argument(
+        "--model",
+        dest="model_class",
+        metavar="FILE.py:CLASS",
+        help="the nn.Module class to build: path/to/file.py:ClassName or package.module:ClassName",
+    )
+    g.add_argument(
+        "--model-args",
+        metavar="JSON",
+        help="the class's constructor arguments: a JSON object (keywords) or array (positional)",
+    )
+    g.add_argument(
+        "--input-shape",
+        type=int_list,
+        metavar="DIMS",
+        help="shape of forward's first input (needed with --model): B,C,H,W for an image (a diffusion UNet gets "
+        "the step t as its second input) or T,B,... for a per-step sequence (T: --snn-steps, else the model's "
+        "own T attribute, else this first axis); B is not compiled in",
+    )
+    g.add_argument(
+        "--timing",
+        choices=["static", "per-step"],
+        help="the first input is a static image replicated over T, or a [T, B, ...] sequence (default: from "
+        "the model's spikingjelly step modes)",
+    )
+
+
+USER_MODEL_ONLY = ("model_args", "input_shape", "timing")
+
+
+def user_model_graph(args: argparse.Namespace, file):
+    """The traced graph of ``--model``'s class with ``file``'s weights (strictly), or ``None`` without
+    ``--model``.  Raises :class:`sdmc.errors.SdmcError` for a ``--model`` option without ``--model``, a graph
+    file given with ``--model``, or a missing ``--input-shape``, before running the user's code."""
+    from pathlib import Path
+
+    from ..errors import SdmcError
+
+    if not getattr(args, "model_class", None):
+        given = [f"--{k.replace('_', '-')}" for k in USER_MODEL_ONLY if getattr(args, k, None) is not None]
+        if given:
+            raise SdmcError(f"{', '.join(given)}: only with --model FILE.py:Class")
+        return None
+    if Path(str(file)).suffix in (".sdmc", ".nir") or Path(str(file)).is_dir():
+        raise SdmcError(f"--model: {file} is a compiled graph, not the weights of a model class")
+    if getattr(args, "img_size", None) is not None:
+        raise SdmcError("--img-size: not with --model (--input-shape gives the input)")
+    if args.input_shape is None:
+        raise SdmcError("--model: give --input-shape (e.g. 1,3,32,32 for an image, 4,1,2,34,34 for a T=4 sequence)")
+    from ..frontends.user_model import trace_user_model
+    from ..models.bundled import resolve
+
+    if not resolve(file).is_file():
+        raise SdmcError(f"{file}: no such file")
+    return trace_user_model(
+        args.model_class,
+        args.model_args,
+        file,
+        input_shape=args.input_shape,
+        T=getattr(args, "snn_steps", None),
+        timing=args.timing,
+        weights=getattr(args, "weights", "auto"),
+        unsafe=getattr(args, "unsafe_load", False),
+    )
+
+
 def add_threshold(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threshold",

@@ -7,13 +7,17 @@ import argparse
 
 from ..errors import SdmcError
 from . import interop
-from .base import Command, add_json, add_model_args, add_out
+from .base import Command, add_json, add_model_args, add_out, add_user_model, user_model_graph
 
 BACKENDS = ("ir", "torch") + interop.BACKENDS
 
 
 def add_compile_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="released .pt checkpoint, native .safetensors model or a .nir graph (imported)")
+    p.add_argument(
+        "file",
+        help="released .pt checkpoint, native .safetensors model or a .nir graph (imported); with --model: the "
+        "weights of that class (.pt state_dict or .safetensors)",
+    )
     p.add_argument(
         "--backend",
         default="ir",
@@ -36,6 +40,7 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
         "executor mode: inference (default) or train",
     )
     add_model_args(p, img_size=True)
+    add_user_model(p)
     interop.add_interop_options(p, t=True)
 
 
@@ -63,9 +68,10 @@ def run_compile(args: argparse.Namespace) -> int:
         names = [args.passes]
     else:
         names = [] if args.passes.strip().lower() == "none" else passes.resolve(args.passes)
-    if interop.is_nir(args.file):
+    graph = user_model_graph(args, args.file)
+    if graph is None and interop.is_nir(args.file):
         graph = interop.load_nir(args.file, args)
-    else:
+    elif graph is None:
         graph = from_checkpoint(
             args.file, weights=args.weights, snn_steps=args.snn_steps, img_size=args.img_size, unsafe=args.unsafe_load
         )

@@ -13,14 +13,20 @@ from .base import (
     add_seed,
     add_solver,
     add_threshold,
+    add_user_model,
     check_device,
     positive_int,
     probability,
+    user_model_graph,
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="released .pt, native .safetensors, a compiled .sdmc graph or a .nir graph (imported)")
+    p.add_argument(
+        "file",
+        help="released .pt, native .safetensors, a compiled .sdmc graph or a .nir graph (imported); with --model: "
+        "that class's weights",
+    )
     p.add_argument("--report", action="store_true", help="print the full report (the default)")
     p.add_argument(
         "--data",
@@ -64,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-layers", action="store_true", help="terminal report without the per-layer table")
     add_model_args(p)
     interop.add_dt(p)
+    add_user_model(p)
     add_threshold(p)
     p.add_argument("--batch-size", type=positive_int, default=32, help="calibration batch (default 32)")
     add_seed(p)
@@ -95,7 +102,12 @@ def run(args: argparse.Namespace) -> int:
     path = resolve(args.file)
     if not path.exists():
         raise SdmcError(f"{args.file}: no such file")
-    if path.suffix == ".sdmc" or path.is_dir() or interop.is_nir(path):
+    graph = user_model_graph(args, args.file)
+    if graph is not None:
+        if args.threshold is not None:
+            raise SdmcError("--threshold: not with --model (set the class's thresholds through --model-args)")
+        report = analyze(graph, **opts)
+    elif path.suffix == ".sdmc" or path.is_dir() or interop.is_nir(path):
         from ..ir import load
 
         if args.threshold is not None:

@@ -5,8 +5,20 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import SdmcError
 from . import interop
-from .base import Command, add_model_args, add_out, add_seed, add_threshold, count, int_range, positive_int
+from .base import (
+    Command,
+    add_model_args,
+    add_out,
+    add_seed,
+    add_threshold,
+    add_user_model,
+    count,
+    int_range,
+    positive_int,
+    user_model_graph,
+)
 
 EXPORT_BACKENDS = ("lava",) + interop.BACKENDS
 LAVA_ONLY = dict(tsm="reject", on_overflow="error", pow2=False, host_bits=16, threshold=None, calib=0, resources=False)
@@ -14,8 +26,13 @@ LAVA_ONLY = dict(tsm="reject", on_overflow="error", pow2=False, host_bits=16, th
 
 def add_model_file(p: argparse.ArgumentParser) -> None:
     """The model argument of every Loihi command: a checkpoint (traced) or a ``.sdmc`` graph."""
-    p.add_argument("model", help="released .pt / native .safetensors model, a .sdmc graph or a .nir graph")
+    p.add_argument(
+        "model",
+        help="released .pt / native .safetensors model, a .sdmc graph or a .nir graph; with --model: the weights "
+        "of that class",
+    )
     add_model_args(p, img_size=True)
+    add_user_model(p)
 
 
 def add_compile_options(p: argparse.ArgumentParser) -> None:
@@ -48,11 +65,15 @@ def compile_options(args: argparse.Namespace) -> dict:
 
 
 def load_graph(args: argparse.Namespace):
-    """A ``.sdmc`` graph (checked), an imported ``.nir`` graph or the traced checkpoint ``args.model``."""
+    """A ``.sdmc`` graph (checked), an imported ``.nir`` graph, the traced checkpoint ``args.model``, or with
+    ``--model`` the user's class loaded with its weights and traced."""
     from pathlib import Path
 
     from .. import ir
 
+    graph = user_model_graph(args, args.model)
+    if graph is not None:
+        return graph
     path = Path(args.model)
     if path.suffix == ".sdmc" or (path / "graph.json").is_file():
         return ir.check(ir.load(path))
@@ -124,10 +145,19 @@ def run_export(args: argparse.Namespace) -> int:
 def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     add_model_file(p)
     add_compile_options(p)
-    p.add_argument("--target", default="loihi", choices=["loihi"], help="what to simulate (loihi)")
+    p.add_argument(
+        "--target",
+        default="loihi",
+        choices=["loihi", "golden"],
+        help="loihi (default): the hybrid host/chip run; golden: the float64 golden simulator alone (any graph: "
+        "classifiers with pooling too), checked against the torch executor",
+    )
     p.add_argument("--lava", action="store_true", help="run the spiking core in Lava (needs lava-nc / lava-dl)")
     p.add_argument("--samples", type=positive_int, default=1, help="number of noised input images (default 1)")
     interop.add_dt(p)
+
+
+SIM_LOIHI_ONLY = dict(tsm="reject", on_overflow="error", pow2=False, host_bits=16, lava=False)
 
 
 def run_sim(args: argparse.Namespace) -> int:
@@ -136,6 +166,8 @@ def run_sim(args: argparse.Namespace) -> int:
     from ..backends import lava
     from ..sim.inputs import noised_inputs
 
+    if args.target == "golden":
+        return run_golden(args)
     graph = load_graph(args)
     net, plan, report = lava.compile_net(graph, **compile_options(args))
     inputs = noised_inputs(plan.graph, args.samples, args.step, args.seed)
@@ -178,6 +210,56 @@ def run_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_golden(args: argparse.Namespace) -> int:
+    """``sdmc sim --target golden``: the graph in the float64 golden simulator (:mod:`sdmc.sim.golden`) on
+    ``--samples`` check inputs (:func:`sdmc.sim.inputs.noised_inputs`: noised images at ``--t`` for a denoiser,
+    random spikes / values otherwise), its outputs against the compiled torch executor (float64) and the
+    firing rate of every neuron layer."""
+    import time
+
+    import numpy as np
+
+    from .. import ir
+    from ..backends import lava
+    from ..backends.lava.extract import with_threshold
+    from ..sim import golden
+    from ..sim.inputs import noised_inputs
+
+    given = [f"--{k.replace('_', '-')}" for k, v in SIM_LOIHI_ONLY.items() if getattr(args, k) != v]
+    if given:
+        raise SdmcError(f"{', '.join(given)}: only for --target loihi")
+    graph = load_graph(args)
+    run_graph = with_threshold(graph, args.threshold) if args.threshold is not None else graph
+    inputs = noised_inputs(graph, args.samples, args.step, args.seed)
+    t0 = time.perf_counter()
+    vals = golden.run(run_graph, inputs, all_values=True)
+    wall = time.perf_counter() - t0
+    neurons = [n.name for n in run_graph if n.op in ir.NEURON_OPS]
+    denoiser = any(n.type.dtype.startswith("int") for n in graph.input_nodes)
+    what = f"noised images at t={args.step}" if denoiser else "random inputs"
+    print(
+        f"golden simulator (float64): {len(graph.nodes)} nodes, {len(neurons)} neuron layers; {args.samples} "
+        f"sample(s) ({what}), T={graph.T}: {wall:.2f} s"
+    )
+    tref = lava.torch_reference(graph, inputs, threshold=args.threshold)
+    for o in run_graph.output_nodes:
+        y = vals[o.name]
+        print(
+            f"output {o.name} {list(y.shape)}: mean {float(np.mean(y)):.4g}, std {float(np.std(y)):.4g}; "
+            f"torch executor (float64) vs golden relative error {lava.rel_error(tref[o.name], y):.3g}"
+        )
+    if neurons:
+        rates = {k: float(np.abs(vals[k]).mean()) for k in neurons}
+        order = sorted(rates, key=rates.get)
+        print(
+            f"firing rates: mean {np.mean(list(rates.values())):.4f}; lowest "
+            + ", ".join(f"{k} {rates[k]:.4f}" for k in order[:3])
+            + "; highest "
+            + ", ".join(f"{k} {rates[k]:.4f}" for k in order[::-1][:3])
+        )
+    return 0
+
+
 EXPORT = Command(
     "export",
     "export the spiking core for Loihi (Lava): netx segments + manifest",
@@ -189,10 +271,11 @@ EXPORT = Command(
 )
 SIM = Command(
     "sim",
-    "simulate the model with its spiking core as Loihi runs it (hybrid host/chip)",
+    "simulate the model with its spiking core as Loihi runs it (hybrid host/chip), or in the golden simulator",
     add_sim_arguments,
     run_sim,
     description="Host parts in numpy (golden), the spiking core in the bit-exact Loihi model "
     "(default) or Lava's CPU simulation (--lava); reports the mismatch against "
-    "the float golden simulator and the torch backend (compiled executor, float64).",
+    "the float golden simulator and the torch backend (compiled executor, float64).  --target golden: "
+    "the float64 golden simulator alone, checked against the torch executor.",
 )

@@ -410,6 +410,25 @@ def measure_graph(graph, images: np.ndarray | torch.Tensor, steps: list[int], sc
     return act
 
 
+def measure_network(graph, n: int, batch_size: int = 32, seed: int = 0) -> Activity:
+    """Activity of a graph that is not a denoiser (no integer diffusion-step input: a classifier over
+    ``[T, B, ...]`` sequences, say) on ``n`` inputs from :func:`sdmc.sim.inputs.noised_inputs` (random spikes
+    with p = 0.3 for spike inputs, standard normal values, or lightly noised digits for a ``[C, H, W]`` image),
+    run by the golden simulator; one key, 0 (one forward pass = one call)."""
+    from ..sim import golden
+    from ..sim.inputs import noised_inputs
+    from .count import count_graph
+
+    costs = count_graph(graph)
+    act = Activity(T=graph.T)
+    inputs = noised_inputs(graph, n, 0, seed)
+    for lo in range(0, n, batch_size):
+        hi = min(n, lo + batch_size)
+        feed = {k: (v[:, lo:hi] if graph.nodes[k].type.per_step else v[lo:hi]) for k, v in inputs.items()}
+        _record_golden(act, graph, costs, golden.run(graph, feed, all_values=True), torch.zeros(hi - lo).long())
+    return act
+
+
 class GoldenRecorder:
     """An IR graph as a denoiser ``f(x, t)`` (the golden simulator) that records every call's activity
     into ``activity`` keyed by the call's index within a run of ``calls_per_run`` calls."""

@@ -189,15 +189,25 @@ class EnergyReport:
                 f"steps: NFE {c['nfe']}{guide}, seed {c['seed']}), every call measured; per image = exact sum "
                 f"over the {c['nfe']} calls; mean firing rate {c['mean_firing_rate']:.4f}"
             )
+        elif c.get("mode") == "inputs":
+            act = (
+                f"activity: {c['n_images']} samples of {c['data']}, one forward pass each (all T steps), seed "
+                f"{c['seed']}; mean firing rate {c['mean_firing_rate']:.4f}"
+            )
         else:
             act = (
                 f"calibration: {c['n_images']} images of {c['data']}, diffusion steps {c['steps']} "
                 f"({c['solver']} {c['sampling_steps']} steps: NFE {c['nfe']}); mean firing rate "
                 f"{c['mean_firing_rate']:.4f}"
             )
-        return [
+        what = (
             f"model: {m.get('arch')} ch={m.get('ch')} ch_mult={m.get('ch_mult')} T={m.get('snn_steps')} "
-            f"img={m.get('img_ch')}x{m.get('img_size')}x{m.get('img_size')}",
+            f"img={m.get('img_ch')}x{m.get('img_size')}x{m.get('img_size')}"
+            if m.get("arch") is not None
+            else f"model: {m.get('source', 'IR graph')} T={m.get('snn_steps')} input {m.get('input')}"
+        )
+        return [
+            what,
             f"profile: {p['name']} (MAC {p['costs']['mac']} pJ, AC {p['costs']['ac']} pJ) - {p['citation']}",
             act,
         ]
@@ -519,12 +529,8 @@ def analyze(
         cfg = ModelConfig.from_dict(mc) if mc else None
         x = next(n for n in graph.input_nodes if n.type.dtype.startswith("float"))
         img = x.type.shape
-        if assume_rate is None and (x.type.per_step or len(img) != 3):
-            raise ConfigError(
-                f"energy: graph input {x.name!r} ({'per-step ' if x.type.per_step else ''}{list(img)}) is not an "
-                "image [C, H, W]: firing rates are measured on a denoiser's sampling trajectories or noised "
-                "images; give --assume-rate (assume_rate=) for other networks"
-            )
+        if not _is_denoiser(graph, x):
+            return _analyze_network(graph, x, prof, data, images, n_images, batch_size, seed, assume_rate)
         module = None
     else:
         module = model_or_graph
@@ -608,3 +614,42 @@ def analyze(
     ts = [act.call_t[k] for k in act.steps]
     calib = dict(mode="trajectory", data="none (the model's own sampling trajectories)", n_images=n, steps=ts)
     return report(act, calib, notes)
+
+
+def _is_denoiser(graph, x) -> bool:
+    """Whether ``graph`` is a denoiser ``f(x_t[, t])`` (measured on sampling trajectories / noised images): its
+    input ``x`` is a static image ``[C, H, W]``, and it takes the diffusion step or returns an image of that
+    shape (an imported graph with ``t`` folded in)."""
+    if x.type.per_step or len(x.type.shape) != 3:
+        return False
+    takes_t = any(n.type.dtype.startswith("int") for n in graph.input_nodes)
+    return takes_t or any(tuple(o.type.shape) == tuple(x.type.shape) for o in graph.output_nodes)
+
+
+def _analyze_network(graph, x, prof, data, images, n_images, batch_size, seed, assume_rate) -> EnergyReport:
+    """:func:`analyze` for a graph that is no denoiser (a classifier, say): one forward pass per sample,
+    measured with the golden simulator on :func:`~sdmc.energy.measure.measure_network`'s random inputs, or
+    ``assume_rate``; no ANN baseline (the network is not a UNet)."""
+    from .measure import measure_network
+
+    if data not in (None, "noise") or images is not None:
+        raise ConfigError(
+            f"energy: graph input {x.name!r} ({'per-step ' if x.type.per_step else ''}{list(x.type.shape)}) is "
+            "not a denoiser's image [C, H, W]: this network is measured on random inputs (no --data) or at "
+            "--assume-rate, not on dataset images"
+        )
+    costs = count_graph(graph)
+    n = n_images or TRAJECTORY_IMAGES
+    if assume_rate is not None:
+        act = Activity.uniform(costs, float(assume_rate), graph.T)
+        calib = dict(mode="assumed", data=f"none (assumed uniform firing rate {assume_rate})", n_images=0, steps=[])
+    else:
+        act = measure_network(graph, n, batch_size=batch_size, seed=seed)
+        calib = dict(mode="inputs", data="random inputs (spikes p=0.3 / standard normal values)", n_images=n, steps=[0])
+    calib.update(solver="none (one forward pass per sample)", seed=seed, threshold=None)
+    model = dict(
+        snn_steps=graph.T,
+        source=graph.meta.get("source_class") or graph.meta.get("source") or "IR graph",
+        input=("[T, B, " if x.type.per_step else "[B, ") + ", ".join(map(str, x.type.shape)) + "]",
+    )
+    return build_report(costs, act, prof, model, calib, nfe=1, sampling_steps=1, ann_macs=None)
