@@ -95,6 +95,10 @@ def test_classifier_exports_and_sim_refuses_what_loihi_cannot(user_files, tmp_pa
     common = [str(ckpt), "--model", spec, "--input-shape", f"{T},1,1,8,8"]
     assert main(["export", *common, "--backend", "onnx", "-o", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 0 and "ONNX opset" in capsys.readouterr().out
+    as_module = [str(ckpt), "--model", "zoo.classifiers:CSNN", "--input-shape", f"{T},1,1,8,8"]  # module:Class
+    assert main(["compile", *as_module, "--passes", "none", "-o", str(tmp_path / "m.sdmc")]) == 0
+    assert ir.load(tmp_path / "m.sdmc").meta["source_class"] == "zoo.classifiers:CSNN"
+    capsys.readouterr()
     assert main(["sim", *common]) == 2  # Loihi has no pooling nor soft reset: refused naming the first node
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "node 'conv_fc." in err and "not expressible" in err
