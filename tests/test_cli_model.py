@@ -177,3 +177,33 @@ def test_the_four_commands_share_one_model_option_group():
             g.title for g in sub[name]._action_groups if any("--model" in a.option_strings for a in g._group_actions)
         }
     assert len(groups) == 1  # declared once, in sdmc.cli.base.add_user_model
+
+
+def test_energy_tells_a_static_image_classifier_from_a_denoiser():
+    """A static ``[C, H, W]`` input with a ``[classes]`` output and no step input is a classifier (one forward pass
+    per random input, datasets refused); the same input with an image output stays a denoiser."""
+    from sdmc.energy import analyze
+    from sdmc.errors import ConfigError
+
+    def graph(head: bool) -> ir.Graph:
+        g = ir.Graph(2)
+        g.add(ir.Input(name="x", shape=(1, 4, 4), dtype="float32"))
+        w = g.add_param("c.weight", np.full((2, 1, 3, 3), 0.3, np.float32))
+        g.add(ir.Conv2d(name="c", inputs=("x",), weight=w, padding=(1, 1)))
+        g.add(ir.Repeat(name="rep", inputs=("c",)))
+        g.add(ir.IF(name="sn", inputs=("rep",), threshold=0.5, v_reset=0.0))
+        last = "sn"
+        if head:
+            g.add(ir.Reshape(name="flat", inputs=("sn",), shape=(32,)))
+            g.add(ir.Linear(name="fc", inputs=("flat",), weight=g.add_param("fc.w", np.ones((3, 32), np.float32))))
+            last = "fc"
+        g.add(ir.MembraneReadout(name="ro", inputs=(last,), decay=1.0))
+        g.add(ir.Output(name="out", inputs=("ro",)))
+        return ir.check(g)
+
+    rep = analyze(graph(head=True), n_images=2, ann=False)
+    assert rep.calibration["mode"] == "inputs" and rep.calibration["n_images"] == 2
+    with pytest.raises(ConfigError, match="not a denoiser's image"):
+        analyze(graph(head=True), data="digits", ann=False)
+    images = torch.rand(2, 1, 4, 4) * 2 - 1
+    assert analyze(graph(head=False), images=images, calib_steps=1, steps=2, ann=False).calibration["mode"] == "data"

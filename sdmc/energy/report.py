@@ -618,12 +618,13 @@ def analyze(
 
 def _is_denoiser(graph, x) -> bool:
     """Whether ``graph`` is a denoiser ``f(x_t[, t])`` (measured on sampling trajectories / noised images): its
-    input ``x`` is a static image ``[C, H, W]``, and it takes the diffusion step or returns an image of that
-    shape (an imported graph with ``t`` folded in)."""
+    input ``x`` is a static image ``[C, H, W]``, and it takes the diffusion step or returns an image ``[C', H, W]``
+    (an imported graph with ``t`` folded in); not a classifier's ``[classes]``."""
     if x.type.per_step or len(x.type.shape) != 3:
         return False
     takes_t = any(n.type.dtype.startswith("int") for n in graph.input_nodes)
-    return takes_t or any(tuple(o.type.shape) == tuple(x.type.shape) for o in graph.output_nodes)
+    hw = tuple(x.type.shape[1:])
+    return takes_t or any(len(o.type.shape) == 3 and tuple(o.type.shape[1:]) == hw for o in graph.output_nodes)
 
 
 def _analyze_network(graph, x, prof, data, images, n_images, batch_size, seed, assume_rate) -> EnergyReport:
