@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ConfigError
 from .schedule import NoiseSchedule
-from .solvers import Generator, Solver, SolverOutput, as_step
+from .solver_base import Generator, Solver, SolverOutput, as_step
 
 SKIP_TYPES = ("time_uniform", "logSNR", "time_quadratic")
 METHODS = ("singlestep", "multistep", "singlestep_fixed")
@@ -97,7 +97,7 @@ class _Call:
 
 
 class DPMSolver(Solver):
-    """DPM-Solver / DPM-Solver++ with the :class:`~sdmc.diffusion.solvers.Solver` interface."""
+    """DPM-Solver / DPM-Solver++ with the :class:`~sdmc.diffusion.solver_base.Solver` interface."""
 
     Config = DPMSolverConfig
     name = "dpm-solver"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -473,20 +474,39 @@ def _tensorboard_writer(cfg: TrainConfig, out: Path):
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
+Executor = Callable[[nn.Module, torch.device], nn.Module]
+"""What :func:`train` calls to turn the built model into the module it trains (same state_dict names)."""
+
+
+def compiled_executor(model: nn.Module, device: torch.device, precision: str = "fp32") -> nn.Module:
+    """The default :data:`Executor`: the compiled torch executor in train mode (ANN UNets: the model itself);
+    ``device`` picks its layout (channels-last on CPU only); ``precision`` is checked against the device."""
+    from ..backends.torch_exec import prepare
+
+    return prepare(model, "train", device=device, precision=precision)
+
+
 def train(
-    cfg: TrainConfig, dataset: torch.utils.data.Dataset | None = None, log: Callable[[str], None] | None = None
+    cfg: TrainConfig,
+    dataset: torch.utils.data.Dataset | None = None,
+    log: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> Path:
     """Run (or resume) the training ``cfg`` describes; return the exported EMA model file.
 
     ``dataset`` replaces ``load_dataset(cfg.dataset)`` (items ``(image [C,H,W] in [-1,1], label)``).
-    Under ``torchrun`` every rank calls this; rank 0 alone writes.  Raises :class:`TrainingError` on a
-    non-finite loss or gradient (the checkpoints already written stay as they are).
+    ``executor`` turns the model into what is trained (default :func:`compiled_executor`; ``cfg.eager``
+    trains the model itself).  Under ``torchrun`` every rank calls this; rank 0 alone writes.  Raises
+    :class:`TrainingError` on a non-finite loss or gradient (the checkpoints already written stay as they are).
     """
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     cfg = copy.deepcopy(cfg)
     cfg.validate()
+    if cfg.eager:
+        executor = None
+    elif executor is None:
+        executor = functools.partial(compiled_executor, precision=cfg.precision)
     d = _init_distributed(
         "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     )
@@ -496,36 +516,78 @@ def train(
     try:
         if cfg.threads is not None:
             torch.set_num_threads(int(cfg.threads))
-        return _train(cfg, dataset, d, say, dist, DDP)
+        return _train(cfg, dataset, d, say, executor)
     finally:
         torch.set_num_threads(threads)
         if d.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the loop reads best in one piece
+# ------------------------------------------------------------------------------------------ the run
+@dataclass
+class _Run:
+    """Everything one training run holds: the model being trained (``net`` is its DDP wrapper or itself),
+    its EMA copy, the optimiser and learning-rate schedule, and the step reached."""
+
+    cfg: TrainConfig
+    d: _Dist
+    device: torch.device
+    out: Path
+    per_rank: int
+    model: nn.Module
+    ema: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    schedule: NoiseSchedule
+    sdmc_cfg: SdmcConfig
+    net: nn.Module | None = None
+    step: int = 0
+    last_loss: float = float("nan")
+
+    @property
+    def trained(self) -> nn.Module:
+        """What samples and the export come from: the EMA model when there is one."""
+        return self.ema if self.ema is not None else self.model
+
+
+def _train(cfg: TrainConfig, dataset, d: _Dist, say, executor: Executor | None) -> Path:
     device = _resolve_device(cfg.device, d)
-    out = Path(cfg.out)
     if cfg.batch_size % d.world:
         raise ConfigError(f"train.batch_size={cfg.batch_size} (global) is not divisible by the {d.world} ranks")
-    per_rank = cfg.batch_size // d.world
+    state, resume_path = _resume_point(cfg, Path(cfg.out))
+    _seed_all(cfg.seed + d.rank)
+    run = _build_run(cfg, d, device, state, resume_path, executor, say)
+    if state is not None:
+        _restore(run, state, resume_path, say)
+    run.net = _wrap_ddp(run.model, d, device)
+    data = _TrainData.make(cfg, dataset, d, run.per_rank, device)
+    outputs = _Outputs(run, state)
+    _announce(run, data, say)
+    _loop(run, data, outputs)
+    return _export(run, outputs, say)
 
-    # ---- where to start
-    resume_path: Path | None = None
+
+# --------------------------------------------------------------------------------------- resume
+def _resume_point(cfg: TrainConfig, out: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checkpoint ``cfg.resume`` designates, read (``(None, None)``: start from scratch)."""
     existing = list_checkpoints(out)
     if cfg.resume == "auto":
-        resume_path = existing[-1][1] if existing else None
+        path = existing[-1][1] if existing else None
     elif cfg.resume == "never":
         if existing:
             raise ConfigError(
                 f"{out} already holds training checkpoints ({existing[-1][1].name}); "
                 "use --resume auto to continue or another --out"
             )
+        path = None
     else:
-        resume_path = Path(cfg.resume)
-    state = load_checkpoint(resume_path) if resume_path is not None else None
+        path = Path(cfg.resume)
+    return (load_checkpoint(path) if path is not None else None), path
 
-    _seed_all(cfg.seed + d.rank)
+
+def _build_run(cfg, d: _Dist, device, state, resume_path, executor: Executor | None, say) -> _Run:
+    """Build the model (fresh, from ``--init-from`` or shaped for the resumed checkpoint), its EMA copy and the
+    optimiser; the global RNG must be seeded: the weights are initialised from it."""
     if state is not None:
         cfg.model = SdmcConfig.from_json(state["sdmc_config"]).model if cfg.init_from else cfg.model
         _check_resume_compatible(state, cfg, resume_path)
@@ -540,120 +602,151 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
         provenance={"trained_by": "sdmc train", "preset": cfg.preset, "dataset": cfg.dataset},
     )
     schedule = NoiseSchedule(cfg.diffusion)
-
-    if not cfg.eager:  # the compiled torch executor: same state_dict names and numbers, faster (ANN: unchanged)
-        from ..backends.torch_exec import prepare
-
-        # the device picks the layout (channels-last on CPU only); precision is checked against the device
-        model = prepare(model, "train", device=device, precision=cfg.precision)
+    if executor is not None:  # e.g. the compiled torch executor: same state_dict names and numbers, faster
+        model = executor(model, device)
     model.to(device).train()
-    ema_model = copy.deepcopy(model).eval() if cfg.ema else None
-    if ema_model is not None:
-        ema_model.requires_grad_(False)
+    ema = copy.deepcopy(model).eval() if cfg.ema else None
+    if ema is not None:
+        ema.requires_grad_(False)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     warmup = cfg.warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, cfg.steps, cfg.lr_decay))
-    step = 0
-    if state is not None:
-        try:
-            model.load_state_dict(state["net_model"])
-            if ema_model is not None:
-                ema_model.load_state_dict(state.get("ema_model", state["net_model"]))
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"cannot resume from {resume_path}: {e}") from None
-        step = int(state["step"])
-        rngs = state.get("rng", [])
-        if len(rngs) == d.world:
-            _set_rng_state(rngs[d.rank])
-        else:
-            say(f"resume: checkpoint has RNG states for {len(rngs)} ranks, running {d.world}; reseeding")
-            _seed_all(cfg.seed + d.rank + 1_000_003 * step)
-        say(f"resuming from {resume_path} at step {step}")
-    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if d.world > 1 else model
-
-    # ---- data
-    if dataset is None:
-        dataset = _load_dataset(cfg)
-    n_data = len(dataset)
-    sampler = ResumableSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    steps_per_epoch = sampler.num_samples // per_rank
-    if steps_per_epoch < 1:
-        raise DataError(f"dataset {cfg.dataset!r} has {n_data} images, fewer than the global batch {cfg.batch_size}")
-    loader_gen = torch.Generator()  # keeps the DataLoader off the global RNG (exact resume)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=per_rank,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-        generator=loader_gen,
+    return _Run(
+        cfg, d, device, Path(cfg.out), cfg.batch_size // d.world, model, ema, optimizer, scheduler, schedule, sdmc_cfg
     )
-    x_probe = dataset[0][0]
-    want = (cfg.model.img_ch, cfg.model.img_size, cfg.model.img_size)
-    if tuple(x_probe.shape) != want:
-        raise DataError(
-            f"dataset {cfg.dataset!r} gives images of shape {tuple(x_probe.shape)}, "
-            f"the model expects {want} (img_ch, img_size, img_size)"
+
+
+def _restore(run: _Run, state: dict[str, Any], path: Path, say) -> None:
+    """Load a training checkpoint's weights, optimiser, schedule, step and RNG states into ``run``."""
+    try:
+        run.model.load_state_dict(state["net_model"])
+        if run.ema is not None:
+            run.ema.load_state_dict(state.get("ema_model", state["net_model"]))
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"cannot resume from {path}: {e}") from None
+    run.step = int(state["step"])
+    rngs = state.get("rng", [])
+    if len(rngs) == run.d.world:
+        _set_rng_state(rngs[run.d.rank])
+    else:
+        say(f"resume: checkpoint has RNG states for {len(rngs)} ranks, running {run.d.world}; reseeding")
+        _seed_all(run.cfg.seed + run.d.rank + 1_000_003 * run.step)
+    say(f"resuming from {path} at step {run.step}")
+
+
+def _wrap_ddp(model: nn.Module, d: _Dist, device: torch.device) -> nn.Module:
+    if d.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# ----------------------------------------------------------------------------------------- data
+@dataclass
+class _TrainData:
+    """The rank's share of the dataset, in a fixed order per epoch that can start mid-epoch (exact resume)."""
+
+    name: str
+    size: int
+    loader: torch.utils.data.DataLoader
+    sampler: ResumableSampler
+    generator: torch.Generator
+    steps_per_epoch: int
+
+    @classmethod
+    def make(cls, cfg: TrainConfig, dataset, d: _Dist, per_rank: int, device: torch.device) -> _TrainData:
+        if dataset is None:
+            dataset = _load_dataset(cfg)
+        n = len(dataset)
+        sampler = ResumableSampler(
+            dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
+        steps_per_epoch = sampler.num_samples // per_rank
+        if steps_per_epoch < 1:
+            raise DataError(f"dataset {cfg.dataset!r} has {n} images, fewer than the global batch {cfg.batch_size}")
+        generator = torch.Generator()  # keeps the DataLoader off the global RNG (exact resume)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=per_rank,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
+            generator=generator,
+        )
+        x_probe = dataset[0][0]
+        want = (cfg.model.img_ch, cfg.model.img_size, cfg.model.img_size)
+        if tuple(x_probe.shape) != want:
+            raise DataError(
+                f"dataset {cfg.dataset!r} gives images of shape {tuple(x_probe.shape)}, "
+                f"the model expects {want} (img_ch, img_size, img_size)"
+            )
+        return cls(cfg.dataset, n, loader, sampler, generator, steps_per_epoch)
 
-    # ---- outputs (rank 0)
-    records: list[dict[str, Any]] = []
-    writer = None
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        metrics_path = out / "metrics.jsonl"
-        if state is not None and metrics_path.exists():
-            for line in metrics_path.read_text().splitlines():
-                rec = json.loads(line)
-                if rec.get("step", 0) <= step:
-                    records.append(rec)
-        atomic_write_text(out / "train_config.json", cfg.to_json())
-        writer = _tensorboard_writer(cfg, out)
-    if cfg.device.startswith("cuda") or device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    def epoch(self, epoch: int, within: int, cfg: TrainConfig, d: _Dist, per_rank: int):
+        """The batches of ``epoch`` from its ``within``-th on."""
+        self.sampler.set_epoch(epoch)
+        self.generator.manual_seed(cfg.seed + 7919 * d.rank + 104_729 * epoch)  # worker seeds: fixed per epoch
+        self.sampler.skip = within * per_rank
+        return self.loader
 
-    n_params = _count_params(model)
-    m = cfg.model
-    say(
-        f"sdmc train: preset {cfg.preset}: {m.arch} ch={m.ch} ch_mult={list(m.ch_mult)} res_blocks="
-        f"{m.num_res_blocks} {f'T={m.snn_steps} ' if m.spiking else ''}"
-        f"{f'{m.bits}-bit ' if m.arch == 'qann' else ''}{m.img_ch}x{m.img_size}x{m.img_size}, "
-        f"{n_params / 1e6:.2f}M params"
-    )
-    say(
-        f"  data {cfg.dataset}: {n_data} images; global batch {cfg.batch_size} = {per_rank} per rank x "
-        f"{d.world} rank(s); {steps_per_epoch} steps/epoch; steps {step}->{cfg.steps}"
-    )
-    say(
-        f"  Adam lr {cfg.lr:g}, warm-up {cfg.warmup}, grad clip {cfg.grad_clip}, "
-        f"EMA {f'{cfg.ema_decay:g}' if cfg.ema else 'off'}; device {device}"
-        f"{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}; out {out}"
-    )
 
-    def gather_rng() -> list[dict[str, Any]]:
+# -------------------------------------------------------------------------------------- outputs
+class _Outputs:
+    """What rank 0 writes while training: checkpoints (every rank takes part in their collectives),
+    ``metrics.jsonl``, sample grids, ``train_config.json`` and TensorBoard scalars."""
+
+    def __init__(self, run: _Run, state: dict[str, Any] | None) -> None:
+        self.run = run
+        self.records: list[dict[str, Any]] = []
+        self.writer = None
+        if run.d.main:
+            out = run.out
+            out.mkdir(parents=True, exist_ok=True)
+            metrics_path = out / "metrics.jsonl"
+            if state is not None and metrics_path.exists():
+                for line in metrics_path.read_text().splitlines():
+                    rec = json.loads(line)
+                    if rec.get("step", 0) <= run.step:
+                        self.records.append(rec)
+            atomic_write_text(out / "train_config.json", run.cfg.to_json())
+            self.writer = _tensorboard_writer(run.cfg, out)
+        if run.cfg.device.startswith("cuda") or run.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        import torch.distributed as dist
+
         mine = _rng_state()
-        if d.world == 1:
+        if self.run.d.world == 1:
             return [mine]
-        allr: list[Any] = [None] * d.world
+        allr: list[Any] = [None] * self.run.d.world
         dist.all_gather_object(allr, mine)
         return allr
 
-    def gather_fingerprints() -> torch.Tensor:
-        mine = state_fingerprint(synced_entries(model.state_dict()))
-        if d.world == 1:
+    def _gather_fingerprints(self) -> torch.Tensor:
+        import torch.distributed as dist
+
+        run = self.run
+        mine = state_fingerprint(synced_entries(run.model.state_dict()))
+        if run.d.world == 1:
             return mine[None]
-        mine = mine.to(device)
-        allf = [torch.empty_like(mine) for _ in range(d.world)]
+        mine = mine.to(run.device)
+        allf = [torch.empty_like(mine) for _ in range(run.d.world)]
         dist.all_gather(allf, mine)
         return torch.stack([f.cpu() for f in allf])
 
-    def write_checkpoint(at: int, last_loss: float) -> None:
-        rngs = gather_rng()  # collectives: every rank takes part
-        prints = gather_fingerprints()
+    def checkpoint(self, last_loss: float) -> None:
+        """Save the state at ``run.step`` (collectives: every rank calls this) and drop the oldest ones."""
+        import torch.distributed as dist
+
+        run, d, at = self.run, self.run.d, self.run.step
+        rngs = self._gather_rng()
+        prints = self._gather_fingerprints()
         if not (prints == prints[0]).all():
             bad = [r for r in range(d.world) if not torch.equal(prints[r], prints[0])]
             raise TrainingError(
@@ -661,147 +754,202 @@ def _train(cfg, dataset, d: _Dist, say, dist, DDP) -> Path:  # noqa: C901 - the 
             )
         if d.main:
             ckpt = {
-                "net_model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "net_model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
                 "step": at,
                 "rng": rngs,
                 "loss": last_loss,
                 "world_size": d.world,
-                "global_batch": cfg.batch_size,
+                "global_batch": run.cfg.batch_size,
                 "rank_fingerprints": prints,
-                "sdmc_config": sdmc_cfg.to_json(),
-                "train_config": cfg.to_json(),
+                "sdmc_config": run.sdmc_cfg.to_json(),
+                "train_config": run.cfg.to_json(),
             }
-            if ema_model is not None:
-                ckpt["ema_model"] = ema_model.state_dict()
-            save_checkpoint(checkpoint_path(out, at), ckpt)
-            for _, old in list_checkpoints(out)[: -cfg.keep_last]:
+            if run.ema is not None:
+                ckpt["ema_model"] = run.ema.state_dict()
+            save_checkpoint(checkpoint_path(run.out, at), ckpt)
+            for _, old in list_checkpoints(run.out)[: -run.cfg.keep_last]:
                 old.unlink(missing_ok=True)
         if d.world > 1:
             dist.barrier()
 
-    def flush_metrics() -> None:
-        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    def log(self, rec: dict[str, Any]) -> None:
+        """Append one ``metrics.jsonl`` record (rewritten atomically) and its TensorBoard scalars."""
+        self.records.append(rec)
+        atomic_write_text(self.run.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+        if self.writer is not None:
+            for k in ("loss", "lr", "grad_norm", "it_per_s"):
+                self.writer.add_scalar(f"train/{k}", rec[k], rec["step"])
 
-    def write_samples(at: int) -> None:
-        if not d.main or cfg.sample_n == 0:
+    def samples(self) -> None:
+        run = self.run
+        if not run.d.main or run.cfg.sample_n == 0:
             return
         from ..data.images import save_grid
 
-        imgs = sample_grid(
-            ema_model if ema_model is not None else model, sdmc_cfg, cfg.sample_n, cfg.sample_steps, cfg.seed, device
-        )
-        save_grid(imgs.cpu(), out / "samples" / f"step_{at:08d}.png")
+        cfg = run.cfg
+        imgs = sample_grid(run.trained, run.sdmc_cfg, cfg.sample_n, cfg.sample_steps, cfg.seed, run.device)
+        save_grid(imgs.cpu(), run.out / "samples" / f"step_{run.step:08d}.png")
 
-    # ---- the loop
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _announce(run: _Run, data: _TrainData, say) -> None:
+    cfg, m, d = run.cfg, run.cfg.model, run.d
+    n_params = _count_params(run.model)
+    say(
+        f"sdmc train: preset {cfg.preset}: {m.arch} ch={m.ch} ch_mult={list(m.ch_mult)} res_blocks="
+        f"{m.num_res_blocks} {f'T={m.snn_steps} ' if m.spiking else ''}"
+        f"{f'{m.bits}-bit ' if m.arch == 'qann' else ''}{m.img_ch}x{m.img_size}x{m.img_size}, "
+        f"{n_params / 1e6:.2f}M params"
+    )
+    say(
+        f"  data {cfg.dataset}: {data.size} images; global batch {cfg.batch_size} = {run.per_rank} per rank x "
+        f"{d.world} rank(s); {data.steps_per_epoch} steps/epoch; steps {run.step}->{cfg.steps}"
+    )
+    say(
+        f"  Adam lr {cfg.lr:g}, warm-up {cfg.warmup}, grad clip {cfg.grad_clip}, "
+        f"EMA {f'{cfg.ema_decay:g}' if cfg.ema else 'off'}; device {run.device}"
+        f"{f' ({torch.get_num_threads()} threads)' if run.device.type == 'cpu' else ''}; out {run.out}"
+    )
+
+
+# ----------------------------------------------------------------------------------------- step
+@dataclass
+class _StepResult:
+    loss: float
+    grad_norm: float
+    lr: float
+    ema_decay: float
+
+
+def _train_step(run: _Run, x0: torch.Tensor) -> _StepResult:
+    """One optimisation step on the batch ``x0`` (loss averaged over ranks, clipped gradients, Adam, the
+    learning-rate schedule, neuron reset, EMA); ``run.step`` advances by one."""
+    import torch.distributed as dist
+
+    cfg, d = run.cfg, run.d
+    x0 = x0.to(run.device, non_blocking=True).float()
+    loss = _loss(run.schedule, run.net, x0)
+    loss_avg = loss.detach().clone()
+    if d.world > 1:
+        dist.all_reduce(loss_avg)
+        loss_avg /= d.world
+    loss_value = float(loss_avg)
+    if not math.isfinite(loss_value):
+        raise TrainingError(f"non-finite loss ({loss_value}) at step {run.step + 1}{_last_good(run.out)}")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
+    if not math.isfinite(grad_norm):
+        raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {run.step + 1}{_last_good(run.out)}")
+    run.optimizer.step()
+    lr_now = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    _reset_neurons(run.model)
+    decay = ema_decay_at(run.step, cfg.ema_decay, cfg.ema_warmup)
+    if run.ema is not None:
+        ema_update_(run.ema, run.model, decay)
+    run.step += 1
+    return _StepResult(loss_value, grad_norm, lr_now, decay)
+
+
+def _last_good(out: Path) -> str:
+    good = list_checkpoints(out)
+    return f"; last good checkpoint: {good[-1][1]}" if good else "; no checkpoint was written yet"
+
+
+# ----------------------------------------------------------------------------------------- loop
+def _loop(run: _Run, data: _TrainData, outputs: _Outputs) -> None:
+    """Steps until ``cfg.steps``, logging every ``log_every`` steps (the mean loss since the last record),
+    checkpointing every ``save_every`` and sampling every ``sample_every`` (and at the last step)."""
+    cfg, d = run.cfg, run.d
     bar = None
-    if d.main and cfg.progress and step < cfg.steps:
+    if d.main and cfg.progress and run.step < cfg.steps:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, file=sys.stderr)
-    epoch, within = divmod(step, steps_per_epoch)
+        bar = tqdm(total=cfg.steps, initial=run.step, desc="train", dynamic_ncols=True, file=sys.stderr)
+    epoch, within = divmod(run.step, data.steps_per_epoch)
     window: list[float] = []
     t_window = time.perf_counter()
     t_start = t_window
     last_loss = float("nan")
-    while step < cfg.steps:
-        sampler.set_epoch(epoch)
-        loader_gen.manual_seed(cfg.seed + 7919 * d.rank + 104_729 * epoch)  # worker seeds: fixed per epoch
-        sampler.skip = within * per_rank
-        for x0, *_ in loader:
-            x0 = x0.to(device, non_blocking=True).float()
-            loss = _loss(schedule, net, x0)
-            loss_avg = loss.detach().clone()
-            if d.world > 1:
-                dist.all_reduce(loss_avg)
-                loss_avg /= d.world
-            loss_value = float(loss_avg)
-            if not math.isfinite(loss_value):
-                good = list_checkpoints(out)
-                where = f"; last good checkpoint: {good[-1][1]}" if good else "; no checkpoint was written yet"
-                raise TrainingError(f"non-finite loss ({loss_value}) at step {step + 1}{where}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            if not math.isfinite(grad_norm):
-                good = list_checkpoints(out)
-                where = f"; last good checkpoint: {good[-1][1]}" if good else "; no checkpoint was written yet"
-                raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {step + 1}{where}")
-            optimizer.step()
-            lr_now = scheduler.get_last_lr()[0]
-            scheduler.step()
-            _reset_neurons(model)
-            decay = ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup)
-            if ema_model is not None:
-                ema_update_(ema_model, model, decay)
-            step += 1
+    while run.step < cfg.steps:
+        for x0, *_ in data.epoch(epoch, within, cfg, d, run.per_rank):
+            res = _train_step(run, x0)
+            step = run.step
             within += 1
-            last_loss = loss_value
-            window.append(loss_value)
+            last_loss = res.loss
+            window.append(res.loss)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}", refresh=False)
+                bar.set_postfix(loss=f"{res.loss:.4f}", lr=f"{res.lr:.2e}", refresh=False)
             if d.main and (step % cfg.log_every == 0 or step == cfg.steps):
                 now = time.perf_counter()
                 rate = len(window) / max(now - t_window, 1e-9)
-                rec = {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": sum(window) / len(window),
-                    "lr": lr_now,
-                    "grad_norm": grad_norm,
-                    "ema_decay": decay if cfg.ema else None,
-                    "it_per_s": rate,
-                    "img_per_s": rate * cfg.batch_size,
-                    "elapsed_s": now - t_start,
-                    "world_size": d.world,
-                    "global_batch": cfg.batch_size,
-                }
-                records.append(rec)
-                flush_metrics()
-                if writer is not None:
-                    for k in ("loss", "lr", "grad_norm", "it_per_s"):
-                        writer.add_scalar(f"train/{k}", rec[k], step)
+                outputs.log(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": sum(window) / len(window),
+                        "lr": res.lr,
+                        "grad_norm": res.grad_norm,
+                        "ema_decay": res.ema_decay if cfg.ema else None,
+                        "it_per_s": rate,
+                        "img_per_s": rate * cfg.batch_size,
+                        "elapsed_s": now - t_start,
+                        "world_size": d.world,
+                        "global_batch": cfg.batch_size,
+                    }
+                )
                 window, t_window = [], now
             if step % cfg.save_every == 0 or step == cfg.steps:
-                write_checkpoint(step, last_loss)
+                outputs.checkpoint(last_loss)
             if step % cfg.sample_every == 0 or step == cfg.steps:
-                write_samples(step)
+                outputs.samples()
             if step >= cfg.steps:
                 break
         else:
             epoch, within = epoch + 1, 0
     if bar is not None:
         bar.close()
-    if writer is not None:
-        writer.close()
+    outputs.close()
+    run.last_loss = last_loss
 
-    # ---- export
-    final = out / "model.safetensors"
-    if d.main:
+
+# --------------------------------------------------------------------------------------- export
+def _export(run: _Run, outputs: _Outputs, say) -> Path:
+    """Rank 0 writes ``out/model.safetensors`` (the EMA weights when there are any); every rank returns its path."""
+    final = run.out / "model.safetensors"
+    cfg = run.cfg
+    if run.d.main:
         from .. import checkpoint as ckpt_io
 
-        export_cfg = copy.deepcopy(sdmc_cfg)
+        export_cfg = copy.deepcopy(run.sdmc_cfg)
         export_cfg.provenance.update(
             {
-                "steps": step,
-                "weights": "ema" if ema_model is not None else "net",
+                "steps": run.step,
+                "weights": "ema" if run.ema is not None else "net",
                 "global_batch": cfg.batch_size,
                 "lr": cfg.lr,
                 "ema_decay": cfg.ema_decay if cfg.ema else None,
                 "init_from": cfg.init_from,
                 "tsm_finetune": cfg.tsm,
-                "device": device.type,
-                "threads": torch.get_num_threads() if device.type == "cpu" else None,
-                "train_seconds": round(train_seconds(records), 1),
+                "device": run.device.type,
+                "threads": torch.get_num_threads() if run.device.type == "cpu" else None,
+                "train_seconds": round(train_seconds(outputs.records), 1),
             }
         )
-        ckpt_io.save_model(final, ema_model if ema_model is not None else model, export_cfg)
+        ckpt_io.save_model(final, run.trained, export_cfg)
         say(
-            f"done: step {step}, last loss {last_loss:.4f}; exported {'EMA' if ema_model is not None else 'raw'}"
-            f" weights to {final}"
+            f"done: step {run.step}, last loss {run.last_loss:.4f}; exported "
+            f"{'EMA' if run.ema is not None else 'raw'} weights to {final}"
         )
-    if d.world > 1:
+    if run.d.world > 1:
+        import torch.distributed as dist
+
         dist.barrier()
     return final

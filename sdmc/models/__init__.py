@@ -28,7 +28,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
         return build_qann(cfg)
     if cfg.arch == "qsnn":
-        from ..convert import build_converted
+        from .converted import build_converted
 
         return build_converted(cfg)
     return SpikingUNet(cfg)

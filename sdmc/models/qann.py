@@ -6,7 +6,7 @@ with its own learnable clip ``alpha``; weights stay full precision. With ``n = 2
     Q(x) = alpha / n * clip(floor(n * x / alpha + 1/2), 0, n)
 
 ``floor(z + 1/2)`` (round half up) is used instead of torch's round-half-even so that the IF neuron of
-:mod:`sdmc.convert` reproduces ``Q`` exactly at ties too.
+:mod:`sdmc.models.converted` reproduces ``Q`` exactly at ties too.
 """
 
 from __future__ import annotations
