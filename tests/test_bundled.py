@@ -15,6 +15,7 @@ from sdmc.data import TensorImages, digits_arrays
 from sdmc.diffusion import train as tr
 from sdmc.errors import CheckpointError
 from sdmc.models import build_model, bundled
+from sdmc.models.bundled import build
 
 TINY = dict(arch="sddpm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8)
 SHIPPED = bundled.BUNDLED_DIR / bundled.BUNDLED["digits"].file
@@ -70,7 +71,7 @@ def test_build_bundled_records_recipe_and_quality(tiny_run, tmp_path, monkeypatc
     from sdmc.cli import main
 
     out = tmp_path / "digits.safetensors"
-    path = bundled.build_bundled(tiny_run, out=out, n=8, seeds=(0, 1), solver=("ddim", 2), log=lambda s: None)
+    path = build.build_bundled(tiny_run, out=out, n=8, seeds=(0, 1), solver=("ddim", 2), log=lambda s: None)
     assert path == out
     model, cfg = load_model(out)
     state = torch.load(tiny_run, weights_only=True)
@@ -84,7 +85,7 @@ def test_build_bundled_records_recipe_and_quality(tiny_run, tmp_path, monkeypatc
     assert q["n"] == 8 and q["seeds"] == [0, 1] and len(q["per_seed"]) == 2 and (q["solver"], q["steps"]) == ("ddim", 2)
     assert q["floor"]["digits_fid"] > 0 and q["std"]["digits_fid"] is not None
     # the recorded quality is what measuring again gives (same seeds, same sampler)
-    again = bundled.measure_quality(model, cfg, 8, [0], ("ddim", 2))
+    again = build.measure_quality(model, cfg, 8, [0], ("ddim", 2))
     assert again.per_seed[0]["digits_fid"] == pytest.approx(q["per_seed"][0]["digits_fid"], rel=1e-6)
     # the CLI takes bundled:digits wherever it takes a model file, and `info` shows recipe and quality
     monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path)
@@ -100,14 +101,13 @@ def test_recipe_command_names_the_preset_when_it_matches():
     from sdmc.diffusion.train import make_config
 
     tc = make_config("digits-bundled", steps=12000).to_dict()
-    assert bundled.recipe_command(tc, "digits-bundled", 12000) == "sdmc train --preset digits-bundled --steps 12000"
+    assert build.recipe_command(tc, "digits-bundled", 12000) == "sdmc train --preset digits-bundled --steps 12000"
     # the same recipe spelled as overrides of the digits preset (how a run may have been started)
     tc = make_config("digits", lr=1e-3, warmup=200, ema_decay=0.999, batch_size=32, steps=12000).to_dict()
-    assert bundled.recipe_command(tc, "digits-bundled", 12000) == "sdmc train --preset digits-bundled --steps 12000"
+    assert build.recipe_command(tc, "digits-bundled", 12000) == "sdmc train --preset digits-bundled --steps 12000"
     tc = make_config("digits", lr=5e-4, threads=2).to_dict()
     assert (
-        bundled.recipe_command(tc, "digits-bundled", 9)
-        == "sdmc train --preset digits --steps 9 --threads 2 --lr 0.0005"
+        build.recipe_command(tc, "digits-bundled", 9) == "sdmc train --preset digits --steps 9 --threads 2 --lr 0.0005"
     )
 
 
@@ -122,7 +122,7 @@ def test_shipped_digits_model_reproduces_its_recorded_quality():
     r, q = extras["recipe"], extras["quality"]
     assert r["preset"] == "digits-bundled" and make_config(r["preset"]).model == cfg.model
     assert q["floor"] is not None and q["n"] <= 360
-    got = bundled.measure_quality(model, cfg, q["n"], q["seeds"][:1], (q["solver"], q["steps"]))
+    got = build.measure_quality(model, cfg, q["n"], q["seeds"][:1], (q["solver"], q["steps"]))
     from sdmc.metrics.quality import Quality
 
     rec = Quality(q["n"], q["seeds"], q["per_seed"], q["floor"])
