@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,42 @@ import torch
 from torch import nn
 
 from .config import DiffusionConfig, ModelConfig, SdmcConfig
-from .errors import CheckpointError, SdmcError
+from .errors import CheckpointError, ConfigError, LimitError, SdmcError
 from .utils import atomic_path
+from .validate import LIMITS, check_finite, check_limit
 
 CONFIG_KEY = "sdmc_config"
 DEFAULT_SDDPM_STEPS = 4  # SDDPM's default SNN steps; a plain SDDPM state_dict does not record T
 
 
 # ------------------------------------------------------------------------------------------ reading
+def check_readable(path: str | os.PathLike, err: type = CheckpointError) -> Path:
+    """``path`` if it is a file this process can read; else one ``err`` line saying why (no such file,
+    permission denied, a directory...), as the operating system says it."""
+    path = Path(path)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise err(f"{path}: cannot read: {e.strerror or e}") from None
+    return path
+
+
+def _check_zip_members(path: Path) -> None:
+    """A ``.pt`` file in torch's zip form: refuse members that inflate past the weights limit before
+    ``torch.load`` reads them."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            total = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+    check_limit(f"{path}: uncompressed size", total, LIMITS.weights_bytes, " bytes")
+
+
 def _load_torch(path: Path, unsafe: bool) -> Any:
+    _check_zip_members(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not unsafe)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...
@@ -69,25 +97,42 @@ def _strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(
-    path: str | os.PathLike, weights: str = "auto", unsafe: bool = False
+    path: str | os.PathLike, weights: str = "auto", unsafe: bool = False, allow_nonfinite: bool | None = None
 ) -> tuple[dict[str, torch.Tensor], SdmcConfig | None, dict[str, Any]]:
     """Return ``(state_dict, config or None, info)`` from any supported file.
 
     ``weights``: ``net`` (the raw weights), ``ema`` (the EMA weights) or ``auto`` (EMA when present).
     ``info`` says which entry was used and what else the file holds.  ``bundled:NAME`` names a model
-    shipped with sdmc (:mod:`sdmc.models.bundled`).
+    shipped with sdmc (:mod:`sdmc.models.bundled`).  A tensor holding NaN or Inf is refused, naming it,
+    unless ``allow_nonfinite`` (``None``: as :func:`sdmc.validate.allowing_nonfinite` says).
     """
     from .models.bundled import resolve
 
-    path = resolve(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
     if weights not in ("auto", "net", "ema"):
         raise CheckpointError(f"weights must be 'auto', 'net' or 'ema', got {weights!r}")
+    sd, cfg, info = _read_entry(check_readable(resolve(path)), weights, unsafe)
+    check_finite(sd, f"{info['file']} ({info['entry']})", CheckpointError, allow=allow_nonfinite)
+    return sd, cfg, info
+
+
+def _stored_config(raw: Any, path: Path) -> SdmcConfig:
+    try:
+        return SdmcConfig.from_json(raw if isinstance(raw, str) else json.dumps(raw))
+    except (TypeError, ValueError) as e:  # json.dumps of something that is not JSON
+        raise CheckpointError(f"{path}: unreadable sdmc config: {e}") from None
+    except LimitError as e:
+        raise LimitError(f"{path}: {e}") from None
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def _read_entry(
+    path: Path, weights: str, unsafe: bool
+) -> tuple[dict[str, torch.Tensor], SdmcConfig | None, dict[str, Any]]:
     info: dict[str, Any] = {"file": str(path)}
     if path.suffix == ".safetensors":
         sd, meta = _load_safetensors(path)
-        cfg = SdmcConfig.from_json(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
+        cfg = _stored_config(meta[CONFIG_KEY], path) if CONFIG_KEY in meta else None
         info.update(format="sdmc-safetensors", entry="weights")
         return sd, cfg, info
 
@@ -111,7 +156,7 @@ def read_checkpoint(
     else:
         sd = obj
         info.update(format="state_dict", entry="(top level)")
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str)]
     if bad:
         raise CheckpointError(
             f"{path}: entry {info['entry']!r} is not a state_dict: key {bad[0]!r} holds a "
@@ -225,19 +270,24 @@ def infer_config(
 
 # ---------------------------------------------------------------------------------------- building
 def build_and_load(sd: Mapping[str, torch.Tensor], cfg: ModelConfig, source: str = "checkpoint") -> nn.Module:
-    """Build the model of ``cfg`` and load ``sd`` strictly, naming the first mismatch on failure."""
+    """Build the model of ``cfg`` and load ``sd`` strictly, naming the first mismatch on failure.
+
+    The names and shapes are compared with a model built on the meta device first, so a config that does not
+    match its tensors (say a header edited to ``ch: 1024``) is refused before the real model is allocated.
+    """
     from .models import build_model
 
-    model = build_model(cfg)
     what = f"a {cfg.arch} UNet (ch={cfg.ch}, ch_mult={list(cfg.ch_mult)}, blocks={cfg.num_res_blocks})"
-    match_state_dict(model, sd, source, what)
+    match_state_dict(build_model(cfg, device="meta"), sd, source, what)  # names and shapes: no storage yet
+    model = build_model(cfg)
     model.load_state_dict(sd, strict=True)
     return model
 
 
 def match_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
     """Raise :class:`CheckpointError` naming the first missing / unexpected key or wrong shape when ``sd`` does
-    not load strictly into ``model`` (``what`` describes the model in the message)."""
+    not load strictly into ``model`` (``what`` describes the model in the message; ``model`` may be on the meta
+    device: only names and shapes are compared)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
@@ -260,13 +310,15 @@ def load_model(
     device: str | torch.device = "cpu",
     img_size: int | None = None,
     unsafe: bool = False,
+    allow_nonfinite: bool | None = None,
 ) -> tuple[nn.Module, SdmcConfig]:
     """Load any supported checkpoint into a model in eval mode; returns ``(model, config)``.
 
     The config comes from the file when it records one (native and training checkpoints), otherwise it
-    is inferred; ``provenance`` records the source file and entry.
+    is inferred; ``provenance`` records the source file and entry.  Non-finite weights are refused unless
+    ``allow_nonfinite``.
     """
-    sd, stored, info = read_checkpoint(path, weights=weights, unsafe=unsafe)
+    sd, stored, info = read_checkpoint(path, weights=weights, unsafe=unsafe, allow_nonfinite=allow_nonfinite)
     cfg = resolve_config(sd, stored, info, snn_steps=snn_steps, img_size=img_size)
     model = build_and_load(sd, cfg.model, source=str(path))
     return model.to(device).eval(), cfg
@@ -294,7 +346,7 @@ def resolve_config(
         cfg.model.snn_steps = snn_steps
     if img_size is not None:
         cfg.model.img_size = img_size
-        cfg.model.validate()
+    cfg.model.validate()
     return cfg
 
 
@@ -369,9 +421,15 @@ def inherit_tsm_file(src: str | os.PathLike, dst: str | os.PathLike, snn_steps: 
 
 
 # -------------------------------------------------------------------------------------------- info
-def describe(path: str | os.PathLike, weights: str = "auto", as_json: bool = False, unsafe: bool = False) -> str:
+def describe(
+    path: str | os.PathLike,
+    weights: str = "auto",
+    as_json: bool = False,
+    unsafe: bool = False,
+    allow_nonfinite: bool | None = None,
+) -> str:
     """A readable summary of a checkpoint (architecture, parameter counts, provenance)."""
-    sd, stored, info = read_checkpoint(path, weights=weights, unsafe=unsafe)
+    sd, stored, info = read_checkpoint(path, weights=weights, unsafe=unsafe, allow_nonfinite=allow_nonfinite)
     cfg = resolve_config(sd, stored, info)
     model = build_and_load(sd, cfg.model, source=str(path))
     n_params = sum(p.numel() for p in model.parameters())

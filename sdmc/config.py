@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .validate import LIMITS, check_fields, check_value, known_fields, parse_json, spec
 
 ARCHS = ("sddpm", "sdm", "ann", "qann", "qsnn")
 SNN_NORMS = ("step", "running")
 NEURONS = ("if", "lif")
+SCHEDULES = ("linear", "cosine")
+MEAN_TYPES = ("epsilon", "x0", "v")
 CONFIG_VERSION = 1
 
 
@@ -29,32 +32,32 @@ class ModelConfig:
     ``snn_steps`` is the number of SNN time steps T (ignored for ``ann``/``qann``; ``2**bits - 1`` for a
     conversion); ``diffusion_steps`` sizes the sinusoidal time-embedding table (1000 in every released
     model).  ``mid_attn``: the ANN UNets' self-attention in the first middle block (pytorch-ddpm: on).
+    Every field is type- and range-checked on construction (:func:`sdmc.validate.check_fields`); the size
+    fields are bounded by :data:`sdmc.validate.LIMITS`.
     """
 
-    arch: str = "sddpm"
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 2, 4)
-    num_res_blocks: int = 2
-    snn_steps: int = 4
-    img_ch: int = 3
-    img_size: int = 32
-    threshold: float = 1.0
-    neuron: str = "if"
-    tau: float = 2.0
+    arch: str = spec("sddpm", choices=ARCHS)
+    ch: int = spec(128, range=(2, LIMITS.ch), limit=True)
+    ch_mult: tuple[int, ...] = spec((1, 2, 2, 4), range=(1, LIMITS.ch_mult), length=(1, LIMITS.levels), limit=True)
+    num_res_blocks: int = spec(2, range=(1, LIMITS.num_res_blocks), limit=True)
+    snn_steps: int = spec(4, range=(1, LIMITS.snn_steps), limit=True)
+    img_ch: int = spec(3, range=(1, LIMITS.img_ch), limit=True)
+    img_size: int = spec(32, range=(1, LIMITS.img_size), limit=True)
+    threshold: float = spec(1.0, range=(0, None), open_low=True)
+    neuron: str = spec("if", choices=NEURONS)
+    tau: float = spec(2.0, range=(1, None))
     soft_reset: bool = False
-    diffusion_steps: int = 1000
-    dropout: float = 0.1
-    attn: tuple[int, ...] = ()
-    norm_groups: int = 32
+    diffusion_steps: int = spec(1000, range=(1, LIMITS.diffusion_steps), limit=True)
+    dropout: float = spec(0.1, range=(0, 1), open_high=True)
+    attn: tuple[int, ...] = spec((), range=(0, LIMITS.levels - 1), length=(0, LIMITS.levels))
+    norm_groups: int = spec(32, range=(1, LIMITS.ch))
     mid_attn: bool = True
-    bits: int = 2
-    alpha_init: float = 6.0
+    bits: int = spec(2, range=(1, LIMITS.bits), limit=True)
+    alpha_init: float = spec(6.0, range=(0, None), open_low=True)
     signed_spikes: bool = False
-    snn_norm: str = "step"
+    snn_norm: str = spec("step", choices=SNN_NORMS)
 
     def __post_init__(self) -> None:
-        self.ch_mult = tuple(int(m) for m in self.ch_mult)
-        self.attn = tuple(int(a) for a in self.attn)
         self.validate()
 
     @property
@@ -66,32 +69,21 @@ class ModelConfig:
         return self.arch == "sdm"
 
     def validate(self) -> None:
-        if self.arch not in ARCHS:
-            raise ConfigError(f"model.arch: unknown architecture {self.arch!r}; choose one of {ARCHS}")
-        if self.neuron not in NEURONS:
-            raise ConfigError(f"model.neuron: unknown neuron {self.neuron!r}; choose one of {NEURONS}")
-        for name in ("ch", "num_res_blocks", "snn_steps", "img_ch", "img_size", "diffusion_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.ch_mult or any(m < 1 for m in self.ch_mult):
-            raise ConfigError(f"model.ch_mult must be a non-empty list of positive ints, got {list(self.ch_mult)}")
+        """Types and ranges of every field, then what the fields must satisfy together."""
+        check_fields(self, "model", ConfigError)
         if self.ch % 2:
             raise ConfigError(f"model.ch must be even (sinusoidal embedding), got {self.ch}")
+        bad_attn = [a for a in self.attn if a >= len(self.ch_mult)]
+        if bad_attn:
+            raise ConfigError(
+                f"model.attn: level {bad_attn[0]} does not exist (ch_mult has {len(self.ch_mult)} levels)"
+            )
         factor = 2 ** (len(self.ch_mult) - 1)
         if self.img_size % factor:
             raise ConfigError(
                 f"model.img_size={self.img_size} is not divisible by 2**(len(ch_mult)-1)={factor}; "
                 "the UNet downsamples that many times"
             )
-        if self.threshold <= 0:
-            raise ConfigError(f"model.threshold must be > 0, got {self.threshold}")
-        if self.arch in ("qann", "qsnn"):
-            if int(self.bits) < 1:
-                raise ConfigError(f"model.bits must be >= 1, got {self.bits}")
-            if not self.alpha_init > 0:
-                raise ConfigError(f"model.alpha_init must be > 0, got {self.alpha_init}")
-            if self.snn_norm not in SNN_NORMS:
-                raise ConfigError(f"model.snn_norm: unknown {self.snn_norm!r}; choose one of {SNN_NORMS}")
         if self.arch in ("ann", "qann", "qsnn"):
             for m in self.ch_mult:
                 if (self.ch * m) % self.norm_groups:
@@ -107,30 +99,31 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"model config: unknown field(s) {sorted(unknown)}")
-        return cls(**d)
+        """From JSON: unknown fields are refused, every value is checked."""
+        return cls(**known_fields(cls, d, "model", ConfigError))
 
 
 @dataclass
 class DiffusionConfig:
-    """Forward process: ``beta_t`` from ``beta_1`` to ``beta_T`` over ``num_timesteps`` steps."""
+    """Forward process: ``beta_t`` from ``beta_1`` to ``beta_T`` over ``num_timesteps`` steps (``schedule``
+    linear or cosine; the cosine schedule ignores the betas); the network predicts ``mean_type``."""
 
-    num_timesteps: int = 1000
-    beta_1: float = 1e-4
-    beta_T: float = 0.02
-    schedule: str = "linear"
-    mean_type: str = "epsilon"
+    num_timesteps: int = spec(1000, range=(1, LIMITS.diffusion_steps), limit=True)
+    beta_1: float = spec(1e-4, range=(0, 1), open_low=True, open_high=True)
+    beta_T: float = spec(0.02, range=(0, 1), open_low=True, open_high=True)
+    schedule: str = spec("linear", choices=SCHEDULES)
+    mean_type: str = spec("epsilon", choices=MEAN_TYPES)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "diffusion", ConfigError)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiffusionConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """From JSON: unknown fields are ignored (older files), every known value is checked."""
+        return cls(**known_fields(cls, d, "diffusion", ConfigError, strict=False))
 
 
 @dataclass
@@ -156,18 +149,15 @@ class SdmcConfig:
 
     @classmethod
     def from_json(cls, text: str) -> SdmcConfig:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"sdmc config is not valid JSON: {e}") from None
+        d = parse_json(text, "sdmc config", ConfigError)
         if not isinstance(d, dict) or "model" not in d:
             raise ConfigError("sdmc config: missing the 'model' section")
-        version = int(d.get("version", 0))
+        version = check_value(d.get("version", 0), int, {}, "sdmc config version", ConfigError)
         if version > CONFIG_VERSION:
             raise ConfigError(f"sdmc config version {version} is newer than this sdmc ({CONFIG_VERSION}); upgrade sdmc")
         return cls(
             model=ModelConfig.from_dict(d["model"]),
             diffusion=DiffusionConfig.from_dict(d.get("diffusion", {})),
-            provenance=dict(d.get("provenance", {})),
+            provenance=check_value(d.get("provenance", {}), dict, {}, "sdmc config provenance", ConfigError),
             version=CONFIG_VERSION,
         )

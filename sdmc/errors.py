@@ -39,3 +39,8 @@ class OutputError(SdmcError):
 
 class TrainingError(SdmcError):
     """Training cannot go on (non-finite loss, ...); the last good checkpoint is kept."""
+
+
+class LimitError(SdmcError):
+    """A file or option asks for more than a resource limit allows (:data:`sdmc.validate.LIMITS`); the message
+    says what was asked and the limit."""

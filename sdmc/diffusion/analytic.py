@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError, SdmcError
 from ..utils import atomic_path
+from ..validate import parse_json
 from .schedule import NoiseSchedule
 
 GAMMA_FORMAT = "sdmc-analytic-gamma-v1"
@@ -70,7 +71,10 @@ def load_gamma(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
         raise
     except Exception as e:  # noqa: BLE001 - safetensors raises several types on a corrupt header
         raise SdmcError(f"{path}: unreadable Γ file: {e}") from None
-    return gamma, json.loads(md.get("meta", "{}"))
+    meta = parse_json(md.get("meta", "{}"), f"{path}: header entry 'meta'", SdmcError)
+    if not isinstance(meta, dict):
+        raise SdmcError(f"{path}: header entry 'meta' is a JSON {type(meta).__name__}, not an object")
+    return gamma, meta
 
 
 def find_cached_gamma(

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..validate import LIMITS, check_limit
 from .schedule import NoiseSchedule
 from .solvers import Solver, make_solver
 
@@ -111,6 +112,13 @@ def sample_images(
         raise ConfigError(f"sample_images: options {sorted(solver_kwargs)} given with a ready solver object")
     sol.set_timesteps(int(steps))
     img_shape = _image_shape(model, shape)
+    table = getattr(getattr(model, "config", None), "diffusion_steps", None)
+    if isinstance(table, int) and schedule.num_timesteps > table:
+        raise ConfigError(
+            f"the model's time embedding covers {table} diffusion steps, the schedule has {schedule.num_timesteps}"
+        )
+    check_limit(f"sample_images: {n} images of shape {list(img_shape)}", n * math.prod(img_shape) * 4,
+                LIMITS.npz_bytes, " bytes")  # fmt: skip
     reset = _reset(model)
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):

@@ -37,13 +37,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import check_readable
 from ..config import DiffusionConfig, ModelConfig, SdmcConfig
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..utils import atomic_path, atomic_write_text
+from ..validate import LIMITS, check_fields, check_finite, known_fields, spec
 from .presets import DEFAULT_PRESET, get_preset
 from .schedule import NoiseSchedule
 
 CKPT_RE = re.compile(r"^step_(\d{8,})\.pt$")
+MAX_SAMPLE_GRID = 4096  # images in one progress grid (a 64x64 grid of CIFAR images is a 2048x2048 PNG)
 _MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 _DIFFUSION_FIELDS = {f.name for f in dataclasses.fields(DiffusionConfig)}
 
@@ -67,33 +70,33 @@ class TrainConfig:
     dataset: str = "digits"
     data_root: str | None = None
     download: bool = False
-    steps: int = 600
-    batch_size: int = 32
-    lr: float = 2e-4
-    warmup: int = 0
-    lr_decay: int = 0
-    grad_clip: float = 1.0
+    steps: int = spec(600, range=(1, None))
+    batch_size: int = spec(32, range=(1, None))
+    lr: float = spec(2e-4, range=(0, None), open_low=True)
+    warmup: int = spec(0, range=(0, None))
+    lr_decay: int = spec(0, range=(0, None))
+    grad_clip: float = spec(1.0, range=(0, None), open_low=True)
     ema: bool = True
-    ema_decay: float = 0.9999
+    ema_decay: float = spec(0.9999, range=(0, 1), open_high=True)
     ema_warmup: bool = True
-    seed: int = 0
+    seed: int = spec(0, range=(0, 2**63 - 1))
     out: str = "runs/digits"
     device: str = "auto"
-    num_workers: int = 0
-    log_every: int = 50
-    save_every: int = 1000
-    sample_every: int = 1000
-    sample_n: int = 64
-    sample_steps: int = 50
-    keep_last: int = 3
+    num_workers: int = spec(0, range=(0, 1024))
+    log_every: int = spec(50, range=(1, None))
+    save_every: int = spec(1000, range=(1, None))
+    sample_every: int = spec(1000, range=(1, None))
+    sample_n: int = spec(64, range=(0, MAX_SAMPLE_GRID), limit=True)
+    sample_steps: int = spec(50, range=(1, LIMITS.diffusion_steps), limit=True)
+    keep_last: int = spec(3, range=(1, None))
     resume: str = "auto"
     init_from: str | None = None
-    init_weights: str = "auto"
+    init_weights: str = spec("auto", choices=("auto", "net", "ema"))
     tsm: bool = False
     tensorboard: bool | None = None
     progress: bool = True
     eager: bool = False  # True: train the plain spikingjelly model, not the compiled torch executor
-    threads: int | None = None
+    threads: int | None = spec(None, range=(1, 4096))
     precision: str = "fp32"  # the executor's precision: fp32 or bf16 (bf16 autocast, fp32 weights)
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -105,25 +108,14 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "save_every", "sample_every", "keep_last", "sample_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "lr_decay", "num_workers", "sample_n", "seed"):
-            if int(getattr(self, name)) < 0:
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if self.threads is not None and int(self.threads) < 1:
-            raise ConfigError(f"train.threads must be >= 1, got {self.threads}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"train.lr must be a positive number, got {self.lr}")
-        if not self.grad_clip > 0:
-            raise ConfigError(f"train.grad_clip must be > 0, got {self.grad_clip}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.init_weights not in ("auto", "net", "ema"):
-            raise ConfigError(f"train.init_weights must be 'auto', 'net' or 'ema', got {self.init_weights!r}")
+        """Types and ranges of every field (:func:`sdmc.validate.check_fields`), then the combinations."""
+        check_fields(self, "train", ConfigError)
+        if self.sample_n and self.sample_steps > self.diffusion.num_timesteps:
+            raise ConfigError(
+                f"train.sample_steps={self.sample_steps} exceeds the {self.diffusion.num_timesteps} diffusion steps"
+            )
         if self.tsm and not self.init_from:
             raise ConfigError("train.tsm: TSM fine-tuning needs --init-from SDDPM_CHECKPOINT (paper stage 2)")
-        NoiseSchedule(self.diffusion)  # validates schedule / mean_type
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -136,11 +128,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"train config: unknown field(s) {sorted(unknown)}")
-        return cls(**d)
+        """From JSON: unknown fields are refused, every value is checked."""
+        return cls(**known_fields(cls, d, "train", ConfigError))
 
 
 def make_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
@@ -303,21 +292,47 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training checkpoint with ``torch.load(weights_only=True)`` (no arbitrary unpickling)."""
+_CHECKPOINT_ENTRIES = {"net_model": dict, "optimizer": dict, "step": int, "sdmc_config": str, "train_config": str}
+
+
+def load_checkpoint(path: str | os.PathLike, allow_nonfinite: bool | None = None) -> dict[str, Any]:
+    """Read a training checkpoint with ``torch.load(weights_only=True)`` (no arbitrary unpickling) and check
+    what training reads from it: the entries and their types, state_dicts of tensors, a config that parses, and
+    finite weights (unless ``allow_nonfinite``).  Anything else is one :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"training checkpoint {path} does not exist")
+    check_readable(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointError(f"training checkpoint {path} cannot be read safely: {e}") from None
-    missing = [k for k in ("net_model", "optimizer", "step", "sdmc_config", "train_config") if k not in state]
-    if missing:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"training checkpoint {path} cannot be read safely: {detail}") from None
+    hint = "use --init-from to start from model weights"
+    if not isinstance(state, dict):
         raise CheckpointError(
-            f"{path} is not an sdmc training checkpoint (missing {missing}); "
-            "use --init-from to start from model weights"
+            f"{path} is not an sdmc training checkpoint (it holds a {type(state).__name__}, not a dict); {hint}"
         )
+    missing = [k for k in _CHECKPOINT_ENTRIES if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not an sdmc training checkpoint (missing {missing}); {hint}")
+    for key, kind in _CHECKPOINT_ENTRIES.items():
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise CheckpointError(f"{path}: entry {key!r} is a {type(state[key]).__name__}, not a {kind.__name__}")
+    if state["step"] < 0:
+        raise CheckpointError(f"{path}: entry 'step' is {state['step']}")
+    for key in ("net_model", "ema_model"):
+        sd = state.get(key)
+        if sd is None:
+            continue
+        bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)] if isinstance(sd, dict) else [key]
+        if bad:
+            raise CheckpointError(f"{path}: entry {key!r} is not a state_dict of tensors (at {bad[0]!r})")
+        check_finite(sd, f"{path} ({key})", CheckpointError, allow=allow_nonfinite)
+    try:
+        SdmcConfig.from_json(state["sdmc_config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     return state
 
 
@@ -474,6 +489,40 @@ def _tensorboard_writer(cfg: TrainConfig, out: Path):
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
+class TrainingInterrupted(TrainingError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint it can resume from."""
+
+
+class _Interrupts:
+    """While training (main thread only): the first SIGINT / SIGTERM is noted (``signum``) and acted on after the
+    step in progress (:func:`_stop_if_interrupted` saves a checkpoint, then stops); a second one interrupts at
+    once with ``KeyboardInterrupt`` (every file on disk stays whole: they are written atomically)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> _Interrupts:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 Executor = Callable[[nn.Module, torch.device], nn.Module]
 """What :func:`train` calls to turn the built model into the module it trains (same state_dict names)."""
 
@@ -516,7 +565,8 @@ def train(
     try:
         if cfg.threads is not None:
             torch.set_num_threads(int(cfg.threads))
-        return _train(cfg, dataset, d, say, executor)
+        with _Interrupts() as interrupts:
+            return _train(cfg, dataset, d, say, executor, interrupts)
     finally:
         torch.set_num_threads(threads)
         if d.owns_group and dist.is_initialized():
@@ -543,6 +593,9 @@ class _Run:
     net: nn.Module | None = None
     step: int = 0
     last_loss: float = float("nan")
+    window: list[float] = field(default_factory=list)  # the losses since the last metrics record
+    elapsed: float = 0.0  # seconds of this run before the current process (from the resumed checkpoint)
+    interrupts: _Interrupts | None = None
 
     @property
     def trained(self) -> nn.Module:
@@ -550,39 +603,54 @@ class _Run:
         return self.ema if self.ema is not None else self.model
 
 
-def _train(cfg: TrainConfig, dataset, d: _Dist, say, executor: Executor | None) -> Path:
+def _train(cfg: TrainConfig, dataset, d: _Dist, say, executor: Executor | None, interrupts: _Interrupts) -> Path:
     device = _resolve_device(cfg.device, d)
     if cfg.batch_size % d.world:
         raise ConfigError(f"train.batch_size={cfg.batch_size} (global) is not divisible by the {d.world} ranks")
-    state, resume_path = _resume_point(cfg, Path(cfg.out))
+    state, resume_path = _resume_point(cfg, Path(cfg.out), say)
     _seed_all(cfg.seed + d.rank)
     run = _build_run(cfg, d, device, state, resume_path, executor, say)
+    run.interrupts = interrupts
     if state is not None:
         _restore(run, state, resume_path, say)
     run.net = _wrap_ddp(run.model, d, device)
     data = _TrainData.make(cfg, dataset, d, run.per_rank, device)
-    outputs = _Outputs(run, state)
+    outputs = _Outputs(run, state, say)
     _announce(run, data, say)
     _loop(run, data, outputs)
     return _export(run, outputs, say)
 
 
 # --------------------------------------------------------------------------------------- resume
-def _resume_point(cfg: TrainConfig, out: Path) -> tuple[dict[str, Any] | None, Path | None]:
-    """The checkpoint ``cfg.resume`` designates, read (``(None, None)``: start from scratch)."""
+def _resume_point(cfg: TrainConfig, out: Path, say) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checkpoint ``cfg.resume`` designates, read (``(None, None)``: start from scratch).  ``auto``: the newest
+    checkpoint in ``out`` that loads (one that does not, a file cut short by a crash or damaged, is skipped with a
+    warning and left in place); none loading is an error, not a fresh start over them."""
     existing = list_checkpoints(out)
-    if cfg.resume == "auto":
-        path = existing[-1][1] if existing else None
-    elif cfg.resume == "never":
+    if cfg.resume == "never":
         if existing:
             raise ConfigError(
                 f"{out} already holds training checkpoints ({existing[-1][1].name}); "
                 "use --resume auto to continue or another --out"
             )
-        path = None
-    else:
-        path = Path(cfg.resume)
-    return (load_checkpoint(path) if path is not None else None), path
+        return None, None
+    if cfg.resume != "auto":
+        return load_checkpoint(cfg.resume), Path(cfg.resume)
+    failures: list[str] = []
+    for _, path in reversed(existing):
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            failures.append(str(e))
+            say(f"resume: skipping {path.name}, it does not load: {e}")
+            continue
+        return state, path
+    if failures:
+        raise CheckpointError(
+            f"none of the {len(failures)} checkpoints in {out / 'checkpoints'} loads (newest: {failures[0]}); "
+            "give one with --resume PATH, or use another --out"
+        )
+    return None, None
 
 
 def _build_run(cfg, d: _Dist, device, state, resume_path, executor: Executor | None, say) -> _Run:
@@ -627,6 +695,9 @@ def _restore(run: _Run, state: dict[str, Any], path: Path, say) -> None:
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"cannot resume from {path}: {e}") from None
     run.step = int(state["step"])
+    window = state.get("metrics_window", [])
+    run.window = [float(v) for v in window] if isinstance(window, list) else []
+    run.elapsed = float(state.get("elapsed_s", 0.0)) if isinstance(state.get("elapsed_s"), (int, float)) else 0.0
     rngs = state.get("rng", [])
     if len(rngs) == run.d.world:
         _set_rng_state(rngs[run.d.rank])
@@ -696,23 +767,66 @@ class _TrainData:
 
 
 # -------------------------------------------------------------------------------------- outputs
+# the temporary files sdmc.utils.atomic_path writes beside each output of a run (".NAME.XXXXXXXX.tmp")
+_TEMP_RE = {
+    ".": re.compile(r"^\.(metrics\.jsonl|train_config\.json|model\.safetensors)\.[^/]+\.tmp$"),
+    "checkpoints": re.compile(r"^\.step_\d{8,}\.pt\.[^/]+\.tmp$"),
+    "samples": re.compile(r"^\.step_\d{8,}\.png\.[^/]+\.tmp$"),
+}
+
+
+def remove_stale_temps(out: str | os.PathLike) -> list[str]:
+    """Delete the temporary files a killed run left beside its outputs in ``out`` (only those: names of the
+    run's own outputs in ``atomic_path``'s pattern); returns their names.  Call it as the only writer of ``out``
+    (the CLI holds ``out``'s lock)."""
+    removed = []
+    for sub, pattern in _TEMP_RE.items():
+        d = Path(out) / sub
+        if not d.is_dir():
+            continue
+        for f in d.iterdir():
+            if pattern.match(f.name) and f.is_file():
+                f.unlink(missing_ok=True)
+                removed.append(str(Path(sub) / f.name) if sub != "." else f.name)
+    return sorted(removed)
+
+
+def _read_metrics(path: Path, step: int, say) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` up to ``step`` (where the resumed checkpoint was written); a record after
+    it belongs to the part of the run that is about to be redone.  Unreadable lines are dropped with a warning."""
+    if not path.is_file():
+        return []
+    records, bad = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            records.append(rec)
+    if bad:
+        say(f"{path}: dropped {bad} unreadable line(s)")
+    return records
+
+
 class _Outputs:
     """What rank 0 writes while training: checkpoints (every rank takes part in their collectives),
     ``metrics.jsonl``, sample grids, ``train_config.json`` and TensorBoard scalars."""
 
-    def __init__(self, run: _Run, state: dict[str, Any] | None) -> None:
+    def __init__(self, run: _Run, state: dict[str, Any] | None, say) -> None:
         self.run = run
         self.records: list[dict[str, Any]] = []
         self.writer = None
+        self.t_start = time.perf_counter()
         if run.d.main:
             out = run.out
             out.mkdir(parents=True, exist_ok=True)
-            metrics_path = out / "metrics.jsonl"
-            if state is not None and metrics_path.exists():
-                for line in metrics_path.read_text().splitlines():
-                    rec = json.loads(line)
-                    if rec.get("step", 0) <= run.step:
-                        self.records.append(rec)
+            removed = remove_stale_temps(out)
+            if removed:
+                say(f"removed {len(removed)} temporary file(s) an interrupted run left: {', '.join(removed[:3])}")
+            if state is not None:
+                self.records = _read_metrics(out / "metrics.jsonl", run.step, say)
             atomic_write_text(out / "train_config.json", run.cfg.to_json())
             self.writer = _tensorboard_writer(run.cfg, out)
         if run.cfg.device.startswith("cuda") or run.device.type == "cuda":
@@ -763,6 +877,8 @@ class _Outputs:
                 "world_size": d.world,
                 "global_batch": run.cfg.batch_size,
                 "rank_fingerprints": prints,
+                "metrics_window": list(run.window),
+                "elapsed_s": run.elapsed + (time.perf_counter() - self.t_start),
                 "sdmc_config": run.sdmc_cfg.to_json(),
                 "train_config": run.cfg.to_json(),
             }
@@ -873,51 +989,79 @@ def _loop(run: _Run, data: _TrainData, outputs: _Outputs) -> None:
 
         bar = tqdm(total=cfg.steps, initial=run.step, desc="train", dynamic_ncols=True, file=sys.stderr)
     epoch, within = divmod(run.step, data.steps_per_epoch)
-    window: list[float] = []
     t_window = time.perf_counter()
-    t_start = t_window
+    timed = 0  # steps taken by this process since t_window (the rate; the window may start in a resumed run)
     last_loss = float("nan")
-    while run.step < cfg.steps:
-        for x0, *_ in data.epoch(epoch, within, cfg, d, run.per_rank):
-            res = _train_step(run, x0)
-            step = run.step
-            within += 1
-            last_loss = res.loss
-            window.append(res.loss)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{res.loss:.4f}", lr=f"{res.lr:.2e}", refresh=False)
-            if d.main and (step % cfg.log_every == 0 or step == cfg.steps):
-                now = time.perf_counter()
-                rate = len(window) / max(now - t_window, 1e-9)
-                outputs.log(
-                    {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": sum(window) / len(window),
-                        "lr": res.lr,
-                        "grad_norm": res.grad_norm,
-                        "ema_decay": res.ema_decay if cfg.ema else None,
-                        "it_per_s": rate,
-                        "img_per_s": rate * cfg.batch_size,
-                        "elapsed_s": now - t_start,
-                        "world_size": d.world,
-                        "global_batch": cfg.batch_size,
-                    }
-                )
-                window, t_window = [], now
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                outputs.checkpoint(last_loss)
-            if step % cfg.sample_every == 0 or step == cfg.steps:
-                outputs.samples()
-            if step >= cfg.steps:
-                break
-        else:
-            epoch, within = epoch + 1, 0
-    if bar is not None:
-        bar.close()
-    outputs.close()
+    try:
+        while run.step < cfg.steps:
+            for x0, *_ in data.epoch(epoch, within, cfg, d, run.per_rank):
+                res = _train_step(run, x0)
+                step = run.step
+                within += 1
+                timed += 1
+                last_loss = res.loss
+                run.window.append(res.loss)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{res.loss:.4f}", lr=f"{res.lr:.2e}", refresh=False)
+                if d.main and (step % cfg.log_every == 0 or step == cfg.steps):
+                    now = time.perf_counter()
+                    rate = timed / max(now - t_window, 1e-9)
+                    outputs.log(
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            "loss": sum(run.window) / len(run.window),
+                            "lr": res.lr,
+                            "grad_norm": res.grad_norm,
+                            "ema_decay": res.ema_decay if cfg.ema else None,
+                            "it_per_s": rate,
+                            "img_per_s": rate * cfg.batch_size,
+                            "elapsed_s": run.elapsed + (now - outputs.t_start),
+                            "world_size": d.world,
+                            "global_batch": cfg.batch_size,
+                        }
+                    )
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    run.window, t_window, timed = [], time.perf_counter(), 0
+                saved = step % cfg.save_every == 0 or step == cfg.steps
+                if saved:
+                    outputs.checkpoint(last_loss)
+                if step % cfg.sample_every == 0 or step == cfg.steps:
+                    outputs.samples()
+                _stop_if_interrupted(run, outputs, last_loss, saved)
+                if step >= cfg.steps:
+                    break
+            else:
+                epoch, within = epoch + 1, 0
+    finally:
+        if bar is not None:
+            bar.close()
+        outputs.close()
     run.last_loss = last_loss
+
+
+def _stop_if_interrupted(run: _Run, outputs: _Outputs, last_loss: float, saved: bool) -> None:
+    """After a step: if SIGINT/SIGTERM came (on any rank), save a checkpoint (unless this step just did) and stop
+    with :class:`TrainingInterrupted`; the same command resumes from it."""
+    got = run.interrupts.signum if run.interrupts is not None else None
+    if run.d.world > 1:  # every rank must stop at the same step: the checkpoint is a collective
+        import torch.distributed as dist
+
+        flag = torch.tensor([got or 0], dtype=torch.int64, device=run.device if run.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        got = int(flag.item()) or None
+    if not got:
+        return
+    if not saved:
+        outputs.checkpoint(last_loss)
+    import signal
+
+    name = signal.Signals(got).name
+    raise TrainingInterrupted(
+        f"stopped by {name} at step {run.step}: saved {checkpoint_path(run.out, run.step)}; "
+        "run the same command again to continue (--resume auto)"
+    )
 
 
 # --------------------------------------------------------------------------------------- export

@@ -45,6 +45,9 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
     p = Path(path)
     if not p.is_file():
         raise MetricError(f"samples {p}: no such file")
+    from ..validate import LIMITS, check_arrays
+
+    check_arrays(str(p), f"samples {p}", LIMITS.npz_bytes, MetricError)  # the headers: before any array is read
     try:
         if p.suffix == ".npy":
             arr = np.load(p, allow_pickle=False)

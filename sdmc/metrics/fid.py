@@ -127,6 +127,10 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise MetricError(f"reference statistics {path}: no such file")
+    from ..validate import LIMITS, check_arrays
+
+    # mu [D] and sigma [D, D] for D = 2048 Inception features take 32 MiB; the headers are checked before reading
+    check_arrays(str(path), f"reference statistics {path}", LIMITS.stats_bytes, MetricError)
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("mu", "sigma") if k not in f.files]
