@@ -17,15 +17,7 @@ from sdmc.diffusion import train as tr
 from sdmc.errors import CheckpointError
 
 TINY = dict(arch="sddpm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8)
-QUIET = dict(tensorboard=False, progress=False, sample_n=0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+QUIET = dict(tensorboard=False, progress=False, sample_n=0, threads=1)  # one thread: bit-equal reductions
 
 
 @pytest.fixture(scope="module")

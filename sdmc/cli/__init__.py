@@ -2,13 +2,15 @@
 
 A command is a :class:`~sdmc.cli.base.Command`: its ``add_arguments(parser)`` declares the options (the groups
 several commands share live in :mod:`sdmc.cli.base`), its ``run(args)`` does the work, importing the library
-lazily so that ``sdmc --help`` stays fast.  Errors derived from :class:`sdmc.errors.SdmcError` print one line
+lazily so that ``sdmc --help`` stays fast.  ``--allow-nonfinite`` (before or after the command) lets every
+loader accept NaN/Inf weights (:func:`sdmc.validate.allowing_nonfinite`).  Errors derived from :class:`sdmc.errors.SdmcError` print one line
 and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from .. import __version__
@@ -47,18 +49,21 @@ COMMANDS: tuple[Command, ...] = (
 
 
 DEBUG_HELP = "show the full traceback of an unexpected error (for bug reports)"
+NONFINITE_HELP = "load weights holding NaN/Inf instead of refusing them (for debugging)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="sdmc", description="Compiler and simulator for spiking diffusion models (SDDPM / SDM).")
     parser.add_argument("--version", action="version", version=f"sdmc {__version__}")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--allow-nonfinite", action="store_true", help=NONFINITE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description)
         cmd.add_arguments(p)
         # also after the command name; SUPPRESS keeps a 'sdmc --debug CMD' from being reset to False
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        p.add_argument("--allow-nonfinite", action="store_true", default=argparse.SUPPRESS, help=NONFINITE_HELP)
         p.set_defaults(run=cmd.run)
     return parser
 
@@ -83,8 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     where = f"sdmc {args.command}"
+    allow = contextlib.nullcontext()
+    if args.allow_nonfinite:
+        from ..validate import allowing_nonfinite
+
+        allow = allowing_nonfinite()
     try:
-        return int(args.run(args) or 0)
+        with allow:
+            return int(args.run(args) or 0)
     except SdmcError as e:
         print(f"{where}: error: {e}", file=sys.stderr)
         return 2
