@@ -6,8 +6,8 @@ executes one ``sdmc`` command in a forked child under a memory budget.
 * The mutators rewrite one part of such a file the way a hostile or broken file would: a field of the config
   JSON in a safetensors header, a tensor entry of that header, an attribute of a graph node, a ``.npy`` header,
   raw bytes (truncation, flips).
-* :func:`run_cli` forks (the parent's imports are reused, so a command costs its own work only), limits the
-  child's address space to what it already maps plus ``budget`` bytes, runs ``sdmc.cli.main(argv)`` with
+* :func:`run_cli` forks (the parent's imports are reused, so a command costs its own work only; ``train``
+  runs in a fresh interpreter, see there), limits the child's address space to what it already maps plus ``budget`` bytes, runs ``sdmc.cli.main(argv)`` with
   stdout/stderr in files and returns the exit status and both texts.  A child killed by the limit or a timeout
   shows as a negative status.
 """
@@ -62,11 +62,7 @@ HOSTILE: tuple[Any, ...] = (
 
 TINY = dict(arch="sddpm", ch=8, ch_mult=[1, 2], num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8, diffusion_steps=50)
 
-# a training run `sdmc train --preset digits` reaches with TRAIN_ARGS (its checkpoint is the resume corpus)
-TRAIN_TINY = dict(
-    ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_size=8, batch_size=4, sample_n=0, progress=False,
-    tensorboard=False,
-)  # fmt: skip
+# the tiny training run of the corpus and the kill tests (its checkpoint is the resume corpus)
 TRAIN_ARGS = ["--ch", "8", "--ch-mult", "1,2", "--num-res-blocks", "1", "--snn-steps", "2", "--img-size", "8",
               "--batch-size", "4", "--sample-n", "0", "--no-progress", "--no-tensorboard", "--eager"]  # fmt: skip
 
@@ -92,7 +88,7 @@ def make_corpus(root: Path) -> Corpus:
     from sdmc.config import DiffusionConfig, ModelConfig, SdmcConfig
     from sdmc.diffusion import train as tr
     from sdmc.diffusion.analytic import save_gamma
-    from sdmc.frontends import trace
+    from sdmc.frontends import from_checkpoint
     from sdmc.models import build_model
 
     root.mkdir(parents=True, exist_ok=True)
@@ -102,9 +98,11 @@ def make_corpus(root: Path) -> Corpus:
     model_path = save_model(root / "tiny.safetensors", model, cfg)
     released = root / "released.pt"
     torch.save({"net_model": model.state_dict()}, released)
-    graph_path = ir.save(trace(model, (1, 1, 8, 8)), root / "tiny.sdmc")
+    graph_path = ir.save(from_checkpoint(model_path), root / "tiny.sdmc")  # records the config, as compile does
     run = root / "run"
-    tr.train(tr.make_config("digits", out=str(run), **TRAIN_TINY, steps=1, eager=True), log=lambda s: None)
+    # in a child: a backward pass in this process would forbid autograd in every later forked child
+    res = run_cli(["train", "--out", str(run), "--steps", "1", *TRAIN_ARGS], root)
+    assert res.rc == 0, res.err
     ckpt = tr.checkpoint_path(run, 1)
     samples = root / "samples.npz"
     np.savez(samples, images=np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.uint8))
@@ -251,28 +249,61 @@ def _child(argv: list[str], cwd: Path, out: Path, err: Path, budget: int) -> int
         return 1
 
 
+_SPAWNED = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import crafted
+import sdmc.cli  # noqa: F401 - imported before the ready mark: kill times count the command's own work
+Path({ready!r}).touch()
+sys.exit(crafted._child({argv!r}, Path({cwd!r}), Path({out!r}), Path({err!r}), {budget!r}))
+"""
+
+
 def run_cli(
-    argv: list[str], cwd: Path, budget: int = 2 * GiB, timeout: float = 120.0, kill_after: float | None = None
+    argv: list[str],
+    cwd: Path,
+    budget: int = 2 * GiB,
+    timeout: float = 120.0,
+    kill_after: float | None = None,
+    fresh: bool | None = None,
 ) -> Result:
-    """Run ``sdmc ARGV`` in a forked child in ``cwd`` under an address-space budget; ``kill_after`` seconds:
-    SIGKILL it then (the kill tests)."""
+    """Run ``sdmc ARGV`` in a child in ``cwd`` under an address-space budget; ``kill_after`` seconds: SIGKILL it
+    then (the kill tests).  The child is forked, except with ``fresh`` (default: for ``train``), a new
+    interpreter: autograd refuses to run in a child forked from a process that has run a backward pass (as
+    the test process may have), and training needs it.  Times (``seconds``, ``kill_after``) start once the
+    child has imported sdmc."""
     logs = cwd.parent / f".{cwd.name}.logs"
     logs.mkdir(exist_ok=True)
-    out, err = logs / "stdout", logs / "stderr"
+    out, err, ready = logs / "stdout", logs / "stderr", logs / "ready"
+    ready.unlink(missing_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        rc = 1
-        try:
-            rc = _child(argv, cwd, out, err, budget)
-        finally:
+    if fresh if fresh is not None else argv[:1] == ["train"]:
+        import subprocess
+
+        code = _SPAWNED.format(
+            tests=str(Path(__file__).parent), ready=str(ready), argv=argv, cwd=str(cwd), out=str(out), err=str(err),
+            budget=budget,
+        )  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
+        start = time.monotonic()
+        while not ready.exists() and proc.poll() is None and time.monotonic() < start + timeout:
+            time.sleep(0.005)
+        pid = proc.pid
+    else:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            rc = 1
             try:
-                sys.stdout.flush()
-                sys.stderr.flush()
+                rc = _child(argv, cwd, out, err, budget)
             finally:
-                os._exit(rc)
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(rc)
+    t0 = time.monotonic()
     deadline = t0 + (kill_after if kill_after is not None else timeout)
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)

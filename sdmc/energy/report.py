@@ -505,6 +505,7 @@ def analyze(
       sum over the calls (:func:`sdmc.energy.measure.measure_trajectory`).
 
     A module is measured eagerly with a :class:`FiringRateMonitor`; a graph with the golden simulator.
+    ``diffusion``: the forward process (default: the one the graph's recorded config names, else 1000 linear steps).
     """
     import torch
 
@@ -519,13 +520,17 @@ def analyze(
     prof = load_profile(profile)
     if threshold is not None and isinstance(model_or_graph, Graph):
         raise ConfigError("energy: threshold guidance applies to a model; recompile the graph with the threshold")
+    stored = model_or_graph.meta.get("sdmc_config") if isinstance(model_or_graph, Graph) else None
+    stored = stored if isinstance(stored, dict) else {}
+    if diffusion is None and isinstance(stored.get("diffusion"), dict):  # the schedule the model was trained on
+        diffusion = DiffusionConfig.from_dict(stored["diffusion"])
     dcfg = diffusion or DiffusionConfig()
     schedule = NoiseSchedule(dcfg)
     if isinstance(model_or_graph, Graph):
         from ..ir import check
 
         graph = check(model_or_graph)
-        mc = (graph.meta.get("sdmc_config") or {}).get("model") or graph.meta.get("model_config")
+        mc = stored.get("model") or graph.meta.get("model_config")
         cfg = ModelConfig.from_dict(mc) if mc else None
         x = next(n for n in graph.input_nodes if n.type.dtype.startswith("float"))
         img = x.type.shape
