@@ -18,7 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Cycles still owned by another engineer when this test landed: {frozenset of modules: who removes it}.
 # Remove an entry when its cycle is gone (the test fails on a stale entry, so the list cannot rot).
-KNOWN_CYCLES: dict[frozenset[str], str] = {}
+KNOWN_CYCLES: dict[frozenset[str], str] = {
+    # Lowering.run imports the rule tables, whose rules take a Lowering (7c5f5df, the frontends package)
+    frozenset(
+        {"sdmc.frontends.functions", "sdmc.frontends.lowering", "sdmc.frontends.modules", "sdmc.frontends.structures"}
+    ): "the frontends package's owner (issue 14)",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -90,7 +95,7 @@ def test_graph_sees_known_imports():
     g = import_graph()
     assert ("sdmc.checkpoint", "sdmc.config") in g.edges  # `from .config import ...`
     assert ("sdmc.diffusion.sampling", "sdmc.diffusion.schedule") in g.edges
-    assert ("sdmc.frontends.fx", "sdmc.ir") in g.edges  # frontends/ maps to sdmc.frontends
+    assert ("sdmc.frontends.trace", "sdmc.ir") in g.edges  # frontends/ maps to sdmc.frontends
 
 
 def test_detector_finds_a_function_level_cycle(tmp_path, monkeypatch):
