@@ -24,6 +24,7 @@ from ..validate import LIMITS, check_finite, check_limit, check_value, parse_jso
 from .graph import IR_VERSION, OPS, Graph, IRError, Node
 
 GRAPH_FILE, WEIGHTS_FILE = "graph.json", "weights.safetensors"
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # every member's time stamp: one graph gives the same .sdmc bytes at any time
 
 
 def node_to_dict(node: Node) -> dict[str, Any]:
@@ -144,7 +145,8 @@ def _weights_load(data: bytes, where: str) -> dict[str, np.ndarray]:
 def save(
     graph: Graph, path: str | os.PathLike, *, force: bool = False, protect: Iterable[str | os.PathLike] = ()
 ) -> Path:
-    """Write ``graph`` to ``path``: a zip if it ends in ``.sdmc``, else a directory.  Atomic.
+    """Write ``graph`` to ``path``: a zip if it ends in ``.sdmc`` (byte-for-byte reproducible), else a directory.
+    Atomic.
 
     The directory form replaces ``path`` whole (:func:`sdmc.utils.atomic_dir`): only a graph directory sdmc
     wrote or an empty one, unless ``force``; never one that holds a path of ``protect`` (the inputs)."""
@@ -154,8 +156,8 @@ def save(
     if path.suffix == ".sdmc":
         with atomic_path(path) as tmp:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-                z.writestr(GRAPH_FILE, gjson)
-                z.writestr(WEIGHTS_FILE, weights)
+                for name, data in ((GRAPH_FILE, gjson), (WEIGHTS_FILE, weights)):
+                    z.writestr(zipfile.ZipInfo(name, date_time=ZIP_DATE), data)
         return path
     if path.exists() and not path.is_dir():
         raise IRError(f"save: {path} exists and is not a directory (use a '.sdmc' name for the zip form)")
