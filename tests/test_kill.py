@@ -147,7 +147,7 @@ def _train(corpus, kills: int, seed: int) -> None:
 
 
 def test_kill_train(corpus):
-    _train(corpus, kills=3, seed=0)
+    _train(corpus, kills=2, seed=0)
 
 
 @pytest.mark.slow
