@@ -269,3 +269,20 @@ def test_a_second_writer_of_one_output_gets_an_error(model_file, tmp_path, capsy
             _one_line_error(capsys, "another sdmc process is writing")
             assert main([*common, "--out", str(tmp_path / "s"), "--name", "other"]) == 0  # another pair: fine
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # the lock files are gone with their locks
+
+
+def test_train_options_reach_the_config(tmp_path, monkeypatch, capsys):
+    """--lr-decay N (and its neighbours) become the TrainConfig fields train() runs with; a negative N is refused."""
+    import sdmc.diffusion.train as tr
+
+    seen = []
+    monkeypatch.setattr(tr, "train", lambda cfg: seen.append(cfg) or cfg.out)
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--steps", "40", "--lr-decay", "15", "--warmup", "5", "--lr", "1e-3"]
+    assert main(argv) == 0
+    (cfg,) = seen
+    assert (cfg.lr_decay, cfg.warmup, cfg.steps, cfg.lr) == (15, 5, 40, 1e-3)
+    factor = [tr.lr_factor(s, cfg.warmup, cfg.steps, cfg.lr_decay) for s in (25, 30, 40)]
+    assert factor == [1.0, 10 / 15, 0.0]  # constant until the last 15 steps, then down to 0
+    assert main(["train", "--out", str(out), "--lr-decay", "-1"]) == 2
+    _one_line_error(capsys, "--lr-decay")

@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--lr", type=float, help="learning rate (> 0; checked with the preset's other fields)")
     g.add_argument("--warmup", type=count, help="linear learning-rate warm-up steps (0: none)")
+    g.add_argument(
+        "--lr-decay",
+        type=count,
+        metavar="N",
+        help="decay the learning rate linearly to 0 over the last N steps (0: off)",
+    )
     g.add_argument("--grad-clip", type=positive, help="gradient-norm clip")
     g.add_argument("--ema-decay", type=fraction, help="EMA decay in [0, 1)")
     g.add_argument("--no-ema", dest="ema", action="store_const", const=False, help="no EMA (the papers' SNN runs)")
@@ -110,6 +116,7 @@ TRAIN_OPTS = (
     "batch_size",
     "lr",
     "warmup",
+    "lr_decay",
     "grad_clip",
     "ema_decay",
     "ema",
