@@ -202,3 +202,22 @@ def test_exports_replace_only_files_sdmc_wrote(released, tmp_path, capsys):
         err = _one_error(capsys, ["compile", str(out), "--backend", backend, "-o", str(out), "--force"] + extra[2:])
         assert "is the input" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.nir", "notes.onnx"]
+
+
+def test_nir_file_with_nan_weights_is_refused_unless_allowed(released, tmp_path, capsys):
+    """A .nir model is checked like every other model file: the first non-finite parameter is named."""
+    pt, m = released["sddpm"]
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    sd["conv.weight"][0, 0, 0, 0] = float("nan")
+    bad = tmp_path / "nan.pt"
+    torch.save({"net_model": sd}, bad)
+    nir_path = tmp_path / "nan.nir"
+    model = [str(bad), "--snn-steps", "2", "--img-size", "8"]
+    export = ["export", *model, "--backend", "nir", "--t", "3", "--nir-ext", "-o", str(nir_path)]
+    assert "holds 1 non-finite value" in _one_error(capsys, export)  # the checkpoint itself is refused ...
+    assert main(["--allow-nonfinite", *export]) == 0  # ... unless allowed (for debugging)
+    capsys.readouterr()
+    compile_ = ["compile", str(nir_path), "-o", str(tmp_path / "g.sdmc")]
+    err = _one_error(capsys, compile_)
+    assert "nan.nir" in err and "non-finite" in err and "--allow-nonfinite" in err
+    assert main([*compile_, "--allow-nonfinite"]) == 0

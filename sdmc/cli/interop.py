@@ -43,10 +43,15 @@ def is_nir(path) -> bool:
 
 
 def load_nir(path, args: argparse.Namespace):
-    """A ``.nir`` file as an IR graph (T from ``--snn-steps`` or sdmc's record)."""
+    """A ``.nir`` file as an IR graph (T from ``--snn-steps`` or sdmc's record); NaN/Inf parameters are refused,
+    naming the first, as for every other model file (``--allow-nonfinite`` loads them)."""
+    from ..errors import IRError
     from ..frontends.nir import from_nir
+    from ..validate import check_finite
 
-    return from_nir(path, T=args.snn_steps, dt=args.dt)
+    graph = from_nir(path, T=args.snn_steps, dt=args.dt)
+    check_finite(graph.params, str(path), IRError)
+    return graph
 
 
 def is_ours(backend: str):
