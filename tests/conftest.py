@@ -17,6 +17,14 @@ if os.environ.get("CI"):
 REF_KEYS = os.path.join(os.path.dirname(__file__), "data", "ref_state_dict_keys.txt")
 
 
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The crafted files the fuzz and kill tests mutate and run (tests/crafted.py), written once per session."""
+    from crafted import session_corpus
+
+    return session_corpus(tmp_path_factory.mktemp("corpus"))
+
+
 @pytest.fixture
 def tiny_cfg():
     """A small spiking UNet configuration that runs in milliseconds."""

@@ -68,6 +68,20 @@ TRAIN_ARGS = ["--ch", "8", "--ch-mult", "1,2", "--num-res-blocks", "1", "--snn-s
 
 
 # ------------------------------------------------------------------------------------------------ corpus
+def session_corpus(root: Path) -> Corpus:
+    """:func:`make_corpus` for the session fixture ``corpus`` (tests/conftest.py; the fuzz and kill tests share
+    it and only read it), with what the commands import imported once: each forked child then costs its own
+    work only."""
+    c = make_corpus(root)
+    import sdmc.backends.torch_exec  # noqa: F401
+    import sdmc.cli  # noqa: F401
+    import sdmc.energy  # noqa: F401
+    import sdmc.frontends  # noqa: F401
+    import sdmc.passes  # noqa: F401
+
+    return c
+
+
 @dataclass
 class Corpus:
     root: Path

@@ -28,7 +28,6 @@ from crafted import (
     TRAIN_ARGS,
     Corpus,
     GiB,
-    make_corpus,
     mutate_config,
     mutate_graph,
     mutate_tensor_entry,
@@ -84,19 +83,6 @@ SLOW_GRAPH_COMMANDS = {
     "export": lambda f, o: ["export", f, "-o", o, "--t", "10"],
     "lava-export": lambda f, o: ["lava", "export", f, "-o", f"{o}/net.net"],
 }
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Corpus:
-    c = make_corpus(tmp_path_factory.mktemp("corpus"))
-    # import what the commands import, once, in the parent: each forked child then costs its own work only
-    import sdmc.backends.torch_exec  # noqa: F401
-    import sdmc.cli  # noqa: F401
-    import sdmc.energy  # noqa: F401
-    import sdmc.frontends  # noqa: F401
-    import sdmc.passes  # noqa: F401
-
-    return c
 
 
 _case = itertools.count()

@@ -19,19 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from crafted import TRAIN_ARGS, make_corpus, run_cli, snapshot
+from crafted import TRAIN_ARGS, run_cli, snapshot
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the kill tests fork")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    c = make_corpus(tmp_path_factory.mktemp("corpus"))
-    import sdmc.backends.torch_exec  # noqa: F401 - imported once here, not in every forked child
-    import sdmc.cli  # noqa: F401
-    import sdmc.frontends  # noqa: F401
-
-    return c
 
 
 def _kill_points(duration: float, n: int, seed: int) -> list[float]:
@@ -147,7 +137,7 @@ def _train(corpus, kills: int, seed: int) -> None:
 
 
 def test_kill_train(corpus):
-    _train(corpus, kills=2, seed=0)
+    _train(corpus, kills=1, seed=0)
 
 
 @pytest.mark.slow
