@@ -194,6 +194,28 @@ def test_unexpected_errors_are_one_line_with_a_pointer_to_debug(tmp_path, capsys
         main(["info", str(tmp_path / "m.pt"), "--debug"])
 
 
+@pytest.mark.parametrize(
+    "exc",
+    [
+        MemoryError(),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                     "tried to allocate 6027214848 bytes. Error code 12 (Cannot allocate memory)"),
+        RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    ],
+    ids=["MemoryError", "torch-cpu", "torch-cuda"],
+)  # fmt: skip
+def test_out_of_memory_is_a_user_error_in_one_line(tmp_path, capsys, monkeypatch, exc):
+    """sdmc train --img-size 1024 on a small machine: torch's allocator raises a RuntimeError, not MemoryError."""
+    import sdmc.checkpoint
+
+    def too_big(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(sdmc.checkpoint, "describe", too_big)
+    assert main(["info", str(tmp_path / "m.pt")]) == 2
+    assert _one_line_error(capsys, "out of memory", "--batch-size").startswith("sdmc info: error:")
+
+
 # ------------------------------------------------------------ issue 15: outputs never destroy what they did not create
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):

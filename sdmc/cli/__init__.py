@@ -75,6 +75,15 @@ def _os_error(e: OSError) -> str:
     return f"{what}: {' -> '.join(paths)}" if paths else f"{what} ({e})"
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, or torch's RuntimeError from its CPU allocator ("can't allocate
+    memory") or CUDA ("CUDA out of memory", ``torch.cuda.OutOfMemoryError``)."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``sdmc ARGV``; returns the exit status: 0 success, 2 a user error (bad option or file, missing
     device, unwritable output: one line on stderr), 1 an unexpected error (one line and a pointer to --debug,
@@ -107,14 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{where}: error: {one_line(_os_error(e))}", file=sys.stderr)
         return 2
-    except MemoryError:
-        if args.debug:
-            raise
-        print(f"{where}: error: out of memory (try smaller sizes: --batch-size, -n, ...)", file=sys.stderr)
-        return 2
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback on request
         if args.debug:
             raise
+        if _out_of_memory(e):
+            print(f"{where}: error: out of memory (try smaller sizes: --batch-size, -n, ...)", file=sys.stderr)
+            return 2
         print(
             f"{where}: internal error: {type(e).__name__}: {one_line(e)} (run 'sdmc --debug {args.command} ...' "
             "for the traceback, and please report it)",
