@@ -288,8 +288,6 @@ def test_cli_export_sim_and_resources(model_file, tmp_path, capsys):
     assert agree and float(agree.group(2)) < 1e-6 and float(agree.group(1)) > 0, text
     assert main(["lava", "resources", str(model_file)]) == 0
     assert "Loihi 2 resources" in capsys.readouterr().out
-    assert main(["export", str(model_file), "--backend", "onnx", "-o", str(tmp_path / "o")]) == 2
-    assert "not implemented" in capsys.readouterr().err
     chain = ir.save(chain_graph(), tmp_path / "chain.sdmc")  # a .sdmc graph with a per-step spike input
     assert main(["export", str(chain), "-o", str(tmp_path / "c"), "--pow2", "--calib", "2"]) == 0
     text = capsys.readouterr().out
