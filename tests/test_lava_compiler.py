@@ -288,6 +288,10 @@ def test_cli_export_sim_and_resources(model_file, tmp_path, capsys):
     assert agree and float(agree.group(2)) < 1e-6 and float(agree.group(1)) > 0, text
     assert main(["lava", "resources", str(model_file)]) == 0
     assert "Loihi 2 resources" in capsys.readouterr().out
+    # a Loihi-only option with another backend is refused in one line, naming the option
+    assert main(["export", str(model_file), "--backend", "onnx", "--pow2", "-o", str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "--pow2" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "o.onnx").exists()
     chain = ir.save(chain_graph(), tmp_path / "chain.sdmc")  # a .sdmc graph with a per-step spike input
     assert main(["export", str(chain), "-o", str(tmp_path / "c"), "--pow2", "--calib", "2"]) == 0
     text = capsys.readouterr().out
