@@ -12,7 +12,7 @@ import inspect
 import operator
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
@@ -23,10 +23,12 @@ from sdmc import ir
 from . import modules as M
 from .capture import drive_multi_step, drive_seq_to_ann
 from .layouts import LEAD, Const, V
-from .lowering import Lowering
 from .structures import per_step_scale_source, swish, tsm, weighted_sum
 
-FnRule = Callable[[Lowering, fx.Node, tuple, dict], Any]
+if TYPE_CHECKING:  # the rules take the Lowering that calls them: a type, not an import cycle
+    from .lowering import Lowering
+
+FnRule = Callable[["Lowering", fx.Node, tuple, dict], Any]
 FUNCTIONS: dict[Any, FnRule] = {}
 METHODS: dict[str, FnRule] = {}
 

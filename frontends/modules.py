@@ -11,6 +11,7 @@ by ``MultiStepContainer`` / ``functional.multi_step_forward``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from spikingjelly.activation_based import layer as sj_layer
 from torch import nn
@@ -19,10 +20,12 @@ from sdmc import ir
 from sdmc.convert import IFNeuron, RunningGroupNorm
 
 from .layouts import LEAD, V
-from .lowering import Lowering
 from .neurons import NEURON_BASES, NotANeuron, neuron_node
 
-Rule = Callable[[Lowering, str, nn.Module, str, V], V]
+if TYPE_CHECKING:  # the rules take the Lowering that calls them: a type, not an import cycle
+    from .lowering import Lowering
+
+Rule = Callable[["Lowering", str, nn.Module, str, V], V]
 MODULE_RULES: dict[type, Rule] = {}
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.fx as fx
@@ -20,7 +21,9 @@ import torch.fx as fx
 from sdmc import ir
 
 from .layouts import Const, V
-from .lowering import Lowering
+
+if TYPE_CHECKING:  # the rules take the Lowering that calls them: a type, not an import cycle
+    from .lowering import Lowering
 
 
 def tsm(lw: Lowering, n: fx.Node, x: V, c: Const) -> V:
