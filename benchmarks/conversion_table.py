@@ -9,7 +9,8 @@ data with the same number of steps (presets ``digits-ann``,
 ch 32, ch_mult 1,2, one block, about 0.67M parameters), converts the quantised ANN (``sdmc.convert``: IF,
 threshold = clip, membrane clip/2, reset by subtraction, T = 3), block-wise fine-tunes a copy, then samples
 every model with the same solver, steps and seeds and scores the images with digits-FID (the offline
-digits classifier of ``sdmc eval``; 10 000 training-split reference features, lower is better).
+digits classifier of ``sdmc eval``; training-split reference features, lower is better), as mean ± std over
+``--seeds`` beside the real-data floor at the same n (held-out test digits; ``sdmc.metrics.quality``).
 
 Rows: ANN, QANN, the literal conversion (unsigned spikes, GroupNorm per step; SDM paper) before and after
 fine-tuning, two conversion variants without fine-tuning (signed spikes as in the released SDM code;
@@ -62,7 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--solver", default="ddim", help="sampling solver (default ddim)")
     p.add_argument("--sample-steps", type=int, default=20, help="solver steps (default 20)")
     p.add_argument("--batch-size", type=int, default=256, help="sampling batch (default 256)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="sampling seeds (comma list; default 0,1,2): digits-FID/IS are reported as mean ± std over them",
+    )
     p.add_argument("--workdir", help="where the trained models go (default: OUT stem + '_work')")
     p.add_argument("--out", default="conversion_table.json", help="JSON result (default conversion_table.json)")
     return p.parse_args(argv)
@@ -108,30 +114,28 @@ def noised_digits(n: int, img_size: int, schedule, gen: torch.Generator, device:
     return xt.to(device), t.to(device)
 
 
-def digits_fid(model, schedule, args: argparse.Namespace, device: torch.device) -> tuple[dict, float]:
+def digits_quality(model, schedule, args: argparse.Namespace, device: torch.device):
+    """``(Quality, seconds)``: digits metrics of ``args.num`` samples per sampling seed, with the floor."""
     from sdmc.diffusion.sampling import sample_images
-    from sdmc.metrics.digits import digits_scores_from, load_digits_classifier
-    from sdmc.metrics.fid import extract, image_batches
+    from sdmc.metrics.quality import digits_quality as quality
 
     t0 = time.perf_counter()
-    imgs = sample_images(
-        model,
-        schedule,
+    q = quality(
+        lambda seed: sample_images(
+            model,
+            schedule,
+            args.num,
+            solver=args.solver,
+            steps=args.sample_steps,
+            batch_size=args.batch_size,
+            seed=seed,
+            device=device,
+            progress=True,
+        ),
         args.num,
-        solver=args.solver,
-        steps=args.sample_steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=device,
-        progress=True,
+        seeds=[int(s) for s in args.seeds.split(",")],
     )
-    wall = time.perf_counter() - t0
-    net, _ = load_digits_classifier()
-    net = net.to(device).eval()
-    with torch.no_grad():
-        feats, probs = extract(net, image_batches(imgs, 500), device=device)
-    scores = digits_scores_from(feats, probs, img_size=imgs.shape[-1])
-    return {k: float(v) for k, v in scores.items()}, wall
+    return q, time.perf_counter() - t0
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -170,20 +174,20 @@ def main(argv: list[str] | None = None) -> int:
 
     def add_row(name: str, model, schedule, **extra) -> None:
         say(f"sampling {name} ...")
-        scores, wall = digits_fid(model, schedule, args, device)
+        q, wall = digits_quality(model, schedule, args, device)
         row = {
             "model": name,
-            "digits_fid": scores["digits_fid"],
-            "digits_is": scores["digits_is"],
+            "digits_fid": q.mean["digits_fid"],
+            "digits_fid_std": q.std["digits_fid"],
+            "digits_is": q.mean["digits_is"],
+            "digits_is_std": q.std["digits_is"],
             "sample_s": wall,
             **extra,
-            "scores": scores,
+            "quality": q.to_dict(),
         }
         rows.append(row)
-        say(
-            f"  {name}: digits-FID {scores['digits_fid']:.1f}, digits-IS {scores['digits_is']:.2f} "
-            f"(sampling {wall:.1f} s)"
-        )
+        result["floor"] = {"n": args.num, "values": q.floor, "note": q.note or None}
+        say(f"  {name}: {q.line()} (sampling {wall:.1f} s)")
         write(partial=True)
 
     def write(partial: bool) -> None:
@@ -287,18 +291,31 @@ def main(argv: list[str] | None = None) -> int:
 
     write(partial=False)
     print()
+    floor = result.get("floor") or {}
+    fv = floor.get("values")
     print(
-        f"digits-FID, {args.num} samples, {args.solver} {args.sample_steps} steps, seed {args.seed}; "
-        f"{args.steps} training steps each; device {result['device_name'] or device}"
+        f"digits-FID / IS: mean ± std over sampling seeds {args.seeds}, {args.num} samples each, {args.solver} "
+        f"{args.sample_steps} steps; {args.steps} training steps each; device {result['device_name'] or device}"
+    )
+    print(
+        f"real-data floor ({args.num} held-out test digits): digits-FID {fv['digits_fid']:.1f}, digits-IS "
+        f"{fv['digits_is']:.2f}"
+        if fv
+        else floor.get("note") or "no real-data floor"
     )
     print()
     print("| model | T | params | digits-FID | digits-IS | conv. error | train s | sample s |")
     print("|---|---|---|---|---|---|---|---|")
+
+    def pm(v, s, fmt):
+        return fmt.format(v) + ("" if s is None else " ± " + fmt.format(s))
+
     for r in rows:
         err = r.get("conversion_error")
         print(
-            f"| {r['model']} | {r['T'] or '-'} | {r['params']:,} | {r['digits_fid']:.1f} | {r['digits_is']:.2f} | "
-            f"{'-' if err is None else f'{err:.3f}'} | {r['train_s']:.0f} | {r['sample_s']:.1f} |"
+            f"| {r['model']} | {r['T'] or '-'} | {r['params']:,} | {pm(r['digits_fid'], r['digits_fid_std'], '{:.1f}')}"
+            f" | {pm(r['digits_is'], r['digits_is_std'], '{:.2f}')} | {'-' if err is None else f'{err:.3f}'} | "
+            f"{r['train_s']:.0f} | {r['sample_s']:.1f} |"
         )
     print(f"\nwrote {out}", flush=True)
     return 0

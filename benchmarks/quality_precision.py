@@ -60,7 +60,11 @@ def run(ckpt: str, precisions: list[str], seeds: list[int], n: int, steps: int, 
         if ref is not None and "fid_mean" in r:
             r["fid_delta_vs_fp32"] = r["fid_mean"] - ref["fid_mean"]
             r["within_fp32_seed_spread"] = abs(r["fid_delta_vs_fp32"]) <= ref["fid_spread"]
-    return {"checkpoint": ckpt, "n": n, "steps": steps, "seeds": seeds, "threads": threads, "rows": rows}
+    from sdmc.metrics.quality import digits_floor, floor_note
+
+    floor = {"values": digits_floor(n, cfg.model.img_size), "note": floor_note(n) or None}
+    return {"checkpoint": ckpt, "n": n, "steps": steps, "seeds": seeds, "threads": threads, "floor": floor,
+            "rows": rows}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -81,6 +85,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     res = run(a.checkpoint, a.precisions.split(","), [int(s) for s in a.seeds.split(",")], a.n, a.steps, a.batch,
               a.threads)  # fmt: skip
+    fv = res["floor"]["values"]
+    print(f"real-data floor ({a.n} held-out test digits): digits-FID {fv['digits_fid']:.2f}, IS {fv['digits_is']:.2f}"
+          if fv else res["floor"]["note"])  # fmt: skip
     print(f"{'precision':9} {'digits-FID':>11} {'spread':>7} {'IS':>6} {'dFID':>7} {'pixel MAD':>9}  note")
     for r in res["rows"]:
         if "skipped" in r:

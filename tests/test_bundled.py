@@ -14,6 +14,7 @@ from sdmc.config import ModelConfig, SdmcConfig
 from sdmc.data import TensorImages, digits_arrays
 from sdmc.diffusion import train as tr
 from sdmc.errors import CheckpointError
+from sdmc.metrics.quality import Quality, model_quality
 from sdmc.models import build_model, bundled
 from sdmc.models.bundled import build
 
@@ -85,7 +86,7 @@ def test_build_bundled_records_recipe_and_quality(tiny_run, tmp_path, monkeypatc
     assert q["n"] == 8 and q["seeds"] == [0, 1] and len(q["per_seed"]) == 2 and (q["solver"], q["steps"]) == ("ddim", 2)
     assert q["floor"]["digits_fid"] > 0 and q["std"]["digits_fid"] is not None
     # the recorded quality is what measuring again gives (same seeds, same sampler)
-    again = build.measure_quality(model, cfg, 8, [0], ("ddim", 2))
+    again = model_quality(model, cfg.diffusion, 8, [0], "ddim", 2)
     assert again.per_seed[0]["digits_fid"] == pytest.approx(q["per_seed"][0]["digits_fid"], rel=1e-6)
     # the CLI takes bundled:digits wherever it takes a model file, and `info` shows recipe and quality
     monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path)
@@ -122,9 +123,7 @@ def test_shipped_digits_model_reproduces_its_recorded_quality():
     r, q = extras["recipe"], extras["quality"]
     assert r["preset"] == "digits-bundled" and make_config(r["preset"]).model == cfg.model
     assert q["floor"] is not None and q["n"] <= 360
-    got = build.measure_quality(model, cfg, q["n"], q["seeds"][:1], (q["solver"], q["steps"]))
-    from sdmc.metrics.quality import Quality
-
+    got = model_quality(model, cfg.diffusion, q["n"], q["seeds"][:1], q["solver"], q["steps"])
     rec = Quality(q["n"], q["seeds"], q["per_seed"], q["floor"])
     for key in ("digits_fid", "digits_is"):
         assert rec.within_spread(key, got.per_seed[0][key]), (key, got.per_seed[0][key], rec.mean, rec.std)

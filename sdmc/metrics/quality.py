@@ -164,6 +164,47 @@ def digits_quality(
     return with_floor(n, size, seeds, per_seed)
 
 
+def model_quality(
+    model,
+    diffusion,
+    n: int,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    solver: str = "dpm-solver++",
+    steps: int = 10,
+    threshold: float | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    keep: dict | None = None,
+    **solver_kwargs: Any,
+) -> Quality:
+    """Digits quality of a denoiser ``model`` with the noise schedule of ``diffusion`` (a
+    :class:`~sdmc.config.DiffusionConfig`): ``n`` images per seed drawn with ``solver`` in ``steps`` steps
+    (``threshold``: threshold guidance) through the compiled torch executor, as ``sdmc sample`` draws them."""
+    from ..backends.torch_exec import prepare
+    from ..diffusion.sampling import sample_images
+    from ..diffusion.schedule import NoiseSchedule
+
+    fast = prepare(model, "inference")
+    schedule = NoiseSchedule(diffusion)
+
+    def sample(seed: int) -> torch.Tensor:
+        return sample_images(
+            fast,
+            schedule,
+            n,
+            solver=solver,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            progress=False,
+            threshold=threshold,
+            **solver_kwargs,
+        )
+
+    return digits_quality(sample, n, seeds, keep=keep)
+
+
 __all__ = [
     "DEFAULT_SEEDS",
     "DIGITS_HELD_OUT",
@@ -171,5 +212,6 @@ __all__ = [
     "digits_floor",
     "digits_quality",
     "floor_note",
+    "model_quality",
     "with_floor",
 ]

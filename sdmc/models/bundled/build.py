@@ -56,26 +56,6 @@ def recipe_command(train_config: dict[str, Any], preset: str, steps: int) -> str
     return " ".join(parts)
 
 
-def measure_quality(model, cfg, n: int, seeds: Sequence[int], solver: tuple[str, int], batch_size: int = 256):
-    """Digits quality of ``model`` as a bundled file records it: ``n`` images per seed sampled through the
-    compiled torch executor (as ``sdmc sample`` does) with ``solver = (name, steps)``; floor at ``n``."""
-    from ...backends.torch_exec import prepare
-    from ...diffusion.sampling import sample_images
-    from ...diffusion.schedule import NoiseSchedule
-    from ...metrics.quality import digits_quality
-
-    fast = prepare(model, "inference")
-    schedule = NoiseSchedule(cfg.diffusion)
-    name, steps = solver
-    return digits_quality(
-        lambda s: sample_images(
-            fast, schedule, n, solver=name, steps=steps, batch_size=batch_size, seed=s, progress=False
-        ),
-        n,
-        seeds,
-    )
-
-
 def build_bundled(
     checkpoint: str | os.PathLike,
     name: str = "digits",
@@ -97,6 +77,7 @@ def build_bundled(
     from ...config import SdmcConfig
     from ...diffusion.train import load_checkpoint
     from ...diffusion.train import train_seconds as loop_seconds
+    from ...metrics.quality import model_quality
 
     if name not in BUNDLED:
         raise CheckpointError(f"{PREFIX}{name}: no such bundled model; bundled: {', '.join(sorted(BUNDLED))}")
@@ -118,7 +99,7 @@ def build_bundled(
         f"bundling {ckpt} (step {step}) as {PREFIX}{name}: measuring digits quality, {sname} {ssteps} steps, "
         f"n={n}, seeds {list(seeds)}"
     )
-    quality = measure_quality(model, cfg, n, seeds, solver, batch_size)
+    quality = model_quality(model, cfg.diffusion, n, seeds, sname, ssteps, batch_size=batch_size)
     log("  " + quality.line())
     preset = BUNDLED[name].preset
     recipe = {
@@ -140,7 +121,7 @@ def build_bundled(
     return path
 
 
-__all__ = ["build_bundled", "measure_quality", "recipe_command"]
+__all__ = ["build_bundled", "recipe_command"]
 
 
 if __name__ == "__main__":  # python -m sdmc.models.bundled.build CHECKPOINT [NAME]: (re)build a bundled file

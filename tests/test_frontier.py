@@ -1,0 +1,106 @@
+"""The quality-per-energy frontier (``sdmc.metrics.frontier``): settings, the match rule, the measured run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sdmc.checkpoint import save_model
+from sdmc.config import ModelConfig, SdmcConfig
+from sdmc.errors import ConfigError
+from sdmc.metrics.frontier import Frontier, Setting, run_frontier
+from sdmc.models import build_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_settings_parse_and_refuse_nonsense():
+    assert Setting.parse("ddpm:1000") == Setting("ddpm", 1000)
+    s = Setting.parse("dpm-solver++:10:th0.997:T2")
+    assert (s.solver, s.steps, s.threshold, s.T) == (
+        "dpm-solver++",
+        10,
+        0.997,
+        2,
+    ) and s.label == "dpm-solver++:10:th0.997:T2"
+    for bad in ("ddim", "ddim:x", "euler:10", "ddim:10:q3", "ddim:0", "ddim:10:th0"):
+        with pytest.raises(ConfigError, match="frontier setting"):
+            Setting.parse(bad)
+
+
+def _point(label, fids, e_faithful, e_paper=None):
+    return {
+        "label": label,
+        "nfe": 1,
+        "T": 4,
+        "quality": {
+            "n": 64,
+            "seeds": list(range(len(fids))),
+            "per_seed": [{"digits_fid": f, "digits_is": 9.0} for f in fids],
+            "floor": {"digits_fid": 50.0, "digits_is": 9.9},
+        },  # fmt: skip
+        "energy_mJ": {"faithful": e_faithful, "paper": e_paper or e_faithful / 2},
+    }
+
+
+def test_match_rule_and_best_quality_per_joule(tmp_path):
+    f = Frontier(
+        [
+            _point("ddpm:1000", [100, 102, 104], 1000.0),  # mean 102, std 2
+            _point("a", [104, 105, 106], 40.0),  # 105 <= 102 + 2 * max(2, 1): matches
+            _point("b", [110, 111, 112], 10.0),  # 111 > 106: no
+            _point("c", [90, 91, 92], 50.0),  # better: matches
+            {"label": "d:T2", "skipped": "TSM model trained for T=4"},
+        ],
+        {"n": 64, "seeds": [0, 1, 2], "energy_images": 2, "profile": "45nm-fp32"},
+    )
+    assert [f.matches(p) for p in f.measured] == [True, True, False, True]
+    assert f.best()["label"] == "a" and f.saving(f.best(), "faithful") == pytest.approx(25.0)
+    text = "\n".join(f.summary_lines())
+    assert "best quality per joule: a matches ddpm:1000 at 25.0x less energy per image (faithful; 25.0x paper)" in text
+    md = f.to_markdown()
+    assert "| a | 1 | 4 | 105.0 ± 1.0 | 9.00 ± 0.00 | 20 | 40 | 25.0x | yes |" in md and "skipped: TSM" in md
+    d = json.loads(json.dumps(f.to_dict()))
+    assert d["best"]["label"] == "a" and d["points"][2]["matches_reference"] is False
+    f.plot(tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    none = Frontier([_point("ref", [100, 101], 10.0), _point("x", [200, 201], 1.0)], {})
+    assert none.best() is None and "no setting matches" in "\n".join(none.summary_lines())
+
+
+def test_run_frontier_on_a_tiny_model(tmp_path):
+    cfg = ModelConfig(arch="sddpm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8)
+    torch.manual_seed(0)
+    save_model(tmp_path / "m.safetensors", build_model(cfg), SdmcConfig(model=cfg))
+    logs: list[str] = []
+    f = run_frontier(
+        tmp_path / "m.safetensors",
+        ["ddim:4", "ddim:2", "ddim:2:th0.8", "ddim:2:T1"],
+        n=8,
+        seeds=(0, 1),
+        energy_images=1,
+        log=logs.append,
+    )
+    assert "sampling needs ~" in logs[0] and len(f.points) == 4 and f.reference["label"] == "ddim:4"
+    p4, p2, th, t1 = f.points
+    assert (p4["nfe"], p2["nfe"], t1["T"], th["threshold"]) == (4, 2, 1, 0.8)
+    assert all(p["quality"]["floor"]["digits_fid"] > 0 and len(p["quality"]["per_seed"]) == 2 for p in f.points)
+    # energy per image: the trajectory sum: twice the calls cost about twice as much, one SNN step about half
+    assert 1.5 < p4["energy_mJ"]["faithful"] / p2["energy_mJ"]["faithful"] < 2.5
+    assert t1["energy_mJ"]["faithful"] < 0.75 * p2["energy_mJ"]["faithful"]
+    assert th["firing_rate"] > p2["firing_rate"]  # a lower threshold fires more
+    # a TSM model cannot run at another T: that setting is skipped with the reason
+    tsm = ModelConfig(**{**cfg.to_dict(), "arch": "sdm"})
+    save_model(tmp_path / "t.safetensors", build_model(tsm), SdmcConfig(model=tsm))
+    g = run_frontier(
+        tmp_path / "t.safetensors", ["ddim:2", "ddim:2:T1"], n=4, seeds=(0,), energy_images=1, log=lambda s: None
+    )
+    assert "trained for T=2" in g.points[1]["skipped"] and len(g.measured) == 1
