@@ -489,6 +489,7 @@ def analyze(
     assume_rate: float | None = None,
     threshold: float | None = None,
     solver_kwargs: dict[str, Any] | None = None,
+    graph=None,
 ) -> EnergyReport:
     """Measure and report the energy of a spiking UNet (``nn.Module``) or an IR graph.
 
@@ -506,6 +507,7 @@ def analyze(
 
     A module is measured eagerly with a :class:`FiringRateMonitor`; a graph with the golden simulator.
     ``diffusion``: the forward process (default: the one the graph's recorded config names, else 1000 linear steps).
+    ``graph``: the module's traced IR graph when it is at hand (its static costs; skips the trace).
     """
     import torch
 
@@ -526,9 +528,9 @@ def analyze(
         diffusion = DiffusionConfig.from_dict(stored["diffusion"])
     dcfg = diffusion or DiffusionConfig()
     schedule = NoiseSchedule(dcfg)
-    if isinstance(model_or_graph, Graph):
-        from ..ir import check
+    from ..ir import check
 
+    if isinstance(model_or_graph, Graph):
         graph = check(model_or_graph)
         mc = stored.get("model") or graph.meta.get("model_config")
         cfg = ModelConfig.from_dict(mc) if mc else None
@@ -554,7 +556,9 @@ def analyze(
         from ..frontends import trace
 
         dev = next(module.parameters()).device
-        if dev.type != "cpu":  # the frontend traces on CPU examples
+        if graph is not None:  # traced before (e.g. once for many sampling settings)
+            graph = check(graph)
+        elif dev.type != "cpu":  # the frontend traces on CPU examples
             import copy
 
             graph = trace(copy.deepcopy(module).cpu(), (1, *img))

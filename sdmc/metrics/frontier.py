@@ -252,11 +252,15 @@ class Frontier:
         plt.close(fig)
 
 
-def _model_at(path, T: int | None, weights: str, cache: dict) -> tuple[Any, Any]:
+def _model_at(path, T: int | None, weights: str, cache: dict) -> tuple[Any, Any, Any]:
+    """``(model, config, traced graph)`` of the model in ``path`` at ``T`` SNN steps, loaded and traced once."""
     from ..checkpoint import load_model
+    from ..frontends.fx import trace
 
     if T not in cache:
-        cache[T] = load_model(path, weights=weights, snn_steps=T)
+        model, cfg = load_model(path, weights=weights, snn_steps=T)
+        m = cfg.model
+        cache[T] = (model, cfg, trace(model, (1, m.img_ch, m.img_size, m.img_size)))
     return cache[T]
 
 
@@ -302,7 +306,7 @@ def run_frontier(
     if n < 2 or energy_images < 1 or not seeds:
         raise ConfigError(f"frontier: needs n >= 2, energy_images >= 1 and a seed (got {n}, {energy_images}, {seeds})")
     cache: dict = {}
-    model, cfg = _model_at(path, None, weights, cache)
+    model, cfg, _ = _model_at(path, None, weights, cache)
     if cfg.model.img_ch != 1:
         raise ConfigError(
             f"frontier: digits-FID needs a 1-channel digits model, {path} makes {cfg.model.img_ch}-channel images"
@@ -327,7 +331,7 @@ def run_frontier(
     for s in sets:
         t0 = time.perf_counter()
         try:
-            m, c = _model_at(path, s.T, weights, cache)
+            m, c, graph = _model_at(path, s.T, weights, cache)
         except CheckpointError as e:  # e.g. a TSM model cannot run at another T
             points.append({"label": s.label, "skipped": str(e)})
             log(f"  {s.label}: skipped ({e})")
@@ -342,6 +346,7 @@ def run_frontier(
             threshold=s.threshold,
             diffusion=c.diffusion,
             profile=profile,
+            graph=graph,
         )
         p = {
             "label": s.label,

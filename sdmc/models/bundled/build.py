@@ -21,6 +21,7 @@ _RECIPE_FIELDS = (
     "batch_size",
     "lr",
     "warmup",
+    "lr_decay",
     "grad_clip",
     "ema",
     "ema_decay",
