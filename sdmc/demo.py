@@ -3,20 +3,28 @@
 Stages, each writing into ``--out`` and printing one summary line:
 
 1. ``data``     a grid of the bundled digits (scikit-learn 8x8, resized to 16x16, in [-1, 1])
-2. ``train``    a small SDDPM spiking UNet (preset ``digits``), EMA exported as ``model.safetensors``
-3. ``sample``   several solvers through the torch executor (PNG grids + uint8 ``.npz``), scored with digits-FID
+2. ``train``    a *short* run from scratch (preset ``digits``, :data:`SHORT_STEPS` steps), EMA exported as
+                ``train/model.safetensors``, scored like every model here: it shows that training works, its
+                digits-FID is that of a short run
+3. ``sample``   every solver from the bundled, well-trained model (``bundled:digits``; the short run when the
+                weights are not installed, said so) through the torch executor (PNG grids + uint8 ``.npz``),
+                each scored with digits-FID/IS as mean ± std over seeds beside the real-data floor at the same n
 4. ``compile``  trace to the spiking IR, run the inference and neuromorphic pass pipelines, save ``.sdmc``
                 files, check the torch executor against the golden simulator
-5. ``energy``   per-layer SOP/MAC energy report (table, JSON, Markdown, plot) next to the ANN UNet
+5. ``energy``   the energy report (table, JSON, Markdown, plot) measured along the model's own DPM-Solver++
+                trajectories next to the ANN UNet, and the energy per image of every sample-stage solver beside
+                its quality (the quality-per-energy table; ``sdmc eval --frontier`` is the full frontier)
 6. ``lava``     the whole UNet for Loihi 2 (``backends.lava``): compiled with calibration on held-out
                 digits, exported to ``lava/`` (manifest + weights + host graph), read back and run host/chip
                 with sdmc's bit-exact Loihi model against the float golden (output error, spike mismatch,
                 ``lava_quantisation.txt``), one sample in Lava's fixed-point CPU simulation against that model,
                 the resource estimate in ``lava_resources.txt``; one self-contained netx segment file of the
                 export run in stock ``lava.lib.dl.netx`` against that model
-7. ``convert``  the ANN->SNN route: a 2-bit quantised ANN (preset ``digits-qann-2bit``) converted to an IF
-                SNN (``sdmc.convert``), both scored like the sample stage's DDIM row beside the directly
-                trained SNN (``convert_grid.png``: one row of samples each)
+7. ``convert``  the ANN->SNN route: a 2-bit quantised ANN (preset ``digits-qann-2bit``, as many steps as the
+                short run) converted to an IF SNN (``sdmc.convert``), both scored like the short run, beside it
+                (``convert_grid.png``: one row of samples each)
+
+Models 3-6 use the bundled model; 2 and 7 compare runs of equal length from scratch.
 
 Nothing is faked: a stage that cannot run here (e.g. Lava not installed) says so and is skipped.
 ``summary.json`` records every stage's numbers.
@@ -36,19 +44,26 @@ import torch
 from .errors import SdmcError
 from .utils import atomic_paths, atomic_write_text
 
-# (solver name, steps, extra options); 'analytic-ddim' needs the Γ statistics estimated in the stage
+# (solver name, steps, extra options); 'analytic-ddim' needs the Γ statistics estimated in the stage.  Sampling
+# is the demo's largest cost: n x seeds x NFE calls (n=128 x 3 x 100 here), so the step counts are small ones.
 DEMO_SOLVERS = [
-    ("ddpm", 100, {}),
-    ("ddim", 20, {}),
-    ("dpm-solver-2", 20, {"method": "multistep"}),
+    ("ddpm", 50, {}),
+    ("ddim", 10, {}),
+    ("dpm-solver-2", 10, {"method": "multistep"}),
     ("dpm-solver++", 10, {}),
-    ("analytic-ddim", 20, {}),
+    ("analytic-ddim", 10, {}),
 ]
 QUICK_SOLVERS = [("ddim", 5, {}), ("dpm-solver++", 5, {})]
-# QANN training steps of the full demo's convert stage (the SNN gets 600).  Measured on the shared 2-core box:
+GUIDANCE = ("dpm-solver++", 0.997)  # threshold guidance (SDM §4.3) on this solver's row, θ' = 0.997
+SHORT_SOLVER = "ddim"  # the short run and the convert stage are scored with the DDIM row's settings
+SHORT_STEPS = 300  # the short run from scratch (the bundled model had far more)
+# QANN training steps of the convert stage: as many as the short SNN run.  Measured on the shared 2-core box:
 # 300 steps + DDIM-20 on 256 images each for QANN and converted SNN = 197 s (train 163 s; QANN digits-FID 1312,
-# converted 1510, the 600-step SNN 1463); 100 steps left the QANN at FID 3299.  Step time varies 10x with load.
-CONVERT_STEPS = 300
+# converted 1510, a 600-step SNN 1463); 100 steps left the QANN at FID 3299.  Step time varies 10x with load.
+CONVERT_STEPS = SHORT_STEPS
+N_SAMPLES = 128  # images per seed and solver (the real-data floor exists up to 360)
+SEEDS = 3  # sampling seeds: seed, seed+1, seed+2 (mean ± std)
+ENERGY_IMAGES = 8  # trajectories of the energy report; 2 per solver in the quality-per-energy table
 
 
 class Pipeline:
@@ -66,19 +81,22 @@ class Pipeline:
             if v is not None and v < 1:  # checked before anything is written
                 raise SdmcError(f"demo: --{flag} must be at least 1, got {v}")
         self.out, self.quick, self.device, self.seed = Path(out), quick, device, seed
-        self.train_steps = steps if steps is not None else (30 if quick else None)
-        # the QANN of the convert stage: fewer steps than the SNN's 600 to keep the stage to a few minutes
-        if convert_steps is None:
+        self.train_steps = steps if steps is not None else (30 if quick else SHORT_STEPS)
+        if convert_steps is None:  # the QANN of the convert stage: as long as the short SNN run
             convert_steps = steps if steps is not None else (20 if quick else CONVERT_STEPS)
         self.convert_steps = convert_steps
         self.partial: dict = {}
-        self.n_samples = n_samples if n_samples is not None else (32 if quick else 256)
+        self.n_samples = n_samples if n_samples is not None else (16 if quick else N_SAMPLES)
+        self.seeds = [seed + i for i in range(2 if quick else SEEDS)]
+        self.solvers = QUICK_SOLVERS if quick else DEMO_SOLVERS
         self.out.mkdir(parents=True, exist_ok=True)
         self.summary: dict[str, dict] = {}
-        self.model = None
+        self.short = None  # (model, config) of the short run
+        self.short_images = None  # its first seed's samples
+        self.model = None  # the model of stages 3-6: bundled:digits, or the short run
         self.cfg = None
-        self.model_path: Path | None = None
         self.graph = None
+        self.gamma = None  # Analytic-DPM Γ of self.model (sample stage)
 
     def stage(self, name: str, fn: Callable[[], dict], required: bool = True) -> None:
         t0 = time.perf_counter()
@@ -109,6 +127,40 @@ class Pipeline:
         finally:
             self.model.float()
 
+    def _quality(self, model, cfg, solver: str, steps: int, threshold: float | None = None, keep=None, **kw):
+        """Digits quality over the demo's seeds (n images each, the floor at n): see ``model_quality``."""
+        from .metrics.quality import model_quality
+
+        return model_quality(
+            model,
+            cfg.diffusion,
+            self.n_samples,
+            self.seeds,
+            solver,
+            steps,
+            threshold=threshold,
+            batch_size=128,
+            device=self.device,
+            keep=keep,
+            **kw,
+        )
+
+    @staticmethod
+    def _row(q, **extra) -> dict:
+        """A summary row: mean ± std of digits-FID / IS over the seeds (rounded), and ``extra``."""
+        m, s = q.mean, q.std
+        return {
+            "digits_fid": round(m["digits_fid"], 1),
+            "digits_fid_std": None if s["digits_fid"] is None else round(s["digits_fid"], 1),
+            "digits_is": round(m["digits_is"], 2),
+            "digits_is_std": None if s["digits_is"] is None else round(s["digits_is"], 2),
+            **extra,
+        }
+
+    def _short_tag(self) -> tuple[str, int]:
+        steps = next(st for name, st, _ in self.solvers if name == SHORT_SOLVER)
+        return f"{SHORT_SOLVER}_{steps}", steps
+
     # ------------------------------------------------------------------------------------ stages
     def data(self) -> dict:
         from .data import load_dataset
@@ -119,21 +171,24 @@ class Pipeline:
         return {"train_images": len(ds), "grid": "data_digits.png"}
 
     def train(self) -> dict:
+        """A short run from scratch: training works (loss falls, the samples beat noise), nothing more."""
         from .checkpoint import load_model
         from .diffusion.train import make_config, train
 
-        overrides = dict(out=str(self.out / "train"), device=self.device, seed=self.seed)
-        if self.train_steps is not None:
-            overrides.update(
-                steps=self.train_steps,
-                sample_every=max(self.train_steps, 1),
-                save_every=max(self.train_steps, 1),
-                log_every=max(1, self.train_steps // 5),
-            )
-        cfg = make_config("digits", **overrides)
-        path = train(cfg, log=lambda s: print("  " + s, flush=True))
-        self.model_path = Path(path)
-        self.model, self.cfg = load_model(self.model_path, device=self.device)
+        steps = self.train_steps
+        cfg = make_config(
+            "digits",
+            out=str(self.out / "train"),
+            device=self.device,
+            seed=self.seed,
+            steps=steps,
+            sample_every=steps,
+            save_every=steps,
+            log_every=max(1, steps // 5),
+        )
+        path = Path(train(cfg, log=lambda s: print("  " + s, flush=True)))
+        model, mcfg = load_model(path, device=self.device)
+        self.short = (model, mcfg)
         losses = []
         metrics = Path(cfg.out) / "metrics.jsonl"
         if metrics.exists():
@@ -141,9 +196,16 @@ class Pipeline:
                 rec = json.loads(line)
                 if "loss" in rec:
                     losses.append(rec["loss"])
-        m = self.cfg.model
+        tag, sstep = self._short_tag()
+        keep: dict = {}
+        q = self._quality(model, mcfg, SHORT_SOLVER, sstep, keep=keep)
+        self.short_images = keep[self.seeds[0]]
+        print(f"  short run, {tag}: {q.line()}", flush=True)
+        m = mcfg.model
         return {
-            "model": str(self.model_path.relative_to(self.out)),
+            "model": str(path.relative_to(self.out)),
+            "what": f"a short run from scratch ({steps} steps): shows that training works; the sample stage uses "
+            "the bundled model",
             "arch": m.arch,
             "T": m.snn_steps,
             "ch": m.ch,
@@ -151,30 +213,48 @@ class Pipeline:
             "batch": cfg.batch_size,
             "loss_first": round(losses[0], 4) if losses else None,
             "loss_last": round(losses[-1], 4) if losses else None,
+            "solver": tag,
+            **self._row(q),
+            "quality": q.to_dict(),
         }
+
+    def _load_bundled(self) -> str:
+        """``self.model``: the bundled digits model, or the short run when its weights are not installed."""
+        from .checkpoint import load_model
+        from .errors import CheckpointError
+        from .models.bundled import bundled_path
+
+        try:
+            self.model, self.cfg = load_model(bundled_path("digits"), device=self.device)
+            return "bundled:digits"
+        except CheckpointError as e:
+            self.model, self.cfg = self.short
+            print(f"  {e}\n  -> sampling the short run instead", flush=True)
+            return "the short run of the train stage (bundled:digits is not installed)"
 
     def sample(self) -> dict:
         from .backends.torch_exec import prepare
         from .data.images import save_grid
         from .diffusion.analytic import estimate_gamma
-        from .diffusion.sampling import sample_images
         from .diffusion.schedule import NoiseSchedule
         from .metrics.digits import digits_scores
         from .metrics.evaluate import save_samples
 
+        source = self._load_bundled()
         schedule = NoiseSchedule(self.cfg.diffusion)
         fast = prepare(self.model, "inference")  # the compiled executor, as `sdmc sample` uses by default
-        rows = {}
-        gamma = None
-        solvers = QUICK_SOLVERS if self.quick else DEMO_SOLVERS
-        for name, steps, opts in solvers:
+        rows, qs = {}, {}
+        runs = [(name, steps, opts, None) for name, steps, opts in self.solvers]
+        g_steps = next(st for name, st, _ in self.solvers if name == GUIDANCE[0])
+        runs.append((GUIDANCE[0], g_steps, {}, GUIDANCE[1]))
+        for name, steps, opts, threshold in runs:
             kw = dict(opts)
             if name.startswith("analytic"):
-                if gamma is None:
+                if self.gamma is None:
                     from .data import load_dataset
 
                     ds = load_dataset("digits", img_size=self.cfg.model.img_size)
-                    gamma = estimate_gamma(
+                    self.gamma = estimate_gamma(
                         self.model,
                         schedule,
                         ds,
@@ -183,59 +263,34 @@ class Pipeline:
                         seed=self.seed,
                         progress=False,
                     )
-                kw["gamma"] = gamma
+                kw["gamma"] = self.gamma
             t0 = time.perf_counter()
-            imgs = sample_images(
-                fast,
-                schedule,
-                self.n_samples,
-                solver=name,
-                steps=steps,
-                batch_size=128,
-                seed=self.seed,
-                device=self.device,
-                progress=False,
-                **kw,
-            )
+            keep: dict = {}
+            q = self._quality(fast, self.cfg, name, steps, threshold=threshold, keep=keep, **kw)
             secs = time.perf_counter() - t0
-            tag = f"{name}_{steps}"
+            tag = f"{name}_{steps}" + (f"_threshold{threshold:g}" if threshold is not None else "")
+            imgs = keep[self.seeds[0]]
             with atomic_paths(self.out / f"samples_{tag}.png", self.out / f"samples_{tag}.npz") as (png, npz):
                 save_grid(imgs[:64], png, nrow=8)  # the pair is written together
                 save_samples(npz, imgs)
-            scores = digits_scores(imgs)
-            rows[tag] = {
-                "seconds": round(secs, 1),
-                "digits_fid": round(float(scores["digits_fid"]), 1),
-                "digits_is": round(float(scores["digits_is"]), 2),
-            }
-            print(
-                f"  {tag:>18}: {secs:6.1f}s  digits-FID {rows[tag]['digits_fid']:8.1f}  "
-                f"digits-IS {rows[tag]['digits_is']:.2f}",
-                flush=True,
-            )
-        # threshold guidance (SDM §4.3) on the DDIM row, and the untrained reference for scale
-        name, steps, _ = next(row for row in solvers if row[0] == "ddim")
-        imgs = sample_images(
-            fast,
-            schedule,
-            self.n_samples,
-            solver=name,
-            steps=steps,
-            batch_size=128,
-            seed=self.seed,
-            device=self.device,
-            progress=False,
-            threshold=0.997,
-        )
-        s = digits_scores(imgs)
-        rows[f"{name}_{steps}_threshold0.997"] = {
-            "digits_fid": round(float(s["digits_fid"]), 1),
-            "digits_is": round(float(s["digits_is"]), 2),
-        }
+            rows[tag] = self._row(q, seconds=round(secs, 1))
+            qs[tag] = q
+            print(f"  {tag:>26}: {secs:6.1f}s  {q.line()}", flush=True)
         noise = torch.randn(self.n_samples, *imgs.shape[1:], generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
         rows["reference_gaussian_noise"] = {"digits_fid": round(float(digits_scores(noise)["digits_fid"]), 1)}
         best = min((v["digits_fid"], k) for k, v in rows.items() if "seconds" in v)
-        return {"n": self.n_samples, "best": f"{best[1]} (digits-FID {best[0]})", "solvers": rows}
+        q = qs[best[1]]
+        floor = q.floor
+        return {
+            "model": source,
+            "n": self.n_samples,
+            "seeds": ",".join(map(str, self.seeds)),
+            "floor_digits_fid": None if floor is None else round(floor["digits_fid"], 1),
+            "floor_digits_is": None if floor is None else round(floor["digits_is"], 2),
+            "floor": q.note or f"digits-FID/IS of {self.n_samples} held-out real digits (what a perfect model scores)",
+            "best": f"{best[1]} ({q.format('digits_fid')})",
+            "solvers": rows,
+        }
 
     def compile(self) -> dict:
         from . import ir, passes
@@ -274,31 +329,61 @@ class Pipeline:
         }
 
     def energy(self) -> dict:
+        """The energy report along the model's own DPM-Solver++ trajectories, then the energy per image of every
+        sample-stage row along its own trajectories, beside its quality (the quality-per-energy table)."""
         from .energy import analyze
+        from .frontends import trace
 
+        out = self.partial
+        m = self.cfg.model
+        graph = self.graph if self.graph is not None else trace(self.model.cpu(), (1, m.img_ch, m.img_size, m.img_size))
+        solver, steps = "dpm-solver++", next(st for name, st, _ in self.solvers if name == "dpm-solver++")
+        n_traj = 2 if self.quick else ENERGY_IMAGES
         rep = analyze(
-            self.model,
-            data="digits",
-            solver="ddim",
-            steps=20,
-            n_images=16 if self.quick else 32,
-            calib_steps=4 if self.quick else 8,
-            seed=self.seed,
-        )
+            self.model, solver=solver, steps=steps, n_images=n_traj, seed=self.seed, diffusion=self.cfg.diffusion,
+            graph=graph,
+        )  # fmt: skip
         rep.write(self.out / "energy.json", "json")
         rep.write(self.out / "energy.md", "markdown")
         rep.plot(self.out / "energy.png")
         rep.print(layers=False)
         d = rep.to_dict()
-        out = {
-            "files": "energy.json, energy.md, energy.png",
-            "mean_firing_rate": round(float(d["calibration"]["mean_firing_rate"]), 4),
-        }
+        out.update(
+            files="energy.json, energy.md, energy.png",
+            measured=f"{n_traj} {solver} {steps}-step trajectories from noise (every call)",
+            mean_firing_rate=round(float(d["calibration"]["mean_firing_rate"]), 4),
+        )
         for conv, tot in d["totals"].items():
             out[f"{conv}_mJ_per_image"] = round(tot["per_image_mJ"], 4)
         ann = d.get("ann") or {}
         if "per_image_mJ" in ann:
             out["ann_mJ_per_image"] = round(ann["per_image_mJ"], 4)
+        # quality per energy: each sample-stage row's energy per image, measured along its own trajectories
+        rows = self.summary.get("sample", {}).get("solvers", {})
+        table = {}
+        runs = [(name, st, opts, None) for name, st, opts in self.solvers]
+        runs.append((GUIDANCE[0], next(st for name, st, _ in self.solvers if name == GUIDANCE[0]), {}, GUIDANCE[1]))
+        for name, st, opts, threshold in runs:
+            tag = f"{name}_{st}" + (f"_threshold{threshold:g}" if threshold is not None else "")
+            kw = dict(opts, **({"gamma": self.gamma} if name.startswith("analytic") else {}))
+            r = analyze(
+                self.model, solver=name, steps=st, n_images=1 if self.quick else 2, threshold=threshold,
+                diffusion=self.cfg.diffusion, graph=graph, ann=False, solver_kwargs=kw, seed=self.seed,
+            )  # fmt: skip
+            table[tag] = {
+                "nfe": r.calibration["nfe"],
+                **{f"{c}_mJ_per_image": round(r.totals[c]["per_image_mJ"], 4) for c in ("paper", "faithful")},
+                **{k: rows.get(tag, {}).get(k) for k in ("digits_fid", "digits_fid_std")},
+            }
+        out["quality_per_energy"] = table
+        print("  quality per energy (digits-FID: mean ± std over seeds; mJ per generated image):")
+        for tag, r in table.items():
+            fid = "-" if r["digits_fid"] is None else f"{r['digits_fid']:.1f} ± {r['digits_fid_std']}"
+            print(
+                f"  {tag:>26}: NFE {r['nfe']:4d}  digits-FID {fid:>14}  {r['faithful_mJ_per_image']:.4g} mJ faithful, "
+                f"{r['paper_mJ_per_image']:.4g} mJ paper",
+                flush=True,
+            )
         return out
 
     def _heldout_noised(self, n: int, offset: int, seed: int) -> dict[str, np.ndarray]:
@@ -440,15 +525,12 @@ class Pipeline:
         return {"note": "no segment file of this export is a net on its own (every one reads wiring or host input)"}
 
     def convert(self) -> dict:
-        """Issue 9's ANN->SNN route next to direct training: a 2-bit quantised ANN (preset ``digits-qann-2bit``),
-        converted to an IF SNN (``sdmc.convert``, T = 3), both sampled and scored like the sample stage's DDIM
-        row, beside the directly trained SNN's score from that stage."""
+        """Issue 9's ANN->SNN route next to direct training: a 2-bit quantised ANN (preset ``digits-qann-2bit``,
+        as many steps as the short run), converted to an IF SNN (``sdmc.convert``, T = 3), both scored like the
+        short run, beside it."""
         from . import convert as cv
         from .data.images import save_grid, to_uint8
-        from .diffusion.sampling import sample_images
-        from .diffusion.schedule import NoiseSchedule
         from .diffusion.train import make_config, train
-        from .metrics.digits import digits_scores
 
         out = self.partial
         steps = self.convert_steps
@@ -485,45 +567,40 @@ class Pipeline:
                 torch.from_numpy(chk["t"]).to(self.device),
             )
         out.update(T=snn.steps, conversion_rel_error=round(err, 4), converted="convert/converted.safetensors")
-        schedule = NoiseSchedule(qcfg.diffusion)
-        solvers = QUICK_SOLVERS if self.quick else DEMO_SOLVERS
-        _, sstep, _ = next(row for row in solvers if row[0] == "ddim")  # the sample stage's DDIM settings
-        tag = f"ddim_{sstep}"
+        tag, sstep = self._short_tag()
         grid = []
         for name, model in (("qann", qann), ("converted", snn)):
             t0 = time.perf_counter()
-            imgs = sample_images(
-                model,
-                schedule,
-                self.n_samples,
-                solver="ddim",
-                steps=sstep,
-                batch_size=128,
-                seed=self.seed,
-                device=self.device,
-                progress=False,
-            )
+            keep: dict = {}
+            q = self._quality(model, qcfg, SHORT_SOLVER, sstep, keep=keep)
             out[f"{name}_sample_seconds"] = round(time.perf_counter() - t0, 1)
-            out[f"{name}_digits_fid"] = round(float(digits_scores(imgs)["digits_fid"]), 1)
-            grid.append(to_uint8(imgs[:8]))
-        direct = self.summary.get("sample", {}).get("solvers", {}).get(tag, {})
+            row = self._row(q)
+            out[f"{name}_digits_fid"], out[f"{name}_digits_fid_std"] = row["digits_fid"], row["digits_fid_std"]
+            grid.append(to_uint8(keep[self.seeds[0]][:8]))
+        short = self.summary.get("train", {})
         out.update(
-            direct_snn_digits_fid=direct.get("digits_fid"),
-            direct_snn_train_steps=self.summary.get("train", {}).get("steps"),
+            direct_snn_digits_fid=short.get("digits_fid"),
+            direct_snn_digits_fid_std=short.get("digits_fid_std"),
+            direct_snn_train_steps=short.get("steps"),
             solver=tag,
             n=self.n_samples,
+            seeds=",".join(map(str, self.seeds)),
+            floor_digits_fid=None if q.floor is None else round(q.floor["digits_fid"], 1),
         )
-        snn_npz = self.out / f"samples_{tag}.npz"
-        if snn_npz.exists():
-            with np.load(snn_npz) as z:
-                grid.append(z["images"][:8])
+        if self.short_images is not None:
+            grid.append(to_uint8(self.short_images[:8]))
         save_grid(np.concatenate(grid), self.out / "convert_grid.png", nrow=8)
         out["grid"] = "convert_grid.png (rows: QANN, converted SNN" + (
-            ", directly trained SNN)" if len(grid) > 2 else ")"
+            ", directly trained short-run SNN)" if len(grid) > 2 else ")"
         )
+
+        def pm(k: str) -> str:
+            return f"{out[k]} ± {out[k + '_std']}"
+
         print(
-            f"  {tag} digits-FID: QANN {out['qann_digits_fid']}, converted SNN {out['converted_digits_fid']}, "
-            f"directly trained SNN {out['direct_snn_digits_fid']}",
+            f"  {tag} digits-FID (mean ± std over seeds {out['seeds']}, n={self.n_samples}; floor "
+            f"{out['floor_digits_fid']}): QANN {pm('qann_digits_fid')}, converted SNN {pm('converted_digits_fid')}, "
+            f"directly trained SNN {pm('direct_snn_digits_fid')} (all {steps}-step runs)",
             flush=True,
         )
         return out

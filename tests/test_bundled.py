@@ -66,6 +66,15 @@ def test_bundled_names_resolve_and_say_what_is_missing(tmp_path, monkeypatch):
     model, got = load_model("bundled:digits")
     assert got.model == cfg and not model.training
     assert bundled.resolve("x/model.pt") == Path("x/model.pt")
+    # caches that live beside a checkpoint go to $SDMC_CACHE for a bundled model (not into the package)
+    from sdmc.diffusion.analytic import gamma_cache_path
+
+    monkeypatch.setenv("SDMC_CACHE", str(tmp_path / "cache"))
+    assert (
+        gamma_cache_path("bundled:digits", "ab" * 32)
+        == tmp_path / "cache" / f"bundled-digits.gamma-{'ab' * 8}.safetensors"
+    )
+    assert gamma_cache_path("m.pt", "ab" * 32) == Path(f"m.pt.gamma-{'ab' * 8}.safetensors")
 
 
 def test_build_bundled_records_recipe_and_quality(tiny_run, tmp_path, monkeypatch, capsys):

@@ -23,12 +23,19 @@ def test_demo_quick_runs_every_stage(tmp_path):
     assert main(["demo", "--out", str(out), "--quick", "--steps", "4", "-n", "16"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary) == ["data", "train", "sample", "compile", "energy", "lava", "convert"]
-    assert summary["train"]["steps"] == 4 and (out / "train" / "model.safetensors").exists()
-    rows = summary["sample"]["solvers"]
-    for tag in ("ddim_5", "dpm-solver++_5"):
+    train = summary["train"]
+    assert train["steps"] == 4 and (out / "train" / "model.safetensors").exists() and "short run" in train["what"]
+    assert train["solver"] == "ddim_5" and train["quality"]["seeds"] == [0, 1] and train["digits_fid_std"] is not None
+    # the sample stage: the bundled model when installed, else the short run (said so); floor and spread per row
+    sample = summary["sample"]
+    assert sample["model"] == "bundled:digits" or "bundled:digits is not installed" in sample["model"]
+    assert sample["n"] == 16 and sample["seeds"] == "0,1" and sample["floor_digits_fid"] > 0
+    assert "(floor " in sample["best"] and "±" in sample["best"]
+    rows = sample["solvers"]
+    for tag in ("ddim_5", "dpm-solver++_5", "dpm-solver++_5_threshold0.997"):
         assert Image.open(out / f"samples_{tag}.png").size[0] > 64
-        assert rows[tag]["digits_fid"] > 0
-    assert "ddim_5_threshold0.997" in rows
+        assert rows[tag]["digits_fid"] > 0 and rows[tag]["digits_fid_std"] is not None
+    assert rows["reference_gaussian_noise"]["digits_fid"] > sample["floor_digits_fid"]
     c = summary["compile"]
     assert c["executor_vs_golden_maxdiff"] < 1e-6 and c["eager_vs_golden_maxdiff"] < 1e-9
     for f in (
@@ -47,6 +54,11 @@ def test_demo_quick_runs_every_stage(tmp_path):
         assert (out / f).stat().st_size > 0, f
     e = summary["energy"]
     assert 0 < e["paper_mJ_per_image"] < e["ann_mJ_per_image"] and 0 < e["mean_firing_rate"] < 1
+    assert "trajectories from noise" in e["measured"]
+    qpe = e["quality_per_energy"]  # every sample row's energy per image beside its quality
+    assert set(qpe) == {"ddim_5", "dpm-solver++_5", "dpm-solver++_5_threshold0.997"}
+    assert qpe["ddim_5"]["nfe"] == 5 and qpe["ddim_5"]["digits_fid"] == rows["ddim_5"]["digits_fid"]
+    assert all(r["faithful_mJ_per_image"] > 0 for r in qpe.values())
 
     # lava: the whole UNet compiled, exported, read back and run against the float golden
     lava = summary["lava"]
@@ -72,13 +84,13 @@ def test_demo_quick_runs_every_stage(tmp_path):
     else:
         assert lava["lava"].startswith("not run")
 
-    # convert: QANN -> SNN, scored like the sample stage's DDIM row, beside the directly trained SNN
+    # convert: QANN -> SNN, scored like the short run, beside it
     cv = summary["convert"]
     assert "status" not in cv, cv
     assert cv["qann_train_steps"] == 4 and cv["T"] == 3 and cv["solver"] == "ddim_5" and cv["n"] == 16
     for k in ("qann_digits_fid", "converted_digits_fid"):
-        assert math.isfinite(cv[k]) and cv[k] > 0, k
-    assert cv["direct_snn_digits_fid"] == rows["ddim_5"]["digits_fid"]
+        assert math.isfinite(cv[k]) and cv[k] > 0 and cv[k + "_std"] is not None, k
+    assert cv["direct_snn_digits_fid"] == train["digits_fid"] and cv["direct_snn_train_steps"] == 4
     assert 0 <= cv["conversion_rel_error"] < 1
     assert (out / "convert" / "converted.safetensors").exists()
     w, h = Image.open(out / "convert_grid.png").size

@@ -97,10 +97,21 @@ def test_run_frontier_on_a_tiny_model(tmp_path):
     assert 1.5 < p4["energy_mJ"]["faithful"] / p2["energy_mJ"]["faithful"] < 2.5
     assert t1["energy_mJ"]["faithful"] < 0.75 * p2["energy_mJ"]["faithful"]
     assert th["firing_rate"] > p2["firing_rate"]  # a lower threshold fires more
-    # a TSM model cannot run at another T: that setting is skipped with the reason
-    tsm = ModelConfig(**{**cfg.to_dict(), "arch": "sdm"})
+
+
+def test_cli_frontier_skips_what_the_model_cannot_run(tmp_path, capsys):
+    """sdmc eval --frontier: table, JSON and plot; a TSM model cannot run at another T (skipped, reason given)."""
+    from sdmc.cli import main
+
+    tsm = ModelConfig(arch="sdm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8)
     save_model(tmp_path / "t.safetensors", build_model(tsm), SdmcConfig(model=tsm))
-    g = run_frontier(
-        tmp_path / "t.safetensors", ["ddim:2", "ddim:2:T1"], n=4, seeds=(0,), energy_images=1, log=lambda s: None
-    )
-    assert "trained for T=2" in g.points[1]["skipped"] and len(g.measured) == 1
+    args = ["eval", str(tmp_path / "t.safetensors"), "--frontier", "--settings", "ddim:2,ddim:2:T1", "-n", "4"]
+    args += ["--seeds", "2", "--energy-images", "1", "-o", str(tmp_path / "f.json"), "--plot", str(tmp_path / "f.png")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "quality per energy" in out and "skipped" in out
+    d = json.loads((tmp_path / "f.json").read_text())
+    assert d["reference"] == "ddim:2" and "trained for T=2" in d["points"][1]["skipped"]
+    assert d["meta"]["n"] == 4 and d["meta"]["seeds"] == [0, 1] and (tmp_path / "f.png").stat().st_size > 0
+    assert main(["eval", "--samples", str(tmp_path / "f.json"), "--frontier"]) == 2
+    assert "--frontier needs a model" in capsys.readouterr().err

@@ -39,7 +39,13 @@ def weights_key(model: nn.Module) -> str:
 
 
 def gamma_cache_path(checkpoint: str | os.PathLike, key: str) -> Path:
-    """Where the Γ of ``checkpoint`` with weights ``key`` is cached."""
+    """Where the Γ of ``checkpoint`` with weights ``key`` is cached: beside the file; for a bundled model
+    (``bundled:NAME``, inside the installed package) in ``$SDMC_CACHE`` (default ``~/.cache/sdmc``)."""
+    from ..models.bundled import PREFIX, is_bundled
+
+    if is_bundled(checkpoint):
+        root = Path(os.environ.get("SDMC_CACHE", Path.home() / ".cache" / "sdmc"))
+        return root / f"bundled-{str(checkpoint)[len(PREFIX) :]}.gamma-{key[:16]}.safetensors"
     return Path(f"{checkpoint}.gamma-{key[:16]}.safetensors")
 
 
