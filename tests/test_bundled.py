@@ -111,10 +111,14 @@ def test_recipe_command_names_the_preset_when_it_matches():
     from sdmc.diffusion.train import make_config
 
     tc = make_config("digits-bundled", steps=12000).to_dict()
-    assert build.recipe_command(tc, "digits-bundled", 12000) == "sdmc train --preset digits-bundled --steps 12000"
+    assert tc["threads"] == 1  # the preset pins the thread count its weights were trained with
+    want = "sdmc train --preset digits-bundled --steps 12000 --threads 1"
+    assert build.recipe_command(tc, "digits-bundled", 12000) == want
     # the same recipe spelled as overrides of the digits preset (how a run may have been started)
-    tc = make_config("digits", lr=1e-3, warmup=200, ema_decay=0.999, batch_size=32, steps=12000).to_dict()
-    assert build.recipe_command(tc, "digits-bundled", 12000) == "sdmc train --preset digits-bundled --steps 12000"
+    tc = make_config(
+        "digits", lr=1e-3, warmup=200, lr_decay=4000, ema_decay=0.999, batch_size=32, steps=12000, threads=1
+    ).to_dict()
+    assert build.recipe_command(tc, "digits-bundled", 12000) == want
     tc = make_config("digits", lr=5e-4, threads=2).to_dict()
     assert (
         build.recipe_command(tc, "digits-bundled", 9) == "sdmc train --preset digits --steps 9 --threads 2 --lr 0.0005"

@@ -66,6 +66,7 @@ def build_bundled(
     solver: tuple[str, int] = QUALITY_SOLVER,
     batch_size: int = 256,
     train_seconds: float | None = None,
+    threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Write the bundled model ``name`` (default: into the package) from a training checkpoint
@@ -73,6 +74,8 @@ def build_bundled(
 
     Quality: ``n`` images per seed from ``solver = (name, steps)``, digits-FID / IS per seed, the floor at
     ``n``.  ``train_seconds`` (default: summed from the run's ``metrics.jsonl`` up to the checkpoint's step).
+    ``threads``: the CPU threads the run used, for a run whose configuration does not record them (a CPU run is
+    deterministic only for a fixed thread count, so the recipe names it).
     """
     from ...checkpoint import build_and_load, save_model
     from ...config import SdmcConfig
@@ -88,6 +91,10 @@ def build_bundled(
         raise CheckpointError(f"{ckpt}: has no EMA weights; the bundled models ship EMA weights")
     cfg = SdmcConfig.from_json(state["sdmc_config"])
     tc = json.loads(state["train_config"])
+    if threads is not None:
+        if tc.get("threads") not in (None, threads):
+            raise CheckpointError(f"{ckpt}: the run recorded threads={tc['threads']}, not {threads}")
+        tc["threads"] = threads
     step = int(state["step"])
     model = build_and_load(state["ema_model"], cfg.model, source=str(ckpt)).eval()
     if train_seconds is None:
