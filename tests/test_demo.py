@@ -72,7 +72,10 @@ def test_demo_quick_runs_every_stage(tmp_path):
     assert all((out / "lava" / seg["file"]).stat().st_size > 0 for seg in manifest["segments"])
     # 8-bit weights on a barely trained net: the host/chip output stays close to the float model's
     assert 0 < lava["output_rel_error_vs_golden"] < 0.5
-    assert abs(lava["output_rel_error_vs_torch"] - lava["output_rel_error_vs_golden"]) < 1e-3
+    # the errors against the two float references differ by at most how far those references are apart
+    assert lava["golden_vs_torch_rel_error"] < 0.02
+    d = abs(lava["output_rel_error_vs_torch"] - lava["output_rel_error_vs_golden"])
+    assert d <= 1.1 * lava["golden_vs_torch_rel_error"] + 1e-5  # triangle inequality, norms within 10 %
     assert 0 <= lava["spike_mismatch_mean"] <= lava["spike_mismatch_max"] < 0.5
     assert "Loihi 2 resources" in (out / "lava_resources.txt").read_text()
     assert "hybrid fixed-point output vs float golden" in (out / "lava_quantisation.txt").read_text()
