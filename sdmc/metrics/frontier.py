@@ -255,7 +255,7 @@ class Frontier:
 def _model_at(path, T: int | None, weights: str, cache: dict) -> tuple[Any, Any, Any]:
     """``(model, config, traced graph)`` of the model in ``path`` at ``T`` SNN steps, loaded and traced once."""
     from ..checkpoint import load_model
-    from ..frontends.fx import trace
+    from ..frontends import trace
 
     if T not in cache:
         model, cfg = load_model(path, weights=weights, snn_steps=T)
