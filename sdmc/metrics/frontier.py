@@ -252,20 +252,24 @@ class Frontier:
         plt.close(fig)
 
 
-def _model_at(path, T: int | None, weights: str, cache: dict) -> tuple[Any, Any, Any]:
-    """``(model, config, traced graph)`` of the model in ``path`` at ``T`` SNN steps, loaded and traced once."""
+def _model_at(path, T: int | None, weights: str, cache: dict) -> tuple[Any, Any, Any, Any]:
+    """``(model, config, traced graph, compiled executor)`` of the model in ``path`` at ``T`` SNN steps, loaded,
+    traced and compiled once (every setting at this ``T`` samples through the same executor)."""
+    from ..backends.torch_exec import prepare
     from ..checkpoint import load_model
     from ..frontends import trace
 
     if T not in cache:
         model, cfg = load_model(path, weights=weights, snn_steps=T)
         m = cfg.model
-        cache[T] = (model, cfg, trace(model, (1, m.img_ch, m.img_size, m.img_size)))
+        graph = trace(model, (1, m.img_ch, m.img_size, m.img_size))
+        cache[T] = (model, cfg, graph, prepare(model, "inference"))
     return cache[T]
 
 
 def seconds_per_call(model, batch: int, img: tuple[int, ...], repeats: int = 2) -> float:
-    """Wall seconds of one compiled-executor call on ``batch`` images (after one warm-up call)."""
+    """Wall seconds of one compiled-executor call on ``batch`` images (after one warm-up call); ``model`` may
+    already be the executor."""
     import torch
 
     from ..backends.torch_exec import prepare
@@ -306,7 +310,7 @@ def run_frontier(
     if n < 2 or energy_images < 1 or not seeds:
         raise ConfigError(f"frontier: needs n >= 2, energy_images >= 1 and a seed (got {n}, {energy_images}, {seeds})")
     cache: dict = {}
-    model, cfg, _ = _model_at(path, None, weights, cache)
+    _, cfg, _, fast = _model_at(path, None, weights, cache)
     if cfg.model.img_ch != 1:
         raise ConfigError(
             f"frontier: digits-FID needs a 1-channel digits model, {path} makes {cfg.model.img_ch}-channel images"
@@ -319,7 +323,7 @@ def run_frontier(
         return sol.nfe
 
     b = min(batch_size, n)
-    per_call = seconds_per_call(model, b, (cfg.model.img_ch, cfg.model.img_size, cfg.model.img_size))
+    per_call = seconds_per_call(fast, b, (cfg.model.img_ch, cfg.model.img_size, cfg.model.img_size))
     batches = math.ceil(n / b) * len(seeds)
     est = {s.label: nfe(s) * batches * per_call * ((s.T or cfg.model.snn_steps) / cfg.model.snn_steps) for s in sets}
     log(
@@ -331,12 +335,12 @@ def run_frontier(
     for s in sets:
         t0 = time.perf_counter()
         try:
-            m, c, graph = _model_at(path, s.T, weights, cache)
+            m, c, graph, fast = _model_at(path, s.T, weights, cache)
         except CheckpointError as e:  # e.g. a TSM model cannot run at another T
             points.append({"label": s.label, "skipped": str(e)})
             log(f"  {s.label}: skipped ({e})")
             continue
-        q = model_quality(m, c.diffusion, n, seeds, s.solver, s.steps, threshold=s.threshold, batch_size=batch_size)
+        q = model_quality(fast, c.diffusion, n, seeds, s.solver, s.steps, threshold=s.threshold, batch_size=batch_size)
         rep = analyze(
             m,
             solver=s.solver,
