@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .config import DiffusionConfig, ModelConfig, SdmcConfig
-from .errors import CheckpointError, ConfigError, LimitError, SdmcError
+from .errors import CheckpointError, ConfigError, LimitError, SdmcError, first_line
 from .utils import atomic_path
 from .validate import LIMITS, check_finite, check_limit
 
@@ -73,7 +73,7 @@ def _load_torch(path: Path, unsafe: bool) -> Any:
         if "WeightsUnpickler error:" in text:
             detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
         else:
-            detail = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+            detail = first_line(e)
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {detail}") from None
 
 

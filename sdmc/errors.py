@@ -12,6 +12,13 @@ class SdmcError(Exception):
     """Base class: a clear, user-facing error."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message (a third-party error wrapped into an sdmc one-line message), or its type
+    name when the message is empty."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class CheckpointError(SdmcError):
     """A checkpoint file is unreadable, truncated, foreign or inconsistent."""
 

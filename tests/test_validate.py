@@ -18,7 +18,7 @@ import torch
 from sdmc import validate as V
 from sdmc.checkpoint import build_and_load, load_model, read_checkpoint, save_model
 from sdmc.config import ModelConfig, SdmcConfig
-from sdmc.errors import CheckpointError, ConfigError, LimitError, SdmcError
+from sdmc.errors import CheckpointError, ConfigError, LimitError, SdmcError, first_line
 from sdmc.models import build_model, parameter_bound
 
 TINY = dict(arch="sddpm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8)
@@ -272,3 +272,11 @@ def test_check_finite_and_parse_json():
     with pytest.raises(LimitError, match="JSON size"):
         V.parse_json("1" * 100, "x", limit=10)
     assert V.parse_json('{"a": 1}', "x") == {"a": 1}
+
+
+def test_first_line_of_a_wrapped_error():
+    """A third-party error becomes one line: its first non-blank line, or its type name when it says nothing
+    (``str(e).splitlines()[0]`` raised IndexError on an empty message)."""
+    assert first_line(ValueError("\n  bad node 3\n  at line 7\n")) == "bad node 3"
+    assert first_line(KeyError()) == "KeyError"
+    assert first_line(RuntimeError("")) == "RuntimeError"

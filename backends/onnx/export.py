@@ -22,7 +22,7 @@ import onnx
 from onnx import helper
 
 from sdmc import ir, passes
-from sdmc.errors import SdmcError
+from sdmc.errors import SdmcError, first_line
 from sdmc.utils import check_file_replaceable, replace_file
 
 from .lower import ONNX_DTYPES, OPSET, Lowering, lower_node
@@ -128,7 +128,7 @@ def to_onnx(
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # noqa: BLE001 - ValidationError and shape-inference errors: a lowering bug, said plainly
-        raise SdmcError(f"ONNX export: the lowered model fails onnx.checker: {str(e).splitlines()[0]}") from e
+        raise SdmcError(f"ONNX export: the lowered model fails onnx.checker: {first_line(e)}") from e
     return model
 
 

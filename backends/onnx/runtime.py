@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from sdmc.errors import SdmcError
+from sdmc.errors import SdmcError, first_line
 
 from .export import FORMAT, FORMS, init_states
 
@@ -42,9 +42,7 @@ def load_onnx(path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # noqa: BLE001 - checker errors name the offending node
-        raise SdmcError(
-            f"{path}: invalid ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from None
+        raise SdmcError(f"{path}: invalid ONNX model: {first_line(e)}") from None
     meta = {p.key: p.value for p in model.metadata_props}
     if meta.get("sdmc.format") != FORMAT:
         found = meta.get("sdmc.format")
@@ -90,7 +88,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime's errors are plain RuntimeErrors
-            raise SdmcError(f"{self.path}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
+            raise SdmcError(f"{self.path}: onnxruntime cannot load it: {first_line(e)}") from None
         self.sdmc_config = self.config = None
         if "sdmc.sdmc_config" in self.meta:
             from sdmc.config import SdmcConfig

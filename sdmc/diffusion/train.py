@@ -39,7 +39,7 @@ from torch import nn
 
 from ..checkpoint import check_readable
 from ..config import DiffusionConfig, ModelConfig, SdmcConfig
-from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError, first_line
 from ..utils import atomic_path, atomic_write_text
 from ..validate import LIMITS, check_fields, check_finite, known_fields, spec
 from .presets import DEFAULT_PRESET, get_preset
@@ -306,8 +306,7 @@ def load_checkpoint(path: str | os.PathLike, allow_nonfinite: bool | None = None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"training checkpoint {path} cannot be read safely: {detail}") from None
+        raise CheckpointError(f"training checkpoint {path} cannot be read safely: {first_line(e)}") from None
     hint = "use --init-from to start from model weights"
     if not isinstance(state, dict):
         raise CheckpointError(
