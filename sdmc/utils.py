@@ -159,8 +159,7 @@ def replace_file(
     protect: Iterable[str | os.PathLike | None] = (),
 ) -> Iterator[Path]:
     """Write file output ``path`` through a temporary path (:func:`atomic_path`) under :func:`output_lock`, if
-    :func:`check_file_replaceable` allows it (checked again once locked)."""
-    check_file_replaceable(path, owned, force=force, protect=protect)
+    :func:`check_file_replaceable` allows it once locked (callers also check before their work, to fail early)."""
     with output_lock(path):
         check_file_replaceable(path, owned, force=force, protect=protect)
         with atomic_path(path) as tmp:
