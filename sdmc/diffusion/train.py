@@ -14,18 +14,21 @@ Training checkpoints (``out/checkpoints/step_XXXXXXXX.pt``) load with ``torch.lo
 ``net_model`` / ``ema_model`` state_dicts (the released-checkpoint names), ``optimizer``, ``scheduler``,
 ``step``, per-rank RNG states as tensors, ``sdmc_config`` (the :class:`SdmcConfig` JSON) and
 ``train_config`` (JSON).  Resuming from one continues bit-for-bit where the run left off.
+
+This module is the run itself (models, devices and ranks, resume, the step and the loop); its pieces live
+beside it: :mod:`.train_config` (the configuration, presets, learning-rate and EMA schedules),
+:mod:`.checkpoints` (saving, validated loading, RNG state), :mod:`.train_data` (dataset, resumable sampler,
+loader) and :mod:`.train_outputs` (metrics, sample grids, TensorBoard, stale temp files).  Their public names
+are importable from here as before.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
-import json
 import math
 import os
 import random
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -37,147 +40,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import check_readable
-from ..config import DiffusionConfig, ModelConfig, SdmcConfig
-from ..errors import CheckpointError, ConfigError, DataError, TrainingError, first_line
-from ..utils import atomic_path, atomic_write_text
-from ..validate import LIMITS, check_fields, check_finite, known_fields, spec
-from .presets import DEFAULT_PRESET, get_preset
+from ..config import SdmcConfig
+from ..errors import CheckpointError, ConfigError, TrainingError
+from .checkpoints import (  # noqa: F401  (the training API keeps its names here)
+    CKPT_RE,
+    _set_rng_state,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    state_fingerprint,
+    synced_entries,
+    train_seconds,
+)
 from .schedule import NoiseSchedule
-
-CKPT_RE = re.compile(r"^step_(\d{8,})\.pt$")
-MAX_SAMPLE_GRID = 4096  # images in one progress grid (a 64x64 grid of CIFAR images is a 2048x2048 PNG)
-_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
-_DIFFUSION_FIELDS = {f.name for f in dataclasses.fields(DiffusionConfig)}
-
-
-# ------------------------------------------------------------------------------------------- config
-@dataclass
-class TrainConfig:
-    """A full training run. ``batch_size`` is global (summed over ranks).
-
-    ``resume``: ``"auto"`` (continue from the newest checkpoint in ``out`` if any), ``"never"`` (refuse to
-    reuse a directory that holds checkpoints) or a checkpoint path.  ``init_from``: start from the weights
-    of a model file (its architecture replaces ``model``); with ``tsm`` an SDDPM file is turned into an SDM
-    TSM model first (every p = 1).  ``ema_warmup`` ramps the EMA decay as ``(1+step)/(10+step)``.
-    ``threads``: CPU threads for the run (``torch.set_num_threads``; ``None``: torch's default); a CPU
-    run is bit-for-bit deterministic for a given seed and thread count.
-    """
-
-    preset: str = DEFAULT_PRESET
-    model: ModelConfig = field(default_factory=ModelConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    steps: int = spec(600, range=(1, None))
-    batch_size: int = spec(32, range=(1, None))
-    lr: float = spec(2e-4, range=(0, None), open_low=True)
-    warmup: int = spec(0, range=(0, None))
-    lr_decay: int = spec(0, range=(0, None))
-    grad_clip: float = spec(1.0, range=(0, None), open_low=True)
-    ema: bool = True
-    ema_decay: float = spec(0.9999, range=(0, 1), open_high=True)
-    ema_warmup: bool = True
-    seed: int = spec(0, range=(0, 2**63 - 1))
-    out: str = "runs/digits"
-    device: str = "auto"
-    num_workers: int = spec(0, range=(0, 1024))
-    log_every: int = spec(50, range=(1, None))
-    save_every: int = spec(1000, range=(1, None))
-    sample_every: int = spec(1000, range=(1, None))
-    sample_n: int = spec(64, range=(0, MAX_SAMPLE_GRID), limit=True)
-    sample_steps: int = spec(50, range=(1, LIMITS.diffusion_steps), limit=True)
-    keep_last: int = spec(3, range=(1, None))
-    resume: str = "auto"
-    init_from: str | None = None
-    init_weights: str = spec("auto", choices=("auto", "net", "ema"))
-    tsm: bool = False
-    tensorboard: bool | None = None
-    progress: bool = True
-    eager: bool = False  # True: train the plain spikingjelly model, not the compiled torch executor
-    threads: int | None = spec(None, range=(1, 4096))
-    precision: str = "fp32"  # the executor's precision: fp32 or bf16 (bf16 autocast, fp32 weights)
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.model, dict):
-            self.model = ModelConfig.from_dict(self.model)
-        if isinstance(self.diffusion, dict):
-            self.diffusion = DiffusionConfig.from_dict(self.diffusion)
-        self.validate()
-
-    def validate(self) -> None:
-        """Types and ranges of every field (:func:`sdmc.validate.check_fields`), then the combinations."""
-        check_fields(self, "train", ConfigError)
-        if self.sample_n and self.sample_steps > self.diffusion.num_timesteps:
-            raise ConfigError(
-                f"train.sample_steps={self.sample_steps} exceeds the {self.diffusion.num_timesteps} diffusion steps"
-            )
-        if self.tsm and not self.init_from:
-            raise ConfigError("train.tsm: TSM fine-tuning needs --init-from SDDPM_CHECKPOINT (paper stage 2)")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["model"] = self.model.to_dict()
-        d["diffusion"] = self.diffusion.to_dict()
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """From JSON: unknown fields are refused, every value is checked."""
-        return cls(**known_fields(cls, d, "train", ConfigError))
-
-
-def make_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
-    """The :class:`TrainConfig` of ``preset`` with ``overrides`` applied.
-
-    An override may name a training field (``steps``, ``lr``, ...), a model field (``ch``, ``snn_steps``,
-    ``arch``, ...) or a diffusion field (``schedule``, ``mean_type``, ...); ``None`` values are ignored.
-    """
-    p = get_preset(preset)
-    model, diffusion, train = dict(p["model"]), dict(p.get("diffusion", {})), dict(p["train"])
-    given = {k: v for k, v in overrides.items() if v is not None}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "diffusion", "preset"}
-    for k, v in given.items():
-        if k in train_fields:
-            train[k] = v
-        elif k in _MODEL_FIELDS:
-            model[k] = v
-        elif k in _DIFFUSION_FIELDS:
-            diffusion[k] = v
-        else:
-            raise ConfigError(f"train override {k!r} is not a training, model or diffusion setting")
-    if model.get("arch") == "ann":
-        model.setdefault("attn", ())
-    recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if k != "overrides"}
-    train.setdefault("out", f"runs/{preset}")
-    return TrainConfig(
-        preset=preset, model=ModelConfig(**model), diffusion=DiffusionConfig(**diffusion), overrides=recorded, **train
-    )
-
-
-# ---------------------------------------------------------------------------------- pure functions
-def warmup_factor(step: int, warmup: int) -> float:
-    """Learning-rate multiplier at optimiser step ``step`` (0-based): ``min(1, (step+1)/warmup)``."""
-    return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
-
-
-def lr_factor(step: int, warmup: int, steps: int, decay: int) -> float:
-    """Learning-rate multiplier at optimiser step ``step`` (0-based): the warm-up, then constant, then (``decay``
-    > 0) a linear decay over the last ``decay`` of the ``steps`` steps: ``min(1, (steps - step) / decay)``.
-
-    A run with ``decay`` equals, step for step, the constant-rate run it resumes from until ``steps - decay``."""
-    f = warmup_factor(step, warmup)
-    return f if decay <= 0 else f * min(1.0, max(steps - step, 0) / decay)
-
-
-def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
-    """EMA decay used after optimiser step ``step``: ``min(decay, (1+step)/(10+step))`` with warm-up."""
-    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+from .train_config import MAX_SAMPLE_GRID, TrainConfig, ema_decay_at, lr_factor, make_config, warmup_factor  # noqa: F401
+from .train_data import ResumableSampler, _TrainData  # noqa: F401
+from .train_outputs import _Outputs, remove_stale_temps, sample_grid  # noqa: F401
 
 
 @torch.no_grad()
@@ -198,175 +77,10 @@ def ema_update_(ema: nn.Module, model: nn.Module, decay: float) -> None:
         torch._foreach_lerp_(floats_e, floats_m, 1.0 - decay)
 
 
-@torch.no_grad()
-def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
-    """float64 ``[n]``: the sum of every entry (a cheap check that ranks hold equal weights)."""
-    return torch.stack([v.detach().double().sum().cpu() for v in state_dict.values()])
-
-
-_PER_RANK_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def synced_entries(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The state_dict entries all DDP ranks share after a step: everything but BN running statistics
-    (per rank until DDP broadcasts rank 0's at the next forward)."""
-    return {k: v for k, v in state_dict.items() if not k.endswith(_PER_RANK_BUFFERS)}
-
-
-def _rng_state() -> dict[str, Any]:
-    """Torch (CPU and current CUDA device), numpy and Python RNG states as tensors and ints."""
-    np_state = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_has_gauss": int(np_state[3]),
-        "numpy_gauss": float(np_state[4]),
-        "python": torch.tensor(py_internal, dtype=torch.int64),
-        "python_version": int(py_version),
-        "python_gauss": float("nan") if py_gauss is None else float(py_gauss),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(
-        (
-            "MT19937",
-            state["numpy_keys"].numpy().astype(np.uint32),
-            int(state["numpy_pos"]),
-            int(state["numpy_has_gauss"]),
-            float(state["numpy_gauss"]),
-        )
-    )
-    gauss = state["python_gauss"]
-    random.setstate(
-        (
-            int(state["python_version"]),
-            tuple(int(v) for v in state["python"].tolist()),
-            None if math.isnan(gauss) else gauss,
-        )
-    )
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def train_seconds(records: list[dict[str, Any]]) -> float:
-    """Wall time of the optimisation loop from ``metrics.jsonl`` records (summed over resumes):
-    ``sum_r (step_r - step_{r-1}) / it_per_s_r``."""
-    total, prev = 0.0, 0
-    for r in records:
-        if r.get("it_per_s"):
-            total += (int(r["step"]) - prev) / float(r["it_per_s"])
-        prev = int(r["step"])
-    return total
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-def checkpoint_path(out: str | os.PathLike, step: int) -> Path:
-    return Path(out) / "checkpoints" / f"step_{step:08d}.pt"
-
-
-def list_checkpoints(out: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the training checkpoints in ``out/checkpoints``, oldest first."""
-    d = Path(out) / "checkpoints"
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.match(p.name))]
-    return sorted(found)
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically with ``torch.save`` (readers never see a half-written file)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-_CHECKPOINT_ENTRIES = {"net_model": dict, "optimizer": dict, "step": int, "sdmc_config": str, "train_config": str}
-
-
-def load_checkpoint(path: str | os.PathLike, allow_nonfinite: bool | None = None) -> dict[str, Any]:
-    """Read a training checkpoint with ``torch.load(weights_only=True)`` (no arbitrary unpickling) and check
-    what training reads from it: the entries and their types, state_dicts of tensors, a config that parses, and
-    finite weights (unless ``allow_nonfinite``).  Anything else is one :class:`CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"training checkpoint {path} does not exist")
-    check_readable(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointError(f"training checkpoint {path} cannot be read safely: {first_line(e)}") from None
-    hint = "use --init-from to start from model weights"
-    if not isinstance(state, dict):
-        raise CheckpointError(
-            f"{path} is not an sdmc training checkpoint (it holds a {type(state).__name__}, not a dict); {hint}"
-        )
-    missing = [k for k in _CHECKPOINT_ENTRIES if k not in state]
-    if missing:
-        raise CheckpointError(f"{path} is not an sdmc training checkpoint (missing {missing}); {hint}")
-    for key, kind in _CHECKPOINT_ENTRIES.items():
-        if not isinstance(state[key], kind) or isinstance(state[key], bool):
-            raise CheckpointError(f"{path}: entry {key!r} is a {type(state[key]).__name__}, not a {kind.__name__}")
-    if state["step"] < 0:
-        raise CheckpointError(f"{path}: entry 'step' is {state['step']}")
-    for key in ("net_model", "ema_model"):
-        sd = state.get(key)
-        if sd is None:
-            continue
-        bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)] if isinstance(sd, dict) else [key]
-        if bad:
-            raise CheckpointError(f"{path}: entry {key!r} is not a state_dict of tensors (at {bad[0]!r})")
-        check_finite(sd, f"{path} ({key})", CheckpointError, allow=allow_nonfinite)
-    try:
-        SdmcConfig.from_json(state["sdmc_config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    return state
-
-
-# ---------------------------------------------------------------------------------------- data
-class ResumableSampler(torch.utils.data.DistributedSampler):
-    """``DistributedSampler`` whose current epoch can start ``skip`` indices in (exact resume)."""
-
-    skip = 0
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.skip :])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.skip
-
-
-def _load_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset:
-    try:
-        from ..data import load_dataset
-    except ImportError as e:
-        raise DataError(f"sdmc.data.load_dataset is not available ({e})") from None
-    return load_dataset(cfg.dataset, root=cfg.data_root, img_size=cfg.model.img_size, train=True, download=cfg.download)
-
-
-# ---------------------------------------------------------------------------------------- sampling
-def sample_grid(model: nn.Module, cfg: SdmcConfig, n: int, steps: int, seed: int, device: torch.device) -> torch.Tensor:
-    """``n`` DDIM samples in [-1, 1] from fixed noise (``seed``); the global RNG states are left as they were."""
-    from .sampling import sample_images
-
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        return sample_images(
-            model, NoiseSchedule(cfg.diffusion), n, solver="ddim", steps=steps, seed=seed, device=device, progress=False
-        )
 
 
 # -------------------------------------------------------------------------------------- distributed
@@ -474,18 +188,6 @@ def _check_resume_compatible(state: dict[str, Any], cfg: TrainConfig, path: Path
             + "; ".join(diffs)
             + "). Use another --out or --resume never."
         )
-
-
-def _tensorboard_writer(cfg: TrainConfig, out: Path):
-    if cfg.tensorboard is False:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        if cfg.tensorboard:
-            raise ConfigError("train.tensorboard=True but tensorboard is not installed") from None
-        return None
-    return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
 class TrainingInterrupted(TrainingError):
@@ -712,204 +414,6 @@ def _wrap_ddp(model: nn.Module, d: _Dist, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-# ----------------------------------------------------------------------------------------- data
-@dataclass
-class _TrainData:
-    """The rank's share of the dataset, in a fixed order per epoch that can start mid-epoch (exact resume)."""
-
-    name: str
-    size: int
-    loader: torch.utils.data.DataLoader
-    sampler: ResumableSampler
-    generator: torch.Generator
-    steps_per_epoch: int
-
-    @classmethod
-    def make(cls, cfg: TrainConfig, dataset, d: _Dist, per_rank: int, device: torch.device) -> _TrainData:
-        if dataset is None:
-            dataset = _load_dataset(cfg)
-        n = len(dataset)
-        sampler = ResumableSampler(
-            dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True
-        )
-        steps_per_epoch = sampler.num_samples // per_rank
-        if steps_per_epoch < 1:
-            raise DataError(f"dataset {cfg.dataset!r} has {n} images, fewer than the global batch {cfg.batch_size}")
-        generator = torch.Generator()  # keeps the DataLoader off the global RNG (exact resume)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=per_rank,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=cfg.num_workers > 0,
-            generator=generator,
-        )
-        x_probe = dataset[0][0]
-        want = (cfg.model.img_ch, cfg.model.img_size, cfg.model.img_size)
-        if tuple(x_probe.shape) != want:
-            raise DataError(
-                f"dataset {cfg.dataset!r} gives images of shape {tuple(x_probe.shape)}, "
-                f"the model expects {want} (img_ch, img_size, img_size)"
-            )
-        return cls(cfg.dataset, n, loader, sampler, generator, steps_per_epoch)
-
-    def epoch(self, epoch: int, within: int, cfg: TrainConfig, d: _Dist, per_rank: int):
-        """The batches of ``epoch`` from its ``within``-th on."""
-        self.sampler.set_epoch(epoch)
-        self.generator.manual_seed(cfg.seed + 7919 * d.rank + 104_729 * epoch)  # worker seeds: fixed per epoch
-        self.sampler.skip = within * per_rank
-        return self.loader
-
-
-# -------------------------------------------------------------------------------------- outputs
-# the temporary files sdmc.utils.atomic_path writes beside each output of a run (".NAME.XXXXXXXX.tmp")
-_TEMP_RE = {
-    ".": re.compile(r"^\.(metrics\.jsonl|train_config\.json|model\.safetensors)\.[^/]+\.tmp$"),
-    "checkpoints": re.compile(r"^\.step_\d{8,}\.pt\.[^/]+\.tmp$"),
-    "samples": re.compile(r"^\.step_\d{8,}\.png\.[^/]+\.tmp$"),
-}
-
-
-def remove_stale_temps(out: str | os.PathLike) -> list[str]:
-    """Delete the temporary files a killed run left beside its outputs in ``out`` (only those: names of the
-    run's own outputs in ``atomic_path``'s pattern); returns their names.  Call it as the only writer of ``out``
-    (the CLI holds ``out``'s lock)."""
-    removed = []
-    for sub, pattern in _TEMP_RE.items():
-        d = Path(out) / sub
-        if not d.is_dir():
-            continue
-        for f in d.iterdir():
-            if pattern.match(f.name) and f.is_file():
-                f.unlink(missing_ok=True)
-                removed.append(str(Path(sub) / f.name) if sub != "." else f.name)
-    return sorted(removed)
-
-
-def _read_metrics(path: Path, step: int, say) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` up to ``step`` (where the resumed checkpoint was written); a record after
-    it belongs to the part of the run that is about to be redone.  Unreadable lines are dropped with a warning."""
-    if not path.is_file():
-        return []
-    records, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
-            records.append(rec)
-    if bad:
-        say(f"{path}: dropped {bad} unreadable line(s)")
-    return records
-
-
-class _Outputs:
-    """What rank 0 writes while training: checkpoints (every rank takes part in their collectives),
-    ``metrics.jsonl``, sample grids, ``train_config.json`` and TensorBoard scalars."""
-
-    def __init__(self, run: _Run, state: dict[str, Any] | None, say) -> None:
-        self.run = run
-        self.records: list[dict[str, Any]] = []
-        self.writer = None
-        self.t_start = time.perf_counter()
-        if run.d.main:
-            out = run.out
-            out.mkdir(parents=True, exist_ok=True)
-            removed = remove_stale_temps(out)
-            if removed:
-                say(f"removed {len(removed)} temporary file(s) an interrupted run left: {', '.join(removed[:3])}")
-            if state is not None:
-                self.records = _read_metrics(out / "metrics.jsonl", run.step, say)
-            atomic_write_text(out / "train_config.json", run.cfg.to_json())
-            self.writer = _tensorboard_writer(run.cfg, out)
-        if run.cfg.device.startswith("cuda") or run.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-
-    def _gather_rng(self) -> list[dict[str, Any]]:
-        import torch.distributed as dist
-
-        mine = _rng_state()
-        if self.run.d.world == 1:
-            return [mine]
-        allr: list[Any] = [None] * self.run.d.world
-        dist.all_gather_object(allr, mine)
-        return allr
-
-    def _gather_fingerprints(self) -> torch.Tensor:
-        import torch.distributed as dist
-
-        run = self.run
-        mine = state_fingerprint(synced_entries(run.model.state_dict()))
-        if run.d.world == 1:
-            return mine[None]
-        mine = mine.to(run.device)
-        allf = [torch.empty_like(mine) for _ in range(run.d.world)]
-        dist.all_gather(allf, mine)
-        return torch.stack([f.cpu() for f in allf])
-
-    def checkpoint(self, last_loss: float) -> None:
-        """Save the state at ``run.step`` (collectives: every rank calls this) and drop the oldest ones."""
-        import torch.distributed as dist
-
-        run, d, at = self.run, self.run.d, self.run.step
-        rngs = self._gather_rng()
-        prints = self._gather_fingerprints()
-        if not (prints == prints[0]).all():
-            bad = [r for r in range(d.world) if not torch.equal(prints[r], prints[0])]
-            raise TrainingError(
-                f"ranks {bad} hold weights different from rank 0 at step {at}; distributed training lost sync"
-            )
-        if d.main:
-            ckpt = {
-                "net_model": run.model.state_dict(),
-                "optimizer": run.optimizer.state_dict(),
-                "scheduler": run.scheduler.state_dict(),
-                "step": at,
-                "rng": rngs,
-                "loss": last_loss,
-                "world_size": d.world,
-                "global_batch": run.cfg.batch_size,
-                "rank_fingerprints": prints,
-                "metrics_window": list(run.window),
-                "elapsed_s": run.elapsed + (time.perf_counter() - self.t_start),
-                "sdmc_config": run.sdmc_cfg.to_json(),
-                "train_config": run.cfg.to_json(),
-            }
-            if run.ema is not None:
-                ckpt["ema_model"] = run.ema.state_dict()
-            save_checkpoint(checkpoint_path(run.out, at), ckpt)
-            for _, old in list_checkpoints(run.out)[: -run.cfg.keep_last]:
-                old.unlink(missing_ok=True)
-        if d.world > 1:
-            dist.barrier()
-
-    def log(self, rec: dict[str, Any]) -> None:
-        """Append one ``metrics.jsonl`` record (rewritten atomically) and its TensorBoard scalars."""
-        self.records.append(rec)
-        atomic_write_text(self.run.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
-        if self.writer is not None:
-            for k in ("loss", "lr", "grad_norm", "it_per_s"):
-                self.writer.add_scalar(f"train/{k}", rec[k], rec["step"])
-
-    def samples(self) -> None:
-        run = self.run
-        if not run.d.main or run.cfg.sample_n == 0:
-            return
-        from ..data.images import save_grid
-
-        cfg = run.cfg
-        imgs = sample_grid(run.trained, run.sdmc_cfg, cfg.sample_n, cfg.sample_steps, cfg.seed, run.device)
-        save_grid(imgs.cpu(), run.out / "samples" / f"step_{run.step:08d}.png")
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def _announce(run: _Run, data: _TrainData, say) -> None:
