@@ -115,3 +115,10 @@ def test_cli_frontier_skips_what_the_model_cannot_run(tmp_path, capsys):
     assert d["meta"]["n"] == 4 and d["meta"]["seeds"] == [0, 1] and (tmp_path / "f.png").stat().st_size > 0
     assert main(["eval", "--samples", str(tmp_path / "f.json"), "--frontier"]) == 2
     assert "--frontier needs a model" in capsys.readouterr().err
+    # its outputs never overwrite the model, and that is refused before any sampling
+    before = (tmp_path / "t.safetensors").read_bytes()
+    for flag in ("-o", "--plot"):
+        assert main(["eval", str(tmp_path / "t.safetensors"), "--frontier", flag, str(tmp_path / "t.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert "is the input" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "t.safetensors").read_bytes() == before

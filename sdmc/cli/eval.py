@@ -89,10 +89,13 @@ def run_frontier(args: argparse.Namespace) -> int:
     from ..metrics.frontier import DEFAULT_N, DEFAULT_SETTINGS
     from ..metrics.frontier import run_frontier as measure
     from ..metrics.quality import DEFAULT_SEEDS
-    from ..utils import atomic_write_text
+    from ..utils import atomic_write_text, refuse_input_as_output
 
     if not args.model or args.samples:
         raise SdmcError("--frontier needs a model (it samples every setting), not --samples")
+    for out in (args.out, args.plot):  # before the measurement, which takes minutes
+        if out is not None:
+            refuse_input_as_output(out, [args.model])
     settings = [s for s in args.settings.split(",") if s.strip()] if args.settings else list(DEFAULT_SETTINGS)
     n_seeds = args.seeds if args.seeds is not None else len(DEFAULT_SEEDS)
     if n_seeds < 1:
