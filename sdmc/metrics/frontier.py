@@ -236,7 +236,7 @@ class Frontier:
                 q = self.quality(ref)
                 if q.floor:
                     ax.axhline(q.floor["digits_fid"], ls=":", color="gray", label=f"real-data floor (n={q.n})")
-                s = max([self.quality(p).std["digits_fid"] or 0.0 for p in pts])
+                s = q.std["digits_fid"] or 0.0  # the reference's own seeds (the match rule also takes the point's)
                 ax.axhspan(
                     q.mean["digits_fid"] - 2 * s, q.mean["digits_fid"] + 2 * s, color="tab:red", alpha=0.1,
                     label=f"{ref['label']} ± 2 std",
