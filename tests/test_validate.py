@@ -280,3 +280,23 @@ def test_first_line_of_a_wrapped_error():
     assert first_line(ValueError("\n  bad node 3\n  at line 7\n")) == "bad node 3"
     assert first_line(KeyError()) == "KeyError"
     assert first_line(RuntimeError("")) == "RuntimeError"
+
+
+def test_a_compiled_graphs_model_config_is_checked_like_a_checkpoints(tmp_path):
+    """A .sdmc graph's recorded model_config with an unknown field is one ConfigError line when the torch
+    executor loads it (it was a raw TypeError from ModelConfig(**meta))."""
+    from sdmc import ir
+    from sdmc.backends.torch_exec import load_compiled
+    from sdmc.config import ModelConfig
+    from sdmc.errors import ConfigError
+    from sdmc.frontends import trace
+    from sdmc.models import build_model
+
+    cfg = ModelConfig(arch="sddpm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8)
+    g = trace(build_model(cfg).eval(), (1, 1, 8, 8))
+    g.meta.pop("sdmc_config", None)
+    ex, _ = load_compiled(ir.save(g, tmp_path / "ok.sdmc"))
+    assert ex.config == cfg
+    g.meta["model_config"] = {**g.meta["model_config"], "bogus": 1}
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['bogus'\]"):
+        load_compiled(ir.save(g, tmp_path / "bad.sdmc"))

@@ -97,8 +97,10 @@ class OnnxModel:
             self.config = self.sdmc_config.model
         elif "sdmc.model_config" in self.meta:
             from sdmc.config import ModelConfig
+            from sdmc.validate import parse_json
 
-            self.config = ModelConfig(**json.loads(self.meta["sdmc.model_config"]))
+            where = f"{self.path}: metadata sdmc.model_config"
+            self.config = ModelConfig.from_dict(parse_json(self.meta["sdmc.model_config"], where))
 
     def _bind(self, inputs: Mapping[str, Any] | Sequence[Any]) -> tuple[dict[str, np.ndarray], int]:
         names = [i["name"] for i in self.inputs]

@@ -352,7 +352,7 @@ def compile_torch(
         from sdmc.config import ModelConfig
 
         try:
-            ex.config = ModelConfig(**g.meta["model_config"])
+            ex.config = ModelConfig.from_dict(g.meta["model_config"])  # checked: unknown fields, types, ranges
         except Exception:  # noqa: BLE001 - a foreign graph: no config, callers pass shapes
             pass
     if device is not None:
@@ -433,6 +433,6 @@ def load_compiled(
     elif "model_config" in g.meta:
         from sdmc.config import ModelConfig
 
-        ex.config = ModelConfig(**g.meta["model_config"])
+        ex.config = ModelConfig.from_dict(g.meta["model_config"])  # checked: unknown fields, types, ranges
     ex.to(device).eval()
     return ex, cfg
