@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="a much shorter run (for tests): 30 training steps, 16 images, 2 seeds"
     )
     p.add_argument(
-        "--steps", type=positive_int, default=None, help="steps of the short training run from scratch (default 300)"
+        "--steps", type=positive_int, default=None, help="steps of the short training run from scratch (default 150)"
     )
     p.add_argument(
         "-n",
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--convert-steps",
         type=positive_int,
         default=None,
-        help="training steps of the convert stage's quantised ANN (default: --steps if given, else 300; "
+        help="training steps of the convert stage's quantised ANN (default: --steps if given, else 150; "
         "20 with --quick)",
     )
     add_device(p, default="cpu")
