@@ -258,11 +258,7 @@ class DPMSolver(Solver):
         self, model_output: torch.Tensor, t: Any, sample: torch.Tensor, generator: Generator = None
     ) -> SolverOutput:
         """Consume the model output at the current call step; return the next call point (or the result)."""
-        if model_output.shape != sample.shape:
-            raise ConfigError(
-                f"{self.name}.step: model output {list(model_output.shape)} does not match the "
-                f"sample {list(sample.shape)}"
-            )
+        self._check_output(model_output, sample)
         if self._i >= len(self._calls):
             raise ConfigError(
                 f"{self.name}.step: no steps left ({len(self._calls)} planned); call set_timesteps() to start a new run"

@@ -185,15 +185,19 @@ class Solver:
             )
         return want, self.trajectory[self._i + 1]
 
-    def step(
-        self, model_output: torch.Tensor, t: Any, sample: torch.Tensor, generator: Generator = None
-    ) -> SolverOutput:
-        """Advance ``sample`` from call step ``t`` to the next point of the trajectory."""
+    def _check_output(self, model_output: torch.Tensor, sample: torch.Tensor) -> None:
+        """One error line when the model's output does not have the sample's shape."""
         if model_output.shape != sample.shape:
             raise ConfigError(
                 f"{self.name}.step: model output {list(model_output.shape)} does not match the "
                 f"sample {list(sample.shape)}"
             )
+
+    def step(
+        self, model_output: torch.Tensor, t: Any, sample: torch.Tensor, generator: Generator = None
+    ) -> SolverOutput:
+        """Advance ``sample`` from call step ``t`` to the next point of the trajectory."""
+        self._check_output(model_output, sample)
         t_now, t_next = self._next(t)
         out = self._step(model_output, t_now, t_next, sample, generator)
         self._i += 1
