@@ -304,34 +304,113 @@ def _child(argv: list[str]) -> int:
     return int(pytest.main(pytest_args))
 
 
-def run_tests(tests: list[str], mutant: Mutant | None, timeout: float | None) -> tuple[str, float]:
+# Third-party modules the fork server imports once, so that a mutant's pytest process starts warm (importing
+# torch alone takes ~2 s of a killed mutant's ~5 s).  Never sdmc: every mutant must import sdmc afresh.
+WARM_MODULES = ("numpy", "scipy", "torch", "torch.nn.functional", "pytest", "hypothesis", "spikingjelly")
+_WARM = False
+
+
+def _warm_up() -> None:
+    """Import :data:`WARM_MODULES` into this (the parent) process once; the forked test runs inherit them."""
+    global _WARM
+    if _WARM:
+        return
+    os.environ.update(CI="1", PYTHONDONTWRITEBYTECODE="1")
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - an optional dependency missing is fine: the child imports what it needs
+            pass
+    if any(m == "sdmc" or m.startswith("sdmc.") for m in sys.modules):
+        raise SystemExit("mutate: the fork server imported sdmc; mutants would run against the original code")
+    _WARM = True
+
+
+def _forked_pytest(args: list[str], mutant_path: Path | None, mutant: Mutant | None) -> int:
+    """In a fork of the warm parent: swap the module in (if any) and run pytest; never returns."""
+    code = 3
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.chdir(ROOT)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sys.dont_write_bytecode = True
+        if mutant is not None:
+            sys.meta_path.insert(0, _Swap(module_name(mutant.file), str(mutant_path), str(ROOT / mutant.file)))
+        import pytest
+
+        code = int(pytest.main(args))
+    except BaseException:  # noqa: BLE001 - any crash of the test run is an error outcome
+        code = 3
+    finally:
+        os._exit(code)
+
+
+def _run_forked(
+    args: list[str], mutant_path: Path | None, mutant: Mutant | None, timeout: float | None
+) -> tuple[int | None, float]:
+    """Fork the warm parent to run pytest; returns (exit code or None on timeout, seconds)."""
+    _warm_up()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        _forked_pytest(args, mutant_path, mutant)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status), time.monotonic() - t0
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return None, time.monotonic() - t0
+            time.sleep(0.02)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+
+
+def run_tests(tests: list[str], mutant: Mutant | None, timeout: float | None, fork: bool = False) -> tuple[str, float]:
     """Run ``tests`` (pytest arguments) against ``mutant`` (None: the clean code).  Returns (outcome, seconds),
-    outcome one of passed / failed / timeout / error."""
+    outcome one of passed / failed / timeout / error.  ``fork``: run pytest in a fork of this process after
+    importing torch & co once (:data:`WARM_MODULES`) instead of a fresh Python (same outcome, ~2-3x faster)."""
     args = [*tests, "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--no-header", "-W", "ignore"]
     env = dict(os.environ, CI="1", PYTHONDONTWRITEBYTECODE="1")
     with tempfile.TemporaryDirectory(prefix="sdmc-mutant-") as tmp:
-        if mutant is None:
-            cmd = [sys.executable, "-m", "pytest", *args]
-        else:
+        path = None
+        if mutant is not None:
             src = _SOURCES.get(mutant.file) or (ROOT / mutant.file).read_bytes()
             path = Path(tmp) / Path(mutant.file).name
             path.write_bytes(mutant.apply(src))
-            name = module_name(mutant.file)
-            cmd = [sys.executable, str(Path(__file__).resolve()), "_run", name, str(path), str(ROOT / mutant.file)]
-            cmd += ["--", *args]
-        t0 = time.monotonic()
-        try:
-            p = subprocess.run(
-                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout
-            )
-        except subprocess.TimeoutExpired:
-            return "timeout", time.monotonic() - t0
-        dt = time.monotonic() - t0
-    if p.returncode == 0:
+        if fork:
+            code, dt = _run_forked(args, path, mutant, timeout)
+            if code is None:
+                return "timeout", dt
+        else:
+            if mutant is None:
+                cmd = [sys.executable, "-m", "pytest", *args]
+            else:
+                name = module_name(mutant.file)
+                cmd = [sys.executable, str(Path(__file__).resolve()), "_run", name, str(path), str(ROOT / mutant.file)]
+                cmd += ["--", *args]
+            t0 = time.monotonic()
+            try:
+                p = subprocess.run(
+                    cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout
+                )
+            except subprocess.TimeoutExpired:
+                return "timeout", time.monotonic() - t0
+            dt = time.monotonic() - t0
+            code = p.returncode
+    if code == 0:
         return "passed", dt
-    if p.returncode == 1:
+    if code == 1:
         return "failed", dt
-    if p.returncode == 5:
+    if code == 5:
         raise SystemExit(f"mutate: no tests collected by {tests}; fix tests/mutation.toml")
     return "error", dt  # collection/import error: the mutant broke the module (killed)
 
@@ -358,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests", help="pytest arguments to run instead of the targets' tests (a new test: does it kill?)")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--show-equivalent", action="store_true", help="print the equivalent mutants and their reasons")
+    ap.add_argument(
+        "--no-fork",
+        action="store_true",
+        help="start a fresh Python per mutant instead of forking a warm one (slower; for platforms without fork)",
+    )
     ap.add_argument("--json", type=Path, default=ROOT / "runs" / "mutate" / "last.json", help="where to write results")
     args = ap.parse_args(argv)
 
@@ -399,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(pool)} of {total} mutants")
         return 0
 
+    fork = hasattr(os, "fork") and not args.no_fork
     print(f"mutate: {len(pool)} of {total} mutants in {len(targets)} target file(s)", flush=True)
     factor, slack = float(settings.get("timeout_factor", 3.0)), float(settings.get("timeout_slack_s", 60))
     clean: dict[str, float] = {}
@@ -411,12 +496,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i}/{len(pool)}] equivalent  {m.describe()}", flush=True)
             continue
         if t["file"] not in clean:
-            outcome, dt = run_tests(t["tests"], None, None)
+            outcome, dt = run_tests(t["tests"], None, None, fork)
             if outcome != "passed":
                 raise SystemExit(f"mutate: the clean tests of {t['file']} do not pass ({outcome}): {t['tests']}")
             clean[t["file"]] = dt
             print(f"clean run of {t['file']}'s tests: {dt:.1f} s", flush=True)
-        outcome, dt = run_tests(t["tests"], m, factor * clean[t["file"]] + slack)
+        outcome, dt = run_tests(t["tests"], m, factor * clean[t["file"]] + slack, fork)
         status = "SURVIVED" if outcome == "passed" else "killed"
         counts["survived" if outcome == "passed" else "killed"] += 1
         results.append(dict(dataclasses.asdict(m), outcome=outcome))

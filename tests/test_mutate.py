@@ -3,6 +3,8 @@ a moved file, a stale equivalent entry or a mutant that does not compile fails h
 
 import ast
 import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,3 +59,26 @@ def test_mutants_compile_and_change_one_thing():
         assert out != src
         if i % 8 == 0 or m in first:
             ast.parse(out)
+
+
+@pytest.mark.parametrize("mode", ["fork", pytest.param("no-fork", marks=pytest.mark.slow)])
+def test_a_run_kills_what_a_test_sees_and_reports_what_none_sees(tmp_path, mode):
+    """End to end, in both process modes: dropping q_sample's noise term is killed by the test of q_sample;
+    against a test that never calls it the same mutant survives, is listed, and the exit code says so."""
+    base = [sys.executable, str(mutate.ROOT / "tests" / "mutate.py"), "--files", "diffusion/schedule"]
+    base += ["--lines", "61", "--kinds", "drop-term", "--max", "1"] + (["--no-fork"] if mode == "no-fork" else [])
+    runs = {}
+    for name, tests in [
+        ("seen", "tests/test_diffusion_formulas.py::test_targets_are_the_defined_quantities"),
+        ("unseen", "tests/test_mutate.py::test_module_names_follow_the_package_dir_mapping"),
+    ]:
+        out = tmp_path / f"{name}.json"
+        p = subprocess.run(
+            base + ["--tests", tests, "--json", str(out)], cwd=mutate.ROOT, capture_output=True, text=True, timeout=300
+        )
+        runs[name] = (p.returncode, json.loads(out.read_text()), p.stdout)
+    code, res, text = runs["seen"]
+    assert code == 0 and res["counts"]["killed"] >= 1 and res["counts"]["survived"] == 0, text
+    code, res, text = runs["unseen"]
+    assert code == 1 and res["counts"]["survived"] == res["counts"]["killed"] + res["counts"]["survived"] >= 1, text
+    assert "q_sample" in text and "survivors" in text
