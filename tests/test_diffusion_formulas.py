@@ -61,6 +61,29 @@ def test_targets_are_the_defined_quantities(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_training_loss_is_the_mean_squared_error_to_the_target(mode):
+    """loss = mean((model(x_t, t) - target)²) with x_t = sqrt(ᾱ) x0 + sqrt(1-ᾱ) ε, by hand, for a model whose
+    output is neither zero nor the target (so a sign flip or a dropped term changes the value)."""
+    s = NoiseSchedule(DiffusionConfig(mean_type=mode))
+    x0, eps = _draw(1)
+    t = torch.tensor([3, 40, 700, 999])
+    a, b = ABAR[t].sqrt().view(-1, 1, 1), (1 - ABAR[t]).sqrt().view(-1, 1, 1)
+    seen = {}
+
+    def model(x_t, t_in):
+        seen["x_t"], seen["t"] = x_t, t_in
+        return 0.5 * x_t + 0.1 * t_in.view(-1, 1, 1).to(F64) / 1000
+
+    want_target = {"epsilon": eps, "x0": x0, "v": a * eps - b * x0}[mode]
+    x_t = a * x0 + b * eps
+    want = ((0.5 * x_t + 0.1 * t.view(-1, 1, 1).to(F64) / 1000 - want_target) ** 2).mean()
+    got = s.loss(model, x0, t, eps)
+    torch.testing.assert_close(seen["x_t"], x_t, rtol=1e-12, atol=1e-12)
+    assert torch.equal(seen["t"], t)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_eps_from_output_inverts_the_target(mode):
     """Round trip: a network that outputs the exact target of (x0, ε) is converted back to exactly ε."""
     s = NoiseSchedule(DiffusionConfig(mean_type=mode))
