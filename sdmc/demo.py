@@ -333,6 +333,7 @@ class Pipeline:
         sample-stage row along its own trajectories, beside its quality (the quality-per-energy table)."""
         from .energy import analyze
         from .frontends import trace
+        from .metrics.frontier import energy_per_image
 
         out = self.partial
         m = self.cfg.model
@@ -366,13 +367,13 @@ class Pipeline:
         for name, st, opts, threshold in runs:
             tag = f"{name}_{st}" + (f"_threshold{threshold:g}" if threshold is not None else "")
             kw = dict(opts, **({"gamma": self.gamma} if name.startswith("analytic") else {}))
-            r = analyze(
-                self.model, solver=name, steps=st, n_images=1 if self.quick else 2, threshold=threshold,
-                diffusion=self.cfg.diffusion, graph=graph, ann=False, solver_kwargs=kw, seed=self.seed,
+            e = energy_per_image(
+                self.model, self.cfg.diffusion, name, st, threshold=threshold, n_images=1 if self.quick else 2,
+                graph=graph, ann=False, solver_kwargs=kw, seed=self.seed,
             )  # fmt: skip
             table[tag] = {
-                "nfe": r.calibration["nfe"],
-                **{f"{c}_mJ_per_image": round(r.totals[c]["per_image_mJ"], 4) for c in ("paper", "faithful")},
+                "nfe": e["nfe"],
+                **{f"{c}_mJ_per_image": round(e["energy_mJ"][c], 4) for c in ("paper", "faithful")},
                 **{k: rows.get(tag, {}).get(k) for k in ("digits_fid", "digits_fid_std")},
             }
         out["quality_per_energy"] = table

@@ -284,6 +284,48 @@ def seconds_per_call(model, batch: int, img: tuple[int, ...], repeats: int = 2) 
     return (time.perf_counter() - t0) / repeats
 
 
+def energy_per_image(
+    model,
+    diffusion,
+    solver: str,
+    steps: int,
+    *,
+    threshold: float | None = None,
+    n_images: int = 4,
+    profile: str = "45nm-fp32",
+    graph=None,
+    ann: bool = True,
+    seed: int = 0,
+    solver_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Energy per generated image of one sampler setting, measured along ``n_images`` of the model's own
+    trajectories from noise (every call counted: the exact sum, not NFE x a mean): ``{"nfe", "energy_mJ":
+    {convention: mJ}, "ann_mJ" (None without the ANN baseline), "firing_rate"}``.  One frontier point's energy;
+    the demo's quality-per-energy table calls it too."""
+    from ..energy import analyze
+
+    rep = analyze(
+        model,
+        solver=solver,
+        steps=steps,
+        n_images=n_images,
+        batch_size=n_images,
+        threshold=threshold,
+        diffusion=diffusion,
+        profile=profile,
+        graph=graph,
+        ann=ann,
+        seed=seed,
+        solver_kwargs=solver_kwargs,
+    )
+    return {
+        "nfe": rep.calibration["nfe"],
+        "energy_mJ": {conv: rep.totals[conv]["per_image_mJ"] for conv in CONVENTIONS},
+        "ann_mJ": None if rep.ann is None else rep.ann["per_image_mJ"],
+        "firing_rate": rep.calibration["mean_firing_rate"],
+    }
+
+
 def run_frontier(
     path,
     settings: Sequence[str | Setting] = DEFAULT_SETTINGS,
@@ -301,7 +343,6 @@ def run_frontier(
     sampling time before starting (from one timed call)."""
     from ..diffusion.schedule import NoiseSchedule
     from ..diffusion.solvers import make_solver
-    from ..energy import analyze
     from .quality import model_quality
 
     sets = [s if isinstance(s, Setting) else Setting.parse(s) for s in settings]
@@ -341,14 +382,13 @@ def run_frontier(
             log(f"  {s.label}: skipped ({e})")
             continue
         q = model_quality(fast, c.diffusion, n, seeds, s.solver, s.steps, threshold=s.threshold, batch_size=batch_size)
-        rep = analyze(
+        e = energy_per_image(
             m,
-            solver=s.solver,
-            steps=s.steps,
-            n_images=energy_images,
-            batch_size=energy_images,
+            c.diffusion,
+            s.solver,
+            s.steps,
             threshold=s.threshold,
-            diffusion=c.diffusion,
+            n_images=energy_images,
             profile=profile,
             graph=graph,
         )
@@ -356,13 +396,13 @@ def run_frontier(
             "label": s.label,
             "solver": s.solver,
             "steps": s.steps,
-            "nfe": rep.calibration["nfe"],
+            "nfe": e["nfe"],
             "threshold": s.threshold,
             "T": c.model.snn_steps,
             "quality": q.to_dict(),
-            "energy_mJ": {conv: rep.totals[conv]["per_image_mJ"] for conv in CONVENTIONS},
-            "ann_mJ": None if rep.ann is None else rep.ann["per_image_mJ"],
-            "firing_rate": rep.calibration["mean_firing_rate"],
+            "energy_mJ": e["energy_mJ"],
+            "ann_mJ": e["ann_mJ"],
+            "firing_rate": e["firing_rate"],
             "seconds": round(time.perf_counter() - t0, 1),
         }
         points.append(p)
@@ -382,4 +422,12 @@ def run_frontier(
     return Frontier(points, meta)
 
 
-__all__ = ["DEFAULT_N", "DEFAULT_SETTINGS", "Frontier", "Setting", "run_frontier", "seconds_per_call"]
+__all__ = [
+    "DEFAULT_N",
+    "DEFAULT_SETTINGS",
+    "Frontier",
+    "Setting",
+    "energy_per_image",
+    "run_frontier",
+    "seconds_per_call",
+]
