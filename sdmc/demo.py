@@ -174,6 +174,7 @@ class Pipeline:
         """A short run from scratch: training works (loss falls, the samples beat noise), nothing more."""
         from .checkpoint import load_model
         from .diffusion.train import make_config, train
+        from .diffusion.train_outputs import read_metrics
 
         steps = self.train_steps
         cfg = make_config(
@@ -189,13 +190,7 @@ class Pipeline:
         path = Path(train(cfg, log=lambda s: print("  " + s, flush=True)))
         model, mcfg = load_model(path, device=self.device)
         self.short = (model, mcfg)
-        losses = []
-        metrics = Path(cfg.out) / "metrics.jsonl"
-        if metrics.exists():
-            for line in metrics.read_text().splitlines():
-                rec = json.loads(line)
-                if "loss" in rec:
-                    losses.append(rec["loss"])
+        losses = [r["loss"] for r in read_metrics(Path(cfg.out) / "metrics.jsonl") if "loss" in r]
         tag, sstep = self._short_tag()
         keep: dict = {}
         q = self._quality(model, mcfg, SHORT_SOLVER, sstep, keep=keep)

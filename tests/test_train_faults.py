@@ -133,3 +133,18 @@ def test_resume_of_a_bare_tensor_or_nan_weights_is_one_clear_error(tmp_path, dat
     torch.save(state, nan)
     with pytest.raises(CheckpointError, match="tensor 'conv.weight' holds 1 non-finite"):
         tr.train(cfg(tmp_path / "c", steps=2, resume=str(nan)), dataset=data)
+
+
+def test_metrics_reader_drops_torn_and_foreign_lines_and_filters_by_step(tmp_path):
+    """One reader for metrics.jsonl (resume, the demo, the bundled-model builder): a torn last line, a line
+    that is not an object with an integer step, and blank lines are dropped with one warning."""
+    from sdmc.diffusion.train_outputs import read_metrics
+
+    p = tmp_path / "metrics.jsonl"
+    assert read_metrics(p) == []
+    lines = [{"step": 1, "loss": 0.9}, {"step": 2, "loss": 0.8}, [1, 2], {"step": "3"}, {"step": 4, "loss": 0.5}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in lines) + "\n" + '{"step": 5, "lo')
+    said = []
+    assert [r["step"] for r in read_metrics(p, say=said.append)] == [1, 2, 4]
+    assert len(said) == 1 and "dropped 3 unreadable line(s)" in said[0]
+    assert [r["step"] for r in read_metrics(p, step=2)] == [1, 2]

@@ -80,21 +80,29 @@ def remove_stale_temps(out: str | os.PathLike) -> list[str]:
     return sorted(removed)
 
 
-def _read_metrics(path: Path, step: int, say) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` up to ``step`` (where the resumed checkpoint was written); a record after
-    it belongs to the part of the run that is about to be redone.  Unreadable lines are dropped with a warning."""
+def read_metrics(path: Path, step: int | None = None, say=None) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (all, or those up to ``step``: on resume, where the checkpoint
+    was written; a record after it belongs to the part of the run that is about to be redone).  Lines that are
+    not a JSON object with an integer ``step`` (a torn or hand-edited file) are dropped, with a warning to
+    ``say`` when given.  A missing file has no records."""
+    path = Path(path)
     if not path.is_file():
         return []
     records, bad = [], 0
     for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             bad += 1
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+        if not (isinstance(rec, dict) and isinstance(rec.get("step"), int)):
+            bad += 1
+            continue
+        if step is None or rec["step"] <= step:
             records.append(rec)
-    if bad:
+    if bad and say is not None:
         say(f"{path}: dropped {bad} unreadable line(s)")
     return records
 
@@ -115,7 +123,7 @@ class _Outputs:
             if removed:
                 say(f"removed {len(removed)} temporary file(s) an interrupted run left: {', '.join(removed[:3])}")
             if state is not None:
-                self.records = _read_metrics(out / "metrics.jsonl", run.step, say)
+                self.records = read_metrics(out / "metrics.jsonl", run.step, say)
             atomic_write_text(out / "train_config.json", run.cfg.to_json())
             self.writer = _tensorboard_writer(run.cfg, out)
         if run.cfg.device.startswith("cuda") or run.device.type == "cuda":

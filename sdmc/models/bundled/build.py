@@ -81,6 +81,7 @@ def build_bundled(
     from ...config import SdmcConfig
     from ...diffusion.train import load_checkpoint
     from ...diffusion.train import train_seconds as loop_seconds
+    from ...diffusion.train_outputs import read_metrics
     from ...metrics.quality import model_quality
 
     if name not in BUNDLED:
@@ -100,8 +101,7 @@ def build_bundled(
     if train_seconds is None:
         metrics = ckpt.parent.parent / "metrics.jsonl"
         if metrics.is_file():
-            recs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            train_seconds = loop_seconds([r for r in recs if int(r.get("step", 0)) <= step])
+            train_seconds = loop_seconds(read_metrics(metrics, step, say=log))
     sname, ssteps = solver
     log(
         f"bundling {ckpt} (step {step}) as {PREFIX}{name}: measuring digits quality, {sname} {ssteps} steps, "
