@@ -83,6 +83,25 @@ def test_training_loss_is_the_mean_squared_error_to_the_target(mode):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
 
 
+def test_training_loss_draws_one_step_and_one_noise_per_sample():
+    """Without t and noise, loss draws t uniformly per sample (shape [B], not one t for the batch) and fresh
+    Gaussian noise of x0's shape, from the generator given."""
+    s = NoiseSchedule(DiffusionConfig())
+    x0 = torch.zeros(64, 1, 2, 2, dtype=F64)
+    seen = {}
+
+    def model(x_t, t):
+        seen["x_t"], seen["t"] = x_t, t
+        return torch.zeros_like(x_t)
+
+    loss = s.loss(model, x0, generator=torch.Generator().manual_seed(0))
+    t = seen["t"]
+    assert t.shape == (64,) and t.min() >= 0 and t.max() < 1000 and len(t.unique()) > 32
+    eps = seen["x_t"] / (1 - ABAR[t]).sqrt().view(-1, 1, 1, 1)  # x0 = 0: x_t = sqrt(1 - ᾱ) ε
+    assert abs(float(eps.mean())) < 0.3 and 0.7 < float(eps.std()) < 1.3
+    torch.testing.assert_close(loss, (eps**2).mean(), rtol=1e-12, atol=0)  # ε-target, zero model
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_eps_from_output_inverts_the_target(mode):
     """Round trip: a network that outputs the exact target of (x0, ε) is converted back to exactly ε."""
