@@ -308,3 +308,46 @@ def test_train_options_reach_the_config(tmp_path, monkeypatch, capsys):
     assert factor == [1.0, 10 / 15, 0.0]  # constant until the last 15 steps, then down to 0
     assert main(["train", "--out", str(out), "--lr-decay", "-1"]) == 2
     _one_line_error(capsys, "--lr-decay")
+
+
+def _commands_with_out(p=None, prefix=()):
+    """Every (sub)command whose parser has -o/--out, as its argv prefix."""
+    import argparse
+
+    p = p or build_parser()
+    found = [prefix] if any(a.dest == "out" for a in p._actions) else []
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, q in a.choices.items():
+                found += _commands_with_out(q, prefix + (name,))
+    return found
+
+
+# argv of each command with an output, its input written as {IN}; commands with no input file map to None
+OUT_OVER_INPUT = {
+    ("compile",): ["compile", "{IN}", "-o", "{IN}"],
+    ("convert",): ["convert", "{IN}", "-o", "{IN}"],
+    ("demo",): None,
+    ("energy",): ["energy", "{IN}", "-o", "{IN}"],
+    ("eval",): ["eval", "{IN}", "-o", "{IN}"],
+    ("export",): ["export", "{IN}", "-o", "{IN}"],
+    ("inherit-tsm",): ["inherit-tsm", "{IN}", "-o", "{IN}"],
+    ("lava", "export"): ["lava", "export", "{IN}", "-o", "{IN}"],
+    ("sample",): ["sample", "{IN}", "-o", "{IN}"],
+    ("train",): None,
+}
+
+
+def test_every_command_refuses_an_output_that_is_its_input(tmp_path, capsys):
+    """One rule for all commands (sdmc.cli.main, from the parser's positional arguments): -o naming the input
+    file is one line, before any work, and the file is untouched, whatever the input is.  A new command with
+    -o fails here until it is listed above."""
+    assert sorted(_commands_with_out()) == sorted(OUT_OVER_INPUT)
+    src = tmp_path / "input.bin"
+    src.write_bytes(b"not a model")
+    for cmd, argv in OUT_OVER_INPUT.items():
+        if argv is None:
+            continue
+        assert main([a.replace("{IN}", str(src)) for a in argv]) == 2, cmd
+        _one_line_error(capsys, "is the input", str(src))
+        assert src.read_bytes() == b"not a model"

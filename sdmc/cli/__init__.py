@@ -65,7 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         p.add_argument("--allow-nonfinite", action="store_true", default=argparse.SUPPRESS, help=NONFINITE_HELP)
         p.set_defaults(run=cmd.run)
+        _declare_inputs(p)
     return parser
+
+
+def _declare_inputs(p: argparse.ArgumentParser) -> None:
+    """Record the positional arguments of ``p`` (and of its sub-commands) as the command's inputs, so that
+    :func:`main` refuses an ``-o/--out`` that names one of them, for every command at once."""
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    names = tuple(a.dest for a in p._actions if not a.option_strings and a not in subs)
+    p.set_defaults(input_args=names)
+    for a in subs:
+        for q in a.choices.values():
+            _declare_inputs(q)
+
+
+def _refuse_input_as_output(args: argparse.Namespace) -> None:
+    """``-o/--out`` may not be one of the command's input files (writing it would destroy the input)."""
+    out = getattr(args, "out", None)
+    if out:
+        from ..utils import refuse_input_as_output
+
+        refuse_input_as_output(
+            out, [v for n in getattr(args, "input_args", ()) if isinstance(v := getattr(args, n, None), str)]
+        )
 
 
 def _os_error(e: OSError) -> str:
@@ -103,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
         allow = allowing_nonfinite()
     try:
+        _refuse_input_as_output(args)
         with allow:
             return int(args.run(args) or 0)
     except SdmcError as e:

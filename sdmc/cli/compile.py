@@ -50,15 +50,13 @@ def run_compile(args: argparse.Namespace) -> int:
         raise SdmcError(f"--backend {args.backend}: not available in 'sdmc compile'{hint}")
     from .. import ir, passes
     from ..frontends import from_checkpoint
-    from ..utils import check_replaceable, refuse_input_as_output
+    from ..utils import check_replaceable
 
     if args.passes is None:
         args.passes = "none" if args.backend == "nir" else "inference"
     if args.backend in interop.BACKENDS:  # a file: sdmc's own, or --force
         interop.check_out(args, [args.file])
-    elif str(args.out).endswith(".sdmc"):  # a file
-        refuse_input_as_output(args.out, [args.file])
-    else:  # the directory form replaces args.out whole: check before the work
+    elif not str(args.out).endswith(".sdmc"):  # the directory form replaces args.out whole: check before the work
         check_replaceable(args.out, force=args.force, protect=[args.file])
     if args.backend == "torch":
         if args.passes not in ("inference", "train"):

@@ -60,9 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import convert as cv
     from ..models.qann import calibrate_alpha, quant_layers
-    from ..utils import refuse_input_as_output
 
-    refuse_input_as_output(args.out, [args.file])
     qann, cfg, fresh = cv.load_qann(args.file, bits=args.bits, alpha_init=args.alpha_init, weights=args.weights)
     batch = cv.noised_batches(cfg, args.seed, digits=bool(args.calibrate or args.finetune))
     if args.calibrate:

@@ -17,9 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import inherit_tsm_file
-    from ..utils import refuse_input_as_output
 
-    refuse_input_as_output(args.out, [args.file])
     cfg = inherit_tsm_file(args.file, args.out, snn_steps=args.snn_steps)
     print(
         f"wrote {args.out}: SDM TSM UNet, T={cfg.model.snn_steps}, ch={cfg.model.ch}, "

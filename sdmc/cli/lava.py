@@ -96,9 +96,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from .. import ir
     from ..backends.lava import netx_chain
-    from ..utils import refuse_input_as_output
 
-    refuse_input_as_output(args.out, [args.graph])
     graph = ir.load(args.graph)
     chain, report = netx_chain.export_netx(
         graph, args.out, pow2=args.pow2, on_overflow=args.on_overflow, input_scale=args.input_scale, tsm=args.tsm
