@@ -452,11 +452,12 @@ def test_prerequisites_are_enforced_by_resolve_and_run():
 def test_each_analysis_writes_one_meta_key_of_its_own():
     writes = [p.writes for p in passes.PASSES.values() if p.analysis]
     assert None not in writes and len(set(writes)) == len(writes)
+    assert {k for k, p in passes.PASSES.items() if p.analysis} == {"infer", "cost", "partition"}
     g = passes.run(_graph(), "neuromorphic")
     side, why = g["s1"].meta["partition"]
     assert [side, why] == g.meta["partition"]["s1"] and "partition_reason" not in g["s1"].meta
     with pytest.raises(SdmcError, match="node.meta\\['cost'\\] is already written by pass 'cost'"):
-        passes.register_pass("cost2", "a second cost analysis", analysis=True, writes="cost")(lambda g: None)
+        passes.register_pass("cost2", "a second cost analysis", writes="cost")(lambda g: None)
     assert "cost2" not in passes.PASSES
 
 
@@ -520,3 +521,68 @@ def test_pipelines_preserve_traced_unet_outputs(arch, soft):
     log = h.meta["passes"][[e["pass"] for e in h.meta["passes"]].index("compose_residual")]
     assert log["rewritten"] and log["synapses_after"]["all"] > log["synapses_before"]["all"]
     assert set(log["not_composed"]) <= {"swish", "tail_bn", "tail_conv", "T_output_layer", "tail_swish", "last_bn"}
+
+
+def test_cost_counts_by_hand():
+    """node_cost for a conv on a repeated real input (per step), a linear on spikes (per step), a linear on the
+    static input (once per call) and a neuron (no synapses), and the cost pass's totals, by hand (T = 2)."""
+    g = ir.Graph(2)
+    P = lambda k, shape: g.add_param(k, np.ones(shape))  # noqa: E731
+    g.add(ir.Input(name="x", shape=(2, 4, 4), dtype="float64"))
+    g.add(ir.Repeat(name="rep", inputs=("x",)))
+    g.add(ir.Conv2d(name="c", inputs=("rep",), weight=P("c.w", (3, 2, 3, 3)), padding=(1, 1)))
+    g.add(ir.IF(name="s", inputs=("c",)))
+    g.add(ir.Linear(name="fc", inputs=("s",), weight=P("fc.w", (5, 4))))
+    g.add(ir.MembraneReadout(name="ro", inputs=("fc",)))
+    g.add(ir.Linear(name="lin0", inputs=("x",), weight=P("lin0.w", (6, 4))))
+    g.add(ir.Output(name="out", inputs=("ro",)))
+    g.add(ir.Output(name="out0", inputs=("lin0",)))
+    h = passes.cost(ir.check(g))
+    conv = 3 * 4 * 4 * (2 * 3 * 3)  # outputs x (C x k x k) inputs each
+    fc = 3 * 4 * 5 * 4  # [3, 4, 5] outputs x 4 inputs each
+    lin0 = 2 * 4 * 6 * 4
+    assert h["c"].meta["cost"] == {"synapses": conv, "runs": 2, "ops": 2 * conv}
+    assert h["fc"].meta["cost"] == {"synapses": fc, "runs": 2, "ops": 2 * fc}
+    assert h["lin0"].meta["cost"] == {"synapses": lin0, "runs": 1, "ops": lin0}
+    assert h["s"].meta["cost"] == {"synapses": 0, "runs": 0, "ops": 0}
+    totals = {k: v for k, v in h.meta["passes"][-1].items() if k.endswith("_ops")}
+    assert totals == {
+        "per_step_ops": 2 * conv + 2 * fc,
+        "real_input_ops": 2 * conv + lin0,
+        "spike_driven_ops": 2 * fc,
+        "static_ops": lin0,
+    }
+
+
+def test_an_analysis_that_edits_the_graph_is_an_error():
+    """Analyses only write node.meta: one that adds a node or replaces a parameter fails, a transform may."""
+    g = _graph()
+    key = next(iter(g.params))
+
+    def add_node(h):
+        h.add(ir.Swish(name="extra", inputs=("x",)))
+
+    def replace_param(h):
+        h.params[key] = h.params[key] * 2
+
+    def write_meta(h):
+        h["x"].meta["note"] = 1
+
+    name = "test_bad_analysis"
+    try:
+        for body, analysis, ok in [
+            (add_node, True, False),
+            (replace_param, True, False),
+            (write_meta, True, True),
+            (add_node, False, True),
+        ]:
+            passes.register_pass(name, "a test pass", writes="test" if analysis else None)(body)
+            assert passes.PASSES[name].analysis == analysis
+            if ok:
+                passes.PASSES[name](g)
+            else:
+                with pytest.raises(SdmcError, match=f"analysis pass '{name}' changed the graph"):
+                    passes.PASSES[name](g)
+            del passes.PASSES[name]
+    finally:
+        passes.PASSES.pop(name, None)

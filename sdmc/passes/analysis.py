@@ -20,9 +20,9 @@ from .manager import register_pass
 HOST, NEURO = "host", "neuromorphic"
 
 
-@register_pass("infer", "shape / dtype / kind / timing inference into node.meta['type']", analysis=True, writes="type")
+@register_pass("infer", "shape / dtype / kind / timing inference into node.meta['type']", writes="type")
 def infer(g: ir.Graph) -> dict:
-    ir.infer_types(g)
+    # the pass manager infers the types of every pass's copy before its body runs: this body only reports them
     kinds = Counter(n.type.kind for n in g.nodes.values())
     timings = Counter(n.type.timing for n in g.nodes.values())
     return {"kinds": dict(kinds), "timings": dict(timings)}
@@ -36,12 +36,12 @@ def node_cost(g: ir.Graph, n: ir.Node) -> dict:
     x = g.nodes[n.inputs[0]].type
     w = g.params[n.weight].shape
     out = math.prod(n.type.shape)
-    per_out = math.prod(w[1:]) if n.op != "linear" else w[1]
+    per_out = math.prod(w[1:])  # inputs per output: C/groups x kernel (conv), I (linear [O, I])
     runs = g.T if x.per_step else 1
     return {"synapses": int(out * per_out), "runs": runs, "ops": int(out * per_out * runs)}
 
 
-@register_pass("cost", "synapse and operation counts per node into node.meta['cost']", analysis=True, writes="cost")
+@register_pass("cost", "synapse and operation counts per node into node.meta['cost']", writes="cost")
 def cost(g: ir.Graph) -> dict:
     tot = Counter()
     for n in g.nodes.values():
@@ -107,7 +107,6 @@ def _sides(g: ir.Graph) -> dict[str, tuple[str, str]]:
 @register_pass(
     "partition",
     "mark each node host (analog) or neuromorphic (spike-driven), with the reason, into node.meta['partition']",
-    analysis=True,
     writes="partition",
 )
 def partition(g: ir.Graph) -> dict:

@@ -19,9 +19,13 @@ class Pass:
     name: str
     description: str
     fn: Callable[[ir.Graph], ir.Graph]
-    analysis: bool = False
     requires: tuple[str, ...] = ()
     writes: str | None = None
+
+    @property
+    def analysis(self) -> bool:
+        """An analysis names the ``node.meta`` key it writes and changes nothing else (checked on every run)."""
+        return self.writes is not None
 
     def __call__(self, graph: ir.Graph) -> ir.Graph:
         return self.fn(graph)
@@ -30,9 +34,7 @@ class Pass:
 PASSES: dict[str, Pass] = {}
 
 
-def register_pass(
-    name: str, description: str, *, analysis: bool = False, requires: Iterable[str] = (), writes: str | None = None
-):
+def register_pass(name: str, description: str, *, requires: Iterable[str] = (), writes: str | None = None):
     """Decorator: register ``body(graph_copy) -> dict | None`` (details for the log) as pass ``name``.
 
     The decorated name becomes the public function ``graph -> graph``; ``body`` gets a private copy
@@ -60,7 +62,11 @@ def register_pass(
             }
             ir.infer_types(g)
             before = (len(g.nodes), len(g.params))
+            analysis = writes is not None
+            shape = _structure(g) if analysis else None
             details = body(g) or {}
+            if analysis and _structure(g) != shape:
+                raise SdmcError(f"analysis pass {name!r} changed the graph (an analysis only writes node.meta)")
             try:
                 ir.check(g)
             except SdmcError as e:
@@ -71,10 +77,17 @@ def register_pass(
             return g
 
         wrapper.description = description  # type: ignore[attr-defined]
-        PASSES[name] = Pass(name, description, wrapper, analysis, tuple(requires), writes)
+        PASSES[name] = Pass(name, description, wrapper, tuple(requires), writes)
         return wrapper
 
     return deco
+
+
+def _structure(g: ir.Graph) -> tuple:
+    """What an analysis may not change: every node's name, op, inputs and attributes, and the parameter names
+    and arrays (by identity: an analysis must not replace them)."""
+    nodes = tuple((k, repr(n)) for k, n in g.nodes.items())
+    return nodes, tuple((k, id(v)) for k, v in g.params.items())
 
 
 PIPELINES: dict[str, tuple[str, ...]] = {
