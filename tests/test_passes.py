@@ -586,3 +586,63 @@ def test_an_analysis_that_edits_the_graph_is_an_error():
             del passes.PASSES[name]
     finally:
         passes.PASSES.pop(name, None)
+
+
+def test_partition_by_hand():
+    """Every rule of the host / neuromorphic partition on one graph, each node's side and reason by hand:
+    boundary, static, repeat, TSM scale, analog op, neuron, spike-driven synapse and routing, sums of spike
+    currents into a neuron (with a static bias operand), sums read by host ops (a chain of them: read-out),
+    and a sum mixing a spike current with an analog value (host)."""
+    g = ir.Graph(2)
+    rng = np.random.default_rng(0)
+    P = lambda k, shape: g.add_param(k, rng.normal(size=shape))  # noqa: E731
+
+    def conv(name, src, o, c):
+        g.add(ir.Conv2d(name=name, inputs=(src,), weight=P(f"{name}.w", (o, c, 1, 1))))
+
+    g.add(ir.Input(name="x", shape=(2, 4, 4), dtype="float64"))
+    conv("cx", "x", 2, 2)  # static conv on the input
+    g.add(ir.Repeat(name="rep", inputs=("x",)))
+    conv("c0", "rep", 2, 2)  # per-step conv on real data
+    g.add(ir.TSMScale(name="tsm", inputs=("c0",), scale=P("tsm.p", (2, 1, 1, 1, 1))))
+    g.add(ir.IF(name="s0", inputs=("tsm",)))
+    g.add(ir.Concat(name="cat", inputs=("s0", "s0"), axis=0))  # routing of spikes
+    conv("c1", "cat", 2, 4)
+    conv("c2", "s0", 2, 2)
+    g.add(ir.Add(name="sum", inputs=("c1", "c2")))  # spike currents summed into a neuron
+    g.add(ir.Add(name="bias", inputs=("sum", "cx")))  # + a static operand
+    g.add(ir.IF(name="s1", inputs=("bias",)))
+    conv("c3", "s1", 2, 2)
+    conv("c4", "s0", 2, 2)
+    g.add(ir.Add(name="rd", inputs=("c3", "c4")))  # spike currents read by a host op
+    g.add(ir.Swish(name="act", inputs=("rd",)))
+    g.add(ir.Add(name="mix", inputs=("c3", "c0")))  # spike current + analog per-step value
+    g.add(ir.Add(name="mix2", inputs=("mix", "c4")))  # ... and a sum of it (host too: found on a second sweep)
+    g.add(ir.IF(name="s2", inputs=("mix2",)))
+    g.add(ir.Add(name="r1", inputs=("c2", "c4")))  # a chain of spike-current sums ...
+    g.add(ir.Add(name="r2", inputs=("r1", "c1")))
+    g.add(ir.Swish(name="act2", inputs=("r2",)))  # ... read by a host op: both read-out
+    g.add(ir.Add(name="fin0", inputs=("act", "act2")))
+    g.add(ir.Add(name="fin", inputs=("fin0", "s2")))
+    g.add(ir.MembraneReadout(name="ro", inputs=("fin",)))
+    g.add(ir.Output(name="out", inputs=("ro",)))
+    h = passes.partition(ir.check(g))
+    host, neuro = "host", "neuromorphic"
+    want = {
+        "x": (host, "graph boundary"), "out": (host, "graph boundary"),
+        "cx": (host, "static"), "ro": (host, "static"),
+        "rep": (host, "repeats a static value"), "tsm": (host, "per-step scale"),
+        "c0": (host, "conv2d on real-valued"), "act": (host, "swish on real-valued"),
+        "act2": (host, "swish on real-valued"), "mix": (host, "add on real-valued"), "mix2": (host, "add on real"),
+        "fin0": (host, "add on real-valued"), "fin": (host, "add on real-valued"),
+        "s0": (neuro, "spiking neuron"), "s1": (neuro, "spiking neuron"), "s2": (neuro, "spiking neuron"),
+        "cat": (neuro, "concat driven by spikes"),
+        **{c: (neuro, "conv2d driven by spikes") for c in ("c1", "c2", "c3", "c4")},
+        "sum": (neuro, "sums synaptic currents into neurons"), "bias": (neuro, "sums synaptic currents into neurons"),
+        **{r: (host, "read-out boundary") for r in ("rd", "r1", "r2")},
+    }  # fmt: skip
+    assert set(want) == set(h.nodes)
+    for k, (side, why) in want.items():
+        got = h[k].meta["partition"]
+        assert got[0] == side and why in got[1], (k, got)
+    assert h.meta["passes"][-1]["host"] == sum(s == host for s, _ in want.values())

@@ -81,9 +81,9 @@ def _sides(g: ir.Graph) -> dict[str, tuple[str, str]]:
     cand = {n.name for n in order if n.op == "add" and n.type.per_step}
     neuro = lambda k: k in cand or side[k][0] == NEURO  # noqa: E731
     changed = True
-    while changed:
+    while changed:  # users first (deterministic); a drop on the input side needs another sweep
         changed = False
-        for k in list(cand):
+        for k in [n.name for n in reversed(order) if n.name in cand]:
             ok_in = all(neuro(i) or not g.nodes[i].type.per_step for i in g.nodes[k].inputs)
             ok_out = bool(users[k]) and all(neuro(u) for u in users[k])
             if not (ok_in and ok_out):
