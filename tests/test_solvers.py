@@ -585,3 +585,28 @@ def test_trailing_grid_has_exactly_the_requested_steps():
     # np.arange(n, 0, -n/s) produced s+1 values (the last one -1) for n=104, s=45
     grid = time_grid(104, 45, "trailing")
     assert len(grid) == 45 and grid[0] == 103 and grid[-1] >= 0
+
+
+def test_defaults_are_the_reference_codes():
+    """What a user gets without options (shared/reference/anchors.md): x̂0 clipped to [-1, 1] (DDPM and DDIM),
+    Analytic-DPM's σ clipped on the last landing only, by clip_pixel 2 (DDPM) / 1 (DDIM); σ² = 0 into the
+    clean target."""
+    big = torch.zeros(1000, dtype=F64)  # Γ = 0: the covariance clamp at 1 is active, σ is large
+    for solver_cls, kw, pixel in [(DDPMSolver, dict(variance="analytic"), 2), (DDIMSolver, dict(analytic=True), 1)]:
+        s = solver_cls(SCHED, gamma=big, **kw)
+        s.set_timesteps(10)
+        bound = (pixel * 2 / 255 * math.sqrt(math.pi / 2)) ** 2
+        steps = [(t, r) for t, r in zip(s.trajectory[:-1], s.trajectory[1:]) if r >= 0]
+        assert s.sigma2(*steps[-1]) == pytest.approx(bound), solver_cls.name  # clipped: the last landing
+        assert s.sigma2(*steps[-2]) > 10 * bound, solver_cls.name  # not clipped: only one landing is
+    for variance in ("fixedlarge", "fixedsmall"):
+        assert DDPMSolver(SCHED, variance=variance).sigma2(10, -1) == 0.0
+    x = torch.full((2, 3), 0.5, dtype=F64)
+    eps = torch.full((2, 3), -40.0, dtype=F64)  # x̂0 = (x - sqrt(1-ᾱ) ε)/sqrt(ᾱ) far above 1
+    for solver_cls in (DDPMSolver, DDIMSolver):
+        s = solver_cls(SCHED)
+        s.set_timesteps(5)
+        assert float(s.step(eps, s.trajectory[0], x).pred_original_sample.max()) == 1.0, solver_cls.name
+        loose = solver_cls(SCHED, clip_sample=False)
+        loose.set_timesteps(5)
+        assert float(loose.step(eps, loose.trajectory[0], x).pred_original_sample.max()) > 1.0
