@@ -12,7 +12,7 @@ import torch
 from sdmc.config import DiffusionConfig
 from sdmc.diffusion import NoiseSchedule
 from sdmc.diffusion.sampling import sample_images
-from sdmc.diffusion.solvers import DDIMSolver, make_solver
+from sdmc.diffusion.solvers import DDIMSolver, DDPMSolver, make_solver
 
 F64 = torch.float64
 MODES = ("epsilon", "x0", "v")
@@ -206,3 +206,53 @@ def test_ddim_stochastic_step_is_the_equation(eta):
     # the last step lands on the clean target: σ = 0 there, x̂0 is returned, no noise drawn
     last = solver.step(eps, 300, out.prev_sample, generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(last.prev_sample, last.pred_original_sample, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variance", ["fixedlarge", "fixedsmall"])
+def test_ddpm_step_is_the_equation(variance):
+    """x_s = sqrt(ᾱ_s) β̄/(1-ᾱ_t) x̂0 + sqrt(ᾱ_t/ᾱ_s) (1-ᾱ_s)/(1-ᾱ_t) x_t + σ z with the solver's own z (a
+    generator of the same seed), β̄ = 1 - ᾱ_t/ᾱ_s, σ² = β̄ (large) or (1-ᾱ_s)/(1-ᾱ_t) β̄ (small)."""
+    solver = DDPMSolver(NoiseSchedule(), variance=variance, clip_sample=False)
+    solver.set_timesteps(timesteps=[700, 250, -1])
+    x, eps = _draw(6)
+    out = solver.step(eps, 700, x, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    at, as_ = ABAR[700], ABAR[250]
+    x0 = (x - (1 - at).sqrt() * eps) / at.sqrt()
+    bbar = 1 - at / as_
+    sig2 = bbar if variance == "fixedlarge" else (1 - as_) / (1 - at) * bbar
+    want = as_.sqrt() * bbar / (1 - at) * x0 + (at / as_).sqrt() * (1 - as_) / (1 - at) * x + sig2.sqrt() * z
+    torch.testing.assert_close(out.prev_sample, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.pred_original_sample, x0, rtol=1e-12, atol=1e-12)
+
+
+def test_analytic_ddim_variance_is_the_equation():
+    """Analytic-DDIM (η > 0): σ² = λ² + c0² clamp((1-ᾱ_t)/ᾱ_t (1-Γ_t), 0, 1), λ² = η² σ_small², with c0 the
+    x̂0 coefficient of the mean sqrt(ᾱ_s) x̂0 + sqrt(1-ᾱ_s-λ²) ε, i.e. c0 = sqrt(ᾱ_s) - sqrt(1-ᾱ_s-λ²)
+    sqrt(ᾱ_t/(1-ᾱ_t)) once ε is written through x_t and x̂0."""
+    gamma = torch.full((1000,), 0.3, dtype=F64)
+    solver = DDIMSolver(NoiseSchedule(), eta=0.5, analytic=True, gamma=gamma, clip_sigma_idx=0)
+    solver.set_timesteps(timesteps=[600, 200, 0])
+    at, as_ = ABAR[600], ABAR[200]
+    lam2 = 0.25 * (1 - as_) / (1 - at) * (1 - at / as_)
+    c0 = as_.sqrt() - (1 - as_ - lam2).sqrt() * (at / (1 - at)).sqrt()
+    want = lam2 + c0**2 * ((1 - at) / at * (1 - 0.3)).clamp(0, 1)
+    assert solver.sigma2(600, 200) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_a_noiseless_step_draws_no_random_numbers():
+    """DDIM η = 0 and every step into the clean target add no noise, so they leave the generator untouched (a
+    run's later draws do not depend on how many deterministic steps came before)."""
+    x, eps = _draw(7)
+    cases = [  # solver, trajectory, the noiseless steps
+        (DDIMSolver(NoiseSchedule(), eta=0.0), [800, 300, 0], {0, 1}),
+        (DDIMSolver(NoiseSchedule(), eta=1.0, spacing="linspace"), [800, 300, -1], {1}),
+        (DDPMSolver(NoiseSchedule()), [800, 300, -1], {1}),
+    ]
+    for solver, traj, quiet in cases:
+        solver.set_timesteps(timesteps=traj)
+        g = torch.Generator().manual_seed(5)
+        for i, t in enumerate(traj[:-1]):
+            state = g.get_state()
+            x = solver.step(eps, t, x, generator=g).prev_sample
+            assert torch.equal(g.get_state(), state) == (i in quiet), (type(solver).__name__, i)
