@@ -588,11 +588,8 @@ def test_an_analysis_that_edits_the_graph_is_an_error():
         passes.PASSES.pop(name, None)
 
 
-def test_partition_by_hand():
-    """Every rule of the host / neuromorphic partition on one graph, each node's side and reason by hand:
-    boundary, static, repeat, TSM scale, analog op, neuron, spike-driven synapse and routing, sums of spike
-    currents into a neuron (with a static bias operand), sums read by host ops (a chain of them: read-out),
-    and a sum mixing a spike current with an analog value (host)."""
+def _partition_graph():
+    """A graph exercising every partition rule (T = 2, 1x1 convs on [2, 4, 4]): see test_partition_by_hand."""
     g = ir.Graph(2)
     rng = np.random.default_rng(0)
     P = lambda k, shape: g.add_param(k, rng.normal(size=shape))  # noqa: E731
@@ -611,7 +608,7 @@ def test_partition_by_hand():
     conv("c2", "s0", 2, 2)
     g.add(ir.Add(name="sum", inputs=("c1", "c2")))  # spike currents summed into a neuron
     g.add(ir.Add(name="bias", inputs=("sum", "cx")))  # + a static operand
-    g.add(ir.IF(name="s1", inputs=("bias",)))
+    g.add(ir.IF(name="s1", inputs=("bias",), v_reset=None))
     conv("c3", "s1", 2, 2)
     conv("c4", "s0", 2, 2)
     g.add(ir.Add(name="rd", inputs=("c3", "c4")))  # spike currents read by a host op
@@ -626,7 +623,16 @@ def test_partition_by_hand():
     g.add(ir.Add(name="fin", inputs=("fin0", "s2")))
     g.add(ir.MembraneReadout(name="ro", inputs=("fin",)))
     g.add(ir.Output(name="out", inputs=("ro",)))
-    h = passes.partition(ir.check(g))
+    return ir.check(g)
+
+
+def test_partition_by_hand():
+    """Every rule of the host / neuromorphic partition on one graph, each node's side and reason by hand:
+    boundary, static, repeat, TSM scale, analog op, neuron, spike-driven synapse and routing, sums of spike
+    currents into a neuron (with a static bias operand), sums read by host ops (a chain of them: read-out),
+    and a sum mixing a spike current with an analog value (host)."""
+    g = _partition_graph()
+    h = passes.partition(g)
     host, neuro = "host", "neuromorphic"
     want = {
         "x": (host, "graph boundary"), "out": (host, "graph boundary"),
@@ -646,3 +652,29 @@ def test_partition_by_hand():
         got = h[k].meta["partition"]
         assert got[0] == side and why in got[1], (k, got)
     assert h.meta["passes"][-1]["host"] == sum(s == host for s, _ in want.values())
+
+
+def test_summary_by_hand():
+    """summarize (sdmc inspect): the spike layers with their reset, node timing, the work per call split
+    three ways (each pair sums to the total; host / neuromorphic by the partition) and the partition counts."""
+    g = _partition_graph()
+    s = passes.summarize(g)
+    assert [(x["name"], x["neurons"], x["reset"]) for x in s["spike_layers"]["layers"]] == [
+        ("s0", 32, "hard(0.0)"), ("s1", 32, "soft"), ("s2", 32, "hard(0.0)"),
+    ]  # fmt: skip
+    assert s["spike_layers"]["count"] == 3 and s["spike_layers"]["neurons"] == 96
+    assert s["timing"] == {"static_nodes": 2, "per_step_nodes": len(g.nodes) - 4}  # cx, ro static; x, out not nodes
+    per_conv = 2 * 4 * 4 * 2  # [2, 4, 4] outputs x 2 inputs (1x1 over 2 channels)
+    c1 = 2 * 4 * 4 * 4  # 4 input channels (the concat)
+    static, per_step = per_conv, 2 * (4 * per_conv + c1)  # cx once; c0, c2, c3, c4 and c1 per step
+    assert s["work_per_call"] == {
+        "static_ops": static, "per_step_ops": per_step,
+        "real_input_ops": static + 2 * per_conv, "spike_driven_ops": 2 * (3 * per_conv + c1),
+        "host_ops": static + 2 * per_conv, "neuromorphic_ops": 2 * (3 * per_conv + c1),
+    }  # fmt: skip
+    assert {k: v for k, v in passes.cost(g).meta["passes"][-1].items() if k.endswith("_ops")} == {
+        k: v for k, v in s["work_per_call"].items() if k not in ("host_ops", "neuromorphic_ops")
+    }
+    part = s["partition"]
+    assert (part["host"], part["neuromorphic"]) == (16, 10) and part["host"] + part["neuromorphic"] == s["nodes"]
+    assert part["host_reasons"]["graph boundary"] == 2 and part["nodes"]["sum"][0] == "neuromorphic"

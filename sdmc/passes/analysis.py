@@ -43,14 +43,23 @@ def node_cost(g: ir.Graph, n: ir.Node) -> dict:
 
 @register_pass("cost", "synapse and operation counts per node into node.meta['cost']", writes="cost")
 def cost(g: ir.Graph) -> dict:
+    for n in g.nodes.values():
+        n.meta["cost"] = node_cost(g, n)
+    return work_per_call(g)
+
+
+def work_per_call(g: ir.Graph, side: dict[str, tuple[str, str]] | None = None) -> dict[str, int]:
+    """Synaptic operations of one call (types must be inferred), split two ways: ``static_ops`` /
+    ``per_step_ops`` (run once, or T times) and ``spike_driven_ops`` / ``real_input_ops`` (by the kind of the
+    input); with a partition ``side`` also ``host_ops`` / ``neuromorphic_ops``."""
     tot = Counter()
     for n in g.nodes.values():
         c = node_cost(g, n)
-        n.meta["cost"] = c
         if c["ops"]:
-            kind = g.nodes[n.inputs[0]].type.kind
-            tot["spike_driven_ops" if kind != REAL else "real_input_ops"] += c["ops"]
             tot["static_ops" if c["runs"] == 1 else "per_step_ops"] += c["ops"]
+            tot["spike_driven_ops" if g.nodes[n.inputs[0]].type.kind != REAL else "real_input_ops"] += c["ops"]
+            if side is not None:
+                tot[f"{side[n.name][0]}_ops"] += c["ops"]
     return {k: int(v) for k, v in sorted(tot.items())}
 
 
@@ -139,17 +148,7 @@ def summarize(graph: ir.Graph) -> dict:
         for n in g.order()
         if n.op in ir.NEURON
     ]
-    work = Counter()
-    nodes_t = Counter()
-    for n in g.nodes.values():
-        if n.op in ("input", "output"):
-            continue
-        c = node_cost(g, n)
-        nodes_t[n.type.timing] += 1
-        if c["ops"]:
-            work["static_ops" if c["runs"] == 1 else "per_step_ops"] += c["ops"]
-            work["spike_driven_ops" if g.nodes[n.inputs[0]].type.kind != REAL else "real_input_ops"] += c["ops"]
-            work[f"{side[n.name][0]}_ops"] += c["ops"]
+    nodes_t = Counter(n.type.timing for n in g.nodes.values() if n.op not in ("input", "output"))
     part = Counter(s for s, _ in side.values())
     host_reasons = Counter(why for s, why in side.values() if s == HOST)
     return {
@@ -163,7 +162,7 @@ def summarize(graph: ir.Graph) -> dict:
         "params": {"tensors": len(used), "elements": n_el, "bytes": n_bytes},
         "spike_layers": {"count": len(spikes), "neurons": sum(s["neurons"] for s in spikes), "layers": spikes},
         "timing": {"static_nodes": nodes_t["static"], "per_step_nodes": nodes_t["per-step"]},
-        "work_per_call": {k: int(v) for k, v in sorted(work.items())},
+        "work_per_call": work_per_call(g, side),
         "partition": {
             "host": part[HOST],
             "neuromorphic": part[NEURO],
