@@ -610,3 +610,22 @@ def test_defaults_are_the_reference_codes():
         loose = solver_cls(SCHED, clip_sample=False)
         loose.set_timesteps(5)
         assert float(loose.step(eps, loose.trajectory[0], x).pred_original_sample.max()) > 1.0
+
+
+def test_solver_names_build_what_they_say():
+    """make_solver's names (the CLI's --solver): analytic-* switch the variance on, dpm-solver-k is order k
+    singlestep (the DPM-Solver paper), dpm-solver++ is 2M (multistep, order 2); explicit options win and a
+    contradicting order is refused."""
+    assert make_solver("analytic-ddpm", SCHED, gamma=GAMMA_GAUSS).config.variance == "analytic"
+    assert make_solver("analytic-ddim", SCHED, gamma=GAMMA_GAUSS).config.analytic
+    assert make_solver("ddpm", SCHED).config.variance == "fixedlarge" and not make_solver("ddim", SCHED).config.analytic
+    for k in (1, 2, 3):
+        c = make_solver(f"dpm-solver-{k}", SCHED).config
+        assert (c.algorithm, c.order, c.method) == ("dpmsolver", k, "singlestep")
+    c = make_solver("dpm-solver++", SCHED).config
+    assert (c.algorithm, c.order, c.method) == ("dpmsolver++", 2, "multistep")
+    c = make_solver("dpm-solver++", SCHED, order=3, method="singlestep", skip_type=None).config
+    assert (c.order, c.method) == (3, "singlestep")
+    assert make_solver("dpm-solver-2", SCHED, method="multistep").config.method == "multistep"
+    with pytest.raises(ConfigError, match="contradicts"):
+        make_solver("dpm-solver-2", SCHED, order=3)

@@ -233,9 +233,7 @@ def make_solver(name: str, schedule: NoiseSchedule | None = None, **kwargs: Any)
         kw["order"] = order
         kw.setdefault("method", "singlestep")
         return DPMSolver(schedule, algorithm="dpmsolver", **kw)
-    if name == "dpm-solver++":
-        kw.setdefault("order", 2)
-        kw.setdefault("method", "multistep")
+    if name == "dpm-solver++":  # DPMSolverConfig's defaults are 2M: order 2, multistep
         return DPMSolver(schedule, algorithm="dpmsolver++", **kw)
     raise ConfigError(f"unknown solver {name!r}; choose one of {', '.join(SOLVER_NAMES)}")
 
