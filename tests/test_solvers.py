@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sdmc.config import DiffusionConfig
 from sdmc.diffusion import NoiseSchedule
 from sdmc.diffusion.analytic import estimate_gamma
-from sdmc.diffusion.dpm_solver import DiscreteVP, DPMSolver
+from sdmc.diffusion.dpm_solver import DiscreteVP, DPMSolver, DPMSolverConfig, _orders
 from sdmc.diffusion.solvers import DDIMSolver, DDPMSolver, analytic_sigma2, make_solver, time_grid
 from sdmc.errors import ConfigError, SdmcError
 
@@ -629,3 +629,59 @@ def test_solver_names_build_what_they_say():
     assert make_solver("dpm-solver-2", SCHED, method="multistep").config.method == "multistep"
     with pytest.raises(ConfigError, match="contradicts"):
         make_solver("dpm-solver-2", SCHED, order=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(3, 40), data=st.data())
+def test_dpm_snap_keeps_a_strictly_decreasing_integer_grid(n, data):
+    """_snap rounds a decreasing float grid to integer steps: same length, strictly decreasing, within
+    0..N-1, however crowded the grid is (many points rounding to one step, or piled at the top)."""
+    s = DPMSolver(NoiseSchedule(DiffusionConfig(num_timesteps=n)))
+    m = data.draw(st.integers(2, n))
+    ks = sorted(data.draw(st.lists(st.floats(0, n - 1), min_size=m, max_size=m)), reverse=True)
+    out = s._snap(np.asarray(ks))
+    assert len(out) == m and all(0 <= k <= n - 1 for k in out)
+    assert all(a > b for a, b in zip(out, out[1:]))
+    assert out == s._snap(np.asarray(out))  # an integer grid is kept as it is
+
+
+def test_dpm_explicit_timesteps_and_their_checks():
+    """Given timesteps run the same plan as the grid they spell out; a grid that does not decrease strictly
+    within 0..N-1 is refused."""
+    x = torch.linspace(-1, 1, 6, dtype=F64).view(2, 3)
+    for method in ("multistep", "singlestep_fixed"):
+        a = DPMSolver(SCHED, algorithm="dpmsolver++", order=2, method=method)
+        a.set_timesteps(6)
+        b = DPMSolver(SCHED, algorithm="dpmsolver++", order=2, method=method)
+        b.set_timesteps(timesteps=list(a.outer))
+        assert b.outer == a.outer and torch.equal(b.timesteps, a.timesteps), method
+        ya, yb = x.clone(), x.clone()
+        for ta, tb in zip(a.timesteps, b.timesteps):
+            ya = a.step(GAUSS.eps(ya, ta.view(1)), ta, ya).prev_sample
+            yb = b.step(GAUSS.eps(yb, tb.view(1)), tb, yb).prev_sample
+        torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+    s = DPMSolver(SCHED)
+    for bad in ([1000, 500, 0], [999, 999, 0], [500, 600, 0], [999, 500, -1], [999]):
+        with pytest.raises(ConfigError, match="timesteps must decrease strictly"):
+            s.set_timesteps(timesteps=bad)
+
+
+def test_dpm_singlestep_plans_the_official_logsnr_grid_when_it_has_room():
+    """Singlestep DPM-Solver-3 with 9 calls: the official orders (3, 3, 2, 1) on the logSNR grid of 4
+    intervals (the official plan), kept because every group fits its intermediate steps; the lower-order
+    final steps are the default for multistep runs under 10 steps."""
+    s = DPMSolver(SCHED, algorithm="dpmsolver", order=3, method="singlestep")
+    s.set_timesteps(9)
+    assert _orders(9, 3) == [3, 3, 2, 1]
+    assert s.outer == s.outer_grid(4) and [g[2] for g in s._groups] == [3, 3, 2, 1]
+    assert DPMSolverConfig().lower_order_final
+    x = torch.linspace(-1, 1, 6, dtype=F64).view(2, 3)
+    outs = []
+    for lof in (True, False, None):
+        m = DPMSolver(SCHED, order=3, **({} if lof is None else {"lower_order_final": lof}))
+        m.set_timesteps(5)
+        y = x.clone()
+        for t in m.timesteps:
+            y = m.step(GAUSS.eps(y, t.view(1)), t, y).prev_sample
+        outs.append(y)
+    assert torch.equal(outs[0], outs[2]) and not torch.equal(outs[0], outs[1])

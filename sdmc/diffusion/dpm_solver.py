@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SdmcError
 from .schedule import NoiseSchedule
 from .solver_base import Generator, Solver, SolverOutput, as_step
 
@@ -221,6 +221,8 @@ class DPMSolver(Solver):
                 ):
                     fine = self.outer_grid(steps)
                     outer = [fine[i] for i in np.cumsum([0] + orders)]
+        if len(orders) != len(outer) - 1:  # one order per interval of the outer grid
+            raise SdmcError(f"dpm-solver: internal error: {len(orders)} orders for {len(outer) - 1} intervals")
         self.outer = outer
         calls: list[_Call] = []
         self._groups: list[tuple[float, float, int, list[float]]] = []
