@@ -237,3 +237,99 @@ def test_input_validation_names_the_input():
     out = golden.run(g, [np.array([[0.0, 1.0, -2.0]], dtype=np.float32)])["out"]
     assert out.dtype == np.float64
     np.testing.assert_allclose(out, [[0.0, 1 / (1 + np.exp(-1)), -2 / (1 + np.exp(2))]])
+
+
+PER_STEP = lambda shape: ir.ValueType(shape, "float64", timing=ir.PER_STEP)  # noqa: E731
+
+
+def test_groupnorm_pool_and_scaled_conv_match_torch():
+    """The kernels the first golden tests left out, each against torch on a per-step input [T, B, ...]:
+    GroupNorm (per step, and running: step t normalised by the statistics of mean_{s<=t} x[s]), max / avg
+    (with and without padding counted) / sum pooling, and a scaled conv with per-step and shared biases
+    (on a per-step and on a static input)."""
+    rng = np.random.default_rng(11)
+    T, B = 3, 2
+    x = rng.normal(size=(T, B, 4, 5, 5)) * 2 + 1
+    xt = torch.tensor(x)
+    gw, gb = rng.normal(size=4), rng.normal(size=4)
+    for running in (False, True):
+        node = ir.GroupNorm(name="gn", inputs=("x",), weight="w", bias="b", num_groups=2, running=running)
+        got = golden.run(one_op_graph(T, PER_STEP((4, 5, 5)), node, {"w": gw, "b": gb}), [x])["out"]
+        for t in range(T):
+            stats = x[: t + 1].mean(0) if running else x[t]
+            s = stats.reshape(B, 2, -1)
+            mu, var = s.mean(-1).reshape(B, 2, 1), s.var(-1).reshape(B, 2, 1)
+            want = ((x[t].reshape(B, 2, -1) - mu) / np.sqrt(var + 1e-5)).reshape(B, 4, 5, 5)
+            want = want * gw.reshape(1, 4, 1, 1) + gb.reshape(1, 4, 1, 1)
+            np.testing.assert_allclose(got[t], want, rtol=1e-10, atol=1e-12)
+        if not running:
+            ref = F.group_norm(xt.flatten(0, 1), 2, torch.tensor(gw), torch.tensor(gb)).unflatten(0, (T, B))
+            np.testing.assert_allclose(got, ref.numpy(), rtol=1e-10, atol=1e-12)
+    flat = xt.flatten(0, 1)
+    pools = [
+        (dict(mode="max", kernel=(3, 2), stride=(2, 1), padding=(1, 1)), F.max_pool2d(flat, (3, 2), (2, 1), (1, 1))),
+        (dict(mode="avg", kernel=(3, 3), stride=(2, 2), padding=(1, 1)), F.avg_pool2d(flat, 3, 2, 1)),
+        (
+            dict(mode="avg", kernel=(3, 3), stride=(2, 2), padding=(1, 1), count_include_pad=False),
+            F.avg_pool2d(flat, 3, 2, 1, count_include_pad=False),
+        ),
+        (dict(mode="sum", kernel=(2, 2), stride=(2, 2), padding=(0, 0)), 4 * F.avg_pool2d(flat, 2, 2)),
+    ]
+    for kw, ref in pools:
+        g = one_op_graph(T, PER_STEP((4, 5, 5)), ir.Pool2d(name="p", inputs=("x",), **kw))
+        np.testing.assert_allclose(golden.run(g, [x])["out"], ref.unflatten(0, (T, B)).numpy(), rtol=1e-12, atol=1e-12)
+    w, scale = rng.normal(size=(3, 4, 3, 3)), rng.uniform(0.5, 1.5, T)
+    conv = F.conv2d(flat, torch.tensor(w), padding=1, stride=2).unflatten(0, (T, B)).numpy()
+    for bias in (rng.normal(size=(T, 3)), rng.normal(size=3)):
+        node = ir.ScaledConv2d(name="sc", inputs=("x",), weight="w", scale="s", bias="b", padding=(1, 1), stride=(2, 2))
+        g = one_op_graph(T, PER_STEP((4, 5, 5)), node, {"w": w, "s": scale, "b": bias})
+        b = bias.reshape(T, 1, 3, 1, 1) if bias.ndim == 2 else bias.reshape(1, 1, 3, 1, 1)
+        want = scale.reshape(T, 1, 1, 1, 1) * conv + b
+        np.testing.assert_allclose(golden.run(g, [x])["out"], want, rtol=1e-12, atol=1e-12)
+    x0 = x[0]  # a static input: convolved once, the output per step
+    g = one_op_graph(
+        T,
+        ir.ValueType((4, 5, 5), "float64"),
+        ir.ScaledConv2d(name="sc", inputs=("x",), weight="w", scale="s"),
+        {"w": w, "s": scale},
+    )
+    want = scale.reshape(T, 1, 1, 1, 1) * F.conv2d(torch.tensor(x0), torch.tensor(w)).numpy()[None]
+    np.testing.assert_allclose(golden.run(g, [x0])["out"], want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        golden.conv2d(x0, w, None), F.conv2d(torch.tensor(x0), torch.tensor(w)).numpy(), atol=1e-12
+    )
+
+
+def test_concat_axes_and_run_options():
+    """Concat along a channel or a spatial axis (also negative) of per-step and static parts; embedding row 0
+    is in range; run's keep / all_values / overrides return what they name, and a wrong override shape is one
+    error."""
+    rng = np.random.default_rng(12)
+    T, B = 2, 3
+    for axis in (0, 1, -1):
+        g = ir.Graph(T)
+        g.add(ir.Input(name="x", shape=(2, 3, 4), dtype="float64", timing=ir.PER_STEP))
+        g.add(ir.Input(name="s", shape=(2, 3, 4), dtype="float64"))
+        g.add(ir.Concat(name="c", inputs=("x", "s"), axis=axis))
+        g.add(ir.Output(name="out", inputs=("c",)))
+        x, s = rng.normal(size=(T, B, 2, 3, 4)), rng.normal(size=(B, 2, 3, 4))
+        want = np.concatenate([x, np.broadcast_to(s, x.shape)], axis=2 + axis % 3)
+        np.testing.assert_array_equal(golden.run(ir.check(g), {"x": x, "s": s})["out"], want)
+    g = ir.Graph(T, params={"emb": rng.normal(size=(5, 2))})
+    g.add(ir.Input(name="t", shape=(), dtype="int64"))
+    g.add(ir.Embedding(name="e", inputs=("t",), weight="emb"))
+    g.add(ir.Swish(name="a", inputs=("e",)))
+    g.add(ir.Output(name="out", inputs=("a",)))
+    g = ir.check(g)
+    t = np.array([0, 4, 2])
+    emb = g.params["emb"][t]
+    res = golden.run(g, [t], keep=["e"])
+    assert set(res) == {"out", "e"} and np.array_equal(res["e"], emb)
+    np.testing.assert_allclose(res["out"], emb / (1 + np.exp(-emb)))
+    assert set(golden.run(g, [t])) == {"out"}
+    assert set(golden.run(g, [t], all_values=True)) == {"t", "e", "a", "out"}
+    fake = np.ones((3, 2))
+    res = golden.run(g, [t], overrides={"e": fake}, keep=["e"])
+    assert np.array_equal(res["e"], fake) and np.allclose(res["out"], 1 / (1 + np.exp(-1)))
+    with pytest.raises(IRError, match=r"override for node 'e' has shape \[2, 2\], expected \[3, 2\]"):
+        golden.run(g, [t], overrides={"e": np.ones((2, 2))})
