@@ -678,3 +678,45 @@ def test_summary_by_hand():
     part = s["partition"]
     assert (part["host"], part["neuromorphic"]) == (16, 10) and part["host"] + part["neuromorphic"] == s["nodes"]
     assert part["host_reasons"]["graph boundary"] == 2 and part["nodes"]["sum"][0] == "neuromorphic"
+
+
+def test_new_param_names_are_fresh_and_typed_like_their_source():
+    from sdmc.passes.rewrite import _new_param
+
+    g = ir.Graph(2, params={"w": np.zeros(2, np.float32), "w_1": np.zeros(1)})
+    assert _new_param(g, "v", np.ones(3)) == "v" and g.params["v"].dtype == np.float64
+    assert _new_param(g, "w", np.ones(3), like="w") == "w_2" and g.params["w_2"].dtype == np.float32
+    assert _new_param(g, "v", np.ones(3)) == "v_1"
+    assert np.array_equal(g.params["w"], np.zeros(2)) and g.params["w_1"].shape == (1,)
+    assert _new_param(g, "u", np.ones(2, np.float32), like="gone") == "u" and g.params["u"].dtype == np.float32
+
+
+def test_hoist_affine_reads_the_static_value_and_keeps_training_outputs():
+    """hoist_affine: a conv and a TSM scale reading repeat(x) read x (the conv's static output repeated for
+    its readers, the TSM scale per-step by itself); the unused repeat goes; training-mode outputs (batch
+    statistics of the BN that stays per-step) are unchanged."""
+    rng = np.random.default_rng(4)
+    T = 3
+    g = ir.Graph(T)
+    P = lambda k, a: g.add_param(k, np.asarray(a, dtype=np.float64))  # noqa: E731
+    g.add(ir.Input(name="x", shape=(2, 4, 4), dtype="float64"))
+    g.add(ir.Repeat(name="rep", inputs=("x",)))
+    g.add(ir.Conv2d(name="c", inputs=("rep",), weight=P("c.w", rng.normal(size=(2, 2, 3, 3))), padding=(1, 1)))
+    g.add(ir.BatchNorm(name="bn", inputs=("c",), weight=P("g", np.ones(2)), bias=P("b", np.zeros(2)),
+                       running_mean=P("m", np.zeros(2)), running_var=P("v", np.ones(2))))  # fmt: skip
+    g.add(ir.TSMScale(name="tsm", inputs=("rep",), scale=P("p", rng.uniform(0.5, 1.5, (T, 1, 1, 1, 1)))))
+    g.add(ir.Add(name="a", inputs=("bn", "tsm")))
+    g.add(ir.IF(name="s", inputs=("a",)))
+    g.add(ir.MembraneReadout(name="ro", inputs=("s",)))
+    g.add(ir.Output(name="out", inputs=("ro",)))
+    g = ir.check(g)
+    h = passes.hoist_affine(g)
+    assert h["c"].inputs == ("x",) and h["tsm"].inputs == ("x",) and "rep" not in h.nodes
+    assert h.meta["passes"][-1]["hoisted"] == ["c", "tsm"]
+    assert h["bn"].inputs != ("c",) and h[h["bn"].inputs[0]].op == "repeat"  # the conv's output, repeated
+    assert h["tsm"].type.per_step and not h["c"].type.per_step
+    x = rng.normal(size=(4, 2, 4, 4))
+    for training in (True, False):
+        np.testing.assert_allclose(
+            golden.run(h, [x], training=training)["out"], golden.run(g, [x], training=training)["out"], atol=1e-12
+        )

@@ -28,7 +28,7 @@ def _new_param(g: ir.Graph, base: str, value: np.ndarray, like: str | None = Non
     while name in g.params:
         i += 1
         name = f"{base}_{i}"
-    dtype = g.params[like].dtype if like is not None and like in g.params else value.dtype
+    dtype = g.params[like].dtype if like in g.params else value.dtype
     g.add_param(name, np.asarray(value, dtype=dtype))
     return name
 
@@ -224,7 +224,6 @@ def hoist_affine(g: ir.Graph) -> dict:
             g.replace_uses(name, rep)
             g.nodes[rep] = g.nodes[rep].replace(inputs=(name,))
         hoisted.append(name)
-        ir.infer_types(g)
     unused = [k for k, n in g.nodes.items() if n.op == "repeat" and not g.users(k)]
     for k in unused:
         g.remove(k)
