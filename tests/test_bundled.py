@@ -116,7 +116,7 @@ def test_recipe_command_names_the_preset_when_it_matches():
     assert build.recipe_command(tc, "digits-bundled", 12000) == want
     # the same recipe spelled as overrides of the digits preset (how a run may have been started)
     tc = make_config(
-        "digits", lr=1e-3, warmup=200, lr_decay=4000, ema_decay=0.999, batch_size=32, steps=12000, threads=1
+        "digits", lr=1e-3, warmup=200, lr_decay=4000, ema_decay=0.999, batch_size=32, steps=12000, threads=1, img_size=8
     ).to_dict()
     assert build.recipe_command(tc, "digits-bundled", 12000) == want
     tc = make_config("digits", lr=5e-4, threads=2).to_dict()

@@ -720,3 +720,36 @@ def test_hoist_affine_reads_the_static_value_and_keeps_training_outputs():
         np.testing.assert_allclose(
             golden.run(h, [x], training=training)["out"], golden.run(g, [x], training=training)["out"], atol=1e-12
         )
+
+
+def test_split_concat_by_hand():
+    """split_concat on IF(concat(static, per-step)) -> concat(IF(repeat(static)), IF(per-step)) (a neuron piece
+    must run per step: the static part is repeated), and conv(concat(a, b)) -> conv_a(a) + conv_b(b) with the
+    weight split by input channels and the bias once; the log names what moved; outputs unchanged."""
+    rng = np.random.default_rng(8)
+    g = ir.Graph(2)
+    P = lambda k, shape: g.add_param(k, rng.normal(size=shape))  # noqa: E731
+    g.add(ir.Input(name="x", shape=(2, 4, 4), dtype="float64"))
+    g.add(ir.Conv2d(name="cx", inputs=("x",), weight=P("cx.w", (2, 2, 1, 1))))  # static
+    g.add(ir.Repeat(name="rep", inputs=("x",)))
+    g.add(ir.Conv2d(name="c0", inputs=("rep",), weight=P("c0.w", (3, 2, 1, 1))))  # per step
+    g.add(ir.Concat(name="cat", inputs=("cx", "c0")))
+    g.add(ir.IF(name="s", inputs=("cat",)))
+    g.add(ir.Conv2d(name="c2", inputs=("s",), weight=P("c2.w", (3, 5, 1, 1))))
+    g.add(ir.Concat(name="cat3", inputs=("c2", "cx", "c0")))  # a conv reading a three-way concat
+    g.add(ir.Conv2d(name="c1", inputs=("cat3",), weight=P("c1.w", (2, 8, 3, 3)), bias=P("c1.b", (2,)), padding=(1, 1)))
+    g.add(ir.MembraneReadout(name="ro", inputs=("c1",)))
+    g.add(ir.Output(name="out", inputs=("ro",)))
+    g = ir.check(g)
+    h = passes.split_concat(g)
+    log = h.meta["passes"][-1]
+    assert log["pushed_through"] == ["s"] and log["split"] == ["c2", "c1"]
+    neurons = [n for n in h.nodes.values() if n.op == "if"]
+    assert len(neurons) == 2 and all(n.type.per_step for n in neurons)
+    static_piece = next(n for n in neurons if h[n.inputs[0]].op == "repeat")
+    assert h[static_piece.inputs[0]].inputs == ("cx",)
+    convs = [n for n in h.nodes.values() if n.op == "conv2d" and n.name.startswith("c1")]
+    assert [h.params[n.weight].shape[1] for n in convs] == [3, 2, 3]
+    assert sum(n.bias is not None for n in convs) == 1
+    x = rng.normal(size=(3, 2, 4, 4))
+    np.testing.assert_allclose(golden.run(h, [x])["out"], golden.run(g, [x])["out"], atol=1e-12)

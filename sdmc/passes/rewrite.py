@@ -293,13 +293,13 @@ def split_concat(g: ir.Graph) -> dict:
                             name=g.fresh_name(f"{name}.{i}"),
                             inputs=(src,),
                             weight=wi,
-                            bias=node.bias if i == 0 else None,
+                            bias=None if terms else node.bias,  # the bias once, on the first term
                         )
                     )
                 )
             acc = terms[0]
-            for i, t in enumerate(terms[1:], 1):
-                acc = g.add(ir.Add(name=g.fresh_name(f"{name}.sum{i}"), inputs=(acc, t)))
+            for t in terms[1:]:
+                acc = g.add(ir.Add(name=g.fresh_name(f"{name}.sum"), inputs=(acc, t)))
             _drop(g, acc, name)
             ir.infer_types(g)
             split.append(name)

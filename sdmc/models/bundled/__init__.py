@@ -4,7 +4,7 @@
 ========  ====================  ==============================================================================
 name      file                  model
 ========  ====================  ==============================================================================
-digits    digits.safetensors    SDDPM spiking UNet (ch 32, ch_mult 1,2, one block, T=4, IF), 1x16x16, EMA
+digits    digits.safetensors    SDDPM spiking UNet (ch 32, ch_mult 1,2, one block, T=4, IF), 1x8x8, EMA
                                 weights trained on the bundled digits; ``sdmc train --preset digits-bundled``
 ========  ====================  ==============================================================================
 
@@ -48,7 +48,7 @@ BUNDLED: dict[str, BundledModel] = {
         "digits",
         "digits.safetensors",
         "digits-bundled",
-        "SDDPM spiking UNet (ch 32, T=4) trained on the bundled 16x16 digits (EMA weights)",
+        "SDDPM spiking UNet (ch 32, T=4) trained on the bundled digits at their native 8x8 (EMA weights)",
     ),
 }
 
