@@ -14,6 +14,18 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (restored after): tiny models gain nothing from threads, and on a busy
+    2-core machine OpenMP waits dominate (two threads measured ~30x slower). Use it per module with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 REF_KEYS = os.path.join(os.path.dirname(__file__), "data", "ref_state_dict_keys.txt")
 
 

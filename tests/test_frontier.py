@@ -13,13 +13,7 @@ from sdmc.errors import ConfigError
 from sdmc.metrics.frontier import Frontier, Setting, run_frontier
 from sdmc.models import build_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_settings_parse_and_refuse_nonsense():
