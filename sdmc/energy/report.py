@@ -290,31 +290,21 @@ class EnergyReport:
     def print(self, console=None, layers: bool = True) -> None:
         """A readable terminal report (rich tables)."""
         from rich.console import Console
-        from rich.table import Table
+
+        from ..tables import rich_table
 
         console = console or Console(width=max(Console().width, 150))
         for h in self._header_lines():
             console.print(h)
         if layers:
-            t = Table(title="per layer (per call, one image)")
-            for i, h in enumerate(self.LAYER_HEAD):
-                t.add_column(h, justify="left" if i < 3 else "right", no_wrap=i == 0)
-            for r in self._layer_rows():
-                t.add_row(*r)
-            console.print(t)
+            console.print(
+                rich_table(
+                    "per layer (per call, one image)", self.LAYER_HEAD, self._layer_rows(), left=3, no_wrap_first=True
+                )
+            )
         head, rows, note = self._step_rows(limit=12)
-        t = Table(title="per call (one image)" + (f"; {note}" if note else ""))
-        for h in head:
-            t.add_column(h, justify="right")
-        for r in rows:
-            t.add_row(*r)
-        console.print(t)
-        t = Table(title="energy")
-        for i, h in enumerate(self.SUMMARY_HEAD):
-            t.add_column(h, justify="left" if i == 0 else "right")
-        for r in self._summary_rows():
-            t.add_row(*r)
-        console.print(t)
+        console.print(rich_table("per call (one image)" + (f"; {note}" if note else ""), head, rows, left=0))
+        console.print(rich_table("energy", self.SUMMARY_HEAD, self._summary_rows()))
         for n in self.notes:
             console.print(f"note: {n}")
 

@@ -187,15 +187,11 @@ class Frontier:
 
     def print(self, console=None) -> None:
         from rich.console import Console
-        from rich.table import Table
+
+        from ..tables import rich_table
 
         console = console or Console(width=max(Console().width, 140))
-        t = Table(title="quality per energy (digits-FID: mean ± std over seeds)")
-        for i, h in enumerate(self.HEAD):
-            t.add_column(h, justify="left" if i == 0 else "right")
-        for r in self.rows():
-            t.add_row(*r)
-        console.print(t)
+        console.print(rich_table("quality per energy (digits-FID: mean ± std over seeds)", self.HEAD, self.rows()))
         for s in self.summary_lines():
             console.print(s)
 
