@@ -374,38 +374,42 @@ def _run_forked(
         raise
 
 
+def _run_subprocess(
+    args: list[str], mutant_path: Path | None, mutant: Mutant | None, timeout: float | None
+) -> tuple[int | None, float]:
+    """Run pytest in a fresh Python (the module swapped in by ``mutate.py _run``); returns (exit code or None on
+    timeout, seconds)."""
+    if mutant is None:
+        cmd = [sys.executable, "-m", "pytest", *args]
+    else:
+        name = module_name(mutant.file)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "_run", name, str(mutant_path), str(ROOT / mutant.file)]
+        cmd += ["--", *args]
+    env = dict(os.environ, CI="1", PYTHONDONTWRITEBYTECODE="1")
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return None, time.monotonic() - t0
+    return p.returncode, time.monotonic() - t0
+
+
 def run_tests(tests: list[str], mutant: Mutant | None, timeout: float | None, fork: bool = False) -> tuple[str, float]:
     """Run ``tests`` (pytest arguments) against ``mutant`` (None: the clean code).  Returns (outcome, seconds),
     outcome one of passed / failed / timeout / error.  ``fork``: run pytest in a fork of this process after
     importing torch & co once (:data:`WARM_MODULES`) instead of a fresh Python (same outcome, ~2-3x faster)."""
     args = [*tests, "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--no-header", "-W", "ignore"]
-    env = dict(os.environ, CI="1", PYTHONDONTWRITEBYTECODE="1")
     with tempfile.TemporaryDirectory(prefix="sdmc-mutant-") as tmp:
         path = None
         if mutant is not None:
             src = _SOURCES.get(mutant.file) or (ROOT / mutant.file).read_bytes()
             path = Path(tmp) / Path(mutant.file).name
             path.write_bytes(mutant.apply(src))
-        if fork:
-            code, dt = _run_forked(args, path, mutant, timeout)
-            if code is None:
-                return "timeout", dt
-        else:
-            if mutant is None:
-                cmd = [sys.executable, "-m", "pytest", *args]
-            else:
-                name = module_name(mutant.file)
-                cmd = [sys.executable, str(Path(__file__).resolve()), "_run", name, str(path), str(ROOT / mutant.file)]
-                cmd += ["--", *args]
-            t0 = time.monotonic()
-            try:
-                p = subprocess.run(
-                    cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout
-                )
-            except subprocess.TimeoutExpired:
-                return "timeout", time.monotonic() - t0
-            dt = time.monotonic() - t0
-            code = p.returncode
+        code, dt = (_run_forked if fork else _run_subprocess)(args, path, mutant, timeout)
+    if code is None:
+        return "timeout", dt
     if code == 0:
         return "passed", dt
     if code == 1:
