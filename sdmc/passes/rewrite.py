@@ -8,7 +8,7 @@ the source's parameters stay in the store until ``dead_code`` drops the unused o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -319,7 +319,7 @@ class _Conv:
     padding: tuple
     dilation: tuple
     groups: int
-    sources: list = field(default_factory=list)  # names of the nodes composed into it
+    like: str | None = None  # a weight parameter whose dtype the composed parameters take
 
     @classmethod
     def of(cls, g: ir.Graph, n: ir.Node) -> _Conv:
@@ -332,7 +332,7 @@ class _Conv:
             tuple(n.padding),
             tuple(n.dilation),
             int(n.groups),
-            [n.name],
+            n.weight,
         )
 
     @property
@@ -363,7 +363,7 @@ def compose_1x1(outer: _Conv, inner: _Conv) -> _Conv:
         scale = outer.scale if inner.scale is None else inner.scale
     else:
         scale = outer.scale * inner.scale
-    return _Conv(w, scale, b, inner.stride, inner.padding, inner.dilation, inner.groups, inner.sources + outer.sources)
+    return _Conv(w, scale, b, inner.stride, inner.padding, inner.dilation, inner.groups, inner.like)
 
 
 @dataclass
@@ -440,9 +440,7 @@ class _Composer:
             out = []
             for i, x in enumerate(inner):
                 c = conv if i == 0 else replace(conv, bias=None)  # the outer bias is added once, not per summand
-                out.append(
-                    _Term(x.src, compose_1x1(c, x.conv) if x.conv is not None else replace(c, sources=list(c.sources)))
-                )
+                out.append(_Term(x.src, compose_1x1(c, x.conv) if x.conv is not None else c))
             return out, True
         return self.opaque(v, _NOT_COMPOSED.get(n.op, f"through {n.op} (not linear)"))
 
@@ -478,9 +476,9 @@ def _merge(terms: list[_Term]) -> list[_Term]:
             continue
         c, d = t.conv, hit.conv
         bias = d.bias if c.bias is None else c.bias if d.bias is None else d.bias + c.bias
-        hit.conv, hit.node = replace(d, weight=d.weight + c.weight, bias=bias, sources=d.sources + c.sources), None
+        hit.conv, hit.node = replace(d, weight=d.weight + c.weight, bias=bias), None
     new = [t for t in out if t.conv is not None and t.node is None]
-    if len(new) > 1:
+    if new:
         total = None
         for t in new:
             if t.conv.bias is not None:
@@ -525,45 +523,25 @@ def compose_residual(g: ir.Graph) -> dict:
             return built[v]
         names = []
         for t in _merge(comp.expand(v)[0]):
-            if t.node is not None:
+            if t.node is not None:  # an existing node computes this summand
                 names.append(t.node)
                 continue
-            c = t.conv
-            if c is None:
-                names.append(t.src)
-                continue
+            c = t.conv  # a new projection (every term without a node carries one)
             base = g.fresh_name(f"{v}.from.{t.src}")
-            like = g.nodes[c.sources[0]].weight
+            like = c.like
             w = _new_param(g, f"{base}.weight", c.weight, like)
             b = None if c.bias is None else _new_param(g, f"{base}.bias", c.bias, like)
+            kw = dict(name=base, inputs=(t.src,), weight=w, bias=b, stride=c.stride, padding=c.padding)
+            kw.update(dilation=c.dilation, groups=c.groups)
             if c.scale is None and (c.bias is None or c.bias.ndim == 1):
-                node = ir.Conv2d(
-                    name=base,
-                    inputs=(t.src,),
-                    weight=w,
-                    bias=b,
-                    stride=c.stride,
-                    padding=c.padding,
-                    dilation=c.dilation,
-                    groups=c.groups,
-                )
+                node = ir.Conv2d(**kw)
             else:
                 s = None if c.scale is None else _new_param(g, f"{base}.scale", c.scale, like)
-                node = ir.ScaledConv2d(
-                    name=base,
-                    inputs=(t.src,),
-                    weight=w,
-                    scale=s,
-                    bias=b,
-                    stride=c.stride,
-                    padding=c.padding,
-                    dilation=c.dilation,
-                    groups=c.groups,
-                )
+                node = ir.ScaledConv2d(scale=s, **kw)
             names.append(g.add(node))
         acc = names[0]
-        for i, nm in enumerate(names[1:], 1):
-            acc = g.add(ir.Add(name=g.fresh_name(f"{v}.sum{i}"), inputs=(acc, nm)))
+        for nm in names[1:]:
+            acc = g.add(ir.Add(name=g.fresh_name(f"{v}.sum"), inputs=(acc, nm)))
         ir.infer_types(g)
         built[v] = acc
         return acc
