@@ -3,6 +3,7 @@ against the eager spikingjelly UNets (outputs, surrogate gradients, one Adam ste
 state_dict round trips, threshold guidance, the fused neuron kernel, files and errors."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import torch
 from conftest import randomize_bn
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from op_examples import EXAMPLES
+from op_examples import inputs as example_inputs
 from strategies import random_inputs, spiking_graphs
 
 from sdmc import ir
@@ -186,6 +189,153 @@ def test_spike_conv_saves_uint8_and_matches_conv2d_gradients(groups, stride, cha
     ref = torch.autograd.grad(ref_y, [x, w] + ([b] if bias else []), gy)
     assert torch.equal(y, ref_y) and all(torch.equal(a, r) for a, r in zip(grads, ref))
     assert torch.uint8 in saved and torch.float32 not in saved[:1]  # the spikes are kept as uint8
+
+
+@pytest.mark.parametrize("name", ["atan", "sigmoid"])
+def test_kernel_surrogates_are_the_derivatives_of_spikingjellys_primitives(name):
+    """ATan: d/dx (arctan(pi/2 a x) / pi + 1/2); Sigmoid: d/dx sigmoid(a x), spikingjelly's two smooth primitives."""
+    a = 3.0
+    x = torch.linspace(-2, 2, 41, dtype=torch.float64, requires_grad=True)
+    prim = torch.atan(math.pi / 2 * a * x) / math.pi + 0.5 if name == "atan" else torch.sigmoid(a * x)
+    (want,) = torch.autograd.grad(prim.sum(), x)
+    torch.testing.assert_close(K.SURROGATES[name](x.detach(), a), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("decay_input", [True, False])
+def test_kernel_plif_reference_is_the_equation(decay_input):
+    """PLIF with 1/tau = sigmoid(w): h = v + (x - (v - r)) q (decay_input) or h = v - (v - r) q + x; hard reset."""
+    T, B, th, r, w = 4, 3, 0.7, -0.2, 0.4
+    x = torch.randn(T * B, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    got = K.neuron_reference(x, T, "plif", th, r, decay_input=decay_input, w=torch.tensor(w, dtype=torch.float64))
+    q, v, want = 1 / (1 + math.exp(-w)), torch.full((B, 6), r, dtype=torch.float64), []
+    for t in range(T):
+        xt = x[t * B : (t + 1) * B]
+        h = v + (xt - (v - r)) * q if decay_input else v - (v - r) * q + xt
+        s = (h >= th).double()
+        v = torch.where(s > 0, torch.full_like(h, r), h)
+        want.append(s)
+    assert torch.equal(got, torch.cat(want)) and 0 < got.mean() < 1
+
+
+@pytest.mark.parametrize("static_in", [False, True])
+@pytest.mark.parametrize("scale", [None, "T"])
+@pytest.mark.parametrize("bias", [None, "O", "TO"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_kernel_scaled_conv_is_the_equation(static_in, scale, bias, grad):
+    """y[t] = scale[t] conv(x[t], W) + b[t] for every scale/bias form, static or per-step input, with or
+    without autograd (the no-grad path works in place)."""
+    T, B, O = 3, 2, 4
+    gen = torch.Generator().manual_seed(hash((static_in, scale, bias)) % 997)
+    x = torch.randn((1 if static_in else T) * B, 2, 5, 5, generator=gen, dtype=torch.float64)
+    W = torch.randn(O, 2, 3, 3, generator=gen, dtype=torch.float64)
+    s = None if scale is None else torch.rand(T, generator=gen, dtype=torch.float64) + 0.5
+    b = {None: None, "O": torch.randn(O, generator=gen, dtype=torch.float64)}.get(bias)
+    if bias == "TO":
+        b = torch.randn(T, O, generator=gen, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        y = K.scaled_conv2d(x, W.requires_grad_(grad), s, b, T, static_in, (1, 1), (1, 1), (1, 1), 1)
+    W = W.detach()
+    want = []
+    for t in range(T):
+        xt = x if static_in else x[t * B : (t + 1) * B]
+        yt = torch.nn.functional.conv2d(xt, W, None, 1, 1) * (1.0 if s is None else s[t])
+        if b is not None:
+            yt = yt + (b[t] if b.dim() == 2 else b).reshape(1, O, 1, 1)
+        want.append(yt)
+    torch.testing.assert_close(y.detach(), torch.cat(want), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.3])
+def test_kernel_batchnorm_training_updates_running_statistics_as_torch(momentum):
+    """Three training batches: output, running mean/var and num_batches_tracked equal nn.BatchNorm2d's
+    (momentum None: the cumulative average 1/n, which needs the counter)."""
+    ref = torch.nn.BatchNorm2d(3, momentum=momentum).double()
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5), ref.bias.normal_()
+    rm, rv, nbt = ref.running_mean.clone(), ref.running_var.clone(), ref.num_batches_tracked.clone()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64) * 2 + 1
+        y = K.batchnorm(x, ref.weight.detach(), ref.bias.detach(), rm, rv, nbt, True, momentum, ref.eps)
+        torch.testing.assert_close(y, ref(x).detach())
+    assert int(nbt) == int(ref.num_batches_tracked) == 3
+    torch.testing.assert_close(rm, ref.running_mean) and torch.testing.assert_close(rv, ref.running_var)
+
+
+@pytest.mark.parametrize("a_ps,b_ps", [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("b_shape", [(3, 4, 5), (4, 5), (5,), (1, 5), (3, 1, 1)])
+@pytest.mark.parametrize("op", ["add", "mul"])
+def test_kernel_binary_broadcasts_like_numpy_per_step(a_ps, b_ps, b_shape, op):
+    """y[t] = a[t] (op) b[t] with numpy broadcasting of the per-sample shapes; a static operand is the same at
+    every step.  Values are folded ``[T*B, ...]`` when per-step, ``[B, ...]`` when static."""
+    T, B, a_shape = 3, 2, (3, 4, 5)
+    rng = np.random.default_rng(len(b_shape))
+    a = rng.normal(size=(T if a_ps else 1, B) + a_shape)
+    b = rng.normal(size=(T if b_ps else 1, B) + b_shape)
+    pad = lambda v, r: v.reshape(v.shape[:2] + (1,) * (r - v.ndim + 2) + v.shape[2:])  # noqa: E731
+    want = (np.add if op == "add" else np.multiply)(pad(a, 3), pad(b, 3))
+    fold = lambda v, ps: torch.from_numpy(v.reshape((-1,) + v.shape[2:]) if ps else v[0])  # noqa: E731
+    got = K.binary(op, fold(a, a_ps), fold(b, b_ps), T, a_ps, b_ps, len(a_shape), len(b_shape)).numpy()
+    ps = a_ps or b_ps
+    np.testing.assert_allclose(got, want.reshape((-1,) + want.shape[2:]) if ps else want[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("pss", [(True, True), (True, False), (False, False)])
+def test_kernel_concat_joins_the_per_sample_axis(axis, pss):
+    """Concat along per-sample axis 0 (channels), 1 or 2; a static operand is repeated over the T steps."""
+    T, B = 3, 2
+    rng = np.random.default_rng(axis)
+    shapes = [[2, 3, 4], [2, 3, 4]]
+    shapes[1][axis] = 5
+    vals = [rng.normal(size=(T if p else 1, B, *sh)) for p, sh in zip(pss, shapes)]
+    ps = any(pss)
+    want = np.concatenate([np.broadcast_to(v, (T if ps else 1,) + v.shape[1:]) for v in vals], axis=2 + axis)
+    xs = [torch.from_numpy(v.reshape((-1,) + v.shape[2:]) if p else v[0]) for v, p in zip(vals, pss)]
+    got = K.concat(xs, list(pss), T, axis).numpy()
+    np.testing.assert_array_equal(got, want.reshape((-1,) + want.shape[2:]) if ps else want[0])
+
+
+@pytest.mark.parametrize("op", sorted(EXAMPLES))
+@pytest.mark.parametrize("mode", ["train", "inference"])
+def test_each_ir_op_on_the_executor_matches_golden(op, mode):
+    """Every IR op, as lowered (one example graph per op, tests/op_examples.py), in both executor modes and with
+    autograd on (the training path), equals the golden simulator in float64."""
+    g = EXAMPLES[op]()
+    ins = example_inputs(g)
+    want = golden.run(g, ins)
+    ex = compile_torch(g, mode=mode, dtype=torch.float64).eval()
+    args = [torch.from_numpy(np.asarray(ins[n.name])) for n in g.input_nodes]
+    for grad in (False, True) if mode == "train" else (False,):
+        with torch.set_grad_enabled(grad):
+            out = ex(*args)
+        out = out if isinstance(out, tuple) else (out,)
+        for o, n in zip(out, g.output_nodes):
+            np.testing.assert_allclose(o.detach().numpy(), want[n.name], rtol=1e-9, atol=1e-9, err_msg=n.name)
+
+
+@pytest.mark.parametrize("x_grad,w_grad,bias", [(True, True, "grad"), (False, True, None), (True, False, "frozen")])
+def test_spike_conv_backward_asks_aten_only_for_the_gradients_autograd_needs(x_grad, w_grad, bias):
+    """The backward's one ``aten.convolution_backward`` call: output mask = which of x, W, b need a gradient,
+    ``bias_sizes`` = [O] when there is a bias (as aten documents), None when not."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution_backward.default:
+                calls.append((args[3], list(args[-1])))
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(2, 4, 6, 6, generator=g) < 0.4).float().requires_grad_(x_grad)
+    w = torch.randn(5, 4, 3, 3, generator=g, requires_grad=w_grad)
+    b = None if bias is None else torch.randn(5, generator=g, requires_grad=bias == "grad")
+    y = K.SpikeConv2d.apply(x, w, b, (1, 1), (1, 1), (1, 1), 1)
+    with Spy():
+        y.sum().backward()
+    assert calls == [(None if b is None else [5], [x_grad, w_grad, bias == "grad"])]
 
 
 def test_fused_neuron_saves_one_tensor_not_per_step_graphs():
