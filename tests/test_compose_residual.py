@@ -240,3 +240,14 @@ def test_only_consumers_of_composed_values_are_rewired_and_every_new_projection_
     live = h.ancestors(n.name for n in h.output_nodes)
     assert all(k in live for k in h.nodes if k not in net.g.nodes)  # every node the pass added is read
     assert log["max_projections_per_neuron"] == 2
+
+
+def test_a_1x1_over_a_value_that_cannot_be_composed_is_left_alone_and_no_neuron_means_zero():
+    g = ir.Graph(T)
+    g.add(ir.Input(name="x", shape=(2, 4, 4), dtype="float64"))
+    g.add(ir.Repeat(name="rep", inputs=("x",)))
+    g.add_param("c.w", np.ones((2, 2, 1, 1)))
+    g.add(ir.Conv2d(name="c", inputs=("rep",), weight="c.w"))
+    g.add(ir.Output(name="out", inputs=("c",)))
+    log = passes.run(ir.check(g), ["fuse_tsm", "split_concat", "compose_residual"]).meta["passes"][-1]
+    assert log["max_projections_per_neuron"] == 0 and log["rewritten"] == []

@@ -47,6 +47,20 @@ def test_cuba_current_wraps_and_voltage_saturates_like_lava():
     assert v2.tolist() == [0, -(2**23) + 1] and s2.tolist() == [True, False]
 
 
+def test_cuba_current_wrap_boundaries_are_lavas():
+    """Lava: u wraps when u > 2^23 (so exactly 2^23 stays) and when u <= -2^23 (so exactly -2^23 wraps)."""
+    p, z = lnet.Cuba(vth=lnet.MAX_VTH), np.zeros(4, np.int64)
+    a = np.array([2**17, 2**17 + 1, -(2**17), -(2**17) + 1])  # a_in << 6 = +-2^23 and one unit inside/outside
+    u, _, _ = lm.cuba_step(z, z, a, 0, p)
+    assert u.tolist() == [2**23, 2**23 + 64 - 2**24, -(2**23) + 2**24, -(2**23) + 64]
+
+
+def test_signed_clamp_wraps_into_the_24_bit_range_as_integers():
+    x = np.array([2**23 - 1, 2**23, -(2**23), -(2**23) - 1, 3 * 2**24 + 5], np.int64)
+    y = lm.signed_clamp(x)
+    assert y.dtype == np.int64 and y.tolist() == [2**23 - 1, -(2**23), -(2**23), 2**23 - 1, 5]
+
+
 def test_bias_mantissa_is_int16_in_the_simulator():
     _, v, _ = lm.cuba_step(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64), 40000, lnet.Cuba(vth=5))
     assert v[0] == -25536 * 64
@@ -76,6 +90,18 @@ def test_fixed_point_chain_equals_float_golden_for_dyadic_weights(seed, B, bias)
     for name, s in zip(("n1", "n2", "n3"), got):
         assert np.array_equal(gold[name].astype(bool), s), name
     assert gold["n1"].sum() > 0
+
+
+def test_a_spike_chain_reads_any_non_zero_input_as_one_spike():
+    """Spike input (input_bits 0): x != 0 is a spike, whatever its value (a graded chain would scale by it)."""
+    rng = np.random.default_rng(4)
+    g = dyadic_chain(rng)
+    q, _ = quantize.quantize_chain(netx_chain.extract_chain(g), pow2=True)
+    assert q.input_bits == 0
+    x = (rng.random((g.T, 2) + q.input_shape) < 0.4).astype(np.float64)
+    n = g.T + len(q.layers)
+    a, b = lm.run_chain(q, x, num_steps=n), lm.run_chain(q, 3 * x, num_steps=n)
+    assert all(np.array_equal(sa, sb) for sa, sb in zip(a["spikes"], b["spikes"])) and a["spikes"][0].any()
 
 
 def test_without_reset_bias_leaks_into_the_pipeline_fill():

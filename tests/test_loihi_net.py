@@ -417,3 +417,50 @@ def test_simulator_imports_only_the_network_ir_and_the_backend_loads_lazily():
     for name in L.__all__:
         obj = getattr(L, name)
         assert not isinstance(obj, types.ModuleType) and obj.__module__.startswith("sdmc.backends.lava."), name
+
+
+# ------------------------------------------------------------------------------------------ fast paths
+def test_exact_conv_uses_float32_only_below_2_to_the_24(monkeypatch):
+    """Below 2^24 float32 holds every partial sum exactly (torch's conv); from 2^24 on, the float64 path."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2, (2, 3, 5, 5))
+    w = rng.integers(-100, 100, (4, 3, 3, 3))
+    f64 = []
+    real = lm.conv2d_f64
+    monkeypatch.setattr(lm, "conv2d_f64", lambda *a, **k: f64.append(1) or real(*a, **k))
+    args = (x, w, (1, 1), (1, 1), (1, 1), 1)
+    small, large = lm.exact_conv(*args, (1 << 24) - 1), lm.exact_conv(*args, 1 << 24)
+    assert f64 == [1] and small.dtype == large.dtype == np.int64 and np.array_equal(small, large)
+
+
+def test_steps_before_the_first_input_are_skipped_not_simulated(monkeypatch):
+    """With zero bias nothing moves until the first non-zero input current: run_net starts a population's updates
+    at that step, or at its reset step (depth + 1) if that comes first; the result is the full simulation's."""
+    calls = []
+    real = lm.cuba_step
+    monkeypatch.setattr(lm, "cuba_step", lambda *a: calls.append(1) or real(*a))
+    x = lnet.Source("x", (1, 1, 1))
+    A = lnet.Population("A", (1, 1, 1), NOFIRE, depth=1)
+    net = lnet.LoihiNet((x,), (A,), (lnet.Projection("x", "A", "conv", one(3)),), ("A",))
+    r = lm.run_net(net, {"x": np.array([0, 0, 1, 0, 1]).reshape(5, 1, 1, 1, 1)})
+    # x[k] reaches A at step k + 2; the reset (step 2) comes first: steps 2..6 are simulated
+    assert (r["v"]["A"].ravel() // U).tolist() == [0, 0, 0, 3, 3, 6] and len(calls) == 5
+    calls.clear()
+    lm.run_net(net, {"x": np.zeros((1, 1, 1, 1, 1))}, num_steps=1)  # the run ends before A's reset: nothing
+    assert calls == []
+    # B (depth 3, zero bias) gets the bias-driven A's first spike at step 3, before its reset at step 4:
+    # A runs steps 1..4 (it has a bias: nothing skipped), B steps 3..4
+    P = lnet.Population("A", (1,), lnet.Cuba(vth=0), bias=np.array([1], np.int16), depth=1)
+    B = lnet.Population("B", (1,), NOFIRE, depth=3)
+    net = lnet.LoihiNet(
+        (lnet.Source("x", (1,)),),
+        (P, B),
+        (
+            lnet.Projection("x", "A", "dense", np.zeros((1, 1), np.int8)),
+            lnet.Projection("A", "B", "dense", np.full((1, 1), 9, np.int8), delay=1),
+        ),
+        ("B",),
+    )
+    calls.clear()
+    r = lm.run_net(net, {"x": np.zeros((1, 1, 1))}, num_steps=4)
+    assert (r["v"]["B"].ravel() // U).tolist() == [0, 0, 9, 9] and len(calls) == 4 + 2

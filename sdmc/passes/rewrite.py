@@ -434,14 +434,16 @@ class _Composer:
                     f"{k} conv (stride {list(conv.stride)}, groups {conv.groups}) on the "
                     f"real-valued {u.name!r}: composing it with the convs feeding it is not exact",
                 )
-            inner, _ = self.expand(u.name)
+            inner, inner_composed = self.expand(u.name)
             if not all(x.conv is None or x.conv.groups == 1 for x in inner):
                 return self.opaque(v, "1x1 conv over a grouped conv")
             out = []
             for i, x in enumerate(inner):
                 c = conv if i == 0 else replace(conv, bias=None)  # the outer bias is added once, not per summand
                 out.append(_Term(x.src, compose_1x1(c, x.conv) if x.conv is not None else c))
-            return out, True
+            # a composition happened if a conv met this 1x1 (here or further in); a 1x1 over values that cannot
+            # be composed is left as it is
+            return out, inner_composed or any(x.conv is not None for x in inner)
         return self.opaque(v, _NOT_COMPOSED.get(n.op, f"through {n.op} (not linear)"))
 
 
