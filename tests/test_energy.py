@@ -15,6 +15,7 @@ from spikingjelly.activation_based import functional, neuron
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from sdmc import ir
 from sdmc.config import ModelConfig, SdmcConfig
 from sdmc.energy import (
     FiringRateMonitor,
@@ -31,6 +32,8 @@ from sdmc.energy import (
     load_profile,
     model_macs,
 )
+from sdmc.energy.count import uniform_sops
+from sdmc.energy.measure import measure_network
 from sdmc.errors import ConfigError
 from sdmc.models import build_model
 
@@ -72,6 +75,21 @@ def test_conv_sops_known_spike_map():
     assert conv_sops(x[:, :, :2], out_channels=1, kernel=3, stride=2, padding=1).item() == 1 + 4
     # linear: nnz * O
     assert linear_sops(torch.tensor([[[0.0, 1, 1], [1, 0, 0]]]), 7).tolist() == [14, 7]
+    # linear over k = 2 steps [k, B, I]: each sample's events are summed over the steps (sample 0: 1 + 2,
+    # sample 1: 0 + 1), not each step's over the samples
+    x = torch.tensor([[[1.0, 0, 0], [0, 0, 0]], [[1.0, 1, 0], [0, 0, 1]]])
+    assert linear_sops(x, 5).tolist() == [15, 5]
+
+
+def test_conv_sops_defaults_are_stride_1_no_padding_no_dilation_one_group():
+    # 3x3 on 4x4 without padding (2x2 outputs): rows / columns are reached 1, 2, 2, 1 times
+    r = torch.tensor([1.0, 2, 2, 1], dtype=torch.float64)
+    assert torch.equal(fanout_map(4, 4, 3), r[:, None] * r[None, :])
+    x = torch.zeros(1, 1, 2, 4, 4)
+    x[0, 0, 0, 0, 0] = 1  # corner: 1 output position
+    x[0, 0, 1, 1, 2] = 1  # interior: 4
+    assert conv_sops(x, 3, 3).tolist() == [(1 + 4) * 3]
+    assert conv_sops(torch.ones(1, 1, 2, 4, 4), 3, 3).item() == 2 * 36 * 3
 
 
 def brute_force_sops(x: np.ndarray, O: int, k: int, s: int, p: int, d: int, g: int) -> int:
@@ -165,6 +183,18 @@ def test_macs_equal_flop_counter_cifar10(arch):
         assert eager_dense_macs(count_graph(trace(m, (1, 3, 32, 32)))) == want
 
 
+def test_ann_counterpart_is_the_pytorch_ddpm_unet_of_the_same_width():
+    """GroupNorm(32) as in pytorch-ddpm where the widths allow it, else the largest group count dividing them."""
+    cifar = ModelConfig(arch="sdm", snn_steps=4)  # ch 128 x (1, 2, 2, 4)
+    a = ann_counterpart(cifar)
+    assert (a.arch, a.norm_groups, a.ch, a.ch_mult, a.attn, a.dropout) == ("ann", 32, 128, cifar.ch_mult, (), 0.0)
+    assert ann_counterpart(ModelConfig(arch="sdm", **SMALL)).norm_groups == 16  # widths 16, 32
+    assert ann_counterpart(ModelConfig(arch="sdm", **dict(SMALL, ch=12))).norm_groups == 4  # widths 12, 24
+    # no level at width ch: the head's ch = 12 channels are still normalised (8 groups would not divide them)
+    a = ann_counterpart(ModelConfig(arch="sdm", **dict(SMALL, ch=12, ch_mult=(2, 4))))
+    assert a.norm_groups == 4 and model_macs(a) > 0  # builds
+
+
 def test_ann_baseline_cifar10_is_the_papers_29_23_mJ():
     macs = model_macs(ann_counterpart(ModelConfig(arch="sdm", snn_steps=4)))
     assert macs == 6_349_783_040  # = FlopCounterMode / 2 (test_macs_equal_flop_counter_cifar10)
@@ -188,6 +218,109 @@ def test_count_graph_classifies_by_value_kind():
     assert costs["upblocks.2.conv"].per_exec == 32 * 16 * 16 * 32 * 9
 
 
+def _bn(g, name: str, src: str):
+    arrs = {k: g.add_param(f"{name}.{k}", np.full(2, v, np.float32)) for k, v in dict(w=1, b=0, m=0, v=1).items()}
+    return ir.BatchNorm(
+        name=name, inputs=(src,), weight=arrs["w"], bias=arrs["b"], running_mean=arrs["m"], running_var=arrs["v"]
+    )
+
+
+def test_count_graph_scaled_spikes_and_tsm_folding():
+    """A conv on scaled spikes (a converted QANN's ``s * θ``) is spike-driven, one on a scaled real value is not;
+    a BN after a TSM-scaled conv folds into the conv, a BN after a TSM on an addition does not."""
+    T = 2
+    g = ir.Graph(T)
+    w = g.add_param("w", np.full((2, 2, 3, 3), 0.25, np.float32))
+    g.add(ir.Input(name="x", shape=(2, 4, 4)))
+    g.add(ir.Conv2d(name="c0", inputs=("x",), weight=w, padding=(1, 1)))
+    g.add(ir.Repeat(name="rep", inputs=("c0",)))
+    g.add(ir.IF(name="sn", inputs=("rep",), threshold=1.0, v_reset=0.0))
+    g.add(ir.Scale(name="s_spk", inputs=("sn",), factor=0.5))
+    g.add(ir.Conv2d(name="c_spk", inputs=("s_spk",), weight=w, padding=(1, 1)))
+    g.add(ir.Scale(name="s_real", inputs=("rep",), factor=0.5))
+    g.add(ir.Conv2d(name="c_real", inputs=("s_real",), weight=w, padding=(1, 1)))
+    tsm = g.add_param("tsm", np.ones((T, 1, 1, 1, 1), np.float32))
+    g.add(ir.TSMScale(name="tsm_c", inputs=("c_spk",), scale=tsm))
+    g.add(_bn(g, "bn_c", "tsm_c"))
+    g.add(ir.Add(name="add", inputs=("bn_c", "c_real")))
+    g.add(ir.TSMScale(name="tsm_a", inputs=("add",), scale=tsm))
+    g.add(_bn(g, "bn_a", "tsm_a"))
+    g.add(ir.Output(name="out", inputs=("bn_a",)))
+    costs = count_graph(ir.check(g))
+    assert costs["c_spk"].input_kind == "spike" and costs["c_real"].input_kind == "real"
+    assert costs["tsm_c"].folded and costs["bn_c"].folded
+    assert not costs["tsm_a"].folded and not costs["bn_a"].folded
+
+
+def classifier_graph(per_step: bool = False) -> ir.Graph:
+    """``x [1, 4, 4] -> conv 3x3 (2 ch) -> IF -> sum-pool 3x3 / 2 (pad 1) -> [2, 2, 2] -> linear 8 -> 3 -> read-out``:
+    a network, not a denoiser (no step input, a ``[classes]`` output); ``per_step``: a per-step spike input
+    instead of the static image (then no repeat), and an image-shaped ``[2, 4, 4]`` output."""
+    g = ir.Graph(2)
+    if per_step:
+        g.add(ir.Input(name="x", shape=(1, 4, 4), kind="spike", timing="per-step"))
+    else:
+        g.add(ir.Input(name="x", shape=(1, 4, 4)))
+    w = g.add_param("c.weight", np.full((2, 1, 3, 3), 0.3, np.float32))
+    g.add(ir.Conv2d(name="c", inputs=("x",), weight=w, padding=(1, 1)))
+    if not per_step:
+        g.add(ir.Repeat(name="rep", inputs=("c",)))
+    g.add(ir.IF(name="sn", inputs=("c" if per_step else "rep",), threshold=0.5, v_reset=0.0))
+    if per_step:
+        last = "sn"
+    else:
+        g.add(ir.Pool2d(name="pool", inputs=("sn",), mode="sum", kernel=3, stride=2, padding=1))
+        g.add(ir.Reshape(name="flat", inputs=("pool",), shape=(8,)))
+        g.add(ir.Linear(name="fc", inputs=("flat",), weight=g.add_param("fc.w", np.ones((3, 8), np.float32))))
+        last = "fc"
+    g.add(ir.MembraneReadout(name="ro", inputs=(last,), decay=1.0))
+    g.add(ir.Output(name="out", inputs=("ro",)))
+    return ir.check(g)
+
+
+def test_pool_and_linear_costs_by_hand():
+    """A pool is one add (or compare) per window tap per step: [2, 2, 2] outputs x 3x3 taps x T = 2; a linear's
+    what-if SOPs are rate x steps x inputs x outputs."""
+    g = classifier_graph()
+    costs = count_graph(g)
+    pool, fc = costs["pool"], costs["fc"]
+    assert (pool.cls, pool.per_exec, pool.executions) == ("pool", 8 * 9, 2)
+    assert (fc.cls, fc.fanout, fc.meta["in_shape"]) == ("synapse", 3, (8,))
+    assert uniform_sops(fc, 0.5) == 0.5 * 2 * 8 * 3
+    r = analyze(g, assume_rate=0.5, profile="loihi1")
+    row = {x["name"]: x for x in r.layers}["pool"]
+    assert row["adds"] == 2 * 8 * 9 and row["faithful_pJ"] == pytest.approx(0.9 * 2 * 8 * 9, rel=1e-12, abs=0)
+
+
+def test_energy_of_a_network_that_is_no_denoiser():
+    """A classifier is measured with one forward pass per random input (key 0) or at an assumed rate; dataset
+    images are refused.  A per-step input is never a denoiser's image, even with an image-shaped output."""
+    g = classifier_graph()
+    r = analyze(g, n_images=3, batch_size=2)
+    c = r.calibration
+    assert (c["mode"], c["n_images"], c["steps"], c["nfe"]) == ("inputs", 3, [0], 1)
+    assert r.model["input"] == "[B, 1, 4, 4]" and r.ann is None
+    assert analyze(g, data="noise", n_images=1).calibration["mode"] == "inputs"
+    a = analyze(g, assume_rate=0.25).calibration
+    assert (a["mode"], a["n_images"], a["steps"]) == ("assumed", 0, [])
+    for bad in (dict(data="digits"), dict(images=torch.zeros(2, 1, 4, 4))):
+        with pytest.raises(ConfigError, match="not a denoiser's image"):
+            analyze(g, **bad)
+    r = analyze(classifier_graph(per_step=True), n_images=2)
+    assert r.calibration["mode"] == "inputs" and r.model["input"] == "[T, B, 1, 4, 4]"
+
+
+def test_measure_network_batches_give_the_counts_of_one_batch():
+    """5 inputs in batches of 2 (the last one short) count exactly what one batch of 5 counts, every sample once."""
+    g = classifier_graph()
+    a, b = measure_network(g, 5, batch_size=2, seed=3), measure_network(g, 5, batch_size=5, seed=3)
+    assert a.neurons["sn"].samples == {0: 5} and a.synapses["fc"].by_step[0][0] == 5
+    assert np.array_equal(a.neurons["sn"].spikes[0], b.neurons["sn"].spikes[0])
+    for name in ("c", "fc"):
+        assert np.array_equal(a.synapses[name].by_step[0], b.synapses[name].by_step[0]), name
+    assert a.neurons["sn"].spikes[0].sum() > 0  # something fired: the comparison is not of zeros
+
+
 # ----------------------------------------------------------------------------------- measurement
 class _Toy(nn.Module):
     """``IF(repeat_T(x))``, then a 3x3 conv on the spikes; ``forward(x, t)``."""
@@ -198,7 +331,7 @@ class _Toy(nn.Module):
         self.neuron = neuron.IFNode(step_mode="m")
         self.conv = nn.Conv2d(1, 3, 3, padding=1)
 
-    def forward(self, x, t):
+    def forward(self, x, t=None):
         s = self.neuron(x.unsqueeze(0).repeat(self.timestep, 1, 1, 1, 1))
         y = self.conv(s.flatten(0, 1))
         functional.reset_net(self)
@@ -231,6 +364,115 @@ def test_monitor_rates_per_snn_step_and_diffusion_step():
         m(x, torch.tensor([4, 4]))
     assert not mon.activity.synapses and mon.summary() == {"neuron": pytest.approx(0.375)}
     assert mon.activity.steps == [5, 4]
+
+
+def test_monitor_keys_from_the_step_argument():
+    """The key of a call is its ``t`` (a tensor per sample, one scalar, a Python int, by keyword), or -1 without one."""
+    m = _Toy(T=2)
+    x = torch.ones(2, 1, 2, 2)
+    with FiringRateMonitor(m) as mon:
+        m(x, torch.tensor([7, 8]))
+        m(x, torch.tensor(5))
+        m(x, 4)
+        m(x, t=torch.tensor([3, 3]))
+        m(x)
+        m(x=x, t=torch.tensor([2, 2]))
+    assert mon.activity.steps == [8, 7, 5, 4, 3, 2, -1]
+    assert mon.activity.neurons["neuron"].samples == {7: 1, 8: 1, 5: 2, 4: 2, 3: 2, -1: 2, 2: 2}
+
+
+class _SingleStep(nn.Module):
+    """A one-step network: ``IF(conv(x))`` with a single-step neuron, output ``[B, C, H, W]`` (no T axis)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 1, bias=False)
+        self.conv.weight.data.fill_(1.0)
+        self.neuron = neuron.IFNode(step_mode="s")
+
+    def forward(self, x, t):
+        s = self.neuron(self.conv(x))
+        functional.reset_net(self)
+        return s
+
+
+class _Scalar(nn.Module):
+    """One multi-step neuron per sample: ``IF`` over ``[T, B]`` (the sum of the sample's pixels, every step)."""
+
+    def __init__(self, T: int) -> None:
+        super().__init__()
+        self.timestep = T
+        self.neuron = neuron.IFNode(step_mode="m")
+
+    def forward(self, x, t):
+        s = self.neuron(x.flatten(1).sum(1).unsqueeze(0).repeat(self.timestep, 1))
+        functional.reset_net(self)
+        return s
+
+
+def test_monitor_single_step_neurons_keep_channels_apart_from_samples():
+    """A single-step neuron's ``[B, C, H, W]`` output is one step of B samples: the rates of each sample stay its
+    own (sample 0 fires everywhere, sample 1 nowhere), over C*H*W neurons and T = 1.  A multi-step neuron's
+    ``[T, B]`` output (one neuron per sample) is T steps of B samples."""
+    m = _SingleStep()
+    x = torch.zeros(2, 1, 2, 2)
+    x[0] = 2.0
+    with FiringRateMonitor(m) as mon:
+        m(x, torch.tensor([10, 20]))
+    n = mon.activity.neurons["neuron"]
+    assert n.size == 3 * 2 * 2 and n.rate_per_step(10).tolist() == [1.0] and n.rate_per_step(20).tolist() == [0.0]
+    m = _Scalar(T=4)
+    x[0], x[1] = 0.125, 0.25  # pixel sums 0.5 (fires at steps 2 and 4) and 1 (every step)
+    with FiringRateMonitor(m) as mon:
+        m(x, torch.tensor([10, 20]))
+    n = mon.activity.neurons["neuron"]
+    assert n.size == 1 and n.rate_per_step(10).tolist() == [0, 1, 0, 1] and n.rate_per_step(20).tolist() == [1] * 4
+
+
+def test_activity_edge_cases():
+    """No recorded entries: rate and SOPs 0.  A uniform rate of 0 is allowed (nothing fires), outside [0, 1] not."""
+    from sdmc.energy.measure import Activity, SynapseStats
+
+    assert (SynapseStats().rate(), SynapseStats().rate(3), SynapseStats().sops()) == (0.0, 0.0, 0.0)
+    costs = count_graph(classifier_graph())
+    act = Activity.uniform(costs, 0.0, 2)
+    assert act.mean_rate() == 0.0 and all(st.sops() == 0.0 for st in act.synapses.values())
+    assert Activity.uniform(costs, 1.0, 2).mean_rate() == 1.0
+    # events that reach no output (a 1x1 stride-2 conv reads only even positions) cost no SOPs, yet are input
+    # activity: the rate is nnz / numel all the same
+    x = torch.zeros(1, 1, 1, 3, 3)
+    x[0, 0, 0, 1, 1] = 1
+    info = dict(op="conv2d", out_channels=2, kernel=(1, 1), stride=(2, 2), padding=(0, 0), dilation=(1, 1), groups=1)
+    act.add_synapse("odd", x, torch.tensor([0]), info)
+    assert act.synapses["odd"].sops() == 0.0 and act.synapses["odd"].rate() == pytest.approx(1 / 9)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="rate must be in"):
+            Activity.uniform(costs, bad, 2)
+
+
+def test_noise_calibration_images_are_uniform_in_minus_one_one():
+    from sdmc.energy.measure import dataset_images
+
+    x = dataset_images("noise", 64, 4, 1, seed=2)
+    assert x.shape == (64, 1, 4, 4) and torch.equal(x, dataset_images("noise", 64, 4, 1, seed=2))
+    assert -1.0 <= float(x.min()) < -0.95 and 0.95 < float(x.max()) <= 1.0
+
+
+def test_measure_trajectory_defaults_and_refusals(tiny_cfg, capfd):
+    """By default DDIM in 50 steps on 16 images, every call recorded, silently (no progress bar); no images or
+    an empty batch is refused."""
+    from sdmc.diffusion.schedule import NoiseSchedule
+    from sdmc.energy.measure import measure_trajectory
+
+    m = build_model(tiny_cfg).eval()
+    capfd.readouterr()
+    act, imgs = measure_trajectory(m, NoiseSchedule())
+    assert capfd.readouterr().err == ""
+    assert imgs.shape == (16, 1, 8, 8) and act.steps == list(range(50)) and act.call_t[0] == 999
+    assert all(act.neurons["downblocks.0.neuron1"].samples[k] == 16 for k in range(50))
+    for bad in (dict(n=0), dict(batch_size=0)):
+        with pytest.raises(ConfigError, match="n and batch_size must be >= 1"):
+            measure_trajectory(m, NoiseSchedule(), steps=2, **bad)
 
 
 def test_calibration_steps_subsample_the_solver_grid():

@@ -20,6 +20,7 @@ import torch
 
 from sdmc import ir
 from sdmc.energy import Activity, analyze, build_report, builtin_profiles, count_graph, load_profile
+from sdmc.errors import SdmcError
 
 # Costs (pJ) as published: Horowitz ISSCC 2014 (45 nm) and Davies et al. 2018 Table 2 (Loihi 1; host MACs at
 # 45 nm FP32).  Typed here by hand so that a changed profile file, or one that is loaded wrongly, fails.
@@ -120,22 +121,22 @@ def test_faithful_rows_by_hand(reports, profile):
         row = rows[name]
         assert row["cls"] == cls, name
         got = (row["macs"], row["sops"], row["adds"], row["updates"], row["spikes"])
-        assert got == pytest.approx((macs, sops, adds, updates, spikes), rel=1e-12), name
-        assert row["faithful_pJ"] == pytest.approx(want[name], rel=1e-12), name
+        assert got == pytest.approx((macs, sops, adds, updates, spikes), rel=1e-12, abs=0), name
+        assert row["faithful_pJ"] == pytest.approx(want[name], rel=1e-12, abs=0), name
     assert rows["sn"]["rate"] == pytest.approx(0.75)
     assert rows["c1"]["input_rate"] == pytest.approx(0.75)
     # the neuron row alone, spelled out: every update and every spike is paid for
-    assert rows["sn"]["faithful_pJ"] == pytest.approx(128 * c["neuron_update"] + 96 * c["spike"])
+    assert rows["sn"]["faithful_pJ"] == pytest.approx(128 * c["neuron_update"] + 96 * c["spike"], rel=1e-12, abs=0)
     # totals: the activity is the same at every calibration step, so per call = the sum of the rows
     per_call_pJ = sum(want.values())
     t = r.totals["faithful"]
     assert len(r.by_step) == 2
     for s in r.by_step:
-        assert s["faithful_mJ"] == pytest.approx(per_call_pJ / 1e9, rel=1e-12)
+        assert s["faithful_mJ"] == pytest.approx(per_call_pJ / 1e9, rel=1e-12, abs=0)
         assert s["firing_rate"] == pytest.approx(0.75)
-    assert t["per_call_mJ"] == pytest.approx(per_call_pJ / 1e9, rel=1e-12)
-    assert t["per_image_mJ"] == pytest.approx(NFE * per_call_pJ / 1e9, rel=1e-12)
-    assert t["per_step_mJ"] == pytest.approx(NFE / STEPS * per_call_pJ / 1e9, rel=1e-12)
+    assert t["per_call_mJ"] == pytest.approx(per_call_pJ / 1e9, rel=1e-12, abs=0)
+    assert t["per_image_mJ"] == pytest.approx(NFE * per_call_pJ / 1e9, rel=1e-12, abs=0)
+    assert t["per_step_mJ"] == pytest.approx(NFE / STEPS * per_call_pJ / 1e9, rel=1e-12, abs=0)
     assert t["macs"] == 288 + 3 * 128 and t["sops"] == 1200
 
 
@@ -148,10 +149,10 @@ def test_paper_rows_by_hand(reports, profile):
     c1_dense = 2 * 16 * 2 * 9  # O * H * W * C * k * k per step
     want = {"c0": c["mac"] * 288, "c1": c["ac"] * 0.75 * c1_dense * T}
     for name, row in rows.items():
-        assert row["paper_pJ"] == pytest.approx(want.get(name, 0.0), rel=1e-12), name
+        assert row["paper_pJ"] == pytest.approx(want.get(name, 0.0), rel=1e-12, abs=0), name
     t = r.totals["paper"]
-    assert t["per_call_mJ"] == pytest.approx(sum(want.values()) / 1e9, rel=1e-12)
-    assert t["per_image_mJ"] == pytest.approx(NFE * sum(want.values()) / 1e9, rel=1e-12)
+    assert t["per_call_mJ"] == pytest.approx(sum(want.values()) / 1e9, rel=1e-12, abs=0)
+    assert t["per_image_mJ"] == pytest.approx(NFE * sum(want.values()) / 1e9, rel=1e-12, abs=0)
     assert t["macs"] == 288 and t["sops"] == pytest.approx(0.75 * c1_dense * T)
 
 
@@ -162,5 +163,36 @@ def test_ann_baseline_row_by_hand():
     act = Activity.uniform(costs, 0.5, T)
     r = build_report(costs, act, load_profile("loihi1"), {}, {}, nfe=6, sampling_steps=4, ann_macs=1000)
     assert r.ann == pytest.approx(
-        dict(macs=1000, per_call_mJ=4600 / 1e9, per_step_mJ=4600 * 1.5 / 1e9, per_image_mJ=4600 * 6 / 1e9)
+        dict(macs=1000, per_call_mJ=4600 / 1e9, per_step_mJ=4600 * 1.5 / 1e9, per_image_mJ=4600 * 6 / 1e9),
+        rel=1e-12,
+        abs=0,
     )
+
+
+def test_unmeasured_real_input_layers_are_named_in_the_notes():
+    """A real-input synapse without measured activity is charged at fr_in = 1 (paper) and dense MACs (faithful),
+    flagged unmeasured, and named in the notes; a spike-input one without activity is an error."""
+    g = toy_graph()
+    costs = count_graph(g)
+    act = Activity.uniform(costs, 0.5, T)
+    prof = load_profile("45nm-fp32")
+    r = build_report(costs, act, prof, {}, {}, nfe=1, sampling_steps=1, ann_macs=None)
+    assert all(x["measured"] for x in r.layers) and not any("no activity measured" in n for n in r.notes)
+    del act.synapses["c0"]
+    r = build_report(costs, act, prof, {}, {}, nfe=1, sampling_steps=1, ann_macs=None)
+    c0 = {x["name"]: x for x in r.layers}["c0"]
+    assert not c0["measured"] and c0["input_rate"] == 1.0 and c0["macs"] == 288
+    assert [n for n in r.notes if "no activity measured" in n] == [
+        "no activity measured for real-input layers ['c0']: fr_in taken as 1"
+    ]
+    del act.synapses["c1"]
+    with pytest.raises(SdmcError, match="no activity was measured for spike-driven layer 'c1'"):
+        build_report(costs, act, prof, {}, {}, nfe=1, sampling_steps=1, ann_macs=None)
+
+
+def test_analyze_defaults_to_ddim_in_50_steps():
+    r = analyze(toy_graph(), assume_rate=0.5, ann=False)
+    c = r.calibration
+    assert (c["solver"], c["sampling_steps"], c["nfe"]) == ("ddim", 50, 50)
+    t = r.totals["faithful"]
+    assert t["per_image_mJ"] == pytest.approx(50 * t["per_call_mJ"], rel=1e-12, abs=0)

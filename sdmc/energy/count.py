@@ -289,7 +289,7 @@ def ann_counterpart(cfg) -> Any:
     """The pytorch-ddpm ANN UNet config of the same width as spiking ``cfg`` (a :class:`ModelConfig`)."""
     from ..config import ModelConfig
 
-    g = math.gcd(32, *[cfg.ch * m for m in cfg.ch_mult])
+    g = math.gcd(32, cfg.ch)  # GroupNorm(32) where it divides: every normalised width (ch, ch * m, sums) is k * ch
     return ModelConfig(
         arch="ann",
         ch=cfg.ch,

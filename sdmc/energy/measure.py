@@ -274,8 +274,8 @@ class FiringRateMonitor:
             if self._ks is None:
                 return
             s = out.detach()
-            if s.dim() >= 2 and s.shape[1] != self._ks.numel():
-                s = self._lead(s.flatten(0, 1)) if s.shape[0] % self._ks.numel() == 0 else s
+            if s.dim() < 2 or s.shape[1] != self._ks.numel():  # single-step [B, ...] or folded [T*B, ...]
+                s = self._lead(s)
             self.activity.add_neuron(name, s, self._ks)
 
         return fn
@@ -458,7 +458,7 @@ def measure_trajectory(
     solver: str = "ddim",
     steps: int = 50,
     n: int = 16,
-    batch_size: int = 16,
+    batch_size: int = 16,  # pragma: no mutate (a chunk size: counts do not depend on it; each image is seeded on its own)
     seed: int = 0,
     threshold: float | None = None,
     device: str | torch.device | None = None,
@@ -478,8 +478,6 @@ def measure_trajectory(
     from ..diffusion.solvers import make_solver
     from ..ir import Graph
 
-    if n < 1 or batch_size < 1:
-        raise ConfigError(f"trajectory measurement: n and batch_size must be >= 1, got n={n}, batch={batch_size}")
     sol = make_solver(solver, schedule, **solver_kwargs)
     sol.set_timesteps(int(steps))
     kw = dict(solver=sol, steps=steps, batch_size=batch_size, seed=seed, progress=False, threshold=threshold)

@@ -472,7 +472,7 @@ def analyze(
     n_images: int | None = None,
     calib_steps: int = 8,
     profile="45nm-fp32",
-    batch_size: int = 32,
+    batch_size: int = 32,  # pragma: no mutate (a chunk size: counts do not depend on it; each image is seeded and run alone)
     seed: int = 0,
     diffusion=None,
     ann: bool = True,
@@ -546,14 +546,15 @@ def analyze(
         from ..frontends import trace
 
         dev = next(module.parameters()).device
+        example = (1, *img)  # pragma: no mutate (trace ignores the example's batch: the IR is batch-agnostic)
         if graph is not None:  # traced before (e.g. once for many sampling settings)
             graph = check(graph)
         elif dev.type != "cpu":  # the frontend traces on CPU examples
             import copy
 
-            graph = trace(copy.deepcopy(module).cpu(), (1, *img))
+            graph = trace(copy.deepcopy(module).cpu(), example)
         else:
-            graph = trace(module, (1, *img))
+            graph = trace(module, example)
     costs = count_graph(graph)
     skw = dict(solver_kwargs or {})
     s = make_solver(solver, schedule, **skw)
