@@ -566,7 +566,6 @@ def compose_residual(g: ir.Graph) -> dict:
             g.nodes[node.name] = node.replace(inputs=new_inputs)
             g.nodes[node.name].meta["type"] = node.type  # same value, new wiring
             rewritten.append(node.name)
-    ir.infer_types(g)
     after = {"spike_driven": _synapses(g, True), "all": _synapses(g, False)}
     live = _live(g)
     fan_in = [_fan_in(g, n.inputs[0]) for n in g.nodes.values() if n.op in ir.NEURON and n.name in live]
