@@ -70,6 +70,15 @@ def test_match_rule_and_best_quality_per_joule(tmp_path):
     assert none.best() is None and "no setting matches" in "\n".join(none.summary_lines())
 
 
+def test_best_breaks_an_energy_tie_by_quality():
+    """Settings within 1 % energy are the same cost: the better mean digits-FID wins; beyond 1 %, energy does."""
+    ref = _point("ddpm:1000", [100, 110, 120], 1000.0)
+    f = Frontier([ref, _point("th", [118, 119, 120], 10.0), _point("plain", [105, 106, 107], 10.09)], {})
+    assert f.best()["label"] == "plain"
+    f = Frontier([ref, _point("th", [118, 119, 120], 10.0), _point("plain", [105, 106, 107], 10.11)], {})
+    assert f.best()["label"] == "th"
+
+
 def test_run_frontier_on_a_tiny_model(tmp_path):
     cfg = ModelConfig(arch="sddpm", ch=8, ch_mult=(1, 2), num_res_blocks=1, snn_steps=2, img_ch=1, img_size=8)
     torch.manual_seed(0)
