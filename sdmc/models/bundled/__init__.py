@@ -52,10 +52,12 @@ BUNDLED: dict[str, BundledModel] = {
     ),
 }
 
-# what build_bundled measures by default (and the bundled test re-measures): n=256 images per seed, 3 seeds
+# what build_bundled measures by default (and the bundled test re-measures one seed of): n=256 images per seed,
+# 6 seeds. At n=256 one seed's digits-FID spreads widely (136..299 for the shipped model, while the real-data
+# floor spreads 89..97), so a 3-seed mean can read 10 % better or worse than the 6-seed mean
 QUALITY_SOLVER = ("dpm-solver++", 10)
 QUALITY_N = 256
-QUALITY_SEEDS = (0, 1, 2)
+QUALITY_SEEDS = (0, 1, 2, 3, 4, 5)
 
 
 def is_bundled(spec: str | os.PathLike) -> bool:
