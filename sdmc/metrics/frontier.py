@@ -220,7 +220,8 @@ class Frontier:
 
     def plot(self, path) -> None:
         """digits-FID (mean ± std) against energy per image, one panel per convention, floor and the
-        reference's match band drawn; PNG written atomically."""
+        reference's match band drawn, the best setting starred; both axes logarithmic (a collapsed setting
+        at FID ~5000 would otherwise flatten every useful one onto the floor); PNG written atomically."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -230,14 +231,17 @@ class Frontier:
 
         pts = self.measured
         fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-        ref = self.reference
+        ref, best = self.reference, self.best()
         for ax, conv in zip(axes, CONVENTIONS):
-            for p in pts:
+            # labels of neighbours in energy alternate above and below their point, so near ties stay legible
+            for i, p in enumerate(sorted(pts, key=lambda p: p["energy_mJ"][conv])):
                 q = self.quality(p)
                 e, f, s = p["energy_mJ"][conv], q.mean["digits_fid"], q.std["digits_fid"] or 0.0
                 color = "tab:red" if p is ref else ("tab:green" if self.matches(p) else "tab:blue")
-                ax.errorbar([e], [f], yerr=[s], fmt="o", color=color, capsize=3)
-                ax.annotate(p["label"], (e, f), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax.errorbar([e], [f], yerr=[s], fmt="*" if p is best else "o", ms=12 if p is best else 6,
+                            color=color, capsize=3)  # fmt: skip
+                ax.annotate(p["label"], (e, f), textcoords="offset points", xytext=(5, 6 if i % 2 else -11),
+                            fontsize=7, fontweight="bold" if p is best else "normal")  # fmt: skip
             if ref is not None:
                 q = self.quality(ref)
                 if q.floor:
@@ -248,6 +252,7 @@ class Frontier:
                     label=f"{ref['label']} ± 2 std",
                 )  # fmt: skip
             ax.set_xscale("log")
+            ax.set_yscale("log")
             ax.set_xlabel(f"energy per generated image, mJ ({conv})")
             ax.set_title(f"digits-FID vs energy ({conv} convention)")
             ax.legend(fontsize=7)
