@@ -122,8 +122,9 @@ def test_recipe_command_names_the_preset_when_it_matches():
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason=f"the bundled digits weights ({SHIPPED}) are not shipped yet")
 def test_shipped_digits_model_reproduces_its_recorded_quality():
-    """bundled:digits loads, matches its preset, and one seed of its recorded quality measurement lands
-    within 3 seed standard deviations of the recorded mean digits-FID (and digits-IS)."""
+    """bundled:digits loads, matches its preset, and one seed of its recorded quality measurement gives the
+    value recorded for that seed (to 5 %) and lands within 3 seed standard deviations of the recorded mean
+    digits-FID (and digits-IS)."""
     from sdmc.diffusion.train import make_config
 
     model, cfg = load_model("bundled:digits")
@@ -135,3 +136,7 @@ def test_shipped_digits_model_reproduces_its_recorded_quality():
     rec = Quality(q["n"], q["seeds"], q["per_seed"], q["floor"])
     for key in ("digits_fid", "digits_is"):
         assert rec.within_spread(key, got.per_seed[0][key]), (key, got.per_seed[0][key], rec.mean, rec.std)
+        # same seed, same sampler: the same images up to float rounding (bit-equal here at 1 and 2 threads;
+        # weights perturbed by 1e-6 relative moved seed 0's digits-FID by 0.5 %), so 5 % allows another CPU's
+        # rounding while the seed spread (+-3 std, about +-200) would allow almost any model
+        assert got.per_seed[0][key] == pytest.approx(q["per_seed"][0][key], rel=0.05), key
