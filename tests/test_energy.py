@@ -384,9 +384,9 @@ def test_monitor_keys_from_the_step_argument():
 class _SingleStep(nn.Module):
     """A one-step network: ``IF(conv(x))`` with a single-step neuron, output ``[B, C, H, W]`` (no T axis)."""
 
-    def __init__(self) -> None:
+    def __init__(self, C: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(1, 3, 1, bias=False)
+        self.conv = nn.Conv2d(1, C, 1, bias=False)
         self.conv.weight.data.fill_(1.0)
         self.neuron = neuron.IFNode(step_mode="s")
 
@@ -414,13 +414,15 @@ def test_monitor_single_step_neurons_keep_channels_apart_from_samples():
     """A single-step neuron's ``[B, C, H, W]`` output is one step of B samples: the rates of each sample stay its
     own (sample 0 fires everywhere, sample 1 nowhere), over C*H*W neurons and T = 1.  A multi-step neuron's
     ``[T, B]`` output (one neuron per sample) is T steps of B samples."""
-    m = _SingleStep()
-    x = torch.zeros(2, 1, 2, 2)
-    x[0] = 2.0
-    with FiringRateMonitor(m) as mon:
-        m(x, torch.tensor([10, 20]))
-    n = mon.activity.neurons["neuron"]
-    assert n.size == 3 * 2 * 2 and n.rate_per_step(10).tolist() == [1.0] and n.rate_per_step(20).tolist() == [0.0]
+    for C in (3, 2):  # C == B = 2: the output's shape [2, 2, H, W] alone cannot say which axis is the batch
+        m = _SingleStep(C)
+        x = torch.zeros(2, 1, 2, 2)
+        x[0] = 2.0
+        with FiringRateMonitor(m) as mon:
+            m(x, torch.tensor([10, 20]))
+        n = mon.activity.neurons["neuron"]
+        assert (n.T, n.size) == (1, C * 2 * 2), C
+        assert n.rate_per_step(10).tolist() == [1.0] and n.rate_per_step(20).tolist() == [0.0], C
     m = _Scalar(T=4)
     x[0], x[1] = 0.125, 0.25  # pixel sums 0.5 (fires at steps 2 and 4) and 1 (every step)
     with FiringRateMonitor(m) as mon:

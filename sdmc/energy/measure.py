@@ -274,7 +274,9 @@ class FiringRateMonitor:
             if self._ks is None:
                 return
             s = out.detach()
-            if s.dim() < 2 or s.shape[1] != self._ks.numel():  # single-step [B, ...] or folded [T*B, ...]
+            # a single-step neuron gives one step [B, ...] (or steps folded [T*B, ...]); a multi-step one [T, B, ...].
+            # Its step_mode says which: the shape cannot when a channel count equals the batch
+            if getattr(mod, "step_mode", "m") == "s" or s.dim() < 2 or s.shape[1] != self._ks.numel():
                 s = self._lead(s)
             self.activity.add_neuron(name, s, self._ks)
 
