@@ -225,7 +225,8 @@ def test_kernel_scaled_conv_is_the_equation(static_in, scale, bias, grad):
     """y[t] = scale[t] conv(x[t], W) + b[t] for every scale/bias form, static or per-step input, with or
     without autograd (the no-grad path works in place)."""
     T, B, O = 3, 2, 4
-    gen = torch.Generator().manual_seed(hash((static_in, scale, bias)) % 997)
+    # a seed per case that is the same in every run (hash() of a str changes with PYTHONHASHSEED)
+    gen = torch.Generator().manual_seed(4 * static_in + 2 * (scale is not None) + 8 * [None, "O", "TO"].index(bias))
     x = torch.randn((1 if static_in else T) * B, 2, 5, 5, generator=gen, dtype=torch.float64)
     W = torch.randn(O, 2, 3, 3, generator=gen, dtype=torch.float64)
     s = None if scale is None else torch.rand(T, generator=gen, dtype=torch.float64) + 0.5
@@ -259,7 +260,8 @@ def test_kernel_batchnorm_training_updates_running_statistics_as_torch(momentum)
         y = K.batchnorm(x, ref.weight.detach(), ref.bias.detach(), rm, rv, nbt, True, momentum, ref.eps)
         torch.testing.assert_close(y, ref(x).detach())
     assert int(nbt) == int(ref.num_batches_tracked) == 3
-    torch.testing.assert_close(rm, ref.running_mean) and torch.testing.assert_close(rv, ref.running_var)
+    torch.testing.assert_close(rm, ref.running_mean)
+    torch.testing.assert_close(rv, ref.running_var)
 
 
 @pytest.mark.parametrize("a_ps,b_ps", [(True, True), (True, False), (False, True), (False, False)])
