@@ -419,6 +419,28 @@ def run_tests(tests: list[str], mutant: Mutant | None, timeout: float | None, fo
     return "error", dt  # collection/import error: the mutant broke the module (killed)
 
 
+class Equivalents:
+    """The ``[[equivalent]]`` list.  A mutant matches an entry by file, scope, old and new code and, when the
+    entry gives ``line_has``, by that text on the mutated line: a short ``old`` such as a constant can occur
+    on several lines of one function, and only one of them may be equivalent."""
+
+    def __init__(self, entries: list[dict]) -> None:
+        self.entries = entries
+        self._lines: dict[str, list[str]] = {}
+
+    def reason(self, m: Mutant) -> str | None:
+        for e in self.entries:
+            if (e["file"], e["scope"], e["old"], e["new"]) != m.key:
+                continue
+            if "line_has" in e:
+                if m.file not in self._lines:
+                    self._lines[m.file] = (ROOT / m.file).read_text().splitlines()
+                if e["line_has"] not in self._lines[m.file][m.line - 1]:
+                    continue
+            return e["reason"]
+        return None
+
+
 def load_config(path: Path = CONFIG) -> dict:
     cfg = tomllib.loads(path.read_text())
     for t in cfg.get("target", []):
@@ -452,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config()
     settings = cfg.get("settings", {})
     swaps = cfg.get("swaps", {})
-    equivalent = {(e["file"], e["scope"], e["old"], e["new"]): e["reason"] for e in cfg.get("equivalent", [])}
+    equivalent = Equivalents(cfg.get("equivalent", []))
     targets = cfg["target"]
     if args.tests:
         targets = [dict(t, tests=args.tests.split()) for t in targets]
@@ -462,8 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         if not targets:
             raise SystemExit(f"mutate: no target matches --files {args.files}")
     if args.show_equivalent:
-        for (f, scope, old, new), reason in equivalent.items():
-            print(f"{f} [{scope}] {old} -> {new}\n    {reason}")
+        for e in equivalent.entries:
+            where = f" (line has {e['line_has']!r})" if "line_has" in e else ""
+            print(f"{e['file']} [{e['scope']}] {e['old']} -> {e['new']}{where}\n    {e['reason']}")
         return 0
 
     pool: list[tuple[dict, Mutant]] = []
@@ -482,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.sort(key=lambda tm: (tm[1].file, tm[1].line, tm[1].col))
     if args.list:
         for _, m in pool:
-            tag = "  (equivalent)" if m.key in equivalent else ""
+            tag = "  (equivalent)" if equivalent.reason(m) is not None else ""
             print(f"{m.kind:11s} {m.describe()}{tag}")
         print(f"{len(pool)} of {total} mutants")
         return 0
@@ -494,9 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     counts = dict(killed=0, survived=0, equivalent=0)
     for i, (t, m) in enumerate(pool, 1):
-        if m.key in equivalent:
+        reason = equivalent.reason(m)
+        if reason is not None:
             counts["equivalent"] += 1
-            results.append(dict(dataclasses.asdict(m), outcome="equivalent", reason=equivalent[m.key]))
+            results.append(dict(dataclasses.asdict(m), outcome="equivalent", reason=reason))
             print(f"[{i}/{len(pool)}] equivalent  {m.describe()}", flush=True)
             continue
         if t["file"] not in clean:

@@ -316,6 +316,25 @@ def test_structural_passes_preserve_training_mode_outputs(g, seed):
 
 
 # ------------------------------------------------------------------------------------------ hand-made graphs
+def test_hoist_static_by_hand():
+    """A conv on a repeated static image runs once before the time loop (its output repeated); a TSM scale
+    takes the static image directly (still per-step out). Both are logged."""
+    g = ir.Graph(2)
+    g.add(ir.Input(name="x", shape=(2, 4, 4), dtype="float64"))
+    g.add(ir.Repeat(name="rep", inputs=("x",)))
+    g.add(ir.Conv2d(name="c", inputs=("rep",), weight=g.add_param("c.w", np.ones((2, 2, 1, 1)))))
+    g.add(ir.TSMScale(name="tsm", inputs=("rep",), scale=g.add_param("p", np.full((2, 1, 1, 1, 1), 0.5))))
+    g.add(ir.Add(name="a", inputs=("c", "tsm")))
+    g.add(ir.IF(name="s", inputs=("a",)))
+    g.add(ir.MembraneReadout(name="ro", inputs=("s",)))
+    g.add(ir.Output(name="out", inputs=("ro",)))
+    h = passes.run(ir.check(g), ["hoist_static"])
+    log = h.meta["passes"][-1]
+    assert log["hoisted"] == ["c", "tsm"] and log["static_nodes"] == 2  # the conv, and the readout's result
+    assert h["c"].inputs == ("x",) and h["tsm"].inputs == ("x",) and h[h["a"].inputs[0]].op == "repeat"
+    assert not h["c"].type.per_step and h["tsm"].type.per_step
+
+
 def _graph(T=2, seed=0):
     """x -> repeat -> conv3 -> tsm -> bn -> IF -> cat(IF, conv1x1 stream) -> IF -> conv -> readout."""
     rng = np.random.default_rng(seed)

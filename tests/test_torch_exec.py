@@ -348,6 +348,15 @@ def test_fused_neuron_saves_one_tensor_not_per_step_graphs():
     assert len(saved) == 1 and saved[0].shape == x.shape
 
 
+def test_neuron_forward_keeps_the_potentials_only_when_asked():
+    """Inference runs keep no [T*B, ...] tensor of charged potentials (only training's backward needs it)."""
+    x = torch.tensor([[0.6], [0.6], [0.6]])  # T = 3, B = 1: h = 0.6, 1.2 -> fire and reset, 0.6
+    s, H = K.neuron_forward(x, 3, "if", 1.0, 0.0)
+    assert H is None and s[:, 0].tolist() == [0, 1, 0]
+    s, H = K.neuron_forward(x, 3, "if", 1.0, 0.0, save_h=True)
+    assert torch.allclose(H[:, 0], torch.tensor([0.6, 1.2, 0.6])) and s[:, 0].tolist() == [0, 1, 0]
+
+
 # ------------------------------------------------------------------------------------- the UNets
 def _unet(arch, neuron="if", soft=False, T=3, seed=0):
     cfg = ModelConfig(
