@@ -34,7 +34,7 @@ from sdmc.energy import (
 )
 from sdmc.energy.count import uniform_sops
 from sdmc.energy.measure import measure_network
-from sdmc.errors import ConfigError
+from sdmc.errors import ConfigError, SdmcError
 from sdmc.models import build_model
 
 SMALL = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, img_ch=1, img_size=16)
@@ -60,6 +60,20 @@ def test_fanout_map_by_hand():
     assert torch.equal(fanout_map(5, 5, 3, 2, 0), r[:, None] * r[None, :])
     # 1x1 stride 2 on 3x3: only even positions are read
     assert fanout_map(3, 3, 1, 2, 0).tolist() == [[1, 0, 1], [0, 0, 0], [1, 0, 1]]
+    # a kernel that just fits has one output position, which reads every input once
+    assert fanout_map(3, 3, 3).tolist() == [[1, 1, 1]] * 3
+    # a kernel taller or wider than the (padded) input has no output position: refused, naming the sizes
+    for H, W, k in ((2, 5, (3, 1)), (5, 2, (1, 3))):
+        with pytest.raises(SdmcError, match=f"does not fit a {H}x{W} input"):
+            fanout_map(H, W, k)
+
+
+def test_conv_macs_by_hand():
+    # O * Ho * Wo * C/groups * kh * kw: 4 * 3 * 2 * 6 * 3 * 1 dense, a third of the channels per group with 3
+    from sdmc.energy.count import conv_macs
+
+    assert conv_macs((6, 5, 2), (4, 3, 2), (3, 1)) == 4 * 3 * 2 * 6 * 3 * 1
+    assert conv_macs((6, 5, 2), (4, 3, 2), (3, 1), groups=3) == 4 * 3 * 2 * 2 * 3 * 1
 
 
 def test_conv_sops_known_spike_map():

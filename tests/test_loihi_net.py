@@ -115,6 +115,17 @@ def test_upsample_conv_hand_computed_and_against_torch():
     assert np.array_equal(r["v"]["P"][1:4] // U, np.cumsum(ref, axis=0).astype(np.int64))
 
 
+def test_a_conv_current_past_2_23_wraps_like_lavas_conv_but_not_through_the_upsampling_synapse():
+    """Lava's Conv wraps its output into the signed 24-bit range; the upsampling path (a Sparse synapse)
+    does not. 32 channels x 3x3 x 127 x 255 = 9,326,880 >= 2^23."""
+    w, s = np.full((1, 32, 3, 3), 127, np.int8), np.full((1, 32, 3, 3), 255, np.int64)
+    full = 32 * 9 * 127 * 255
+    conv = lm.projection_current(lnet.Projection("x", "P", "conv", w), s, (1, 1, 1))
+    assert conv.ravel().tolist() == [full - (1 << 24)]
+    up = lm.projection_current(lnet.Projection("x", "P", "conv", w, upsample=2), s, (1, 4, 4))
+    assert up.ravel().tolist() == [full] * 16
+
+
 def test_identity_carries_a_graded_current():
     x = lnet.Source("x", (2,), bits=8)
     P = lnet.Population("P", (2,), lnet.Cuba(vth=249), depth=1)  # fires at v >= 250

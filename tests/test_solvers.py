@@ -194,6 +194,33 @@ def test_singlestep_orders_and_lower_order_final():
     assert s.orders_used == [3, 3, 2]
 
 
+def test_singlestep_intermediate_calls_sit_at_the_official_lambda_fractions():
+    """DPM-Solver-2 calls at λ_s + h/2, DPM-Solver-3 at λ_s + h/3 and λ_s + 2h/3 (float steps: no rounding);
+    one explicit interval [999, 0] is a valid grid (one group)."""
+    vp = DiscreteVP(SCHED)
+    for order, rs in ((2, [0.5]), (3, [1 / 3, 2 / 3])):
+        s = DPMSolver(SCHED, order=order, method="singlestep_fixed", integer_timesteps=False)
+        s.set_timesteps(timesteps=[999.0, 0.0])
+        ks = s.timesteps.tolist()
+        assert ks[0] == 999.0 and len(ks) == order
+        ls, lt = vp.lam(999.0), vp.lam(0.0)
+        for k, r in zip(ks[1:], rs):
+            assert vp.lam(k) == pytest.approx(ls + r * (lt - ls), abs=1e-6), (order, r)
+
+
+def test_step_accepts_the_planned_step_to_a_relative_1e_9():
+    """t as another library passes it (a float a few ulps off) is the planned step: 1e-9 relative for steps
+    above 1; further off is a caller out of step and refused."""
+    s = DPMSolver(SCHED, order=2)
+    s.set_timesteps(5)
+    x = torch.zeros(2, 3, dtype=F64)
+    k = float(s.timesteps[0])
+    assert k > 100
+    x = s.step(torch.zeros_like(x), k * (1 + 5e-10), x).prev_sample  # inside k * 1e-9, outside 1e-9 absolute
+    with pytest.raises(ConfigError, match="expected step"):
+        s.step(torch.zeros_like(x), float(s.timesteps[1]) + 1e-3, x)
+
+
 def test_denoise_to_zero_returns_x0_prediction():
     s = DPMSolver(SCHED, order=2, denoise_to_zero=True)
     s.set_timesteps(10)
