@@ -266,6 +266,24 @@ def test_count_graph_scaled_spikes_and_tsm_folding():
     assert not costs["tsm_a"].folded and not costs["bn_a"].folded
 
 
+def test_count_graph_fanout_and_which_conv_reads_the_image():
+    """Fan-out of a conv = its output channels per group (each input event reaches O/g kernels per window
+    position); only a conv on the static input image is the paper's MAC-counted 'reads the image' layer."""
+    g = ir.Graph(2)
+    g.add(ir.Input(name="x", shape=(2, 4, 4)))
+    g.add(ir.Input(name="xs", shape=(2, 4, 4), kind="spike", timing="per-step"))
+    g.add(ir.Conv2d(name="c0", inputs=("x",), weight=g.add_param("w0", np.ones((4, 2, 3, 1), np.float32))))
+    g.add(ir.Conv2d(name="c1", inputs=("c0",), weight=g.add_param("w1", np.ones((4, 2, 1, 1), np.float32)), groups=2))
+    g.add(ir.Conv2d(name="c2", inputs=("xs",), weight=g.add_param("w2", np.ones((4, 2, 3, 3), np.float32))))
+    g.add(ir.Output(name="o1", inputs=("c1",)))
+    g.add(ir.Output(name="o2", inputs=("c2",)))
+    costs = count_graph(ir.check(g))
+    assert [costs[k].fanout for k in ("c0", "c1", "c2")] == [4, 2, 4]
+    assert all(type(costs[k].fanout) is int for k in ("c0", "c1", "c2"))
+    assert costs["c0"].per_exec == 4 * 2 * 4 * 2 * 3 * 1  # O * Ho * Wo * C * kh * kw (3x1 kernel on 4x4)
+    assert [costs[k].reads_image for k in ("c0", "c1", "c2")] == [True, False, False]
+
+
 def classifier_graph(per_step: bool = False) -> ir.Graph:
     """``x [1, 4, 4] -> conv 3x3 (2 ch) -> IF -> sum-pool 3x3 / 2 (pad 1) -> [2, 2, 2] -> linear 8 -> 3 -> read-out``:
     a network, not a denoiser (no step input, a ``[classes]`` output); ``per_step``: a per-step spike input
