@@ -156,6 +156,19 @@ def test_paper_rows_by_hand(reports, profile):
     assert t["macs"] == 288 and t["sops"] == pytest.approx(0.75 * c1_dense * T)
 
 
+def test_the_per_call_table_keeps_the_first_and_the_last_call(reports):
+    """A long run's per-call table shows ``limit`` evenly spaced calls, the first and the last among them, and
+    says how many were left out."""
+    import dataclasses
+
+    steps = [dict(call=i, t=999 - 50 * i, paper_mJ=1.0, faithful_mJ=2.0, firing_rate=0.1) for i in range(20)]
+    r = dataclasses.replace(next(iter(reports.values())), by_step=steps)
+    head, rows, note = r._step_rows(limit=5)
+    assert head[:2] == ["call", "t"] and [row[0] for row in rows] == ["0", "5", "10", "14", "19"]
+    assert rows[-1][1] == "49" and note == "5 of 20 calls shown; all in the JSON"
+    assert len(r._step_rows()[1]) == 20 and r._step_rows()[2] is None
+
+
 def test_ann_baseline_row_by_hand():
     """The ANN baseline: dense MACs at E_MAC per call, x NFE / steps per sampling step, x NFE per image."""
     g = toy_graph()
