@@ -284,6 +284,22 @@ def test_count_graph_fanout_and_which_conv_reads_the_image():
     assert [costs[k].reads_image for k in ("c0", "c1", "c2")] == [True, False, False]
 
 
+def test_a_denoiser_is_told_by_its_step_input_or_an_output_the_size_of_its_image():
+    """No step input: an output [C', H, W] at the image's size makes it a denoiser (t folded in); a feature
+    map at another size ([2, 2, 2] from a stride-2 conv on [1, 4, 4]) does not."""
+    from sdmc.energy.report import _is_denoiser
+
+    for stride, padding, want in (((1, 1), (1, 1), True), ((2, 2), (0, 0), False)):
+        g = ir.Graph(2)
+        g.add(ir.Input(name="x", shape=(1, 4, 4)))
+        w = g.add_param("w", np.ones((2, 1, 2 if stride == (2, 2) else 3, 2 if stride == (2, 2) else 3)))
+        g.add(ir.Conv2d(name="c", inputs=("x",), weight=w, stride=stride, padding=padding))
+        g.add(ir.Output(name="out", inputs=("c",)))
+        g = ir.check(g)
+        assert g["c"].type.shape == ((2, 4, 4) if want else (2, 2, 2))
+        assert _is_denoiser(g, g["x"]) is want
+
+
 def classifier_graph(per_step: bool = False) -> ir.Graph:
     """``x [1, 4, 4] -> conv 3x3 (2 ch) -> IF -> sum-pool 3x3 / 2 (pad 1) -> [2, 2, 2] -> linear 8 -> 3 -> read-out``:
     a network, not a denoiser (no step input, a ``[classes]`` output); ``per_step``: a per-step spike input
