@@ -500,6 +500,18 @@ def test_activity_edge_cases():
             Activity.uniform(costs, bad, 2)
 
 
+def test_synapse_stats_per_sample_sops_and_per_entry_rate_by_hand():
+    """[samples, nnz, numel, sops] summed: SOPs are per sample (40 over 2 samples), the rate per entry (6 of 18);
+    all steps together add up."""
+    from sdmc.energy.measure import SynapseStats
+
+    st = SynapseStats()
+    st.by_step[0] += np.array([2.0, 6.0, 18.0, 40.0])
+    st.by_step[5] += np.array([2.0, 3.0, 18.0, 10.0])
+    assert (st.sops(0), st.rate(0), st.sops(5), st.rate(5)) == (20.0, 1 / 3, 5.0, 1 / 6)
+    assert (st.sops(), st.rate()) == (12.5, 0.25)
+
+
 def test_noise_calibration_images_are_uniform_in_minus_one_one():
     from sdmc.energy.measure import dataset_images
 

@@ -45,15 +45,20 @@ class SynapseStats:
     def total(self) -> np.ndarray:
         return sum(self.by_step.values(), np.zeros(4))
 
+    def _sums(self, k: int | None) -> tuple[float, float, float, float]:
+        """``(samples, nnz, numel, sops)`` of step ``k`` (every step when None)."""
+        samples, nnz, numel, sops = (float(v) for v in (self.total() if k is None else self.by_step[k]))
+        return samples, nnz, numel, sops
+
     def rate(self, k: int | None = None) -> float:
         """Fraction of non-zero input entries (the input firing rate for spike inputs)."""
-        s = self.total() if k is None else self.by_step[k]
-        return float(s[1] / s[2]) if s[2] else 0.0
+        _, nnz, numel, _ = self._sums(k)
+        return nnz / numel if numel else 0.0
 
     def sops(self, k: int | None = None) -> float:
         """Synaptic operations per sample per call."""
-        s = self.total() if k is None else self.by_step[k]
-        return float(s[3] / s[0]) if s[0] else 0.0
+        samples, _, _, sops = self._sums(k)
+        return sops / samples if samples else 0.0
 
 
 @dataclass
