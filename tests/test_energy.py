@@ -289,10 +289,10 @@ def test_a_denoiser_is_told_by_its_step_input_or_an_output_the_size_of_its_image
     map at another size ([2, 2, 2] from a stride-2 conv on [1, 4, 4]) does not."""
     from sdmc.energy.report import _is_denoiser
 
-    for stride, padding, want in (((1, 1), (1, 1), True), ((2, 2), (0, 0), False)):
+    for k, stride, padding, want in ((3, (1, 1), (1, 1), True), (2, (2, 2), (0, 0), False)):
         g = ir.Graph(2)
         g.add(ir.Input(name="x", shape=(1, 4, 4)))
-        w = g.add_param("w", np.ones((2, 1, 2 if stride == (2, 2) else 3, 2 if stride == (2, 2) else 3)))
+        w = g.add_param("w", np.ones((2, 1, k, k)))
         g.add(ir.Conv2d(name="c", inputs=("x",), weight=w, stride=stride, padding=padding))
         g.add(ir.Output(name="out", inputs=("c",)))
         g = ir.check(g)

@@ -47,8 +47,7 @@ class SynapseStats:
 
     def _sums(self, k: int | None) -> tuple[float, float, float, float]:
         """``(samples, nnz, numel, sops)`` of step ``k`` (every step when None)."""
-        samples, nnz, numel, sops = (float(v) for v in (self.total() if k is None else self.by_step[k]))
-        return samples, nnz, numel, sops
+        return tuple(float(v) for v in (self.total() if k is None else self.by_step[k]))
 
     def rate(self, k: int | None = None) -> float:
         """Fraction of non-zero input entries (the input firing rate for spike inputs)."""
