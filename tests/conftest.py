@@ -2,7 +2,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 from sdmc.config import ModelConfig
 
@@ -11,8 +11,14 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # CI (CI=true) replays the same hypothesis examples every run, so a red build is reproducible; local runs
 # keep exploring new examples (and print the seed of any failure).
 settings.register_profile("ci", derandomize=True, print_blob=True)
+# tests/mutate.py's runs: the same examples as CI, no example database (one mutant's failure must not be
+# replayed against the next) and no shrinking (a mutant is killed by the first failure; shrinking it took most
+# of a killed mutant's time)
+settings.register_profile(
+    "mutate", parent=settings.get_profile("ci"), database=None, phases=[Phase.explicit, Phase.generate]
+)
 if os.environ.get("CI"):
-    settings.load_profile("ci")
+    settings.load_profile(os.environ.get("SDMC_HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

@@ -24,11 +24,20 @@ Not mutated: strings, docstrings, annotations, ``raise``/``assert`` statements, 
 ``# pragma: no mutate``, and the functions/classes a target lists under ``skip`` (presentation code).
 
 How a mutant runs: the mutated file is written to a temporary folder and a fresh ``python -m pytest`` (with
-``-x``, ``CI=1`` so hypothesis replays the same examples) imports it *in place of* the original module via an
+``-x``; ``CI=1`` and the ``mutate`` hypothesis profile of ``tests/conftest.py``, so hypothesis replays the same
+examples, keeps no example database and does not shrink a failure) imports it *in place of* the original module via an
 import hook; the working tree is never modified, so an interrupted run leaves nothing behind.  Tests that start
 their own Python (CLI subprocesses, DDP workers) see the original code.  A mutant is *killed* when a test fails,
 errors or the run exceeds the time limit (``timeout_factor`` x the clean run + ``timeout_slack_s``); it
-*survives* when every test passes.  Survivors listed under ``[[equivalent]]`` with a reason (a change that
+*survives* when every test passes.
+
+Which tests a mutant runs (fork mode): the clean run of a target's tests is traced once, recording which test
+executes which line of the file (:class:`LineMap`).  A mutant then runs only the tests that execute its lines:
+the tests are deterministic (``CI=1``), so a test that never reaches a line in the clean run runs exactly the same
+with that line changed and cannot kill it.  A mutant on a line that runs at import (module level, a default
+argument, a table built at import) runs every test; one on an executable line no test reaches survives without
+running anything (outcome ``uncovered``).  A test that starts another process sees the original code either way.
+``--no-select`` runs every test for every mutant; ``--confirm`` re-runs each survivor against every test.  Survivors listed under ``[[equivalent]]`` with a reason (a change that
 cannot alter behaviour) are reported as equivalent, not as survivors.  Score = killed / (killed + survived).
 """
 
@@ -315,7 +324,7 @@ def _warm_up() -> None:
     global _WARM
     if _WARM:
         return
-    os.environ.update(CI="1", PYTHONDONTWRITEBYTECODE="1")
+    os.environ.update(CI="1", PYTHONDONTWRITEBYTECODE="1", SDMC_HYPOTHESIS_PROFILE="mutate")
     for name in WARM_MODULES:
         try:
             importlib.import_module(name)
@@ -385,7 +394,7 @@ def _run_subprocess(
         name = module_name(mutant.file)
         cmd = [sys.executable, str(Path(__file__).resolve()), "_run", name, str(mutant_path), str(ROOT / mutant.file)]
         cmd += ["--", *args]
-    env = dict(os.environ, CI="1", PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, CI="1", PYTHONDONTWRITEBYTECODE="1", SDMC_HYPOTHESIS_PROFILE="mutate")
     t0 = time.monotonic()
     try:
         p = subprocess.run(
@@ -396,11 +405,149 @@ def _run_subprocess(
     return p.returncode, time.monotonic() - t0
 
 
+# ------------------------------------------------------------------------------------------- line map
+COLLECT = "<import>"  # the context of lines that run outside any test: imports, collection, module-level code
+
+
+class _LineTracer:
+    """A pytest plugin and a ``sys.settrace`` tracer in one: records which test (node id) executes which line of
+    one file.  Lines executed outside a test (module import during collection) are recorded under
+    :data:`COLLECT`.  Frames of other files are not traced line by line (only their call event costs)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = os.path.realpath(path)
+        self.context = COLLECT
+        self.lines: dict[int, set[str]] = {}
+        self.order: list[str] = []  # node ids in the order they ran
+        self._is_target: dict[str, bool] = {}
+
+    def _call(self, frame, event, arg):
+        f = frame.f_code.co_filename
+        hit = self._is_target.get(f)
+        if hit is None:
+            hit = self._is_target[f] = os.path.realpath(f) == self.path
+        return self._line if hit else None
+
+    def _line(self, frame, event, arg):
+        if event == "line":
+            self.lines.setdefault(frame.f_lineno, set()).add(self.context)
+        return self._line
+
+    def start(self) -> None:
+        import threading
+
+        threading.settrace(self._call)
+        sys.settrace(self._call)
+
+    def pytest_runtest_protocol(self, item, nextitem):  # pytest hook (a plain one: the context is set first)
+        self.context = item.nodeid
+        self.order.append(item.nodeid)
+
+    def pytest_runtest_logfinish(self, nodeid, location):  # pytest hook
+        self.context = COLLECT
+
+
+@dataclasses.dataclass
+class LineMap:
+    """Which tests execute which line of one file (from a traced clean run), and which lines can execute at all
+    (the lines of the file's compiled code objects).  :meth:`tests_for` is the test selection of a mutant."""
+
+    lines: dict[int, list[str]]
+    executable: set[int]
+    order: list[str]  # node ids in the order the clean run ran them
+
+    @staticmethod
+    def executable_lines(src: str, filename: str) -> set[int]:
+        out: set[int] = set()
+        todo = [compile(src, filename, "exec")]
+        while todo:
+            code = todo.pop()
+            out.update(line for _, _, line in code.co_lines() if line is not None)
+            todo.extend(c for c in code.co_consts if hasattr(c, "co_lines"))
+        return out
+
+    def tests_for(self, m: Mutant) -> list[str] | None:
+        """The node ids that execute one of ``m``'s lines, in run order; ``None``: run every test (a line that
+        runs at import, or a span with no executable line to go by); ``[]``: no test reaches it."""
+        span = range(m.line, m.end_line + 1)
+        seen: set[str] = set()
+        for line in span:
+            seen.update(self.lines.get(line, ()))
+        if COLLECT in seen or not any(line in self.executable for line in span):
+            return None
+        rank = {t: i for i, t in enumerate(self.order)}
+        return sorted(seen, key=rank.__getitem__)
+
+
+def _forked_trace(args: list[str], file: str, out: Path) -> int:
+    """In a fork of the warm parent: run the clean tests under :class:`_LineTracer`, write the map to ``out``."""
+    code = 3
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.chdir(ROOT)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sys.dont_write_bytecode = True
+        import pytest
+
+        tracer = _LineTracer(ROOT / file)
+        tracer.start()
+        code = int(pytest.main(args, plugins=[tracer]))
+        sys.settrace(None)
+        lines = {str(k): sorted(v) for k, v in tracer.lines.items()}
+        out.write_text(json.dumps(dict(lines=lines, order=tracer.order)))
+    except BaseException:  # noqa: BLE001 - any crash is an error outcome
+        code = 3
+    finally:
+        os._exit(code)
+
+
+def trace_clean_run(tests: list[str], file: str) -> tuple[str, float, LineMap | None]:
+    """The clean run of ``tests`` in a fork, traced: (outcome, seconds, the file's :class:`LineMap`)."""
+    _warm_up()
+    args = [*tests, *PYTEST_FLAGS]
+    with tempfile.TemporaryDirectory(prefix="sdmc-trace-") as tmp:
+        out = Path(tmp) / "lines.json"
+        sys.stdout.flush()
+        sys.stderr.flush()
+        t0 = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            _forked_trace(args, file, out)
+        _, status = os.waitpid(pid, 0)
+        dt = time.monotonic() - t0
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not out.exists():
+            return _outcome(code, tests), dt, None
+        raw = json.loads(out.read_text())
+    src = _SOURCES.get(file) or (ROOT / file).read_bytes()
+    lines = {int(k): v for k, v in raw["lines"].items()}
+    lmap = LineMap(lines, LineMap.executable_lines(src.decode(), str(ROOT / file)), raw["order"])
+    return "passed", dt, lmap
+
+
+SURVIVED = ("passed", "uncovered")  # a mutant's outcomes that mean no test noticed it
+PYTEST_FLAGS = ("-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--no-header", "-W", "ignore")
+
+
+def _outcome(code: int | None, tests: list[str]) -> str:
+    if code is None:
+        return "timeout"
+    if code == 0:
+        return "passed"
+    if code == 1:
+        return "failed"
+    if code == 5:
+        raise SystemExit(f"mutate: no tests collected by {tests}; fix tests/mutation.toml")
+    return "error"  # collection/import error: the mutant broke the module (killed)
+
+
 def run_tests(tests: list[str], mutant: Mutant | None, timeout: float | None, fork: bool = False) -> tuple[str, float]:
     """Run ``tests`` (pytest arguments) against ``mutant`` (None: the clean code).  Returns (outcome, seconds),
     outcome one of passed / failed / timeout / error.  ``fork``: run pytest in a fork of this process after
     importing torch & co once (:data:`WARM_MODULES`) instead of a fresh Python (same outcome, ~2-3x faster)."""
-    args = [*tests, "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--no-header", "-W", "ignore"]
+    args = [*tests, *PYTEST_FLAGS]
     with tempfile.TemporaryDirectory(prefix="sdmc-mutant-") as tmp:
         path = None
         if mutant is not None:
@@ -408,15 +555,7 @@ def run_tests(tests: list[str], mutant: Mutant | None, timeout: float | None, fo
             path = Path(tmp) / Path(mutant.file).name
             path.write_bytes(mutant.apply(src))
         code, dt = (_run_forked if fork else _run_subprocess)(args, path, mutant, timeout)
-    if code is None:
-        return "timeout", dt
-    if code == 0:
-        return "passed", dt
-    if code == 1:
-        return "failed", dt
-    if code == 5:
-        raise SystemExit(f"mutate: no tests collected by {tests}; fix tests/mutation.toml")
-    return "error", dt  # collection/import error: the mutant broke the module (killed)
+    return _outcome(code, tests), dt
 
 
 class Equivalents:
@@ -468,6 +607,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start a fresh Python per mutant instead of forking a warm one (slower; for platforms without fork)",
     )
+    ap.add_argument(
+        "--no-select", action="store_true", help="run every test of the target for every mutant (no line map)"
+    )
+    ap.add_argument("--confirm", action="store_true", help="re-run each survivor against every test of its target")
     ap.add_argument("--json", type=Path, default=ROOT / "runs" / "mutate" / "last.json", help="where to write results")
     args = ap.parse_args(argv)
 
@@ -511,11 +654,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     fork = hasattr(os, "fork") and not args.no_fork
+    select = fork and not args.no_select
     print(f"mutate: {len(pool)} of {total} mutants in {len(targets)} target file(s)", flush=True)
     factor, slack = float(settings.get("timeout_factor", 3.0)), float(settings.get("timeout_slack_s", 60))
     clean: dict[str, float] = {}
+    maps: dict[str, LineMap | None] = {}
     results = []
-    counts = dict(killed=0, survived=0, equivalent=0)
+    counts = dict(killed=0, survived=0, equivalent=0, selection_missed=0)
     for i, (t, m) in enumerate(pool, 1):
         reason = equivalent.reason(m)
         if reason is not None:
@@ -524,26 +669,45 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i}/{len(pool)}] equivalent  {m.describe()}", flush=True)
             continue
         if t["file"] not in clean:
-            outcome, dt = run_tests(t["tests"], None, None, fork)
+            if select:
+                outcome, dt, maps[t["file"]] = trace_clean_run(t["tests"], t["file"])
+            else:
+                (outcome, dt), maps[t["file"]] = run_tests(t["tests"], None, None, fork), None
             if outcome != "passed":
                 raise SystemExit(f"mutate: the clean tests of {t['file']} do not pass ({outcome}): {t['tests']}")
             clean[t["file"]] = dt
-            print(f"clean run of {t['file']}'s tests: {dt:.1f} s", flush=True)
-        outcome, dt = run_tests(t["tests"], m, factor * clean[t["file"]] + slack, fork)
-        status = "SURVIVED" if outcome == "passed" else "killed"
-        counts["survived" if outcome == "passed" else "killed"] += 1
-        results.append(dict(dataclasses.asdict(m), outcome=outcome))
-        print(f"[{i}/{len(pool)}] {status:8s} ({outcome}, {dt:.0f} s)  {m.describe()}", flush=True)
+            lm = maps[t["file"]]
+            how = f" (traced: {len(lm.order)} tests, {len(lm.lines)} lines reached)" if lm else ""
+            print(f"clean run of {t['file']}'s tests: {dt:.1f} s{how}", flush=True)
+        timeout = factor * clean[t["file"]] + slack
+        lm = maps[t["file"]]
+        chosen = lm.tests_for(m) if lm else None
+        if chosen == []:
+            outcome, dt = "uncovered", 0.0
+        else:
+            outcome, dt = run_tests(chosen or t["tests"], m, timeout, fork)
+        missed = False
+        if outcome in SURVIVED and args.confirm and chosen is not None:
+            outcome, dt2 = run_tests(t["tests"], m, timeout, fork)
+            dt, chosen, missed = dt + dt2, None, outcome not in SURVIVED
+            counts["selection_missed"] += missed
+        status = "SURVIVED" if outcome in SURVIVED else "killed"
+        counts["survived" if outcome in SURVIVED else "killed"] += 1
+        ran = "all tests" if chosen is None else f"{len(chosen)} test{'s' * (len(chosen) != 1)}"
+        results.append(dict(dataclasses.asdict(m), outcome=outcome, tests=ran, selection_missed=missed))
+        note = "  (killed only by a test the selection left out)" if missed else ""
+        print(f"[{i}/{len(pool)}] {status:8s} ({outcome}, {ran}, {dt:.0f} s)  {m.describe()}{note}", flush=True)
 
     tried = counts["killed"] + counts["survived"]
     score = counts["killed"] / tried if tried else 1.0
-    survivors = [r for r in results if r["outcome"] == "passed"]
+    survivors = [r for r in results if r["outcome"] in SURVIVED]
     print(f"\nmutation score {100 * score:.1f}%: {counts['killed']} killed, {counts['survived']} survived, ", end="")
     print(f"{counts['equivalent']} equivalent (of {total} mutants; {len(pool)} sampled, seed {args.seed})")
     if survivors:
         print("\nsurvivors (add a test that fails on each, or list it in [[equivalent]] with the reason):")
         for r in survivors:
-            print(f"  {r['file']}:{r['line']} [{r['scope']}] {r['old']}  ->  {r['new']}")
+            why = "  (no test reaches it)" if r["outcome"] == "uncovered" else ""
+            print(f"  {r['file']}:{r['line']} [{r['scope']}] {r['old']}  ->  {r['new']}{why}")
             print(
                 f'    [[equivalent]] file = "{r["file"]}"  scope = "{r["scope"]}"  '
                 f"old = {json.dumps(r['old'])}  new = {json.dumps(r['new'])}"
