@@ -72,6 +72,66 @@ def test_mutants_compile_and_change_one_thing():
             ast.parse(out)
 
 
+SRC = """\
+TABLE = [1, 2]
+
+
+def f(x, k=3):
+    if x > 0:
+        return x + k
+    return (
+        -x
+    )
+"""
+
+
+def _mutant(src: str, line: int, end_line: int | None = None) -> mutate.Mutant:
+    return mutate.Mutant("m.py", line, 0, end_line or line, 1, "x", "y", "constant", "f")
+
+
+def test_the_line_map_selects_the_tests_that_reach_a_line_in_run_order():
+    ex = mutate.LineMap.executable_lines(SRC, "m.py")
+    assert {1, 4, 5, 6, 7} <= ex and 2 not in ex  # line 2 is blank
+    lm = mutate.LineMap(
+        lines={1: [mutate.COLLECT], 4: [mutate.COLLECT], 5: ["t::b", "t::a"], 6: ["t::b"], 7: ["t::a"], 8: ["t::a"]},
+        executable=ex,
+        order=["t::b", "t::a", "t::c"],
+    )
+    assert lm.tests_for(_mutant(SRC, 5)) == ["t::b", "t::a"]  # the clean run's order, not the recorded one
+    assert lm.tests_for(_mutant(SRC, 6)) == ["t::b"]
+    assert lm.tests_for(_mutant(SRC, 7, 9)) == ["t::a"]  # a span: every line of it
+    assert lm.tests_for(_mutant(SRC, 1)) is None  # runs at import: every test
+    assert lm.tests_for(_mutant(SRC, 4)) is None  # the def line (defaults) runs at import
+    assert lm.tests_for(_mutant(SRC, 2)) is None  # no executable line to go by: every test
+    empty = mutate.LineMap(lines={1: [mutate.COLLECT], 4: [mutate.COLLECT]}, executable=ex, order=["t::a"])
+    assert empty.tests_for(_mutant(SRC, 6)) == []  # executable, reached by no test: uncovered
+
+
+def test_the_tracer_records_which_test_runs_which_line(tmp_path):
+    """The tracer itself, on a file run outside and inside a test context."""
+    path = tmp_path / "m.py"
+    path.write_text(SRC)
+    spec = importlib.util.spec_from_file_location("m_traced", path)
+    mod = importlib.util.module_from_spec(spec)
+    tracer = mutate._LineTracer(path)
+    old = sys.gettrace()
+    try:
+        sys.settrace(tracer._call)
+        spec.loader.exec_module(mod)  # import: outside any test
+
+        class Item:
+            nodeid = "t::neg"
+
+        tracer.pytest_runtest_protocol(Item, None)
+        mod.f(-1)
+        tracer.pytest_runtest_logfinish("t::neg", None)
+    finally:
+        sys.settrace(old)
+    assert tracer.lines[1] == {mutate.COLLECT} and tracer.lines[4] == {mutate.COLLECT}
+    assert tracer.lines[5] == {"t::neg"} and 6 not in tracer.lines and tracer.order == ["t::neg"]
+    assert "t::neg" in tracer.lines[7] or "t::neg" in tracer.lines[8]
+
+
 @pytest.mark.parametrize("mode", ["fork", pytest.param("no-fork", marks=pytest.mark.slow)])
 def test_a_run_kills_what_a_test_sees_and_reports_what_none_sees(tmp_path, mode):
     """End to end, in both process modes: dropping q_sample's noise term is killed by the test of q_sample;
@@ -90,6 +150,10 @@ def test_a_run_kills_what_a_test_sees_and_reports_what_none_sees(tmp_path, mode)
         runs[name] = (p.returncode, json.loads(out.read_text()), p.stdout)
     code, res, text = runs["seen"]
     assert code == 0 and res["counts"]["killed"] >= 1 and res["counts"]["survived"] == 0, text
+    # fork mode selects by the traced line map: the test's cases that reach q_sample ran, not "all tests"
+    assert (res["results"][0]["tests"] == "all tests") == (mode == "no-fork"), text
     code, res, text = runs["unseen"]
     assert code == 1 and res["counts"]["survived"] == res["counts"]["killed"] + res["counts"]["survived"] >= 1, text
     assert "q_sample" in text and "survivors" in text
+    # the test never reaches the line: with the map, that is known without running it
+    assert res["results"][0]["outcome"] == ("uncovered" if mode == "fork" else "passed"), text
