@@ -373,3 +373,46 @@ def test_concat_axes_and_run_options():
         golden.run(g, [np.array([0, 9, 1])], overrides={"a": fake}, all_values=True)
     with pytest.raises(IRError, match=r"override for node 'e' has shape \[2, 2\], expected \[3, 2\]"):
         golden.run(g, [t], overrides={"e": np.ones((2, 2))})
+
+
+def test_avg_pool_counts_padding_by_default_like_torch():
+    """``pool2d``'s default averages over the whole window, padding included (torch's default too)."""
+    x = np.random.default_rng(0).normal(size=(2, 3, 5, 6))
+    ref = F.avg_pool2d(torch.tensor(x), 3, 2, 1).numpy()
+    np.testing.assert_allclose(golden.pool2d(x, "avg", (3, 3), (2, 2), (1, 1)), ref, rtol=0, atol=1e-12)
+
+
+def test_float32_params_are_computed_in_float64():
+    """The golden simulator reads every float parameter as float64: a float32 table looked up and fed to a
+    float32 linear layer gives the float64 result bit for bit (float32 arithmetic would round ~1e-7)."""
+    rng = np.random.default_rng(1)
+    emb, w, b = (rng.normal(size=s).astype(np.float32) for s in [(5, 8), (4, 8), (4,)])
+    g = ir.Graph(2, params={"emb": emb, "w": w, "b": b})
+    g.add(ir.Input(name="t", shape=(), dtype="int64"))
+    g.add(ir.Embedding(name="e", inputs=("t",), weight="emb"))
+    g.add(ir.Linear(name="l", inputs=("e",), weight="w", bias="b"))
+    g.add(ir.Output(name="out", inputs=("l",)))
+    t = np.array([0, 3, 4])
+    out = golden.run(ir.check(g), {"t": t})["out"]
+    ref = emb.astype(np.float64)[t] @ w.astype(np.float64).T + b.astype(np.float64)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_binary_ops_broadcast_operands_of_lower_rank_from_the_right():
+    """A per-sample ``[W]`` operand added to ``[C, H, W]`` lines up with the last axis (numpy's rule, which
+    the IR's shape inference states), for a static and a per-step operand."""
+    T, B = 2, 3
+    rng = np.random.default_rng(2)
+    for timing in (ir.STATIC, ir.PER_STEP):
+        g = ir.Graph(T)
+        g.add(ir.Input(name="x", shape=(2, 3, 4), dtype="float64", timing=ir.PER_STEP))
+        g.add(ir.Input(name="y", shape=(4,), dtype="float64", timing=timing))
+        g.add(ir.Add(name="a", inputs=("x", "y")))
+        g.add(ir.Mul(name="m", inputs=("a", "y")))
+        g.add(ir.Output(name="out", inputs=("m",)))
+        x = rng.normal(size=(T, B, 2, 3, 4))
+        y = rng.normal(size=(B, 4) if timing == ir.STATIC else (T, B, 4))
+        yb = y[:, None, None, :] if timing == ir.STATIC else y[:, :, None, None, :]
+        out = golden.run(ir.check(g), {"x": x, "y": y})["out"]
+        np.testing.assert_array_equal(out, (x + yb) * yb)
