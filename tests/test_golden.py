@@ -416,3 +416,15 @@ def test_binary_ops_broadcast_operands_of_lower_rank_from_the_right():
         yb = y[:, None, None, :] if timing == ir.STATIC else y[:, :, None, None, :]
         out = golden.run(ir.check(g), {"x": x, "y": y})["out"]
         np.testing.assert_array_equal(out, (x + yb) * yb)
+
+
+def test_tsm_scale_of_a_static_input_is_per_step():
+    """TSMScale of a static input: the input is the same at every step, the output ``p[t] * x`` per step."""
+    T, B = 3, 2
+    rng = np.random.default_rng(4)
+    p = rng.normal(size=(T, 1, 1, 1, 1))
+    g = one_op_graph(T, ir.ValueType((2, 3, 3), "float64"), ir.TSMScale(name="s", inputs=("x",), scale="p"), {"p": p})
+    x = rng.normal(size=(B, 2, 3, 3))
+    out = golden.run(g, {"x": x})["out"]
+    assert out.shape == (T, B, 2, 3, 3)
+    np.testing.assert_array_equal(out, p.reshape(T, 1, 1, 1, 1) * x[None])
