@@ -428,3 +428,35 @@ def test_tsm_scale_of_a_static_input_is_per_step():
     out = golden.run(g, {"x": x})["out"]
     assert out.shape == (T, B, 2, 3, 3)
     np.testing.assert_array_equal(out, p.reshape(T, 1, 1, 1, 1) * x[None])
+
+
+def test_swish_sigmoid_and_static_concat_by_value():
+    T, B = 2, 3
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(B, 2, 3))
+    for node, ref in [
+        (ir.Sigmoid(name="s", inputs=("x",)), 1 / (1 + np.exp(-x))),
+        (ir.Swish(name="s", inputs=("x",)), x / (1 + np.exp(-x))),
+    ]:
+        out = golden.run(one_op_graph(T, ir.ValueType((2, 3), "float64"), node), {"x": x})["out"]
+        np.testing.assert_allclose(out, ref, rtol=1e-14)
+    # two static operands: concatenated along the sample axis `axis` (no step axis in front)
+    for axis, ref in [(0, np.concatenate([x, x[:, :1]], axis=1)), (-1, np.concatenate([x, x[:, :, :1]], axis=2))]:
+        y = x[:, :, :1] if axis else x[:, :1]
+        g = ir.Graph(T)
+        g.add(ir.Input(name="x", shape=(2, 3), dtype="float64"))
+        g.add(ir.Input(name="y", shape=y.shape[1:], dtype="float64"))
+        g.add(ir.Concat(name="c", inputs=("x", "y"), axis=axis))
+        g.add(ir.Output(name="out", inputs=("c",)))
+        np.testing.assert_array_equal(golden.run(ir.check(g), {"x": x, "y": y})["out"], ref)
+
+
+def test_embedding_index_equal_to_the_table_size_is_refused():
+    g = ir.Graph(2, params={"emb": np.zeros((7, 2))})
+    g.add(ir.Input(name="t", shape=(), dtype="int64"))
+    g.add(ir.Embedding(name="e", inputs=("t",), weight="emb"))
+    g.add(ir.Output(name="out", inputs=("e",)))
+    g = ir.check(g)
+    assert golden.run(g, {"t": np.array([0, 6])})["out"].shape == (2, 2)
+    with pytest.raises(IRError, match=r"node 'e' \(embedding\): index out of range \[0, 7\)"):
+        golden.run(g, {"t": np.array([7])})
