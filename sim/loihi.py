@@ -62,7 +62,9 @@ def cuba_step(
     bias = np.asarray(bias_mant).astype(np.int16).astype(np.int64)  # Lava stores bias_mant as int16
     bias = bias << p.bias_exp if p.bias_exp >= 0 else bias >> -p.bias_exp
     v_new = _decay(v, p.dv).astype(np.int32).astype(np.int64) + u_new + bias
-    v_new = np.clip(v_new, -MAX_STATE + 1, MAX_STATE - 1)
+    # Lava clips v to +-(2^23 - 1); the upper limit is above every threshold (MAX_VTH << 6), so a v it clips fires
+    v_new = np.maximum(v_new, -MAX_STATE + 1)
+    v_new = np.minimum(v_new, MAX_STATE - 1)
     s = v_new > (np.int64(p.vth) << VTH_SHIFT)
     v_new = np.where(s, 0, v_new)
     return u_new, v_new, s

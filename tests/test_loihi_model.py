@@ -5,6 +5,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loihi_graphs import dyadic_chain
@@ -447,3 +449,49 @@ def test_resources_count_conv_connections_without_padding_taps():
         "max_fan_in": 9,
     }
     assert r[1]["synapses"] == 96 and r[1]["max_fan_in"] == 32 and r[1]["neurons"] == 3
+
+
+# ------------------------------------------------- corners the exhaustive mutation run found unchecked
+def test_bias_exponent_shifts_left_and_right():
+    """``bias_mant << bias_exp`` for ``bias_exp >= 0`` and ``>> -bias_exp`` below (Lava's effective bias)."""
+    z = np.zeros(2, np.int64)
+    for exp, want in [(2, [52, -52]), (0, [13, -13]), (-2, [3, -4])]:  # -13 >> 2 = -4 (arithmetic shift)
+        _, v, _ = lm.cuba_step(z, z, z, np.array([13, -13]), lnet.Cuba(vth=lnet.MAX_VTH, bias_exp=exp))
+        assert v.tolist() == want, exp
+
+
+def test_conv2d_f64_defaults_are_a_plain_convolution():
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(2, 3, 5, 6)), rng.normal(size=(4, 3, 3, 3))
+    np.testing.assert_allclose(lm.conv2d_f64(x, w), F.conv2d(torch.tensor(x), torch.tensor(w)).numpy(), atol=1e-12)
+
+
+def _small_chain(weight=None, du=lnet.DECAY_UNITY - 1):
+    w = np.array([[2, -1], [1, 1]], np.int64) if weight is None else weight
+    layer = lnet.LoihiLayer(kind="dense", weight=w, neuron=lnet.Cuba(vth=lnet.MAX_VTH, du=du), name="fc")
+    return lnet.LoihiChain((2,), (layer,), input_bits=8)
+
+
+def test_run_chain_checks_its_chain_and_its_input():
+    with pytest.raises(SdmcError, match=r"Loihi layer 1 \(fc\): weights span \[-1, 300\]"):
+        lm.run_chain(_small_chain(np.array([[300, -1], [1, 1]], np.int64)), np.zeros((1, 1, 2)))
+    for bad in [np.zeros((1, 2)), np.zeros((1, 1, 3))]:  # a wrong rank, a wrong shape of the right rank
+        with pytest.raises(SdmcError, match=r"run_chain: input must be \[N, B, 2\]"):
+            lm.run_chain(_small_chain(), bad)
+
+
+def test_run_chain_of_one_input_step_then_silence():
+    """N = 1: the single input step, then zeros (not the input again) while the pipeline drains."""
+    r = lm.run_chain(_small_chain(), np.array([[[3, 4]]]), num_steps=3)
+    # a_in reaches the neuron one step after the synapse: step 2 has [2*3 - 4, 3 + 4] = [2, 7], step 3 nothing
+    assert (r["u"][0][:, 0] // 64).tolist() == [[0, 0], [2, 7], [0, 0]]
+
+
+def test_a_reset_interval_zeroes_the_current_too():
+    """With a current that decays slowly (du = 0), the periodic reset clears u as well as v."""
+    x = np.array([[[1, 0]]])  # one input step: a_in = [2, 1] lands at step 2
+    kept = lm.run_chain(_small_chain(du=0), x, num_steps=6)
+    reset = lm.run_chain(_small_chain(du=0), x, num_steps=6, reset_interval=3)  # resets at steps 2 and 5
+    assert (kept["u"][0][1, 0] // 64).tolist() == [2, 1] and (kept["u"][0][4:] != 0).all()
+    assert np.array_equal(reset["u"][0][:4], kept["u"][0][:4])  # the step-2 reset comes before a_in lands
+    assert (reset["u"][0][4:] == 0).all() and (reset["v"][0][4:] == 0).all()

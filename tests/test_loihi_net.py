@@ -475,3 +475,42 @@ def test_steps_before_the_first_input_are_skipped_not_simulated(monkeypatch):
     calls.clear()
     r = lm.run_net(net, {"x": np.zeros((1, 1, 1))}, num_steps=4)
     assert (r["v"]["B"].ravel() // U).tolist() == [0, 0, 9, 9] and len(calls) == 4 + 2
+
+
+# ------------------------------------------------- corners the exhaustive mutation run found unchecked
+def _one_dense_net(weight):
+    x = lnet.Source("x", (2,), bits=8)
+    P = lnet.Population("P", (2,), NOFIRE, depth=1)
+    return lnet.LoihiNet((x,), (P,), (lnet.Projection("x", "P", "dense", weight),), ("P",))
+
+
+def test_run_net_checks_its_net_and_its_step_count():
+    with pytest.raises(SdmcError, match=r"outside the 8-bit range"):
+        lm.run_net(_one_dense_net(np.array([[300, 0], [0, 1]], np.int16)), {"x": np.zeros((1, 1, 2), int)})
+    net = _one_dense_net(np.eye(2, dtype=np.int8))
+    with pytest.raises(SdmcError, match=r"run_net: num_steps must be >= 1, got 0"):
+        lm.run_net(net, {"x": np.zeros((1, 1, 2), int)}, num_steps=0)
+    assert lm.run_net(net, {"x": np.ones((1, 1, 2), int)}, num_steps=1)["v"]["P"].tolist() == [[[0, 0]]]
+
+
+def test_projection_current_of_no_rows_is_empty():
+    proj = lnet.Projection("x", "P", "conv", np.ones((1, 1, 3, 3), np.int8), padding=(1, 1))
+    out = lm.projection_current(proj, np.zeros((0, 1, 4, 4), np.int64), (1, 4, 4))
+    assert out.shape == (0, 1, 4, 4) and out.dtype == np.int64
+
+
+def test_a_conv_whose_sums_pass_2_24_is_computed_exactly():
+    """Graded inputs large enough that float32 partial sums would round (|sum| > 2^24): the exactness bound
+    sends them to the float64 path, and the result equals the integer convolution, wrapped to 24 bit."""
+    rng = np.random.default_rng(0)
+    w = np.full((1, 4, 3, 3), 127, np.int8)
+    x = (2 * rng.integers(2**15, 2**16, size=(2, 4, 5, 5)) + 1).astype(np.int64)  # odd values near 2^17
+    proj = lnet.Projection("x", "P", "conv", w, padding=(1, 1))
+    out = lm.projection_current(proj, x, (1, 5, 5))
+    exact = np.zeros((2, 1, 5, 5), np.int64)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for i in range(5):
+        for j in range(5):
+            exact[:, 0, i, j] = (xp[:, :, i : i + 3, j : j + 3] * 127).sum(axis=(1, 2, 3))
+    assert np.abs(exact).max() > 2**24  # the case float32 cannot hold
+    np.testing.assert_array_equal(out, lm.signed_clamp(exact))
