@@ -108,6 +108,10 @@ def test_fuse_tsm_weights_formula():
         np.testing.assert_allclose(bt[t], (pt * b - mean) * gamma / sig + beta, rtol=1e-12, atol=1e-14)
     w3, _, bt3 = passes.fuse_tsm_weights(w, None, p)
     assert bt3 is None and np.array_equal(w3, w)
+    # no conv bias but a BN: the BN's shift is the same at every step, still one row per step ([T, O])
+    _, _, bt4 = passes.fuse_tsm_weights(w, None, p, dict(mean=mean, var=var, gamma=gamma, beta=beta, eps=1e-5))
+    assert bt4.shape == (T, O)
+    np.testing.assert_allclose(bt4, np.broadcast_to(beta - mean * gamma / sig, (T, O)), rtol=1e-12)
 
 
 def test_compose_1x1_equals_sequential_convs():
@@ -772,3 +776,45 @@ def test_split_concat_by_hand():
     assert sum(n.bias is not None for n in convs) == 1
     x = rng.normal(size=(3, 2, 4, 4))
     np.testing.assert_allclose(golden.run(h, [x])["out"], golden.run(g, [x])["out"], atol=1e-12)
+
+
+def test_fold_bn_and_fuse_tsm_report_what_they_rewrote_and_leave_no_orphan():
+    g = _graph()
+    h = passes.fold_bn(g)
+    assert h.meta["passes"][-1]["folded"] == [["bn1", "c1"]]  # bn0 follows the TSM scale: fuse_tsm's
+    f = passes.fuse_tsm(g)
+    assert f.meta["passes"][-1]["fused"] == [["c0", "tsm0", "bn0"]]
+    assert "c0" not in f.nodes and "bn0" not in f.nodes and f["tsm0"].op == "scaled_conv2d"
+
+
+def test_fold_bn_folds_a_feature_linear_and_keeps_a_linear_of_higher_rank():
+    rng = np.random.default_rng(3)
+    for shape, C in [((8,), 4), ((3, 8), 3)]:  # BN's channel is axis 0: the features only for a rank-1 output
+        g = ir.Graph(2)
+        P = lambda k, a: g.add_param(k, np.asarray(a, dtype=np.float64))  # noqa: E731
+        g.add(ir.Input(name="x", shape=shape, dtype="float64", timing=ir.PER_STEP))
+        g.add(
+            ir.Linear(
+                name="lin", inputs=("x",), weight=P("w", rng.normal(size=(4, 8))), bias=P("b", rng.normal(size=4))
+            )
+        )
+        g.add(
+            ir.BatchNorm(
+                name="bn",
+                inputs=("lin",),
+                weight=P("g", 1 + 0.3 * rng.normal(size=C)),
+                bias=P("be", rng.normal(size=C)),
+                running_mean=P("m", rng.normal(size=C)),
+                running_var=P("v", 0.5 + rng.random(C)),
+            )
+        )
+        g.add(ir.Output(name="out", inputs=("bn",)))
+        g = ir.check(g)
+        h = passes.fold_bn(g)
+        rep = h.meta["passes"][-1]
+        if len(shape) == 1:
+            assert rep["folded"] == [["bn", "lin"]] and "bn" not in h.nodes
+        else:
+            assert rep["folded"] == [] and "rank 2" in rep["kept"]["bn"] and "bn" in h.nodes
+        x = rng.normal(size=(2, 2) + shape)
+        assert assert_same_outputs(g, h, [x])
