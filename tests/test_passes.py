@@ -332,6 +332,7 @@ def test_hoist_static_by_hand():
     g.add(ir.IF(name="s", inputs=("a",)))
     g.add(ir.MembraneReadout(name="ro", inputs=("s",)))
     g.add(ir.Output(name="out", inputs=("ro",)))
+    g.add(ir.Output(name="echo", inputs=("x",)))  # inputs and outputs are not counted as static nodes
     h = passes.run(ir.check(g), ["hoist_static"])
     log = h.meta["passes"][-1]
     assert log["hoisted"] == ["c", "tsm"] and log["static_nodes"] == 2  # the conv, and the readout's result
@@ -790,24 +791,12 @@ def test_fold_bn_and_fuse_tsm_report_what_they_rewrote_and_leave_no_orphan():
 def test_fold_bn_folds_a_feature_linear_and_keeps_a_linear_of_higher_rank():
     rng = np.random.default_rng(3)
     for shape, C in [((8,), 4), ((3, 8), 3)]:  # BN's channel is axis 0: the features only for a rank-1 output
-        g = ir.Graph(2)
-        P = lambda k, a: g.add_param(k, np.asarray(a, dtype=np.float64))  # noqa: E731
+        params = dict(w=rng.normal(size=(4, 8)), b=rng.normal(size=4), g=1 + 0.3 * rng.normal(size=C))
+        params.update(be=rng.normal(size=C), m=rng.normal(size=C), v=0.5 + rng.random(C))
+        g = ir.Graph(2, params=params)
         g.add(ir.Input(name="x", shape=shape, dtype="float64", timing=ir.PER_STEP))
-        g.add(
-            ir.Linear(
-                name="lin", inputs=("x",), weight=P("w", rng.normal(size=(4, 8))), bias=P("b", rng.normal(size=4))
-            )
-        )
-        g.add(
-            ir.BatchNorm(
-                name="bn",
-                inputs=("lin",),
-                weight=P("g", 1 + 0.3 * rng.normal(size=C)),
-                bias=P("be", rng.normal(size=C)),
-                running_mean=P("m", rng.normal(size=C)),
-                running_var=P("v", 0.5 + rng.random(C)),
-            )
-        )
+        g.add(ir.Linear(name="lin", inputs=("x",), weight="w", bias="b"))
+        g.add(ir.BatchNorm(name="bn", inputs=("lin",), weight="g", bias="be", running_mean="m", running_var="v"))
         g.add(ir.Output(name="out", inputs=("bn",)))
         g = ir.check(g)
         h = passes.fold_bn(g)
@@ -818,3 +807,35 @@ def test_fold_bn_folds_a_feature_linear_and_keeps_a_linear_of_higher_rank():
             assert rep["folded"] == [] and "rank 2" in rep["kept"]["bn"] and "bn" in h.nodes
         x = rng.normal(size=(2, 2) + shape)
         assert assert_same_outputs(g, h, [x])
+
+
+def test_split_concat_leaves_a_concat_along_height_alone():
+    """Only a channel concat splits a conv into per-operand convs; a concat along H (axis 1) feeding a conv
+    and a neuron must stay as it is."""
+    rng = np.random.default_rng(4)
+    g = ir.Graph(2, params={"w": rng.normal(size=(3, 2, 3, 3))})
+    for k in ("a", "b"):
+        g.add(ir.Input(name=k, shape=(2, 4, 4), dtype="float64", timing=ir.PER_STEP))
+    g.add(ir.Concat(name="cat", inputs=("a", "b"), axis=1))
+    g.add(ir.IF(name="s", inputs=("cat",)))
+    g.add(ir.Conv2d(name="c", inputs=("cat",), weight="w", padding=(1, 1)))
+    g.add(ir.Output(name="o1", inputs=("s",)))
+    g.add(ir.Output(name="o2", inputs=("c",)))
+    g = ir.check(g)
+    h = passes.run(g, ["split_concat"])
+    assert h.meta["passes"][-1]["split"] == [] and h["c"].inputs == ("cat",)
+    assert assert_same_outputs(g, h, [rng.normal(size=(2, 2, 2, 4, 4)) for _ in range(2)])
+
+
+def test_split_concat_has_nothing_to_split_in_a_one_operand_concat():
+    rng = np.random.default_rng(5)
+    g = ir.Graph(2, params={"w": rng.normal(size=(3, 2, 3, 3))})
+    g.add(ir.Input(name="a", shape=(2, 4, 4), dtype="float64", timing=ir.PER_STEP))
+    g.add(ir.Concat(name="cat", inputs=("a",)))
+    g.add(ir.IF(name="s", inputs=("cat",)))
+    g.add(ir.Conv2d(name="c", inputs=("s",), weight="w", padding=(1, 1)))
+    g.add(ir.Output(name="o", inputs=("c",)))
+    g = ir.check(g)
+    h = passes.run(g, ["split_concat"])
+    assert h.meta["passes"][-1]["split"] == [] and h.meta["passes"][-1]["pushed_through"] == []
+    assert set(h.nodes) == set(g.nodes)
