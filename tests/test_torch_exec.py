@@ -357,6 +357,54 @@ def test_neuron_forward_keeps_the_potentials_only_when_asked():
     assert torch.allclose(H[:, 0], torch.tensor([0.6, 1.2, 0.6])) and s[:, 0].tolist() == [0, 1, 0]
 
 
+def test_neuron_forward_defaults_are_spikingjellys_lif():
+    """Called without ``tau`` / ``decay_input``, the LIF kernel is spikingjelly's default ``LIFNode``."""
+    from spikingjelly.activation_based import functional, neuron
+
+    T, B = 5, 4
+    x = torch.randn(T, B, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.6
+    ref = neuron.LIFNode(step_mode="m")
+    functional.reset_net(ref)
+    s, _ = K.neuron_forward(x.reshape(T * B, 6), T, "lif", 1.0, 0.0)
+    assert 0 < s.mean() < 1 and torch.equal(s.reshape(T, B, 6), ref(x))
+
+
+def test_multistep_neuron_defaults_are_spikingjellys_lif_with_atan():
+    """``multistep_neuron`` without tau / decay_input / alpha: spikingjelly's default LIFNode with its ATan
+    surrogate at its default alpha, forward and backward."""
+    from spikingjelly.activation_based import functional, neuron, surrogate
+
+    T, B = 4, 3
+    x = torch.randn(T, B, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.6
+    gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref = neuron.LIFNode(step_mode="m", surrogate_function=surrogate.ATan())
+    functional.reset_net(ref)
+    sa = K.multistep_neuron(xa.reshape(T * B, 5), T, "lif", 1.0, 0.0).reshape(T, B, 5)
+    sb = ref(xb)
+    assert torch.equal(sa, sb)
+    (sa * gs).sum().backward()
+    (sb * gs).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,fmt", [((6, 3, 4, 5), torch.channels_last), ((6, 3, 4, 5), torch.contiguous_format)])
+def test_neuron_gradient_keeps_the_input_memory_format(shape, fmt):
+    """The backward works in the layout of the saved potentials: a channels-last input gets a channels-last
+    gradient (no transposes on the way), a contiguous one a contiguous gradient."""
+    x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_(True)
+    gs = torch.randn(shape)  # torch hands the backward a contiguous gradient
+    K.multistep_neuron(x, 2, "if", 0.5, 0.0).backward(gs)
+    assert x.grad.is_contiguous(memory_format=fmt)
+
+
+def test_hard_reset_to_a_non_zero_potential():
+    """v_reset = 1.0 (half of theta = 2; the membrane also starts there): the state after a spike is 1.0, not 0."""
+    x = torch.tensor([[0.5], [0.5], [1.0]])  # h = 1.5; 2.0 -> fire, v = 1; 2.0 -> fire (from 0 it would not)
+    s, _ = K.neuron_forward(x, 3, "if", 2.0, 1.0)
+    assert s[:, 0].tolist() == [0, 1, 1]
+
+
 # ------------------------------------------------------------------------------------- the UNets
 def _unet(arch, neuron="if", soft=False, T=3, seed=0):
     cfg = ModelConfig(
