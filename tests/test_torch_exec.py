@@ -366,7 +366,25 @@ def test_neuron_forward_defaults_are_spikingjellys_lif():
     ref = neuron.LIFNode(step_mode="m")
     functional.reset_net(ref)
     s, _ = K.neuron_forward(x.reshape(T * B, 6), T, "lif", 1.0, 0.0)
-    assert 0 < s.mean() < 1 and torch.equal(s.reshape(T, B, 6), ref(x))
+    want = ref(x)
+    assert 0 < s.mean() < 1 and torch.equal(s.reshape(T, B, 6), want)
+    assert torch.equal(K.neuron_reference(x.reshape(T * B, 6), T, "lif", 1.0, 0.0).reshape(T, B, 6), want)
+
+
+def test_multistep_neuron_saves_potentials_only_for_a_backward(monkeypatch):
+    """Only a call that will be differentiated (grad mode on and an input that requires grad) keeps the
+    [T*B, ...] potentials; inference under no_grad, or on an input without grad, does not."""
+    asked = []
+    real = K.neuron_forward
+    monkeypatch.setattr(
+        K, "neuron_forward", lambda *a, save_h=False, **k: asked.append(save_h) or real(*a, save_h=save_h, **k)
+    )
+    x = torch.randn(6, 4)
+    K.multistep_neuron(x, 3, "if", 0.5, 0.0)  # grad mode on, no grad needed
+    with torch.no_grad():
+        K.multistep_neuron(x.clone().requires_grad_(True), 3, "if", 0.5, 0.0)  # grad needed, grad mode off
+    K.multistep_neuron(x.clone().requires_grad_(True), 3, "if", 0.5, 0.0)  # training
+    assert asked == [False, False, True]
 
 
 def test_multistep_neuron_defaults_are_spikingjellys_lif_with_atan():
