@@ -416,6 +416,31 @@ def test_neuron_gradient_keeps_the_input_memory_format(shape, fmt):
     assert x.grad.is_contiguous(memory_format=fmt)
 
 
+def test_reference_neuron_of_one_step_equals_the_kernel():
+    x = torch.randn(3, 4, dtype=torch.float64) + 0.5
+    for kind in ("if", "lif"):
+        assert torch.equal(K.neuron_reference(x, 1, kind, 0.7, 0.0), K.neuron_forward(x, 1, kind, 0.7, 0.0)[0])
+    # a signed IF has nothing to take back at its first step: the same spikes
+    assert torch.equal(K.neuron_reference(x, 1, "if", 0.7, 0.0, signed=True), K.neuron_forward(x, 1, "if", 0.7, 0.0)[0])
+
+
+def test_spike_conv_takes_the_uint8_saving_path_only_when_a_gradient_is_needed(monkeypatch):
+    calls = []
+    real = K.SpikeConv2d.apply
+    monkeypatch.setattr(K.SpikeConv2d, "apply", lambda *a: calls.append(True) or real(*a))
+    x = (torch.rand(2, 3, 5, 5) < 0.5).float()
+    w, b = torch.randn(4, 3, 3, 3), torch.randn(4)
+    conv = lambda x, w, b: K.spike_conv2d(x, w, b, (1, 1), (1, 1), (1, 1), 1)  # noqa: E731
+    # grad mode on, nothing needs a gradient, no bias
+    torch.testing.assert_close(conv(x, w, None), torch.nn.functional.conv2d(x, w, None, 1, 1))
+    with torch.no_grad():
+        conv(x, w.clone().requires_grad_(True), b)  # a weight that wants grad, but grad mode off
+    assert calls == []
+    bg = b.clone().requires_grad_(True)
+    conv(x, w, bg).sum().backward()  # only the bias needs a gradient
+    assert calls == [True] and torch.equal(bg.grad, torch.full((4,), 2.0 * 25))
+
+
 def test_hard_reset_to_a_non_zero_potential():
     """v_reset = 1.0 (half of theta = 2; the membrane also starts there): the state after a spike is 1.0, not 0."""
     x = torch.tensor([[0.5], [0.5], [1.0]])  # h = 1.5; 2.0 -> fire, v = 1; 2.0 -> fire (from 0 it would not)
