@@ -441,6 +441,20 @@ def test_spike_conv_takes_the_uint8_saving_path_only_when_a_gradient_is_needed(m
     assert calls == [True] and torch.equal(bg.grad, torch.full((4,), 2.0 * 25))
 
 
+def test_running_groupnorm_kernel_equals_golden():
+    """GroupNorm with running statistics (step t normalised by those of the mean input over steps <= t)."""
+    T, B, C = 3, 2, 4
+    rng = np.random.default_rng(6)
+    x, w, b = rng.normal(size=(T, B, C, 3, 3)) * 2 + 0.5, rng.normal(size=C), rng.normal(size=C)
+    g = ir.Graph(T, params={"w": w, "b": b})
+    g.add(ir.Input(name="x", shape=(C, 3, 3), dtype="float64", timing=ir.PER_STEP))
+    g.add(ir.GroupNorm(name="gn", inputs=("x",), weight="w", bias="b", num_groups=2, running=True))
+    g.add(ir.Output(name="out", inputs=("gn",)))
+    want = golden.run(ir.check(g), {"x": x})["out"]
+    got = K.groupnorm(torch.tensor(x).flatten(0, 1), torch.tensor(w), torch.tensor(b), 2, 1e-5, True, T)
+    np.testing.assert_allclose(got.reshape(x.shape).numpy(), want, rtol=1e-12, atol=1e-12)
+
+
 def test_hard_reset_to_a_non_zero_potential():
     """v_reset = 1.0 (half of theta = 2; the membrane also starts there): the state after a spike is 1.0, not 0."""
     x = torch.tensor([[0.5], [0.5], [1.0]])  # h = 1.5; 2.0 -> fire, v = 1; 2.0 -> fire (from 0 it would not)
