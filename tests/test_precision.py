@@ -246,3 +246,12 @@ def test_cli_precision_flags(tmp_path, capsys):
         assert main(argv) == 2  # argparse refuses, one line (train offers fp32 / bf16 only)
     err = capsys.readouterr().err
     assert "invalid choice: 'fp8'" in err and "invalid choice: 'int8'" in err
+
+
+def test_bf16_membrane_readout_accumulates_in_fp32():
+    """The readout sums T weighted steps: for a bf16 input it accumulates (and returns) fp32."""
+    T = 4
+    x = (torch.randn(T * 2, 3, generator=torch.Generator().manual_seed(0)) * 3).bfloat16()
+    y = K.membrane_readout(x, T, 0.8)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, K.membrane_readout(x.float(), T, 0.8), rtol=0, atol=0)

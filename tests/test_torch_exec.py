@@ -455,6 +455,14 @@ def test_running_groupnorm_kernel_equals_golden():
     np.testing.assert_allclose(got.reshape(x.shape).numpy(), want, rtol=1e-12, atol=1e-12)
 
 
+def test_embedding_kernel_names_an_index_out_of_range():
+    w = torch.randn(7, 3)
+    assert torch.equal(K.embedding(torch.tensor([0, 6]), w), w[[0, 6]])  # both ends of the table are valid
+    for bad, span in [([0, 7], r"\[0, 7\]"), ([-1, 2], r"\[-1, 2\]")]:
+        with pytest.raises(IndexError, match=r"embedding index out of range \[0, 7\): got values in " + span):
+            K.embedding(torch.tensor(bad), w)
+
+
 def test_hard_reset_to_a_non_zero_potential():
     """v_reset = 1.0 (half of theta = 2; the membrane also starts there): the state after a spike is 1.0, not 0."""
     x = torch.tensor([[0.5], [0.5], [1.0]])  # h = 1.5; 2.0 -> fire, v = 1; 2.0 -> fire (from 0 it would not)
