@@ -56,7 +56,7 @@ DEMO_SOLVERS = [
 QUICK_SOLVERS = [("ddim", 5, {}), ("dpm-solver++", 5, {})]
 GUIDANCE = ("dpm-solver++", 0.997)  # threshold guidance (SDM §4.3) on this solver's row, θ' = 0.997
 SHORT_SOLVER = "ddim"  # the short run and the convert stage are scored with the DDIM row's settings
-SHORT_STEPS = 150  # the short run from scratch (the bundled model had 24000); 300 made the demo 11.5 min on 2 cores
+SHORT_STEPS = 150  # the short run from scratch (the bundled model had 48000); 300 made the demo 11.5 min on 2 cores
 # QANN training steps of the convert stage: as many as the short SNN run.  Measured on the shared 2-core box:
 # 300 steps + DDIM-20 on 256 images each for QANN and converted SNN = 197 s (train 163 s; QANN digits-FID 1312,
 # converted 1510, a 600-step SNN 1463); 100 steps left the QANN at FID 3299.  Step time varies 10x with load.

@@ -105,15 +105,23 @@ def test_build_bundled_records_recipe_and_quality(tiny_run, tmp_path, monkeypatc
 def test_recipe_command_names_the_preset_when_it_matches():
     from sdmc.diffusion.train import make_config
 
-    tc = make_config("digits-bundled", steps=24000).to_dict()
+    tc = make_config("digits-bundled", steps=48000).to_dict()
     assert tc["threads"] == 1  # the preset pins the thread count its weights were trained with
-    want = "sdmc train --preset digits-bundled --steps 24000 --threads 1"
-    assert build.recipe_command(tc, "digits-bundled", 24000) == want
+    want = "sdmc train --preset digits-bundled --steps 48000 --threads 1"
+    assert build.recipe_command(tc, "digits-bundled", 48000) == want
     # the same recipe spelled as overrides of the digits preset (how a run may have been started)
     tc = make_config(
-        "digits", lr=1e-3, warmup=200, lr_decay=8000, ema_decay=0.999, batch_size=32, steps=24000, threads=1, img_size=8
+        "digits",
+        lr=1e-3,
+        warmup=200,
+        lr_decay=16000,
+        ema_decay=0.999,
+        batch_size=32,
+        steps=48000,
+        threads=1,
+        img_size=8,
     ).to_dict()
-    assert build.recipe_command(tc, "digits-bundled", 24000) == want
+    assert build.recipe_command(tc, "digits-bundled", 48000) == want
     tc = make_config("digits", lr=5e-4, threads=2).to_dict()
     assert (
         build.recipe_command(tc, "digits-bundled", 9) == "sdmc train --preset digits --steps 9 --threads 2 --lr 0.0005"
