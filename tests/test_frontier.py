@@ -49,14 +49,15 @@ def test_match_rule_and_best_quality_per_joule(tmp_path):
     f = Frontier(
         [
             _point("ddpm:1000", [100, 102, 104], 1000.0),  # mean 102, std 2
-            _point("a", [104, 105, 106], 40.0),  # 105 <= 102 + 2 * max(2, 1): matches
+            _point("a", [104, 105, 106], 40.0),  # 105 <= 102 + 2 * 2 (the reference's std): matches
             _point("b", [110, 111, 112], 10.0),  # 111 > 106: no
             _point("c", [90, 91, 92], 50.0),  # better: matches
+            _point("e", [100, 160, 220], 5.0),  # noisy and worse: 160 > 106 (its own std 60 does not count)
             {"label": "d:T2", "skipped": "TSM model trained for T=4"},
         ],
         {"n": 64, "seeds": [0, 1, 2], "energy_images": 2, "profile": "45nm-fp32"},
     )
-    assert [f.matches(p) for p in f.measured] == [True, True, False, True]
+    assert [f.matches(p) for p in f.measured] == [True, True, False, True, False]
     assert f.best()["label"] == "a" and f.saving(f.best(), "faithful") == pytest.approx(25.0)
     text = "\n".join(f.summary_lines())
     assert "best quality per joule: a matches ddpm:1000 at 25.0x less energy per image (faithful; 25.0x paper)" in text
