@@ -58,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -335,38 +336,29 @@ def _warm_up() -> None:
     _WARM = True
 
 
-def _forked_pytest(args: list[str], mutant_path: Path | None, mutant: Mutant | None) -> int:
-    """In a fork of the warm parent: swap the module in (if any) and run pytest; never returns."""
-    code = 3
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        os.chdir(ROOT)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        sys.dont_write_bytecode = True
-        if mutant is not None:
-            sys.meta_path.insert(0, _Swap(module_name(mutant.file), str(mutant_path), str(ROOT / mutant.file)))
-        import pytest
-
-        code = int(pytest.main(args))
-    except BaseException:  # noqa: BLE001 - any crash of the test run is an error outcome
-        code = 3
-    finally:
-        os._exit(code)
-
-
-def _run_forked(
-    args: list[str], mutant_path: Path | None, mutant: Mutant | None, timeout: float | None
-) -> tuple[int | None, float]:
-    """Fork the warm parent to run pytest; returns (exit code or None on timeout, seconds)."""
+def _in_fork(body: Callable[[], int], timeout: float | None) -> tuple[int | None, float]:
+    """Fork the warm parent and run ``body`` in the child (output to /dev/null, cwd the repository, no bytecode
+    written); its return value is the child's exit code, any crash 3.  Returns (exit code or None on timeout,
+    seconds)."""
     _warm_up()
     sys.stdout.flush()
     sys.stderr.flush()
     t0 = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        _forked_pytest(args, mutant_path, mutant)
+        code = 3
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os.chdir(ROOT)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            sys.dont_write_bytecode = True
+            code = int(body())
+        except BaseException:  # noqa: BLE001 - any crash of the test run is an error outcome
+            code = 3
+        finally:
+            os._exit(code)
     try:
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -381,6 +373,22 @@ def _run_forked(
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         raise
+
+
+def _run_forked(
+    args: list[str], mutant_path: Path | None, mutant: Mutant | None, timeout: float | None
+) -> tuple[int | None, float]:
+    """Run pytest in a fork of the warm parent, the mutated module (if any) swapped in; returns (exit code or
+    None on timeout, seconds)."""
+
+    def body() -> int:
+        if mutant is not None:
+            sys.meta_path.insert(0, _Swap(module_name(mutant.file), str(mutant_path), str(ROOT / mutant.file)))
+        import pytest
+
+        return pytest.main(args)
+
+    return _in_fork(body, timeout)
 
 
 def _run_subprocess(
@@ -479,45 +487,24 @@ class LineMap:
         return sorted(seen, key=rank.__getitem__)
 
 
-def _forked_trace(args: list[str], file: str, out: Path) -> int:
-    """In a fork of the warm parent: run the clean tests under :class:`_LineTracer`, write the map to ``out``."""
-    code = 3
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        os.chdir(ROOT)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        sys.dont_write_bytecode = True
-        import pytest
-
-        tracer = _LineTracer(ROOT / file)
-        tracer.start()
-        code = int(pytest.main(args, plugins=[tracer]))
-        sys.settrace(None)
-        lines = {str(k): sorted(v) for k, v in tracer.lines.items()}
-        out.write_text(json.dumps(dict(lines=lines, order=tracer.order)))
-    except BaseException:  # noqa: BLE001 - any crash is an error outcome
-        code = 3
-    finally:
-        os._exit(code)
-
-
 def trace_clean_run(tests: list[str], file: str) -> tuple[str, float, LineMap | None]:
     """The clean run of ``tests`` in a fork, traced: (outcome, seconds, the file's :class:`LineMap`)."""
-    _warm_up()
     args = [*tests, *PYTEST_FLAGS]
     with tempfile.TemporaryDirectory(prefix="sdmc-trace-") as tmp:
         out = Path(tmp) / "lines.json"
-        sys.stdout.flush()
-        sys.stderr.flush()
-        t0 = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            _forked_trace(args, file, out)
-        _, status = os.waitpid(pid, 0)
-        dt = time.monotonic() - t0
-        code = os.waitstatus_to_exitcode(status)
+
+        def body() -> int:
+            import pytest
+
+            tracer = _LineTracer(ROOT / file)
+            tracer.start()
+            code = int(pytest.main(args, plugins=[tracer]))
+            sys.settrace(None)
+            lines = {str(k): sorted(v) for k, v in tracer.lines.items()}
+            out.write_text(json.dumps(dict(lines=lines, order=tracer.order)))
+            return code
+
+        code, dt = _in_fork(body, None)
         if code != 0 or not out.exists():
             return _outcome(code, tests), dt, None
         raw = json.loads(out.read_text())
