@@ -121,18 +121,19 @@ class DPMSolver(Solver):
     def outer_grid(self, steps: int) -> list[float]:
         """``steps + 1`` decreasing step indices from N-1 to 0 spaced by ``skip_type``."""
         n = self.num_train_timesteps
+        last = n - 1
         if steps < 1:
             raise ConfigError(f"dpm-solver: steps must be >= 1, got {steps}")
         kind = self.config.skip_type
         if kind == "time_uniform":
-            ks = np.linspace(n - 1, 0, steps + 1)
+            ks = np.linspace(last, 0, steps + 1)
         elif kind == "time_quadratic":  # t = (k+1)/N quadratic in sqrt(t)
             ts = np.linspace(1.0, math.sqrt(1.0 / n), steps + 1) ** 2
             ks = ts * n - 1
         else:
-            lams = np.linspace(self.vp.lam(n - 1), self.vp.lam(0), steps + 1)
+            lams = np.linspace(self.vp.lam(last), self.vp.lam(0), steps + 1)
             ks = np.array([self.vp.inverse_lambda(x) for x in lams])
-        ks[0], ks[-1] = n - 1, 0
+        ks[0], ks[-1] = last, 0
         return self._snap(ks) if self.config.integer_timesteps else [float(k) for k in ks]
 
     def _snap(self, ks: np.ndarray) -> list[float]:
@@ -149,22 +150,12 @@ class DPMSolver(Solver):
 
     def _intermediates(self, ks: float, kt: float, rs: Sequence[float]) -> list[float] | None:
         """The steps at λ_s + r·h for each r; with integer steps the nearest ones strictly inside (ks, kt) and
-        strictly decreasing (moved apart by the fewest steps where two round alike), or None if they do not fit."""
+        strictly decreasing (:func:`_spread`), or None if they do not fit."""
         ls, lt = self.vp.lam(ks), self.vp.lam(kt)
         ks_ = [self.vp.inverse_lambda(ls + r * (lt - ls)) for r in rs]
         if not self.config.integer_timesteps:
             return ks_
-        lo, hi = int(kt) + 1, int(ks) - 1
-        if len(ks_) > hi - lo + 1:
-            return None
-        a = [min(max(int(round(k)), lo), hi) for k in ks_]  # decreasing in r
-        for i in range(1, len(a)):
-            a[i] = min(a[i], a[i - 1] - 1)
-        for i in range(len(a) - 1, -1, -1):
-            a[i] = max(a[i], lo + (len(a) - 1 - i))
-            if i + 1 < len(a):
-                a[i] = max(a[i], a[i + 1] + 1)
-        return [int(k) for k in a]
+        return _spread(ks_, int(kt) + 1, int(ks) - 1)
 
     def _singlestep_groups(self, outer: list[float], orders: list[int]) -> list[tuple[float, float, int, list[float]]]:
         """(k_s, k_t, order, intermediate steps) per interval; order 1 where the intermediates do not fit."""
@@ -358,6 +349,21 @@ class DPMSolver(Solver):
         phi2 = phi1 / h - sg
         corr = (1.0 / r2) * scale * phi2 * (self._hist[2][1] - m_s)
         return lin - scale * phi1 * m_s + (corr if sg < 0 else -corr)
+
+
+def _spread(ks: Sequence[float], lo: int, hi: int) -> list[int] | None:
+    """Integer steps for the decreasing float steps ``ks``: each rounded and clamped to ``lo..hi``, then made
+    strictly decreasing by moving the later of two equal steps down (and, where that runs below ``lo``, the
+    earlier ones up); None when ``len(ks)`` steps do not fit in ``lo..hi``.  Steps that already round apart
+    are kept as rounded."""
+    if len(ks) > hi - lo + 1:
+        return None
+    a = [min(max(int(round(k)), lo), hi) for k in ks]
+    for i in range(1, len(a)):
+        a[i] = min(a[i], a[i - 1] - 1)
+    for i in range(len(a) - 1, -1, -1):
+        a[i] = max(a[i], lo if i == len(a) - 1 else a[i + 1] + 1)
+    return a
 
 
 def _orders(steps: int, order: int) -> list[int]:
