@@ -66,6 +66,12 @@ def test_fanout_map_by_hand():
     for H, W, k in ((2, 5, (3, 1)), (5, 2, (1, 3))):
         with pytest.raises(SdmcError, match=f"does not fit a {H}x{W} input"):
             fanout_map(H, W, k)
+    # geometry no conv has: one line naming it (a zero stride would divide by zero, a negative one invert wrongly)
+    for kw in (dict(kernel=0), dict(kernel=3, stride=0), dict(kernel=3, stride=(1, -1)), dict(kernel=3, dilation=0),
+               dict(kernel=3, padding=(0, -1))):  # fmt: skip
+        with pytest.raises(SdmcError, match="must be >= 1 and padding"):
+            fanout_map(5, 5, **kw)
+    assert fanout_map(5, 5, 1, 1, 0, 1).tolist() == [[1.0] * 5] * 5  # the smallest legal values are legal
 
 
 def test_conv_macs_by_hand():

@@ -38,9 +38,9 @@ def _fanout_cached(H: int, W: int, kh: int, kw: int, stride: tuple, padding: tup
         raise SdmcError(f"fanout_map: kernel {kh}x{kw} (padding {padding}) does not fit a {H}x{W} input")
     base_h = (Ho - 1) * sh - 2 * ph + dh * (kh - 1) + 1
     base_w = (Wo - 1) * sw - 2 * pw + dw * (kw - 1) + 1
+    # H - base_h = (H + 2·ph - dh·(kh-1) - 1) mod sh, in 0..sh-1: always a valid output_padding (< max(sh, dh))
     out_pad = (H - base_h, W - base_w)
-    if not (0 <= out_pad[0] < max(sh, dh) and 0 <= out_pad[1] < max(sw, dw)):  # cannot happen for valid convs
-        raise SdmcError(f"fanout_map: cannot invert a {kh}x{kw} conv on {H}x{W} (stride {stride}, padding {padding})")
+    assert 0 <= out_pad[0] < sh and 0 <= out_pad[1] < sw, (out_pad, stride)
     ones_out = torch.ones(1, 1, Ho, Wo, dtype=torch.float64)
     ones_k = torch.ones(1, 1, kh, kw, dtype=torch.float64)
     fmap = F.conv_transpose2d(
@@ -55,16 +55,13 @@ def fanout_map(H: int, W: int, kernel, stride=1, padding=0, dilation=1) -> torch
 
     Computed as the transposed convolution of an all-ones output map with an all-ones kernel.
     """
-    kh, kw = pair(kernel, "fanout_map: kernel")
-    return _fanout_cached(
-        int(H),
-        int(W),
-        kh,
-        kw,
-        pair(stride, "fanout_map: stride"),
-        pair(padding, "fanout_map: padding"),
-        pair(dilation, "fanout_map: dilation"),
+    k = pair(kernel, "fanout_map: kernel")
+    s, p, d = (
+        pair(v, f"fanout_map: {n}") for v, n in ((stride, "stride"), (padding, "padding"), (dilation, "dilation"))
     )
+    if min(*k, *s, *d) < 1 or min(p) < 0:
+        raise SdmcError(f"fanout_map: kernel {k}, stride {s} and dilation {d} must be >= 1 and padding {p} >= 0")
+    return _fanout_cached(int(H), int(W), *k, s, p, d)
 
 
 def event_map(x: torch.Tensor) -> torch.Tensor:
@@ -124,11 +121,6 @@ class NodeCost:
     reads_image: bool = False
     eager_executions: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def dense(self) -> int:
-        """Dense MACs (or elements) per call as executed with static hoisting."""
-        return self.per_exec * self.executions
 
 
 def _source(graph, name: str, through=("repeat", "reshape")) -> Any:

@@ -66,7 +66,7 @@ class NeuronStats:
     ``spikes[T]`` (sums over samples); ``size`` neurons per sample."""
 
     T: int
-    size: int = 0
+    size: int
     samples: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     spikes: dict[int, np.ndarray] = field(default_factory=dict)
 
@@ -168,7 +168,7 @@ class Activity:
     def add_neuron(self, name: str, s: torch.Tensor, ks: torch.Tensor) -> None:
         """Record the output spikes ``s`` ``[T, B, *shape]`` of neuron layer ``name``."""
         T, B = s.shape[:2]
-        st = self.neurons.setdefault(name, NeuronStats(T=T))
+        st = self.neurons.setdefault(name, NeuronStats(T=T, size=int(s[0, 0].numel())))
         st.size = int(s[0, 0].numel())
         per = s.reshape(T, B, -1).sum(2, dtype=torch.float64).cpu()  # [T, B]
         ks = ks.cpu()

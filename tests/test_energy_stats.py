@@ -1,0 +1,53 @@
+"""The records an energy measurement keeps (:class:`NeuronStats`, :class:`Activity`) at their edges, and the
+checker in front of the cost table.  (Counts by hand are in ``test_energy_by_hand.py``, the rest in
+``test_energy.py``.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdmc import ir
+from sdmc.energy import count_graph
+from sdmc.energy.measure import Activity, NeuronStats
+from sdmc.errors import IRError
+
+
+def test_neuron_rates_at_a_step_never_recorded_or_of_a_layer_without_neurons_are_zero():
+    st = NeuronStats(T=3, size=4)
+    st.add(5, 2, np.array([8.0, 4.0, 0.0]))
+    assert st.rate_per_step(5).tolist() == [1.0, 0.5, 0.0]  # 8 spikes / (2 samples x 4 neurons)
+    assert st.rate_per_step(7).tolist() == [0.0, 0.0, 0.0]
+    empty = NeuronStats(T=2, size=0)
+    empty.add(5, 2, np.array([0.0, 0.0]))
+    assert empty.rate_per_step().tolist() == [0.0, 0.0] and empty.rate() == 0.0
+
+
+def test_a_recorded_neuron_layer_knows_its_size():
+    act = Activity(T=2)
+    act.add_neuron("sn", torch.ones(2, 3, 4, 5), torch.tensor([9, 9, 4]))
+    assert act.neurons["sn"].size == 20
+    assert act.neurons["sn"].rate_per_step(9).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("keyed_by, want", [("step", [9, 4, 1]), ("call", [1, 4, 9])])
+def test_steps_are_the_keys_of_synapses_and_neurons_together(keyed_by, want):
+    """An activity with synapses only (an ANN layer, a measurement of convs) still lists its steps; neurons
+    add theirs; diffusion steps run from noisy to clean, call indices in calling order."""
+    act = Activity(T=1, keyed_by=keyed_by)
+    info = dict(op="linear", out_features=2)
+    act.add_synapse("fc", torch.ones(1, 2, 3), torch.tensor([9, 4]), info)
+    assert act.steps == [k for k in want if k != 1]
+    act.add_neuron("sn", torch.ones(1, 1, 3), torch.tensor([1]))
+    assert act.steps == want
+
+
+def test_cost_table_checks_the_graph_first():
+    """A graph the checker refuses (here: no output) is refused by count_graph with the checker's one line,
+    not a traceback from inside the counting."""
+    g = ir.Graph(2)
+    g.add(ir.Input(name="x", shape=(1, 4, 4)))
+    g.add(ir.Conv2d(name="c", inputs=("x",), weight=g.add_param("w", np.ones((2, 1, 3, 3), np.float32))))
+    with pytest.raises(IRError, match="no output node"):
+        count_graph(g)
