@@ -61,6 +61,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -309,7 +311,6 @@ def _child(argv: list[str]) -> int:
     assert sep == "--"
     sys.dont_write_bytecode = True
     sys.meta_path.insert(0, _Swap(name, path, orig))
-    import pytest
 
     return int(pytest.main(pytest_args))
 
@@ -384,7 +385,6 @@ def _run_forked(
     def body() -> int:
         if mutant is not None:
             sys.meta_path.insert(0, _Swap(module_name(mutant.file), str(mutant_path), str(ROOT / mutant.file)))
-        import pytest
 
         return pytest.main(args)
 
@@ -420,14 +420,25 @@ COLLECT = "<import>"  # the context of lines that run outside any test: imports,
 class _LineTracer:
     """A pytest plugin and a ``sys.settrace`` tracer in one: records which test (node id) executes which line of
     one file.  Lines executed outside a test (module import during collection) are recorded under
-    :data:`COLLECT`.  Frames of other files are not traced line by line (only their call event costs)."""
+    :data:`COLLECT`.  Frames of other files are not traced line by line (only their call event costs).
+
+    A fixture wider than one test (module, class, session scope) runs once, inside the setup of the first test
+    that asks for it, and later tests read its cached value: the lines it executes are recorded under the
+    fixture and credited to every test that uses it (:meth:`by_test`), not to the first one alone.  (A cache in
+    the code under test, an ``lru_cache``, shares work between tests the same way and is not seen: ``--confirm``
+    re-runs each survivor against every test.)"""
 
     def __init__(self, path: Path) -> None:
         self.path = os.path.realpath(path)
         self.context = COLLECT
         self.lines: dict[int, set[str]] = {}
         self.order: list[str] = []  # node ids in the order they ran
+        self.shared: dict[str, set[str]] = {}  # wide fixture -> the node ids that use it
         self._is_target: dict[str, bool] = {}
+
+    @staticmethod
+    def _fixture(fixturedef) -> str:
+        return f"<fixture {fixturedef.baseid}::{fixturedef.argname}>"
 
     def _call(self, frame, event, arg):
         f = frame.f_code.co_filename
@@ -450,9 +461,32 @@ class _LineTracer:
     def pytest_runtest_protocol(self, item, nextitem):  # pytest hook (a plain one: the context is set first)
         self.context = item.nodeid
         self.order.append(item.nodeid)
+        info = getattr(item, "_fixtureinfo", None)
+        for name in getattr(info, "names_closure", ()):
+            defs = info.name2fixturedefs.get(name) or ()
+            if defs and defs[-1].scope != "function":
+                self.shared.setdefault(self._fixture(defs[-1]), set()).add(item.nodeid)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):  # pytest hook: a wide fixture's lines are its own
+        if fixturedef.scope == "function":
+            yield
+            return
+        outer, self.context = self.context, self._fixture(fixturedef)
+        try:
+            yield
+        finally:
+            self.context = outer
 
     def pytest_runtest_logfinish(self, nodeid, location):  # pytest hook
         self.context = COLLECT
+
+    def by_test(self) -> dict[int, set[str]]:
+        """The recorded lines, each wide fixture's context replaced by the tests that use the fixture."""
+        return {
+            line: {t for c in ctx for t in (self.shared.get(c, ()) if c.startswith("<fixture ") else (c,))}
+            for line, ctx in self.lines.items()
+        }
 
 
 @dataclasses.dataclass
@@ -494,13 +528,12 @@ def trace_clean_run(tests: list[str], file: str) -> tuple[str, float, LineMap | 
         out = Path(tmp) / "lines.json"
 
         def body() -> int:
-            import pytest
 
             tracer = _LineTracer(ROOT / file)
             tracer.start()
             code = int(pytest.main(args, plugins=[tracer]))
             sys.settrace(None)
-            lines = {str(k): sorted(v) for k, v in tracer.lines.items()}
+            lines = {str(k): sorted(v) for k, v in tracer.by_test().items()}
             out.write_text(json.dumps(dict(lines=lines, order=tracer.order)))
             return code
 

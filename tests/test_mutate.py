@@ -132,6 +132,29 @@ def test_the_tracer_records_which_test_runs_which_line(tmp_path):
     assert "t::neg" in tracer.lines[7] or "t::neg" in tracer.lines[8]
 
 
+def test_a_wide_fixtures_lines_count_for_every_test_that_uses_it(tmp_path):
+    """A module-scoped fixture runs once, inside the first test's setup, and the second test reads its cached
+    value: both are credited with the fixture's lines (a mutant there must run both, the second may be the one
+    that sees it); a test without the fixture is not."""
+    (tmp_path / "m.py").write_text("def f(x):\n    return x + 1\n")
+    (tmp_path / "test_m.py").write_text(
+        "import pytest\nimport m\n\n\n@pytest.fixture(scope='module')\ndef val():\n    return m.f(1)\n\n\n"
+        "def test_a(val):\n    assert val > 0\n\n\ndef test_b(val):\n    assert val == 2\n\n\n"
+        "def test_c():\n    pass\n"
+    )
+    script = (
+        f"import sys, json\nsys.path[:0] = [{str(mutate.ROOT / 'tests')!r}, {str(tmp_path)!r}]\n"
+        "import mutate, pytest\n"
+        f"t = mutate._LineTracer({str(tmp_path / 'm.py')!r})\nt.start()\n"
+        f"code = pytest.main([{str(tmp_path / 'test_m.py')!r}, '-q', '-p', 'no:cacheprovider'], plugins=[t])\n"
+        "sys.settrace(None)\nprint(json.dumps(dict(code=int(code), lines={str(k): sorted(v) for k, v in t.by_test().items()})))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["code"] == 0, p.stdout
+    assert out["lines"]["2"] == ["test_m.py::test_a", "test_m.py::test_b"], out
+
+
 @pytest.mark.parametrize("mode", ["fork", pytest.param("no-fork", marks=pytest.mark.slow)])
 def test_a_run_kills_what_a_test_sees_and_reports_what_none_sees(tmp_path, mode):
     """End to end, in both process modes: dropping q_sample's noise term is killed by the test of q_sample;
