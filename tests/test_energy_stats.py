@@ -51,3 +51,18 @@ def test_cost_table_checks_the_graph_first():
     g.add(ir.Conv2d(name="c", inputs=("x",), weight=g.add_param("w", np.ones((2, 1, 3, 3), np.float32))))
     with pytest.raises(IRError, match="no output node"):
         count_graph(g)
+
+
+def test_cost_table_keeps_a_non_square_kernel_and_its_uniform_sops():
+    """A 3x1 conv (padding 1, 0) on a 4x4 spike map: the cost keeps (kh, kw) = (3, 1), and at rate 1 every input
+    event reaches O x (its fan-out) outputs: rows reach 2, 3, 3, 2 output rows, columns 1 each."""
+    from sdmc.energy.count import uniform_sops
+
+    g = ir.Graph(2)
+    g.add(ir.Input(name="x", shape=(1, 4, 4), kind="spike", timing="per-step"))
+    w = g.add_param("w", np.ones((2, 1, 3, 1), np.float32))
+    g.add(ir.Conv2d(name="c", inputs=("x",), weight=w, padding=(1, 0)))
+    g.add(ir.Output(name="out", inputs=("c",)))
+    c = count_graph(ir.check(g))["c"]
+    assert c.meta["kernel"] == (3, 1) and c.fanout == 2 and c.executions == 2
+    assert uniform_sops(c, 1.0) == 2 * 1 * 2 * (2 + 3 + 3 + 2) * 4

@@ -71,7 +71,7 @@ def layer_energy(c: NodeCost, act: Activity, prof: EnergyProfile, k: int | None 
                     f"energy: no activity was measured for spike-driven layer {c.name!r} "
                     "(its module path does not match the IR node name?)"
                 )
-            fr, sops, row["measured"] = 1.0, 0.0, False
+            fr, row["measured"] = 1.0, False  # a real input: dense MACs below, no SOPs to read
         else:
             fr, sops = st.rate(k), st.sops(k)
         row["input_rate"] = fr
