@@ -164,7 +164,9 @@ def test_the_per_call_table_keeps_the_first_and_the_last_call(reports):
     steps = [dict(call=i, t=999 - 50 * i, paper_mJ=1.0, faithful_mJ=2.0, firing_rate=0.1) for i in range(20)]
     r = dataclasses.replace(next(iter(reports.values())), by_step=steps)
     head, rows, note = r._step_rows(limit=5)
-    assert head[:2] == ["call", "t"] and [row[0] for row in rows] == ["0", "5", "10", "14", "19"]
+    assert head == ["call", "t"] + [f"{c} mJ" for c in r.conventions] + ["firing rate"]
+    assert r.conventions == ["paper", "faithful"] and rows[0] == ["0", "999", "1", "2", "0.1000"]
+    assert [row[0] for row in rows] == ["0", "5", "10", "14", "19"]
     assert rows[-1][1] == "49" and note == "5 of 20 calls shown; all in the JSON"
     assert len(r._step_rows()[1]) == 20 and r._step_rows()[2] is None
 
@@ -209,3 +211,31 @@ def test_analyze_defaults_to_ddim_in_50_steps():
     assert (c["solver"], c["sampling_steps"], c["nfe"]) == ("ddim", 50, 50)
     t = r.totals["faithful"]
     assert t["per_image_mJ"] == pytest.approx(50 * t["per_call_mJ"], rel=1e-12, abs=0)
+
+
+def test_a_network_without_measured_activity_is_costed_from_its_rows():
+    """No recorded step at all (a conv on the real image and nothing spiking): the totals are the rows' sum
+    (288 dense MACs at E_MAC per call), not an empty mean."""
+    g = ir.Graph(T)
+    g.add(ir.Input(name="x", shape=(1, 4, 4), dtype="float32"))
+    g.add(
+        ir.Conv2d(name="c", inputs=("x",), weight=g.add_param("w", np.ones((2, 1, 3, 3), np.float32)), padding=(1, 1))
+    )
+    g.add(ir.Output(name="out", inputs=("c",)))
+    costs = count_graph(ir.check(g))
+    prof = load_profile("loihi1")
+    r = build_report(costs, Activity(T=T), prof, {}, {}, nfe=6, sampling_steps=4, ann_macs=None)
+    assert r.by_step == [] and r.layers[0]["measured"] is False
+    assert r.totals["faithful"]["per_call_mJ"] == pytest.approx(288 * prof.mac / 1e9, rel=1e-12, abs=0)
+    assert r.totals["faithful"]["per_image_mJ"] == pytest.approx(6 * 288 * prof.mac / 1e9, rel=1e-12, abs=0)
+
+
+def test_the_terminal_report_shows_the_layers_unless_asked_not_to(reports):
+    from rich.console import Console
+
+    r = next(iter(reports.values()))
+    for kw, shown in (({}, True), (dict(layers=False), False)):
+        con = Console(record=True, width=200)
+        r.print(con, **kw)
+        text = con.export_text()
+        assert ("per layer" in text) == shown and "per call" in text and "energy" in text

@@ -66,3 +66,36 @@ def test_cost_table_keeps_a_non_square_kernel_and_its_uniform_sops():
     c = count_graph(ir.check(g))["c"]
     assert c.meta["kernel"] == (3, 1) and c.fanout == 2 and c.executions == 2
     assert uniform_sops(c, 1.0) == 2 * 1 * 2 * (2 + 3 + 3 + 2) * 4
+
+
+def _spike_conv_graph() -> ir.Graph:
+    g = ir.Graph(2)
+    g.add(ir.Input(name="x", shape=(1, 4, 4), kind="spike", timing="per-step"))
+    g.add(
+        ir.Conv2d(name="c", inputs=("x",), weight=g.add_param("w", np.ones((2, 1, 3, 3), np.float32)), padding=(1, 1))
+    )
+    g.add(ir.IF(name="sn", inputs=("c",), threshold=0.5, v_reset=0.0))
+    g.add(ir.Output(name="out", inputs=("sn",)))
+    return ir.check(g)
+
+
+def test_uniform_activity_at_rate_one_is_the_record_of_an_input_that_always_fires():
+    """Activity.uniform(rate=1) must hold what measuring an all-ones input records: per sample one entry of
+    [samples, non-zeros, entries, SOPs] with entries = input size x executions (T here), under step -1 (no
+    diffusion step) by default; neurons at rate 1 everywhere."""
+    costs = count_graph(_spike_conv_graph())
+    uni = Activity.uniform(costs, 1.0, T=2)
+    assert uni.steps == [-1]
+    seen = Activity(T=2)
+    info = dict(op="conv2d", out_channels=2, kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    seen.add_synapse("c", torch.ones(2, 1, 1, 4, 4), torch.tensor([-1]), info)
+    np.testing.assert_array_equal(uni.synapses["c"].by_step[-1], seen.synapses["c"].by_step[-1])
+    assert uni.synapses["c"].by_step[-1][2] == 2 * 16
+    assert uni.neurons["sn"].rate_per_step().tolist() == [1.0, 1.0] and uni.mean_rate() == 1.0
+
+
+def test_mean_rate_without_neurons_is_zero():
+    assert Activity(T=2).mean_rate() == 0.0
+    act = Activity(T=2)
+    act.add_synapse("fc", torch.ones(2, 1, 3), torch.tensor([0]), dict(op="linear", out_features=2))
+    assert act.mean_rate() == 0.0

@@ -371,7 +371,7 @@ def build_report(
     by_step = []
     for k in act.steps:
         rk = [layer_energy(c, act, prof, k) for c in costs.values()]
-        key = dict(call=k, t=act.call_t.get(k, -1.0)) if by_call else dict(t=k)
+        key = dict(call=k, t=act.call_t[k]) if by_call else dict(t=k)  # every measured call has its t
         by_step.append(
             dict(
                 **key,
