@@ -10,7 +10,7 @@ import torch
 
 from sdmc import ir
 from sdmc.energy import count_graph
-from sdmc.energy.measure import Activity, NeuronStats
+from sdmc.energy.measure import Activity, NeuronStats, measure_network
 from sdmc.errors import IRError
 
 
@@ -99,3 +99,46 @@ def test_mean_rate_without_neurons_is_zero():
     act = Activity(T=2)
     act.add_synapse("fc", torch.ones(2, 1, 3), torch.tensor([0]), dict(op="linear", out_features=2))
     assert act.mean_rate() == 0.0
+
+
+def test_a_linear_on_the_static_image_reads_the_image_and_its_sops_use_out_features():
+    """A dense layer 8 -> 3: on the static float input it is the network's image reader (a MAC layer); on
+    per-step spikes it is not, and its measured SOPs are non-zeros x 3 outputs (not x 8 inputs)."""
+    for timing, kind, reads in (("static", "real", True), ("per-step", "spike", False)):
+        g = ir.Graph(2)
+        g.add(ir.Input(name="x", shape=(8,), kind=kind, timing=timing))
+        g.add(ir.Linear(name="fc", inputs=("x",), weight=g.add_param("w", np.ones((3, 8), np.float32))))
+        g.add(ir.Output(name="out", inputs=("fc",)))
+        g = ir.check(g)
+        assert count_graph(g)["fc"].reads_image is reads, timing
+    rec = measure_network(g, 5).synapses["fc"].by_step[0]  # the per-step spike graph
+    samples, nnz, entries, sops = rec
+    assert samples == 5 and entries == 5 * 2 * 8 and nnz > 0 and sops == nnz * 3
+
+
+def test_a_tsm_scale_runs_every_step_and_a_bn_on_a_static_value_once():
+    """On a static (hoisted) conv output a BN is computed once per call; a TSM scale multiplies each SNN step by
+    its own factor, so it runs T times even there."""
+    T = 3
+    g = ir.Graph(T)
+    g.add(ir.Input(name="x", shape=(1, 4, 4)))
+    g.add(
+        ir.Conv2d(name="c", inputs=("x",), weight=g.add_param("w", np.ones((2, 1, 3, 3), np.float32)), padding=(1, 1))
+    )
+    arrs = {k: g.add_param(f"bn.{k}", np.full(2, v, np.float32)) for k, v in dict(w=1, b=0, m=0, v=1).items()}
+    g.add(ir.BatchNorm(name="bn", inputs=("c",), weight=arrs["w"], bias=arrs["b"], running_mean=arrs["m"],
+                       running_var=arrs["v"]))  # fmt: skip
+    g.add(ir.TSMScale(name="tsm", inputs=("bn",), scale=g.add_param("s", np.ones((T, 1, 1, 1, 1), np.float32))))
+    g.add(ir.Output(name="out", inputs=("tsm",)))
+    costs = count_graph(ir.check(g))
+    assert (costs["bn"].executions, costs["bn"].eager_executions) == (1, 1)
+    assert (costs["tsm"].executions, costs["tsm"].eager_executions) == (T, T)
+
+
+def test_a_monitor_may_count_runs_of_one_call():
+    from sdmc.energy.measure import FiringRateMonitor
+    from sdmc.errors import ConfigError
+
+    assert FiringRateMonitor(torch.nn.Identity(), calls_per_run=1) is not None
+    with pytest.raises(ConfigError, match="calls_per_run must be >= 1"):
+        FiringRateMonitor(torch.nn.Identity(), calls_per_run=0)
