@@ -239,3 +239,13 @@ def test_the_terminal_report_shows_the_layers_unless_asked_not_to(reports):
         r.print(con, **kw)
         text = con.export_text()
         assert ("per layer" in text) == shown and "per call" in text and "energy" in text
+
+
+def test_neuron_rates_per_calibration_step(reports):
+    """Each neuron layer lists its rate at every step it was measured at (the toy net fires 0.75 at each)."""
+    r = reports["loihi1"]
+    sn = {n["name"]: n for n in r.neurons}["sn"]
+    assert set(sn["by_t"]) == {str(s["t"]) for s in r.by_step} and len(sn["by_t"]) == 2
+    assert all(v == pytest.approx(0.75) for v in sn["by_t"].values())
+    # channel 0 fires at steps 2 and 4, channel 1 at every step: 16 or 32 of 32 neurons
+    assert sn["size"] == 32 and sn["rate_per_step"] == pytest.approx([0.5, 1.0, 0.5, 1.0])

@@ -116,7 +116,7 @@ def test_a_linear_on_the_static_image_reads_the_image_and_its_sops_use_out_featu
     assert samples == 5 and entries == 5 * 2 * 8 and nnz > 0 and sops == nnz * 3
 
 
-def test_a_tsm_scale_runs_every_step_and_a_bn_on_a_static_value_once():
+def test_a_tsm_scale_runs_every_step_and_a_bn_or_add_on_a_static_value_once():
     """On a static (hoisted) conv output a BN is computed once per call; a TSM scale multiplies each SNN step by
     its own factor, so it runs T times even there."""
     T = 3
@@ -128,10 +128,12 @@ def test_a_tsm_scale_runs_every_step_and_a_bn_on_a_static_value_once():
     arrs = {k: g.add_param(f"bn.{k}", np.full(2, v, np.float32)) for k, v in dict(w=1, b=0, m=0, v=1).items()}
     g.add(ir.BatchNorm(name="bn", inputs=("c",), weight=arrs["w"], bias=arrs["b"], running_mean=arrs["m"],
                        running_var=arrs["v"]))  # fmt: skip
-    g.add(ir.TSMScale(name="tsm", inputs=("bn",), scale=g.add_param("s", np.ones((T, 1, 1, 1, 1), np.float32))))
+    g.add(ir.Add(name="add", inputs=("c", "bn")))  # a static residual: once per call as well
+    g.add(ir.TSMScale(name="tsm", inputs=("add",), scale=g.add_param("s", np.ones((T, 1, 1, 1, 1), np.float32))))
     g.add(ir.Output(name="out", inputs=("tsm",)))
     costs = count_graph(ir.check(g))
     assert (costs["bn"].executions, costs["bn"].eager_executions) == (1, 1)
+    assert (costs["add"].cls, costs["add"].executions, costs["add"].eager_executions) == ("add", 1, 1)
     assert (costs["tsm"].executions, costs["tsm"].eager_executions) == (T, T)
 
 
@@ -139,6 +141,7 @@ def test_a_monitor_may_count_runs_of_one_call():
     from sdmc.energy.measure import FiringRateMonitor
     from sdmc.errors import ConfigError
 
-    assert FiringRateMonitor(torch.nn.Identity(), calls_per_run=1) is not None
+    assert FiringRateMonitor(torch.nn.Identity(), calls_per_run=1).activity.keyed_by == "call"
+    assert FiringRateMonitor(torch.nn.Identity()).activity.T == 1  # a model that names no T: one step
     with pytest.raises(ConfigError, match="calls_per_run must be >= 1"):
         FiringRateMonitor(torch.nn.Identity(), calls_per_run=0)
