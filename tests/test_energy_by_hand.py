@@ -249,3 +249,18 @@ def test_neuron_rates_per_calibration_step(reports):
     assert all(v == pytest.approx(0.75) for v in sn["by_t"].values())
     # channel 0 fires at steps 2 and 4, channel 1 at every step: 16 or 32 of 32 neurons
     assert sn["size"] == 32 and sn["rate_per_step"] == pytest.approx([0.5, 1.0, 0.5, 1.0])
+
+
+def test_free_rows_cost_nothing_and_the_notes_explain_both_conventions(reports):
+    """Nodes that compute nothing (repeat, output plumbing) are listed with no MACs and no energy; the report's
+    notes keep the caller's lines first, then say what a call, an image and each convention count."""
+    r = reports["loihi1"]
+    free = [x for x in r.layers if x["cls"] == "free"]
+    assert free and all(x["dense_macs"] == 0 and x["faithful_pJ"] == 0 and x["paper_pJ"] == 0 for x in free)
+    g = toy_graph()
+    costs = count_graph(g)
+    mine = build_report(costs, Activity.uniform(costs, 0.5, T), load_profile("loihi1"), {}, {}, nfe=6,
+                        sampling_steps=4, ann_macs=None, notes=["my note"])  # fmt: skip
+    assert mine.notes[0] == "my note"
+    for start in ("per call = one network evaluation", "paper: SDM Eq. 20", "faithful: real inputs cost MACs"):
+        assert sum(n.startswith(start) for n in mine.notes) == 1, start

@@ -145,3 +145,14 @@ def test_a_monitor_may_count_runs_of_one_call():
     assert FiringRateMonitor(torch.nn.Identity()).activity.T == 1  # a model that names no T: one step
     with pytest.raises(ConfigError, match="calls_per_run must be >= 1"):
         FiringRateMonitor(torch.nn.Identity(), calls_per_run=0)
+
+
+def test_the_eager_mac_counter_leaves_no_hook_behind():
+    from sdmc.energy.count import count_module_macs
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, groups=2), torch.nn.Linear(2, 5))
+    macs = count_module_macs(model, torch.zeros(1, 4, 4, 4))
+    assert macs == {"0": 6 * 2 * 2 * (4 // 2) * 9, "1": 6 * 2 * 5 * 2}
+    assert all(not m._forward_hooks for m in model.modules())
+    model(torch.zeros(1, 4, 4, 4))  # a later forward counts nothing more
+    assert macs == {"0": 6 * 2 * 2 * (4 // 2) * 9, "1": 6 * 2 * 5 * 2}
