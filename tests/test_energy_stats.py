@@ -156,3 +156,51 @@ def test_the_eager_mac_counter_leaves_no_hook_behind():
     assert all(not m._forward_hooks for m in model.modules())
     model(torch.zeros(1, 4, 4, 4))  # a later forward counts nothing more
     assert macs == {"0": 6 * 2 * 2 * (4 // 2) * 9, "1": 6 * 2 * 5 * 2}
+
+
+class _ConvertedPair(torch.nn.Module):
+    """Two IF neurons of a converted QANN on [T*B, C] (step-major), T = 2."""
+
+    timestep = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        from sdmc.models.converted import IFNeuron
+
+        self.sn = IFNeuron(0.5, bits=2, steps=2)
+        self.sn2 = IFNeuron(0.5, bits=2, steps=2)
+
+    def forward(self, x, t):
+        return self.sn2(self.sn(x.repeat(2, 1)))
+
+
+def test_the_monitor_counts_a_converted_models_if_neurons_and_only_the_layers_asked_for():
+    """Inputs 1, 0, 0, 0 (θ = 0.5, v starts at θ/2): channel 0 fires at both steps, so each IF layer fires at
+    rate 0.25; the output ``s * θ`` (0 or 0.5) is read as events where it is non-zero.  ``layers`` limits the
+    record; after the block the model is unhooked."""
+    from sdmc.energy.measure import FiringRateMonitor
+
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    for layers, want in ((None, {"sn", "sn2"}), ({"sn"}, {"sn"})):
+        model = _ConvertedPair()
+        with FiringRateMonitor(model, layers=layers) as mon:
+            model(x, torch.tensor([7]))
+        model(x, torch.tensor([7]))  # outside the block: not recorded
+        assert set(mon.activity.neurons) == want and mon.calls == 1, layers
+        for name in want:
+            assert mon.activity.neurons[name].rate_per_step(7).tolist() == [0.25, 0.25], name
+
+
+def test_calibration_defaults():
+    """50 DDIM steps subsampled to 8 calibration steps, first and last kept; a fixed noise seed 0."""
+    from sdmc.diffusion import NoiseSchedule
+    from sdmc.energy.measure import calibration_batches, calibration_steps
+
+    ks = calibration_steps(1000)
+    assert ks == calibration_steps(1000, "ddim", 50, 8) and len(ks) == 8
+    assert ks[0] == calibration_steps(1000, keep=50)[0] and ks[-1] == calibration_steps(1000, keep=50)[-1]
+    assert len(calibration_steps(1000, keep=50)) == 50
+    img = torch.zeros(2, 1, 4, 4)
+    a = [x for x, _ in calibration_batches(img, [10, 500], NoiseSchedule())]
+    b = [x for x, _ in calibration_batches(img, [10, 500], NoiseSchedule(), seed=0)]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
