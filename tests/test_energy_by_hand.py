@@ -264,3 +264,32 @@ def test_free_rows_cost_nothing_and_the_notes_explain_both_conventions(reports):
     assert mine.notes[0] == "my note"
     for start in ("per call = one network evaluation", "paper: SDM Eq. 20", "faithful: real inputs cost MACs"):
         assert sum(n.startswith(start) for n in mine.notes) == 1, start
+
+
+def test_analyze_defaults_and_the_schedule_a_graph_carries():
+    """With a dataset, rates come from 32 images at 8 calibration steps; an assumed rate measures nothing
+    (0 images).  A graph's recorded diffusion config is the schedule
+    used (here 100 steps: every calibration step below 100) unless one is passed."""
+    g = toy_graph()
+    data = analyze(g, data="noise", steps=20, ann=False, solver="ddim")
+    assert data.calibration["n_images"] == 32 and len(data.calibration["steps"]) == 8
+    assumed = analyze(g, assume_rate=0.5, ann=False)
+    assert assumed.calibration["mode"] == "assumed" and assumed.calibration["n_images"] == 0
+    g.meta["sdmc_config"] = {"diffusion": {"num_timesteps": 100}}
+    own = analyze(g, data="noise", n_images=2, steps=20, ann=False, solver="ddim")
+    assert max(own.calibration["steps"]) < 100 and max(data.calibration["steps"]) > 100
+    from sdmc.config import DiffusionConfig
+
+    given = analyze(g, data="noise", n_images=2, steps=20, ann=False, solver="ddim", diffusion=DiffusionConfig())
+    assert given.calibration["steps"] == data.calibration["steps"]
+
+
+def test_the_ann_baseline_is_reported_only_when_asked():
+    from sdmc.config import ModelConfig
+    from sdmc.models import build_model
+
+    model = build_model(
+        ModelConfig(arch="sddpm", snn_steps=2, img_size=8, ch=8, ch_mult=(1, 2), attn=(), num_res_blocks=1)
+    )
+    assert analyze(model.eval(), assume_rate=0.5, ann=False).ann is None
+    assert analyze(model.eval(), assume_rate=0.5, ann=True).ann["macs"] > 0
