@@ -204,3 +204,21 @@ def test_calibration_defaults():
     a = [x for x, _ in calibration_batches(img, [10, 500], NoiseSchedule())]
     b = [x for x, _ in calibration_batches(img, [10, 500], NoiseSchedule(), seed=0)]
     assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_calibration_images_are_a_fixed_subset_of_the_training_split(tmp_path):
+    """dataset_images: a seeded random subset (seed 0 by default) of the training split; a folder of a single
+    image is a dataset too."""
+    from PIL import Image
+
+    from sdmc.data import load_dataset
+    from sdmc.energy.measure import dataset_images
+
+    x = dataset_images("digits", 4, 8, 1)
+    assert torch.equal(x, dataset_images("digits", 4, 8, 1, seed=0))
+    train = load_dataset("digits", img_size=8, train=True)
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:4]
+    assert torch.equal(x, torch.stack([train[int(i)][0] for i in idx]))
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "one.png")
+    one = dataset_images(f"folder:{tmp_path}", 1, 8, 3)
+    assert one.shape == (1, 3, 8, 8) and float(one.min()) > 0.5
