@@ -293,3 +293,28 @@ def test_the_ann_baseline_is_reported_only_when_asked():
     )
     assert analyze(model.eval(), assume_rate=0.5, ann=False).ann is None
     assert analyze(model.eval(), assume_rate=0.5, ann=True).ann["macs"] > 0
+
+
+def test_measuring_a_module_uses_eval_mode_seed_0_and_8_trajectories_by_default():
+    """A module left in training mode is measured as in eval mode (BN running statistics, not the batch's);
+    the calibration noise is seed 0 unless told; without data, 8 trajectories are sampled."""
+    from sdmc.config import ModelConfig
+    from sdmc.diffusion import NoiseSchedule
+    from sdmc.energy.measure import measure_model
+    from sdmc.models import build_model
+
+    cfg = ModelConfig(arch="sddpm", snn_steps=2, img_size=8, img_ch=1, ch=8, ch_mult=(1, 2), attn=(), num_res_blocks=1)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for m in model.modules():  # running statistics unlike any batch's
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.fill_(0.3)
+            m.running_var.fill_(2.0)
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    sched = NoiseSchedule()
+    ref = measure_model(model.eval(), images, [500], sched, seed=0)
+    got = measure_model(model.train(), images, [500], sched)
+    assert not model.training
+    assert {k: v.rate() for k, v in got.neurons.items()} == {k: v.rate() for k, v in ref.neurons.items()}
+    r = analyze(model, steps=1, solver="ddim", ann=False)
+    assert r.calibration["mode"] == "trajectory" and r.calibration["n_images"] == 8

@@ -376,7 +376,12 @@ def dataset_images(
 
 
 def measure_model(
-    model: nn.Module, images: torch.Tensor, steps: list[int], schedule, batch_size: int = 32, seed: int = 0
+    model: nn.Module,
+    images: torch.Tensor,
+    steps: list[int],
+    schedule,
+    batch_size: int = 32,  # pragma: no mutate (a chunk size: samples are independent in eval mode)
+    seed: int = 0,
 ) -> Activity:
     """Run ``model`` on ``images`` noised to every step in ``steps`` under a :class:`FiringRateMonitor`."""
     device = next(model.parameters()).device
