@@ -313,8 +313,8 @@ def test_measuring_a_module_uses_eval_mode_seed_0_and_8_trajectories_by_default(
     images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     sched = NoiseSchedule()
     ref = measure_model(model.eval(), images, [500], sched, seed=0)
-    got = measure_model(model.train(), images, [500], sched)
-    assert not model.training
+    got = measure_model(model.train(), images, [500], sched, batch_size=2)
+    assert not model.training and all(n.samples[500] == 4 for n in got.neurons.values())  # every image
     assert {k: v.rate() for k, v in got.neurons.items()} == {k: v.rate() for k, v in ref.neurons.items()}
     r = analyze(model, steps=1, solver="ddim", ann=False)
     assert r.calibration["mode"] == "trajectory" and r.calibration["n_images"] == 8

@@ -222,3 +222,20 @@ def test_calibration_images_are_a_fixed_subset_of_the_training_split(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "one.png")
     one = dataset_images(f"folder:{tmp_path}", 1, 8, 3)
     assert one.shape == (1, 3, 8, 8) and float(one.min()) > 0.5
+
+
+def test_a_network_report_says_what_ran_it():
+    """A graph that is no denoiser: one forward pass per sample (no solver), its source named (or 'IR graph')."""
+    from sdmc.energy import analyze
+
+    g = _spike_conv_graph()
+    r = analyze(g, n_images=3, seed=5)
+    assert r.calibration["solver"] == "none (one forward pass per sample)" and r.calibration["seed"] == 5
+    assert r.calibration["threshold"] is None and r.model["source"] == "IR graph"
+    assert r.model["input"] == "[T, B, 1, 4, 4]" and r.calibration["n_images"] == 3 and r.calibration["steps"] == [0]
+    assumed = analyze(g, assume_rate=0.5).calibration
+    assert (assumed["mode"], assumed["n_images"], assumed["steps"]) == ("assumed", 0, [])
+    g.meta["source"] = "model.onnx"
+    assert analyze(g, n_images=1).model["source"] == "model.onnx"
+    g.meta["source_class"] = "my.Net"
+    assert analyze(g, n_images=1).model["source"] == "my.Net"
