@@ -239,3 +239,26 @@ def test_a_network_report_says_what_ran_it():
     assert analyze(g, n_images=1).model["source"] == "model.onnx"
     g.meta["source_class"] = "my.Net"
     assert analyze(g, n_images=1).model["source"] == "my.Net"
+
+
+def test_measure_graph_noises_with_seed_0_unless_told():
+    from sdmc.diffusion import NoiseSchedule
+    from sdmc.energy.measure import measure_graph
+
+    g = ir.Graph(2)
+    g.add(ir.Input(name="x", shape=(1, 4, 4)))
+    g.add(
+        ir.Conv2d(
+            name="c", inputs=("x",), weight=g.add_param("w", np.full((2, 1, 3, 3), 0.4, np.float32)), padding=(1, 1)
+        )
+    )
+    g.add(ir.Repeat(name="rep", inputs=("c",)))
+    g.add(ir.IF(name="sn", inputs=("rep",), threshold=1.0, v_reset=0.0))
+    g.add(ir.Output(name="out", inputs=("sn",)))
+    g = ir.check(g)
+    images, sched = torch.zeros(6, 1, 4, 4), NoiseSchedule()
+
+    def rates(**kw):
+        return measure_graph(g, images, [900], sched, **kw).neurons["sn"].rate_per_step().tolist()
+
+    assert rates() == rates(seed=0) != rates(seed=1)
