@@ -262,3 +262,12 @@ def test_measure_graph_noises_with_seed_0_unless_told():
         return measure_graph(g, images, [900], sched, **kw).neurons["sn"].rate_per_step().tolist()
 
     assert rates() == rates(seed=0) != rates(seed=1)
+
+
+def test_measure_network_draws_its_inputs_with_seed_0_unless_told():
+    g = _spike_conv_graph()
+
+    def rec(**kw):
+        return measure_network(g, 4, **kw).synapses["c"].by_step[0].tolist()
+
+    assert rec() == rec(seed=0) != rec(seed=1)

@@ -421,7 +421,12 @@ def measure_graph(graph, images: np.ndarray | torch.Tensor, steps: list[int], sc
     return act
 
 
-def measure_network(graph, n: int, batch_size: int = 32, seed: int = 0) -> Activity:
+def measure_network(
+    graph,
+    n: int,
+    batch_size: int = 32,  # pragma: no mutate (a chunk size: test_measure_network_batches_give_the_counts_of_one_batch)
+    seed: int = 0,
+) -> Activity:
     """Activity of a graph that is not a denoiser (no integer diffusion-step input: a classifier over
     ``[T, B, ...]`` sequences, say) on ``n`` inputs from :func:`sdmc.sim.inputs.noised_inputs` (random spikes
     with p = 0.3 for spike inputs, standard normal values, or lightly noised digits for a ``[C, H, W]`` image),
