@@ -318,3 +318,18 @@ def test_measuring_a_module_uses_eval_mode_seed_0_and_8_trajectories_by_default(
     assert {k: v.rate() for k, v in got.neurons.items()} == {k: v.rate() for k, v in ref.neurons.items()}
     r = analyze(model, steps=1, solver="ddim", ann=False)
     assert r.calibration["mode"] == "trajectory" and r.calibration["n_images"] == 8
+
+
+def test_trajectories_are_drawn_with_seed_0_unless_told():
+    from sdmc.config import ModelConfig
+    from sdmc.diffusion import NoiseSchedule
+    from sdmc.energy.measure import measure_trajectory
+    from sdmc.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="sddpm", snn_steps=2, img_size=8, img_ch=1, ch=8, ch_mult=(1, 2), attn=(), num_res_blocks=1)
+    model = build_model(cfg).eval()
+    runs = [
+        measure_trajectory(model, NoiseSchedule(), steps=1, n=2, **kw)[1] for kw in ({}, dict(seed=0), dict(seed=1))
+    ]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
