@@ -299,12 +299,19 @@ def test_checker_rejects_mutated_random_graphs(g, data):
             ir.check(bad)
     elif how == "spike":
         neurons = [n for n in g.nodes.values() if n.op in ir.NEURON_OPS]
-        if not neurons:
+        spiking = [n for n in neurons if n.type.kind == "spike"]  # a signed IF's graded output may feed a neuron
+        if not spiking:
             return
+        src = spiking[0]
         nrn = data.draw(st.sampled_from(neurons))
-        bad.nodes[nrn.name] = nrn.replace(inputs=(neurons[0].name,))
-        # neurons[0] precedes any other neuron (generated in order), so this adds no cycle unless nrn is it
-        if nrn.name == neurons[0].name:
+        bad.nodes[nrn.name] = nrn.replace(inputs=(src.name,))
+        upstream, todo = set(), [src.name]  # src and everything it depends on: feeding it back is a cycle
+        while todo:
+            name = todo.pop()
+            if name not in upstream:
+                upstream.add(name)
+                todo.extend(g.nodes[name].inputs)
+        if nrn.name in upstream:
             with pytest.raises(IRError, match="cycle"):
                 ir.check(bad)
         else:
