@@ -84,6 +84,18 @@ def toy_graph() -> ir.Graph:
     return ir.check(g)
 
 
+def small_unet(img_ch: int = 1) -> torch.nn.Module:
+    """A small spiking UNet (T = 2, 8x8, seeded weights) for the measurements of a module."""
+    from sdmc.config import ModelConfig
+    from sdmc.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="sddpm", snn_steps=2, img_size=8, img_ch=img_ch, ch=8, ch_mult=(1, 2), attn=(), num_res_blocks=1
+    )
+    return build_model(cfg)
+
+
 def faithful_by_hand(c) -> dict[str, float]:
     """Faithful pJ per row: MACs at E_MAC, SOPs at E_AC, adds, neuron updates and spikes at their costs."""
     out = {}
@@ -285,12 +297,7 @@ def test_analyze_defaults_and_the_schedule_a_graph_carries():
 
 
 def test_the_ann_baseline_is_reported_only_when_asked():
-    from sdmc.config import ModelConfig
-    from sdmc.models import build_model
-
-    model = build_model(
-        ModelConfig(arch="sddpm", snn_steps=2, img_size=8, ch=8, ch_mult=(1, 2), attn=(), num_res_blocks=1)
-    )
+    model = small_unet(img_ch=3)
     assert analyze(model.eval(), assume_rate=0.5, ann=False).ann is None
     assert analyze(model.eval(), assume_rate=0.5, ann=True).ann["macs"] > 0
 
@@ -298,14 +305,10 @@ def test_the_ann_baseline_is_reported_only_when_asked():
 def test_measuring_a_module_uses_eval_mode_seed_0_and_8_trajectories_by_default():
     """A module left in training mode is measured as in eval mode (BN running statistics, not the batch's);
     the calibration noise is seed 0 unless told; without data, 8 trajectories are sampled."""
-    from sdmc.config import ModelConfig
     from sdmc.diffusion import NoiseSchedule
     from sdmc.energy.measure import measure_model
-    from sdmc.models import build_model
 
-    cfg = ModelConfig(arch="sddpm", snn_steps=2, img_size=8, img_ch=1, ch=8, ch_mult=(1, 2), attn=(), num_res_blocks=1)
-    torch.manual_seed(0)
-    model = build_model(cfg)
+    model = small_unet()
     for m in model.modules():  # running statistics unlike any batch's
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.fill_(0.3)
@@ -321,14 +324,10 @@ def test_measuring_a_module_uses_eval_mode_seed_0_and_8_trajectories_by_default(
 
 
 def test_trajectories_are_drawn_with_seed_0_unless_told():
-    from sdmc.config import ModelConfig
     from sdmc.diffusion import NoiseSchedule
     from sdmc.energy.measure import measure_trajectory
-    from sdmc.models import build_model
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(arch="sddpm", snn_steps=2, img_size=8, img_ch=1, ch=8, ch_mult=(1, 2), attn=(), num_res_blocks=1)
-    model = build_model(cfg).eval()
+    model = small_unet().eval()
     runs = [
         measure_trajectory(model, NoiseSchedule(), steps=1, n=2, **kw)[1] for kw in ({}, dict(seed=0), dict(seed=1))
     ]

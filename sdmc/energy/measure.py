@@ -168,8 +168,9 @@ class Activity:
     def add_neuron(self, name: str, s: torch.Tensor, ks: torch.Tensor) -> None:
         """Record the output spikes ``s`` ``[T, B, *shape]`` of neuron layer ``name``."""
         T, B = s.shape[:2]
-        st = self.neurons.setdefault(name, NeuronStats(T=T, size=int(s[0, 0].numel())))
-        st.size = int(s[0, 0].numel())
+        size = int(s[0, 0].numel())
+        st = self.neurons.setdefault(name, NeuronStats(T=T, size=size))
+        st.size = size
         per = s.reshape(T, B, -1).sum(2, dtype=torch.float64).cpu()  # [T, B]
         ks = ks.cpu()
         for k in ks.unique().tolist():
