@@ -332,3 +332,27 @@ def test_trajectories_are_drawn_with_seed_0_unless_told():
         measure_trajectory(model, NoiseSchedule(), steps=1, n=2, **kw)[1] for kw in ({}, dict(seed=0), dict(seed=1))
     ]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_a_trajectory_runs_on_the_device_given_without_asking_the_model():
+    """``device=`` is where the trajectory runs; only without it is the model's own device looked up (its first
+    parameter).  A denoiser with no parameters at all (here: x through IF neurons over T = 2 steps) shows the
+    difference on a machine whose only device is the CPU: asking it would fail."""
+    from spikingjelly.activation_based import neuron
+
+    from sdmc.diffusion import NoiseSchedule
+    from sdmc.energy.measure import measure_trajectory
+
+    class Spiky(torch.nn.Module):
+        timestep = 2
+
+        def __init__(self):
+            super().__init__()
+            self.sn = neuron.IFNode(v_threshold=0.5, step_mode="m")
+
+        def forward(self, x, t):
+            self.sn.reset()
+            return self.sn(x.unsqueeze(0).repeat(2, 1, 1, 1, 1)).mean(0)
+
+    act, imgs = measure_trajectory(Spiky(), NoiseSchedule(), steps=2, n=2, shape=(1, 4, 4), device="cpu")
+    assert imgs.shape == (2, 1, 4, 4) and act.neurons["sn"].samples[0] == 2

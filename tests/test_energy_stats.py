@@ -271,3 +271,28 @@ def test_measure_network_draws_its_inputs_with_seed_0_unless_told():
         return measure_network(g, 4, **kw).synapses["c"].by_step[0].tolist()
 
     assert rec() == rec(seed=0) != rec(seed=1)
+
+
+def test_measure_network_runs_an_image_graph_on_digits_noised_to_step_0():
+    """An image classifier (a static ``[C, H, W]`` input) is measured on the inputs of
+    :func:`sdmc.sim.inputs.noised_inputs` at diffusion step 0 (the cleanest digits): its spike counts are those
+    of the golden simulator on exactly those inputs, and differ from the counts on step-1 inputs (the check is
+    fine enough to see the noise of one more step)."""
+    from sdmc.sim import golden
+    from sdmc.sim.inputs import noised_inputs
+
+    g = ir.Graph(8)
+    g.add(ir.Input(name="x", shape=(1, 8, 8)))
+    g.add(ir.Repeat(name="rep", inputs=("x",)))
+    g.add(ir.IF(name="sn", inputs=("rep",), threshold=0.25, v_reset=None))
+    g.add(ir.Output(name="out", inputs=("sn",)))
+    g = ir.check(g)
+
+    def golden_spikes(step):
+        out = golden.run(g, noised_inputs(g, 16, step, 5), all_values=True)["sn"]  # [T, B, 1, 8, 8]
+        return np.abs(out).sum(axis=(1, 2, 3, 4))
+
+    stats = measure_network(g, 16, seed=5).neurons["sn"]
+    assert stats.samples[0] == 16
+    np.testing.assert_array_equal(stats.spikes[0], golden_spikes(0))
+    assert not np.array_equal(golden_spikes(0), golden_spikes(1))
