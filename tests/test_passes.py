@@ -3,6 +3,8 @@ simulator's outputs on generated graphs and on traced SDDPM / SDM UNets, and wha
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -494,6 +496,27 @@ def test_run_errors_and_registry():
     assert passes.resolve("inference, partition") == list(passes.PIPELINES["inference"]) + ["partition"]
     for name, p in passes.PASSES.items():
         assert p.description and p.fn.__name__ == name
+    with pytest.raises(dataclasses.FrozenInstanceError):  # the registry's entries are read-only
+        passes.PASSES["fold_bn"].requires = ("dead_code",)
+
+
+def test_a_pass_refuses_an_invalid_graph_with_the_checkers_error_not_as_its_own_fault():
+    """The input is checked before the pass runs: a broken graph is reported as the input's fault (the
+    checker's message, naming the node), never as "pass ... produced an invalid graph"."""
+    g = _graph()
+    g.add(ir.Swish(name="bad", inputs=("nowhere",)))
+    for name in ("fold_bn", "partition"):
+        with pytest.raises(SdmcError, match="unknown input 'nowhere'") as e:
+            passes.run(g, [name])
+        assert "produced" not in str(e.value)
+
+
+def test_the_pass_log_counts_nodes_and_params_before_and_after():
+    g = ir.check(_graph())
+    h = passes.run(g, ["fold_bn"])
+    assert len(g.nodes) != len(g.params) and len(h.params) != len(g.params)  # so a swapped count would show
+    entry = h.meta["passes"][-1]
+    assert entry["nodes"] == [len(g.nodes), len(h.nodes)] and entry["params"] == [len(g.params), len(h.params)]
 
 
 # ------------------------------------------------------------------------------------------ traced UNets

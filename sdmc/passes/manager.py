@@ -54,13 +54,12 @@ def register_pass(name: str, description: str, *, requires: Iterable[str] = (), 
         def wrapper(graph: ir.Graph) -> ir.Graph:
             if not isinstance(graph, ir.Graph):
                 raise SdmcError(f"pass {name!r}: expected an sdmc.ir.Graph, got {type(graph).__name__}")
-            ir.check(graph)
+            ir.check(graph)  # also infers the types, which the copy carries in its nodes' meta
             g = graph.copy()
             g.meta = {
                 k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
                 for k, v in g.meta.items()
             }
-            ir.infer_types(g)
             before = (len(g.nodes), len(g.params))
             analysis = writes is not None
             shape = _structure(g) if analysis else None
