@@ -145,7 +145,7 @@ def estimate_gamma(
     schedule: NoiseSchedule,
     data: Any,
     budget: int = 64,
-    batch_size: int = 256,
+    batch_size: int = 256,  # pragma: no mutate (a chunk size: test_the_estimate_does_not_depend_on_the_batch_size)
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
