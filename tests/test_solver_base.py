@@ -39,6 +39,7 @@ def test_a_trajectory_in_range_is_accepted_as_ints(traj):
         ([N + 1, 3, -1], "leaves the range"),
         ([N, 3], "leaves the range"),  # only the first is out
         ([5, -2], "leaves the range"),  # only the target is out
+        ([5, 3, -2], "leaves the range"),  # the target, not the second entry
     ],
 )
 def test_a_trajectory_out_of_shape_or_range_is_refused(traj, why):
@@ -75,8 +76,9 @@ def test_the_diffusers_style_loop_and_sample_agree(name):
     assert torch.equal(x, y) and seen == list(range(solver.nfe))
 
 
-def test_sampling_before_planning_is_refused():
+def test_sampling_before_planning_is_refused_and_abar_runs_from_the_clean_end():
     solver = make_solver("ddim", SCHED)
+    assert solver.abar(-1) == 1.0 and solver.abar(N - 1) == float(SCHED.alphas_cumprod[-1])  # -1: the clean image
     assert solver.nfe == 0
     with pytest.raises(ConfigError, match="call set_timesteps"):
         solver.sample(_eps, torch.zeros(1, 1, 2, 2))
