@@ -608,6 +608,17 @@ def load_config(path: Path = CONFIG) -> dict:
     return cfg
 
 
+def parse_lines(spec: str) -> list[tuple[int, int]]:
+    """``"60-80"``, ``"73"`` or a comma-separated list of them -> inclusive ``(lo, hi)`` spans."""
+    spans = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
+            raise SystemExit(f"mutate: --lines {spec!r}: expected N, N-M or a comma-separated list of them")
+        spans.append((int(lo), int(hi or lo)))
+    return spans
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_run"]:
@@ -618,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max", type=int, default=None, help="run a random sample of at most N mutants")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ap.add_argument("--kinds", help="comma-separated mutant kinds (comparison, arithmetic, drop-term, ...)")
-    ap.add_argument("--lines", help="only mutants starting in this line range, e.g. 60-80 (with one --files)")
+    ap.add_argument("--lines", help="only mutants starting in these lines, e.g. 60-80 or 73,136-140 (with one --files)")
     ap.add_argument("--tests", help="pytest arguments to run instead of the targets' tests (a new test: does it kill?)")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--show-equivalent", action="store_true", help="print the equivalent mutants and their reasons")
@@ -660,8 +671,8 @@ def main(argv: list[str] | None = None) -> int:
         kinds = set(args.kinds.split(","))
         pool = [(t, m) for t, m in pool if m.kind in kinds]
     if args.lines:
-        lo, _, hi = args.lines.partition("-")
-        pool = [(t, m) for t, m in pool if int(lo) <= m.line <= int(hi or lo)]
+        spans = parse_lines(args.lines)
+        pool = [(t, m) for t, m in pool if any(lo <= m.line <= hi for lo, hi in spans)]
     total = len(pool)
     if args.max is not None and args.max < len(pool):
         pool = random.Random(args.seed).sample(pool, args.max)

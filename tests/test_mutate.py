@@ -180,3 +180,11 @@ def test_a_run_kills_what_a_test_sees_and_reports_what_none_sees(tmp_path, mode)
     assert "q_sample" in text and "survivors" in text
     # the test never reaches the line: with the map, that is known without running it
     assert res["results"][0]["outcome"] == ("uncovered" if mode == "fork" else "passed"), text
+
+
+def test_lines_take_single_lines_ranges_and_lists_and_refuse_nonsense():
+    assert mutate.parse_lines("60-80") == [(60, 80)]
+    assert mutate.parse_lines("73, 136-140") == [(73, 73), (136, 140)]
+    for bad in ("a-b", "80-60", "73,", "-5"):
+        with pytest.raises(SystemExit, match="--lines"):
+            mutate.parse_lines(bad)
