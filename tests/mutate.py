@@ -547,17 +547,19 @@ def trace_clean_run(tests: list[str], file: str) -> tuple[str, float, LineMap | 
     return "passed", dt, lmap
 
 
-SURVIVED = ("passed", "uncovered")  # a mutant's outcomes that mean no test noticed it
+SURVIVED = ("passed", "uncovered", "skipped")  # a mutant's outcomes that mean no test noticed it
 PYTEST_FLAGS = ("-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--no-header", "-W", "ignore")
 
 
-def _outcome(code: int | None, tests: list[str]) -> str:
+def _outcome(code: int | None, tests: list[str], mutant: Mutant | None = None) -> str:
     if code is None:
         return "timeout"
     if code == 0:
         return "passed"
     if code == 1:
         return "failed"
+    if code == 5 and mutant is not None:
+        return "skipped"  # the mutant made every test skip itself (a module-level skip): nothing noticed it
     if code == 5:
         raise SystemExit(f"mutate: no tests collected by {tests}; fix tests/mutation.toml")
     return "error"  # collection/import error: the mutant broke the module (killed)
@@ -565,7 +567,7 @@ def _outcome(code: int | None, tests: list[str]) -> str:
 
 def run_tests(tests: list[str], mutant: Mutant | None, timeout: float | None, fork: bool = False) -> tuple[str, float]:
     """Run ``tests`` (pytest arguments) against ``mutant`` (None: the clean code).  Returns (outcome, seconds),
-    outcome one of passed / failed / timeout / error.  ``fork``: run pytest in a fork of this process after
+    outcome one of passed / failed / timeout / error, or skipped (a mutant after which no test ran).  ``fork``: run pytest in a fork of this process after
     importing torch & co once (:data:`WARM_MODULES`) instead of a fresh Python (same outcome, ~2-3x faster)."""
     args = [*tests, *PYTEST_FLAGS]
     with tempfile.TemporaryDirectory(prefix="sdmc-mutant-") as tmp:
@@ -575,7 +577,7 @@ def run_tests(tests: list[str], mutant: Mutant | None, timeout: float | None, fo
             path = Path(tmp) / Path(mutant.file).name
             path.write_bytes(mutant.apply(src))
         code, dt = (_run_forked if fork else _run_subprocess)(args, path, mutant, timeout)
-    return _outcome(code, tests), dt
+    return _outcome(code, tests, mutant), dt
 
 
 class Equivalents:
@@ -737,7 +739,9 @@ def main(argv: list[str] | None = None) -> int:
     if survivors:
         print("\nsurvivors (add a test that fails on each, or list it in [[equivalent]] with the reason):")
         for r in survivors:
-            why = "  (no test reaches it)" if r["outcome"] == "uncovered" else ""
+            why = {"uncovered": "  (no test reaches it)", "skipped": "  (every test skipped itself)"}.get(
+                r["outcome"], ""
+            )
             print(f"  {r['file']}:{r['line']} [{r['scope']}] {r['old']}  ->  {r['new']}{why}")
             print(
                 f'    [[equivalent]] file = "{r["file"]}"  scope = "{r["scope"]}"  '

@@ -188,3 +188,13 @@ def test_lines_take_single_lines_ranges_and_lists_and_refuse_nonsense():
     for bad in ("a-b", "80-60", "73,", "-5"):
         with pytest.raises(SystemExit, match="--lines"):
             mutate.parse_lines(bad)
+
+
+def test_a_mutant_that_makes_every_test_skip_survives_but_a_clean_run_without_tests_is_a_config_error():
+    """pytest's exit code 5 (nothing ran): after a mutant (say ``available()`` turned False, so a test module
+    skips itself) no test noticed the change; for the clean run the target's test list is wrong."""
+    some_mutant = object()
+    assert mutate._outcome(5, ["tests/x.py"], some_mutant) == "skipped" and "skipped" in mutate.SURVIVED
+    assert mutate._outcome(1, ["tests/x.py"], some_mutant) == "failed"
+    with pytest.raises(SystemExit, match="no tests collected"):
+        mutate._outcome(5, ["tests/x.py"])
