@@ -34,7 +34,7 @@ stamp "tests/test_cuda.py"
 $PY -m pytest tests/test_cuda.py -q -p no:cacheprovider -x 2>&1 | tee "$OUTDIR/test_cuda.log" | tail -25
 
 stamp "tests/test_triton_neuron.py (GPU)"
-$PY -m pytest tests/test_triton_neuron.py -q -p no:cacheprovider 2>&1 | tee "$OUTDIR/test_triton.log" | tail -5
+$PY -m pytest tests/test_triton_neuron.py tests/test_neuron_module.py -q -p no:cacheprovider 2>&1 | tee "$OUTDIR/test_triton.log" | tail -5
 
 stamp "bench_torch_exec --device cuda: fp32 vs spikingjelly torch/cuda/triton neurons"
 $PY benchmarks/bench_torch_exec.py --device cuda --threads 8 --repeats 5 --batch 32 --cases fwd-T8,ddim10,train \

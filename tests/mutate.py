@@ -614,8 +614,8 @@ def parse_lines(spec: str) -> list[tuple[int, int]]:
     """``"60-80"``, ``"73"`` or a comma-separated list of them -> inclusive ``(lo, hi)`` spans."""
     spans = []
     for part in spec.split(","):
-        lo, _, hi = part.strip().partition("-")
-        if not lo.isdigit() or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi) or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
             raise SystemExit(f"mutate: --lines {spec!r}: expected N, N-M or a comma-separated list of them")
         spans.append((int(lo), int(hi or lo)))
     return spans

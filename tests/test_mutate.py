@@ -185,7 +185,7 @@ def test_a_run_kills_what_a_test_sees_and_reports_what_none_sees(tmp_path, mode)
 def test_lines_take_single_lines_ranges_and_lists_and_refuse_nonsense():
     assert mutate.parse_lines("60-80") == [(60, 80)]
     assert mutate.parse_lines("73, 136-140") == [(73, 73), (136, 140)]
-    for bad in ("a-b", "80-60", "73,", "-5"):
+    for bad in ("a-b", "80-60", "73,", "-5", "5-"):
         with pytest.raises(SystemExit, match="--lines"):
             mutate.parse_lines(bad)
 

@@ -67,3 +67,17 @@ def test_cpu_tensors_never_go_to_triton(monkeypatch):
     mod = NeuronModule(ir.IF(name="sn", inputs=("x",), threshold=0.7, v_reset=0.0), T)
     x = _x(1)
     assert torch.equal(mod(x), K.multistep_neuron(x, T, "if", 0.7, 0.0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by benchmarks/gpu_checks.sh)")
+def test_cuda_tensors_go_to_triton(monkeypatch):
+    """The other half of the dispatch: on a GPU with Triton the fused Triton kernel runs (same spikes)."""
+    tn = pytest.importorskip("sdmc.backends.torch.triton_neuron")
+    if not tn.available():
+        pytest.skip("triton is not installed")
+    calls = []
+    real = tn.neuron
+    monkeypatch.setattr(tn, "neuron", lambda *a, **k: calls.append(1) or real(*a, **k))
+    mod = NeuronModule(ir.IF(name="sn", inputs=("x",), threshold=0.7, v_reset=0.0), T)
+    x = _x(2).detach().float().cuda()
+    assert torch.equal(mod(x), K.multistep_neuron(x, T, "if", 0.7, 0.0)) and calls == [1]

@@ -25,7 +25,8 @@ def test_the_leading_grid_steps_by_the_integer_ratio():
 
 @pytest.mark.parametrize("traj", [[N - 1, -1], [5, -1], [N - 1, 0], [N - 1, N - 2, 3, -1], [0, -1]])
 def test_a_trajectory_in_range_is_accepted_as_ints(traj):
-    assert check_trajectory([float(t) for t in traj], N) == traj
+    got = check_trajectory([float(t) for t in traj], N)
+    assert got == traj and all(type(t) is int for t in got)
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,8 @@ def test_a_trajectory_out_of_shape_or_range_is_refused(traj, why):
 
 def test_the_step_of_a_batch_is_its_shared_value():
     assert as_step(torch.tensor([7, 7, 7])) == 7 and isinstance(as_step(torch.tensor([7, 7])), int)
-    assert as_step(torch.tensor([7])) == 7 and as_step(torch.tensor(7.5)) == 7.5 and as_step(3.0) == 3
+    assert as_step(torch.tensor([7])) == 7 and as_step(torch.tensor(7.5)) == 7.5
+    assert as_step(3.0) == 3 and type(as_step(3.0)) is int
     for bad, why in ((torch.tensor([7, 8]), "share one step"), (torch.tensor([]), "empty")):
         with pytest.raises(ConfigError, match=why):
             as_step(bad)

@@ -4,6 +4,7 @@
 import importlib
 import importlib.util
 import os
+import zlib
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def interpret(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_kernels_equal_the_torch_kernel(interpret, kind, decay_input, v_reset, dtype):
     T, shape = 4, (3, 5, 7)  # N = 105 neurons per step: a partial block
-    g = torch.Generator().manual_seed(hash((kind, decay_input, v_reset)) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(repr((kind, decay_input, v_reset)).encode()))
     x = (torch.randn((T * shape[0],) + shape[1:], generator=g) * 0.8 + 0.3).to(dtype)
     s_ref, h_ref = K.neuron_forward(x, T, kind, 0.7, v_reset, 2.0, decay_input, save_h=True)
     s, h = tn.triton_forward(x, T, kind, 0.7, v_reset, 2.0, decay_input, save_h=True)
@@ -135,7 +136,7 @@ def test_triton_kernels_on_gpu_equal_the_torch_kernel(kind, decay_input, v_reset
     assert torch.equal(compiled(x), s_ref) and torch.equal(compiled(x), s_ref)  # CUDA graph replay
 
 
-def test_the_op_runs_triton_for_cuda_tensors_or_under_the_interpreter_only(monkeypatch):
+def test_on_cpu_tensors_the_op_runs_triton_only_under_the_interpreter(monkeypatch):
     """On CPU tensors the op runs the torch kernel unless ``TRITON_INTERPRET=1`` asks for the interpreter."""
     calls = []
     real = tn.triton_forward
