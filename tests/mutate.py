@@ -567,8 +567,9 @@ def _outcome(code: int | None, tests: list[str], mutant: Mutant | None = None) -
 
 def run_tests(tests: list[str], mutant: Mutant | None, timeout: float | None, fork: bool = False) -> tuple[str, float]:
     """Run ``tests`` (pytest arguments) against ``mutant`` (None: the clean code).  Returns (outcome, seconds),
-    outcome one of passed / failed / timeout / error, or skipped (a mutant after which no test ran).  ``fork``: run pytest in a fork of this process after
-    importing torch & co once (:data:`WARM_MODULES`) instead of a fresh Python (same outcome, ~2-3x faster)."""
+    outcome one of passed / failed / timeout / error, or skipped (a mutant after which no test ran).
+    ``fork``: run pytest in a fork of this process after importing torch & co once (:data:`WARM_MODULES`)
+    instead of a fresh Python (same outcome, ~2-3x faster)."""
     args = [*tests, *PYTEST_FLAGS]
     with tempfile.TemporaryDirectory(prefix="sdmc-mutant-") as tmp:
         path = None
@@ -615,9 +616,10 @@ def parse_lines(spec: str) -> list[tuple[int, int]]:
     spans = []
     for part in spec.split(","):
         lo, dash, hi = part.strip().partition("-")
-        if not lo.isdigit() or (dash and not hi) or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
+        hi = hi if dash else lo
+        if not (lo.isdigit() and hi.isdigit()) or int(hi) < int(lo):
             raise SystemExit(f"mutate: --lines {spec!r}: expected N, N-M or a comma-separated list of them")
-        spans.append((int(lo), int(hi or lo)))
+        spans.append((int(lo), int(hi)))
     return spans
 
 
