@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import DiffusionConfig, ModelConfig, SdmcConfig
 from .errors import CheckpointError, ConfigError, LimitError, SdmcError, first_line
-from .utils import atomic_path
+from .utils import save_safetensors
 from .validate import LIMITS, check_finite, check_limit
 
 CONFIG_KEY = "sdmc_config"
@@ -359,16 +359,12 @@ def save_model(
 ) -> Path:
     """Write the native format: safetensors weights with the config JSON in the header (atomic);
     ``metadata``: more header entries (strings; e.g. a bundled model's recipe and quality)."""
-    from safetensors.torch import save_file
-
     sd = model.state_dict() if isinstance(model, nn.Module) else dict(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
     path = Path(path)
     if path.suffix != ".safetensors":
         raise SdmcError(f"{path}: native sdmc models use the .safetensors suffix")
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={**(metadata or {}), CONFIG_KEY: cfg.to_json(), "format": "sdmc"})
-    return path
+    return save_safetensors(path, tensors, {**(metadata or {}), CONFIG_KEY: cfg.to_json(), "format": "sdmc"})
 
 
 # ---------------------------------------------------------------------------------- TSM inheritance

@@ -111,6 +111,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` as a safetensors file atomically, the same bytes for the same tensors and metadata.
+
+    safetensors' own writer emits the header's ``__metadata__`` map in hash-map order, which changes from
+    call to call, so two saves of one model could differ byte for byte (and a file's hash with them).  Here
+    the header is re-emitted as compact JSON with sorted keys and padded with spaces to 8 bytes, as the format
+    asks; the tensor data and its offsets are safetensors' own (its order is fixed: by dtype, then name).
+    """
+    import json
+
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata=dict(metadata) if metadata else None)
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    atomic_write_bytes(path, len(header).to_bytes(8, "little") + header + blob[8 + n :])
+    return Path(path)
+
+
 def safe_name(name: str, what: str = "--name") -> str:
     """``name`` if it is a plain file name (no directory part, not ``.``/``..``, no NUL), else an error: an
     output name must stay inside its output directory."""

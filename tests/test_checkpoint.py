@@ -102,6 +102,19 @@ def test_native_round_trip_keeps_config(tmp_path, tiny_cfg):
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left
 
 
+def test_saving_one_model_twice_gives_the_same_bytes(tmp_path, tiny_cfg):
+    """safetensors writes its metadata map in hash order, new each call; a model's file must not depend on it
+    (several header entries, several saves: with a random order of 3 entries, 8 saves agree by chance < 1e-6)."""
+    model = build_model(tiny_cfg)
+    cfg = SdmcConfig(model=tiny_cfg)
+    extra = {"sdmc_recipe": "r", "sdmc_quality": "q"}
+    blobs = {save_model(tmp_path / f"m{i}.safetensors", model, cfg, extra).read_bytes() for i in range(8)}
+    assert len(blobs) == 1
+    loaded, cfg2 = load_model(tmp_path / "m0.safetensors")
+    assert cfg2.model == tiny_cfg
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
 def test_truncated_files_give_clear_errors(tmp_path, tiny_cfg):
     model = build_model(tiny_cfg)
     torch.save({"net_model": model.state_dict()}, tmp_path / "ok.pt")

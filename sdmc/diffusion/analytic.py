@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError, SdmcError
-from ..utils import atomic_path
+from ..utils import save_safetensors
 from ..validate import parse_json
 from .schedule import NoiseSchedule
 
@@ -51,13 +51,8 @@ def gamma_cache_path(checkpoint: str | os.PathLike, key: str) -> Path:
 
 def save_gamma(path: str | os.PathLike, gamma: torch.Tensor, meta: dict[str, Any]) -> Path:
     """Write Γ (float64 [N]) and its provenance atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
     md = {"format": GAMMA_FORMAT, "meta": json.dumps(meta, sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file({"gamma": gamma.detach().to(torch.float64).cpu().contiguous()}, str(tmp), metadata=md)
-    return path
+    return save_safetensors(path, {"gamma": gamma.detach().to(torch.float64).cpu().contiguous()}, md)
 
 
 def load_gamma(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -147,10 +147,8 @@ def build_digits_metric_file(path: str | os.PathLike = WEIGHTS_PATH, epochs: int
 
     Returns the metadata stored in the file (test accuracies, seed, epochs).
     """
-    from safetensors.torch import save_file
-
     from ..data import digits_arrays
-    from ..utils import atomic_path
+    from ..utils import save_safetensors
 
     net = train_digits_classifier(epochs=epochs, seed=seed, log=log)
     tensors = {f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}
@@ -165,8 +163,7 @@ def build_digits_metric_file(path: str | os.PathLike = WEIGHTS_PATH, epochs: int
         "feature_dim": FEATURE_DIM,
         "test_accuracy": {str(s): round(classifier_accuracy(net, s), 4) for s in REF_SIZES},
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"sdmc": json.dumps(meta)})
+    save_safetensors(path, tensors, {"sdmc": json.dumps(meta)})
     load_digits_classifier.cache_clear()
     return meta
 
