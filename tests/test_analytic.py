@@ -80,7 +80,10 @@ def test_the_same_statistics_give_the_same_file_bytes(tmp_path):
     """The provenance header is written with sorted keys: neither the order a caller built its dict in nor
     safetensors' hash-map order of the header entries (new each call) shows in the file."""
     gamma = torch.linspace(0.1, 0.9, 6, dtype=torch.float64)
-    metas = [{"weights_sha256": "k", "budget": 3, "data": "digits"}, {"data": "digits", "budget": 3, "weights_sha256": "k"}]
+    metas = [
+        {"weights_sha256": "k", "budget": 3, "data": "digits"},
+        {"data": "digits", "budget": 3, "weights_sha256": "k"},
+    ]
     files = [save_gamma(tmp_path / f"{i}.safetensors", gamma, metas[i % 2]) for i in range(8)]
     assert len({f.read_bytes() for f in files}) == 1
     got, meta = load_gamma(files[0])
