@@ -168,6 +168,20 @@ def test_sample_images_errors(model):
         sample_images(model, NoiseSchedule(), 2, "analytic-ddpm", progress=False)
     with pytest.raises(ConfigError, match="ready solver"):
         sample_images(model, NoiseSchedule(), 2, DDIMSolver(NoiseSchedule()), eta=1.0, progress=False)
+    # fractional call steps: one line for a UNet, whose time embedding is a table (was: a RuntimeError from
+    # F.embedding deep in the executor); a denoiser defined at any t takes them
+    with pytest.raises(ConfigError, match="table of 1000 integer steps"):
+        sample_images(model, NoiseSchedule(), 2, "dpm-solver++", steps=3, integer_timesteps=False, progress=False)
+    seen = []
+
+    def any_t(x, t):
+        seen.append(t)
+        return 0.1 * x
+
+    x = sample_images(any_t, NoiseSchedule(), 2, "dpm-solver++", steps=3, integer_timesteps=False, shape=(1, 8, 8),
+                      progress=False)  # fmt: skip
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+    assert len(seen) == 3 and any(not float(t[0]).is_integer() for t in seen)
 
 
 # --------------------------------------------------------------------------- threshold guidance

@@ -117,6 +117,11 @@ def sample_images(
         raise ConfigError(
             f"the model's time embedding covers {table} diffusion steps, the schedule has {schedule.num_timesteps}"
         )
+    if isinstance(table, int) and sol.timesteps.is_floating_point():
+        raise ConfigError(
+            f"{sol.name}: calls the model at fractional steps (integer_timesteps=False), but the model's time "
+            f"embedding is a table of {table} integer steps; keep integer_timesteps=True"
+        )
     check_limit(f"sample_images: {n} images of shape {list(img_shape)}", n * math.prod(img_shape) * 4,
                 LIMITS.npz_bytes, " bytes")  # fmt: skip
     reset = _reset(model)
