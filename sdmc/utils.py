@@ -127,7 +127,10 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str,
     n = int.from_bytes(blob[:8], "little")
     header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
-    atomic_write_bytes(path, len(header).to_bytes(8, "little") + header + blob[8 + n :])
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # the data written from the blob, not copied again
+        fh.write(len(header).to_bytes(8, "little"))
+        fh.write(header)
+        fh.write(memoryview(blob)[8 + n :])
     return Path(path)
 
 
